@@ -1,0 +1,60 @@
+//! screamer: Spanner change streams outside Dataflow.
+//!
+//! The flow of a record, one module per stage:
+//!
+//! ```text
+//! source (streaming query per partition, decode)  -> reader (one task per partition)
+//!   -> consumer (ack)  -> sink (NDJSON)      reader -> checkpoint (coalesced watermarks)
+//! child partitions -> partition store -> subscriber (a child starts when ALL parents FINISHED)
+//! ```
+//!
+//! Use [`Subscriber`] with a [`SpannerSource`], a [`PartitionStore`] ([`SpannerStore`] to
+//! resume and share, [`MemoryStore`] for one process) and any [`Consumer`]:
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use screamer::{Consumer, ConsumerError, DataChangeRecord, MemoryStore, SpannerSource,
+//!     Subscriber, SubscriberOptions};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! struct Print;
+//! impl Consumer for Print {
+//!     async fn consume(&self, records: &[DataChangeRecord]) -> Result<(), ConsumerError> {
+//!         for r in records {
+//!             println!("{} {:?} {}", r.table_name, r.mod_type, r.commit_timestamp);
+//!         }
+//!         Ok(()) // acknowledges the batch
+//!     }
+//! }
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let db = "projects/p/instances/i/databases/d".parse()?;
+//! let source = SpannerSource::connect(&db, "Changes").await?;
+//! let subscriber = Subscriber::new(source, Arc::new(MemoryStore::new()), SubscriberOptions::default());
+//! subscriber.subscribe(Print, CancellationToken::new()).await?;
+//! # Ok(()) }
+//! ```
+
+pub mod checkpoint;
+pub mod cli;
+pub mod consumer;
+pub mod dsn;
+pub mod partition;
+pub mod reader;
+pub mod record;
+pub mod sink;
+pub mod source;
+pub mod subscriber;
+pub mod timestamp;
+
+pub use consumer::{Consumer, ConsumerError};
+pub use dsn::DatabaseName;
+pub use partition::{
+    MemoryStore, PartitionMetadata, PartitionState, PartitionStore, PartitionToken, SpannerStore,
+    StoreError,
+};
+pub use record::{ChangeRecord, DataChangeRecord, ModType, ValueCaptureType};
+pub use sink::NdjsonSink;
+pub use source::{Dialect, SourceError, SpannerSource};
+pub use subscriber::{RunSummary, SubscribeError, Subscriber, SubscriberOptions};
+pub use timestamp::Timestamp;

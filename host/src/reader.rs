@@ -1,0 +1,307 @@
+//! Partition reader: one task per partition this runner holds.
+//!
+//! Place in the flow: source -> **reader** -> consumer -> checkpoint. The reader streams its
+//! partition from the watermark, hands each batch of data change records to the consumer,
+//! and only after the consumer acknowledges it moves the watermark. Child partitions are
+//! recorded as soon as they are announced; the partition is FINISHED only when its query has
+//! ended and everything before has been acknowledged. Transient errors restart the query from
+//! the watermark with jittered exponential backoff.
+//!
+//! Stopping: when asked to stop, a reader that has acknowledged records at exactly its
+//! watermark keeps reading (without delivering anything newer) until the stream shows a later
+//! timestamp; the watermark then closes over that whole timestamp, so a restart neither
+//! repeats nor loses a record. Past the drain deadline it stops anyway and a restart may
+//! repeat the records at the watermark (at least once, never loss).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::checkpoint::Checkpointer;
+use crate::consumer::{Consumer, ConsumerError};
+use crate::partition::{NewPartition, PartitionMetadata, PartitionState, PartitionStore, PartitionToken, StoreError};
+use crate::record::{ChangeRecord, ChildPartitionsRecord, DataChangeRecord};
+use crate::source::{QueryRange, SourceError, SpannerSource};
+use crate::timestamp::Timestamp;
+
+/// How a reader ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReaderOutcome {
+    /// The partition was read to its end and marked FINISHED.
+    Finished,
+    /// Stopped on request; the watermark is checkpointed and the partition stays unfinished.
+    Stopped,
+}
+
+/// Why a reader failed (non-transient).
+#[derive(Debug, thiserror::Error)]
+pub enum ReaderError {
+    #[error("partition {partition:?}: {source}")]
+    Source {
+        partition: PartitionToken,
+        source: SourceError,
+    },
+    #[error("partition {partition:?}: {source}")]
+    Store {
+        partition: PartitionToken,
+        source: StoreError,
+    },
+    #[error("partition {partition:?}: consumer failed: {source}")]
+    Consumer {
+        partition: PartitionToken,
+        source: ConsumerError,
+    },
+}
+
+/// What every reader of one subscriber shares.
+pub(crate) struct ReaderContext<C> {
+    pub source: SpannerSource,
+    pub store: Arc<dyn PartitionStore>,
+    pub checkpoints: Arc<Checkpointer>,
+    pub consumer: Arc<C>,
+    pub drain_timeout: Duration,
+}
+
+/// Position of a partition: every record before `watermark` is acknowledged, and
+/// `acked_at_watermark` says whether some records at exactly `watermark` are too.
+#[derive(Debug, Clone, Copy)]
+struct Position {
+    watermark: Timestamp,
+    acked_at_watermark: bool,
+}
+
+impl Position {
+    /// The stream has shown time `t` (a later record or a heartbeat): nothing before it is
+    /// still to come.
+    fn observe(&mut self, t: Timestamp) {
+        if t > self.watermark {
+            self.watermark = t;
+            self.acked_at_watermark = false;
+        }
+    }
+}
+
+enum QueryEnd {
+    /// The query ran to its end.
+    Complete,
+    /// Stop was requested and the position is final.
+    Stopped,
+}
+
+pub(crate) async fn run<C: Consumer>(
+    ctx: Arc<ReaderContext<C>>,
+    partition: PartitionMetadata,
+    stop: CancellationToken,
+) -> Result<ReaderOutcome, ReaderError> {
+    let token = partition.token.clone();
+    let store_err = |source| ReaderError::Store {
+        partition: token.clone(),
+        source,
+    };
+    if partition.state != PartitionState::Running {
+        ctx.store.mark_running(&token).await.map_err(store_err)?;
+    }
+    let mut pos = Position {
+        watermark: partition.watermark,
+        acked_at_watermark: false,
+    };
+    let mut backoff = Backoff::new();
+    loop {
+        if partition.end.is_some_and(|end| pos.watermark >= end) {
+            break;
+        }
+        if stop.is_cancelled() {
+            return Ok(ReaderOutcome::Stopped);
+        }
+        match read_once(&ctx, &partition, &mut pos, &stop).await {
+            Ok(QueryEnd::Complete) => break,
+            Ok(QueryEnd::Stopped) => {
+                ctx.checkpoints.advance(&token, pos.watermark);
+                return Ok(ReaderOutcome::Stopped);
+            }
+            Err(ReadError::Source(e)) if e.is_transient() => {
+                let delay = backoff.next();
+                tracing::warn!(partition = ?token, error = %e, retry_in = ?delay, "transient error; restarting from watermark");
+                ctx.checkpoints.advance(&token, pos.watermark);
+                tokio::select! {
+                    _ = stop.cancelled() => return Ok(ReaderOutcome::Stopped),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+            Err(ReadError::Source(source)) => {
+                return Err(ReaderError::Source {
+                    partition: token,
+                    source,
+                });
+            }
+            Err(ReadError::Store(source)) => return Err(store_err(source)),
+            Err(ReadError::Consumer(source)) => {
+                return Err(ReaderError::Consumer {
+                    partition: token,
+                    source,
+                });
+            }
+        }
+    }
+    let last = partition.end.map_or(pos.watermark, |end| pos.watermark.max(end));
+    ctx.checkpoints
+        .finish(&token, last)
+        .await
+        .map_err(store_err)?;
+    tracing::debug!(partition = ?token, watermark = %last, "partition finished");
+    Ok(ReaderOutcome::Finished)
+}
+
+enum ReadError {
+    Source(SourceError),
+    Store(StoreError),
+    Consumer(ConsumerError),
+}
+
+/// One streaming query from the current position to its end, a stop, or an error.
+async fn read_once<C: Consumer>(
+    ctx: &ReaderContext<C>,
+    partition: &PartitionMetadata,
+    pos: &mut Position,
+    stop: &CancellationToken,
+) -> Result<QueryEnd, ReadError> {
+    let range = QueryRange {
+        start: pos.watermark,
+        end: partition.end,
+        heartbeat_millis: partition.heartbeat_millis,
+    };
+    let mut query = ctx
+        .source
+        .query(&partition.token, range)
+        .await
+        .map_err(ReadError::Source)?;
+    let mut drain_deadline: Option<Instant> = None;
+    loop {
+        if drain_deadline.is_none() && stop.is_cancelled() {
+            if !pos.acked_at_watermark {
+                return Ok(QueryEnd::Stopped);
+            }
+            drain_deadline = Some(Instant::now() + ctx.drain_timeout);
+        }
+        let next = match drain_deadline {
+            None => tokio::select! {
+                biased;
+                _ = stop.cancelled() => continue,
+                batch = query.next_batch() => batch,
+            },
+            Some(deadline) => match tokio::time::timeout_at(deadline, query.next_batch()).await {
+                Ok(batch) => batch,
+                Err(_) => {
+                    tracing::warn!(partition = ?partition.token, watermark = %pos.watermark,
+                        "drain deadline passed; a restart may repeat records at the watermark");
+                    return Ok(QueryEnd::Stopped);
+                }
+            },
+        };
+        let Some(records) = next.map_err(ReadError::Source)? else {
+            return Ok(QueryEnd::Complete);
+        };
+        let draining = drain_deadline.is_some();
+        if handle_batch(ctx, partition, pos, records, draining).await? {
+            return Ok(QueryEnd::Stopped);
+        }
+        ctx.checkpoints.advance(&partition.token, pos.watermark);
+    }
+}
+
+/// Delivers one batch and advances the position; returns true when a draining reader has
+/// reached a later timestamp and must stop.
+async fn handle_batch<C: Consumer>(
+    ctx: &ReaderContext<C>,
+    partition: &PartitionMetadata,
+    pos: &mut Position,
+    records: Vec<ChangeRecord>,
+    draining: bool,
+) -> Result<bool, ReadError> {
+    let mut data: Vec<DataChangeRecord> = Vec::new();
+    // The latest time shown by a heartbeat or child record after the last data record.
+    let mut later: Option<Timestamp> = None;
+    let mut stop = false;
+    for record in records {
+        let t = record.timestamp();
+        if draining && t > pos.watermark {
+            later = Some(t);
+            stop = true;
+            break;
+        }
+        match record {
+            ChangeRecord::Data(r) => {
+                later = None;
+                data.push(r);
+            }
+            ChangeRecord::Heartbeat(_) => later = Some(t),
+            ChangeRecord::ChildPartitions(r) => {
+                record_children(ctx, partition, &r).await?;
+                later = Some(t);
+            }
+        }
+    }
+    if let Some(last) = data.last().map(|r| r.commit_timestamp) {
+        ctx.consumer
+            .consume(&data)
+            .await
+            .map_err(ReadError::Consumer)?;
+        pos.observe(last);
+        pos.acked_at_watermark = true;
+    }
+    if let Some(t) = later {
+        pos.observe(t);
+    }
+    Ok(stop)
+}
+
+async fn record_children<C: Consumer>(
+    ctx: &ReaderContext<C>,
+    parent: &PartitionMetadata,
+    record: &ChildPartitionsRecord,
+) -> Result<(), ReadError> {
+    let children: Vec<NewPartition> = record
+        .child_partitions
+        .iter()
+        .map(|c| NewPartition {
+            token: c.token.clone(),
+            // The root's children name no parent; they still must wait for the root.
+            parents: if c.parent_partition_tokens.is_empty() {
+                vec![parent.token.clone()]
+            } else {
+                c.parent_partition_tokens.clone()
+            },
+            start: record.start_timestamp,
+            end: parent.end,
+            heartbeat_millis: parent.heartbeat_millis,
+        })
+        .collect();
+    let inserted = ctx
+        .store
+        .add_children(&children)
+        .await
+        .map_err(ReadError::Store)?;
+    tracing::debug!(partition = ?parent.token, announced = children.len(), inserted, "child partitions");
+    Ok(())
+}
+
+/// Exponential backoff with full jitter, 100 ms to 10 s.
+struct Backoff {
+    attempt: u32,
+}
+
+impl Backoff {
+    fn new() -> Self {
+        Self { attempt: 0 }
+    }
+
+    fn next(&mut self) -> Duration {
+        let cap = Duration::from_millis(100)
+            .saturating_mul(1 << self.attempt.min(7))
+            .min(Duration::from_secs(10));
+        self.attempt += 1;
+        cap.mul_f64(0.5 + fastrand::f64() / 2.0)
+    }
+}

@@ -1,0 +1,260 @@
+//! Change stream records, typed.
+//!
+//! Place in the flow: the decoder turns every row of a partition query into one or more
+//! [`ChangeRecord`]s; data change records go on to the consumer (and, from there, to the
+//! plugin chain and the sink), heartbeats and child partitions drive the partition
+//! lifecycle. Both dialects decode into these same types, and a [`DataChangeRecord`]
+//! serializes to the output JSON of the design's contract (the Go screamer's field names
+//! plus `partition_token`), so GoogleSQL and PostgreSQL databases print the same shape.
+
+use std::fmt;
+
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::{Map, Value};
+
+use crate::partition::PartitionToken;
+use crate::timestamp::Timestamp;
+
+/// One item of a change stream partition query.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChangeRecord {
+    Data(DataChangeRecord),
+    Heartbeat(HeartbeatRecord),
+    ChildPartitions(ChildPartitionsRecord),
+}
+
+impl ChangeRecord {
+    /// The time this record speaks for: a commit, a heartbeat, or the children's start.
+    pub fn timestamp(&self) -> Timestamp {
+        match self {
+            ChangeRecord::Data(r) => r.commit_timestamp,
+            ChangeRecord::Heartbeat(r) => r.timestamp,
+            ChangeRecord::ChildPartitions(r) => r.start_timestamp,
+        }
+    }
+}
+
+/// The mods of one transaction for one table and mod type, in one partition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataChangeRecord {
+    /// The partition this record was read from (not part of Spanner's record).
+    #[serde(default)]
+    pub partition_token: PartitionToken,
+    pub commit_timestamp: Timestamp,
+    pub record_sequence: String,
+    pub server_transaction_id: String,
+    pub is_last_record_in_transaction_in_partition: bool,
+    pub table_name: String,
+    pub column_types: Vec<ColumnType>,
+    pub mods: Vec<Mod>,
+    pub mod_type: ModType,
+    pub value_capture_type: ValueCaptureType,
+    pub number_of_records_in_transaction: i64,
+    pub number_of_partitions_in_transaction: i64,
+    #[serde(default)]
+    pub transaction_tag: String,
+    #[serde(default)]
+    pub is_system_transaction: bool,
+}
+
+/// A column of the changed table as the change stream describes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ColumnType {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub column_type: SpannerType,
+    pub is_primary_key: bool,
+    pub ordinal_position: i64,
+}
+
+/// A column's Spanner type code, and the element type code of an array.
+///
+/// Spanner describes types as nested JSON (`{"code":"ARRAY","array_element_type":{"code":"STRING"}}`);
+/// the output flattens the element to its code, as the Go screamer does.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SpannerType {
+    pub code: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub array_element_type: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for SpannerType {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Raw {
+            code: String,
+            #[serde(default)]
+            array_element_type: Option<Value>,
+        }
+        let raw = Raw::deserialize(d)?;
+        let array_element_type = match raw.array_element_type {
+            None | Some(Value::Null) => None,
+            Some(Value::String(code)) => Some(code),
+            Some(Value::Object(o)) => match o.get("code") {
+                Some(Value::String(code)) => Some(code.clone()),
+                _ => return Err(D::Error::custom("array_element_type without a code")),
+            },
+            Some(other) => {
+                return Err(D::Error::custom(format!(
+                    "array_element_type must be a type, found {other}"
+                )));
+            }
+        };
+        Ok(SpannerType {
+            code: raw.code,
+            array_element_type,
+        })
+    }
+}
+
+/// The keys and values of one changed row, as JSON objects exactly as Spanner gives them
+/// (in GoogleSQL, INT64 values are strings).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Mod {
+    #[serde(default, deserialize_with = "object_or_null")]
+    pub keys: Map<String, Value>,
+    #[serde(default, deserialize_with = "object_or_null")]
+    pub new_values: Map<String, Value>,
+    #[serde(default, deserialize_with = "object_or_null")]
+    pub old_values: Map<String, Value>,
+}
+
+fn object_or_null<'de, D: Deserializer<'de>>(d: D) -> Result<Map<String, Value>, D::Error> {
+    Ok(Option::<Map<String, Value>>::deserialize(d)?.unwrap_or_default())
+}
+
+/// The kind of change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum ModType {
+    Insert,
+    Update,
+    Delete,
+}
+
+/// What a change stream captures of each row; see Spanner's `value_capture_type` option.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ValueCaptureType {
+    OldAndNewValues,
+    NewValues,
+    NewRow,
+    NewRowAndOldValues,
+    /// A capture type newer than this build; kept verbatim so output loses nothing.
+    Other(String),
+}
+
+impl ValueCaptureType {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::OldAndNewValues => "OLD_AND_NEW_VALUES",
+            Self::NewValues => "NEW_VALUES",
+            Self::NewRow => "NEW_ROW",
+            Self::NewRowAndOldValues => "NEW_ROW_AND_OLD_VALUES",
+            Self::Other(s) => s,
+        }
+    }
+}
+
+impl From<&str> for ValueCaptureType {
+    fn from(s: &str) -> Self {
+        match s {
+            "OLD_AND_NEW_VALUES" => Self::OldAndNewValues,
+            "NEW_VALUES" => Self::NewValues,
+            "NEW_ROW" => Self::NewRow,
+            "NEW_ROW_AND_OLD_VALUES" => Self::NewRowAndOldValues,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+}
+
+impl fmt::Display for ValueCaptureType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for ValueCaptureType {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ValueCaptureType {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Ok(Self::from(s.as_ref()))
+    }
+}
+
+/// Says that the partition has no records up to `timestamp`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatRecord {
+    pub timestamp: Timestamp,
+}
+
+/// Announces the partitions that continue this one from `start_timestamp`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChildPartitionsRecord {
+    pub start_timestamp: Timestamp,
+    pub record_sequence: String,
+    pub child_partitions: Vec<ChildPartition>,
+}
+
+/// One child partition and all of its parents (more than one for a merge).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChildPartition {
+    pub token: PartitionToken,
+    #[serde(default)]
+    pub parent_partition_tokens: Vec<PartitionToken>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_change_record_round_trips_the_output_shape() {
+        let json = serde_json::json!({
+            "partition_token": "tok",
+            "commit_timestamp": "2026-11-27T20:00:00.123Z",
+            "record_sequence": "00000000",
+            "server_transaction_id": "tx",
+            "is_last_record_in_transaction_in_partition": true,
+            "table_name": "Singers",
+            "column_types": [
+                {"name": "SingerId", "type": {"code": "INT64"}, "is_primary_key": true, "ordinal_position": 1},
+                {"name": "Tags", "type": {"code": "ARRAY", "array_element_type": "STRING"}, "is_primary_key": false, "ordinal_position": 2}
+            ],
+            "mods": [{"keys": {"SingerId": "1"}, "new_values": {"Tags": ["a"]}, "old_values": {}}],
+            "mod_type": "INSERT",
+            "value_capture_type": "OLD_AND_NEW_VALUES",
+            "number_of_records_in_transaction": 1,
+            "number_of_partitions_in_transaction": 1,
+            "transaction_tag": "",
+            "is_system_transaction": false
+        });
+        let rec: DataChangeRecord = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(rec.mod_type, ModType::Insert);
+        assert_eq!(
+            rec.column_types[1].column_type.array_element_type.as_deref(),
+            Some("STRING")
+        );
+        assert_eq!(serde_json::to_value(&rec).unwrap(), json);
+    }
+
+    #[test]
+    fn nested_array_element_types_flatten_to_their_code() {
+        let t: SpannerType = serde_json::from_str(
+            r#"{"code":"ARRAY","array_element_type":{"code":"TIMESTAMP"}}"#,
+        )
+        .unwrap();
+        assert_eq!(t.array_element_type.as_deref(), Some("TIMESTAMP"));
+    }
+
+    #[test]
+    fn unknown_capture_types_are_kept() {
+        let v: ValueCaptureType = serde_json::from_str("\"NEW_THING\"").unwrap();
+        assert_eq!(serde_json::to_string(&v).unwrap(), "\"NEW_THING\"");
+    }
+}

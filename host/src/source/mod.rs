@@ -1,0 +1,77 @@
+//! Source: everything that talks to the change stream.
+//!
+//! Place in the flow: first stage. [`SpannerSource`] connects to the database (emulator when
+//! `SPANNER_EMULATOR_HOST` is set, Application Default Credentials otherwise), detects the
+//! dialect, checks that the stream exists, and opens one streaming query per partition from
+//! its watermark ([`PartitionQuery`]). The queries run over the client's low-level gRPC API:
+//! the high-level row iterator buffers change records until the resume token changes, which
+//! on the emulator means until the partition ends. Resume tokens are never used: a broken
+//! query is restarted from the partition's watermark instead.
+
+mod connection;
+mod decode;
+mod query;
+
+pub use connection::{SpannerSource, environment};
+pub use decode::{DecodeError, Dialect};
+pub use query::{PartitionQuery, QueryRange};
+
+use gcloud_gax::grpc::{Code, Status};
+
+/// Errors of the source stage.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("database {database} does not exist")]
+    DatabaseNotFound { database: String },
+    #[error(
+        "change stream {stream:?} does not exist in {database} (streams there: {})",
+        if existing.is_empty() { "none".to_owned() } else { existing.join(", ") }
+    )]
+    StreamNotFound {
+        stream: String,
+        database: String,
+        existing: Vec<String>,
+    },
+    #[error(
+        "start {start} is outside the change stream's retention period or before the stream was created: {message}"
+    )]
+    StartOutOfRange { start: String, message: String },
+    #[error("cannot connect to Spanner: {0}")]
+    Connect(String),
+    #[error("spanner: {0}")]
+    Grpc(#[from] Status),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+}
+
+impl SourceError {
+    /// Whether retrying the same partition from its watermark may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SourceError::Grpc(status) => is_transient_status(status),
+            SourceError::Connect(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// Transient gRPC failures: retried with backoff from the partition's watermark.
+pub fn is_transient_status(status: &Status) -> bool {
+    match status.code() {
+        Code::Unavailable
+        | Code::Aborted
+        | Code::DeadlineExceeded
+        | Code::ResourceExhausted
+        | Code::Cancelled => true,
+        Code::NotFound => status.message().contains("Session not found"),
+        Code::Internal => {
+            let m = status.message();
+            m.contains("RST_STREAM")
+                || m.contains("unexpected EOS")
+                || m.contains("Received unexpected EOS")
+                || m.contains("transport")
+        }
+        Code::Unknown => status.message().contains("transport"),
+        _ => false,
+    }
+}

@@ -1,0 +1,176 @@
+//! One partition's change stream query, as a sequence of decoded batches.
+
+use std::collections::HashMap;
+
+use gcloud_gax::grpc::Streaming;
+use gcloud_googleapis::spanner::v1::{ExecuteSqlRequest, PartialResultSet, Type, TypeCode};
+use prost_types::value::Kind;
+
+use super::connection::{PooledSession, single_use_strong};
+use super::decode::{Dialect, RowAssembler, decode_row};
+use super::SourceError;
+use crate::partition::PartitionToken;
+use crate::record::ChangeRecord;
+use crate::timestamp::Timestamp;
+
+/// The time range and heartbeat of one partition query.
+#[derive(Debug, Clone, Copy)]
+pub struct QueryRange {
+    /// Inclusive start: the partition's watermark.
+    pub start: Timestamp,
+    /// Exclusive end; `None` reads until the partition ends.
+    pub end: Option<Timestamp>,
+    pub heartbeat_millis: i64,
+}
+
+/// An open change stream query for one partition.
+pub struct PartitionQuery {
+    session: PooledSession,
+    stream: Streaming<PartialResultSet>,
+    assembler: RowAssembler,
+    dialect: Dialect,
+    partition: PartitionToken,
+    start: Timestamp,
+    done: bool,
+}
+
+impl PartitionQuery {
+    pub(super) async fn open(
+        mut session: PooledSession,
+        dialect: Dialect,
+        stream_name: &str,
+        partition: &PartitionToken,
+        range: QueryRange,
+    ) -> Result<Self, SourceError> {
+        let request = request(
+            session.name(),
+            dialect,
+            stream_name,
+            partition.query_token(),
+            range,
+        );
+        let stream = session
+            .client()
+            .execute_streaming_sql(request, true, None)
+            .await
+            .map_err(|s| out_of_range(session.observe(s), range.start))?
+            .into_inner();
+        Ok(Self {
+            start: range.start,
+            session,
+            stream,
+            assembler: RowAssembler::default(),
+            dialect,
+            partition: partition.clone(),
+            done: false,
+        })
+    }
+
+    /// The records of the next partial result set(s) that completed at least one row;
+    /// `None` once the query has ended (at its end timestamp or after child partitions).
+    pub async fn next_batch(&mut self) -> Result<Option<Vec<ChangeRecord>>, SourceError> {
+        loop {
+            let Some(prs) = self
+                .stream
+                .message()
+                .await
+                .map_err(|s| out_of_range(self.session.observe(s), self.start))?
+            else {
+                self.done = true;
+                return Ok(None);
+            };
+            let rows = self.assembler.push(prs)?;
+            if rows.is_empty() {
+                continue;
+            }
+            let columns = self.assembler.columns().expect("rows imply a row type");
+            let mut records = Vec::with_capacity(rows.len());
+            for row in rows {
+                records.extend(decode_row(self.dialect, columns, row, &self.partition)?);
+            }
+            return Ok(Some(records));
+        }
+    }
+}
+
+impl Drop for PartitionQuery {
+    fn drop(&mut self) {
+        if !self.done {
+            self.session.discard();
+        }
+    }
+}
+
+/// Names the start timestamp when Spanner refuses it.
+fn out_of_range(e: SourceError, start: Timestamp) -> SourceError {
+    match e {
+        SourceError::Grpc(s) if s.code() == gcloud_gax::grpc::Code::OutOfRange => {
+            SourceError::StartOutOfRange {
+                start: start.to_string(),
+                message: s.message().to_owned(),
+            }
+        }
+        other => other,
+    }
+}
+
+fn request(
+    session: &str,
+    dialect: Dialect,
+    stream_name: &str,
+    token: Option<&str>,
+    range: QueryRange,
+) -> ExecuteSqlRequest {
+    let (sql, names) = match dialect {
+        Dialect::GoogleSql => (
+            format!(
+                "SELECT ChangeRecord FROM READ_{stream_name}(start_timestamp => @start, \
+                 end_timestamp => @end, partition_token => @token, \
+                 heartbeat_milliseconds => @heartbeat)"
+            ),
+            ["start", "end", "token", "heartbeat"],
+        ),
+        Dialect::PostgreSql => (
+            format!("SELECT * FROM spanner.read_json_{stream_name}($1, $2, $3, $4, null)"),
+            ["p1", "p2", "p3", "p4"],
+        ),
+    };
+    let string = |s: Option<String>| prost_types::Value {
+        kind: Some(match s {
+            Some(s) => Kind::StringValue(s),
+            None => Kind::NullValue(0),
+        }),
+    };
+    let values = [
+        string(Some(range.start.to_string())),
+        string(range.end.map(|e| e.to_string())),
+        string(token.map(str::to_owned)),
+        string(Some(range.heartbeat_millis.to_string())),
+    ];
+    let types = [
+        TypeCode::Timestamp,
+        TypeCode::Timestamp,
+        TypeCode::String,
+        TypeCode::Int64,
+    ];
+    let mut fields = std::collections::BTreeMap::new();
+    let mut param_types = HashMap::new();
+    for ((name, value), code) in names.into_iter().zip(values).zip(types) {
+        fields.insert(name.to_owned(), value);
+        param_types.insert(
+            name.to_owned(),
+            Type {
+                code: code as i32,
+                ..Default::default()
+            },
+        );
+    }
+    ExecuteSqlRequest {
+        session: session.to_owned(),
+        transaction: Some(single_use_strong()),
+        sql,
+        params: Some(prost_types::Struct { fields }),
+        param_types,
+        ..Default::default()
+    }
+}

@@ -1,0 +1,1 @@
+//! Spanner emulator harness for screamer's end-to-end tests.
