@@ -17,7 +17,7 @@ use crate::dsn::DatabaseName;
 use crate::partition::{MemoryStore, PartitionStore, SpannerStore, StoreError};
 use crate::reader::ReaderError;
 use crate::sink::NdjsonSink;
-use crate::source::{SourceError, SpannerSource};
+use crate::source::{Endpoint, SourceError, SpannerSource};
 use crate::subscriber::{SubscribeError, Subscriber, SubscriberOptions};
 use crate::timestamp::Timestamp;
 
@@ -95,7 +95,10 @@ pub fn main() -> ExitCode {
     let filter = match EnvFilter::try_new(&args.log_level) {
         Ok(f) => f,
         Err(e) => {
-            eprintln!("error: --log-level {:?} is not a tracing filter: {e}", args.log_level);
+            eprintln!(
+                "error: --log-level {:?} is not a tracing filter: {e}",
+                args.log_level
+            );
             return ExitCode::from(INVALID_INPUT);
         }
     };
@@ -163,11 +166,12 @@ fn store_input_error(e: &StoreError) -> bool {
 }
 
 async fn run(args: Args) -> Result<(), RunError> {
-    let source = SpannerSource::connect(&args.dsn, &args.stream).await?;
+    let endpoint = Endpoint::from_env();
+    let source = SpannerSource::connect(&endpoint, &args.dsn, &args.stream).await?;
     let store: Arc<dyn PartitionStore> = match &args.metadata_table {
         Some(table) => {
             let db = args.partition_dsn.as_ref().unwrap_or(&args.dsn);
-            Arc::new(SpannerStore::connect(db, table).await?)
+            Arc::new(SpannerStore::connect(&endpoint, db, table).await?)
         }
         None => Arc::new(MemoryStore::new()),
     };

@@ -13,7 +13,9 @@ pub struct DatabaseName {
 
 /// A DSN that is not `projects/P/instances/I/databases/D`.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid database name {input:?}: expected projects/PROJECT/instances/INSTANCE/databases/DATABASE")]
+#[error(
+    "invalid database name {input:?}: expected projects/PROJECT/instances/INSTANCE/databases/DATABASE"
+)]
 pub struct DatabaseNameError {
     input: String,
 }
@@ -54,7 +56,9 @@ impl FromStr for DatabaseName {
     type Err = DatabaseNameError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || DatabaseNameError { input: s.to_owned() };
+        let err = || DatabaseNameError {
+            input: s.to_owned(),
+        };
         let parts: Vec<&str> = s.split('/').collect();
         match parts.as_slice() {
             ["projects", p, "instances", i, "databases", d]

@@ -13,7 +13,7 @@
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use screamer::{Consumer, ConsumerError, DataChangeRecord, MemoryStore, SpannerSource,
+//! use screamer::{Consumer, ConsumerError, DataChangeRecord, Endpoint, MemoryStore, SpannerSource,
 //!     Subscriber, SubscriberOptions};
 //! use tokio_util::sync::CancellationToken;
 //!
@@ -29,7 +29,7 @@
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let db = "projects/p/instances/i/databases/d".parse()?;
-//! let source = SpannerSource::connect(&db, "Changes").await?;
+//! let source = SpannerSource::connect(&Endpoint::from_env(), &db, "Changes").await?;
 //! let subscriber = Subscriber::new(source, Arc::new(MemoryStore::new()), SubscriberOptions::default());
 //! subscriber.subscribe(Print, CancellationToken::new()).await?;
 //! # Ok(()) }
@@ -55,6 +55,6 @@ pub use partition::{
 };
 pub use record::{ChangeRecord, DataChangeRecord, ModType, ValueCaptureType};
 pub use sink::NdjsonSink;
-pub use source::{Dialect, SourceError, SpannerSource};
+pub use source::{Dialect, Endpoint, SourceError, SpannerSource};
 pub use subscriber::{RunSummary, SubscribeError, Subscriber, SubscriberOptions};
 pub use timestamp::Timestamp;

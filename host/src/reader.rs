@@ -21,7 +21,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::Checkpointer;
 use crate::consumer::{Consumer, ConsumerError};
-use crate::partition::{NewPartition, PartitionMetadata, PartitionState, PartitionStore, PartitionToken, StoreError};
+use crate::partition::{
+    NewPartition, PartitionMetadata, PartitionState, PartitionStore, PartitionToken, StoreError,
+};
 use crate::record::{ChangeRecord, ChildPartitionsRecord, DataChangeRecord};
 use crate::source::{QueryRange, SourceError, SpannerSource};
 use crate::timestamp::Timestamp;
@@ -145,7 +147,9 @@ pub(crate) async fn run<C: Consumer>(
             }
         }
     }
-    let last = partition.end.map_or(pos.watermark, |end| pos.watermark.max(end));
+    let last = partition
+        .end
+        .map_or(pos.watermark, |end| pos.watermark.max(end));
     ctx.checkpoints
         .finish(&token, last)
         .await

@@ -237,7 +237,10 @@ mod tests {
         let rec: DataChangeRecord = serde_json::from_value(json.clone()).unwrap();
         assert_eq!(rec.mod_type, ModType::Insert);
         assert_eq!(
-            rec.column_types[1].column_type.array_element_type.as_deref(),
+            rec.column_types[1]
+                .column_type
+                .array_element_type
+                .as_deref(),
             Some("STRING")
         );
         assert_eq!(serde_json::to_value(&rec).unwrap(), json);
@@ -245,10 +248,9 @@ mod tests {
 
     #[test]
     fn nested_array_element_types_flatten_to_their_code() {
-        let t: SpannerType = serde_json::from_str(
-            r#"{"code":"ARRAY","array_element_type":{"code":"TIMESTAMP"}}"#,
-        )
-        .unwrap();
+        let t: SpannerType =
+            serde_json::from_str(r#"{"code":"ARRAY","array_element_type":{"code":"TIMESTAMP"}}"#)
+                .unwrap();
         assert_eq!(t.array_element_type.as_deref(), Some("TIMESTAMP"));
     }
 

@@ -15,7 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::Checkpointer;
 use crate::consumer::Consumer;
-use crate::partition::{NewPartition, PartitionMetadata, PartitionStore, PartitionToken, StoreError};
+use crate::partition::{
+    NewPartition, PartitionMetadata, PartitionStore, PartitionToken, StoreError,
+};
 use crate::reader::{self, ReaderContext, ReaderError, ReaderOutcome};
 use crate::source::SpannerSource;
 use crate::timestamp::Timestamp;
@@ -126,8 +128,7 @@ impl Subscriber {
                 parents: vec![],
                 start,
                 end: opts.end,
-                heartbeat_millis: opts.heartbeat_interval.as_millis().clamp(1_000, 300_000)
-                    as i64,
+                heartbeat_millis: opts.heartbeat_interval.as_millis().clamp(1_000, 300_000) as i64,
             })
             .await?;
         tracing::info!(runner = %opts.runner_id, stream = self.source.stream(), seeded, "subscribing");
@@ -156,7 +157,8 @@ impl Subscriber {
         let mut poll_timer = tokio::time::interval(opts.poll_interval);
         let mut failure: Option<SubscribeError> = None;
         loop {
-            self.schedule(&mut readers, &mut held, &ctx, &stop_readers).await?;
+            self.schedule(&mut readers, &mut held, &ctx, &stop_readers)
+                .await?;
             if opts.end.is_some() && held.is_empty() && self.store.unfinished().await? == 0 {
                 summary.reached_end = true;
                 break;

@@ -35,7 +35,9 @@ impl Timestamp {
 
     /// The timestamp `nanos` nanoseconds after the Unix epoch.
     pub fn from_unix_nanos(nanos: i128) -> Option<Self> {
-        OffsetDateTime::from_unix_timestamp_nanos(nanos).ok().map(Self)
+        OffsetDateTime::from_unix_timestamp_nanos(nanos)
+            .ok()
+            .map(Self)
     }
 
     /// The underlying `time` value (UTC).
@@ -45,7 +47,10 @@ impl Timestamp {
 
     /// This timestamp moved by `d` (saturating at the representable range).
     pub fn saturating_add(self, d: std::time::Duration) -> Self {
-        Self(self.0.saturating_add(Duration::try_from(d).unwrap_or(Duration::MAX)))
+        Self(
+            self.0
+                .saturating_add(Duration::try_from(d).unwrap_or(Duration::MAX)),
+        )
     }
 
     /// Time elapsed from `earlier` to `self`, zero if `earlier` is later.
@@ -81,7 +86,9 @@ impl FromStr for Timestamp {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         OffsetDateTime::parse(s.trim(), &Rfc3339)
             .map(Self::from)
-            .map_err(|_| TimestampParseError { input: s.to_owned() })
+            .map_err(|_| TimestampParseError {
+                input: s.to_owned(),
+            })
     }
 }
 

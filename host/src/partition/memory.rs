@@ -84,18 +84,10 @@ impl PartitionStore for MemoryStore {
     }
 
     async fn in_progress(&self) -> Result<Vec<PartitionMetadata>, StoreError> {
-        Ok(self.select(|p| {
-            matches!(
-                p.state,
-                PartitionState::Scheduled | PartitionState::Running
-            )
-        }))
+        Ok(self.select(|p| matches!(p.state, PartitionState::Scheduled | PartitionState::Running)))
     }
 
-    async fn schedule(
-        &self,
-        tokens: &[PartitionToken],
-    ) -> Result<Vec<PartitionToken>, StoreError> {
+    async fn schedule(&self, tokens: &[PartitionToken]) -> Result<Vec<PartitionToken>, StoreError> {
         self.write(|rows| {
             let mut moved = Vec::new();
             for t in tokens {
@@ -193,7 +185,14 @@ mod tests {
         let ready = store.ready().await.unwrap();
         assert_eq!(ready.len(), 1);
         assert_eq!(ready[0].token.as_str(), "c");
-        assert_eq!(store.schedule(&["c".into(), "c".into()]).await.unwrap().len(), 1);
+        assert_eq!(
+            store
+                .schedule(&["c".into(), "c".into()])
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
     }
 
     #[tokio::test]

@@ -161,7 +161,9 @@ pub enum StoreError {
     InvalidTableName(String),
     #[error("metadata table {table} does not match the partition metadata schema: {problem}")]
     SchemaMismatch { table: String, problem: String },
-    #[error("metadata table {table} is in a PostgreSQL-dialect database; use --partition-dsn to keep it in a GoogleSQL database")]
+    #[error(
+        "metadata table {table} is in a PostgreSQL-dialect database; use --partition-dsn to keep it in a GoogleSQL database"
+    )]
     UnsupportedDialect { table: String },
     #[error("partition {token:?} is not in the metadata table")]
     UnknownPartition { token: PartitionToken },
@@ -190,8 +192,7 @@ pub trait PartitionStore: Send + Sync + 'static {
 
     /// Moves the given partitions from CREATED to SCHEDULED, atomically; returns the ones it
     /// moved (another scheduler may have taken the rest).
-    async fn schedule(&self, tokens: &[PartitionToken])
-    -> Result<Vec<PartitionToken>, StoreError>;
+    async fn schedule(&self, tokens: &[PartitionToken]) -> Result<Vec<PartitionToken>, StoreError>;
 
     /// SCHEDULED -> RUNNING.
     async fn mark_running(&self, token: &PartitionToken) -> Result<(), StoreError>;

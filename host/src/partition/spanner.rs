@@ -23,7 +23,7 @@ use super::{
     NewPartition, PartitionMetadata, PartitionState, PartitionStore, PartitionToken, StoreError,
 };
 use crate::dsn::DatabaseName;
-use crate::source::environment;
+use crate::source::Endpoint;
 use crate::timestamp::Timestamp;
 
 /// Beam stores "no end" as the largest timestamp.
@@ -49,6 +49,7 @@ const READ_COLUMNS: &str =
 
 /// A [`PartitionStore`] in a Spanner table, shareable by several runners and processes.
 pub struct SpannerStore {
+    endpoint: Endpoint,
     database: DatabaseName,
     table: String,
     client: Client,
@@ -57,14 +58,21 @@ pub struct SpannerStore {
 
 impl SpannerStore {
     /// Connects to the database that holds (or will hold) `table`.
-    pub async fn connect(database: &DatabaseName, table: &str) -> Result<Self, StoreError> {
+    pub async fn connect(
+        endpoint: &Endpoint,
+        database: &DatabaseName,
+        table: &str,
+    ) -> Result<Self, StoreError> {
         if !valid_table_name(table) {
             return Err(StoreError::InvalidTableName(table.to_owned()));
         }
-        let env = environment().await.map_err(|e| StoreError::Spanner {
-            table: table.to_owned(),
-            message: e.to_string(),
-        })?;
+        let env = endpoint
+            .environment()
+            .await
+            .map_err(|e| StoreError::Spanner {
+                table: table.to_owned(),
+                message: e.to_string(),
+            })?;
         let mut config = ClientConfig {
             environment: env,
             ..Default::default()
@@ -79,6 +87,7 @@ impl SpannerStore {
                 message: e.to_string(),
             })?;
         Ok(Self {
+            endpoint: endpoint.clone(),
             database: database.clone(),
             table: table.to_owned(),
             client,
@@ -213,7 +222,7 @@ impl SpannerStore {
                 "CREATE INDEX IF NOT EXISTS {t}_ByCreatedAt ON {t} (CreatedAt, StartTimestamp)"
             ),
         ];
-        let env = environment().await.map_err(|e| self.err(e))?;
+        let env = self.endpoint.environment().await.map_err(|e| self.err(e))?;
         let admin = AdminClient::new(AdminClientConfig {
             environment: env,
             ..Default::default()
@@ -240,7 +249,10 @@ impl SpannerStore {
         if mutations.is_empty() {
             return Ok(());
         }
-        self.client.apply(mutations).await.map_err(|e| self.err(e))?;
+        self.client
+            .apply(mutations)
+            .await
+            .map_err(|e| self.err(e))?;
         self.writes.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -253,10 +265,7 @@ impl SpannerStore {
         plan: F,
     ) -> Result<Vec<String>, StoreError>
     where
-        F: Fn(&[(String, PartitionState)]) -> (Vec<Mutation>, Vec<String>)
-            + Send
-            + Sync
-            + 'static,
+        F: Fn(&[(String, PartitionState)]) -> (Vec<Mutation>, Vec<String>) + Send + Sync + 'static,
     {
         let plan = Arc::new(plan);
         let tokens = Arc::new(tokens);
@@ -316,7 +325,6 @@ fn insert_partition(table: &str, p: &NewPartition) -> Mutation {
         ],
     )
 }
-
 
 fn no_end() -> Timestamp {
     NO_END.parse().expect("constant timestamp")
@@ -391,10 +399,7 @@ impl PartitionStore for SpannerStore {
         self.partitions("p.State IN ('SCHEDULED', 'RUNNING')").await
     }
 
-    async fn schedule(
-        &self,
-        tokens: &[PartitionToken],
-    ) -> Result<Vec<PartitionToken>, StoreError> {
+    async fn schedule(&self, tokens: &[PartitionToken]) -> Result<Vec<PartitionToken>, StoreError> {
         let table = self.table.clone();
         let moved = self
             .read_modify_write(
@@ -444,7 +449,10 @@ impl PartitionStore for SpannerStore {
         let wanted = children.to_vec();
         let inserted = self
             .read_modify_write(
-                children.iter().map(|c| c.token.as_str().to_owned()).collect(),
+                children
+                    .iter()
+                    .map(|c| c.token.as_str().to_owned())
+                    .collect(),
                 move |found| {
                     let mut seen: Vec<&str> = found.iter().map(|(t, _)| t.as_str()).collect();
                     let mut mutations = Vec::new();
@@ -471,7 +479,11 @@ impl PartitionStore for SpannerStore {
             .iter()
             .map(|(t, w)| {
                 let w: OffsetDateTime = (*w).into();
-                update(&self.table, &["PartitionToken", "Watermark"], &[&t.as_str(), &w])
+                update(
+                    &self.table,
+                    &["PartitionToken", "Watermark"],
+                    &[&t.as_str(), &w],
+                )
             })
             .collect();
         self.commit(mutations).await

@@ -14,23 +14,49 @@ use gcloud_spanner::apiv1::conn_pool::{ConnectionManager, SPANNER};
 use gcloud_spanner::client::ClientConfig;
 use prost_types::value::Kind;
 
+use super::SourceError;
 use super::decode::{Dialect, RowAssembler};
 use super::query::{PartitionQuery, QueryRange};
-use super::SourceError;
 use crate::dsn::DatabaseName;
 use crate::partition::PartitionToken;
 
-/// Where the client connects: the emulator named by `SPANNER_EMULATOR_HOST`, or Google Cloud
-/// with Application Default Credentials.
-pub async fn environment() -> Result<Environment, SourceError> {
-    if let Ok(host) = std::env::var("SPANNER_EMULATOR_HOST") {
-        return Ok(Environment::Emulator(host));
+/// Where the clients connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// A Spanner emulator at `host:port`, without TLS or credentials.
+    Emulator(String),
+    /// Google Cloud, with Application Default Credentials.
+    GoogleCloud,
+}
+
+impl Endpoint {
+    /// The emulator named by `SPANNER_EMULATOR_HOST`, as in every Google client, or Google
+    /// Cloud.
+    pub fn from_env() -> Self {
+        match std::env::var("SPANNER_EMULATOR_HOST") {
+            Ok(host) if !host.is_empty() => Self::Emulator(host),
+            _ => Self::GoogleCloud,
+        }
     }
-    let config = ClientConfig::default()
-        .with_auth()
-        .await
-        .map_err(|e| SourceError::Connect(format!("application default credentials: {e}")))?;
-    Ok(config.environment)
+
+    /// The client crate's connection environment (fetches credentials for Google Cloud).
+    pub async fn environment(&self) -> Result<Environment, SourceError> {
+        match self {
+            Self::Emulator(host) => Ok(Environment::Emulator(host.clone())),
+            Self::GoogleCloud => {
+                let config = ClientConfig::default().with_auth().await.map_err(|e| {
+                    SourceError::Connect(format!("application default credentials: {e}"))
+                })?;
+                match config.environment {
+                    // The client's default follows SPANNER_EMULATOR_HOST even when empty.
+                    Environment::Emulator(_) => Err(SourceError::Connect(
+                        "SPANNER_EMULATOR_HOST is set but empty".to_owned(),
+                    )),
+                    env => Ok(env),
+                }
+            }
+        }
+    }
 }
 
 /// A change stream in one database, ready to be queried partition by partition.
@@ -48,8 +74,12 @@ struct Inner {
 
 impl SpannerSource {
     /// Connects, detects the dialect and checks that `stream` exists.
-    pub async fn connect(database: &DatabaseName, stream: &str) -> Result<Self, SourceError> {
-        let sessions = Arc::new(SessionPool::connect(database).await?);
+    pub async fn connect(
+        endpoint: &Endpoint,
+        database: &DatabaseName,
+        stream: &str,
+    ) -> Result<Self, SourceError> {
+        let sessions = Arc::new(SessionPool::connect(endpoint, database).await?);
         let dialect = detect_dialect(&sessions, database).await?;
         let existing = list_streams(&sessions).await?;
         if !valid_identifier(stream) || !existing.iter().any(|s| s == stream) {
@@ -133,13 +163,19 @@ async fn list_streams(sessions: &Arc<SessionPool>) -> Result<Vec<String>, Source
         "SELECT change_stream_name FROM information_schema.change_streams",
     )
     .await?;
-    let mut names: Vec<String> = rows.into_iter().filter_map(|r| r.into_iter().next()).collect();
+    let mut names: Vec<String> = rows
+        .into_iter()
+        .filter_map(|r| r.into_iter().next())
+        .collect();
     names.sort();
     Ok(names)
 }
 
 /// Runs a small query whose columns are all strings (information schema look-ups).
-async fn run_query(sessions: &Arc<SessionPool>, sql: &str) -> Result<Vec<Vec<String>>, SourceError> {
+async fn run_query(
+    sessions: &Arc<SessionPool>,
+    sql: &str,
+) -> Result<Vec<Vec<String>>, SourceError> {
     let mut session = SessionPool::acquire(sessions).await?;
     let request = ExecuteSqlRequest {
         session: session.name().to_owned(),
@@ -198,8 +234,8 @@ pub(super) struct SessionPool {
 }
 
 impl SessionPool {
-    async fn connect(database: &DatabaseName) -> Result<Self, SourceError> {
-        let env = environment().await?;
+    async fn connect(endpoint: &Endpoint, database: &DatabaseName) -> Result<Self, SourceError> {
+        let env = endpoint.environment().await?;
         let conn = ConnectionManager::new(4, &env, SPANNER, &ConnectionOptions::default())
             .await
             .map_err(|e| SourceError::Connect(e.to_string()))?;

@@ -133,7 +133,10 @@ fn merge_chunk(
 }
 
 fn mergeable(v: &prost_types::Value) -> bool {
-    matches!(v.kind, Some(Kind::StringValue(_)) | Some(Kind::ListValue(_)))
+    matches!(
+        v.kind,
+        Some(Kind::StringValue(_)) | Some(Kind::ListValue(_))
+    )
 }
 
 fn same_kind(a: &prost_types::Value, b: &prost_types::Value) -> bool {

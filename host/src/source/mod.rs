@@ -12,7 +12,7 @@ mod connection;
 mod decode;
 mod query;
 
-pub use connection::{SpannerSource, environment};
+pub use connection::{Endpoint, SpannerSource};
 pub use decode::{DecodeError, Dialect};
 pub use query::{PartitionQuery, QueryRange};
 

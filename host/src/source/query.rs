@@ -6,9 +6,9 @@ use gcloud_gax::grpc::Streaming;
 use gcloud_googleapis::spanner::v1::{ExecuteSqlRequest, PartialResultSet, Type, TypeCode};
 use prost_types::value::Kind;
 
+use super::SourceError;
 use super::connection::{PooledSession, single_use_strong};
 use super::decode::{Dialect, RowAssembler, decode_row};
-use super::SourceError;
 use crate::partition::PartitionToken;
 use crate::record::ChangeRecord;
 use crate::timestamp::Timestamp;

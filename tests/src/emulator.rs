@@ -1,0 +1,285 @@
+//! The Spanner emulator process, its instance, and test databases.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use gcloud_gax::conn::Environment;
+use gcloud_googleapis::spanner::admin::database::v1::{
+    CreateDatabaseRequest, DatabaseDialect, UpdateDatabaseDdlRequest,
+};
+use gcloud_googleapis::spanner::admin::instance::v1::{CreateInstanceRequest, Instance};
+use gcloud_googleapis::spanner::v1::Mutation;
+use gcloud_spanner::admin::AdminClientConfig;
+use gcloud_spanner::admin::client::Client as AdminClient;
+use gcloud_spanner::client::{Client, ClientConfig};
+use gcloud_spanner::statement::Statement;
+use screamer::{DatabaseName, Dialect, Endpoint, Timestamp};
+
+const PROJECT: &str = "test-project";
+const INSTANCE: &str = "test-instance";
+
+/// Settings of one emulator.
+#[derive(Debug, Clone, Default)]
+pub struct EmulatorOptions {
+    /// Partitions end after N..2N seconds, producing splits, moves and merges.
+    pub partition_alive_seconds: Option<u32>,
+}
+
+/// A running emulator with one instance; killed (whole process group) on drop.
+pub struct Emulator {
+    host: String,
+    child: Child,
+    next_db: AtomicU32,
+}
+
+impl Emulator {
+    pub async fn start(options: EmulatorOptions) -> anyhow::Result<Self> {
+        let dir = emulator_dir()?;
+        let grpc = free_port()?;
+        let http = free_port()?;
+        let mut cmd = Command::new(dir.join("gateway_main"));
+        cmd.args([
+            "--hostname",
+            "127.0.0.1",
+            "--grpc_port",
+            &grpc.to_string(),
+            "--http_port",
+            &http.to_string(),
+            "--grpc_binary",
+        ])
+        .arg(dir.join("emulator_main"));
+        if let Some(n) = options.partition_alive_seconds {
+            cmd.arg(format!(
+                "--override_change_stream_partition_token_alive_seconds={n}"
+            ));
+        }
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let child = cmd.spawn().context("starting gateway_main")?;
+        let emulator = Self {
+            host: format!("127.0.0.1:{grpc}"),
+            child,
+            next_db: AtomicU32::new(0),
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&emulator.host).is_err() {
+            if std::time::Instant::now() > deadline {
+                bail!("emulator did not listen on {} within 20 s", emulator.host);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        emulator.create_instance().await?;
+        Ok(emulator)
+    }
+
+    /// `host:port` of the gRPC endpoint (the value for `SPANNER_EMULATOR_HOST`).
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint::Emulator(self.host.clone())
+    }
+
+    async fn admin(&self) -> anyhow::Result<AdminClient> {
+        Ok(AdminClient::new(AdminClientConfig {
+            environment: Environment::Emulator(self.host.clone()),
+            ..Default::default()
+        })
+        .await?)
+    }
+
+    async fn create_instance(&self) -> anyhow::Result<()> {
+        let admin = self.admin().await?;
+        let mut op = admin
+            .instance()
+            .create_instance(
+                CreateInstanceRequest {
+                    parent: format!("projects/{PROJECT}"),
+                    instance_id: INSTANCE.into(),
+                    instance: Some(Instance {
+                        name: format!("projects/{PROJECT}/instances/{INSTANCE}"),
+                        config: format!("projects/{PROJECT}/instanceConfigs/emulator-config"),
+                        display_name: INSTANCE.into(),
+                        node_count: 1,
+                        ..Default::default()
+                    }),
+                },
+                None,
+            )
+            .await
+            .context("creating the emulator instance")?;
+        op.wait(None).await?;
+        Ok(())
+    }
+
+    /// A name for a database that does not exist.
+    pub fn unused_database(&self) -> DatabaseName {
+        let n = self.next_db.fetch_add(1, Ordering::Relaxed);
+        DatabaseName::new(PROJECT, INSTANCE, format!("db{n}"))
+    }
+
+    /// Creates a new database of `dialect` and applies `ddl` to it.
+    pub async fn database(&self, dialect: Dialect, ddl: &[&str]) -> anyhow::Result<TestDatabase> {
+        let name = self.unused_database();
+        let admin = self.admin().await?;
+        let (create_statement, database_dialect) = match dialect {
+            Dialect::GoogleSql => (
+                format!("CREATE DATABASE `{}`", name.database()),
+                DatabaseDialect::GoogleStandardSql,
+            ),
+            Dialect::PostgreSql => (
+                format!("CREATE DATABASE \"{}\"", name.database()),
+                DatabaseDialect::Postgresql,
+            ),
+        };
+        let mut op = admin
+            .database()
+            .create_database(
+                CreateDatabaseRequest {
+                    parent: name.instance_path(),
+                    create_statement,
+                    database_dialect: database_dialect as i32,
+                    ..Default::default()
+                },
+                None,
+            )
+            .await
+            .context("creating a database")?;
+        op.wait(None).await?;
+        let db = TestDatabase {
+            client: Client::new(
+                name.to_string(),
+                ClientConfig {
+                    environment: Environment::Emulator(self.host.clone()),
+                    ..Default::default()
+                },
+            )
+            .await?,
+            name,
+            host: self.host.clone(),
+        };
+        if !ddl.is_empty() {
+            db.ddl(ddl).await?;
+        }
+        Ok(db)
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        // gateway_main starts emulator_main as a child: kill the whole group, which
+        // `process_group(0)` made with the gateway's pid as its id.
+        let pgid = self.child.id() as libc::pid_t;
+        // SAFETY: kill(2) with a negative pid signals exactly that process group.
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+/// A database on a test emulator, with a client for writing.
+pub struct TestDatabase {
+    pub name: DatabaseName,
+    pub client: Client,
+    host: String,
+}
+
+impl TestDatabase {
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint::Emulator(self.host.clone())
+    }
+
+    /// The emulator's `host:port`.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub async fn ddl(&self, statements: &[&str]) -> anyhow::Result<()> {
+        let admin = AdminClient::new(AdminClientConfig {
+            environment: Environment::Emulator(self.host.clone()),
+            ..Default::default()
+        })
+        .await?;
+        let mut op = admin
+            .database()
+            .update_database_ddl(
+                UpdateDatabaseDdlRequest {
+                    database: self.name.to_string(),
+                    statements: statements.iter().map(|s| s.to_string()).collect(),
+                    ..Default::default()
+                },
+                None,
+            )
+            .await
+            .with_context(|| format!("DDL {statements:?}"))?;
+        op.wait(None).await?;
+        Ok(())
+    }
+
+    /// Commits `mutations` in one transaction; returns its commit timestamp.
+    pub async fn apply(&self, mutations: Vec<Mutation>) -> anyhow::Result<Timestamp> {
+        let result = self.client.apply(mutations).await?;
+        commit_time(result.timestamp)
+    }
+
+    /// Runs DML statements in one read-write transaction; returns its commit timestamp.
+    pub async fn dml(&self, statements: Vec<Statement>) -> anyhow::Result<Timestamp> {
+        let (result, _) = self
+            .client
+            .read_write_transaction(|tx| {
+                let statements = statements.clone();
+                Box::pin(async move {
+                    for s in statements {
+                        tx.update(s).await?;
+                    }
+                    Ok::<(), gcloud_spanner::client::Error>(())
+                })
+            })
+            .await?;
+        commit_time(result.timestamp)
+    }
+}
+
+fn commit_time(ts: Option<gcloud_spanner::value::Timestamp>) -> anyhow::Result<Timestamp> {
+    let ts = ts.context("commit without timestamp")?;
+    Timestamp::from_unix_nanos(ts.seconds as i128 * 1_000_000_000 + ts.nanos as i128)
+        .context("commit timestamp out of range")
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn emulator_dir() -> anyhow::Result<PathBuf> {
+    let has = |d: &PathBuf| d.join("gateway_main").is_file() && d.join("emulator_main").is_file();
+    if let Some(d) = std::env::var_os("SPANNER_EMULATOR_DIR").map(PathBuf::from) {
+        if has(&d) {
+            return Ok(d);
+        }
+        bail!(
+            "SPANNER_EMULATOR_DIR={} holds no gateway_main and emulator_main",
+            d.display()
+        );
+    }
+    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    candidates.push("/usr/lib/google-cloud-sdk/bin/cloud_spanner_emulator".into());
+    if let Ok(out) = Command::new("dpkg")
+        .args(["-L", "google-cloud-cli-spanner-emulator"])
+        .output()
+    {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if line.ends_with("/gateway_main") {
+                candidates.push(PathBuf::from(line).with_file_name(""));
+            }
+        }
+    }
+    candidates.into_iter().find(has).context(
+        "Spanner emulator not found: install google-cloud-cli-spanner-emulator or set SPANNER_EMULATOR_DIR",
+    )
+}

@@ -1,0 +1,122 @@
+//! The `screamer` binary as a child process: its NDJSON stdout collected line by line.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+
+/// The screamer binary next to this test binary (`target/<profile>/screamer`), or
+/// `SCREAMER_BIN`. The test script builds it before the tests run.
+pub fn screamer_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("SCREAMER_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/<test> -> target/<profile>/screamer
+    exe.parent()
+        .and_then(|d| d.parent())
+        .map(|d| d.join("screamer"))
+        .expect("target directory")
+}
+
+/// A running screamer process.
+pub struct Screamer {
+    child: Child,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Screamer {
+    /// Starts screamer against `emulator_host` with `args`.
+    pub fn spawn(emulator_host: &str, args: &[String]) -> anyhow::Result<Self> {
+        let bin = screamer_bin();
+        anyhow::ensure!(
+            bin.is_file(),
+            "{} is missing: build it first (cargo build -p screamer)",
+            bin.display()
+        );
+        let mut child = Command::new(&bin)
+            .args(args)
+            .env("SPANNER_EMULATOR_HOST", emulator_host)
+            .env_remove("DSN")
+            .env_remove("STREAM")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("spawning {}", bin.display()))?;
+        let stdout = collect(child.stdout.take().expect("piped stdout"));
+        let stderr = collect(child.stderr.take().expect("piped stderr"));
+        Ok(Self {
+            child,
+            stdout,
+            stderr,
+        })
+    }
+
+    /// The NDJSON lines printed so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.stdout.lock().expect("stdout lock").clone()
+    }
+
+    pub fn line_count(&self) -> usize {
+        self.stdout.lock().expect("stdout lock").len()
+    }
+
+    /// The log lines printed so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().expect("stderr lock").join("\n")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (`libc::SIGINT`, `SIGTERM`, `SIGKILL`, `SIGSTOP`, `SIGCONT`).
+    pub fn signal(&self, signal: libc::c_int) -> anyhow::Result<()> {
+        // SAFETY: kill(2) on our own child's pid, which we have not reaped yet.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+        anyhow::ensure!(rc == 0, "kill({}, {signal}) failed", self.child.id());
+        Ok(())
+    }
+
+    /// Waits for the process to exit, up to `timeout`; then its output is complete.
+    pub async fn wait(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                // Let the reader threads reach end of file.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                return Ok(status);
+            }
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!(
+                    "screamer did not exit within {timeout:?}; stderr:\n{}",
+                    self.stderr()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Screamer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn collect(stream: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&lines);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            sink.lock().expect("line lock").push(line);
+        }
+    });
+    lines
+}
