@@ -221,9 +221,21 @@ impl TestDatabase {
     }
 
     /// Commits `mutations` in one transaction; returns its commit timestamp.
+    /// The emulator runs one transaction at a time and aborts the others, so aborted
+    /// commits are retried.
     pub async fn apply(&self, mutations: Vec<Mutation>) -> anyhow::Result<Timestamp> {
-        let result = self.client.apply(mutations).await?;
-        commit_time(result.timestamp)
+        for _ in 0..100 {
+            match self.client.apply(mutations.clone()).await {
+                Ok(result) => return commit_time(result.timestamp),
+                Err(gcloud_spanner::client::Error::GRPC(s))
+                    if s.code() == gcloud_gax::grpc::Code::Aborted =>
+                {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        anyhow::bail!("commit aborted 100 times")
     }
 
     /// Runs DML statements in one read-write transaction; returns its commit timestamp.

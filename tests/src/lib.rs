@@ -15,6 +15,16 @@ pub use process::{Screamer, screamer_bin};
 
 use std::time::Duration;
 
+/// Sends screamer's logs to the test output, filtered by `RUST_LOG` (default: warnings).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
 /// Waits until `check` returns `Some`, polling every 50 ms, or fails after `timeout` with `what`.
 pub async fn eventually<T>(
     timeout: Duration,

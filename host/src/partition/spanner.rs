@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use gcloud_googleapis::spanner::admin::database::v1::UpdateDatabaseDdlRequest;
 use gcloud_googleapis::spanner::v1::Mutation;
@@ -23,8 +24,11 @@ use super::{
     NewPartition, PartitionMetadata, PartitionState, PartitionStore, PartitionToken, StoreError,
 };
 use crate::dsn::DatabaseName;
-use crate::source::Endpoint;
+use crate::source::{Endpoint, is_transient_status};
 use crate::timestamp::Timestamp;
+
+/// How long a metadata operation is retried while Spanner reports transient failures.
+const RETRY_FOR: Duration = Duration::from_secs(30);
 
 /// Beam stores "no end" as the largest timestamp.
 const NO_END: &str = "9999-12-31T23:59:59.999999999Z";
@@ -249,12 +253,33 @@ impl SpannerStore {
         if mutations.is_empty() {
             return Ok(());
         }
-        self.client
-            .apply(mutations)
-            .await
-            .map_err(|e| self.err(e))?;
+        self.retrying(|| self.client.apply(mutations.clone()))
+            .await?;
         self.writes.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Runs `op` again while it fails transiently (aborted by a concurrent transaction,
+    /// unavailable), with jittered backoff, for up to [`RETRY_FOR`].
+    async fn retrying<T, Fut>(&self, op: impl Fn() -> Fut) -> Result<T, StoreError>
+    where
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
+        let deadline = tokio::time::Instant::now() + RETRY_FOR;
+        let mut delay = Duration::from_millis(20);
+        loop {
+            match op().await {
+                Ok(v) => return Ok(v),
+                Err(ClientError::GRPC(status))
+                    if is_transient_status(&status) && tokio::time::Instant::now() < deadline =>
+                {
+                    tracing::debug!(table = %self.table, error = %status, "retrying metadata write");
+                    tokio::time::sleep(delay.mul_f64(0.5 + fastrand::f64())).await;
+                    delay = (delay * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => return Err(self.err(e)),
+            }
+        }
     }
 
     /// Reads the states of `tokens` in a read-write transaction and commits, atomically,
@@ -270,28 +295,29 @@ impl SpannerStore {
         let plan = Arc::new(plan);
         let tokens = Arc::new(tokens);
         let table = Arc::new(self.table.clone());
-        let result: Result<(_, Vec<String>), ClientError> = self
-            .client
-            .read_write_transaction(|tx| {
-                let (plan, tokens, table) = (plan.clone(), tokens.clone(), table.clone());
-                Box::pin(async move {
-                    let keys: Vec<Key> = tokens.iter().map(|t| Key::new(t)).collect();
-                    let mut reader = tx.read(&table, &["PartitionToken", "State"], keys).await?;
-                    let mut found = Vec::new();
-                    while let Some(row) = reader.next().await? {
-                        let token: String = row.column(0)?;
-                        let state: String = row.column(1)?;
-                        if let Some(state) = PartitionState::parse(&state) {
-                            found.push((token, state));
+        let (_, out) = self
+            .retrying(|| {
+                self.client.read_write_transaction(|tx| {
+                    let (plan, tokens, table) = (plan.clone(), tokens.clone(), table.clone());
+                    Box::pin(async move {
+                        let keys: Vec<Key> = tokens.iter().map(|t| Key::new(t)).collect();
+                        let mut reader =
+                            tx.read(&table, &["PartitionToken", "State"], keys).await?;
+                        let mut found = Vec::new();
+                        while let Some(row) = reader.next().await? {
+                            let token: String = row.column(0)?;
+                            let state: String = row.column(1)?;
+                            if let Some(state) = PartitionState::parse(&state) {
+                                found.push((token, state));
+                            }
                         }
-                    }
-                    let (mutations, out) = plan(&found);
-                    tx.buffer_write(mutations);
-                    Ok(out)
+                        let (mutations, out) = plan(&found);
+                        tx.buffer_write(mutations);
+                        Ok::<_, ClientError>(out)
+                    })
                 })
             })
-            .await;
-        let (_, out) = result.map_err(|e| self.err(e))?;
+            .await?;
         self.writes.fetch_add(1, Ordering::Relaxed);
         Ok(out)
     }

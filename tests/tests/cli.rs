@@ -1,0 +1,358 @@
+//! The `screamer` binary as a user runs it: exit codes, error lines, `--end`, graceful stop
+//! and restart, `kill -9` and restart.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use gcloud_spanner::mutation::insert_or_update;
+use screamer::{Dialect, Timestamp};
+use screamer_tests::libc::{SIGINT, SIGKILL, SIGTERM};
+use screamer_tests::{Emulator, EmulatorOptions, Screamer, TestDatabase, eventually};
+use serde_json::Value;
+
+const ITEMS: &str = "CREATE TABLE Items (Id INT64 NOT NULL, Seq INT64 NOT NULL) PRIMARY KEY (Id)";
+const STREAM: &str = "CREATE CHANGE STREAM Changes FOR Items";
+
+fn args(db: &TestDatabase, extra: &[&str]) -> Vec<String> {
+    let mut a = vec![
+        "--dsn".to_owned(),
+        db.name.to_string(),
+        "--stream".to_owned(),
+        "Changes".to_owned(),
+        "--heartbeat-interval".to_owned(),
+        "1s".to_owned(),
+    ];
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}
+
+/// Writes `commits` single-row transactions over `keys` keys; returns the last Seq per key
+/// and the last commit timestamp.
+async fn write(
+    db: &TestDatabase,
+    commits: i64,
+    keys: i64,
+    pause: Duration,
+) -> anyhow::Result<(HashMap<i64, i64>, Timestamp)> {
+    let mut seq = HashMap::new();
+    let mut last = Timestamp::now();
+    for i in 0..commits {
+        let key = i % keys;
+        let s: &mut i64 = seq.entry(key).or_default();
+        *s += 1;
+        last = db
+            .apply(vec![insert_or_update(
+                "Items",
+                &["Id", "Seq"],
+                &[&key, &*s],
+            )])
+            .await?;
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+    }
+    Ok((seq, last))
+}
+
+/// (key, seq) of every mod in NDJSON lines, in output order.
+fn mods(lines: &[String]) -> anyhow::Result<Vec<(i64, i64)>> {
+    let mut out = Vec::new();
+    for line in lines {
+        let v: Value = serde_json::from_str(line)?;
+        for m in v["mods"].as_array().expect("mods array") {
+            out.push((
+                m["keys"]["Id"].as_str().unwrap().parse()?,
+                m["new_values"]["Seq"].as_str().unwrap().parse()?,
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Asserts that within one process's output every key's Seq values only increase.
+fn assert_ordered_per_key(mods: &[(i64, i64)]) {
+    let mut last: HashMap<i64, i64> = HashMap::new();
+    for (k, s) in mods {
+        let prev = last.insert(*k, *s).unwrap_or(0);
+        assert!(*s > prev, "key {k}: seq {s} after {prev}");
+    }
+}
+
+fn expected(seq: &HashMap<i64, i64>) -> BTreeMap<(i64, i64), usize> {
+    seq.iter()
+        .flat_map(|(k, n)| (1..=*n).map(move |s| ((*k, s), 1)))
+        .collect()
+}
+
+fn counts(mods: impl IntoIterator<Item = (i64, i64)>) -> BTreeMap<(i64, i64), usize> {
+    let mut c = BTreeMap::new();
+    for m in mods {
+        *c.entry(m).or_default() += 1;
+    }
+    c
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn end_ends_the_run_with_exit_0_after_everything_committed_before_it() -> anyhow::Result<()> {
+    let emulator = Emulator::start(EmulatorOptions::default()).await?;
+    let db = emulator
+        .database(Dialect::GoogleSql, &[ITEMS, STREAM])
+        .await?;
+    let start = Timestamp::now();
+    let (seq, last) = write(&db, 300, 7, Duration::ZERO).await?;
+    let end = last.saturating_add(Duration::from_nanos(1));
+    let mut screamer = Screamer::spawn(
+        db.host(),
+        &args(
+            &db,
+            &["--start", &start.to_string(), "--end", &end.to_string()],
+        ),
+    )?;
+    let status = screamer.wait(Duration::from_secs(60)).await?;
+    assert_eq!(status.code(), Some(0), "stderr: {}", screamer.stderr());
+    let lines = screamer.lines();
+    assert_eq!(lines.len(), 300);
+    let got = mods(&lines)?;
+    assert_ordered_per_key(&got);
+    assert_eq!(counts(got), expected(&seq));
+    let first: Value = serde_json::from_str(&lines[0])?;
+    assert_eq!(first["table_name"], "Items");
+    assert_eq!(first["mod_type"], "INSERT");
+    assert!(
+        first["partition_token"]
+            .as_str()
+            .is_some_and(|t| !t.is_empty())
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn graceful_stop_and_restart_loses_nothing_and_repeats_nothing() -> anyhow::Result<()> {
+    let emulator = Emulator::start(EmulatorOptions {
+        partition_alive_seconds: Some(3),
+    })
+    .await?;
+    let db = emulator
+        .database(Dialect::GoogleSql, &[ITEMS, STREAM])
+        .await?;
+    let start = Timestamp::now().to_string();
+    let run_args = args(&db, &["--metadata-table", "Partitions", "--start", &start]);
+    let db = std::sync::Arc::new(db);
+    let writing = tokio::spawn({
+        let db = db.clone();
+        async move { write(&db, 1500, 13, Duration::from_millis(4)).await }
+    });
+    let mut outputs = Vec::new();
+    // Runs stopped by SIGINT and SIGTERM while the writer is busy, then one to the end.
+    for signal in [SIGINT, SIGTERM] {
+        let mut s = Screamer::spawn(db.host(), &run_args)?;
+        let floor = 100;
+        eventually(
+            Duration::from_secs(60),
+            "output from this run",
+            async || (s.line_count() >= floor).then_some(()),
+        )
+        .await?;
+        s.signal(signal)?;
+        let status = s.wait(Duration::from_secs(30)).await?;
+        assert_eq!(status.code(), Some(0), "stderr: {}", s.stderr());
+        outputs.push(mods(&s.lines())?);
+    }
+    let (seq, _) = writing.await??;
+    let want = expected(&seq);
+    let mut s = Screamer::spawn(db.host(), &run_args)?;
+    let so_far: usize = outputs.iter().map(Vec::len).sum();
+    let total = want.len();
+    eventually(
+        Duration::from_secs(60),
+        "the rest of the output",
+        async || (so_far + mods(&s.lines()).ok()?.len() >= total).then_some(()),
+    )
+    .await?;
+    s.signal(SIGINT)?;
+    assert_eq!(s.wait(Duration::from_secs(30)).await?.code(), Some(0));
+    outputs.push(mods(&s.lines())?);
+
+    for out in &outputs {
+        assert_ordered_per_key(out);
+    }
+    assert_eq!(counts(outputs.into_iter().flatten()), want);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_and_restart_loses_nothing() -> anyhow::Result<()> {
+    let emulator = Emulator::start(EmulatorOptions {
+        partition_alive_seconds: Some(3),
+    })
+    .await?;
+    let db = std::sync::Arc::new(
+        emulator
+            .database(Dialect::GoogleSql, &[ITEMS, STREAM])
+            .await?,
+    );
+    let start = Timestamp::now().to_string();
+    let run_args = args(
+        &db,
+        &[
+            "--metadata-table",
+            "Partitions",
+            "--start",
+            &start,
+            "--checkpoint-interval",
+            "200ms",
+        ],
+    );
+    let writing = tokio::spawn({
+        let db = db.clone();
+        async move { write(&db, 1200, 11, Duration::from_millis(4)).await }
+    });
+    let mut first = Screamer::spawn(db.host(), &run_args)?;
+    eventually(
+        Duration::from_secs(60),
+        "output before the kill",
+        async || (first.line_count() >= 300).then_some(()),
+    )
+    .await?;
+    first.signal(SIGKILL)?;
+    first.wait(Duration::from_secs(10)).await?;
+    let before = mods(&first.lines())?;
+
+    let (seq, _) = writing.await??;
+    let want = expected(&seq);
+    let mut second = Screamer::spawn(db.host(), &run_args)?;
+    eventually(
+        Duration::from_secs(60),
+        "every mutation after the restart",
+        async || {
+            let all = counts(before.iter().copied().chain(mods(&second.lines()).ok()?));
+            want.keys().all(|k| all.contains_key(k)).then_some(())
+        },
+    )
+    .await?;
+    second.signal(SIGINT)?;
+    assert_eq!(second.wait(Duration::from_secs(30)).await?.code(), Some(0));
+    let after = mods(&second.lines())?;
+    assert_ordered_per_key(&before);
+    assert_ordered_per_key(&after);
+    let all = counts(before.into_iter().chain(after));
+    // At least once: nothing lost, nothing invented; repeats are allowed after a crash.
+    assert_eq!(
+        all.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>()
+    );
+    Ok(())
+}
+
+/// Runs screamer to completion and returns (exit code, stderr).
+async fn run_to_exit(host: &str, args: &[String]) -> anyhow::Result<(i32, String)> {
+    let mut s = Screamer::spawn(host, args)?;
+    let status = s.wait(Duration::from_secs(60)).await?;
+    Ok((status.code().unwrap_or(-1), s.stderr()))
+}
+
+fn strings(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| s.to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_gets_one_clear_line_and_exit_2() -> anyhow::Result<()> {
+    let emulator = Emulator::start(EmulatorOptions::default()).await?;
+    let db = emulator
+        .database(
+            Dialect::GoogleSql,
+            &[
+                ITEMS,
+                STREAM,
+                "CREATE CHANGE STREAM Other FOR Items",
+                "CREATE TABLE Wrong (PartitionToken STRING(MAX) NOT NULL, State INT64) \
+                 PRIMARY KEY (PartitionToken)",
+            ],
+        )
+        .await?;
+    let dsn = db.name.to_string();
+    let missing = emulator.unused_database().to_string();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            strings(&["--dsn", "projects/p/instances/i", "--stream", "Changes"]),
+            "invalid database name \"projects/p/instances/i\": expected projects/PROJECT/instances/INSTANCE/databases/DATABASE",
+        ),
+        (
+            strings(&["--dsn", &missing, "--stream", "Changes"]),
+            &format!("error: database {missing} does not exist"),
+        ),
+        (
+            strings(&["--dsn", &dsn, "--stream", "Nope"]),
+            "change stream \"Nope\" does not exist",
+        ),
+        (
+            strings(&["--dsn", &dsn, "--stream", "Changes", "--start", "yesterday"]),
+            "\"yesterday\" is not an RFC 3339 timestamp",
+        ),
+        (
+            strings(&[
+                "--dsn",
+                &dsn,
+                "--stream",
+                "Changes",
+                "--start",
+                "2026-01-02T00:00:00Z",
+                "--end",
+                "2026-01-01T00:00:00Z",
+            ]),
+            "error: --end 2026-01-01T00:00:00Z must be after --start 2026-01-02T00:00:00Z",
+        ),
+        (
+            strings(&[
+                "--dsn",
+                &dsn,
+                "--stream",
+                "Changes",
+                "--start",
+                "2001-01-01T00:00:00Z",
+            ]),
+            "start 2001-01-01T00:00:00Z is outside the change stream's retention period",
+        ),
+        (
+            strings(&[
+                "--dsn",
+                &dsn,
+                "--stream",
+                "Changes",
+                "--metadata-table",
+                "Wrong",
+            ]),
+            "metadata table Wrong does not match the partition metadata schema: column ParentTokens ARRAY<STRING(MAX)> is missing",
+        ),
+        (
+            strings(&[
+                "--dsn",
+                &dsn,
+                "--stream",
+                "Changes",
+                "--heartbeat-interval",
+                "5 parsecs",
+            ]),
+            "\"5 parsecs\" is not a duration",
+        ),
+    ];
+    for (args, message) in cases {
+        let (code, stderr) = run_to_exit(db.host(), &args).await?;
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        let error_lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error")).collect();
+        assert_eq!(
+            error_lines.len(),
+            1,
+            "{args:?}: one error line expected in {stderr}"
+        );
+        assert!(error_lines[0].contains(message), "{args:?}: {stderr}");
+    }
+    // The unknown stream's message lists the streams that exist.
+    let (_, stderr) =
+        run_to_exit(db.host(), &strings(&["--dsn", &dsn, "--stream", "Nope"])).await?;
+    assert!(
+        stderr.contains("(streams there: Changes, Other)"),
+        "{stderr}"
+    );
+    Ok(())
+}

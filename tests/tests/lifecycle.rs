@@ -1,0 +1,163 @@
+//! Partition lifecycle under churn: splits, moves and merges for over 30 seconds while
+//! thousands of transactions commit. Every mutation arrives exactly once, in order per key,
+//! and no child partition is scheduled before all of its parents finished.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use gcloud_spanner::mutation::insert_or_update;
+use gcloud_spanner::statement::Statement;
+use screamer::{Dialect, SpannerSource, SpannerStore, Subscriber, SubscriberOptions, Timestamp};
+use screamer_tests::{Collector, Emulator, EmulatorOptions, eventually};
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+const KEYS: i64 = 40;
+const WRITE_FOR: Duration = Duration::from_secs(32);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn churning_partitions_deliver_every_mutation_in_order() -> anyhow::Result<()> {
+    screamer_tests::init_tracing();
+    let emulator = Emulator::start(EmulatorOptions {
+        partition_alive_seconds: Some(2),
+    })
+    .await?;
+    let db = emulator
+        .database(
+            Dialect::GoogleSql,
+            &[
+                "CREATE TABLE Items (Id INT64 NOT NULL, Seq INT64 NOT NULL) PRIMARY KEY (Id)",
+                "CREATE CHANGE STREAM Changes FOR Items",
+            ],
+        )
+        .await?;
+    let start = Timestamp::now();
+    let source = SpannerSource::connect(&db.endpoint(), &db.name, "Changes").await?;
+    let store = Arc::new(SpannerStore::connect(&db.endpoint(), &db.name, "Partitions").await?);
+    let subscriber = Subscriber::new(
+        source,
+        store,
+        SubscriberOptions {
+            start: Some(start),
+            heartbeat_interval: Duration::from_secs(1),
+            poll_interval: Duration::from_millis(200),
+            ..Default::default()
+        },
+    );
+    let collector = Collector::default();
+    let stop = CancellationToken::new();
+    let run = tokio::spawn({
+        let (collector, stop) = (collector.clone(), stop.clone());
+        async move { subscriber.subscribe(collector, stop).await }
+    });
+
+    // Writer: single-row transactions, and every fifth a five-row one.
+    let mut seq: HashMap<i64, i64> = HashMap::new();
+    let mut commits = 0u32;
+    let mut multi = 0u32;
+    let began = std::time::Instant::now();
+    let mut next_key = 0i64;
+    while began.elapsed() < WRITE_FOR {
+        let width = if commits % 5 == 4 { 5 } else { 1 };
+        let mut mutations = Vec::new();
+        for _ in 0..width {
+            let key = next_key % KEYS;
+            next_key += 1;
+            let s = seq.entry(key).or_default();
+            *s += 1;
+            mutations.push(insert_or_update("Items", &["Id", "Seq"], &[&key, &*s]));
+        }
+        db.apply(mutations).await?;
+        commits += 1;
+        multi += u32::from(width > 1);
+    }
+    let expected: usize = seq.values().sum::<i64>() as usize;
+    assert!(commits > 2000, "only {commits} commits");
+    assert!(multi > 400);
+
+    let waiting = eventually(
+        Duration::from_secs(60),
+        "every mutation delivered",
+        async || {
+            let n: usize = collector.records().iter().map(|r| r.mods.len()).sum();
+            (n >= expected).then_some(n)
+        },
+    );
+    let mut run = run;
+    let delivered = tokio::select! {
+        delivered = waiting => delivered?,
+        ended = &mut run => anyhow::bail!("subscriber ended early: {:?}", ended?),
+    };
+    stop.cancel();
+    let summary = run.await??;
+
+    // Exactly once, in order per key.
+    let mut seen: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+    for r in collector.records() {
+        for m in &r.mods {
+            let key: i64 = m.keys["Id"].as_str().unwrap().parse()?;
+            let s: i64 = m.new_values["Seq"].as_str().unwrap().parse()?;
+            seen.entry(key).or_default().push(s);
+        }
+    }
+    assert_eq!(delivered, expected, "mods delivered vs written");
+    for (key, n) in &seq {
+        let want: Vec<i64> = (1..=*n).collect();
+        assert_eq!(seen.get(key), Some(&want), "key {key}");
+    }
+
+    // Lifecycle: many partitions, merges among them, children scheduled after every parent
+    // finished (commit timestamps of the metadata writes).
+    let mut tx = db.client.single().await?;
+    let mut rows = tx
+        .query(Statement::new(
+            "SELECT PartitionToken, ParentTokens, State, ScheduledAt, FinishedAt FROM Partitions",
+        ))
+        .await?;
+    let mut partitions = HashMap::new();
+    while let Some(row) = rows.next().await? {
+        let token: String = row.column(0)?;
+        let parents: Vec<String> = row.column(1)?;
+        let state: String = row.column(2)?;
+        let scheduled: Option<OffsetDateTime> = row.column(3)?;
+        let finished: Option<OffsetDateTime> = row.column(4)?;
+        partitions.insert(token, (parents, state, scheduled, finished));
+    }
+    let merges = partitions.values().filter(|p| p.0.len() > 1).count();
+    let mut children: HashMap<&str, usize> = HashMap::new();
+    for (parents, ..) in partitions.values() {
+        for parent in parents {
+            *children.entry(parent.as_str()).or_default() += 1;
+        }
+    }
+    let splits = children
+        .iter()
+        .filter(|(parent, n)| **n > 1 && **parent != "Parent0")
+        .count();
+    println!(
+        "commits={commits} multi={multi} mods={expected} partitions={} merges={merges} splits={splits} metadata_writes={}",
+        partitions.len(),
+        summary.metadata_writes
+    );
+    // Partitions live 2 to 4 s here: a lineage goes through about ten generations.
+    assert!(
+        partitions.len() >= 8,
+        "only {} partitions",
+        partitions.len()
+    );
+    assert!(merges + splits > 0, "no split or merge happened");
+    for (token, (parents, _, scheduled, _)) in &partitions {
+        let Some(scheduled) = scheduled else { continue };
+        for parent in parents {
+            let (_, state, _, finished) = &partitions[parent];
+            assert_eq!(state, "FINISHED", "parent of scheduled {token}");
+            let finished = finished.expect("finished parent has FinishedAt");
+            assert!(
+                finished < *scheduled,
+                "{token} scheduled at {scheduled} before parent {parent} finished at {finished}"
+            );
+        }
+    }
+    Ok(())
+}
