@@ -40,13 +40,9 @@ async fn write(
         let key = i % keys;
         let s: &mut i64 = seq.entry(key).or_default();
         *s += 1;
-        last = db
-            .apply(vec![insert_or_update(
-                "Items",
-                &["Id", "Seq"],
-                &[&key, &*s],
-            )])
-            .await?;
+        let s = *s;
+        let mutation = insert_or_update("Items", &["Id", "Seq"], &[&key, &s]);
+        last = db.apply(vec![mutation]).await?;
         if !pause.is_zero() {
             tokio::time::sleep(pause).await;
         }
@@ -272,6 +268,7 @@ async fn bad_input_gets_one_clear_line_and_exit_2() -> anyhow::Result<()> {
         .await?;
     let dsn = db.name.to_string();
     let missing = emulator.unused_database().to_string();
+    let missing_message = format!("error: database {missing} does not exist");
     let cases: Vec<(Vec<String>, &str)> = vec![
         (
             strings(&["--dsn", "projects/p/instances/i", "--stream", "Changes"]),
@@ -279,7 +276,7 @@ async fn bad_input_gets_one_clear_line_and_exit_2() -> anyhow::Result<()> {
         ),
         (
             strings(&["--dsn", &missing, "--stream", "Changes"]),
-            &format!("error: database {missing} does not exist"),
+            &missing_message,
         ),
         (
             strings(&["--dsn", &dsn, "--stream", "Nope"]),
