@@ -117,7 +117,12 @@ pub(crate) async fn run<C: Consumer>(
         if stop.is_cancelled() {
             return Ok(ReaderOutcome::Stopped);
         }
-        match read_once(&ctx, &partition, &mut pos, &stop).await {
+        let progress_from = pos.watermark;
+        let result = read_once(&ctx, &partition, &mut pos, &stop).await;
+        if pos.watermark > progress_from {
+            backoff = Backoff::new();
+        }
+        match result {
             Ok(QueryEnd::Complete) => break,
             Ok(QueryEnd::Stopped) => {
                 ctx.checkpoints.advance(&token, pos.watermark);

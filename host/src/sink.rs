@@ -1,21 +1,22 @@
-//! Sink: NDJSON on a writer (stdout for the CLI).
+//! Sink: NDJSON on an async writer (stdout for the CLI).
 //!
 //! Place in the flow: last stage. One JSON object per data change record, one per line;
 //! each batch is written and flushed before the consumer call returns, so an acknowledged
-//! record is already out of the process.
+//! record is already out of the process. A slow reader of stdout makes the write wait,
+//! which holds up that partition's reader: back-pressure, not buffering.
 
-use std::io::Write;
-use std::sync::Mutex;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::Mutex;
 
 use crate::consumer::{Consumer, ConsumerError};
 use crate::record::DataChangeRecord;
 
 /// Writes each record as one JSON line and flushes per batch.
-pub struct NdjsonSink<W: Write + Send + 'static> {
+pub struct NdjsonSink<W> {
     out: Mutex<W>,
 }
 
-impl<W: Write + Send + 'static> NdjsonSink<W> {
+impl<W: AsyncWrite + Unpin + Send + 'static> NdjsonSink<W> {
     pub fn new(out: W) -> Self {
         Self {
             out: Mutex::new(out),
@@ -24,17 +25,17 @@ impl<W: Write + Send + 'static> NdjsonSink<W> {
 
     /// Gives back the writer (tests write into a `Vec<u8>`).
     pub fn into_inner(self) -> W {
-        self.out.into_inner().expect("sink lock")
+        self.out.into_inner()
     }
 }
 
-impl NdjsonSink<std::io::Stdout> {
+impl NdjsonSink<tokio::io::Stdout> {
     pub fn stdout() -> Self {
-        Self::new(std::io::stdout())
+        Self::new(tokio::io::stdout())
     }
 }
 
-impl<W: Write + Send + 'static> Consumer for NdjsonSink<W> {
+impl<W: AsyncWrite + Unpin + Send + 'static> Consumer for NdjsonSink<W> {
     async fn consume(&self, records: &[DataChangeRecord]) -> Result<(), ConsumerError> {
         // Serialize outside the lock so that partitions only contend for the write itself.
         let mut buf = Vec::with_capacity(records.len() * 512);
@@ -42,9 +43,9 @@ impl<W: Write + Send + 'static> Consumer for NdjsonSink<W> {
             serde_json::to_writer(&mut buf, r)?;
             buf.push(b'\n');
         }
-        let mut out = self.out.lock().map_err(|_| "sink lock poisoned")?;
-        out.write_all(&buf)?;
-        out.flush()?;
+        let mut out = self.out.lock().await;
+        out.write_all(&buf).await?;
+        out.flush().await?;
         Ok(())
     }
 }

@@ -8,18 +8,19 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-/// The screamer binary next to this test binary (`target/<profile>/screamer`), or
-/// `SCREAMER_BIN`. The test script builds it before the tests run.
+/// `SCREAMER_BIN`, or the screamer binary of this build: `target/<profile>/screamer`, seen
+/// from a test (`target/<profile>/deps/`) or from a binary beside it. The scripts build it
+/// before running tests or the demo.
 pub fn screamer_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("SCREAMER_BIN") {
         return p.into();
     }
-    let exe = std::env::current_exe().expect("test binary path");
-    // target/<profile>/deps/<test> -> target/<profile>/screamer
-    exe.parent()
-        .and_then(|d| d.parent())
-        .map(|d| d.join("screamer"))
-        .expect("target directory")
+    let exe = std::env::current_exe().expect("own executable path");
+    let mut dir = exe.parent().expect("executable directory");
+    if dir.ends_with("deps") {
+        dir = dir.parent().expect("profile directory");
+    }
+    dir.join("screamer")
 }
 
 /// A running screamer process.

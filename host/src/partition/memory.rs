@@ -173,7 +173,13 @@ mod tests {
         store.add_children(&[new("b", &[])]).await.unwrap();
         let child = new("c", &["a", "b"]);
         // Both parents announce the merged child; it is inserted once.
-        assert_eq!(store.add_children(&[child.clone()]).await.unwrap(), 1);
+        assert_eq!(
+            store
+                .add_children(std::slice::from_ref(&child))
+                .await
+                .unwrap(),
+            1
+        );
         assert_eq!(store.add_children(&[child]).await.unwrap(), 0);
         for t in ["a", "b"] {
             store.schedule(&[t.into()]).await.unwrap();
