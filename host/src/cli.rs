@@ -40,7 +40,7 @@ pub struct Args {
     /// Start (RFC 3339) for a new metadata table; default: now.
     #[arg(long, env = "START")]
     pub start: Option<Timestamp>,
-    /// End (RFC 3339, exclusive); reaching it ends the run with exit 0.
+    /// End (RFC 3339, inclusive); reaching it ends the run with exit 0.
     #[arg(long, env = "END")]
     pub end: Option<Timestamp>,
     /// Heartbeat interval of partition queries (1s to 300s).

@@ -111,7 +111,8 @@ pub(crate) async fn run<C: Consumer>(
     };
     let mut backoff = Backoff::new();
     loop {
-        if partition.end.is_some_and(|end| pos.watermark >= end) {
+        // The end is inclusive: records at `end` itself still belong to the range.
+        if partition.end.is_some_and(|end| pos.watermark > end) {
             break;
         }
         if stop.is_cancelled() {

@@ -29,7 +29,8 @@ pub struct SubscriberOptions {
     pub runner_id: String,
     /// Where an empty store starts; default: now.
     pub start: Option<Timestamp>,
-    /// Where reading ends (exclusive); default: never.
+    /// Where reading ends (inclusive: records committed at `end` are delivered); default:
+    /// never.
     pub end: Option<Timestamp>,
     pub heartbeat_interval: Duration,
     /// Most partitions read at once by this runner.

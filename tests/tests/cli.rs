@@ -96,7 +96,8 @@ async fn end_ends_the_run_with_exit_0_after_everything_committed_before_it() -> 
         .await?;
     let start = Timestamp::now();
     let (seq, last) = write(&db, 300, 7, Duration::ZERO).await?;
-    let end = last.saturating_add(Duration::from_nanos(1));
+    // The end is inclusive: the last commit, at exactly `end`, is delivered.
+    let end = last;
     let mut screamer = Screamer::spawn(
         db.host(),
         &args(

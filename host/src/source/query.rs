@@ -18,7 +18,7 @@ use crate::timestamp::Timestamp;
 pub struct QueryRange {
     /// Inclusive start: the partition's watermark.
     pub start: Timestamp,
-    /// Exclusive end; `None` reads until the partition ends.
+    /// Inclusive end; `None` reads until the partition ends.
     pub end: Option<Timestamp>,
     pub heartbeat_millis: i64,
 }
