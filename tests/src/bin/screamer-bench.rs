@@ -1,0 +1,520 @@
+//! Reader benchmark on the emulator: screamer end to end vs a bare reader vs the Python
+//! client, in one run. See BENCHMARKS.md for the command and results.
+//!
+//! Workloads: (a) 20,000 rows in 40 commits, (b) 3,000 single-row commits, each read back
+//! over its exact time range by each reader; then commit-to-output latency under a steady
+//! writer for screamer and the bare reader.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use gcloud_spanner::mutation::insert_or_update;
+use screamer::record::ChangeRecord;
+use screamer::source::QueryRange;
+use screamer::{Dialect, PartitionToken, SpannerSource, Timestamp};
+use screamer_tests::{Emulator, EmulatorOptions, TestDatabase, screamer_bin};
+use tokio::task::JoinSet;
+
+const COLUMNS: [&str; 10] = ["Id", "C1", "C2", "C3", "C4", "C5", "C6", "C7", "C8", "C9"];
+const PY_VENV: &str = "target/bench-venv";
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Throughput {
+    records: u64,
+    mods: u64,
+    seconds: f64,
+    peak_rss_kb: u64,
+    metadata_writes: Option<u64>,
+}
+
+impl Throughput {
+    fn records_per_s(&self) -> f64 {
+        self.records as f64 / self.seconds
+    }
+    fn mods_per_s(&self) -> f64 {
+        self.mods as f64 / self.seconds
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let repeats: usize = std::env::var("BENCH_REPEATS")
+        .ok()
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(3);
+    let python = python_env()?;
+    let emulator = Emulator::start(EmulatorOptions::default()).await?;
+    let db = emulator
+        .database(
+            Dialect::GoogleSql,
+            &[
+                "CREATE TABLE Bench (Id INT64 NOT NULL, C1 STRING(MAX), C2 STRING(MAX), \
+                 C3 STRING(MAX), C4 STRING(MAX), C5 STRING(MAX), C6 STRING(MAX), C7 STRING(MAX), \
+                 C8 STRING(MAX), C9 STRING(MAX)) PRIMARY KEY (Id)",
+                "CREATE CHANGE STREAM BenchStream FOR Bench",
+            ],
+        )
+        .await?;
+    println!(
+        "# screamer reader benchmark (emulator {}, {repeats} runs each, best shown)\n",
+        emulator.host()
+    );
+
+    let mut next_id = 0i64;
+    for (name, commits, rows_per_commit) in [
+        ("(a) 20,000 rows in 40 commits", 40, 500),
+        ("(b) 3,000 single-row commits", 3000, 1),
+    ] {
+        let start = Timestamp::now();
+        let mut end = start;
+        for _ in 0..commits {
+            let mut mutations = Vec::with_capacity(rows_per_commit);
+            for _ in 0..rows_per_commit {
+                mutations.push(row(next_id));
+                next_id += 1;
+            }
+            end = db.apply(mutations).await?;
+        }
+        let expected_mods = (commits * rows_per_commit) as u64;
+        let mut bare = Vec::new();
+        let mut screamer = Vec::new();
+        let mut py = Vec::new();
+        for run in 0..repeats {
+            bare.push(bare_read(&db, start, end).await?);
+            screamer.push(screamer_read(&db, start, end, run).await?);
+            py.push(python_read(&python, &db, start, end)?);
+        }
+        let best = |v: &[Throughput]| {
+            v.iter()
+                .copied()
+                .max_by(|a, b| a.mods_per_s().total_cmp(&b.mods_per_s()))
+                .expect("runs")
+        };
+        let (b, s, p) = (best(&bare), best(&screamer), best(&py));
+        for (who, t) in [("bare", &b), ("screamer", &s), ("python", &p)] {
+            if t.mods != expected_mods {
+                bail!("{who} read {} mods of {expected_mods} in {name}", t.mods);
+            }
+        }
+        println!("## {name}\n");
+        println!("| reader | records | mods | seconds | records/s | mods/s | vs bare | peak RSS |");
+        println!("|---|---|---|---|---|---|---|---|");
+        for (who, t) in [
+            ("bare reader (Rust, low-level query)", b),
+            ("screamer CLI (NDJSON to file)", s),
+            ("Python google-cloud-spanner", p),
+        ] {
+            println!(
+                "| {who} | {} | {} | {:.3} | {:.0} | {:.0} | {:.2} | {} |",
+                t.records,
+                t.mods,
+                t.seconds,
+                t.records_per_s(),
+                t.mods_per_s(),
+                t.mods_per_s() / b.mods_per_s(),
+                if t.peak_rss_kb > 0 {
+                    format!("{} MB", t.peak_rss_kb / 1024)
+                } else {
+                    "-".into()
+                },
+            );
+        }
+        println!(
+            "\nscreamer / bare: {:.2}; screamer / python: {:.2}; metadata writes: {} ({:.1} per 10,000 records)\n",
+            s.mods_per_s() / b.mods_per_s(),
+            s.mods_per_s() / p.mods_per_s(),
+            s.metadata_writes.unwrap_or(0),
+            s.metadata_writes.unwrap_or(0) as f64 * 10_000.0 / s.records as f64,
+        );
+    }
+
+    println!("## commit-to-output latency, steady writer (50 commits/s for 10 s)\n");
+    println!("| reader | records | p50 ms | p99 ms | max ms |");
+    println!("|---|---|---|---|---|");
+    let bare = latency_bare(&db, &mut next_id).await?;
+    let screamer = latency_screamer(&db, &mut next_id).await?;
+    for (who, l) in [("bare reader", &bare), ("screamer CLI", &screamer)] {
+        println!(
+            "| {who} | {} | {:.1} | {:.1} | {:.1} |",
+            l.len(),
+            percentile(l, 0.50),
+            percentile(l, 0.99),
+            percentile(l, 1.0)
+        );
+    }
+    println!(
+        "\np99 difference (screamer - bare): {:.1} ms",
+        percentile(&screamer, 0.99) - percentile(&bare, 0.99)
+    );
+    Ok(())
+}
+
+fn row(id: i64) -> gcloud_googleapis::spanner::v1::Mutation {
+    // About 1.7 KB per row over nine string columns.
+    let v: Vec<String> = (1..10)
+        .map(|c| format!("{c}:{id}:{}", "x".repeat(180)))
+        .collect();
+    insert_or_update(
+        "Bench",
+        &COLUMNS,
+        &[
+            &id, &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &v[6], &v[7], &v[8],
+        ],
+    )
+}
+
+/// Follows the partitions of [start, end] with the low-level query only: no checkpoints, no
+/// consumer, no JSON.
+async fn bare_read(
+    db: &TestDatabase,
+    start: Timestamp,
+    end: Timestamp,
+) -> anyhow::Result<Throughput> {
+    let source = SpannerSource::connect(&db.endpoint(), &db.name, "BenchStream").await?;
+    let began = Instant::now();
+    let mut out = Throughput::default();
+    follow(&source, start, Some(end), |batch| {
+        for r in batch {
+            if let ChangeRecord::Data(d) = r {
+                out.records += 1;
+                out.mods += d.mods.len() as u64;
+            }
+        }
+        false
+    })
+    .await?;
+    out.seconds = began.elapsed().as_secs_f64();
+    Ok(out)
+}
+
+/// Reads every partition from `start` (children after their first announcement, which is
+/// enough for counting), calling `on_batch` in the reading task; `on_batch` returning true
+/// stops everything.
+async fn follow(
+    source: &SpannerSource,
+    start: Timestamp,
+    end: Option<Timestamp>,
+    mut on_batch: impl FnMut(&[ChangeRecord]) -> bool,
+) -> anyhow::Result<()> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<ChangeRecord>>(64);
+    let mut tasks = JoinSet::new();
+    let mut seen = HashSet::new();
+    let spawn =
+        |tasks: &mut JoinSet<anyhow::Result<()>>, token: PartitionToken, from: Timestamp| {
+            let (source, tx) = (source.clone(), tx.clone());
+            tasks.spawn(async move {
+                let mut q = source
+                    .query(
+                        &token,
+                        QueryRange {
+                            start: from,
+                            end,
+                            heartbeat_millis: 1000,
+                        },
+                    )
+                    .await?;
+                while let Some(batch) = q.next_batch().await? {
+                    if tx.send(batch).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(())
+            });
+        };
+    spawn(&mut tasks, PartitionToken::root(), start);
+    loop {
+        tokio::select! {
+            Some(batch) = rx.recv() => {
+                for r in &batch {
+                    if let ChangeRecord::ChildPartitions(c) = r {
+                        for child in &c.child_partitions {
+                            if seen.insert(child.token.clone()) {
+                                spawn(&mut tasks, child.token.clone(), c.start_timestamp);
+                            }
+                        }
+                    }
+                }
+                if on_batch(&batch) {
+                    return Ok(());
+                }
+            }
+            done = tasks.join_next() => match done {
+                Some(result) => result??,
+                None => {
+                    // Drain what the last tasks sent.
+                    while let Ok(batch) = rx.try_recv() {
+                        on_batch(&batch);
+                    }
+                    return Ok(());
+                }
+            },
+        }
+    }
+}
+
+async fn screamer_read(
+    db: &TestDatabase,
+    start: Timestamp,
+    end: Timestamp,
+    run: usize,
+) -> anyhow::Result<Throughput> {
+    let out_path =
+        std::env::temp_dir().join(format!("screamer-bench-{}.ndjson", std::process::id()));
+    let out_file = std::fs::File::create(&out_path)?;
+    let began = Instant::now();
+    let mut child = Command::new(screamer_bin())
+        .args([
+            "--dsn",
+            &db.name.to_string(),
+            "--stream",
+            "BenchStream",
+            "--metadata-table",
+            &format!("BenchMeta{}_{run}", start.unix_nanos()),
+            "--start",
+            &start.to_string(),
+            "--end",
+            &end.to_string(),
+            "--heartbeat-interval",
+            "1s",
+        ])
+        .env("SPANNER_EMULATOR_HOST", db.host())
+        .stdout(out_file)
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("screamer binary (cargo build --release -p screamer)")?;
+    let pid = child.id();
+    let mut peak = 0;
+    let status = loop {
+        peak = peak.max(peak_rss_kb(pid));
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let seconds = began.elapsed().as_secs_f64();
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut log)?;
+    if !status.success() {
+        bail!("screamer failed: {log}");
+    }
+    let mut t = Throughput {
+        seconds,
+        peak_rss_kb: peak,
+        ..Default::default()
+    };
+    for line in BufReader::new(std::fs::File::open(&out_path)?).lines() {
+        let v: serde_json::Value = serde_json::from_str(&line?)?;
+        t.records += 1;
+        t.mods += v["mods"].as_array().map_or(0, |m| m.len() as u64);
+    }
+    std::fs::remove_file(&out_path)?;
+    t.metadata_writes = log.lines().filter(|l| l.contains(" done ")).find_map(|l| {
+        l.split("metadata_writes=")
+            .nth(1)?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    });
+    Ok(t)
+}
+
+fn peak_rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// A virtualenv with google-cloud-spanner, made on first use.
+fn python_env() -> anyhow::Result<std::path::PathBuf> {
+    let py = std::path::PathBuf::from(PY_VENV).join("bin/python");
+    if !py.exists() {
+        eprintln!("bench: installing google-cloud-spanner into {PY_VENV}");
+        let ok = Command::new("python3")
+            .args(["-m", "venv", PY_VENV])
+            .status()?
+            .success()
+            && Command::new(&py)
+                .args(["-m", "pip", "install", "--quiet", "google-cloud-spanner"])
+                .status()?
+                .success();
+        if !ok {
+            bail!("could not install google-cloud-spanner into {PY_VENV}");
+        }
+    }
+    Ok(py)
+}
+
+fn python_read(
+    python: &std::path::Path,
+    db: &TestDatabase,
+    start: Timestamp,
+    end: Timestamp,
+) -> anyhow::Result<Throughput> {
+    let child = Command::new(python)
+        .arg("bench/python_reader.py")
+        .args([
+            db.name.project(),
+            db.name.instance(),
+            db.name.database(),
+            "BenchStream",
+            &start.to_string(),
+            &end.to_string(),
+        ])
+        .env("SPANNER_EMULATOR_HOST", db.host())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let pid = child.id();
+    let peak = Arc::new(Mutex::new(0u64));
+    let watcher = {
+        let peak = peak.clone();
+        std::thread::spawn(move || {
+            while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                let now = peak_rss_kb(pid);
+                let mut p = peak.lock().expect("peak lock");
+                *p = (*p).max(now);
+                drop(p);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let output = child.wait_with_output()?;
+    let _ = watcher.join();
+    if !output.status.success() {
+        bail!("python reader failed");
+    }
+    let v: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    Ok(Throughput {
+        records: v["records"].as_u64().unwrap_or(0),
+        mods: v["mods"].as_u64().unwrap_or(0),
+        seconds: v["seconds"].as_f64().unwrap_or(f64::NAN),
+        peak_rss_kb: *peak.lock().expect("peak lock"),
+        metadata_writes: None,
+    })
+}
+
+/// Commits 500 single-row transactions at 50 per second; returns when each commit returned.
+async fn steady_writer(db: &TestDatabase, first_id: i64) -> anyhow::Result<HashMap<i64, Instant>> {
+    let mut committed = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    for id in first_id..first_id + 500 {
+        tick.tick().await;
+        db.apply(vec![row(id)]).await?;
+        committed.insert(id, Instant::now());
+    }
+    Ok(committed)
+}
+
+fn latencies(committed: &HashMap<i64, Instant>, seen: &HashMap<i64, Instant>) -> Vec<f64> {
+    let mut l: Vec<f64> = committed
+        .iter()
+        .filter_map(|(id, c)| Some(seen.get(id)?.saturating_duration_since(*c).as_secs_f64() * 1e3))
+        .collect();
+    l.sort_by(f64::total_cmp);
+    l
+}
+
+async fn latency_bare(db: &TestDatabase, next_id: &mut i64) -> anyhow::Result<Vec<f64>> {
+    let source = SpannerSource::connect(&db.endpoint(), &db.name, "BenchStream").await?;
+    let first = *next_id;
+    *next_id += 500;
+    let seen: Arc<Mutex<HashMap<i64, Instant>>> = Arc::default();
+    let reader = {
+        let seen = seen.clone();
+        let start = Timestamp::now();
+        tokio::spawn(async move {
+            follow(&source, start, None, |batch| {
+                let now = Instant::now();
+                let mut seen = seen.lock().expect("seen lock");
+                for r in batch {
+                    if let ChangeRecord::Data(d) = r {
+                        for m in &d.mods {
+                            if let Some(id) = m.keys["Id"].as_str().and_then(|s| s.parse().ok()) {
+                                seen.insert(id, now);
+                            }
+                        }
+                    }
+                }
+                (first..first + 500).all(|id| seen.contains_key(&id))
+            })
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let committed = steady_writer(db, first).await?;
+    tokio::time::timeout(Duration::from_secs(60), reader).await???;
+    let seen = seen.lock().expect("seen lock").clone();
+    Ok(latencies(&committed, &seen))
+}
+
+async fn latency_screamer(db: &TestDatabase, next_id: &mut i64) -> anyhow::Result<Vec<f64>> {
+    let first = *next_id;
+    *next_id += 500;
+    let mut child = Command::new(screamer_bin())
+        .args([
+            "--dsn",
+            &db.name.to_string(),
+            "--stream",
+            "BenchStream",
+            "--metadata-table",
+            &format!("BenchLatency{}", Timestamp::now().unix_nanos()),
+            "--heartbeat-interval",
+            "1s",
+        ])
+        .env("SPANNER_EMULATOR_HOST", db.host())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let stdout = child.stdout.take().expect("stdout");
+    let seen: Arc<Mutex<HashMap<i64, Instant>>> = Arc::default();
+    let reader = {
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let now = Instant::now();
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
+                let mut seen = seen.lock().expect("seen lock");
+                for m in v["mods"].as_array().into_iter().flatten() {
+                    if let Some(id) = m["keys"]["Id"].as_str().and_then(|s| s.parse().ok()) {
+                        seen.insert(id, now);
+                    }
+                }
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let committed = steady_writer(db, first).await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(first..first + 500).all(|id| seen.lock().expect("seen lock").contains_key(&id)) {
+        if Instant::now() > deadline {
+            bail!("screamer did not deliver the steady writer's records");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { screamer_tests::libc::kill(child.id() as i32, screamer_tests::libc::SIGINT) };
+    child.wait()?;
+    let _ = reader.join();
+    let seen = seen.lock().expect("seen lock").clone();
+    Ok(latencies(&committed, &seen))
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
