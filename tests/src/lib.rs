@@ -8,10 +8,12 @@
 
 pub mod emulator;
 pub mod process;
+pub mod proxy;
 
 pub use emulator::{Emulator, EmulatorOptions, TestDatabase};
 pub use libc;
 pub use process::{Screamer, screamer_bin};
+pub use proxy::ChaosProxy;
 
 use std::time::Duration;
 

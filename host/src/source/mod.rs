@@ -66,12 +66,20 @@ pub fn is_transient_status(status: &Status) -> bool {
         Code::NotFound => status.message().contains("Session not found"),
         Code::Internal => {
             let m = status.message();
-            m.contains("RST_STREAM")
-                || m.contains("unexpected EOS")
-                || m.contains("Received unexpected EOS")
-                || m.contains("transport")
+            m.contains("RST_STREAM") || m.contains("unexpected EOS") || transport_failure(status)
         }
-        Code::Unknown => status.message().contains("transport"),
+        // The client reports a broken connection mid-stream as UNKNOWN with the I/O error
+        // as its source ("error reading a body from connection").
+        Code::Unknown => transport_failure(status),
         _ => false,
     }
+}
+
+/// A failure of the connection rather than an answer from Spanner.
+fn transport_failure(status: &Status) -> bool {
+    let m = status.message();
+    std::error::Error::source(status).is_some()
+        || ["transport", "connection", "broken pipe", "reset"]
+            .iter()
+            .any(|w| m.contains(w))
 }
