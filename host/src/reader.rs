@@ -16,7 +16,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_util::task::AbortOnDropHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::Checkpointer;
@@ -25,7 +27,7 @@ use crate::partition::{
     NewPartition, PartitionMetadata, PartitionState, PartitionStore, PartitionToken, StoreError,
 };
 use crate::record::{ChangeRecord, ChildPartitionsRecord, DataChangeRecord};
-use crate::source::{QueryRange, SourceError, SpannerSource};
+use crate::source::{PartitionQuery, QueryRange, SourceError, SpannerSource};
 use crate::timestamp::Timestamp;
 
 /// How a reader ended.
@@ -182,11 +184,14 @@ async fn read_once<C: Consumer>(
         end: partition.end,
         heartbeat_millis: partition.heartbeat_millis,
     };
-    let mut query = ctx
+    let query = ctx
         .source
         .query(&partition.token, range)
         .await
         .map_err(ReadError::Source)?;
+    // Fetching and decoding the next batches overlaps with delivering this one. Dropping
+    // the handle (any return below) aborts the fetch and abandons the query.
+    let (mut batches, _fetch) = prefetch(query);
     let mut drain_deadline: Option<Instant> = None;
     loop {
         if drain_deadline.is_none() && stop.is_cancelled() {
@@ -199,9 +204,9 @@ async fn read_once<C: Consumer>(
             None => tokio::select! {
                 biased;
                 _ = stop.cancelled() => continue,
-                batch = query.next_batch() => batch,
+                batch = batches.recv() => batch,
             },
-            Some(deadline) => match tokio::time::timeout_at(deadline, query.next_batch()).await {
+            Some(deadline) => match tokio::time::timeout_at(deadline, batches.recv()).await {
                 Ok(batch) => batch,
                 Err(_) => {
                     tracing::warn!(partition = ?partition.token, watermark = %pos.watermark,
@@ -210,7 +215,8 @@ async fn read_once<C: Consumer>(
                 }
             },
         };
-        let Some(records) = next.map_err(ReadError::Source)? else {
+        // The channel closes without an error only after the query ended cleanly.
+        let Some(records) = next.transpose().map_err(ReadError::Source)? else {
             return Ok(QueryEnd::Complete);
         };
         let draining = drain_deadline.is_some();
@@ -219,6 +225,27 @@ async fn read_once<C: Consumer>(
         }
         ctx.checkpoints.advance(&partition.token, pos.watermark);
     }
+}
+
+/// Batches fetched ahead of delivery: enough to keep the query busy while the consumer works,
+/// few enough to keep memory bounded by the consumer's pace.
+const PREFETCH: usize = 2;
+
+type Batches = mpsc::Receiver<Result<Vec<ChangeRecord>, SourceError>>;
+
+/// Runs `query` on its own task, handing on decoded batches; the channel closes after the
+/// last batch, or after an error.
+fn prefetch(mut query: PartitionQuery) -> (Batches, AbortOnDropHandle<()>) {
+    let (tx, rx) = mpsc::channel(PREFETCH);
+    let fetch = tokio::spawn(async move {
+        while let Some(item) = query.next_batch().await.transpose() {
+            let failed = item.is_err();
+            if tx.send(item).await.is_err() || failed {
+                break;
+            }
+        }
+    });
+    (rx, AbortOnDropHandle::new(fetch))
 }
 
 /// Delivers one batch and advances the position; returns true when a draining reader has

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use gcloud_gax::grpc::Streaming;
 use gcloud_googleapis::spanner::v1::{ExecuteSqlRequest, PartialResultSet, Type, TypeCode};
+use futures_util::FutureExt;
 use prost_types::value::Kind;
 
 use super::SourceError;
@@ -12,6 +13,9 @@ use super::decode::{Dialect, RowAssembler, decode_row};
 use crate::partition::PartitionToken;
 use crate::record::ChangeRecord;
 use crate::timestamp::Timestamp;
+
+/// Most records handed on in one batch.
+pub const MAX_BATCH: usize = 1024;
 
 /// The time range and heartbeat of one partition query.
 #[derive(Debug, Clone, Copy)]
@@ -31,7 +35,10 @@ pub struct PartitionQuery {
     dialect: Dialect,
     partition: PartitionToken,
     start: Timestamp,
+    /// The stream has ended cleanly.
     done: bool,
+    /// An error that arrived behind records already handed on.
+    deferred_error: Option<gcloud_gax::grpc::Status>,
 }
 
 impl PartitionQuery {
@@ -63,33 +70,57 @@ impl PartitionQuery {
             dialect,
             partition: partition.clone(),
             done: false,
+            deferred_error: None,
         })
     }
 
-    /// The records of the next partial result set(s) that completed at least one row;
-    /// `None` once the query has ended (at its end timestamp or after child partitions).
+    /// The records of the next partial result sets: waits for at least one whole row, then
+    /// takes whatever else has already arrived (up to [`MAX_BATCH`] records), so that a busy
+    /// partition is handed on in few large batches and an idle one without delay. `None`
+    /// once the query has ended (at its end timestamp or after child partitions).
     pub async fn next_batch(&mut self) -> Result<Option<Vec<ChangeRecord>>, SourceError> {
-        loop {
-            let Some(prs) = self
-                .stream
-                .message()
-                .await
-                .map_err(|s| out_of_range(self.session.observe(s), self.start))?
-            else {
-                self.done = true;
-                return Ok(None);
-            };
-            let rows = self.assembler.push(prs)?;
-            if rows.is_empty() {
-                continue;
-            }
-            let columns = self.assembler.columns().expect("rows imply a row type");
-            let mut records = Vec::with_capacity(rows.len());
-            for row in rows {
-                records.extend(decode_row(self.dialect, columns, row, &self.partition)?);
-            }
-            return Ok(Some(records));
+        if let Some(status) = self.deferred_error.take() {
+            return Err(out_of_range(self.session.observe(status), self.start));
         }
+        let mut records = Vec::new();
+        while records.is_empty() {
+            if self.done {
+                return Ok(None);
+            }
+            match self.stream.message().await {
+                Ok(Some(prs)) => self.decode(prs, &mut records)?,
+                Ok(None) => self.done = true,
+                Err(s) => return Err(out_of_range(self.session.observe(s), self.start)),
+            }
+        }
+        // `message()` is cancel-safe: polling it once and dropping it loses nothing. An end
+        // or an error seen here is reported on the next call, after this batch.
+        while records.len() < MAX_BATCH && !self.done {
+            match self.stream.message().now_or_never() {
+                None => break,
+                Some(Ok(Some(prs))) => self.decode(prs, &mut records)?,
+                Some(Ok(None)) => self.done = true,
+                Some(Err(status)) => {
+                    self.deferred_error = Some(status);
+                    break;
+                }
+            }
+        }
+        Ok(Some(records))
+    }
+
+    fn decode(
+        &mut self,
+        prs: PartialResultSet,
+        out: &mut Vec<ChangeRecord>,
+    ) -> Result<(), SourceError> {
+        let rows = self.assembler.push(prs)?;
+        if let Some(columns) = self.assembler.columns() {
+            for row in rows {
+                out.extend(decode_row(self.dialect, columns, row, &self.partition)?);
+            }
+        }
+        Ok(())
     }
 }
 

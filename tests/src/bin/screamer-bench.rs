@@ -66,6 +66,7 @@ async fn main() -> anyhow::Result<()> {
     );
 
     let mut next_id = 0i64;
+
     for (name, commits, rows_per_commit) in [
         ("(a) 20,000 rows in 40 commits", 40, 500),
         ("(b) 3,000 single-row commits", 3000, 1),
@@ -133,11 +134,10 @@ async fn main() -> anyhow::Result<()> {
         );
     }
 
-    println!("## commit-to-output latency, steady writer (50 commits/s for 10 s)\n");
+    println!("## commit-to-output latency, steady writer (50 commits/s for 10 s), both readers at once\n");
     println!("| reader | records | p50 ms | p99 ms | max ms |");
     println!("|---|---|---|---|---|");
-    let bare = latency_bare(&db, &mut next_id).await?;
-    let screamer = latency_screamer(&db, &mut next_id).await?;
+    let (bare, screamer) = latency(&db, next_id).await?;
     for (who, l) in [("bare reader", &bare), ("screamer CLI", &screamer)] {
         println!(
             "| {who} | {} | {:.1} | {:.1} | {:.1} |",
@@ -267,6 +267,7 @@ async fn screamer_read(
         std::env::temp_dir().join(format!("screamer-bench-{}.ndjson", std::process::id()));
     let out_file = std::fs::File::create(&out_path)?;
     let began = Instant::now();
+    let began_wall = Timestamp::now();
     let mut child = Command::new(screamer_bin())
         .args([
             "--dsn",
@@ -281,6 +282,8 @@ async fn screamer_read(
             &end.to_string(),
             "--heartbeat-interval",
             "1s",
+            "--log-level",
+            &std::env::var("BENCH_LOG").unwrap_or_else(|_| "info".into()),
         ])
         .env("SPANNER_EMULATOR_HOST", db.host())
         .stdout(out_file)
@@ -301,6 +304,9 @@ async fn screamer_read(
     std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut log)?;
     if !status.success() {
         bail!("screamer failed: {log}");
+    }
+    if std::env::var_os("BENCH_LOG").is_some() {
+        eprintln!("spawned at {began_wall}, exited after {seconds:.3} s\n{log}");
     }
     let mut t = Throughput {
         seconds,
@@ -424,42 +430,21 @@ fn latencies(committed: &HashMap<i64, Instant>, seen: &HashMap<i64, Instant>) ->
     l
 }
 
-async fn latency_bare(db: &TestDatabase, next_id: &mut i64) -> anyhow::Result<Vec<f64>> {
-    let source = SpannerSource::connect(&db.endpoint(), &db.name, "BenchStream").await?;
-    let first = *next_id;
-    *next_id += 500;
-    let seen: Arc<Mutex<HashMap<i64, Instant>>> = Arc::default();
-    let reader = {
-        let seen = seen.clone();
-        let start = Timestamp::now();
-        tokio::spawn(async move {
-            follow(&source, start, None, |batch| {
-                let now = Instant::now();
-                let mut seen = seen.lock().expect("seen lock");
-                for r in batch {
-                    if let ChangeRecord::Data(d) = r {
-                        for m in &d.mods {
-                            if let Some(id) = m.keys["Id"].as_str().and_then(|s| s.parse().ok()) {
-                                seen.insert(id, now);
-                            }
-                        }
-                    }
-                }
-                (first..first + 500).all(|id| seen.contains_key(&id))
-            })
-            .await
-        })
-    };
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let committed = steady_writer(db, first).await?;
-    tokio::time::timeout(Duration::from_secs(60), reader).await???;
-    let seen = seen.lock().expect("seen lock").clone();
-    Ok(latencies(&committed, &seen))
+type Seen = Arc<Mutex<HashMap<i64, Instant>>>;
+
+fn mark_seen(seen: &Seen, ids: impl IntoIterator<Item = i64>) {
+    let now = Instant::now();
+    let mut seen = seen.lock().expect("seen lock");
+    for id in ids {
+        seen.entry(id).or_insert(now);
+    }
 }
 
-async fn latency_screamer(db: &TestDatabase, next_id: &mut i64) -> anyhow::Result<Vec<f64>> {
-    let first = *next_id;
-    *next_id += 500;
+/// Screamer (as a process) and the bare reader (in this process) follow the stream at the
+/// same time while one steady writer commits: both see the same commits and the same
+/// partition layout, so their latencies compare directly.
+async fn latency(db: &TestDatabase, first: i64) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    let ids = first..first + 500;
     let mut child = Command::new(screamer_bin())
         .args([
             "--dsn",
@@ -473,42 +458,80 @@ async fn latency_screamer(db: &TestDatabase, next_id: &mut i64) -> anyhow::Resul
         ])
         .env("SPANNER_EMULATOR_HOST", db.host())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()?;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("subscribing") {
+                let _ = ready_tx.send(());
+            }
+        }
+    });
+    let screamer_seen: Seen = Arc::default();
     let stdout = child.stdout.take().expect("stdout");
-    let seen: Arc<Mutex<HashMap<i64, Instant>>> = Arc::default();
     let reader = {
-        let seen = seen.clone();
+        let seen = screamer_seen.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let now = Instant::now();
-                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-                    continue;
-                };
-                let mut seen = seen.lock().expect("seen lock");
-                for m in v["mods"].as_array().into_iter().flatten() {
-                    if let Some(id) = m["keys"]["Id"].as_str().and_then(|s| s.parse().ok()) {
-                        seen.insert(id, now);
-                    }
-                }
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+                mark_seen(
+                    &seen,
+                    v["mods"].as_array().into_iter().flatten().filter_map(|m| {
+                        m["keys"]["Id"].as_str().and_then(|s| s.parse().ok())
+                    }),
+                );
             }
+        })
+    };
+    ready_rx
+        .recv_timeout(Duration::from_secs(30))
+        .context("screamer did not start subscribing")?;
+
+    let source = SpannerSource::connect(&db.endpoint(), &db.name, "BenchStream").await?;
+    let bare_seen: Seen = Arc::default();
+    let bare = {
+        let seen = bare_seen.clone();
+        let start = Timestamp::now();
+        tokio::spawn(async move {
+            follow(&source, start, None, |batch| {
+                mark_seen(
+                    &seen,
+                    batch.iter().flat_map(|r| match r {
+                        ChangeRecord::Data(d) => d
+                            .mods
+                            .iter()
+                            .filter_map(|m| m.keys["Id"].as_str()?.parse().ok())
+                            .collect(),
+                        _ => Vec::new(),
+                    }),
+                );
+                false
+            })
+            .await
         })
     };
     tokio::time::sleep(Duration::from_secs(1)).await;
     let committed = steady_writer(db, first).await?;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !(first..first + 500).all(|id| seen.lock().expect("seen lock").contains_key(&id)) {
+    let complete = |seen: &Seen| {
+        let seen = seen.lock().expect("seen lock");
+        ids.clone().all(|id| seen.contains_key(&id))
+    };
+    while !(complete(&screamer_seen) && complete(&bare_seen)) {
         if Instant::now() > deadline {
-            bail!("screamer did not deliver the steady writer's records");
+            bail!("the readers did not deliver the steady writer's records");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    bare.abort();
     // SAFETY: kill(2) on our own child's pid.
     unsafe { screamer_tests::libc::kill(child.id() as i32, screamer_tests::libc::SIGINT) };
     child.wait()?;
     let _ = reader.join();
-    let seen = seen.lock().expect("seen lock").clone();
-    Ok(latencies(&committed, &seen))
+    let l = |seen: &Seen| latencies(&committed, &seen.lock().expect("seen lock"));
+    Ok((l(&bare_seen), l(&screamer_seen)))
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
