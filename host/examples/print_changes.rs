@@ -24,8 +24,8 @@ impl Consumer for PrintRows {
                     r.commit_timestamp,
                     r.table_name,
                     r.mod_type,
-                    serde_json::Value::Object(m.keys.clone()),
-                    serde_json::Value::Object(m.new_values.clone()),
+                    m.keys.as_str(),
+                    m.new_values.as_str(),
                 );
             }
         }

@@ -53,7 +53,7 @@ pub use partition::{
     MemoryStore, PartitionMetadata, PartitionState, PartitionStore, PartitionToken, SpannerStore,
     StoreError,
 };
-pub use record::{ChangeRecord, DataChangeRecord, ModType, ValueCaptureType};
+pub use record::{ChangeRecord, DataChangeRecord, JsonObject, ModType, ValueCaptureType};
 pub use sink::NdjsonSink;
 pub use source::{Dialect, Endpoint, SourceError, SpannerSource};
 pub use subscriber::{RunSummary, SubscribeError, Subscriber, SubscriberOptions};

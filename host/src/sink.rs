@@ -97,6 +97,9 @@ mod tests {
         let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2);
-        assert!(lines[0].starts_with(r#"{"partition_token":"t","commit_timestamp":"2026-01-01T00:00:00Z""#));
+        assert!(
+            lines[0]
+                .starts_with(r#"{"partition_token":"t","commit_timestamp":"2026-01-01T00:00:00Z""#)
+        );
     }
 }

@@ -102,3 +102,12 @@ pub async fn read_range(
         .await?;
     Ok((collector.records(), summary))
 }
+
+/// An INT64 member of a mods object (GoogleSQL sends INT64 as a string).
+pub fn int_member(object: &screamer::record::JsonObject, key: &str) -> Option<i64> {
+    match object.get(key)? {
+        serde_json::Value::String(s) => s.parse().ok(),
+        serde_json::Value::Number(n) => n.as_i64(),
+        _ => None,
+    }
+}

@@ -11,7 +11,7 @@ use screamer::{
     DatabaseName, Dialect, Endpoint, SpannerSource, SpannerStore, Subscriber, SubscriberOptions,
     Timestamp,
 };
-use screamer_tests::{ChaosProxy, Collector, Emulator, EmulatorOptions, eventually};
+use screamer_tests::{ChaosProxy, Collector, Emulator, EmulatorOptions, eventually, int_member};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -85,8 +85,8 @@ async fn cut_connections_are_retried_from_the_watermark() -> anyhow::Result<()> 
         let mut last: BTreeMap<i64, i64> = BTreeMap::new();
         for r in collector.records() {
             for m in &r.mods {
-                let k: i64 = m.keys["Id"].as_str()?.parse().ok()?;
-                let s: i64 = m.new_values["Seq"].as_str()?.parse().ok()?;
+                let k = int_member(&m.keys, "Id")?;
+                let s = int_member(&m.new_values, "Seq")?;
                 let e = last.entry(k).or_default();
                 *e = (*e).max(s);
             }
@@ -106,9 +106,9 @@ async fn cut_connections_are_retried_from_the_watermark() -> anyhow::Result<()> 
     for r in collector.records() {
         for m in &r.mods {
             per_key
-                .entry(m.keys["Id"].as_str().unwrap().parse()?)
+                .entry(int_member(&m.keys, "Id").expect("Id"))
                 .or_default()
-                .push(m.new_values["Seq"].as_str().unwrap().parse()?);
+                .push(int_member(&m.new_values, "Seq").expect("Seq"));
         }
     }
     for (key, n) in &wanted {

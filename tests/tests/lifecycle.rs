@@ -9,7 +9,7 @@ use std::time::Duration;
 use gcloud_spanner::mutation::insert_or_update;
 use gcloud_spanner::statement::Statement;
 use screamer::{Dialect, SpannerSource, SpannerStore, Subscriber, SubscriberOptions, Timestamp};
-use screamer_tests::{Collector, Emulator, EmulatorOptions, eventually};
+use screamer_tests::{Collector, Emulator, EmulatorOptions, eventually, int_member};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
@@ -96,8 +96,8 @@ async fn churning_partitions_deliver_every_mutation_in_order() -> anyhow::Result
     let mut seen: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
     for r in collector.records() {
         for m in &r.mods {
-            let key: i64 = m.keys["Id"].as_str().unwrap().parse()?;
-            let s: i64 = m.new_values["Seq"].as_str().unwrap().parse()?;
+            let key = int_member(&m.keys, "Id").expect("Id");
+            let s = int_member(&m.new_values, "Seq").expect("Seq");
             seen.entry(key).or_default().push(s);
         }
     }

@@ -4,16 +4,20 @@
 //! one value across two `PartialResultSet`s (`chunked_value`); [`RowAssembler`] merges chunks
 //! so that only whole rows are decoded. A GoogleSQL row is one `ChangeRecord` column
 //! (`ARRAY<STRUCT<data_change_record ARRAY<..>, heartbeat_record ARRAY<..>,
-//! child_partitions_record ARRAY<..>>>`); it is turned into JSON guided by its declared types
-//! (INT64 fields become numbers, JSON fields are parsed) so that it deserializes into the same
-//! serde types as a PostgreSQL row, which is one JSONB document.
+//! child_partitions_record ARRAY<..>>>`), decoded field by field into the typed records; a
+//! PostgreSQL row is one JSONB document, deserialized into the same types. Either way the
+//! `mods` objects keep Spanner's JSON text ([`JsonObject`]): nothing parses them on the way.
 
-use gcloud_googleapis::spanner::v1::{PartialResultSet, StructType, Type, TypeCode};
+use gcloud_googleapis::spanner::v1::struct_type::Field;
+use gcloud_googleapis::spanner::v1::{PartialResultSet, StructType, Type};
 use prost_types::value::Kind;
-use serde_json::{Map, Number, Value};
 
 use crate::partition::PartitionToken;
-use crate::record::{ChangeRecord, ChildPartitionsRecord, DataChangeRecord, HeartbeatRecord};
+use crate::record::{
+    ChangeRecord, ChildPartition, ChildPartitionsRecord, ColumnType, DataChangeRecord,
+    HeartbeatRecord, JsonObject, Mod, ModType, ValueCaptureType,
+};
+use crate::timestamp::Timestamp;
 
 /// Which SQL dialect the database speaks; it decides the query and the row shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,122 +163,279 @@ pub fn decode_row(
         .r#type
         .as_ref()
         .ok_or_else(|| DecodeError::new("column without type"))?;
-    let json = to_json(value, ty)?;
     let mut out = Vec::new();
     match dialect {
         // ARRAY<STRUCT<data_change_record ARRAY<..>, heartbeat_record ARRAY<..>, ..>>
         Dialect::GoogleSql => {
-            let Value::Array(items) = json else {
-                return Err(DecodeError::new("ChangeRecord is not an array"));
-            };
-            for item in items {
-                let Value::Object(fields) = item else {
-                    return Err(DecodeError::new("ChangeRecord element is not a struct"));
-                };
-                for (name, records) in fields {
-                    if let Value::Array(records) = records {
-                        for record in records {
-                            out.push(typed(&name, record, partition)?);
-                        }
+            let element = element_type(ty)?;
+            for item in list(value)? {
+                let mut kinds = Struct::new(item, element)?;
+                for (name, value, ty) in kinds.drain() {
+                    let record_type = element_type(ty)?;
+                    for record in list(value)? {
+                        out.push(match name {
+                            "data_change_record" => {
+                                ChangeRecord::Data(data_change(record, record_type, partition)?)
+                            }
+                            "heartbeat_record" => {
+                                ChangeRecord::Heartbeat(heartbeat(record, record_type)?)
+                            }
+                            "child_partitions_record" => ChangeRecord::ChildPartitions(
+                                child_partitions(record, record_type)?,
+                            ),
+                            other => {
+                                return Err(DecodeError::new(format!(
+                                    "unknown record kind {other:?}"
+                                )));
+                            }
+                        });
                     }
                 }
             }
         }
-        // One JSONB object whose single key names the record kind.
+        // One JSONB document whose single key names the record kind.
         Dialect::PostgreSql => {
-            let Value::Object(fields) = json else {
-                return Err(DecodeError::new("read_json row is not an object"));
-            };
-            for (name, record) in fields {
-                if !record.is_null() {
-                    out.push(typed(&name, record, partition)?);
-                }
+            #[derive(serde::Deserialize)]
+            struct PgRow {
+                data_change_record: Option<DataChangeRecord>,
+                heartbeat_record: Option<HeartbeatRecord>,
+                child_partitions_record: Option<ChildPartitionsRecord>,
             }
+            let text = string(value)?;
+            let row: PgRow = serde_json::from_str(&text)
+                .map_err(|e| DecodeError::new(format!("read_json row: {e}")))?;
+            if let Some(mut r) = row.data_change_record {
+                r.partition_token = partition.clone();
+                out.push(ChangeRecord::Data(r));
+            }
+            out.extend(row.heartbeat_record.map(ChangeRecord::Heartbeat));
+            out.extend(
+                row.child_partitions_record
+                    .map(ChangeRecord::ChildPartitions),
+            );
         }
     }
     Ok(out)
 }
 
-fn typed(
-    kind: &str,
-    record: Value,
+fn data_change(
+    value: prost_types::Value,
+    ty: &Type,
     partition: &PartitionToken,
-) -> Result<ChangeRecord, DecodeError> {
-    let err = |e: serde_json::Error| DecodeError::new(format!("{kind}: {e}"));
-    Ok(match kind {
-        "data_change_record" => {
-            let mut r: DataChangeRecord = serde_json::from_value(record).map_err(err)?;
-            r.partition_token = partition.clone();
-            ChangeRecord::Data(r)
-        }
-        "heartbeat_record" => {
-            ChangeRecord::Heartbeat(serde_json::from_value::<HeartbeatRecord>(record).map_err(err)?)
-        }
-        "child_partitions_record" => ChangeRecord::ChildPartitions(
-            serde_json::from_value::<ChildPartitionsRecord>(record).map_err(err)?,
+) -> Result<DataChangeRecord, DecodeError> {
+    let mut s = Struct::new(value, ty)?;
+    let mod_type = string(s.take("mod_type")?.0)?;
+    Ok(DataChangeRecord {
+        partition_token: partition.clone(),
+        commit_timestamp: timestamp(s.take("commit_timestamp")?.0)?,
+        record_sequence: string(s.take("record_sequence")?.0)?,
+        server_transaction_id: string(s.take("server_transaction_id")?.0)?,
+        is_last_record_in_transaction_in_partition: boolean(
+            s.take("is_last_record_in_transaction_in_partition")?.0,
+        )?,
+        table_name: string(s.take("table_name")?.0)?,
+        column_types: s.list("column_types", column_type)?,
+        mods: s.list("mods", modification)?,
+        mod_type: match mod_type.as_str() {
+            "INSERT" => ModType::Insert,
+            "UPDATE" => ModType::Update,
+            "DELETE" => ModType::Delete,
+            other => return Err(DecodeError::new(format!("unknown mod_type {other:?}"))),
+        },
+        value_capture_type: ValueCaptureType::from(
+            string(s.take("value_capture_type")?.0)?.as_str(),
         ),
-        other => return Err(DecodeError::new(format!("unknown record kind {other:?}"))),
+        number_of_records_in_transaction: int64(s.take("number_of_records_in_transaction")?.0)?,
+        number_of_partitions_in_transaction: int64(
+            s.take("number_of_partitions_in_transaction")?.0,
+        )?,
+        // Newer fields: absent from older servers.
+        transaction_tag: s
+            .take_optional("transaction_tag")
+            .map(string)
+            .transpose()?
+            .unwrap_or_default(),
+        is_system_transaction: s
+            .take_optional("is_system_transaction")
+            .map(boolean)
+            .transpose()?
+            .unwrap_or_default(),
     })
 }
 
-/// Converts a protobuf value to JSON as its declared Spanner type says.
-fn to_json(value: prost_types::Value, ty: &Type) -> Result<Value, DecodeError> {
-    let code = TypeCode::try_from(ty.code).unwrap_or(TypeCode::Unspecified);
-    Ok(match value.kind {
-        None | Some(Kind::NullValue(_)) => Value::Null,
-        Some(Kind::BoolValue(b)) => Value::Bool(b),
-        Some(Kind::NumberValue(n)) => Number::from_f64(n).map_or(Value::Null, Value::Number),
-        Some(Kind::StringValue(s)) => match code {
-            TypeCode::Int64 => Value::Number(
-                s.parse::<i64>()
-                    .map_err(|_| DecodeError::new(format!("INT64 value {s:?}")))?
-                    .into(),
-            ),
-            TypeCode::Json => serde_json::from_str(&s)
-                .map_err(|e| DecodeError::new(format!("JSON value: {e}")))?,
-            _ => Value::String(s),
-        },
-        Some(Kind::ListValue(list)) => match code {
-            TypeCode::Array => {
-                let elem = ty
-                    .array_element_type
-                    .as_deref()
-                    .ok_or_else(|| DecodeError::new("ARRAY without element type"))?;
-                Value::Array(
-                    list.values
-                        .into_iter()
-                        .map(|v| to_json(v, elem))
-                        .collect::<Result<_, _>>()?,
-                )
-            }
-            TypeCode::Struct => {
-                let fields = &ty
-                    .struct_type
-                    .as_ref()
-                    .ok_or_else(|| DecodeError::new("STRUCT without fields"))?
-                    .fields;
-                let mut obj = Map::with_capacity(fields.len());
-                for (v, f) in list.values.into_iter().zip(fields) {
-                    let fty = f
-                        .r#type
-                        .as_ref()
-                        .ok_or_else(|| DecodeError::new("struct field without type"))?;
-                    obj.insert(f.name.clone(), to_json(v, fty)?);
-                }
-                Value::Object(obj)
-            }
-            _ => return Err(DecodeError::new(format!("list value for type {code:?}"))),
-        },
-        Some(Kind::StructValue(_)) => {
-            return Err(DecodeError::new("unexpected protobuf struct value"));
-        }
+fn column_type(value: prost_types::Value, ty: &Type) -> Result<ColumnType, DecodeError> {
+    let mut s = Struct::new(value, ty)?;
+    let type_json = string(s.take("type")?.0)?;
+    Ok(ColumnType {
+        name: string(s.take("name")?.0)?,
+        column_type: serde_json::from_str(&type_json)
+            .map_err(|e| DecodeError::new(format!("column type {type_json}: {e}")))?,
+        is_primary_key: boolean(s.take("is_primary_key")?.0)?,
+        ordinal_position: int64(s.take("ordinal_position")?.0)?,
     })
+}
+
+fn modification(value: prost_types::Value, ty: &Type) -> Result<Mod, DecodeError> {
+    let mut s = Struct::new(value, ty)?;
+    let mut object = |name| -> Result<JsonObject, DecodeError> {
+        match s.take_optional(name) {
+            None => Ok(JsonObject::default()),
+            Some(v) => match v.kind {
+                None | Some(Kind::NullValue(_)) => Ok(JsonObject::default()),
+                _ => JsonObject::from_text(string(v)?)
+                    .map_err(|e| DecodeError::new(format!("mods.{name}: {e}"))),
+            },
+        }
+    };
+    Ok(Mod {
+        keys: object("keys")?,
+        new_values: object("new_values")?,
+        old_values: object("old_values")?,
+    })
+}
+
+fn heartbeat(value: prost_types::Value, ty: &Type) -> Result<HeartbeatRecord, DecodeError> {
+    let mut s = Struct::new(value, ty)?;
+    Ok(HeartbeatRecord {
+        timestamp: timestamp(s.take("timestamp")?.0)?,
+    })
+}
+
+fn child_partitions(
+    value: prost_types::Value,
+    ty: &Type,
+) -> Result<ChildPartitionsRecord, DecodeError> {
+    let mut s = Struct::new(value, ty)?;
+    Ok(ChildPartitionsRecord {
+        start_timestamp: timestamp(s.take("start_timestamp")?.0)?,
+        record_sequence: string(s.take("record_sequence")?.0)?,
+        child_partitions: s.list("child_partitions", |v, t| {
+            let mut c = Struct::new(v, t)?;
+            Ok(ChildPartition {
+                token: string(c.take("token")?.0)?.into(),
+                parent_partition_tokens: list(c.take("parent_partition_tokens")?.0)?
+                    .into_iter()
+                    .map(|t| string(t).map(PartitionToken::from))
+                    .collect::<Result<_, _>>()?,
+            })
+        })?,
+    })
+}
+
+/// The values of one STRUCT, taken out by field name.
+struct Struct<'t> {
+    fields: &'t [Field],
+    values: Vec<Option<prost_types::Value>>,
+}
+
+impl<'t> Struct<'t> {
+    fn new(value: prost_types::Value, ty: &'t Type) -> Result<Self, DecodeError> {
+        let fields = &ty
+            .struct_type
+            .as_ref()
+            .ok_or_else(|| DecodeError::new("STRUCT without fields"))?
+            .fields;
+        let values = list(value)?.into_iter().map(Some).collect();
+        Ok(Self { fields, values })
+    }
+
+    fn take_optional(&mut self, name: &str) -> Option<prost_types::Value> {
+        let i = self.fields.iter().position(|f| f.name == name)?;
+        self.values.get_mut(i)?.take()
+    }
+
+    fn take(&mut self, name: &str) -> Result<(prost_types::Value, &'t Type), DecodeError> {
+        let i = self
+            .fields
+            .iter()
+            .position(|f| f.name == name)
+            .ok_or_else(|| DecodeError::new(format!("no field {name}")))?;
+        let ty = self.fields[i]
+            .r#type
+            .as_ref()
+            .ok_or_else(|| DecodeError::new(format!("field {name} without type")))?;
+        let value = self
+            .values
+            .get_mut(i)
+            .and_then(Option::take)
+            .ok_or_else(|| DecodeError::new(format!("no value for {name}")))?;
+        Ok((value, ty))
+    }
+
+    /// An ARRAY<STRUCT<..>> field, each element decoded by `f`.
+    fn list<T>(
+        &mut self,
+        name: &str,
+        f: impl Fn(prost_types::Value, &Type) -> Result<T, DecodeError>,
+    ) -> Result<Vec<T>, DecodeError> {
+        let (value, ty) = self.take(name)?;
+        let element = element_type(ty)?;
+        list(value)?.into_iter().map(|v| f(v, element)).collect()
+    }
+
+    /// Every field with a value, by name.
+    fn drain(&mut self) -> impl Iterator<Item = (&'t str, prost_types::Value, &'t Type)> + '_ {
+        let fields = self.fields;
+        self.values
+            .iter_mut()
+            .zip(fields)
+            .filter_map(|(v, f)| Some((f.name.as_str(), v.take()?, f.r#type.as_ref()?)))
+    }
+}
+
+fn element_type(ty: &Type) -> Result<&Type, DecodeError> {
+    ty.array_element_type
+        .as_deref()
+        .ok_or_else(|| DecodeError::new("ARRAY without element type"))
+}
+
+fn list(value: prost_types::Value) -> Result<Vec<prost_types::Value>, DecodeError> {
+    match value.kind {
+        Some(Kind::ListValue(l)) => Ok(l.values),
+        None | Some(Kind::NullValue(_)) => Ok(Vec::new()),
+        other => Err(DecodeError::new(format!(
+            "expected a list, found {other:?}"
+        ))),
+    }
+}
+
+fn string(value: prost_types::Value) -> Result<String, DecodeError> {
+    match value.kind {
+        Some(Kind::StringValue(s)) => Ok(s),
+        other => Err(DecodeError::new(format!(
+            "expected a string, found {other:?}"
+        ))),
+    }
+}
+
+fn int64(value: prost_types::Value) -> Result<i64, DecodeError> {
+    match value.kind {
+        // INT64 travels as a decimal string.
+        Some(Kind::StringValue(s)) => s
+            .parse()
+            .map_err(|_| DecodeError::new(format!("INT64 value {s:?}"))),
+        Some(Kind::NumberValue(n)) if n.fract() == 0.0 => Ok(n as i64),
+        other => Err(DecodeError::new(format!("expected INT64, found {other:?}"))),
+    }
+}
+
+fn boolean(value: prost_types::Value) -> Result<bool, DecodeError> {
+    match value.kind {
+        Some(Kind::BoolValue(b)) => Ok(b),
+        other => Err(DecodeError::new(format!("expected BOOL, found {other:?}"))),
+    }
+}
+
+fn timestamp(value: prost_types::Value) -> Result<Timestamp, DecodeError> {
+    let s = string(value)?;
+    s.parse()
+        .map_err(|e: crate::timestamp::TimestampParseError| DecodeError::new(e.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gcloud_googleapis::spanner::v1::{ResultSetMetadata, struct_type::Field};
+    use gcloud_googleapis::spanner::v1::{ResultSetMetadata, TypeCode};
 
     fn s(x: &str) -> prost_types::Value {
         prost_types::Value {

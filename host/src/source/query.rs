@@ -2,9 +2,9 @@
 
 use std::collections::HashMap;
 
+use futures_util::FutureExt;
 use gcloud_gax::grpc::Streaming;
 use gcloud_googleapis::spanner::v1::{ExecuteSqlRequest, PartialResultSet, Type, TypeCode};
-use futures_util::FutureExt;
 use prost_types::value::Kind;
 
 use super::SourceError;

@@ -16,7 +16,7 @@ use gcloud_spanner::mutation::insert_or_update;
 use screamer::record::ChangeRecord;
 use screamer::source::QueryRange;
 use screamer::{Dialect, PartitionToken, SpannerSource, Timestamp};
-use screamer_tests::{Emulator, EmulatorOptions, TestDatabase, screamer_bin};
+use screamer_tests::{Emulator, EmulatorOptions, TestDatabase, int_member, screamer_bin};
 use tokio::task::JoinSet;
 
 const COLUMNS: [&str; 10] = ["Id", "C1", "C2", "C3", "C4", "C5", "C6", "C7", "C8", "C9"];
@@ -134,7 +134,9 @@ async fn main() -> anyhow::Result<()> {
         );
     }
 
-    println!("## commit-to-output latency, steady writer (50 commits/s for 10 s), both readers at once\n");
+    println!(
+        "## commit-to-output latency, steady writer (50 commits/s for 10 s), both readers at once\n"
+    );
     println!("| reader | records | p50 ms | p99 ms | max ms |");
     println!("|---|---|---|---|---|");
     let (bare, screamer) = latency(&db, next_id).await?;
@@ -475,12 +477,16 @@ async fn latency(db: &TestDatabase, first: i64) -> anyhow::Result<(Vec<f64>, Vec
         let seen = screamer_seen.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                    continue;
+                };
                 mark_seen(
                     &seen,
-                    v["mods"].as_array().into_iter().flatten().filter_map(|m| {
-                        m["keys"]["Id"].as_str().and_then(|s| s.parse().ok())
-                    }),
+                    v["mods"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|m| m["keys"]["Id"].as_str().and_then(|s| s.parse().ok())),
                 );
             }
         })
@@ -502,7 +508,7 @@ async fn latency(db: &TestDatabase, first: i64) -> anyhow::Result<(Vec<f64>, Vec
                         ChangeRecord::Data(d) => d
                             .mods
                             .iter()
-                            .filter_map(|m| m.keys["Id"].as_str()?.parse().ok())
+                            .filter_map(|m| int_member(&m.keys, "Id"))
                             .collect(),
                         _ => Vec::new(),
                     }),
