@@ -11,7 +11,8 @@
 //! watermark keeps reading (without delivering anything newer) until the stream shows a later
 //! timestamp; the watermark then closes over that whole timestamp, so a restart neither
 //! repeats nor loses a record. Past the drain deadline it stops anyway and a restart may
-//! repeat the records at the watermark (at least once, never loss).
+//! repeat the records at the watermark (at least once, never loss). Heartbeats close the
+//! watermark but never move it to their own time (see `Position::close`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,14 +78,33 @@ struct Position {
 }
 
 impl Position {
-    /// The stream has shown time `t` (a later record or a heartbeat): nothing before it is
-    /// still to come.
-    fn observe(&mut self, t: Timestamp) {
+    /// The stream has shown a record (data or child partitions) at `t`: nothing before `t`
+    /// is still to come.
+    fn reached(&mut self, t: Timestamp) {
         if t > self.watermark {
             self.watermark = t;
             self.acked_at_watermark = false;
         }
     }
+
+    /// A heartbeat later than the watermark: no more records at the watermark's time will
+    /// come, so the watermark closes over that time. It does not jump to the heartbeat's
+    /// time: heartbeats may run past the partition's end, and a query restarted after the
+    /// end never announces the children (measured on the emulator: the records between
+    /// the end and the restart were lost).
+    fn close(&mut self) {
+        if self.acked_at_watermark {
+            self.watermark = self.watermark.saturating_add(Duration::from_nanos(1));
+            self.acked_at_watermark = false;
+        }
+    }
+}
+
+/// What the stream showed after the last data record of a batch.
+#[derive(Clone, Copy)]
+enum After {
+    Heartbeat(Timestamp),
+    Record(Timestamp),
 }
 
 enum QueryEnd {
@@ -133,7 +153,7 @@ pub(crate) async fn run<C: Consumer>(
             }
             Err(ReadError::Source(e)) if e.is_transient() => {
                 let delay = backoff.next();
-                tracing::warn!(partition = ?token, error = %e, retry_in = ?delay, "transient error; restarting from watermark");
+                tracing::warn!(partition = ?token, watermark = %pos.watermark, error = %e, retry_in = ?delay, "transient error; restarting from watermark");
                 ctx.checkpoints.advance(&token, pos.watermark);
                 tokio::select! {
                     _ = stop.cancelled() => return Ok(ReaderOutcome::Stopped),
@@ -258,25 +278,30 @@ async fn handle_batch<C: Consumer>(
     draining: bool,
 ) -> Result<bool, ReadError> {
     let mut data: Vec<DataChangeRecord> = Vec::new();
-    // The latest time shown by a heartbeat or child record after the last data record.
-    let mut later: Option<Timestamp> = None;
+    // What came after the last data record of the batch.
+    let mut after: Option<After> = None;
     let mut stop = false;
     for record in records {
         let t = record.timestamp();
+        let shown = match record {
+            ChangeRecord::Heartbeat(_) => After::Heartbeat(t),
+            _ => After::Record(t),
+        };
+        // A draining reader delivers only what shares the watermark's time.
         if draining && t > pos.watermark {
-            later = Some(t);
+            after = Some(shown);
             stop = true;
             break;
         }
         match record {
             ChangeRecord::Data(r) => {
-                later = None;
+                after = None;
                 data.push(r);
             }
-            ChangeRecord::Heartbeat(_) => later = Some(t),
+            ChangeRecord::Heartbeat(_) => after = Some(shown),
             ChangeRecord::ChildPartitions(r) => {
                 record_children(ctx, partition, &r).await?;
-                later = Some(t);
+                after = Some(shown);
             }
         }
     }
@@ -285,11 +310,13 @@ async fn handle_batch<C: Consumer>(
             .consume(&data)
             .await
             .map_err(ReadError::Consumer)?;
-        pos.observe(last);
+        pos.reached(last);
         pos.acked_at_watermark = true;
     }
-    if let Some(t) = later {
-        pos.observe(t);
+    match after {
+        Some(After::Record(t)) => pos.reached(t),
+        Some(After::Heartbeat(t)) if t > pos.watermark => pos.close(),
+        _ => {}
     }
     Ok(stop)
 }
@@ -340,5 +367,36 @@ impl Backoff {
             .min(Duration::from_secs(10));
         self.attempt += 1;
         cap.mul_f64(0.5 + fastrand::f64() / 2.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn heartbeats_close_the_watermark_without_jumping_ahead() {
+        let mut pos = Position {
+            watermark: ts("2026-01-01T00:00:00Z"),
+            acked_at_watermark: false,
+        };
+        pos.reached(ts("2026-01-01T00:00:01Z"));
+        pos.acked_at_watermark = true;
+        // A heartbeat far ahead only closes the acknowledged timestamp.
+        pos.close();
+        assert_eq!(pos.watermark, ts("2026-01-01T00:00:01.000000001Z"));
+        assert!(!pos.acked_at_watermark);
+        // Closing twice does not move it again.
+        pos.close();
+        assert_eq!(pos.watermark, ts("2026-01-01T00:00:01.000000001Z"));
+        // Records and child partitions move it to their time.
+        pos.reached(ts("2026-01-01T00:00:05Z"));
+        assert_eq!(pos.watermark, ts("2026-01-01T00:00:05Z"));
+        pos.reached(ts("2026-01-01T00:00:04Z"));
+        assert_eq!(pos.watermark, ts("2026-01-01T00:00:05Z"));
     }
 }
