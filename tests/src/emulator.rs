@@ -20,6 +20,14 @@ use gcloud_spanner::statement::Statement;
 use screamer::{DatabaseName, Dialect, Endpoint, Timestamp};
 
 const PROJECT: &str = "test-project";
+
+/// The schema most tests write to: `Items (Id, Seq)` watched by the stream `Changes`
+/// (OLD_AND_NEW_VALUES). Writers bump `Seq` per `Id`, so order and completeness per key can be
+/// checked exactly.
+pub const ITEMS_SCHEMA: [&str; 2] = [
+    "CREATE TABLE Items (Id INT64 NOT NULL, Seq INT64 NOT NULL) PRIMARY KEY (Id)",
+    "CREATE CHANGE STREAM Changes FOR Items",
+];
 const INSTANCE: &str = "test-instance";
 
 /// Settings of one emulator.
@@ -121,6 +129,11 @@ impl Emulator {
     pub fn unused_database(&self) -> DatabaseName {
         let n = self.next_db.fetch_add(1, Ordering::Relaxed);
         DatabaseName::new(PROJECT, INSTANCE, format!("db{n}"))
+    }
+
+    /// A new GoogleSQL database with [`ITEMS_SCHEMA`].
+    pub async fn items_database(&self) -> anyhow::Result<TestDatabase> {
+        self.database(Dialect::GoogleSql, &ITEMS_SCHEMA).await
     }
 
     /// Creates a new database of `dialect` and applies `ddl` to it.

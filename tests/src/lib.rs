@@ -10,7 +10,7 @@ pub mod emulator;
 pub mod process;
 pub mod proxy;
 
-pub use emulator::{Emulator, EmulatorOptions, TestDatabase};
+pub use emulator::{Emulator, EmulatorOptions, ITEMS_SCHEMA, TestDatabase};
 pub use libc;
 pub use process::{Screamer, screamer_bin};
 pub use proxy::ChaosProxy;

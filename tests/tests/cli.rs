@@ -7,11 +7,8 @@ use std::time::Duration;
 use gcloud_spanner::mutation::insert_or_update;
 use screamer::{Dialect, Timestamp};
 use screamer_tests::libc::{SIGINT, SIGKILL, SIGTERM};
-use screamer_tests::{Emulator, EmulatorOptions, Screamer, TestDatabase, eventually};
+use screamer_tests::{Emulator, EmulatorOptions, ITEMS_SCHEMA, Screamer, TestDatabase, eventually};
 use serde_json::Value;
-
-const ITEMS: &str = "CREATE TABLE Items (Id INT64 NOT NULL, Seq INT64 NOT NULL) PRIMARY KEY (Id)";
-const STREAM: &str = "CREATE CHANGE STREAM Changes FOR Items";
 
 fn args(db: &TestDatabase, extra: &[&str]) -> Vec<String> {
     let mut a = vec![
@@ -91,9 +88,7 @@ fn counts(mods: impl IntoIterator<Item = (i64, i64)>) -> BTreeMap<(i64, i64), us
 #[tokio::test(flavor = "multi_thread")]
 async fn end_ends_the_run_with_exit_0_after_everything_committed_before_it() -> anyhow::Result<()> {
     let emulator = Emulator::start(EmulatorOptions::default()).await?;
-    let db = emulator
-        .database(Dialect::GoogleSql, &[ITEMS, STREAM])
-        .await?;
+    let db = emulator.items_database().await?;
     let start = Timestamp::now();
     let (seq, last) = write(&db, 300, 7, Duration::ZERO).await?;
     // The end is inclusive: the last commit, at exactly `end`, is delivered.
@@ -129,9 +124,7 @@ async fn graceful_stop_and_restart_loses_nothing_and_repeats_nothing() -> anyhow
         partition_alive_seconds: Some(3),
     })
     .await?;
-    let db = emulator
-        .database(Dialect::GoogleSql, &[ITEMS, STREAM])
-        .await?;
+    let db = emulator.items_database().await?;
     let start = Timestamp::now().to_string();
     let run_args = args(&db, &["--metadata-table", "Partitions", "--start", &start]);
     let db = std::sync::Arc::new(db);
@@ -183,11 +176,7 @@ async fn kill_9_and_restart_loses_nothing() -> anyhow::Result<()> {
         partition_alive_seconds: Some(3),
     })
     .await?;
-    let db = std::sync::Arc::new(
-        emulator
-            .database(Dialect::GoogleSql, &[ITEMS, STREAM])
-            .await?,
-    );
+    let db = std::sync::Arc::new(emulator.items_database().await?);
     let start = Timestamp::now().to_string();
     let run_args = args(
         &db,
@@ -259,8 +248,8 @@ async fn bad_input_gets_one_clear_line_and_exit_2() -> anyhow::Result<()> {
         .database(
             Dialect::GoogleSql,
             &[
-                ITEMS,
-                STREAM,
+                ITEMS_SCHEMA[0],
+                ITEMS_SCHEMA[1],
                 "CREATE CHANGE STREAM Other FOR Items",
                 "CREATE TABLE Wrong (PartitionToken STRING(MAX) NOT NULL, State INT64) \
                  PRIMARY KEY (PartitionToken)",

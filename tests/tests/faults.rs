@@ -8,8 +8,7 @@ use std::time::Duration;
 
 use gcloud_spanner::mutation::insert_or_update;
 use screamer::{
-    DatabaseName, Dialect, Endpoint, SpannerSource, SpannerStore, Subscriber, SubscriberOptions,
-    Timestamp,
+    DatabaseName, Endpoint, SpannerSource, SpannerStore, Subscriber, SubscriberOptions, Timestamp,
 };
 use screamer_tests::{ChaosProxy, Collector, Emulator, EmulatorOptions, eventually, int_member};
 use tokio_util::sync::CancellationToken;
@@ -21,15 +20,7 @@ async fn cut_connections_are_retried_from_the_watermark() -> anyhow::Result<()> 
         partition_alive_seconds: Some(3),
     })
     .await?;
-    let db = emulator
-        .database(
-            Dialect::GoogleSql,
-            &[
-                "CREATE TABLE Items (Id INT64 NOT NULL, Seq INT64 NOT NULL) PRIMARY KEY (Id)",
-                "CREATE CHANGE STREAM Changes FOR Items",
-            ],
-        )
-        .await?;
+    let db = emulator.items_database().await?;
     let proxy = ChaosProxy::start(emulator.host()).await?;
     let via_proxy = Endpoint::Emulator(proxy.host().to_owned());
     let name: &DatabaseName = &db.name;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use gcloud_spanner::mutation::insert_or_update;
 use gcloud_spanner::statement::Statement;
-use screamer::{Dialect, SpannerSource, SpannerStore, Subscriber, SubscriberOptions, Timestamp};
+use screamer::{SpannerSource, SpannerStore, Subscriber, SubscriberOptions, Timestamp};
 use screamer_tests::{Collector, Emulator, EmulatorOptions, eventually, int_member};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -23,15 +23,7 @@ async fn churning_partitions_deliver_every_mutation_in_order() -> anyhow::Result
         partition_alive_seconds: Some(2),
     })
     .await?;
-    let db = emulator
-        .database(
-            Dialect::GoogleSql,
-            &[
-                "CREATE TABLE Items (Id INT64 NOT NULL, Seq INT64 NOT NULL) PRIMARY KEY (Id)",
-                "CREATE CHANGE STREAM Changes FOR Items",
-            ],
-        )
-        .await?;
+    let db = emulator.items_database().await?;
     let start = Timestamp::now();
     let source = SpannerSource::connect(&db.endpoint(), &db.name, "Changes").await?;
     let store = Arc::new(SpannerStore::connect(&db.endpoint(), &db.name, "Partitions").await?);

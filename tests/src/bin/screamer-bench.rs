@@ -270,28 +270,22 @@ async fn screamer_read(
     let out_file = std::fs::File::create(&out_path)?;
     let began = Instant::now();
     let began_wall = Timestamp::now();
-    let mut child = Command::new(screamer_bin())
-        .args([
-            "--dsn",
-            &db.name.to_string(),
-            "--stream",
-            "BenchStream",
-            "--metadata-table",
-            &format!("BenchMeta{}_{run}", start.unix_nanos()),
+    let mut child = screamer_command(
+        db,
+        &format!("BenchMeta{}_{run}", start.unix_nanos()),
+        &[
             "--start",
             &start.to_string(),
             "--end",
             &end.to_string(),
-            "--heartbeat-interval",
-            "1s",
             "--log-level",
             &std::env::var("BENCH_LOG").unwrap_or_else(|_| "info".into()),
-        ])
-        .env("SPANNER_EMULATOR_HOST", db.host())
-        .stdout(out_file)
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("screamer binary (cargo build --release -p screamer)")?;
+        ],
+    )
+    .stdout(out_file)
+    .stderr(Stdio::piped())
+    .spawn()
+    .context("screamer binary (cargo build --release -p screamer)")?;
     let pid = child.id();
     let mut peak = 0;
     let status = loop {
@@ -330,6 +324,16 @@ async fn screamer_read(
             .ok()
     });
     Ok(t)
+}
+
+/// The screamer binary reading the bench stream with its own metadata table.
+fn screamer_command(db: &TestDatabase, table: &str, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(screamer_bin());
+    cmd.args(["--dsn", &db.name.to_string(), "--stream", "BenchStream"])
+        .args(["--metadata-table", table, "--heartbeat-interval", "1s"])
+        .args(extra)
+        .env("SPANNER_EMULATOR_HOST", db.host());
+    cmd
 }
 
 fn peak_rss_kb(pid: u32) -> u64 {
@@ -447,21 +451,14 @@ fn mark_seen(seen: &Seen, ids: impl IntoIterator<Item = i64>) {
 /// partition layout, so their latencies compare directly.
 async fn latency(db: &TestDatabase, first: i64) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
     let ids = first..first + 500;
-    let mut child = Command::new(screamer_bin())
-        .args([
-            "--dsn",
-            &db.name.to_string(),
-            "--stream",
-            "BenchStream",
-            "--metadata-table",
-            &format!("BenchLatency{}", Timestamp::now().unix_nanos()),
-            "--heartbeat-interval",
-            "1s",
-        ])
-        .env("SPANNER_EMULATOR_HOST", db.host())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
+    let mut child = screamer_command(
+        db,
+        &format!("BenchLatency{}", Timestamp::now().unix_nanos()),
+        &[],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()?;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let stderr = child.stderr.take().expect("stderr");
     std::thread::spawn(move || {
