@@ -28,7 +28,7 @@ use crate::partition::{
     NewPartition, PartitionMetadata, PartitionState, PartitionStore, PartitionToken, StoreError,
 };
 use crate::record::{ChangeRecord, ChildPartitionsRecord, DataChangeRecord};
-use crate::source::{PartitionQuery, QueryRange, SourceError, SpannerSource};
+use crate::source::{MAX_BATCH, PartitionQuery, QueryRange, SourceError, SpannerSource};
 use crate::timestamp::Timestamp;
 
 /// How a reader ended.
@@ -254,14 +254,33 @@ const PREFETCH: usize = 2;
 type Batches = mpsc::Receiver<Result<Vec<ChangeRecord>, SourceError>>;
 
 /// Runs `query` on its own task, handing on decoded batches; the channel closes after the
-/// last batch, or after an error.
+/// last batch, or after an error. While the consumer is busy (the channel is full), newly
+/// arrived records join the batch being held, so batches grow with load (up to
+/// [`MAX_BATCH`]) and per-batch costs shrink.
 fn prefetch(mut query: PartitionQuery) -> (Batches, AbortOnDropHandle<()>) {
     let (tx, rx) = mpsc::channel(PREFETCH);
     let fetch = tokio::spawn(async move {
-        while let Some(item) = query.next_batch().await.transpose() {
-            let failed = item.is_err();
-            if tx.send(item).await.is_err() || failed {
-                break;
+        let mut held: Vec<ChangeRecord> = Vec::new();
+        loop {
+            tokio::select! {
+                biased;
+                permit = tx.reserve(), if !held.is_empty() => match permit {
+                    Ok(permit) => permit.send(Ok(std::mem::take(&mut held))),
+                    Err(_) => return,
+                },
+                // `next_batch` only awaits before it has taken anything: cancel-safe.
+                next = query.next_batch(), if held.len() < MAX_BATCH => match next {
+                    Ok(Some(batch)) => held.extend(batch),
+                    end => {
+                        if !held.is_empty() && tx.send(Ok(held)).await.is_err() {
+                            return;
+                        }
+                        if let Err(e) = end {
+                            let _ = tx.send(Err(e)).await;
+                        }
+                        return;
+                    }
+                },
             }
         }
     });

@@ -14,7 +14,7 @@ mod query;
 
 pub use connection::{Endpoint, SpannerSource};
 pub use decode::{DecodeError, Dialect};
-pub use query::{PartitionQuery, QueryRange};
+pub use query::{MAX_BATCH, PartitionQuery, QueryRange};
 
 use gcloud_gax::grpc::{Code, Status};
 
