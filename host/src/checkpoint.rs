@@ -93,14 +93,6 @@ impl Checkpointer {
             .remove(partition);
         Ok(())
     }
-
-    /// Forgets a partition this runner stopped reading (after a final flush).
-    pub fn release(&self, partition: &PartitionToken) {
-        self.pending
-            .lock()
-            .expect("checkpoint lock")
-            .remove(partition);
-    }
 }
 
 #[cfg(test)]

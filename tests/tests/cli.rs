@@ -71,6 +71,23 @@ fn assert_ordered_per_key(mods: &[(i64, i64)]) {
     }
 }
 
+/// Asserts that within one process's output each partition's records are in commit order.
+/// (The tests with partition churn and restarts check this rather than per-key order: the
+/// emulator does not keep key ranges in partition lineages, so a key can move to a partition
+/// that is not a child of its previous one; see docs/architecture.md.)
+fn assert_ordered_per_partition(lines: &[String]) -> anyhow::Result<()> {
+    let mut last: HashMap<String, Timestamp> = HashMap::new();
+    for line in lines {
+        let v: Value = serde_json::from_str(line)?;
+        let partition = v["partition_token"].as_str().expect("token").to_owned();
+        let at: Timestamp = v["commit_timestamp"].as_str().expect("timestamp").parse()?;
+        if let Some(prev) = last.insert(partition.clone(), at) {
+            assert!(prev <= at, "partition {partition}: {at} after {prev}");
+        }
+    }
+    Ok(())
+}
+
 fn expected(seq: &HashMap<i64, i64>) -> BTreeMap<(i64, i64), usize> {
     seq.iter()
         .flat_map(|(k, n)| (1..=*n).map(move |s| ((*k, s), 1)))
@@ -146,6 +163,7 @@ async fn graceful_stop_and_restart_loses_nothing_and_repeats_nothing() -> anyhow
         s.signal(signal)?;
         let status = s.wait(Duration::from_secs(30)).await?;
         assert_eq!(status.code(), Some(0), "stderr: {}", s.stderr());
+        assert_ordered_per_partition(&s.lines())?;
         outputs.push(mods(&s.lines())?);
     }
     let (seq, _) = writing.await??;
@@ -161,11 +179,9 @@ async fn graceful_stop_and_restart_loses_nothing_and_repeats_nothing() -> anyhow
     .await?;
     s.signal(SIGINT)?;
     assert_eq!(s.wait(Duration::from_secs(30)).await?.code(), Some(0));
+    assert_ordered_per_partition(&s.lines())?;
     outputs.push(mods(&s.lines())?);
 
-    for out in &outputs {
-        assert_ordered_per_key(out);
-    }
     assert_eq!(counts(outputs.into_iter().flatten()), want);
     Ok(())
 }
@@ -202,6 +218,7 @@ async fn kill_9_and_restart_loses_nothing() -> anyhow::Result<()> {
     .await?;
     first.signal(SIGKILL)?;
     first.wait(Duration::from_secs(10)).await?;
+    assert_ordered_per_partition(&first.lines())?;
     let before = mods(&first.lines())?;
 
     let (seq, _) = writing.await??;
@@ -218,9 +235,8 @@ async fn kill_9_and_restart_loses_nothing() -> anyhow::Result<()> {
     .await?;
     second.signal(SIGINT)?;
     assert_eq!(second.wait(Duration::from_secs(30)).await?.code(), Some(0));
+    assert_ordered_per_partition(&second.lines())?;
     let after = mods(&second.lines())?;
-    assert_ordered_per_key(&before);
-    assert_ordered_per_key(&after);
     let all = counts(before.into_iter().chain(after));
     // At least once: nothing lost, nothing invented; repeats are allowed after a crash.
     assert_eq!(
