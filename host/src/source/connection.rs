@@ -29,6 +29,15 @@ pub enum Endpoint {
     GoogleCloud,
 }
 
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Emulator(host) => write!(f, "the emulator at {host} (SPANNER_EMULATOR_HOST)"),
+            Self::GoogleCloud => f.write_str(SPANNER),
+        }
+    }
+}
+
 impl Endpoint {
     /// The emulator named by `SPANNER_EMULATOR_HOST`, as in every Google client, or Google
     /// Cloud.
@@ -238,7 +247,7 @@ impl SessionPool {
         let env = endpoint.environment().await?;
         let conn = ConnectionManager::new(4, &env, SPANNER, &ConnectionOptions::default())
             .await
-            .map_err(|e| SourceError::Connect(e.to_string()))?;
+            .map_err(|e| SourceError::Connect(format!("{endpoint}: {e}")))?;
         Ok(Self {
             database: database.to_string(),
             conn,
