@@ -158,11 +158,26 @@ impl Subscriber {
         let mut poll_timer = tokio::time::interval(opts.poll_interval);
         let mut failure: Option<SubscribeError> = None;
         loop {
-            self.schedule(&mut readers, &mut held, &ctx, &stop_readers)
-                .await?;
-            if opts.end.is_some() && held.is_empty() && self.store.unfinished().await? == 0 {
-                summary.reached_end = true;
+            // A store failure (after its own retries) ends the run, but through the drain.
+            if let Err(e) = self
+                .schedule(&mut readers, &mut held, &ctx, &stop_readers)
+                .await
+            {
+                failure = Some(e.into());
                 break;
+            }
+            if opts.end.is_some() && held.is_empty() {
+                match self.store.unfinished().await {
+                    Ok(0) => {
+                        summary.reached_end = true;
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        failure = Some(e.into());
+                        break;
+                    }
+                }
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
