@@ -297,6 +297,8 @@ async fn handle_batch<C: Consumer>(
     draining: bool,
 ) -> Result<bool, ReadError> {
     let mut data: Vec<DataChangeRecord> = Vec::new();
+    // Child partitions announced in this batch, recorded in one write.
+    let mut children: Vec<NewPartition> = Vec::new();
     // What came after the last data record of the batch.
     let mut after: Option<After> = None;
     let mut stop = false;
@@ -319,10 +321,18 @@ async fn handle_batch<C: Consumer>(
             }
             ChangeRecord::Heartbeat(_) => after = Some(shown),
             ChangeRecord::ChildPartitions(r) => {
-                record_children(ctx, partition, &r).await?;
+                children.extend(child_partitions(partition, &r));
                 after = Some(shown);
             }
         }
+    }
+    if !children.is_empty() {
+        let inserted = ctx
+            .store
+            .add_children(&children)
+            .await
+            .map_err(ReadError::Store)?;
+        tracing::debug!(partition = ?partition.token, announced = children.len(), inserted, "child partitions");
     }
     if let Some(last) = data.last().map(|r| r.commit_timestamp) {
         ctx.consumer
@@ -340,34 +350,23 @@ async fn handle_batch<C: Consumer>(
     Ok(stop)
 }
 
-async fn record_children<C: Consumer>(
-    ctx: &ReaderContext<C>,
-    parent: &PartitionMetadata,
-    record: &ChildPartitionsRecord,
-) -> Result<(), ReadError> {
-    let children: Vec<NewPartition> = record
-        .child_partitions
-        .iter()
-        .map(|c| NewPartition {
-            token: c.token.clone(),
-            // The root's children name no parent; they still must wait for the root.
-            parents: if c.parent_partition_tokens.is_empty() {
-                vec![parent.token.clone()]
-            } else {
-                c.parent_partition_tokens.clone()
-            },
-            start: record.start_timestamp,
-            end: parent.end,
-            heartbeat_millis: parent.heartbeat_millis,
-        })
-        .collect();
-    let inserted = ctx
-        .store
-        .add_children(&children)
-        .await
-        .map_err(ReadError::Store)?;
-    tracing::debug!(partition = ?parent.token, announced = children.len(), inserted, "child partitions");
-    Ok(())
+/// The partitions a child partitions record announces, as rows to insert.
+fn child_partitions<'a>(
+    parent: &'a PartitionMetadata,
+    record: &'a ChildPartitionsRecord,
+) -> impl Iterator<Item = NewPartition> + 'a {
+    record.child_partitions.iter().map(move |c| NewPartition {
+        token: c.token.clone(),
+        // The root's children name no parent; they still must wait for the root.
+        parents: if c.parent_partition_tokens.is_empty() {
+            vec![parent.token.clone()]
+        } else {
+            c.parent_partition_tokens.clone()
+        },
+        start: record.start_timestamp,
+        end: parent.end,
+        heartbeat_millis: parent.heartbeat_millis,
+    })
 }
 
 /// Exponential backoff with full jitter, 100 ms to 10 s.
