@@ -169,6 +169,7 @@ fn store_input_error(e: &StoreError) -> bool {
 async fn run(args: Args) -> Result<(), RunError> {
     let endpoint = Endpoint::from_env();
     let source = SpannerSource::connect(&endpoint, &args.dsn, &args.stream).await?;
+    tracing::debug!(dialect = ?source.dialect(), "change stream found");
     let store: Arc<dyn PartitionStore> = match &args.metadata_table {
         Some(table) => {
             let db = args.partition_dsn.as_ref().unwrap_or(&args.dsn);

@@ -122,6 +122,7 @@ impl Subscriber {
         }
         let writes_before = self.store.writes();
         self.store.prepare().await?;
+        tracing::debug!("partition store ready");
         let seeded = self
             .store
             .seed(NewPartition {

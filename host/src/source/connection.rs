@@ -281,13 +281,15 @@ impl SessionPool {
 
     async fn close(&self) {
         let names = std::mem::take(&mut *self.idle.lock().expect("session pool lock"));
-        for name in names {
+        // Concurrently: a stopping process should not wait a round trip per session.
+        futures_util::future::join_all(names.into_iter().map(|name| async move {
             let _ = self
                 .conn
                 .conn()
                 .delete_session(DeleteSessionRequest { name }, true, None)
                 .await;
-        }
+        }))
+        .await;
     }
 }
 
