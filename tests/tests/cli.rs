@@ -357,5 +357,58 @@ async fn bad_input_gets_one_clear_line_and_exit_2() -> anyhow::Result<()> {
         stderr.contains("(streams there: Changes, Other)"),
         "{stderr}"
     );
+
+    // A metadata table in a PostgreSQL-dialect database is refused with the way out.
+    let pg = emulator.database(Dialect::PostgreSql, &[]).await?;
+    pg.ddl(&[
+        "CREATE TABLE items (id bigint NOT NULL, PRIMARY KEY (id))",
+        "CREATE CHANGE STREAM changes FOR items",
+    ])
+    .await?;
+    let pg_dsn = pg.name.to_string();
+    let (code, stderr) = run_to_exit(
+        pg.host(),
+        &strings(&[
+            "--dsn",
+            &pg_dsn,
+            "--stream",
+            "changes",
+            "--metadata-table",
+            "Partitions",
+        ]),
+    )
+    .await?;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains(
+            "metadata table Partitions is in a PostgreSQL-dialect database; use --partition-dsn"
+        ),
+        "{stderr}"
+    );
+    // With --partition-dsn pointing at a GoogleSQL database it runs (and stops at --end).
+    let now = Timestamp::now();
+    let (start, end) = (
+        now.to_string(),
+        now.saturating_add(Duration::from_millis(1)).to_string(),
+    );
+    let (code, stderr) = run_to_exit(
+        pg.host(),
+        &strings(&[
+            "--dsn",
+            &pg_dsn,
+            "--stream",
+            "changes",
+            "--metadata-table",
+            "PgPartitions",
+            "--partition-dsn",
+            &dsn,
+            "--start",
+            &start,
+            "--end",
+            &end,
+        ]),
+    )
+    .await?;
+    assert_eq!(code, 0, "{stderr}");
     Ok(())
 }
