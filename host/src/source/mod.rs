@@ -1,8 +1,8 @@
 //! Source: everything that talks to the change stream.
 //!
-//! Place in the flow: first stage. [`SpannerSource`] connects to the database (emulator when
-//! `SPANNER_EMULATOR_HOST` is set, Application Default Credentials otherwise), detects the
-//! dialect, checks that the stream exists, and opens one streaming query per partition from
+//! Place in the flow: first stage. [`SpannerSource`] connects to the database at an
+//! [`Endpoint`] (the emulator, or Google Cloud with Application Default Credentials), detects
+//! the dialect, checks that the stream exists, and opens one streaming query per partition from
 //! its watermark ([`PartitionQuery`]). The queries run over the client's low-level gRPC API:
 //! the high-level row iterator buffers change records until the resume token changes, which
 //! on the emulator means until the partition ends. Resume tokens are never used: a broken
