@@ -12,7 +12,7 @@
 //! timestamp; the watermark then closes over that whole timestamp, so a restart neither
 //! repeats nor loses a record. Past the drain deadline it stops anyway and a restart may
 //! repeat the records at the watermark (at least once, never loss). Heartbeats close the
-//! watermark but never move it to their own time (see `Position::close`).
+//! watermark but never move it to their own time (see `Position::heartbeat`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -87,18 +87,28 @@ impl Position {
         }
     }
 
-    /// A heartbeat later than the watermark: no more records at the watermark's time will
-    /// come, so the watermark closes over that time. It does not jump to the heartbeat's
-    /// time: heartbeats may run past the partition's end, and a query restarted after the
-    /// end never announces the children (measured on the emulator: the records between
-    /// the end and the restart were lost).
-    fn close(&mut self) {
+    /// A heartbeat at `h`, later than the watermark: no more records at the watermark's time
+    /// will come, so the watermark closes over that time. It does not jump to `h`:
+    /// heartbeats may run past the partition's end, and a query restarted after the end never
+    /// announces the children (measured on the emulator: the records between the end and the
+    /// restart were lost). It follows `h` at [`HEARTBEAT_LAG`] instead, so an idle partition's
+    /// checkpoint stays within the stream's retention.
+    fn heartbeat(&mut self, h: Timestamp) {
         if self.acked_at_watermark {
             self.watermark = self.watermark.saturating_add(Duration::from_nanos(1));
             self.acked_at_watermark = false;
         }
+        let floor = h.saturating_sub(HEARTBEAT_LAG);
+        if floor > self.watermark {
+            self.watermark = floor;
+        }
     }
 }
+
+/// How far an idle partition's watermark stays behind its heartbeats: far more than any
+/// heartbeat's overshoot of a partition's end (seconds on the emulator), far less than a
+/// change stream's retention (at least a day).
+const HEARTBEAT_LAG: Duration = Duration::from_secs(600);
 
 /// What the stream showed after the last data record of a batch.
 #[derive(Clone, Copy)]
@@ -344,7 +354,7 @@ async fn handle_batch<C: Consumer>(
     }
     match after {
         Some(After::Record(t)) => pos.reached(t),
-        Some(After::Heartbeat(t)) if t > pos.watermark => pos.close(),
+        Some(After::Heartbeat(t)) if t > pos.watermark => pos.heartbeat(t),
         _ => {}
     }
     Ok(stop)
@@ -404,17 +414,20 @@ mod tests {
         };
         pos.reached(ts("2026-01-01T00:00:01Z"));
         pos.acked_at_watermark = true;
-        // A heartbeat far ahead only closes the acknowledged timestamp.
-        pos.close();
+        // A heartbeat ahead only closes the acknowledged timestamp.
+        pos.heartbeat(ts("2026-01-01T00:00:09Z"));
         assert_eq!(pos.watermark, ts("2026-01-01T00:00:01.000000001Z"));
         assert!(!pos.acked_at_watermark);
-        // Closing twice does not move it again.
-        pos.close();
+        // A later one does not move it again...
+        pos.heartbeat(ts("2026-01-01T00:00:10Z"));
         assert_eq!(pos.watermark, ts("2026-01-01T00:00:01.000000001Z"));
-        // Records and child partitions move it to their time.
-        pos.reached(ts("2026-01-01T00:00:05Z"));
-        assert_eq!(pos.watermark, ts("2026-01-01T00:00:05Z"));
-        pos.reached(ts("2026-01-01T00:00:04Z"));
-        assert_eq!(pos.watermark, ts("2026-01-01T00:00:05Z"));
+        // ...until the partition has been idle for longer than the lag.
+        pos.heartbeat(ts("2026-01-01T00:20:01Z"));
+        assert_eq!(pos.watermark, ts("2026-01-01T00:10:01Z"));
+        // Records and child partitions move it to their time, never back.
+        pos.reached(ts("2026-01-01T00:10:05Z"));
+        assert_eq!(pos.watermark, ts("2026-01-01T00:10:05Z"));
+        pos.reached(ts("2026-01-01T00:10:04Z"));
+        assert_eq!(pos.watermark, ts("2026-01-01T00:10:05Z"));
     }
 }

@@ -53,6 +53,14 @@ impl Timestamp {
         )
     }
 
+    /// This timestamp moved back by `d` (saturating at the representable range).
+    pub fn saturating_sub(self, d: std::time::Duration) -> Self {
+        Self(
+            self.0
+                .saturating_sub(Duration::try_from(d).unwrap_or(Duration::MAX)),
+        )
+    }
+
     /// Time elapsed from `earlier` to `self`, zero if `earlier` is later.
     pub fn duration_since(self, earlier: Timestamp) -> std::time::Duration {
         (self.0 - earlier.0).try_into().unwrap_or_default()
