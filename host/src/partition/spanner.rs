@@ -119,13 +119,16 @@ impl SpannerStore {
     }
 
     async fn query(&self, stmt: Statement) -> Result<Vec<Row>, StoreError> {
-        let mut tx = self.client.single().await.map_err(|e| self.err(e))?;
-        let mut iter = tx.query(stmt).await.map_err(|e| self.err(e))?;
-        let mut rows = Vec::new();
-        while let Some(row) = iter.next().await.map_err(|e| self.err(e))? {
-            rows.push(row);
-        }
-        Ok(rows)
+        self.retrying(|| async {
+            let mut tx = self.client.single().await?;
+            let mut iter = tx.query(stmt.clone()).await?;
+            let mut rows = Vec::new();
+            while let Some(row) = iter.next().await? {
+                rows.push(row);
+            }
+            Ok::<_, ClientError>(rows)
+        })
+        .await
     }
 
     async fn partitions(&self, condition: &str) -> Result<Vec<PartitionMetadata>, StoreError> {
@@ -259,8 +262,9 @@ impl SpannerStore {
         Ok(())
     }
 
-    /// Runs `op` again while it fails transiently (aborted by a concurrent transaction,
-    /// unavailable), with jittered backoff, for up to [`RETRY_FOR`].
+    /// Runs `op` (a read or a commit) again while it fails transiently (aborted by a
+    /// concurrent transaction, unavailable, connection lost), with jittered backoff, for up
+    /// to [`RETRY_FOR`].
     async fn retrying<T, Fut>(&self, op: impl Fn() -> Fut) -> Result<T, StoreError>
     where
         Fut: std::future::Future<Output = Result<T, ClientError>>,
@@ -273,7 +277,7 @@ impl SpannerStore {
                 Err(ClientError::GRPC(status))
                     if is_transient_status(&status) && tokio::time::Instant::now() < deadline =>
                 {
-                    tracing::debug!(table = %self.table, error = %status, "retrying metadata write");
+                    tracing::debug!(table = %self.table, error = %status, "retrying metadata operation");
                     tokio::time::sleep(delay.mul_f64(0.5 + fastrand::f64())).await;
                     delay = (delay * 2).min(Duration::from_secs(1));
                 }
