@@ -2,6 +2,7 @@
 //! and restart, `kill -9` and restart.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use gcloud_spanner::mutation::insert_or_update;
@@ -135,16 +136,26 @@ async fn end_ends_the_run_with_exit_0_after_everything_committed_before_it() -> 
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn graceful_stop_and_restart_loses_nothing_and_repeats_nothing() -> anyhow::Result<()> {
+/// An emulator with partition churn, an Items database, and the arguments of a screamer run
+/// that resumes from the `Partitions` metadata table (plus `extra`).
+async fn restartable_run(
+    extra: &[&str],
+) -> anyhow::Result<(Emulator, Arc<TestDatabase>, Vec<String>)> {
     let emulator = Emulator::start(EmulatorOptions {
         partition_alive_seconds: Some(3),
     })
     .await?;
-    let db = emulator.items_database().await?;
+    let db = Arc::new(emulator.items_database().await?);
     let start = Timestamp::now().to_string();
-    let run_args = args(&db, &["--metadata-table", "Partitions", "--start", &start]);
-    let db = std::sync::Arc::new(db);
+    let mut flags = vec!["--metadata-table", "Partitions", "--start", &start];
+    flags.extend_from_slice(extra);
+    let run_args = args(&db, &flags);
+    Ok((emulator, db, run_args))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn graceful_stop_and_restart_loses_nothing_and_repeats_nothing() -> anyhow::Result<()> {
+    let (_emulator, db, run_args) = restartable_run(&[]).await?;
     let writing = tokio::spawn({
         let db = db.clone();
         async move { write(&db, 1500, 13, Duration::from_millis(4)).await }
@@ -188,23 +199,7 @@ async fn graceful_stop_and_restart_loses_nothing_and_repeats_nothing() -> anyhow
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_and_restart_loses_nothing() -> anyhow::Result<()> {
-    let emulator = Emulator::start(EmulatorOptions {
-        partition_alive_seconds: Some(3),
-    })
-    .await?;
-    let db = std::sync::Arc::new(emulator.items_database().await?);
-    let start = Timestamp::now().to_string();
-    let run_args = args(
-        &db,
-        &[
-            "--metadata-table",
-            "Partitions",
-            "--start",
-            &start,
-            "--checkpoint-interval",
-            "200ms",
-        ],
-    );
+    let (_emulator, db, run_args) = restartable_run(&["--checkpoint-interval", "200ms"]).await?;
     let writing = tokio::spawn({
         let db = db.clone();
         async move { write(&db, 1200, 11, Duration::from_millis(4)).await }
