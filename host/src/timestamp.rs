@@ -40,11 +40,6 @@ impl Timestamp {
             .map(Self)
     }
 
-    /// The underlying `time` value (UTC).
-    pub fn as_offset_date_time(self) -> OffsetDateTime {
-        self.0
-    }
-
     /// This timestamp moved by `d` (saturating at the representable range).
     pub fn saturating_add(self, d: std::time::Duration) -> Self {
         Self(
@@ -59,11 +54,6 @@ impl Timestamp {
             self.0
                 .saturating_sub(Duration::try_from(d).unwrap_or(Duration::MAX)),
         )
-    }
-
-    /// Time elapsed from `earlier` to `self`, zero if `earlier` is later.
-    pub fn duration_since(self, earlier: Timestamp) -> std::time::Duration {
-        (self.0 - earlier.0).try_into().unwrap_or_default()
     }
 }
 

@@ -72,10 +72,6 @@ impl Screamer {
         self.stderr.lock().expect("stderr lock").join("\n")
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// Sends `signal` (`libc::SIGINT`, `SIGTERM`, `SIGKILL`, `SIGSTOP`, `SIGCONT`).
     pub fn signal(&self, signal: libc::c_int) -> anyhow::Result<()> {
         // SAFETY: kill(2) on our own child's pid, which we have not reaped yet.
