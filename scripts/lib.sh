@@ -17,3 +17,32 @@ require_emulator() {
     "and set SPANNER_EMULATOR_DIR to the directory holding gateway_main and emulator_main" >&2
   return 1
 }
+
+# The example and test plugins, as components in target/plugins/: the Rust ones with the
+# `plugin` profile for wasm32-wasip2, the Python one with componentize-py (from PyPI, in a
+# venv under target/). Rebuilds only what changed.
+COMPONENTIZE_PY_VERSION=0.25.1
+build_plugins() {
+  if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
+    echo "installing the wasm32-wasip2 Rust target" >&2
+    rustup target add wasm32-wasip2 >&2
+  fi
+  cargo build --quiet --profile plugin --target wasm32-wasip2 \
+    -p filter -p redact -p fanout -p enrich -p chaos -p wrong-world
+  mkdir -p target/plugins
+  local p
+  for p in filter redact fanout enrich chaos wrong-world; do
+    cp -p "target/wasm32-wasip2/plugin/$p.wasm" "target/plugins/${p//-/_}.wasm"
+  done
+  local venv=target/py-venv
+  if ! "$venv/bin/componentize-py" --version 2>/dev/null | grep -q "$COMPONENTIZE_PY_VERSION"; then
+    echo "installing componentize-py $COMPONENTIZE_PY_VERSION into $venv" >&2
+    python3 -m venv "$venv" >&2
+    "$venv/bin/pip" install --quiet "componentize-py==$COMPONENTIZE_PY_VERSION" >&2
+  fi
+  local out=target/plugins/drop_columns.wasm
+  if [ ! -f "$out" ] || [ plugins/drop-columns/app.py -nt "$out" ] || [ wit/plugin.wit -nt "$out" ]; then
+    "$venv/bin/componentize-py" -d wit -w plugin componentize -p plugins/drop-columns app \
+      -o "$out" >/dev/null
+  fi
+}

@@ -1,0 +1,194 @@
+//! Redacts or hashes chosen columns in every row change (new and old values).
+//!
+//! Configuration:
+//! ```json
+//! {"columns": ["Email", "Phone"], "mode": "hash", "salt": "s3cret", "tables": ["Users"]}
+//! ```
+//! `mode` is `mask` (the value becomes `"[REDACTED]"`, the default), `null` or `hash`
+//! (hex SHA-256 of the salt and the value's JSON text: equal values stay joinable).
+//! `tables` limits the plugin to some tables (default: all). Key columns are left alone:
+//! they identify the row downstream.
+//!
+//! Values are parsed only when a configured column name occurs in the text, so records
+//! without sensitive columns pass at the cost of a substring search.
+
+use screamer_plugin_sdk::{Outcome, Plugin, Record};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub columns: Vec<String>,
+    #[serde(default)]
+    pub mode: Mode,
+    #[serde(default)]
+    pub salt: String,
+    #[serde(default)]
+    pub tables: Vec<String>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Mask,
+    Null,
+    Hash,
+}
+
+pub struct Redact {
+    config: Config,
+    /// `"Column"` with its quotes: what must occur in the text for the column to be there.
+    needles: Vec<String>,
+}
+
+impl Plugin for Redact {
+    type Config = Config;
+
+    fn new(config: Config) -> Result<Self, String> {
+        if config.columns.is_empty() {
+            return Err("`columns` must name at least one column".into());
+        }
+        let needles = config
+            .columns
+            .iter()
+            .map(|c| Value::String(c.clone()).to_string())
+            .collect();
+        Ok(Redact { config, needles })
+    }
+
+    fn process(&mut self, mut record: Record) -> Outcome {
+        if !self.config.tables.is_empty() && !self.config.tables.contains(&record.table_name) {
+            return Outcome::Keep;
+        }
+        let mut changed = false;
+        for row in &mut record.mods {
+            for text in [&mut row.new_values, &mut row.old_values] {
+                match self.redact_text(text) {
+                    Ok(Some(redacted)) => {
+                        *text = redacted;
+                        changed = true;
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Outcome::Fail(e),
+                }
+            }
+        }
+        if changed {
+            Outcome::Replace(record)
+        } else {
+            Outcome::Keep
+        }
+    }
+}
+
+impl Redact {
+    /// The redacted text, or `None` when no configured column is in it.
+    pub fn redact_text(&self, text: &str) -> Result<Option<String>, String> {
+        if !self.needles.iter().any(|n| text.contains(n.as_str())) {
+            return Ok(None);
+        }
+        let mut values: Map<String, Value> =
+            serde_json::from_str(text).map_err(|e| format!("values are not a JSON object: {e}"))?;
+        let mut changed = false;
+        for column in &self.config.columns {
+            if let Some(v) = values.get_mut(column) {
+                *v = self.redact_value(v);
+                changed = true;
+            }
+        }
+        Ok(changed.then(|| Value::Object(values).to_string()))
+    }
+
+    fn redact_value(&self, value: &Value) -> Value {
+        match self.config.mode {
+            Mode::Mask => Value::String("[REDACTED]".into()),
+            Mode::Null => Value::Null,
+            Mode::Hash => {
+                let mut h = Sha256::new();
+                h.update(self.config.salt.as_bytes());
+                h.update(value.to_string().as_bytes());
+                Value::String(hex(&h.finalize()))
+            }
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+screamer_plugin_sdk::export_plugin!(Redact);
+
+#[cfg(test)]
+mod tests {
+    use screamer_plugin_sdk::{ModType, RowChange};
+    use serde_json::json;
+
+    use super::*;
+
+    fn redact(config: Value) -> Redact {
+        Redact::new(serde_json::from_value(config).unwrap()).unwrap()
+    }
+
+    fn record() -> Record {
+        Record::new("Users", ModType::Update).with_mod(RowChange::new(
+            json!({"Id": "1"}),
+            json!({"Email": "a@x.io", "Name": "Ann"}),
+            json!({"Email": "b@x.io", "Name": "Ann"}),
+        ))
+    }
+
+    #[test]
+    fn masks_new_and_old_values() {
+        let Outcome::Replace(r) = redact(json!({"columns": ["Email"]})).process(record()) else {
+            panic!("expected a replacement")
+        };
+        let row = &r.mods[0];
+        assert_eq!(
+            row.new_value::<String>("Email").unwrap().unwrap(),
+            "[REDACTED]"
+        );
+        assert_eq!(
+            row.old_value::<String>("Email").unwrap().unwrap(),
+            "[REDACTED]"
+        );
+        assert_eq!(row.new_value::<String>("Name").unwrap().unwrap(), "Ann");
+        assert_eq!(row.keys, r#"{"Id":"1"}"#);
+    }
+
+    #[test]
+    fn hashes_deterministically_with_the_salt() {
+        let mut p = redact(json!({"columns": ["Email"], "mode": "hash", "salt": "s"}));
+        let Outcome::Replace(a) = p.process(record()) else {
+            panic!()
+        };
+        let Outcome::Replace(b) = p.process(record()) else {
+            panic!()
+        };
+        let hash = a.mods[0].new_value::<String>("Email").unwrap().unwrap();
+        assert_eq!(hash.len(), 64);
+        assert_eq!(a.mods[0].new_values, b.mods[0].new_values);
+        assert_ne!(a.mods[0].new_values, a.mods[0].old_values);
+    }
+
+    #[test]
+    fn keeps_records_without_the_columns_or_of_other_tables() {
+        let mut p = redact(json!({"columns": ["Ssn"]}));
+        assert!(matches!(p.process(record()), Outcome::Keep));
+        let mut p = redact(json!({"columns": ["Email"], "tables": ["Orders"]}));
+        assert!(matches!(p.process(record()), Outcome::Keep));
+    }
+
+    #[test]
+    fn refuses_an_empty_column_list() {
+        assert!(Redact::new(serde_json::from_value(json!({"columns": []})).unwrap()).is_err());
+    }
+}
