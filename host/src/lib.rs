@@ -37,9 +37,12 @@
 
 pub mod checkpoint;
 pub mod cli;
+pub mod config;
 pub mod consumer;
 pub mod dsn;
 pub mod partition;
+pub mod pipeline;
+pub mod plugin;
 pub mod reader;
 pub mod record;
 pub mod sink;
@@ -53,6 +56,7 @@ pub use partition::{
     MemoryStore, PartitionMetadata, PartitionState, PartitionStore, PartitionToken, SpannerStore,
     StoreError,
 };
+pub use pipeline::Pipeline;
 pub use record::{ChangeRecord, DataChangeRecord, JsonObject, ModType, ValueCaptureType};
 pub use sink::NdjsonSink;
 pub use source::{Dialect, Endpoint, SourceError, SpannerSource};

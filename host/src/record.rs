@@ -60,6 +60,28 @@ pub struct DataChangeRecord {
     pub is_system_transaction: bool,
 }
 
+impl DataChangeRecord {
+    /// The record's own top-level output fields.
+    pub const FIELDS: [&'static str; 15] = [
+        "partition_token",
+        "commit_timestamp",
+        "record_sequence",
+        "server_transaction_id",
+        "is_last_record_in_transaction_in_partition",
+        "table_name",
+        "column_types",
+        "mods",
+        "mod_type",
+        "value_capture_type",
+        "number_of_records_in_transaction",
+        "number_of_partitions_in_transaction",
+        "transaction_tag",
+        "is_system_transaction",
+        // Not a field of the record, but of an output line: the side output's name.
+        "output",
+    ];
+}
+
 /// A column of the changed table as the change stream describes it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ColumnType {

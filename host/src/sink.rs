@@ -1,17 +1,16 @@
-//! Sink: NDJSON on a writer (stdout for the CLI).
+//! Sink: NDJSON on a writer (stdout for the CLI, files for side outputs and dead letters).
 //!
-//! Place in the flow: last stage. One JSON object per data change record, one per line.
-//! Each batch is serialized on the reader's task, then written and flushed by one dedicated
-//! thread (one hand-off per batch, no blocking of the async runtime) before the consumer call
-//! returns, so an acknowledged record is already out of the process. A slow reader of stdout
-//! makes the write wait, which holds up the partition readers: back-pressure, not buffering.
+//! Place in the flow: last stage, fed by the [`pipeline`](crate::pipeline). Each batch
+//! arrives as already serialized lines; one dedicated thread per sink writes and flushes it
+//! (one hand-off per batch, no blocking of the async runtime), and `write` returns only
+//! after the flush, so an acknowledged record is already out of the process. A slow reader
+//! of stdout makes the write wait, which holds up the partition readers: back-pressure, not
+//! buffering.
 
 use std::io::Write;
+use std::path::Path;
 
 use tokio::sync::{mpsc, oneshot};
-
-use crate::consumer::{Consumer, ConsumerError};
-use crate::record::DataChangeRecord;
 
 struct Job {
     bytes: Vec<u8>,
@@ -43,21 +42,32 @@ impl NdjsonSink {
     pub fn stdout() -> Self {
         Self::new(std::io::stdout())
     }
-}
 
-impl Consumer for NdjsonSink {
-    async fn consume(&self, records: &[DataChangeRecord]) -> Result<(), ConsumerError> {
-        let mut bytes = Vec::with_capacity(records.len() * 1024);
-        for r in records {
-            serde_json::to_writer(&mut bytes, r)?;
-            bytes.push(b'\n');
+    pub fn stderr() -> Self {
+        Self::new(std::io::stderr())
+    }
+
+    /// A sink appending to the file at `path` (created if missing).
+    pub fn append_file(path: &Path) -> std::io::Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        Ok(Self::new(file))
+    }
+
+    /// Writes `lines` (complete NDJSON lines) and flushes; returns once they are out.
+    pub async fn write(&self, lines: Vec<u8>) -> std::io::Result<()> {
+        if lines.is_empty() {
+            return Ok(());
         }
+        let stopped = || std::io::Error::other("sink thread has stopped");
         let (done, written) = oneshot::channel();
         self.jobs
-            .send(Job { bytes, done })
+            .send(Job { bytes: lines, done })
             .await
-            .map_err(|_| "sink thread has stopped")?;
-        Ok(written.await.map_err(|_| "sink thread has stopped")??)
+            .map_err(|_| stopped())?;
+        written.await.map_err(|_| stopped())?
     }
 }
 
@@ -81,25 +91,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn writes_one_line_per_record_before_acknowledging() {
-        let record: DataChangeRecord = serde_json::from_value(serde_json::json!({
-            "partition_token": "t", "commit_timestamp": "2026-01-01T00:00:00Z",
-            "record_sequence": "00000000", "server_transaction_id": "x",
-            "is_last_record_in_transaction_in_partition": true, "table_name": "T",
-            "column_types": [], "mods": [], "mod_type": "DELETE",
-            "value_capture_type": "NEW_ROW", "number_of_records_in_transaction": 1,
-            "number_of_partitions_in_transaction": 1
-        }))
-        .unwrap();
+    async fn lines_are_out_when_write_returns() {
         let out = Shared::default();
         let sink = NdjsonSink::new(out.clone());
-        sink.consume(&[record.clone(), record]).await.unwrap();
+        sink.write(b"{\"a\":1}\n{\"a\":2}\n".to_vec())
+            .await
+            .unwrap();
         let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
-        let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 2);
-        assert!(
-            lines[0]
-                .starts_with(r#"{"partition_token":"t","commit_timestamp":"2026-01-01T00:00:00Z""#)
+        assert_eq!(
+            text.lines().collect::<Vec<_>>(),
+            [r#"{"a":1}"#, r#"{"a":2}"#]
         );
     }
 }

@@ -1,36 +1,69 @@
 //! Command line: flags, validation, logging, signals and exit codes.
 //!
 //! Place in the flow: the edge. It parses and checks every input before touching Spanner
-//! (exit 2 with one line naming the input), builds the source, store and NDJSON sink, runs
-//! the subscriber until `--end` or SIGINT/SIGTERM (exit 0 after a clean drain), and maps
-//! runtime failures to exit 1.
+//! (exit 2 with one line naming the input), loads the plugins, builds the source, store and
+//! pipeline, runs the subscriber until `--end` or SIGINT/SIGTERM (exit 0 after a clean
+//! drain), and maps runtime failures to exit 1. `screamer plugin ...` works on plugins
+//! alone ([`plugin`]).
 
+mod plugin;
+
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
+use crate::config::{ConfigError, PipelineArgs, PipelineConfig, parse_duration};
 use crate::dsn::DatabaseName;
 use crate::partition::{MemoryStore, PartitionStore, SpannerStore, StoreError};
+use crate::pipeline::Pipeline;
+use crate::plugin::{Chain, PluginError, PluginRuntime};
 use crate::reader::ReaderError;
 use crate::sink::NdjsonSink;
 use crate::source::{Endpoint, SourceError, SpannerSource};
 use crate::subscriber::{SubscribeError, Subscriber, SubscriberOptions};
 use crate::timestamp::Timestamp;
 
-/// Reads a Spanner change stream and prints every data change record as NDJSON on stdout.
+/// Reads a Spanner change stream, passes every data change record through a chain of
+/// WebAssembly plugins, and prints the results as NDJSON on stdout.
 #[derive(Debug, Parser)]
-#[command(name = "screamer", version, about)]
+#[command(
+    name = "screamer",
+    version,
+    about,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: Args,
+    /// Log filter (tracing syntax), written to stderr.
+    #[arg(long, env = "LOG_LEVEL", default_value = "info", global = true)]
+    pub log_level: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check plugins or run them over NDJSON records, without Spanner.
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
+}
+
+/// The main command: read the stream.
+#[derive(Debug, clap::Args)]
 pub struct Args {
     /// Database: projects/P/instances/I/databases/D.
-    #[arg(long, env = "DSN")]
-    pub dsn: DatabaseName,
+    #[arg(long, env = "DSN", required = true)]
+    pub dsn: Option<DatabaseName>,
     /// Change stream name.
-    #[arg(long, env = "STREAM")]
-    pub stream: String,
+    #[arg(long, env = "STREAM", required = true)]
+    pub stream: Option<String>,
     /// Partition metadata table; omitted: in memory (one runner, no resume).
     #[arg(long, env = "METADATA_TABLE")]
     pub metadata_table: Option<String>,
@@ -55,14 +88,12 @@ pub struct Args {
     /// How often acknowledged positions are written to the metadata table.
     #[arg(long, env = "CHECKPOINT_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub checkpoint_interval: Duration,
-    /// Log filter (tracing syntax), written to stderr.
-    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
-    pub log_level: String,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s)
-        .map_err(|e| format!("{s:?} is not a duration like 500ms, 3s or 1m ({e})"))
+    /// A WebAssembly component plugin (repeatable; the chain runs in flag order). Replacing
+    /// the file, or SIGHUP, swaps in the new version while running.
+    #[arg(long = "plugin", value_name = "PATH")]
+    pub plugins: Vec<PathBuf>,
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
 }
 
 fn parse_heartbeat(s: &str) -> Result<Duration, String> {
@@ -78,7 +109,7 @@ const INVALID_INPUT: u8 = 2;
 
 /// Parses the process arguments and runs; the whole binary.
 pub fn main() -> ExitCode {
-    let args = match Args::try_parse() {
+    let cli = match Cli::try_parse() {
         Ok(a) => a,
         Err(e) => {
             let code = if e.use_stderr() { INVALID_INPUT } else { 0 };
@@ -86,18 +117,12 @@ pub fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    if let (Some(start), Some(end)) = (args.start, args.end)
-        && end <= start
-    {
-        eprintln!("error: --end {end} must be after --start {start}");
-        return ExitCode::from(INVALID_INPUT);
-    }
-    let filter = match EnvFilter::try_new(&args.log_level) {
+    let filter = match EnvFilter::try_new(&cli.log_level) {
         Ok(f) => f,
         Err(e) => {
             eprintln!(
                 "error: --log-level {:?} is not a tracing filter: {e}",
-                args.log_level
+                cli.log_level
             );
             return ExitCode::from(INVALID_INPUT);
         }
@@ -111,7 +136,11 @@ pub fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    match runtime.block_on(run(args)) {
+    let result = match cli.command {
+        Some(Command::Plugin(command)) => runtime.block_on(plugin::run(command)),
+        None => check_range(&cli.run).and_then(|()| runtime.block_on(run(cli.run))),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -120,9 +149,27 @@ pub fn main() -> ExitCode {
     }
 }
 
+fn check_range(args: &Args) -> Result<(), RunError> {
+    match (args.start, args.end) {
+        (Some(start), Some(end)) if end <= start => Err(RunError::Input(format!(
+            "--end {end} must be after --start {start}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// A failure of the run, with the exit code it deserves.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    /// Invalid input found by the CLI itself.
+    #[error("{0}")]
+    Input(String),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
     #[error(transparent)]
     Source(#[from] SourceError),
     #[error(transparent)]
@@ -135,6 +182,9 @@ impl RunError {
     /// 2 for what the user's input caused, 1 for runtime failures.
     pub fn exit_code(&self) -> u8 {
         let input = match self {
+            RunError::Input(_) | RunError::Config(_) => true,
+            RunError::Plugin(e) => !matches!(e, PluginError::Engine(_) | PluginError::Cache { .. }),
+            RunError::Io(_) => false,
             RunError::Source(e) => source_input_error(e),
             RunError::Store(e) => store_input_error(e),
             RunError::Subscribe(SubscribeError::Store(e)) => store_input_error(e),
@@ -167,12 +217,19 @@ fn store_input_error(e: &StoreError) -> bool {
 }
 
 async fn run(args: Args) -> Result<(), RunError> {
+    let (Some(dsn), Some(stream)) = (args.dsn, args.stream) else {
+        unreachable!("clap requires --dsn and --stream without a subcommand")
+    };
+    // Plugins first: a bad plugin is an input error found before touching Spanner.
+    let pipeline = PipelineConfig::resolve(&args.plugins, &args.pipeline)?;
+    let shutdown = CancellationToken::new();
+    let (pipeline, hot_swap) = build_pipeline(&pipeline, true, &shutdown).await?;
     let endpoint = Endpoint::from_env();
-    let source = SpannerSource::connect(&endpoint, &args.dsn, &args.stream).await?;
+    let source = SpannerSource::connect(&endpoint, &dsn, &stream).await?;
     tracing::debug!(dialect = ?source.dialect(), "change stream found");
     let store: Arc<dyn PartitionStore> = match &args.metadata_table {
         Some(table) => {
-            let db = args.partition_dsn.as_ref().unwrap_or(&args.dsn);
+            let db = args.partition_dsn.as_ref().unwrap_or(&dsn);
             Arc::new(SpannerStore::connect(&endpoint, db, table).await?)
         }
         None => Arc::new(MemoryStore::new()),
@@ -187,10 +244,10 @@ async fn run(args: Args) -> Result<(), RunError> {
         checkpoint_interval: args.checkpoint_interval,
         ..defaults
     };
-    let shutdown = CancellationToken::new();
     tokio::spawn(forward_signals(shutdown.clone()));
     let subscriber = Subscriber::new(source.clone(), store, options);
-    let result = subscriber.subscribe(NdjsonSink::stdout(), shutdown).await;
+    let result = subscriber.subscribe(pipeline, shutdown).await;
+    drop(hot_swap);
     source.close().await;
     let summary = result?;
     tracing::info!(
@@ -200,6 +257,72 @@ async fn run(args: Args) -> Result<(), RunError> {
         "done"
     );
     Ok(())
+}
+
+/// Loads the chain and opens the sinks; with `hot_swap`, also watches the plugin files.
+async fn build_pipeline(
+    config: &PipelineConfig,
+    hot_swap: bool,
+    cancel: &CancellationToken,
+) -> Result<(Pipeline, Option<crate::plugin::HotSwap>), RunError> {
+    let dead_letters = match &config.dead_letter {
+        Some(path) => NdjsonSink::append_file(path).map_err(|e| {
+            RunError::Input(format!(
+                "--dead-letter {}: cannot open: {e}",
+                path.display()
+            ))
+        })?,
+        None => NdjsonSink::stderr(),
+    };
+    let mut pipeline = Pipeline::new(NdjsonSink::stdout(), dead_letters);
+    for (name, path) in &config.side_outputs {
+        let sink = NdjsonSink::append_file(path).map_err(|e| {
+            RunError::Input(format!(
+                "--side-output {name}: cannot open {}: {e}",
+                path.display()
+            ))
+        })?;
+        pipeline = pipeline.with_side_output(name.clone(), sink);
+    }
+    if config.plugins.is_empty() {
+        return Ok((pipeline, None));
+    }
+    let cache = config
+        .cache_dir
+        .clone()
+        .or_else(PluginRuntime::default_cache_dir);
+    let runtime = PluginRuntime::new(cache)?;
+    let specs = config.plugins.clone();
+    let loader = runtime.clone();
+    let versions = tokio::task::spawn_blocking(move || {
+        specs
+            .iter()
+            .map(|s| loader.load(s))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    .map_err(|e| RunError::Io(std::io::Error::other(e)))??;
+    for v in &versions {
+        tracing::info!(
+            plugin = v.tag(),
+            sha256 = v.short_hash(),
+            file = %v.spec.path.display(),
+            cached = v.from_cache,
+            load_ms = v.load_time.as_secs_f64() * 1e3,
+            "plugin loaded"
+        );
+    }
+    let chain = Arc::new(Chain::new(versions, config.batch_size));
+    let watcher = if hot_swap {
+        Some(crate::plugin::watch(
+            runtime,
+            chain.clone(),
+            cancel.clone(),
+        )?)
+    } else {
+        None
+    };
+    Ok((pipeline.with_chain(chain), watcher))
 }
 
 /// The first SIGINT/SIGTERM starts a graceful drain; a second one exits at once.

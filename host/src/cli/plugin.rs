@@ -1,0 +1,169 @@
+//! `screamer plugin check` and `screamer plugin run`: plugins without Spanner.
+//!
+//! Place in the flow: a side door for plugin authors. `check` loads a component exactly as
+//! a run would (world, imports, `info`, `init` with the given configuration) and prints
+//! what it is; `run` feeds NDJSON records from stdin (the output format of screamer itself)
+//! through the same pipeline the main command uses, so what works here works on a stream.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+
+use serde_json::{Map, Value};
+use tokio_util::sync::CancellationToken;
+
+use super::{RunError, build_pipeline};
+use crate::config::{PipelineArgs, PipelineConfig};
+use crate::plugin::{Input, PluginRuntime, PluginSpec};
+use crate::record::DataChangeRecord;
+
+/// Lines per batch in `plugin run`.
+const RUN_BATCH: usize = 256;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum PluginCommand {
+    /// Validate a component against the plugin world and print what it is and exports.
+    Check {
+        /// The `.wasm` component.
+        file: PathBuf,
+        /// Configuration to try `init` with (a JSON object; default `{}`).
+        #[arg(long = "plugin-config", value_name = "JSON")]
+        plugin_config: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Directory for compiled plugins (default ~/.cache/screamer/plugins).
+        #[arg(long, value_name = "DIR", env = "SCREAMER_PLUGIN_CACHE")]
+        plugin_cache: Option<PathBuf>,
+    },
+    /// Run a chain of plugins over NDJSON records from stdin; outputs go to stdout.
+    Run {
+        /// The `.wasm` components, in chain order.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+    },
+}
+
+pub async fn run(command: PluginCommand) -> Result<(), RunError> {
+    match command {
+        PluginCommand::Check {
+            file,
+            plugin_config,
+            json,
+            plugin_cache,
+        } => check(file, plugin_config, json, plugin_cache).await,
+        PluginCommand::Run { files, pipeline } => run_stdin(&files, &pipeline).await,
+    }
+}
+
+async fn check(
+    file: PathBuf,
+    config: Option<String>,
+    json: bool,
+    cache: Option<PathBuf>,
+) -> Result<(), RunError> {
+    let mut spec = PluginSpec::new(file);
+    if let Some(text) = config {
+        spec.config = serde_json::from_str::<Value>(&text)
+            .ok()
+            .filter(Value::is_object)
+            .ok_or_else(|| {
+                RunError::Input(format!("--plugin-config {text:?}: expected a JSON object"))
+            })?;
+    }
+    let runtime = PluginRuntime::new(cache.or_else(PluginRuntime::default_cache_dir))?;
+    let report = tokio::task::spawn_blocking(move || runtime.check(&spec))
+        .await
+        .map_err(|e| RunError::Io(std::io::Error::other(e)))??;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).expect("a report serializes")
+        );
+    } else {
+        println!("{}: ok", report.path.display());
+        println!("  plugin:  {} {}", report.name, report.version);
+        println!("  world:   {}", report.world);
+        println!("  exports: {}", report.exports.join(", "));
+        println!("  imports: {}", report.imports.join(", "));
+        println!("  sha256:  {}", report.sha256);
+        println!("  load:    {:.1} ms", report.load_millis);
+    }
+    Ok(())
+}
+
+/// A record line as screamer prints it; fields beyond the record's own are kept.
+struct InputLine {
+    record: DataChangeRecord,
+    extra: Map<String, Value>,
+}
+
+impl InputLine {
+    fn parse(line: &str) -> serde_json::Result<Self> {
+        // Two passes: mods keep their JSON text (raw values), which serde cannot buffer
+        // for `#[serde(flatten)]`.
+        let record: DataChangeRecord = serde_json::from_str(line)?;
+        let mut extra: Map<String, Value> = serde_json::from_str(line)?;
+        extra.retain(|k, _| !DataChangeRecord::FIELDS.contains(&k.as_str()));
+        Ok(InputLine { record, extra })
+    }
+}
+
+async fn run_stdin(files: &[PathBuf], args: &PipelineArgs) -> Result<(), RunError> {
+    let config = PipelineConfig::resolve(files, args)?;
+    let (pipeline, _) = build_pipeline(&config, false, &CancellationToken::new()).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<InputLine>, RunError>>(2);
+    // stdin is read on its own thread: blocking reads, and parsing overlaps processing.
+    std::thread::spawn(move || {
+        let stdin = std::io::stdin().lock();
+        let mut batch = Vec::with_capacity(RUN_BATCH);
+        for (n, line) in stdin.lines().enumerate() {
+            let parsed = line.map_err(RunError::from).and_then(|line| {
+                if line.trim().is_empty() {
+                    return Ok(None);
+                }
+                InputLine::parse(&line).map(Some).map_err(|e| {
+                    RunError::Input(format!(
+                        "stdin line {}: not a data change record: {e}",
+                        n + 1
+                    ))
+                })
+            });
+            match parsed {
+                Ok(Some(input)) => batch.push(input),
+                Ok(None) => {}
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            }
+            if batch.len() == RUN_BATCH && tx.blocking_send(Ok(std::mem::take(&mut batch))).is_err()
+            {
+                return;
+            }
+        }
+        if !batch.is_empty() {
+            let _ = tx.blocking_send(Ok(batch));
+        }
+    });
+    let (mut records, mut dead) = (0usize, 0u64);
+    while let Some(batch) = rx.recv().await {
+        let batch = batch?;
+        let inputs: Vec<Input<'_>> = batch
+            .iter()
+            .map(|l| Input {
+                record: &l.record,
+                extra: Some(&l.extra).filter(|m| !m.is_empty()),
+            })
+            .collect();
+        pipeline
+            .process(&inputs)
+            .await
+            .map_err(|e| RunError::Io(std::io::Error::other(e)))?;
+        records += batch.len();
+        dead = pipeline.dead_letter_count();
+    }
+    tracing::info!(records, dead_letters = dead, "plugin run done");
+    Ok(())
+}

@@ -1,0 +1,364 @@
+//! Pipeline configuration: the `--config` TOML file and the plugin flags, resolved into the
+//! plugin specs, sinks and limits the pipeline runs with.
+//!
+//! Place in the flow: the edge, before anything starts. Every mistake is reported as one
+//! line naming the file or flag and what is expected. Precedence: flags over the file over
+//! defaults; the chain is the file's `[[plugins]]` in order, then `--plugin` flags in order.
+//!
+//! ```toml
+//! dead_letter = "dead-letters.ndjson"   # default: stderr
+//! batch_size = 64                       # records per plugin call
+//!
+//! [side_outputs]
+//! audit = "audit.ndjson"                # default: the main output, tagged "output": "audit"
+//!
+//! [[plugins]]
+//! path = "plugins/redact.wasm"          # relative to this file
+//! config = { columns = ["Email"], mode = "hash" }
+//! timeout = "500ms"                     # per call (default 1s)
+//! memory = "64MiB"                      # per instance (default 128MiB)
+//! env = ["TZ"]                          # granted environment variables (default none)
+//! dirs = ["/usr/share/zoneinfo"]        # granted read-only directories, HOST[:GUEST]
+//! network = false                       # granted sockets (default false)
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::plugin::{Limits, PluginSpec, PreopenDir, WasiGrants};
+
+/// Default number of records per plugin call: most of the batching gain, small latency.
+pub const DEFAULT_BATCH_SIZE: usize = 64;
+
+/// A mistake in the configuration file or the plugin flags.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+/// The flags that shape the pipeline (shared by the main command and `plugin run`).
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct PipelineArgs {
+    /// Plugin configuration as NAME=JSON, NAME being the plugin file's name without
+    /// `.wasm` (repeatable).
+    #[arg(long = "plugin-config", value_name = "NAME=JSON")]
+    pub plugin_config: Vec<String>,
+    /// TOML file describing the pipeline (plugins, configs, limits, grants, outputs).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// NDJSON file for records a plugin failed (default: stderr).
+    #[arg(long, value_name = "FILE")]
+    pub dead_letter: Option<PathBuf>,
+    /// Side output destination as NAME=FILE (repeatable; default: the main output, tagged).
+    #[arg(long = "side-output", value_name = "NAME=FILE")]
+    pub side_output: Vec<String>,
+    /// Per-call deadline of every plugin (default 1s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub plugin_timeout: Option<Duration>,
+    /// Memory cap of every plugin instance, e.g. 64MiB (default 128MiB).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub plugin_memory: Option<usize>,
+    /// Records per plugin call (default 64).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub plugin_batch_size: Option<u32>,
+    /// Directory for compiled plugins (default ~/.cache/screamer/plugins).
+    #[arg(long, value_name = "DIR", env = "SCREAMER_PLUGIN_CACHE")]
+    pub plugin_cache: Option<PathBuf>,
+}
+
+/// Everything the pipeline needs, resolved.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    pub plugins: Vec<PluginSpec>,
+    pub batch_size: usize,
+    pub dead_letter: Option<PathBuf>,
+    pub side_outputs: BTreeMap<String, PathBuf>,
+    pub cache_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    plugins: Vec<FilePlugin>,
+    dead_letter: Option<PathBuf>,
+    batch_size: Option<usize>,
+    cache_dir: Option<PathBuf>,
+    #[serde(default)]
+    side_outputs: BTreeMap<String, PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePlugin {
+    path: PathBuf,
+    #[serde(default)]
+    config: Option<toml::Table>,
+    timeout: Option<String>,
+    memory: Option<String>,
+    #[serde(default)]
+    env: Vec<String>,
+    #[serde(default)]
+    dirs: Vec<String>,
+    #[serde(default)]
+    network: bool,
+}
+
+impl PipelineConfig {
+    /// Resolves the file (if any), then `plugins` (the `--plugin` flags or `plugin run`
+    /// files) and the other flags on top.
+    pub fn resolve(plugins: &[PathBuf], args: &PipelineArgs) -> Result<Self, ConfigError> {
+        let (file, base) = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError(format!("--config {}: cannot read: {e}", path.display()))
+                })?;
+                let file: FileConfig = toml::from_str(&text).map_err(|e| {
+                    let msg = e.message().to_owned();
+                    let at = e
+                        .span()
+                        .map(|s| format!(" (line {})", text[..s.start].lines().count().max(1)))
+                        .unwrap_or_default();
+                    ConfigError(format!("--config {}: {msg}{at}", path.display()))
+                })?;
+                let base = path.parent().map(Path::to_owned).unwrap_or_default();
+                (file, base)
+            }
+            None => (FileConfig::default(), PathBuf::new()),
+        };
+        let where_ = |i: usize| {
+            format!(
+                "--config {}: plugins[{i}]",
+                args.config.as_deref().unwrap_or(Path::new("")).display()
+            )
+        };
+        let mut specs = Vec::new();
+        for (i, p) in file.plugins.into_iter().enumerate() {
+            let limits = Limits {
+                timeout: match &p.timeout {
+                    Some(t) => parse_duration(t)
+                        .map_err(|e| ConfigError(format!("{}: timeout {e}", where_(i))))?,
+                    None => args.plugin_timeout.unwrap_or(Limits::default().timeout),
+                },
+                memory_bytes: match &p.memory {
+                    Some(m) => parse_size(m)
+                        .map_err(|e| ConfigError(format!("{}: memory {e}", where_(i))))?,
+                    None => args.plugin_memory.unwrap_or(Limits::default().memory_bytes),
+                },
+            };
+            let dirs = p
+                .dirs
+                .iter()
+                .map(|d| parse_dir(d, &base))
+                .collect::<Result<_, _>>()
+                .map_err(|e| ConfigError(format!("{}: dirs: {e}", where_(i))))?;
+            let config = match p.config {
+                Some(table) => serde_json::to_value(table)
+                    .map_err(|e| ConfigError(format!("{}: config: {e}", where_(i))))?,
+                None => Value::Object(Default::default()),
+            };
+            specs.push(PluginSpec {
+                path: base.join(p.path),
+                config,
+                limits,
+                grants: WasiGrants {
+                    env: p.env,
+                    dirs,
+                    network: p.network,
+                },
+            });
+        }
+        for path in plugins {
+            let mut spec = PluginSpec::new(path.clone());
+            spec.limits.timeout = args.plugin_timeout.unwrap_or(spec.limits.timeout);
+            spec.limits.memory_bytes = args.plugin_memory.unwrap_or(spec.limits.memory_bytes);
+            specs.push(spec);
+        }
+        for entry in &args.plugin_config {
+            let (name, json) = entry.split_once('=').ok_or_else(|| {
+                ConfigError(format!("--plugin-config {entry:?}: expected NAME=JSON"))
+            })?;
+            let config: Value = serde_json::from_str(json)
+                .map_err(|e| ConfigError(format!("--plugin-config {name}: not JSON: {e}")))?;
+            if !config.is_object() {
+                return Err(ConfigError(format!(
+                    "--plugin-config {name}: expected a JSON object like {{\"key\": \"value\"}}"
+                )));
+            }
+            let mut matched = false;
+            for spec in specs.iter_mut().filter(|s| plugin_name(&s.path) == name) {
+                spec.config = config.clone();
+                matched = true;
+            }
+            if !matched {
+                let names: Vec<String> = specs.iter().map(|s| plugin_name(&s.path)).collect();
+                return Err(ConfigError(format!(
+                    "--plugin-config {name}: no plugin named {name} in the chain ({})",
+                    if names.is_empty() {
+                        "no plugins".to_owned()
+                    } else {
+                        names.join(", ")
+                    }
+                )));
+            }
+        }
+        let mut side_outputs = file
+            .side_outputs
+            .into_iter()
+            .map(|(k, v)| (k, base.join(v)))
+            .collect::<BTreeMap<_, _>>();
+        for entry in &args.side_output {
+            let (name, path) = entry
+                .split_once('=')
+                .filter(|(n, p)| !n.is_empty() && !p.is_empty())
+                .ok_or_else(|| {
+                    ConfigError(format!("--side-output {entry:?}: expected NAME=FILE"))
+                })?;
+            side_outputs.insert(name.to_owned(), PathBuf::from(path));
+        }
+        let batch_size = match (args.plugin_batch_size, file.batch_size) {
+            (Some(n), _) => n as usize,
+            (None, Some(0)) => {
+                return Err(ConfigError(
+                    "--config: batch_size must be at least 1".into(),
+                ));
+            }
+            (None, Some(n)) => n,
+            (None, None) => DEFAULT_BATCH_SIZE,
+        };
+        Ok(PipelineConfig {
+            plugins: specs,
+            batch_size,
+            dead_letter: args
+                .dead_letter
+                .clone()
+                .or(file.dead_letter.map(|d| base.join(d))),
+            side_outputs,
+            cache_dir: args
+                .plugin_cache
+                .clone()
+                .or(file.cache_dir.map(|d| base.join(d))),
+        })
+    }
+}
+
+/// The name `--plugin-config` uses for a plugin: its file name without `.wasm`.
+pub fn plugin_name(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn parse_dir(spec: &str, base: &Path) -> Result<PreopenDir, String> {
+    let (host, guest) = match spec.split_once(':') {
+        Some((h, g)) => (h, g.to_owned()),
+        None => (spec, spec.to_owned()),
+    };
+    if host.is_empty() || guest.is_empty() {
+        return Err(format!("{spec:?}: expected HOST[:GUEST]"));
+    }
+    Ok(PreopenDir {
+        host: base.join(host),
+        guest,
+    })
+}
+
+/// `500ms`, `3s`, `1m`...
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration like 500ms, 3s or 1m ({e})"))
+}
+
+/// `64MiB`, `512KiB`, `1GiB`, `1000000` (bytes); `MB`/`KB`/`GB` are decimal.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let bad = || format!("{s:?} is not a size like 64MiB, 512KiB or 1GiB");
+    let n: usize = digits.parse().map_err(|_| bad())?;
+    let factor: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" | "k" => 1 << 10,
+        "mib" | "m" => 1 << 20,
+        "gib" | "g" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(factor).filter(|&b| b > 0).ok_or_else(bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("1000"), Ok(1000));
+        assert_eq!(parse_size("2 GiB"), Ok(2 << 30));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("0").is_err());
+    }
+
+    #[test]
+    fn file_then_flags() {
+        let dir = std::env::temp_dir().join(format!("screamer-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("pipeline.toml");
+        std::fs::write(
+            &file,
+            r#"
+dead_letter = "dead.ndjson"
+[side_outputs]
+audit = "audit.ndjson"
+[[plugins]]
+path = "redact.wasm"
+config = { columns = ["Email"] }
+timeout = "250ms"
+env = ["TZ"]
+"#,
+        )
+        .unwrap();
+        let args = PipelineArgs {
+            config: Some(file.clone()),
+            plugin_config: vec![r#"filter={"tables":["T"]}"#.into()],
+            plugin_memory: Some(1 << 20),
+            ..Default::default()
+        };
+        let c = PipelineConfig::resolve(&[PathBuf::from("x/filter.wasm")], &args).unwrap();
+        assert_eq!(c.plugins.len(), 2);
+        assert_eq!(c.plugins[0].path, dir.join("redact.wasm"));
+        assert_eq!(
+            c.plugins[0].config,
+            serde_json::json!({"columns": ["Email"]})
+        );
+        assert_eq!(c.plugins[0].limits.timeout, Duration::from_millis(250));
+        assert_eq!(c.plugins[0].limits.memory_bytes, 1 << 20);
+        assert_eq!(c.plugins[0].grants.env, ["TZ"]);
+        assert_eq!(c.plugins[1].config, serde_json::json!({"tables": ["T"]}));
+        assert_eq!(c.dead_letter, Some(dir.join("dead.ndjson")));
+        assert_eq!(c.side_outputs["audit"], dir.join("audit.ndjson"));
+
+        std::fs::write(&file, "[[plugins]]\npath = 'a.wasm'\nconfg = {}\n").unwrap();
+        let err = PipelineConfig::resolve(&[], &args).unwrap_err().to_string();
+        assert!(
+            err.contains("unknown field `confg`") && err.contains("line 3"),
+            "{err}"
+        );
+        let args = PipelineArgs {
+            plugin_config: vec!["nope={}".into()],
+            ..Default::default()
+        };
+        let err = PipelineConfig::resolve(&[PathBuf::from("a.wasm")], &args).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--plugin-config nope: no plugin named nope in the chain (a)"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,183 @@
+//! Pipeline: the consumer the CLI runs — the plugin chain, then the sinks.
+//!
+//! Place in the flow: between the readers (which hand over one partition's batch at a
+//! time and treat `Ok` as the acknowledgement) and the NDJSON sinks.
+//!
+//! Invariants: a batch is acknowledged only after its dead letters and its outputs are
+//! written and flushed (dead letters first), so a checkpoint never passes a record that is
+//! neither out nor dead-lettered. Records of one batch keep their order in every output.
+//! Side outputs without a destination of their own go to the main output, tagged with an
+//! `"output"` field. The chain runs on the calling worker thread (`block_in_place`): plugin
+//! calls are synchronous CPU work and must not stall other tasks.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::consumer::{Consumer, ConsumerError};
+use crate::plugin::{Chain, Input, OutputRecord};
+use crate::record::DataChangeRecord;
+use crate::sink::NdjsonSink;
+
+/// Plugin chain (possibly empty) plus where its outputs and dead letters go.
+pub struct Pipeline {
+    chain: Option<Arc<Chain>>,
+    main: NdjsonSink,
+    side_outputs: HashMap<String, NdjsonSink>,
+    dead_letters: NdjsonSink,
+    dead_letter_count: AtomicU64,
+}
+
+/// One output line: the record's own fields, then extra fields, then the side output name.
+#[derive(Serialize)]
+struct OutputLine<'a> {
+    #[serde(flatten)]
+    record: &'a DataChangeRecord,
+    #[serde(flatten)]
+    extra: Option<&'a Map<String, Value>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output: Option<&'a str>,
+}
+
+/// One dead-letter line: who failed the record, why, and the record as it entered the
+/// chain.
+#[derive(Serialize)]
+struct DeadLetterLine<'a> {
+    plugin: &'a str,
+    plugin_sha256: &'a str,
+    error: &'a str,
+    record: OutputLine<'a>,
+}
+
+impl Pipeline {
+    /// Outputs to `main`, dead letters to `dead_letters`; no plugins (a pass-through).
+    pub fn new(main: NdjsonSink, dead_letters: NdjsonSink) -> Self {
+        Pipeline {
+            chain: None,
+            main,
+            side_outputs: HashMap::new(),
+            dead_letters,
+            dead_letter_count: AtomicU64::new(0),
+        }
+    }
+
+    /// Runs every batch through `chain` first.
+    pub fn with_chain(mut self, chain: Arc<Chain>) -> Self {
+        self.chain = Some(chain).filter(|c| !c.is_empty());
+        self
+    }
+
+    /// Sends the records plugins emit to side output `name` to `sink`.
+    pub fn with_side_output(mut self, name: impl Into<String>, sink: NdjsonSink) -> Self {
+        self.side_outputs.insert(name.into(), sink);
+        self
+    }
+
+    /// Dead letters written so far.
+    pub fn dead_letter_count(&self) -> u64 {
+        self.dead_letter_count.load(Ordering::Relaxed)
+    }
+
+    /// Processes one batch (records of one partition, in order) and writes the results.
+    pub async fn process(&self, inputs: &[Input<'_>]) -> Result<(), ConsumerError> {
+        let Some(chain) = &self.chain else {
+            let mut bytes = Vec::with_capacity(inputs.len() * 1024);
+            for input in inputs {
+                write_line(&mut bytes, input.record, input.extra, None)?;
+            }
+            return Ok(self.main.write(bytes).await?);
+        };
+        let result = run_blocking(|| chain.run(inputs));
+        if !result.dead_letters.is_empty() {
+            let mut bytes = Vec::new();
+            for d in &result.dead_letters {
+                let input = &inputs[d.origin];
+                tracing::warn!(plugin = %d.plugin, error = %d.error, table = %input.record.table_name,
+                    commit_timestamp = %input.record.commit_timestamp, "record sent to the dead letters");
+                serde_json::to_writer(
+                    &mut bytes,
+                    &DeadLetterLine {
+                        plugin: &d.plugin,
+                        plugin_sha256: &d.plugin_sha256,
+                        error: &d.error,
+                        record: OutputLine {
+                            record: input.record,
+                            extra: input.extra,
+                            output: None,
+                        },
+                    },
+                )?;
+                bytes.push(b'\n');
+            }
+            self.dead_letters.write(bytes).await?;
+            self.dead_letter_count
+                .fetch_add(result.dead_letters.len() as u64, Ordering::Relaxed);
+        }
+        let mut main = Vec::with_capacity(result.outputs.len() * 1024);
+        let mut side: HashMap<&str, Vec<u8>> = HashMap::new();
+        for out in &result.outputs {
+            let (record, extra) = match &out.record {
+                OutputRecord::Unchanged => (inputs[out.origin].record, inputs[out.origin].extra),
+                OutputRecord::Changed { record, extra } => (record, extra.as_ref()),
+            };
+            match out.output.as_deref() {
+                Some(name) if self.side_outputs.contains_key(name) => {
+                    write_line(side.entry(name).or_default(), record, extra, None)?
+                }
+                tag => write_line(&mut main, record, extra, tag)?,
+            }
+        }
+        for (name, bytes) in side {
+            self.side_outputs[name].write(bytes).await?;
+        }
+        Ok(self.main.write(main).await?)
+    }
+}
+
+impl Consumer for Pipeline {
+    async fn consume(&self, records: &[DataChangeRecord]) -> Result<(), ConsumerError> {
+        let inputs: Vec<Input<'_>> = records
+            .iter()
+            .map(|record| Input {
+                record,
+                extra: None,
+            })
+            .collect();
+        self.process(&inputs).await
+    }
+}
+
+fn write_line(
+    out: &mut Vec<u8>,
+    record: &DataChangeRecord,
+    extra: Option<&Map<String, Value>>,
+    output: Option<&str>,
+) -> serde_json::Result<()> {
+    if extra.is_none() && output.is_none() {
+        serde_json::to_writer(&mut *out, record)?;
+    } else {
+        serde_json::to_writer(
+            &mut *out,
+            &OutputLine {
+                record,
+                extra,
+                output,
+            },
+        )?;
+    }
+    out.push(b'\n');
+    Ok(())
+}
+
+/// Runs blocking work without stalling the runtime's other tasks.
+fn run_blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}

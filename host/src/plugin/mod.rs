@@ -1,0 +1,134 @@
+//! Plugin runtime: WebAssembly components (the `screamer:plugin` WIT world) that filter,
+//! transform or emit data change records.
+//!
+//! Place in the flow: between the reader's acknowledged-batch boundary (the consumer) and
+//! the sink. The [`pipeline`](crate::pipeline) hands each batch to a [`Chain`]; the chain
+//! runs it through every plugin in order, in calls of at most `batch_size` records, and
+//! returns the records that leave it (main and side outputs) and the dead letters.
+//!
+//! Invariants:
+//! - One [`wasmtime::Engine`] per [`PluginRuntime`]; each component is compiled once and
+//!   cached on disk, keyed by the file's SHA-256 and the engine's compatibility hash.
+//! - Every record gets exactly one outcome from every plugin it reaches. A guest error
+//!   fails that record; a trap fails its call, the store is discarded, and the call's
+//!   records are retried one by one on fresh instances, so only the records that trap
+//!   again become dead letters.
+//! - A batch is processed by one version of each plugin: hot swaps take effect between
+//!   batches ([`Chain::swap`]).
+//! - Plugins get no files, network or environment unless their [`WasiGrants`] say so; each
+//!   call has a deadline (epoch interruption) and each store a memory cap.
+
+mod bindings;
+mod chain;
+mod convert;
+mod instance;
+mod runtime;
+mod watch;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use bindings::{PROCESSOR_EXPORT, WORLD};
+pub use chain::{Chain, ChainResult, ChainStats, DeadLetter, Input, Output, OutputRecord};
+pub use runtime::{ComponentReport, PluginRuntime, PluginVersion};
+pub use watch::{HotSwap, watch};
+
+/// One plugin of a chain: where it is and how it runs.
+#[derive(Debug, Clone)]
+pub struct PluginSpec {
+    pub path: PathBuf,
+    /// Passed to the plugin's `init` as JSON text; must be an object.
+    pub config: serde_json::Value,
+    pub limits: Limits,
+    pub grants: WasiGrants,
+}
+
+impl PluginSpec {
+    /// A plugin at `path` with no configuration, default limits and no grants.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        PluginSpec {
+            path: path.into(),
+            config: serde_json::Value::Object(Default::default()),
+            limits: Limits::default(),
+            grants: WasiGrants::default(),
+        }
+    }
+}
+
+/// What one call and one instance may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Wall-clock budget of one `process` (or `init`) call.
+    pub timeout: Duration,
+    /// Linear memory cap of one instance.
+    pub memory_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            timeout: Duration::from_secs(1),
+            memory_bytes: 128 << 20,
+        }
+    }
+}
+
+/// Capabilities granted to a plugin beyond computing on its input. Default: none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WasiGrants {
+    /// Environment variables passed through (by name, with the host's value).
+    pub env: Vec<String>,
+    /// Directories mounted read-only.
+    pub dirs: Vec<PreopenDir>,
+    /// TCP/UDP and name lookups.
+    pub network: bool,
+}
+
+/// A host directory visible to the plugin (read-only) under `guest`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreopenDir {
+    pub host: PathBuf,
+    pub guest: String,
+}
+
+/// Why a plugin cannot be loaded or run. Each names the file or the plugin.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginError {
+    #[error("plugin {}: cannot read: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("plugin {}: not a WebAssembly file", path.display())]
+    NotWasm { path: PathBuf },
+    #[error(
+        "plugin {}: a core WebAssembly module, not a component: build it for wasm32-wasip2 \
+         (or wrap it with `wasm-tools component new`)",
+        path.display()
+    )]
+    CoreModule { path: PathBuf },
+    #[error("plugin {}: invalid component: {message}", path.display())]
+    Invalid { path: PathBuf, message: String },
+    #[error(
+        "plugin {}: not a {WORLD} plugin: it exports {exports}; expected an export {PROCESSOR_EXPORT}",
+        path.display()
+    )]
+    WrongWorld { path: PathBuf, exports: String },
+    #[error("plugin {}: built for {found}; this host runs {WORLD}", path.display())]
+    WrongVersion { path: PathBuf, found: String },
+    #[error("plugin {}: imports what the host does not provide: {message}", path.display())]
+    Imports { path: PathBuf, message: String },
+    #[error("plugin {}: {message}", path.display())]
+    Grant { path: PathBuf, message: String },
+    #[error("plugin {plugin}: start-up failed: {message}")]
+    Start { plugin: String, message: String },
+    #[error("plugin {plugin}: configuration refused: {message}")]
+    Config { plugin: String, message: String },
+    #[error("plugin cache {}: {source}", dir.display())]
+    Cache {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("plugin engine: {0}")]
+    Engine(String),
+}

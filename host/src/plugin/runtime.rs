@@ -1,0 +1,360 @@
+//! Loading plugins: one engine, compile-once with an on-disk cache, world validation, and a
+//! trial start (`info` + `init`) before a version is ever used.
+//!
+//! Invariants: a [`PluginVersion`] exists only for a file that is a component of this
+//! world, whose imports the host provides, and whose `init` accepted its configuration.
+//! Cached artifacts are only ever read from files this host wrote, named after the wasm's
+//! SHA-256 and the engine's compatibility hash (deserializing is unsafe otherwise).
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine};
+
+use super::bindings::{self, HostState, PROCESSOR_EXPORT, PluginPre};
+use super::instance::Instance;
+use super::{PluginError, PluginSpec};
+
+/// How often the engine's epoch advances: the resolution of call deadlines.
+pub(super) const EPOCH_TICK: Duration = Duration::from_millis(2);
+
+/// The engine, the linker and the compiled-artifact cache shared by every plugin.
+pub struct PluginRuntime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    cache_dir: Option<PathBuf>,
+    compatibility: String,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+/// One loaded, validated and configured version of a plugin file.
+pub struct PluginVersion {
+    pub name: String,
+    pub version: String,
+    /// SHA-256 of the wasm file, hex.
+    pub sha256: String,
+    pub spec: PluginSpec,
+    pub(super) pre: PluginPre<HostState>,
+    pub(super) engine: Engine,
+    pub(super) config_text: String,
+    pub(super) tag: Arc<str>,
+    /// How long loading took, and whether the compiled artifact came from the cache.
+    pub load_time: Duration,
+    pub from_cache: bool,
+}
+
+impl PluginVersion {
+    /// `name@version`, as logs and dead letters show it.
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
+    /// The short hash that tells versions of one file apart in logs.
+    pub fn short_hash(&self) -> &str {
+        &self.sha256[..12]
+    }
+}
+
+impl std::fmt::Debug for PluginVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ({} {})",
+            self.tag,
+            self.spec.path.display(),
+            self.short_hash()
+        )
+    }
+}
+
+/// What `screamer plugin check` reports about a component.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ComponentReport {
+    pub path: PathBuf,
+    pub name: String,
+    pub version: String,
+    pub sha256: String,
+    pub world: &'static str,
+    pub exports: Vec<String>,
+    pub imports: Vec<String>,
+    pub load_millis: f64,
+}
+
+impl PluginRuntime {
+    /// A runtime caching compiled plugins in `cache_dir` (none: compile every time).
+    pub fn new(cache_dir: Option<PathBuf>) -> Result<Arc<Self>, PluginError> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config).map_err(|e| PluginError::Engine(e.to_string()))?;
+        let linker = bindings::linker(&engine).map_err(|e| PluginError::Engine(e.to_string()))?;
+        let mut h = DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut h);
+        let compatibility = format!("{:016x}", h.finish());
+        if let Some(dir) = &cache_dir {
+            std::fs::create_dir_all(dir).map_err(|source| PluginError::Cache {
+                dir: dir.clone(),
+                source,
+            })?;
+        }
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let (ticking, stop) = (engine.clone(), ticker_stop.clone());
+        std::thread::Builder::new()
+            .name("screamer-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    ticking.increment_epoch();
+                }
+            })
+            .map_err(|e| PluginError::Engine(format!("cannot start the epoch ticker: {e}")))?;
+        Ok(Arc::new(PluginRuntime {
+            engine,
+            linker,
+            cache_dir,
+            compatibility,
+            ticker_stop,
+        }))
+    }
+
+    /// `$XDG_CACHE_HOME/screamer/plugins`, else `~/.cache/screamer/plugins`.
+    pub fn default_cache_dir() -> Option<PathBuf> {
+        let base = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+        Some(base.join("screamer").join("plugins"))
+    }
+
+    /// Loads `spec`: compiles (or reuses the cached artifact), validates the world, and
+    /// starts a trial instance whose `init` must accept the configuration.
+    pub fn load(&self, spec: &PluginSpec) -> Result<Arc<PluginVersion>, PluginError> {
+        self.load_with_report(spec).map(|(v, _)| v)
+    }
+
+    /// [`PluginRuntime::load`], also describing the component.
+    pub fn check(&self, spec: &PluginSpec) -> Result<ComponentReport, PluginError> {
+        self.load_with_report(spec).map(|(_, r)| r)
+    }
+
+    fn load_with_report(
+        &self,
+        spec: &PluginSpec,
+    ) -> Result<(Arc<PluginVersion>, ComponentReport), PluginError> {
+        let started = Instant::now();
+        let path = &spec.path;
+        let bytes = std::fs::read(path).map_err(|source| PluginError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        check_header(path, &bytes)?;
+        let sha256 = hex(&Sha256::digest(&bytes));
+        let (component, from_cache) = self.compile(path, &bytes, &sha256)?;
+        let ty = component.component_type();
+        let exports: Vec<String> = ty
+            .exports(&self.engine)
+            .map(|(n, _)| n.to_owned())
+            .collect();
+        let imports: Vec<String> = ty
+            .imports(&self.engine)
+            .map(|(n, _)| n.to_owned())
+            .collect();
+        check_world(path, &exports)?;
+        let instance_pre =
+            self.linker
+                .instantiate_pre(&component)
+                .map_err(|e| PluginError::Imports {
+                    path: path.clone(),
+                    message: e.root_cause().to_string(),
+                })?;
+        let pre = PluginPre::new(instance_pre).map_err(|e| PluginError::WrongWorld {
+            path: path.clone(),
+            exports: format!("{} ({})", exports.join(", "), e.root_cause()),
+        })?;
+        let file_tag: Arc<str> = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into())
+            .unwrap_or_else(|| "plugin".into());
+        let config_text = spec.config.to_string();
+        // The trial instance: who the plugin says it is, and whether it takes the config.
+        let mut trial = Instance::instantiate(&pre, &self.engine, spec, file_tag.clone()).map_err(
+            |message| PluginError::Start {
+                plugin: file_tag.to_string(),
+                message,
+            },
+        )?;
+        let info = trial.info().map_err(|message| PluginError::Start {
+            plugin: file_tag.to_string(),
+            message,
+        })?;
+        let tag: Arc<str> = format!("{}@{}", info.name, info.version).into();
+        trial.set_tag(tag.clone());
+        trial
+            .init(&config_text)
+            .map_err(|message| PluginError::Start {
+                plugin: tag.to_string(),
+                message,
+            })?
+            .map_err(|message| PluginError::Config {
+                plugin: tag.to_string(),
+                message,
+            })?;
+        let load_time = started.elapsed();
+        let version = Arc::new(PluginVersion {
+            name: info.name.clone(),
+            version: info.version.clone(),
+            sha256: sha256.clone(),
+            spec: spec.clone(),
+            pre,
+            engine: self.engine.clone(),
+            config_text,
+            tag,
+            load_time,
+            from_cache,
+        });
+        let report = ComponentReport {
+            path: path.clone(),
+            name: info.name,
+            version: info.version,
+            sha256,
+            world: super::WORLD,
+            exports,
+            imports,
+            load_millis: load_time.as_secs_f64() * 1e3,
+        };
+        Ok((version, report))
+    }
+
+    /// The compiled component, from the cache when this engine compiled it before.
+    fn compile(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        sha256: &str,
+    ) -> Result<(Component, bool), PluginError> {
+        let cached = self
+            .cache_dir
+            .as_ref()
+            .map(|dir| dir.join(format!("{sha256}-{}.cwasm", self.compatibility)));
+        if let Some(file) = cached.as_ref().filter(|f| f.exists()) {
+            // SAFETY: the file is in our cache directory, named after the wasm's hash and
+            // this engine's compatibility hash, and only ever written by `store_artifact`
+            // (an atomic rename of `Component::serialize` output).
+            match unsafe { Component::deserialize_file(&self.engine, file) } {
+                Ok(component) => return Ok((component, true)),
+                Err(e) => {
+                    tracing::warn!(file = %file.display(), "ignoring cached plugin artifact: {e}")
+                }
+            }
+        }
+        let component = Component::new(&self.engine, bytes).map_err(|e| PluginError::Invalid {
+            path: path.to_owned(),
+            message: e.root_cause().to_string(),
+        })?;
+        if let Some(file) = cached
+            && let Err(e) = store_artifact(&component, &file)
+        {
+            tracing::warn!(file = %file.display(), "cannot cache the compiled plugin: {e}");
+        }
+        Ok((component, false))
+    }
+}
+
+impl Drop for PluginRuntime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn store_artifact(component: &Component, file: &Path) -> std::io::Result<()> {
+    let bytes = component.serialize().map_err(std::io::Error::other)?;
+    let tmp = file.with_extension(format!("tmp.{}.{}", std::process::id(), fastrand::u64(..)));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, file)
+}
+
+fn check_header(path: &Path, bytes: &[u8]) -> Result<(), PluginError> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err(PluginError::NotWasm {
+            path: path.to_owned(),
+        });
+    }
+    // Bytes 4..8: version and layer; core modules are layer 0.
+    if bytes[6..8] == [0, 0] {
+        return Err(PluginError::CoreModule {
+            path: path.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+fn check_world(path: &Path, exports: &[String]) -> Result<(), PluginError> {
+    if exports.iter().any(|e| e == PROCESSOR_EXPORT) {
+        return Ok(());
+    }
+    if let Some(other) = exports
+        .iter()
+        .find(|e| e.starts_with("screamer:plugin/processor@"))
+    {
+        return Err(PluginError::WrongVersion {
+            path: path.to_owned(),
+            found: other.replace("/processor", ""),
+        });
+    }
+    Err(PluginError::WrongWorld {
+        path: path.to_owned(),
+        exports: if exports.is_empty() {
+            "nothing".to_owned()
+        } else {
+            exports.join(", ")
+        },
+    })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(64), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_tell_components_from_modules_and_other_files() {
+        let p = Path::new("x.wasm");
+        assert!(matches!(
+            check_header(p, b"hello world"),
+            Err(PluginError::NotWasm { .. })
+        ));
+        let core = [0, b'a', b's', b'm', 1, 0, 0, 0];
+        assert!(matches!(
+            check_header(p, &core),
+            Err(PluginError::CoreModule { .. })
+        ));
+        let component = [0, b'a', b's', b'm', 0x0d, 0, 1, 0];
+        assert!(check_header(p, &component).is_ok());
+    }
+
+    #[test]
+    fn world_errors_say_what_the_component_exports() {
+        let p = Path::new("x.wasm");
+        let err = check_world(p, &["wasi:cli/run@0.2.6".to_owned()]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "plugin x.wasm: not a screamer:plugin@0.1.0 plugin: it exports wasi:cli/run@0.2.6; \
+             expected an export screamer:plugin/processor@0.1.0"
+        );
+        let err = check_world(p, &["screamer:plugin/processor@0.2.0".to_owned()]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "plugin x.wasm: built for screamer:plugin@0.2.0; this host runs screamer:plugin@0.1.0"
+        );
+    }
+}
