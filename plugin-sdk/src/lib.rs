@@ -278,6 +278,10 @@ pub mod __private {
     }
 
     pub fn init<P: Plugin>(config: &str) -> Result<(), String> {
+        // A panic traps the instance; logging it first puts the message in the host's log
+        // and in the dead-letter entry instead of a bare "unreachable".
+        #[cfg(target_arch = "wasm32")]
+        std::panic::set_hook(Box::new(|info| crate::log::error(format!("panic: {info}"))));
         let text = if config.trim().is_empty() {
             "{}"
         } else {

@@ -134,6 +134,10 @@ async fn run_stdin(files: &[PathBuf], args: &PipelineArgs) -> Result<(), RunErro
                 Ok(Some(input)) => batch.push(input),
                 Ok(None) => {}
                 Err(e) => {
+                    // What came before the bad line is processed first.
+                    if !batch.is_empty() {
+                        let _ = tx.blocking_send(Ok(std::mem::take(&mut batch)));
+                    }
                     let _ = tx.blocking_send(Err(e));
                     return;
                 }

@@ -8,8 +8,7 @@
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -29,7 +28,27 @@ pub struct PluginRuntime {
     linker: Linker<HostState>,
     cache_dir: Option<PathBuf>,
     compatibility: String,
-    ticker_stop: Arc<AtomicBool>,
+    ticker: Arc<EpochTicker>,
+}
+
+/// Advances the engine's epoch while anything that runs plugins (the runtime or a loaded
+/// version) is alive: deadlines depend on it.
+struct EpochTicker;
+
+impl EpochTicker {
+    fn start(engine: Engine) -> std::io::Result<Arc<Self>> {
+        let ticker = Arc::new(EpochTicker);
+        let alive: Weak<EpochTicker> = Arc::downgrade(&ticker);
+        std::thread::Builder::new()
+            .name("screamer-epoch".into())
+            .spawn(move || {
+                while alive.strong_count() > 0 {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })?;
+        Ok(ticker)
+    }
 }
 
 /// One loaded, validated and configured version of a plugin file.
@@ -43,6 +62,7 @@ pub struct PluginVersion {
     pub(super) engine: Engine,
     pub(super) config_text: String,
     pub(super) tag: Arc<str>,
+    _ticker: Arc<EpochTicker>,
     /// How long loading took, and whether the compiled artifact came from the cache.
     pub load_time: Duration,
     pub from_cache: bool,
@@ -101,23 +121,14 @@ impl PluginRuntime {
                 source,
             })?;
         }
-        let ticker_stop = Arc::new(AtomicBool::new(false));
-        let (ticking, stop) = (engine.clone(), ticker_stop.clone());
-        std::thread::Builder::new()
-            .name("screamer-epoch".into())
-            .spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(EPOCH_TICK);
-                    ticking.increment_epoch();
-                }
-            })
+        let ticker = EpochTicker::start(engine.clone())
             .map_err(|e| PluginError::Engine(format!("cannot start the epoch ticker: {e}")))?;
         Ok(Arc::new(PluginRuntime {
             engine,
             linker,
             cache_dir,
             compatibility,
-            ticker_stop,
+            ticker,
         }))
     }
 
@@ -212,6 +223,7 @@ impl PluginRuntime {
             engine: self.engine.clone(),
             config_text,
             tag,
+            _ticker: self.ticker.clone(),
             load_time,
             from_cache,
         });
@@ -260,12 +272,6 @@ impl PluginRuntime {
             tracing::warn!(file = %file.display(), "cannot cache the compiled plugin: {e}");
         }
         Ok((component, false))
-    }
-}
-
-impl Drop for PluginRuntime {
-    fn drop(&mut self) {
-        self.ticker_stop.store(true, Ordering::Relaxed);
     }
 }
 

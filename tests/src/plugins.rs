@@ -1,0 +1,116 @@
+//! The plugins the tests run: the components `scripts/test.sh` builds into
+//! `target/plugins/`, distinct versions of the chaos plugin for hot-swap tests, and
+//! `screamer plugin run` as a child process.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::Context;
+
+use crate::process::screamer_bin;
+
+/// The workspace's `target/` directory.
+fn target_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .join("target")
+}
+
+/// `target/plugins/<name>.wasm`, built by `scripts/test.sh` (`build_plugins`).
+pub fn plugin(name: &str) -> PathBuf {
+    let path = target_dir().join("plugins").join(format!("{name}.wasm"));
+    assert!(
+        path.is_file(),
+        "{} is missing: run scripts/test.sh, which builds the plugins",
+        path.display()
+    );
+    path
+}
+
+/// One compiled-plugin cache for every test (concurrent writers are safe: atomic renames).
+pub fn plugin_cache() -> PathBuf {
+    target_dir().join("plugin-cache-tests")
+}
+
+/// A fresh directory under `target/tmp` for one test's files.
+pub fn scratch_dir(test: &str) -> PathBuf {
+    let dir = target_dir().join("tmp").join(format!(
+        "{test}-{}-{}",
+        std::process::id(),
+        fastrand_suffix()
+    ));
+    std::fs::create_dir_all(&dir).expect("creating a scratch directory");
+    dir
+}
+
+fn fastrand_suffix() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or_default()
+}
+
+/// The chaos plugin's bytes with its tag set to `tag` (four characters, like `v001`): a
+/// distinct version with its own hash, which tags every record it passes with
+/// `processed_by = "chaos-tag:<tag>"`.
+pub fn chaos_version(tag: &str) -> Vec<u8> {
+    assert_eq!(tag.len(), 4, "chaos tags are four characters, like v001");
+    let mut bytes = std::fs::read(plugin("chaos")).expect("reading chaos.wasm");
+    let needle = b"chaos-tag:v000";
+    let at = bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("the chaos plugin carries its tag");
+    bytes[at + 10..at + 14].copy_from_slice(tag.as_bytes());
+    bytes
+}
+
+/// Replaces `path` the way deploy tools do: write a temporary file, rename it over.
+pub fn replace_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// What `screamer plugin run` printed and how it exited.
+#[derive(Debug)]
+pub struct PluginRun {
+    pub code: Option<i32>,
+    pub stdout: Vec<String>,
+    pub stderr: String,
+}
+
+/// Runs `screamer plugin run <args>` with `input` on stdin (with the shared cache).
+pub fn plugin_run(args: &[&str], input: &str) -> anyhow::Result<PluginRun> {
+    screamer(&[&["plugin", "run"], args].concat(), input)
+}
+
+/// Runs `screamer <args>` with `input` on stdin, to completion.
+pub fn screamer(args: &[&str], input: &str) -> anyhow::Result<PluginRun> {
+    let mut child = Command::new(screamer_bin())
+        .args(args)
+        .env("SCREAMER_PLUGIN_CACHE", plugin_cache())
+        .env("LOG_LEVEL", "info")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("spawning screamer")?;
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let input = input.to_owned();
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let out = child.wait_with_output()?;
+    let _ = writer.join();
+    Ok(PluginRun {
+        code: out.status.code(),
+        stdout: String::from_utf8(out.stdout)?
+            .lines()
+            .map(str::to_owned)
+            .collect(),
+        stderr: String::from_utf8(out.stderr)?,
+    })
+}

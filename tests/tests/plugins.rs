@@ -1,0 +1,483 @@
+//! The plugin stage through `screamer plugin run` (no Spanner): every example plugin, the
+//! Python one included, chain order, refusals, and failure isolation.
+
+use screamer_tests::plugins::{plugin, plugin_cache, plugin_run, scratch_dir, screamer};
+use serde_json::{Value, json};
+
+/// One NDJSON record of `table` with one row change.
+fn record(table: &str, mod_type: &str, id: u32, new_values: Value, old_values: Value) -> String {
+    json!({
+        "partition_token": "p1",
+        "commit_timestamp": format!("2026-11-27T20:00:{:02}.125Z", id % 60),
+        "record_sequence": format!("{id:08}"),
+        "server_transaction_id": format!("tx{id}"),
+        "is_last_record_in_transaction_in_partition": true,
+        "table_name": table,
+        "column_types": [
+            {"name": "Id", "type": {"code": "INT64"}, "is_primary_key": true, "ordinal_position": 1}
+        ],
+        "mods": [{"keys": {"Id": id.to_string()}, "new_values": new_values, "old_values": old_values}],
+        "mod_type": mod_type,
+        "value_capture_type": "OLD_AND_NEW_VALUES",
+        "number_of_records_in_transaction": 1,
+        "number_of_partitions_in_transaction": 1,
+        "transaction_tag": "",
+        "is_system_transaction": false
+    })
+    .to_string()
+}
+
+fn lines(records: &[String]) -> String {
+    records.iter().map(|r| format!("{r}\n")).collect()
+}
+
+fn parse(lines: &[String]) -> Vec<Value> {
+    lines
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("output lines are JSON"))
+        .collect()
+}
+
+fn ids(out: &[Value]) -> Vec<String> {
+    out.iter()
+        .map(|v| v["mods"][0]["keys"]["Id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn path(name: &str) -> String {
+    plugin(name).display().to_string()
+}
+
+/// Users inserts 1..=3, an update of 1, a delete of 2, and an Orders insert 9.
+fn sample() -> Vec<String> {
+    vec![
+        record(
+            "Users",
+            "INSERT",
+            1,
+            json!({"Email": "a@x.io", "Name": "Ann", "Bio": "long"}),
+            json!({}),
+        ),
+        record(
+            "Users",
+            "INSERT",
+            2,
+            json!({"Email": "b@x.io", "Name": "Bob", "Bio": "x"}),
+            json!({}),
+        ),
+        record(
+            "Users",
+            "INSERT",
+            3,
+            json!({"Email": "c@x.io", "Name": "Cy"}),
+            json!({}),
+        ),
+        record(
+            "Users",
+            "UPDATE",
+            1,
+            json!({"Name": "Anne", "Email": "a@x.io"}),
+            json!({"Name": "Ann", "Email": "a@x.io"}),
+        ),
+        record(
+            "Users",
+            "DELETE",
+            2,
+            json!({}),
+            json!({"Email": "b@x.io", "Name": "Bob", "Bio": "x"}),
+        ),
+        record("Orders", "INSERT", 9, json!({"Total": "3"}), json!({})),
+    ]
+}
+
+#[test]
+fn filter_keeps_chosen_tables_and_mod_types() {
+    let run = plugin_run(
+        &[
+            &path("filter"),
+            "--plugin-config",
+            r#"filter={"tables":["Users"],"mod_types":["INSERT","DELETE"]}"#,
+        ],
+        &lines(&sample()),
+    )
+    .unwrap();
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let out = parse(&run.stdout);
+    assert_eq!(ids(&out), ["1", "2", "3", "2"]);
+    assert_eq!(out[3]["mod_type"], "DELETE");
+    // Kept records come out exactly as they went in.
+    assert_eq!(run.stdout[0], sample()[0]);
+}
+
+#[test]
+fn redact_hashes_new_and_old_values_and_leaves_keys() {
+    let run = plugin_run(
+        &[
+            &path("redact"),
+            "--plugin-config",
+            r#"redact={"columns":["Email"],"mode":"hash","salt":"s"}"#,
+        ],
+        &lines(&sample()),
+    )
+    .unwrap();
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let out = parse(&run.stdout);
+    assert_eq!(out.len(), 6);
+    let hash_a = out[0]["mods"][0]["new_values"]["Email"].as_str().unwrap();
+    assert_eq!(hash_a.len(), 64, "a SHA-256 hex digest");
+    // Equal inputs hash equally: the update of user 1 carries the same hash, old and new.
+    assert_eq!(out[3]["mods"][0]["new_values"]["Email"], hash_a);
+    assert_eq!(out[3]["mods"][0]["old_values"]["Email"], hash_a);
+    assert_ne!(out[1]["mods"][0]["new_values"]["Email"], hash_a);
+    assert_eq!(out[4]["mods"][0]["old_values"]["Name"], "Bob");
+    assert_eq!(out[0]["mods"][0]["keys"], json!({"Id": "1"}));
+    // Column types are the host's: re-attached, not lost.
+    assert_eq!(out[0]["column_types"][0]["name"], "Id");
+    // Records without the column pass untouched.
+    assert_eq!(run.stdout[5], sample()[5]);
+}
+
+#[test]
+fn fanout_copies_to_a_side_output_file_and_tags_unmapped_outputs() {
+    let dir = scratch_dir("fanout");
+    let audit = dir.join("audit.ndjson");
+    let run = plugin_run(
+        &[
+            &path("fanout"),
+            "--plugin-config",
+            r#"fanout={"tables":["Users"],"mod_types":["UPDATE","DELETE"]}"#,
+            "--side-output",
+            &format!("audit={}", audit.display()),
+        ],
+        &lines(&sample()),
+    )
+    .unwrap();
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(ids(&parse(&run.stdout)), ["1", "2", "3", "1", "2", "9"]);
+    let copies: Vec<String> = std::fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let copies = parse(&copies);
+    assert_eq!(ids(&copies), ["1", "2"]);
+    assert_eq!(copies[0]["mod_type"], "UPDATE");
+    assert_eq!(copies[1]["mod_type"], "DELETE");
+    assert!(copies.iter().all(|c| c.get("output").is_none()));
+
+    // Without a destination, copies go to stdout tagged with their output's name.
+    let run = plugin_run(
+        &[
+            &path("fanout"),
+            "--plugin-config",
+            r#"fanout={"mod_types":["DELETE"]}"#,
+        ],
+        &lines(&sample()),
+    )
+    .unwrap();
+    let out = parse(&run.stdout);
+    assert_eq!(out.len(), 7);
+    let tagged: Vec<&Value> = out.iter().filter(|v| v["output"] == "audit").collect();
+    assert_eq!(tagged.len(), 1);
+    assert_eq!(tagged[0]["mod_type"], "DELETE");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn enrich_adds_derived_fields_beside_the_record() {
+    let run = plugin_run(
+        &[
+            &path("enrich"),
+            "--plugin-config",
+            r#"enrich={"source":"users-db"}"#,
+        ],
+        &lines(&sample()),
+    )
+    .unwrap();
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let out = parse(&run.stdout);
+    assert_eq!(out[0]["changed_columns"], json!(["Bio", "Email", "Name"]));
+    assert_eq!(out[3]["changed_columns"], json!(["Name"]));
+    assert_eq!(out[4]["changed_columns"], json!(["Bio", "Email", "Name"]));
+    assert_eq!(out[0]["source"], "users-db");
+    // 2026-11-27T20:00:01.125Z
+    assert_eq!(out[0]["commit_unix_millis"], json!(1_795_809_601_125_i64));
+    // Extra fields survive the next run: the input's unknown fields are kept.
+    let again = plugin_run(&[&path("filter")], &run.stdout.join("\n")).unwrap();
+    assert_eq!(again.stdout, run.stdout);
+}
+
+#[test]
+fn python_plugin_drops_columns() {
+    let run = plugin_run(
+        &[
+            &path("drop_columns"),
+            "--plugin-config",
+            r#"drop_columns={"columns":["Bio"]}"#,
+        ],
+        &lines(&sample()),
+    )
+    .unwrap();
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let out = parse(&run.stdout);
+    assert_eq!(out.len(), 6);
+    assert_eq!(
+        out[0]["mods"][0]["new_values"],
+        json!({"Email": "a@x.io", "Name": "Ann"})
+    );
+    assert_eq!(
+        out[4]["mods"][0]["old_values"],
+        json!({"Email": "b@x.io", "Name": "Bob"})
+    );
+    assert_eq!(
+        run.stdout[2],
+        sample()[2],
+        "records without the column are kept as they are"
+    );
+    assert!(run.stderr.contains("drop-columns@0.1.0"), "{}", run.stderr);
+}
+
+#[test]
+fn the_chain_runs_in_flag_order() {
+    let fanout = (path("fanout"), r#"fanout={"only_copy":false}"#);
+    let filter = (path("filter"), r#"filter={"mod_types":["INSERT"]}"#);
+    // fanout first: every record is copied before the filter drops non-inserts.
+    let run = plugin_run(
+        &[
+            &fanout.0,
+            &filter.0,
+            "--plugin-config",
+            fanout.1,
+            "--plugin-config",
+            filter.1,
+        ],
+        &lines(&sample()),
+    )
+    .unwrap();
+    let out = parse(&run.stdout);
+    assert_eq!(out.iter().filter(|v| v["output"] == "audit").count(), 6);
+    assert_eq!(out.iter().filter(|v| v.get("output").is_none()).count(), 4);
+    // filter first: only inserts reach the fan-out.
+    let run = plugin_run(
+        &[
+            &filter.0,
+            &fanout.0,
+            "--plugin-config",
+            fanout.1,
+            "--plugin-config",
+            filter.1,
+        ],
+        &lines(&sample()),
+    )
+    .unwrap();
+    let out = parse(&run.stdout);
+    assert_eq!(out.iter().filter(|v| v["output"] == "audit").count(), 4);
+    assert_eq!(out.iter().filter(|v| v.get("output").is_none()).count(), 4);
+    // redact then enrich: enrich sees the hashed value, so it reports Email as changed
+    // on the update only if the hashes differ (they do not).
+    let run = plugin_run(
+        &[
+            &path("redact"),
+            &path("enrich"),
+            "--plugin-config",
+            r#"redact={"columns":["Email"],"mode":"hash"}"#,
+        ],
+        &lines(&sample()),
+    )
+    .unwrap();
+    let out = parse(&run.stdout);
+    assert_eq!(out[3]["changed_columns"], json!(["Name"]));
+    assert_eq!(
+        out[3]["mods"][0]["new_values"]["Email"]
+            .as_str()
+            .unwrap()
+            .len(),
+        64
+    );
+}
+
+#[test]
+fn bad_plugins_and_configurations_are_refused_with_one_line() {
+    let dir = scratch_dir("refusals");
+    let not_wasm = dir.join("notes.wasm");
+    std::fs::write(&not_wasm, "just text").unwrap();
+    let core = dir.join("core.wasm");
+    std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
+    let not_wasm = not_wasm.display().to_string();
+    let core = core.display().to_string();
+    let cases: Vec<(Vec<String>, String)> = vec![
+        (
+            vec![path("wrong_world")],
+            format!(
+                "error: plugin {}: not a screamer:plugin@0.1.0 plugin: it exports wasi:cli/run@0.2.",
+                path("wrong_world")
+            ),
+        ),
+        (vec![not_wasm.clone()], format!("error: plugin {not_wasm}: not a WebAssembly file")),
+        (vec![core.clone()], format!("error: plugin {core}: a core WebAssembly module, not a component")),
+        (
+            vec![path("redact")],
+            "error: plugin redact@0.1.0: configuration refused: invalid configuration: missing field `columns`".into(),
+        ),
+        (
+            vec![path("filter"), "--plugin-config".into(), r#"filter={"mod_types":["UPSERT"]}"#.into()],
+            r#"error: plugin filter@0.1.0: configuration refused: mod_types: "UPSERT" is not INSERT, UPDATE or DELETE"#.into(),
+        ),
+        (
+            vec![path("chaos"), "--plugin-config".into(), r#"chaos={"fail_init":true}"#.into()],
+            "error: plugin chaos@0.1.0: configuration refused: refusing to start".into(),
+        ),
+        (
+            vec![path("filter"), "--plugin-config".into(), r#"redact={}"#.into()],
+            "error: --plugin-config redact: no plugin named redact in the chain (filter)".into(),
+        ),
+        (
+            vec![path("filter"), "--plugin-config".into(), "filter=[1]".into()],
+            "error: --plugin-config filter: expected a JSON object".into(),
+        ),
+        (
+            vec![dir.join("missing.wasm").display().to_string()],
+            format!("error: plugin {}: cannot read", dir.join("missing.wasm").display()),
+        ),
+    ];
+    for (args, expected) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let run = plugin_run(&args, "").unwrap();
+        assert_eq!(run.code, Some(2), "{args:?}: {}", run.stderr);
+        let errors: Vec<&str> = run
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("error:"))
+            .collect();
+        assert_eq!(errors.len(), 1, "{args:?}: {}", run.stderr);
+        assert!(
+            errors[0].starts_with(&expected),
+            "{args:?}:\n{}\nexpected: {expected}",
+            errors[0]
+        );
+    }
+    // Malformed input: one line naming the line.
+    let run = plugin_run(&[&path("filter")], &format!("{}\nnot json\n", sample()[0])).unwrap();
+    assert_eq!(run.code, Some(2));
+    assert!(
+        run.stderr
+            .contains("error: stdin line 2: not a data change record"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        run.stdout.len(),
+        1,
+        "the line before the bad one was processed"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn plugin_check_reports_the_component() {
+    let run = screamer(&["plugin", "check", &path("filter"), "--json"], "").unwrap();
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let report: Value = serde_json::from_str(&run.stdout[0]).unwrap();
+    assert_eq!(report["name"], "filter");
+    assert_eq!(report["world"], "screamer:plugin@0.1.0");
+    assert_eq!(
+        report["exports"],
+        json!(["screamer:plugin/processor@0.1.0"])
+    );
+    assert!(report["imports"].as_array().unwrap().iter().all(|i| {
+        let i = i.as_str().unwrap();
+        i.starts_with("wasi:") || i.starts_with("screamer:plugin/")
+    }));
+    let run = screamer(&["plugin", "check", &path("wrong_world")], "").unwrap();
+    assert_eq!(run.code, Some(2));
+    assert!(
+        run.stderr.contains("it exports wasi:cli/run@0.2."),
+        "{}",
+        run.stderr
+    );
+    // A cached load is fast and does not recompile: the artifact is in the shared cache.
+    assert!(std::fs::read_dir(plugin_cache()).unwrap().count() > 0);
+}
+
+#[test]
+fn panics_loops_and_memory_bombs_become_dead_letters_and_processing_continues() {
+    let dir = scratch_dir("chaos");
+    let dead = dir.join("dead.ndjson");
+    let input: Vec<String> = ["ok1", "panic", "ok2", "loop", "ok3", "bomb", "fail", "ok4"]
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            record(
+                "Users",
+                "INSERT",
+                i as u32,
+                json!({"Name": name}),
+                json!({}),
+            )
+        })
+        .collect();
+    let run = plugin_run(
+        &[
+            &path("chaos"),
+            "--plugin-timeout",
+            "300ms",
+            "--plugin-memory",
+            "32MiB",
+            "--dead-letter",
+            &dead.display().to_string(),
+        ],
+        &lines(&input),
+    )
+    .unwrap();
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let out = parse(&run.stdout);
+    let names: Vec<&str> = out
+        .iter()
+        .map(|v| v["mods"][0]["new_values"]["Name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["ok1", "ok2", "ok3", "ok4"],
+        "good records pass, in order"
+    );
+    assert!(out.iter().all(|v| v["processed_by"] == "chaos-tag:v000"));
+    let dead: Vec<String> = std::fs::read_to_string(&dead)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let dead = parse(&dead);
+    let failed: Vec<(&str, &str)> = dead
+        .iter()
+        .map(|d| {
+            (
+                d["record"]["mods"][0]["new_values"]["Name"]
+                    .as_str()
+                    .unwrap(),
+                d["error"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(failed.len(), 4, "{failed:?}");
+    assert_eq!(failed[0].0, "panic");
+    assert!(
+        failed[0].1.contains("chaos: asked to panic"),
+        "{}",
+        failed[0].1
+    );
+    assert_eq!(
+        failed[1],
+        ("loop", "deadline exceeded: the call ran longer than 300ms")
+    );
+    assert_eq!(failed[2].0, "bomb");
+    assert!(failed[2].1.contains("memory"), "{}", failed[2].1);
+    assert_eq!(failed[3], ("fail", "chaos: asked to fail"));
+    for d in &dead {
+        assert_eq!(d["plugin"], "chaos@0.1.0");
+        assert_eq!(d["plugin_sha256"].as_str().unwrap().len(), 64);
+        // The original record, whole.
+        assert_eq!(d["record"]["table_name"], "Users");
+        assert!(d["record"].get("processed_by").is_none());
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
