@@ -121,7 +121,7 @@ impl Pipeline {
         for out in &result.outputs {
             let (record, extra) = match &out.record {
                 OutputRecord::Unchanged => (inputs[out.origin].record, inputs[out.origin].extra),
-                OutputRecord::Changed { record, extra } => (record, extra.as_ref()),
+                OutputRecord::Changed { record, extra } => (&**record, extra.as_ref()),
             };
             match out.output.as_deref() {
                 Some(name) if self.side_outputs.contains_key(name) => {

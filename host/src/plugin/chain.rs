@@ -42,7 +42,7 @@ pub enum OutputRecord {
     /// Every plugin kept it: the input record as it came (nothing is converted back).
     Unchanged,
     Changed {
-        record: DataChangeRecord,
+        record: Box<DataChangeRecord>,
         extra: Option<Map<String, Value>>,
     },
 }
@@ -228,8 +228,8 @@ impl Chain {
                 Err(e) if end - start == 1 => outcomes[start] = Some(Err(e)),
                 Err(_) => {
                     // Isolate the records that trap: each alone, each on a fresh instance.
-                    for i in start..end {
-                        outcomes[i] = Some(
+                    for (i, slot) in outcomes.iter_mut().enumerate().take(end).skip(start) {
+                        *slot = Some(
                             match call(version, instance, &stage.records[i..=i], stats) {
                                 Ok(mut out) if out.len() == 1 => {
                                     Ok(out.pop().expect("one outcome"))
@@ -327,7 +327,10 @@ fn finish(
         Ok((record, extra)) => result.outputs.push(Output {
             origin,
             output,
-            record: OutputRecord::Changed { record, extra },
+            record: OutputRecord::Changed {
+                record: Box::new(record),
+                extra,
+            },
         }),
         Err(e) => result.dead_letters.push(DeadLetter {
             origin,

@@ -1,0 +1,354 @@
+//! The plugin stage on a real change stream: every example plugin in one chain, and hot
+//! swaps (with an invalid file among them) while thousands of records flow.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use gcloud_spanner::key::Key;
+use gcloud_spanner::mutation::{delete, insert, insert_or_update, update};
+use screamer::{Dialect, Timestamp};
+use screamer_tests::libc::SIGINT;
+use screamer_tests::plugins::{chaos_version, plugin, plugin_cache, replace_file, scratch_dir};
+use screamer_tests::{Emulator, EmulatorOptions, ITEMS_SCHEMA, Screamer, TestDatabase, eventually};
+use serde_json::{Value, json};
+
+fn base_args(db: &TestDatabase) -> Vec<String> {
+    [
+        "--dsn",
+        &db.name.to_string(),
+        "--stream",
+        "Changes",
+        "--heartbeat-interval",
+        "1s",
+        "--plugin-cache",
+        &plugin_cache().display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn parse(lines: &[String]) -> Vec<Value> {
+    lines
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_example_plugin_in_one_chain_on_the_stream() -> anyhow::Result<()> {
+    let emulator = Emulator::start(EmulatorOptions::default()).await?;
+    let db = emulator
+        .database(
+            Dialect::GoogleSql,
+            &[
+                "CREATE TABLE Users (Id INT64 NOT NULL, Email STRING(MAX), Name STRING(MAX), Bio STRING(MAX)) PRIMARY KEY (Id)",
+                "CREATE TABLE Orders (Id INT64 NOT NULL, Total INT64) PRIMARY KEY (Id)",
+                "CREATE CHANGE STREAM Changes FOR Users, Orders",
+            ],
+        )
+        .await?;
+    let start = Timestamp::now();
+    let cols = ["Id", "Email", "Name", "Bio"];
+    for id in 1..=20i64 {
+        let (email, name, bio) = (
+            format!("u{id}@x.io"),
+            format!("user {id}"),
+            "a long biography",
+        );
+        db.apply(vec![insert("Users", &cols, &[&id, &email, &name, &bio])])
+            .await?;
+    }
+    for id in 1..=10i64 {
+        db.apply(vec![update(
+            "Users",
+            &["Id", "Name"],
+            &[&id, &format!("renamed {id}")],
+        )])
+        .await?;
+    }
+    for id in 16..=20i64 {
+        db.apply(vec![delete("Users", Key::new(&id))]).await?;
+    }
+    let mut end = start;
+    for id in 1..=5i64 {
+        end = db
+            .apply(vec![insert(
+                "Orders",
+                &["Id", "Total"],
+                &[&id, &(id * 100)],
+            )])
+            .await?;
+    }
+    let dir = scratch_dir("example-chain");
+    let (audit, dead) = (dir.join("audit.ndjson"), dir.join("dead.ndjson"));
+    let mut args = base_args(&db);
+    for a in [
+        "--start",
+        &start.to_string(),
+        "--end",
+        &end.to_string(),
+        "--plugin",
+        &plugin("filter").display().to_string(),
+        "--plugin",
+        &plugin("redact").display().to_string(),
+        "--plugin",
+        &plugin("enrich").display().to_string(),
+        "--plugin",
+        &plugin("fanout").display().to_string(),
+        "--plugin",
+        &plugin("drop_columns").display().to_string(),
+        "--plugin-config",
+        r#"filter={"mod_types":["INSERT","UPDATE"]}"#,
+        "--plugin-config",
+        r#"redact={"columns":["Email"],"mode":"hash","salt":"pepper"}"#,
+        "--plugin-config",
+        r#"enrich={"source":"e2e"}"#,
+        "--plugin-config",
+        r#"fanout={"tables":["Users"],"mod_types":["UPDATE"]}"#,
+        "--plugin-config",
+        r#"drop_columns={"columns":["Bio"]}"#,
+        "--side-output",
+        &format!("audit={}", audit.display()),
+        "--dead-letter",
+        &dead.display().to_string(),
+    ] {
+        args.push(a.to_owned());
+    }
+    let mut screamer = Screamer::spawn(db.host(), &args)?;
+    let status = screamer.wait(Duration::from_secs(90)).await?;
+    assert_eq!(status.code(), Some(0), "stderr: {}", screamer.stderr());
+
+    let out = parse(&screamer.lines());
+    let users: Vec<&Value> = out.iter().filter(|v| v["table_name"] == "Users").collect();
+    let orders: Vec<&Value> = out.iter().filter(|v| v["table_name"] == "Orders").collect();
+    assert_eq!(
+        users.len(),
+        30,
+        "20 inserts + 10 updates; the deletes are filtered out"
+    );
+    assert_eq!(orders.len(), 5);
+    assert!(
+        out.iter()
+            .all(|v| v["mod_type"] != "DELETE" && v["source"] == "e2e")
+    );
+    let mut emails = HashMap::new();
+    let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for u in &users {
+        let m = &u["mods"][0];
+        let id = m["keys"]["Id"].as_str().unwrap().to_owned();
+        assert!(
+            m["new_values"].get("Bio").is_none(),
+            "Bio dropped by the Python plugin: {u}"
+        );
+        seen.entry(id.clone())
+            .or_default()
+            .push(u["mod_type"].as_str().unwrap().to_owned());
+        if u["mod_type"] == "INSERT" {
+            let email = m["new_values"]["Email"].as_str().unwrap();
+            assert_eq!(email.len(), 64, "hashed: {email}");
+            assert_ne!(email, format!("u{id}@x.io"));
+            emails.insert(id, email.to_owned());
+            // enrich runs before drop_columns: it still saw Bio.
+            assert_eq!(u["changed_columns"], json!(["Bio", "Email", "Name"]));
+        } else {
+            assert_eq!(m["new_values"], json!({"Name": format!("renamed {id}")}));
+            assert_eq!(u["changed_columns"], json!(["Name"]));
+        }
+        // Derived from the commit timestamp the record carries.
+        let ts: Timestamp = u["commit_timestamp"].as_str().unwrap().parse()?;
+        assert_eq!(
+            u["commit_unix_millis"],
+            json!((ts.unix_nanos() / 1_000_000) as i64)
+        );
+        assert_eq!(
+            u["column_types"][0]["name"], "Id",
+            "column types re-attached"
+        );
+    }
+    assert_eq!(emails.len(), 20);
+    assert_eq!(
+        emails
+            .values()
+            .collect::<std::collections::HashSet<_>>()
+            .len(),
+        20
+    );
+    // Per key, in commit order.
+    for (id, kinds) in &seen {
+        let n: i64 = id.parse()?;
+        let expected: &[&str] = if n <= 10 {
+            &["INSERT", "UPDATE"]
+        } else {
+            &["INSERT"]
+        };
+        assert_eq!(kinds, expected, "user {id}");
+    }
+    let audit: Vec<String> = std::fs::read_to_string(&audit)?
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let audit = parse(&audit);
+    assert_eq!(audit.len(), 10);
+    assert!(
+        audit
+            .iter()
+            .all(|a| a["mod_type"] == "UPDATE" && a["source"] == "e2e")
+    );
+    assert!(!dead.exists() || std::fs::read_to_string(&dead)?.is_empty());
+    std::fs::remove_dir_all(dir)?;
+    Ok(())
+}
+
+/// Every (Id, Seq) written, with `Name = "fail"` on every 97th commit (a dead letter).
+async fn write_items(db: &TestDatabase, from: i64, to: i64) -> anyhow::Result<()> {
+    for i in from..to {
+        let name = if i % 97 == 0 {
+            "fail".to_owned()
+        } else {
+            format!("n{i}")
+        };
+        db.apply(vec![insert_or_update(
+            "Items",
+            &["Id", "Seq", "Name"],
+            &[&(i % 13), &i, &name],
+        )])
+        .await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hot_swaps_while_records_flow_process_each_record_exactly_once() -> anyhow::Result<()> {
+    let emulator = Emulator::start(EmulatorOptions::default()).await?;
+    let db = emulator
+        .database(
+            Dialect::GoogleSql,
+            &[
+                "CREATE TABLE Items (Id INT64 NOT NULL, Seq INT64 NOT NULL, Name STRING(MAX)) PRIMARY KEY (Id)",
+                ITEMS_SCHEMA[1],
+            ],
+        )
+        .await?;
+    let dir = scratch_dir("hot-swap");
+    let file = dir.join("chaos.wasm");
+    let dead = dir.join("dead.ndjson");
+    std::fs::write(&file, chaos_version("v001"))?;
+    let mut args = base_args(&db);
+    for a in [
+        "--plugin",
+        &file.display().to_string(),
+        "--dead-letter",
+        &dead.display().to_string(),
+        "--log-level",
+        "info",
+    ] {
+        args.push(a.to_owned());
+    }
+    let mut screamer = Screamer::spawn(db.host(), &args)?;
+    eventually(Duration::from_secs(30), "screamer subscribed", async || {
+        screamer.stderr().contains("subscribing").then_some(())
+    })
+    .await?;
+    let swaps = |s: &Screamer| s.stderr().matches("plugin swapped").count();
+    const STEP: i64 = 600;
+    write_items(&db, 0, STEP).await?;
+    replace_file(&file, &chaos_version("v002"))?;
+    eventually(Duration::from_secs(30), "swap to v002", async || {
+        (swaps(&screamer) == 1).then_some(())
+    })
+    .await?;
+    write_items(&db, STEP, 2 * STEP).await?;
+    replace_file(&file, b"\0asm\x0d\0\x01\0 not really a component")?;
+    eventually(
+        Duration::from_secs(30),
+        "invalid file refused",
+        async || {
+            screamer
+                .stderr()
+                .contains("new plugin file refused")
+                .then_some(())
+        },
+    )
+    .await?;
+    write_items(&db, 2 * STEP, 3 * STEP).await?;
+    replace_file(&file, &chaos_version("v003"))?;
+    eventually(Duration::from_secs(30), "swap to v003", async || {
+        (swaps(&screamer) == 2).then_some(())
+    })
+    .await?;
+    write_items(&db, 3 * STEP, 4 * STEP).await?;
+    replace_file(&file, &chaos_version("v004"))?;
+    eventually(Duration::from_secs(30), "swap to v004", async || {
+        (swaps(&screamer) == 3).then_some(())
+    })
+    .await?;
+    write_items(&db, 4 * STEP, 5 * STEP).await?;
+    let total = 5 * STEP;
+    let failing = (0..total).filter(|i| i % 97 == 0).count();
+    let dead_lines = || {
+        std::fs::read_to_string(&dead)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    eventually(
+        Duration::from_secs(60),
+        "every record out or dead-lettered",
+        async || (screamer.line_count() + dead_lines() >= total as usize).then_some(()),
+    )
+    .await?;
+    screamer.signal(SIGINT)?;
+    let status = screamer.wait(Duration::from_secs(30)).await?;
+    assert_eq!(status.code(), Some(0), "stderr: {}", screamer.stderr());
+
+    let out = parse(&screamer.lines());
+    let mut per_seq: BTreeMap<i64, usize> = BTreeMap::new();
+    let mut versions_per_partition: HashMap<String, Vec<String>> = HashMap::new();
+    let mut per_version: BTreeMap<String, usize> = BTreeMap::new();
+    for v in &out {
+        let seq: i64 = v["mods"][0]["new_values"]["Seq"]
+            .as_str()
+            .unwrap()
+            .parse()?;
+        *per_seq.entry(seq).or_default() += 1;
+        let tag = v["processed_by"]
+            .as_str()
+            .expect("every record tagged by one version")
+            .to_owned();
+        *per_version.entry(tag.clone()).or_default() += 1;
+        versions_per_partition
+            .entry(v["partition_token"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(tag);
+    }
+    assert_eq!(out.len(), total as usize - failing, "{per_version:?}");
+    assert!(per_seq.values().all(|&n| n == 1), "a record came out twice");
+    assert!(
+        (0..total)
+            .filter(|i| i % 97 != 0)
+            .all(|i| per_seq.contains_key(&i))
+    );
+    let dead: Vec<String> = std::fs::read_to_string(&dead)?
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(dead.len(), failing);
+    // Versions only move forward within a partition: each batch saw exactly one version.
+    for tags in versions_per_partition.values() {
+        assert!(tags.windows(2).all(|w| w[0] <= w[1]), "{tags:?}");
+    }
+    let expected: Vec<&str> = vec![
+        "chaos-tag:v001",
+        "chaos-tag:v002",
+        "chaos-tag:v003",
+        "chaos-tag:v004",
+    ];
+    assert_eq!(
+        per_version.keys().map(String::as_str).collect::<Vec<_>>(),
+        expected,
+        "{per_version:?}"
+    );
+    assert_eq!(swaps(&screamer), 3);
+    std::fs::remove_dir_all(dir)?;
+    Ok(())
+}
