@@ -220,10 +220,14 @@ async fn run(args: Args) -> Result<(), RunError> {
     let (Some(dsn), Some(stream)) = (args.dsn, args.stream) else {
         unreachable!("clap requires --dsn and --stream without a subcommand")
     };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(forward_signals(shutdown.clone()));
     // Plugins first: a bad plugin is an input error found before touching Spanner.
     let pipeline = PipelineConfig::resolve(&args.plugins, &args.pipeline)?;
-    let shutdown = CancellationToken::new();
     let (pipeline, hot_swap) = build_pipeline(&pipeline, true, &shutdown).await?;
+    if shutdown.is_cancelled() {
+        return Ok(());
+    }
     let endpoint = Endpoint::from_env();
     let source = SpannerSource::connect(&endpoint, &dsn, &stream).await?;
     tracing::debug!(dialect = ?source.dialect(), "change stream found");
@@ -244,7 +248,6 @@ async fn run(args: Args) -> Result<(), RunError> {
         checkpoint_interval: args.checkpoint_interval,
         ..defaults
     };
-    tokio::spawn(forward_signals(shutdown.clone()));
     let subscriber = Subscriber::new(source.clone(), store, options);
     let result = subscriber.subscribe(pipeline, shutdown).await;
     drop(hot_swap);

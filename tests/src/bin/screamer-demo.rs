@@ -1,7 +1,11 @@
-//! The demo: a local emulator, a database with a change stream, screamer reading it while
-//! rows are written, its NDJSON on this terminal's stdout. Run it with `scripts/demo.sh`.
+//! The demo: a local emulator, a database with a change stream, screamer reading it through
+//! the plugin chain of `examples/pipeline.toml` while rows are written, its NDJSON on this
+//! terminal's stdout. Run it with `scripts/demo.sh` (which builds the plugins first).
 
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -27,7 +31,7 @@ async fn main() -> anyhow::Result<()> {
             Dialect::GoogleSql,
             &[
                 "CREATE TABLE Singers (SingerId INT64 NOT NULL, Name STRING(MAX), \
-                 Plays INT64) PRIMARY KEY (SingerId)",
+                 Email STRING(MAX), Bio STRING(MAX), Plays INT64) PRIMARY KEY (SingerId)",
                 "CREATE CHANGE STREAM SingerChanges FOR Singers \
                  OPTIONS (value_capture_type = 'NEW_ROW_AND_OLD_VALUES')",
             ],
@@ -50,15 +54,38 @@ async fn main() -> anyhow::Result<()> {
         start.to_string(),
         "--heartbeat-interval".into(),
         "1s".into(),
+        "--config".into(),
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/pipeline.toml").into(),
     ];
     eprintln!("demo: {} {}", screamer_bin().display(), args.join(" "));
     let mut screamer = Command::new(screamer_bin())
         .args(&args)
         .env("SPANNER_EMULATOR_HOST", emulator.host())
         .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .spawn()
         .context("starting screamer (build it first: cargo build -p screamer)")?;
+    // Pass screamer's logs through, and start writing once it has subscribed (the first
+    // run compiles the plugins, the Python one for a few seconds; later runs use the cache).
+    let subscribed = Arc::new(AtomicBool::new(false));
+    let stderr = screamer.stderr.take().expect("piped stderr");
+    let flag = subscribed.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("subscribing") {
+                flag.store(true, Ordering::Relaxed);
+            }
+            eprintln!("{line}");
+        }
+    });
+    let ready_by = std::time::Instant::now() + Duration::from_secs(180);
+    while !subscribed.load(Ordering::Relaxed) {
+        anyhow::ensure!(std::time::Instant::now() < ready_by, "screamer did not start");
+        if let Some(status) = screamer.try_wait()? {
+            anyhow::bail!("screamer exited with {status} before subscribing");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let names = ["Ada", "Grace", "Edsger", "Barbara", "Donald"];
     let deadline = std::time::Instant::now() + Duration::from_secs(seconds);
@@ -68,11 +95,16 @@ async fn main() -> anyhow::Result<()> {
         let m = match i % 7 {
             6 => delete("Singers", Key::new(&id)),
             3 => insert_or_update("Singers", &["SingerId", "Plays"], &[&id, &i]),
-            _ => insert_or_update(
-                "Singers",
-                &["SingerId", "Name", "Plays"],
-                &[&id, &names[id as usize], &i],
-            ),
+            _ => {
+                let name = names[id as usize];
+                let email = format!("{}@example.com", name.to_lowercase());
+                let bio = format!("{name} has a long biography that the pipeline drops");
+                insert_or_update(
+                    "Singers",
+                    &["SingerId", "Name", "Email", "Bio", "Plays"],
+                    &[&id, &name, &email, &bio, &i],
+                )
+            }
         };
         db.apply(vec![m]).await?;
         i += 1;
