@@ -28,10 +28,10 @@ build_plugins() {
     rustup target add wasm32-wasip2 >&2
   fi
   cargo build --quiet --profile plugin --target wasm32-wasip2 \
-    -p filter -p redact -p fanout -p enrich -p chaos -p wrong-world
+    -p filter -p redact -p fanout -p enrich -p chaos -p identity -p wrong-world
   mkdir -p target/plugins
   local p
-  for p in filter redact fanout enrich chaos wrong-world; do
+  for p in filter redact fanout enrich chaos identity wrong-world; do
     cp -p "target/wasm32-wasip2/plugin/$p.wasm" "target/plugins/${p//-/_}.wasm"
   done
   local venv=target/py-venv

@@ -1,0 +1,214 @@
+//! Plugin runtime benchmark: records/s through real plugin components on one core, with a
+//! native Rust implementation of the same redact side by side; hot-swap pause, cached load
+//! and instantiation times. Results and the command: BENCHMARKS.md.
+//!
+//! Run: `scripts/bench-plugins.sh` (release build; plugins from target/plugins/).
+//! `BENCH_RECORDS` (default 60000) records per measurement, `BENCH_REPEATS` (default 3).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use screamer::plugin::{Chain, Input, PluginRuntime, PluginSpec, PluginVersion};
+use screamer::record::{DataChangeRecord, JsonObject};
+use screamer_tests::plugins::plugin;
+use serde_json::json;
+
+/// A realistic UPDATE of a 10-column row (about 1.7 KB as JSON).
+fn record(i: usize, table: &str) -> DataChangeRecord {
+    let row = |v: &str| {
+        json!({
+            "Email": format!("customer{i}@example.com"),
+            "FirstName": "Alexandra", "LastName": "Johnson-Whitfield",
+            "Phone": "+1-555-0100-2233", "Street": "1234 Longwood Avenue, Apt 56",
+            "City": "Springfield", "Country": "US",
+            "Status": v, "UpdatedAt": "2026-11-27T20:00:00.123456Z",
+        })
+    };
+    let columns = [
+        "Id", "Email", "FirstName", "LastName", "Phone", "Street", "City", "Country", "Status",
+        "UpdatedAt",
+    ];
+    serde_json::from_value(json!({
+        "partition_token": "AUZoT0lCQ0lqbmE5RVhmOGRsM3RLU05adHBhcnRpdGlvbnRva2VuZXhhbXBsZQ",
+        "commit_timestamp": "2026-11-27T20:00:00.123456Z",
+        "record_sequence": format!("{i:08}"),
+        "server_transaction_id": "MTY4NzE5NjI5ODU0NjQ2MTkxMQ==",
+        "is_last_record_in_transaction_in_partition": true,
+        "table_name": table,
+        "column_types": columns.iter().enumerate().map(|(n, c)| json!({
+            "name": c, "type": {"code": if n == 0 { "INT64" } else { "STRING" }},
+            "is_primary_key": n == 0, "ordinal_position": n + 1,
+        })).collect::<Vec<_>>(),
+        "mods": [{"keys": {"Id": i.to_string()}, "new_values": row("active"), "old_values": row("pending")}],
+        "mod_type": "UPDATE",
+        "value_capture_type": "OLD_AND_NEW_VALUES",
+        "number_of_records_in_transaction": 1,
+        "number_of_partitions_in_transaction": 1,
+        "transaction_tag": "app=crm",
+        "is_system_transaction": false,
+    }))
+    .expect("a valid record")
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Pins this thread (and the threads it starts later) to CPU 0: one core.
+fn pin_to_one_core() {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET and sched_setaffinity on our own thread.
+    unsafe {
+        let mut set: screamer_tests::libc::cpu_set_t = std::mem::zeroed();
+        screamer_tests::libc::CPU_SET(0, &mut set);
+        screamer_tests::libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set);
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Records per second of `f` over `records`, in reader-sized batches of 1024.
+fn rate(records: &[DataChangeRecord], repeats: usize, mut f: impl FnMut(&[DataChangeRecord]) -> usize) -> f64 {
+    f(&records[..records.len().min(2048)]); // warm-up: instances, caches
+    median(
+        (0..repeats)
+            .map(|_| {
+                let t = Instant::now();
+                let mut out = 0;
+                for chunk in records.chunks(1024) {
+                    out += f(chunk);
+                }
+                std::hint::black_box(out);
+                records.len() as f64 / t.elapsed().as_secs_f64()
+            })
+            .collect(),
+    )
+}
+
+fn run_chain(chain: &Chain, records: &[DataChangeRecord]) -> usize {
+    let inputs: Vec<Input<'_>> = records.iter().map(|record| Input { record, extra: None }).collect();
+    let result = chain.run(&inputs);
+    assert!(result.dead_letters.is_empty(), "{:?}", result.dead_letters.first());
+    result.outputs.len()
+}
+
+fn native_redact(redact: &redact::Redact, records: &[DataChangeRecord]) -> usize {
+    let mut out = Vec::with_capacity(records.len());
+    for r in records {
+        let mut r = r.clone();
+        for m in &mut r.mods {
+            for v in [&mut m.new_values, &mut m.old_values] {
+                if let Some(text) = redact.redact_text(v.as_str()).expect("valid JSON") {
+                    *v = JsonObject::from_text(text).expect("an object");
+                }
+            }
+        }
+        out.push(r);
+    }
+    std::hint::black_box(&out);
+    out.len()
+}
+
+fn main() -> anyhow::Result<()> {
+    pin_to_one_core();
+    let n = env_usize("BENCH_RECORDS", 60_000);
+    let repeats = env_usize("BENCH_REPEATS", 3);
+    let records: Vec<DataChangeRecord> = (0..n)
+        .map(|i| record(i, if i % 2 == 0 { "Customers" } else { "Orders" }))
+        .collect();
+    let size = serde_json::to_string(&records[0])?.len();
+    let cache = std::env::temp_dir().join(format!("screamer-plugin-bench-{}", std::process::id()));
+    let runtime = PluginRuntime::new(Some(cache.clone()))?;
+    let spec = |name: &str, config: serde_json::Value| {
+        let mut s = PluginSpec::new(plugin(name));
+        s.config = config;
+        s
+    };
+    let pass = spec("identity", json!({}));
+    let keep = spec("filter", json!({}));
+    let filter = spec("filter", json!({"tables": ["Customers"]}));
+    let redact_config = json!({"columns": ["Email", "Phone"]});
+    let redact = spec("redact", redact_config.clone());
+    let load = |s: &PluginSpec| runtime.load(s);
+    // First loads compile and fill the cache; the measured loads below come from it.
+    for s in [&pass, &keep, &filter, &redact] {
+        load(s)?;
+    }
+    println!("screamer plugin runtime benchmark: {n} records of {size} bytes (10-column UPDATE), one core, median of {repeats}");
+    println!();
+    println!("| case | batch 1 | batch 64 | batch 256 |");
+    println!("|---|---|---|---|");
+    let cases: Vec<(&str, Vec<&PluginSpec>)> = vec![
+        ("keep (filter without rules: nothing crosses back)", vec![&keep]),
+        ("pass-through (identity map: the record crosses back)", vec![&pass]),
+        ("filter by table (half kept)", vec![&filter]),
+        ("redact 2 columns (mask)", vec![&redact]),
+        ("chain filter -> redact -> pass-through", vec![&filter, &redact, &pass]),
+    ];
+    let mut redact_rates = Vec::new();
+    for (name, specs) in &cases {
+        let versions: Vec<Arc<PluginVersion>> = specs.iter().map(|s| load(s)).collect::<Result<_, _>>()?;
+        let mut row = format!("| {name} |");
+        for batch in [1, 64, 256] {
+            let chain = Chain::new(versions.clone(), batch);
+            let r = rate(&records, repeats, |c| run_chain(&chain, c));
+            if name.starts_with("redact") {
+                redact_rates.push(r);
+            }
+            row.push_str(&format!(" {:.0}k/s |", r / 1e3));
+        }
+        println!("{row}");
+    }
+    use screamer_plugin_sdk::Plugin as _;
+    let native = redact::Redact::new(serde_json::from_value(redact_config)?).map_err(anyhow::Error::msg)?;
+    let native_rate = rate(&records, repeats, |c| native_redact(&native, c));
+    println!("| native Rust redact (same code, same records) | {0:.0}k/s | {0:.0}k/s | {0:.0}k/s |", native_rate / 1e3);
+    println!();
+    println!(
+        "redact / native: batch 1 {:.2}x, batch 64 {:.2}x, batch 256 {:.2}x",
+        redact_rates[0] / native_rate,
+        redact_rates[1] / native_rate,
+        redact_rates[2] / native_rate
+    );
+
+    // Loads from the cache: read + deserialize + validate + trial instance (info, init).
+    println!();
+    for (name, s) in [("filter", &filter), ("redact", &redact)] {
+        let times: Vec<f64> = (0..10).map(|_| load(s).map(|v| v.load_time.as_secs_f64() * 1e3)).collect::<Result<_, _>>()?;
+        println!("cached load, {name}: median {:.2} ms (includes a trial instantiate + init)", median(times));
+    }
+    let py = spec("drop_columns", json!({"columns": ["Street"]}));
+    if PathBuf::from(&py.path).exists() {
+        load(&py)?;
+        let times: Vec<f64> = (0..5).map(|_| load(&py).map(|v| v.load_time.as_secs_f64() * 1e3)).collect::<Result<_, _>>()?;
+        println!("cached load, drop_columns (Python, 18 MB): median {:.1} ms", median(times));
+    }
+
+    // Hot swap: the first batch after a swap pays for a fresh instance; compare it with the
+    // same batch on a warm instance. That difference is the pause a swap causes.
+    let one = &records[..1];
+    let versions = [load(&redact)?, load(&redact)?];
+    let chain = Chain::new(vec![versions[0].clone()], 64);
+    run_chain(&chain, one);
+    let (mut pauses, mut warm) = (Vec::new(), Vec::new());
+    for i in 0..50 {
+        let t = Instant::now();
+        run_chain(&chain, one);
+        warm.push(t.elapsed().as_secs_f64() * 1e6);
+        chain.swap(0, versions[(i + 1) % 2].clone());
+        let t = Instant::now();
+        run_chain(&chain, one);
+        pauses.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    let (pause, warm) = (median(pauses), median(warm));
+    println!();
+    println!(
+        "hot swap: first batch after a swap {pause:.0} us vs {warm:.0} us warm: pause {:.0} us (instantiate + init of the new version)",
+        pause - warm
+    );
+    let _ = std::fs::remove_dir_all(cache);
+    Ok(())
+}
