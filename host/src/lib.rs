@@ -4,9 +4,13 @@
 //!
 //! ```text
 //! source (streaming query per partition, decode)  -> reader (one task per partition)
-//!   -> consumer (ack)  -> sink (NDJSON)      reader -> checkpoint (coalesced watermarks)
+//!   -> consumer (ack): pipeline -> plugin chain (wasm components) -> sink (NDJSON) + dead letters
+//!   reader -> checkpoint (coalesced watermarks, only past acknowledged records)
 //! child partitions -> partition store -> subscriber (a child starts when ALL parents FINISHED)
 //! ```
+//!
+//! The CLI's consumer is a [`Pipeline`]: a [`plugin::Chain`] of components loaded by a
+//! [`plugin::PluginRuntime`], then NDJSON sinks; `config` reads the TOML pipeline file.
 //!
 //! Use [`Subscriber`] with a [`SpannerSource`], a [`PartitionStore`] ([`SpannerStore`] to
 //! resume and share, [`MemoryStore`] for one process) and any [`Consumer`]:

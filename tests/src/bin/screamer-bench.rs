@@ -66,11 +66,11 @@ async fn main() -> anyhow::Result<()> {
     // counted, creates the metadata table.
     let empty_at = Timestamp::now();
     let empty_end = empty_at.saturating_add(Duration::from_millis(1));
-    screamer_read(&db, empty_at, empty_end).await?;
+    screamer_read(&db, empty_at, empty_end, &[]).await?;
     let mut fixed = Vec::new();
     for _ in 0..repeats {
         clear_metadata(&db).await?;
-        fixed.push(screamer_read(&db, empty_at, empty_end).await?.seconds);
+        fixed.push(screamer_read(&db, empty_at, empty_end, &[]).await?.seconds);
     }
     let fixed = fixed.iter().copied().fold(f64::INFINITY, f64::min);
     println!(
@@ -86,6 +86,7 @@ async fn main() -> anyhow::Result<()> {
     ];
     // BENCH_ONLY=a, b or latency runs just that part.
     let only = std::env::var("BENCH_ONLY").ok();
+    let pass_through = pass_through_args();
     let runs = |part: &str| only.as_deref().is_none_or(|o| o == part);
     for (name, commits, rows_per_commit) in
         workloads.into_iter().filter(|(name, ..)| runs(&name[1..2]))
@@ -103,11 +104,14 @@ async fn main() -> anyhow::Result<()> {
         let expected_mods = (commits * rows_per_commit) as u64;
         let mut bare = Vec::new();
         let mut screamer = Vec::new();
+        let mut plugged = Vec::new();
         let mut py = Vec::new();
         for _ in 0..repeats {
             bare.push(bare_read(&db, start, end).await?);
             clear_metadata(&db).await?;
-            screamer.push(screamer_read(&db, start, end).await?);
+            screamer.push(screamer_read(&db, start, end, &[]).await?);
+            clear_metadata(&db).await?;
+            plugged.push(screamer_read(&db, start, end, &pass_through).await?);
             py.push(python_read(&python, &db, start, end)?);
         }
         let best = |v: &[Throughput]| {
@@ -116,8 +120,13 @@ async fn main() -> anyhow::Result<()> {
                 .max_by(|a, b| a.mods_per_s().total_cmp(&b.mods_per_s()))
                 .expect("runs")
         };
-        let (b, s, p) = (best(&bare), best(&screamer), best(&py));
-        for (who, t) in [("bare", &b), ("screamer", &s), ("python", &p)] {
+        let (b, s, w, p) = (best(&bare), best(&screamer), best(&plugged), best(&py));
+        for (who, t) in [
+            ("bare", &b),
+            ("screamer", &s),
+            ("screamer+plugin", &w),
+            ("python", &p),
+        ] {
             if t.mods != expected_mods {
                 bail!("{who} read {} mods of {expected_mods} in {name}", t.mods);
             }
@@ -128,6 +137,7 @@ async fn main() -> anyhow::Result<()> {
         for (who, t) in [
             ("bare reader (Rust, low-level query)", b),
             ("screamer CLI (NDJSON to file)", s),
+            ("screamer CLI + pass-through plugin", w),
             ("Python google-cloud-spanner", p),
         ] {
             println!(
@@ -147,17 +157,21 @@ async fn main() -> anyhow::Result<()> {
         }
         println!(
             "\nscreamer / bare: {:.2} end to end, {:.2} without the fixed cost; screamer / python: {:.2}; \
-             metadata writes: {} ({:.1} per 10,000 records)\n",
+             metadata writes: {} ({:.1} per 10,000 records)\n\
+             with the pass-through plugin: {:.2} of bare end to end, {:.2} without the fixed cost; {:.2}x python\n",
             s.mods_per_s() / b.mods_per_s(),
             (s.mods as f64 / (s.seconds - fixed).max(1e-9)) / b.mods_per_s(),
             s.mods_per_s() / p.mods_per_s(),
             s.metadata_writes.unwrap_or(0),
             s.metadata_writes.unwrap_or(0) as f64 * 10_000.0 / s.records as f64,
+            w.mods_per_s() / b.mods_per_s(),
+            (w.mods as f64 / (w.seconds - fixed).max(1e-9)) / b.mods_per_s(),
+            w.mods_per_s() / p.mods_per_s(),
         );
     }
 
     println!(
-        "## commit-to-output latency, steady writer (50 commits/s for 10 s), both readers at once\n"
+        "## commit-to-output latency, steady writer (50 commits/s for 10 s), both readers at once (screamer with the pass-through plugin)\n"
     );
     println!("| reader | records | p50 ms | p99 ms | max ms |");
     println!("|---|---|---|---|---|");
@@ -167,7 +181,10 @@ async fn main() -> anyhow::Result<()> {
     let emulator = Emulator::start(EmulatorOptions::default()).await?;
     let db = emulator.database(Dialect::GoogleSql, &BENCH_SCHEMA).await?;
     let (bare, screamer) = latency(&db, next_id).await?;
-    for (who, l) in [("bare reader", &bare), ("screamer CLI", &screamer)] {
+    for (who, l) in [
+        ("bare reader", &bare),
+        ("screamer CLI + pass-through plugin", &screamer),
+    ] {
         println!(
             "| {who} | {} | {:.1} | {:.1} | {:.1} |",
             l.len(),
@@ -301,6 +318,7 @@ async fn screamer_read(
     db: &TestDatabase,
     start: Timestamp,
     end: Timestamp,
+    plugin_args: &[String],
 ) -> anyhow::Result<Throughput> {
     let out_path =
         std::env::temp_dir().join(format!("screamer-bench-{}.ndjson", std::process::id()));
@@ -319,6 +337,7 @@ async fn screamer_read(
             &std::env::var("BENCH_LOG").unwrap_or_else(|_| "info".into()),
         ],
     )
+    .args(plugin_args)
     .stdout(out_file)
     .stderr(Stdio::piped())
     .spawn()
@@ -361,6 +380,21 @@ async fn screamer_read(
             .ok()
     });
     Ok(t)
+}
+
+/// `--plugin` arguments for the identity plugin (every record crosses the boundary both
+/// ways), with a shared compiled-plugin cache.
+fn pass_through_args() -> Vec<String> {
+    vec![
+        "--plugin".into(),
+        screamer_tests::plugins::plugin("identity")
+            .display()
+            .to_string(),
+        "--plugin-cache".into(),
+        screamer_tests::plugins::plugin_cache()
+            .display()
+            .to_string(),
+    ]
 }
 
 /// The screamer binary reading the bench stream with its own metadata table.
@@ -493,6 +527,7 @@ async fn latency(db: &TestDatabase, first: i64) -> anyhow::Result<(Vec<f64>, Vec
         &format!("BenchLatency{}", Timestamp::now().unix_nanos()),
         &[],
     )
+    .args(pass_through_args())
     .stdout(Stdio::piped())
     .stderr(Stdio::piped())
     .spawn()?;

@@ -80,7 +80,10 @@ async fn main() -> anyhow::Result<()> {
     });
     let ready_by = std::time::Instant::now() + Duration::from_secs(180);
     while !subscribed.load(Ordering::Relaxed) {
-        anyhow::ensure!(std::time::Instant::now() < ready_by, "screamer did not start");
+        anyhow::ensure!(
+            std::time::Instant::now() < ready_by,
+            "screamer did not start"
+        );
         if let Some(status) = screamer.try_wait()? {
             anyhow::bail!("screamer exited with {status} before subscribing");
         }

@@ -26,7 +26,15 @@ fn record(i: usize, table: &str) -> DataChangeRecord {
         })
     };
     let columns = [
-        "Id", "Email", "FirstName", "LastName", "Phone", "Street", "City", "Country", "Status",
+        "Id",
+        "Email",
+        "FirstName",
+        "LastName",
+        "Phone",
+        "Street",
+        "City",
+        "Country",
+        "Status",
         "UpdatedAt",
     ];
     serde_json::from_value(json!({
@@ -52,7 +60,10 @@ fn record(i: usize, table: &str) -> DataChangeRecord {
 }
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// Pins this thread (and the threads it starts later) to CPU 0: one core.
@@ -71,7 +82,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Records per second of `f` over `records`, in reader-sized batches of 1024.
-fn rate(records: &[DataChangeRecord], repeats: usize, mut f: impl FnMut(&[DataChangeRecord]) -> usize) -> f64 {
+fn rate(
+    records: &[DataChangeRecord],
+    repeats: usize,
+    mut f: impl FnMut(&[DataChangeRecord]) -> usize,
+) -> f64 {
     f(&records[..records.len().min(2048)]); // warm-up: instances, caches
     median(
         (0..repeats)
@@ -89,9 +104,19 @@ fn rate(records: &[DataChangeRecord], repeats: usize, mut f: impl FnMut(&[DataCh
 }
 
 fn run_chain(chain: &Chain, records: &[DataChangeRecord]) -> usize {
-    let inputs: Vec<Input<'_>> = records.iter().map(|record| Input { record, extra: None }).collect();
+    let inputs: Vec<Input<'_>> = records
+        .iter()
+        .map(|record| Input {
+            record,
+            extra: None,
+        })
+        .collect();
     let result = chain.run(&inputs);
-    assert!(result.dead_letters.is_empty(), "{:?}", result.dead_letters.first());
+    assert!(
+        result.dead_letters.is_empty(),
+        "{:?}",
+        result.dead_letters.first()
+    );
     result.outputs.len()
 }
 
@@ -137,20 +162,32 @@ fn main() -> anyhow::Result<()> {
     for s in [&pass, &keep, &filter, &redact] {
         load(s)?;
     }
-    println!("screamer plugin runtime benchmark: {n} records of {size} bytes (10-column UPDATE), one core, median of {repeats}");
+    println!(
+        "screamer plugin runtime benchmark: {n} records of {size} bytes (10-column UPDATE), one core, median of {repeats}"
+    );
     println!();
     println!("| case | batch 1 | batch 64 | batch 256 |");
     println!("|---|---|---|---|");
     let cases: Vec<(&str, Vec<&PluginSpec>)> = vec![
-        ("keep (filter without rules: nothing crosses back)", vec![&keep]),
-        ("pass-through (identity map: the record crosses back)", vec![&pass]),
+        (
+            "keep (filter without rules: nothing crosses back)",
+            vec![&keep],
+        ),
+        (
+            "pass-through (identity map: the record crosses back)",
+            vec![&pass],
+        ),
         ("filter by table (half kept)", vec![&filter]),
         ("redact 2 columns (mask)", vec![&redact]),
-        ("chain filter -> redact -> pass-through", vec![&filter, &redact, &pass]),
+        (
+            "chain filter -> redact -> pass-through",
+            vec![&filter, &redact, &pass],
+        ),
     ];
     let mut redact_rates = Vec::new();
     for (name, specs) in &cases {
-        let versions: Vec<Arc<PluginVersion>> = specs.iter().map(|s| load(s)).collect::<Result<_, _>>()?;
+        let versions: Vec<Arc<PluginVersion>> =
+            specs.iter().map(|s| load(s)).collect::<Result<_, _>>()?;
         let mut row = format!("| {name} |");
         for batch in [1, 64, 256] {
             let chain = Chain::new(versions.clone(), batch);
@@ -163,9 +200,13 @@ fn main() -> anyhow::Result<()> {
         println!("{row}");
     }
     use screamer_plugin_sdk::Plugin as _;
-    let native = redact::Redact::new(serde_json::from_value(redact_config)?).map_err(anyhow::Error::msg)?;
+    let native =
+        redact::Redact::new(serde_json::from_value(redact_config)?).map_err(anyhow::Error::msg)?;
     let native_rate = rate(&records, repeats, |c| native_redact(&native, c));
-    println!("| native Rust redact (same code, same records) | {0:.0}k/s | {0:.0}k/s | {0:.0}k/s |", native_rate / 1e3);
+    println!(
+        "| native Rust redact (same code, same records) | {0:.0}k/s | {0:.0}k/s | {0:.0}k/s |",
+        native_rate / 1e3
+    );
     println!();
     println!(
         "redact / native: batch 1 {:.2}x, batch 64 {:.2}x, batch 256 {:.2}x",
@@ -177,14 +218,24 @@ fn main() -> anyhow::Result<()> {
     // Loads from the cache: read + deserialize + validate + trial instance (info, init).
     println!();
     for (name, s) in [("filter", &filter), ("redact", &redact)] {
-        let times: Vec<f64> = (0..10).map(|_| load(s).map(|v| v.load_time.as_secs_f64() * 1e3)).collect::<Result<_, _>>()?;
-        println!("cached load, {name}: median {:.2} ms (includes a trial instantiate + init)", median(times));
+        let times: Vec<f64> = (0..10)
+            .map(|_| load(s).map(|v| v.load_time.as_secs_f64() * 1e3))
+            .collect::<Result<_, _>>()?;
+        println!(
+            "cached load, {name}: median {:.2} ms (includes a trial instantiate + init)",
+            median(times)
+        );
     }
     let py = spec("drop_columns", json!({"columns": ["Street"]}));
     if PathBuf::from(&py.path).exists() {
         load(&py)?;
-        let times: Vec<f64> = (0..5).map(|_| load(&py).map(|v| v.load_time.as_secs_f64() * 1e3)).collect::<Result<_, _>>()?;
-        println!("cached load, drop_columns (Python, 18 MB): median {:.1} ms", median(times));
+        let times: Vec<f64> = (0..5)
+            .map(|_| load(&py).map(|v| v.load_time.as_secs_f64() * 1e3))
+            .collect::<Result<_, _>>()?;
+        println!(
+            "cached load, drop_columns (Python, 18 MB): median {:.1} ms",
+            median(times)
+        );
     }
 
     // Hot swap: the first batch after a swap pays for a fresh instance; compare it with the
