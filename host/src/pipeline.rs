@@ -25,6 +25,9 @@ use crate::sink::NdjsonSink;
 /// Plugin chain (possibly empty) plus where its outputs and dead letters go.
 pub struct Pipeline {
     chain: Option<Arc<Chain>>,
+    /// Chain runs at once: one per core. Plugin calls are CPU work; more would only add
+    /// instances (memory) without adding throughput.
+    running: tokio::sync::Semaphore,
     main: NdjsonSink,
     side_outputs: HashMap<String, NdjsonSink>,
     dead_letters: NdjsonSink,
@@ -55,8 +58,10 @@ struct DeadLetterLine<'a> {
 impl Pipeline {
     /// Outputs to `main`, dead letters to `dead_letters`; no plugins (a pass-through).
     pub fn new(main: NdjsonSink, dead_letters: NdjsonSink) -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Pipeline {
             chain: None,
+            running: tokio::sync::Semaphore::new(cores),
             main,
             side_outputs: HashMap::new(),
             dead_letters,
@@ -90,7 +95,10 @@ impl Pipeline {
             }
             return Ok(self.main.write(bytes).await?);
         };
-        let result = run_blocking(|| chain.run(inputs));
+        let result = {
+            let _slot = self.running.acquire().await?;
+            run_blocking(|| chain.run(inputs))
+        };
         if !result.dead_letters.is_empty() {
             let mut bytes = Vec::new();
             for d in &result.dead_letters {

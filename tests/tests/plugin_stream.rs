@@ -7,7 +7,7 @@ use std::time::Duration;
 use gcloud_spanner::key::Key;
 use gcloud_spanner::mutation::{delete, insert, insert_or_update, update};
 use screamer::{Dialect, Timestamp};
-use screamer_tests::libc::SIGINT;
+use screamer_tests::libc::{SIGHUP, SIGINT};
 use screamer_tests::plugins::{chaos_version, plugin, plugin_cache, replace_file, scratch_dir};
 use screamer_tests::{Emulator, EmulatorOptions, ITEMS_SCHEMA, Screamer, TestDatabase, eventually};
 use serde_json::{Value, json};
@@ -284,6 +284,12 @@ async fn hot_swaps_while_records_flow_process_each_record_exactly_once() -> anyh
     })
     .await?;
     write_items(&db, 4 * STEP, 5 * STEP).await?;
+    // SIGHUP reloads every plugin; an unchanged file is kept as it is.
+    screamer.signal(SIGHUP)?;
+    eventually(Duration::from_secs(30), "SIGHUP reload", async || {
+        screamer.stderr().contains("plugin file unchanged").then_some(())
+    })
+    .await?;
     let total = 5 * STEP;
     let failing = (0..total).filter(|i| i % 97 == 0).count();
     let dead_lines = || {

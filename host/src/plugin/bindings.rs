@@ -87,12 +87,12 @@ impl screamer::plugin::log::Host for HostState {
     fn log(&mut self, level: Level, message: String) {
         let plugin = &*self.tag;
         match level {
-            Level::Trace => tracing::trace!(plugin, "{message}"),
-            Level::Debug => tracing::debug!(plugin, "{message}"),
-            Level::Info => tracing::info!(plugin, "{message}"),
-            Level::Warn => tracing::warn!(plugin, "{message}"),
+            Level::Trace => tracing::trace!(target: "screamer::plugin", plugin, "{message}"),
+            Level::Debug => tracing::debug!(target: "screamer::plugin", plugin, "{message}"),
+            Level::Info => tracing::info!(target: "screamer::plugin", plugin, "{message}"),
+            Level::Warn => tracing::warn!(target: "screamer::plugin", plugin, "{message}"),
             Level::Error => {
-                tracing::error!(plugin, "{message}");
+                tracing::error!(target: "screamer::plugin", plugin, "{message}");
                 self.last_error = Some(message);
             }
         }
