@@ -22,3 +22,13 @@ pub trait Consumer: Send + Sync + 'static {
         records: &[DataChangeRecord],
     ) -> impl Future<Output = Result<(), ConsumerError>> + Send;
 }
+
+/// A shared consumer is a consumer: the caller keeps a handle (to read its counters, say).
+impl<C: Consumer> Consumer for std::sync::Arc<C> {
+    fn consume(
+        &self,
+        records: &[DataChangeRecord],
+    ) -> impl Future<Output = Result<(), ConsumerError>> + Send {
+        (**self).consume(records)
+    }
+}

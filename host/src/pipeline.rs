@@ -81,6 +81,11 @@ impl Pipeline {
         self
     }
 
+    /// The chain's counters, when there is a chain.
+    pub fn chain_stats(&self) -> Option<crate::plugin::ChainStats> {
+        self.chain.as_ref().map(|c| c.stats())
+    }
+
     /// Dead letters written so far.
     pub fn dead_letter_count(&self) -> u64 {
         self.dead_letter_count.load(Ordering::Relaxed)

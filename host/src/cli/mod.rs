@@ -249,7 +249,17 @@ async fn run(args: Args) -> Result<(), RunError> {
         ..defaults
     };
     let subscriber = Subscriber::new(source.clone(), store, options);
-    let result = subscriber.subscribe(pipeline, shutdown).await;
+    let pipeline = Arc::new(pipeline);
+    let result = subscriber.subscribe(pipeline.clone(), shutdown).await;
+    if let Some(stats) = pipeline.chain_stats() {
+        tracing::info!(
+            calls = stats.calls,
+            failed_calls = stats.failed_calls,
+            instances_started = stats.instances_started,
+            dead_letters = pipeline.dead_letter_count(),
+            "plugin chain"
+        );
+    }
     drop(hot_swap);
     source.close().await;
     let summary = result?;

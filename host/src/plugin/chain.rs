@@ -323,7 +323,7 @@ fn finish(
     producer: &PluginVersion,
     inputs: &[Input<'_>],
 ) {
-    match to_host(record, &inputs[origin].record.column_types) {
+    match to_host(record, inputs[origin].record) {
         Ok((record, extra)) => result.outputs.push(Output {
             origin,
             output,

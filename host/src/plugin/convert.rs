@@ -7,7 +7,7 @@
 use serde_json::{Map, Value};
 
 use super::bindings::{ChangeRecord, ModType as WitModType, RowChange, Timestamp as WitTimestamp};
-use crate::record::{ColumnType, DataChangeRecord, JsonObject, Mod, ModType, ValueCaptureType};
+use crate::record::{DataChangeRecord, JsonObject, Mod, ModType, ValueCaptureType};
 use crate::timestamp::Timestamp;
 
 pub(super) fn to_wit(
@@ -56,10 +56,12 @@ fn clamp(n: i64) -> u32 {
     u32::try_from(n.max(0)).unwrap_or(u32::MAX)
 }
 
-/// A plugin's record as a host record with `column_types`, plus its extra fields.
+/// A plugin's record as a host record with `origin`'s column types, plus its extra fields.
+/// Row fields whose text is the origin's are reused as they are; only changed ones are
+/// validated (a JSON parse each).
 pub(super) fn to_host(
     record: ChangeRecord,
-    column_types: &[ColumnType],
+    origin: &DataChangeRecord,
 ) -> Result<(DataChangeRecord, Option<Map<String, Value>>), String> {
     let ts = record.commit_timestamp;
     let commit_timestamp = (ts.nanos < 1_000_000_000)
@@ -80,13 +82,15 @@ pub(super) fn to_host(
         .into_iter()
         .enumerate()
         .map(|(i, m)| {
-            let field = |text: String, name: &str| {
-                JsonObject::from_text(text).map_err(|e| format!("mods[{i}].{name}: {e}"))
+            let before = origin.mods.get(i);
+            let field = |text: String, name: &str, same: Option<&JsonObject>| match same {
+                Some(o) if o.as_str() == text => Ok(o.clone()),
+                _ => JsonObject::from_text(text).map_err(|e| format!("mods[{i}].{name}: {e}")),
             };
             Ok(Mod {
-                keys: field(m.keys, "keys")?,
-                new_values: field(m.new_values, "new_values")?,
-                old_values: field(m.old_values, "old_values")?,
+                keys: field(m.keys, "keys", before.map(|b| &b.keys))?,
+                new_values: field(m.new_values, "new_values", before.map(|b| &b.new_values))?,
+                old_values: field(m.old_values, "old_values", before.map(|b| &b.old_values))?,
             })
         })
         .collect::<Result<Vec<_>, String>>()?;
@@ -105,7 +109,7 @@ pub(super) fn to_host(
         is_last_record_in_transaction_in_partition: record
             .is_last_record_in_transaction_in_partition,
         table_name: record.table_name,
-        column_types: column_types.to_vec(),
+        column_types: origin.column_types.clone(),
         mods,
         mod_type: match record.mod_type {
             WitModType::Insert => ModType::Insert,
@@ -144,7 +148,7 @@ mod tests {
         let original = record();
         let wit = to_wit(&original, None);
         assert_eq!(wit.extra, "");
-        let (back, extra) = to_host(wit, &original.column_types).unwrap();
+        let (back, extra) = to_host(wit, &original).unwrap();
         assert_eq!(back, original);
         assert_eq!(extra, None);
     }
@@ -154,7 +158,7 @@ mod tests {
         let original = record();
         let mut wit = to_wit(&original, None);
         wit.mods[0].new_values = "[1, 2]".into();
-        let err = to_host(wit, &[]).unwrap_err();
+        let err = to_host(wit, &original).unwrap_err();
         assert!(
             err.starts_with("mods[0].new_values: not a JSON object"),
             "{err}"
