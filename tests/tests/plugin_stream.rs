@@ -287,7 +287,10 @@ async fn hot_swaps_while_records_flow_process_each_record_exactly_once() -> anyh
     // SIGHUP reloads every plugin; an unchanged file is kept as it is.
     screamer.signal(SIGHUP)?;
     eventually(Duration::from_secs(30), "SIGHUP reload", async || {
-        screamer.stderr().contains("plugin file unchanged").then_some(())
+        screamer
+            .stderr()
+            .contains("plugin file unchanged")
+            .then_some(())
     })
     .await?;
     let total = 5 * STEP;

@@ -99,7 +99,11 @@ async fn reload(runtime: &Arc<PluginRuntime>, chain: &Arc<Chain>, slot: usize) {
     let loaded = tokio::task::spawn_blocking(move || rt.load(&spec)).await;
     match loaded {
         Ok(Ok(new)) if new.sha256 == current.sha256 => {
-            tracing::info!(plugin = current.tag(), sha256 = current.short_hash(), "plugin file unchanged");
+            tracing::info!(
+                plugin = current.tag(),
+                sha256 = current.short_hash(),
+                "plugin file unchanged"
+            );
         }
         Ok(Ok(new)) => {
             tracing::info!(
