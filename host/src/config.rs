@@ -120,7 +120,7 @@ impl PipelineConfig {
                     let msg = e.message().to_owned();
                     let at = e
                         .span()
-                        .map(|s| format!(" (line {})", text[..s.start].lines().count().max(1)))
+                        .map(|s| format!(" (line {})", text[..s.start].matches('\n').count() + 1))
                         .unwrap_or_default();
                     ConfigError(format!("--config {}: {msg}{at}", path.display()))
                 })?;

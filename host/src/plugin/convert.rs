@@ -166,7 +166,7 @@ mod tests {
         let mut wit = to_wit(&original, None);
         wit.extra = "nope".into();
         assert!(
-            to_host(wit, &[])
+            to_host(wit, &original)
                 .unwrap_err()
                 .starts_with("extra is not a JSON object")
         );
