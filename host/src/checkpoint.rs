@@ -5,93 +5,139 @@
 //! writes every changed watermark of this runner in one commit, on a timer and at shutdown.
 //! Invariants: a watermark reported here never passes an unacknowledged record; a flush never
 //! moves a stored watermark backwards, and never touches a partition once it has finished
-//! (finishing takes the same lock as flushing).
+//! (finishing takes the same lock as flushing). Every write names the partition's lease:
+//! the store refuses the writes of leases this runner lost, and the flush reports them so
+//! their readers stop.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::partition::{PartitionStore, PartitionToken, StoreError};
+use crate::partition::{Lease, PartitionStore, PartitionToken, StoreError};
 use crate::timestamp::Timestamp;
 
 /// Pending watermarks of the partitions this runner reads.
 pub struct Checkpointer {
     store: Arc<dyn PartitionStore>,
+    runner: String,
     pending: Mutex<HashMap<PartitionToken, Mark>>,
     /// Serializes flushes and finishes, so a late flush cannot rewind a finished partition.
     write: tokio::sync::Mutex<()>,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Mark {
+    lease: Lease,
     watermark: Timestamp,
     dirty: bool,
 }
 
 impl Checkpointer {
-    pub fn new(store: Arc<dyn PartitionStore>) -> Self {
+    pub fn new(store: Arc<dyn PartitionStore>, runner: &str) -> Self {
         Self {
             store,
+            runner: runner.to_owned(),
             pending: Mutex::new(HashMap::new()),
             write: tokio::sync::Mutex::new(()),
         }
     }
 
+    /// Starts tracking a partition this runner just claimed, at its stored watermark.
+    pub fn hold(&self, lease: &Lease, watermark: Timestamp) {
+        self.pending.lock().expect("checkpoint lock").insert(
+            lease.token.clone(),
+            Mark {
+                lease: lease.clone(),
+                watermark,
+                dirty: false,
+            },
+        );
+    }
+
+    /// Stops tracking a partition (released or lost); returns its lease if it was held.
+    pub fn forget(&self, partition: &PartitionToken) -> Option<Lease> {
+        self.pending
+            .lock()
+            .expect("checkpoint lock")
+            .remove(partition)
+            .map(|m| m.lease)
+    }
+
     /// Records that every record of `partition` before `watermark` is acknowledged.
     pub fn advance(&self, partition: &PartitionToken, watermark: Timestamp) {
         let mut pending = self.pending.lock().expect("checkpoint lock");
-        let mark = pending.entry(partition.clone()).or_insert(Mark {
-            watermark,
-            dirty: true,
-        });
-        if watermark > mark.watermark {
+        if let Some(mark) = pending.get_mut(partition)
+            && watermark > mark.watermark
+        {
             mark.watermark = watermark;
             mark.dirty = true;
         }
     }
 
-    /// Writes every changed watermark in one commit; returns how many partitions it wrote.
-    pub async fn flush(&self) -> Result<usize, StoreError> {
+    /// Writes every changed watermark in one commit; returns the leases the store refused
+    /// (lost to another runner), which are no longer tracked.
+    pub async fn flush(&self) -> Result<Vec<Lease>, StoreError> {
         let _write = self.write.lock().await;
-        let marks: Vec<(PartitionToken, Timestamp)> = {
+        let marks: Vec<(Lease, Timestamp)> = {
             let mut pending = self.pending.lock().expect("checkpoint lock");
             pending
-                .iter_mut()
-                .filter(|(_, m)| m.dirty)
-                .map(|(t, m)| {
+                .values_mut()
+                .filter(|m| m.dirty)
+                .map(|m| {
                     m.dirty = false;
-                    (t.clone(), m.watermark)
+                    (m.lease.clone(), m.watermark)
                 })
                 .collect()
         };
         if marks.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
-        if let Err(e) = self.store.update_watermarks(&marks).await {
-            // Keep them dirty so the next flush tries again.
-            let mut pending = self.pending.lock().expect("checkpoint lock");
-            for (t, _) in &marks {
-                if let Some(m) = pending.get_mut(t) {
-                    m.dirty = true;
+        match self.store.update_watermarks(&self.runner, &marks).await {
+            Ok(lost) => {
+                let mut pending = self.pending.lock().expect("checkpoint lock");
+                for l in &lost {
+                    pending.remove(&l.token);
                 }
+                Ok(lost)
             }
-            return Err(e);
+            Err(e) => {
+                // Keep them dirty so the next flush tries again.
+                let mut pending = self.pending.lock().expect("checkpoint lock");
+                for (l, _) in &marks {
+                    if let Some(m) = pending.get_mut(&l.token) {
+                        m.dirty = true;
+                    }
+                }
+                Err(e)
+            }
         }
-        Ok(marks.len())
     }
 
-    /// Marks `partition` FINISHED at `watermark` and forgets it.
+    /// Marks `partition` FINISHED at `watermark` (if this runner still holds it) and forgets
+    /// it.
     pub async fn finish(
         &self,
         partition: &PartitionToken,
         watermark: Timestamp,
     ) -> Result<(), StoreError> {
         let _write = self.write.lock().await;
-        self.store.finish(partition, watermark).await?;
-        self.pending
+        let lease = self
+            .pending
             .lock()
             .expect("checkpoint lock")
-            .remove(partition);
-        Ok(())
+            .get(partition)
+            .map(|m| m.lease.clone())
+            .ok_or_else(|| StoreError::LeaseLost {
+                token: partition.clone(),
+                epoch: 0,
+            })?;
+        let result = self.store.finish(&self.runner, &lease, watermark).await;
+        if matches!(result, Ok(()) | Err(StoreError::LeaseLost { .. })) {
+            self.pending
+                .lock()
+                .expect("checkpoint lock")
+                .remove(partition);
+        }
+        result
     }
 }
 
@@ -116,16 +162,24 @@ mod tests {
                 .await
                 .unwrap();
         }
+        store.heartbeat("r").await.unwrap();
+        let claims = store
+            .claim("r", 2, std::time::Duration::from_secs(30))
+            .await
+            .unwrap();
         let before = store.writes();
-        let cp = Checkpointer::new(store.clone());
+        let cp = Checkpointer::new(store.clone(), "r");
+        for c in &claims {
+            cp.hold(&c.lease, t0);
+        }
         let t1: Timestamp = "2026-01-01T00:00:01Z".parse().unwrap();
         let t2: Timestamp = "2026-01-01T00:00:02Z".parse().unwrap();
         cp.advance(&"a".into(), t1);
         cp.advance(&"a".into(), t2);
         cp.advance(&"a".into(), t1);
         cp.advance(&"b".into(), t1);
-        assert_eq!(cp.flush().await.unwrap(), 2);
-        assert_eq!(cp.flush().await.unwrap(), 0);
+        assert!(cp.flush().await.unwrap().is_empty());
+        assert!(cp.flush().await.unwrap().is_empty());
         assert_eq!(store.writes() - before, 1);
         let rows = store.snapshot();
         let a = rows.iter().find(|p| p.token.as_str() == "a").unwrap();

@@ -25,7 +25,8 @@ use tokio_util::task::AbortOnDropHandle;
 use crate::checkpoint::Checkpointer;
 use crate::consumer::{Consumer, ConsumerError};
 use crate::partition::{
-    NewPartition, PartitionMetadata, PartitionState, PartitionStore, PartitionToken, StoreError,
+    Lease, NewPartition, PartitionMetadata, PartitionState, PartitionStore, PartitionToken,
+    StoreError,
 };
 use crate::record::{ChangeRecord, ChildPartitionsRecord, DataChangeRecord};
 use crate::source::{MAX_BATCH, PartitionQuery, QueryRange, SourceError, SpannerSource};
@@ -38,6 +39,9 @@ pub enum ReaderOutcome {
     Finished,
     /// Stopped on request; the watermark is checkpointed and the partition stays unfinished.
     Stopped,
+    /// Stopped at once because this runner lost the partition's lease: nothing more was
+    /// written for it.
+    Lost,
 }
 
 /// Why a reader failed (non-transient).
@@ -62,6 +66,7 @@ pub enum ReaderError {
 
 /// What every reader of one subscriber shares.
 pub(crate) struct ReaderContext<C> {
+    pub runner: String,
     pub source: SpannerSource,
     pub store: Arc<dyn PartitionStore>,
     pub checkpoints: Arc<Checkpointer>,
@@ -127,6 +132,7 @@ enum QueryEnd {
 pub(crate) async fn run<C: Consumer>(
     ctx: Arc<ReaderContext<C>>,
     partition: PartitionMetadata,
+    lease: Lease,
     stop: CancellationToken,
 ) -> Result<ReaderOutcome, ReaderError> {
     let token = partition.token.clone();
@@ -135,7 +141,10 @@ pub(crate) async fn run<C: Consumer>(
         source,
     };
     if partition.state != PartitionState::Running {
-        ctx.store.mark_running(&token).await.map_err(store_err)?;
+        ctx.store
+            .mark_running(&ctx.runner, &lease)
+            .await
+            .map_err(store_err)?;
     }
     let mut pos = Position {
         watermark: partition.watermark,

@@ -1,14 +1,22 @@
-//! Subscriber: the scheduler that turns partitions into readers.
+//! Subscriber: the runner — it registers, claims partitions, and turns them into readers.
 //!
 //! Place in the flow: it owns the run. It prepares the partition store, seeds the root
-//! partition when the store is empty (otherwise it resumes), starts a reader for every
-//! partition that is ready (CREATED, all parents FINISHED) up to `max_connections`, flushes
-//! checkpoints on a timer, and ends when every partition reached `end`, when asked to stop
-//! (readers drain, a last checkpoint is written), or on the first non-transient failure.
+//! partition when the store is empty (otherwise it resumes), registers this runner and
+//! heartbeats, claims partitions (ready ones, and ones whose owner released them or stopped
+//! heartbeating for `lease_duration`) up to `max_connections` and starts a reader for each,
+//! flushes checkpoints on a timer, releases partitions above its fair share every
+//! `rebalancing_interval`, and ends when every partition reached `end`, when asked to stop
+//! (readers drain, a last checkpoint is written, every lease is released, the runner
+//! deregisters), or on the first non-transient failure.
+//!
+//! Invariants: a reader runs only while this runner holds the partition's lease. A lease
+//! the store refuses (another runner claimed the partition) stops its reader at once, and so
+//! does losing every lease when this runner's own heartbeat is older than the lease
+//! duration (it was paused or cut off): it cannot know what others took meanwhile.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -16,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::checkpoint::Checkpointer;
 use crate::consumer::Consumer;
 use crate::partition::{
-    NewPartition, PartitionMetadata, PartitionStore, PartitionToken, StoreError,
+    Claim, Lease, NewPartition, PartitionMetadata, PartitionStore, PartitionToken, StoreError,
 };
 use crate::reader::{self, ReaderContext, ReaderError, ReaderOutcome};
 use crate::source::SpannerSource;
@@ -42,6 +50,11 @@ pub struct SubscriberOptions {
     pub poll_interval: Duration,
     /// How long a stopping reader may wait to close its watermark's timestamp.
     pub drain_timeout: Duration,
+    /// How long a runner may go without a heartbeat before others take its partitions.
+    /// Heartbeats go every third of it.
+    pub lease_duration: Duration,
+    /// How often to release partitions above the fair share; `None`: never.
+    pub rebalancing_interval: Option<Duration>,
 }
 
 impl Default for SubscriberOptions {
@@ -55,6 +68,8 @@ impl Default for SubscriberOptions {
             checkpoint_interval: Duration::from_secs(1),
             poll_interval: Duration::from_secs(1),
             drain_timeout: Duration::from_secs(10),
+            lease_duration: Duration::from_secs(30),
+            rebalancing_interval: None,
         }
     }
 }
@@ -79,7 +94,24 @@ pub struct RunSummary {
     pub metadata_writes: u64,
     /// True when the run ended because every partition reached `end`.
     pub reached_end: bool,
+    /// Partitions this runner lost to another (its lease was taken over).
+    pub partitions_lost: usize,
+    /// Partitions this runner gave up to rebalance.
+    pub partitions_released: usize,
 }
+
+/// A partition this runner reads.
+struct Held {
+    lease: Lease,
+    /// Graceful stop (shutdown or rebalancing): drain, checkpoint.
+    drain: CancellationToken,
+    /// Immediate stop (lease lost): drop the reader where it is.
+    abort: CancellationToken,
+    /// Being released to rebalance: give the lease up once its reader stopped.
+    releasing: bool,
+}
+
+type Readers = JoinSet<(PartitionToken, Result<ReaderOutcome, ReaderError>)>;
 
 /// Reads a change stream and hands its records to a [`Consumer`].
 pub struct Subscriber {
@@ -106,14 +138,15 @@ impl Subscriber {
     }
 
     /// Runs until every partition reaches `end`, `shutdown` is cancelled, or a
-    /// non-transient error. On shutdown, readers drain and the last watermarks are written
-    /// before this returns.
+    /// non-transient error. On shutdown, readers drain, the last watermarks are written and
+    /// every lease is released before this returns.
     pub async fn subscribe<C: Consumer>(
         &self,
         consumer: C,
         shutdown: CancellationToken,
     ) -> Result<RunSummary, SubscribeError> {
         let opts = &self.options;
+        let runner = opts.runner_id.as_str();
         let start = opts.start.unwrap_or_else(Timestamp::now);
         if let Some(end) = opts.end
             && end <= start
@@ -133,36 +166,41 @@ impl Subscriber {
                 heartbeat_millis: opts.heartbeat_interval.as_millis().clamp(1_000, 300_000) as i64,
             })
             .await?;
-        tracing::info!(runner = %opts.runner_id, stream = self.source.stream(), seeded, "subscribing");
+        self.store.reset(runner).await?;
+        self.store.heartbeat(runner).await?;
+        let mut last_beat = Instant::now();
+        let mut alive = true;
+        tracing::info!(runner, stream = self.source.stream(), seeded, "subscribing");
 
-        let checkpoints = Arc::new(Checkpointer::new(Arc::clone(&self.store)));
+        let checkpoints = Arc::new(Checkpointer::new(Arc::clone(&self.store), runner));
         let ctx = Arc::new(ReaderContext {
+            runner: runner.to_owned(),
             source: self.source.clone(),
             store: Arc::clone(&self.store),
             checkpoints: Arc::clone(&checkpoints),
             consumer: Arc::new(consumer),
             drain_timeout: opts.drain_timeout,
         });
-        let stop_readers = CancellationToken::new();
-        let mut readers: JoinSet<(PartitionToken, Result<ReaderOutcome, ReaderError>)> =
-            JoinSet::new();
-        let mut held: HashSet<PartitionToken> = HashSet::new();
+        let mut readers = Readers::new();
+        let mut held: HashMap<PartitionToken, Held> = HashMap::new();
         let mut summary = RunSummary::default();
-
-        // Partitions an earlier run left unfinished are resumed from their watermarks.
-        let resumed = self.store.in_progress().await?;
-        for p in resumed {
-            spawn(&mut readers, &mut held, &ctx, p, &stop_readers);
-        }
 
         let mut checkpoint_timer = tokio::time::interval(opts.checkpoint_interval);
         let mut poll_timer = tokio::time::interval(opts.poll_interval);
+        let mut heartbeat_timer = tokio::time::interval(opts.lease_duration / 3);
+        heartbeat_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut rebalance_timer = tokio::time::interval(
+            opts.rebalancing_interval
+                .unwrap_or(Duration::from_secs(3600)),
+        );
+        rebalance_timer.tick().await;
         let mut failure: Option<SubscribeError> = None;
         loop {
             // A store failure (after its own retries) ends the run, but through the drain.
-            if let Err(e) = self
-                .schedule(&mut readers, &mut held, &ctx, &stop_readers)
-                .await
+            if alive
+                && let Err(e) = self
+                    .claim(&mut readers, &mut held, &ctx, &checkpoints)
+                    .await
             {
                 failure = Some(e.into());
                 break;
@@ -182,18 +220,58 @@ impl Subscriber {
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = checkpoint_timer.tick() => {
-                    if let Err(e) = checkpoints.flush().await {
-                        tracing::warn!(error = %e, "checkpoint failed; will retry");
+                _ = heartbeat_timer.tick() => {
+                    // Too late for our own lease (paused, cut off): others may own our
+                    // partitions by now, so every reader stops before anything else runs.
+                    if last_beat.elapsed() > opts.lease_duration {
+                        if !held.is_empty() {
+                            tracing::warn!(runner, partitions = held.len(),
+                                "no heartbeat within the lease duration: stopping every reader");
+                        }
+                        for (token, h) in held.iter() {
+                            h.abort.cancel();
+                            checkpoints.forget(token);
+                        }
+                        alive = false;
                     }
+                    match self.store.heartbeat(runner).await {
+                        Ok(()) => {
+                            if !alive {
+                                tracing::info!(runner, "heartbeat restored: claiming partitions again");
+                            }
+                            last_beat = Instant::now();
+                            alive = true;
+                        }
+                        Err(e) => tracing::warn!(runner, error = %e, "heartbeat failed; will retry"),
+                    }
+                }
+                _ = checkpoint_timer.tick() => {
+                    match checkpoints.flush().await {
+                        Ok(lost) => lose(&held, &lost),
+                        Err(e) => tracing::warn!(error = %e, "checkpoint failed; will retry"),
+                    }
+                }
+                _ = rebalance_timer.tick(), if opts.rebalancing_interval.is_some() => {
+                    self.rebalance(&mut held).await;
                 }
                 _ = poll_timer.tick() => {}
                 Some(joined) = readers.join_next(), if !readers.is_empty() => {
                     let (token, result) = joined.expect("reader task panicked");
-                    held.remove(&token);
+                    let h = held.remove(&token);
                     match result {
                         Ok(ReaderOutcome::Finished) => summary.partitions_finished += 1,
-                        Ok(ReaderOutcome::Stopped) => {}
+                        Ok(ReaderOutcome::Stopped) => {
+                            if let Some(h) = h.filter(|h| h.releasing) {
+                                self.release(&checkpoints, &h.lease).await;
+                                summary.partitions_released += 1;
+                            }
+                        }
+                        Ok(ReaderOutcome::Lost)
+                        | Err(ReaderError::Store { source: StoreError::LeaseLost { .. }, .. }) => {
+                            tracing::info!(runner, partition = ?token, "partition lost to another runner");
+                            checkpoints.forget(&token);
+                            summary.partitions_lost += 1;
+                        }
                         Err(e) => {
                             failure = Some(e.into());
                             break;
@@ -203,73 +281,156 @@ impl Subscriber {
             }
         }
 
-        // Drain: readers stop at a clean position, then the last watermarks are written.
-        stop_readers.cancel();
+        // Drain: readers stop at a clean position, the last watermarks are written, and
+        // every lease is given up so other runners continue at once.
+        for h in held.values() {
+            h.drain.cancel();
+        }
         while let Some(joined) = readers.join_next().await {
             let (token, result) = joined.expect("reader task panicked");
             match result {
                 Ok(ReaderOutcome::Finished) => summary.partitions_finished += 1,
-                Ok(ReaderOutcome::Stopped) => {}
+                Ok(ReaderOutcome::Stopped | ReaderOutcome::Lost) => {}
                 Err(e) => {
                     tracing::error!(partition = ?token, error = %e, "reader failed while stopping");
                 }
             }
         }
-        checkpoints.flush().await?;
+        let lost = checkpoints.flush().await?;
+        let leases: Vec<Lease> = held
+            .into_values()
+            .map(|h| h.lease)
+            .filter(|l| !lost.contains(l))
+            .collect();
+        if let Err(e) = self.store.release(runner, &leases).await {
+            tracing::warn!(runner, error = %e, "could not release leases; they expire instead");
+        }
+        if let Err(e) = self.store.deregister(runner).await {
+            tracing::warn!(runner, error = %e, "could not deregister");
+        }
         summary.metadata_writes = self.store.writes() - writes_before;
-        tracing::info!(runner = %opts.runner_id, finished = summary.partitions_finished,
-            metadata_writes = summary.metadata_writes, "subscription ended");
+        tracing::info!(
+            runner,
+            finished = summary.partitions_finished,
+            lost = summary.partitions_lost,
+            released = summary.partitions_released,
+            metadata_writes = summary.metadata_writes,
+            "subscription ended"
+        );
         match failure {
             Some(e) => Err(e),
             None => Ok(summary),
         }
     }
 
-    /// Starts readers for ready partitions while this runner has room.
-    async fn schedule<C: Consumer>(
+    /// Claims partitions while this runner has room, and starts their readers.
+    async fn claim<C: Consumer>(
         &self,
-        readers: &mut JoinSet<(PartitionToken, Result<ReaderOutcome, ReaderError>)>,
-        held: &mut HashSet<PartitionToken>,
+        readers: &mut Readers,
+        held: &mut HashMap<PartitionToken, Held>,
         ctx: &Arc<ReaderContext<C>>,
-        stop: &CancellationToken,
+        checkpoints: &Checkpointer,
     ) -> Result<(), StoreError> {
         let room = self.options.max_connections.saturating_sub(held.len());
         if room == 0 {
             return Ok(());
         }
-        let ready: Vec<PartitionMetadata> = self
+        let claims = self
             .store
-            .ready()
-            .await?
-            .into_iter()
-            .filter(|p| !held.contains(&p.token))
-            .take(room)
-            .collect();
-        if ready.is_empty() {
-            return Ok(());
-        }
-        let tokens: Vec<PartitionToken> = ready.iter().map(|p| p.token.clone()).collect();
-        let scheduled = self.store.schedule(&tokens).await?;
-        for p in ready {
-            if scheduled.contains(&p.token) {
-                spawn(readers, held, ctx, p, stop);
+            .claim(&self.options.runner_id, room, self.options.lease_duration)
+            .await?;
+        for Claim { partition, lease } in claims {
+            if held.contains_key(&partition.token) {
+                continue;
             }
+            checkpoints.hold(&lease, partition.watermark);
+            spawn(readers, held, ctx, partition, lease);
         }
         Ok(())
+    }
+
+    /// Starts draining the partitions above this runner's fair share; they are released
+    /// when their readers stopped.
+    async fn rebalance(&self, held: &mut HashMap<PartitionToken, Held>) {
+        let load = match self.store.load(self.options.lease_duration).await {
+            Ok(load) => load,
+            Err(e) => {
+                tracing::warn!(error = %e, "rebalancing skipped: cannot read the load");
+                return;
+            }
+        };
+        let fair = load.fair_share();
+        let keeping: Vec<&mut Held> = held.values_mut().filter(|h| !h.releasing).collect();
+        let excess = keeping.len().saturating_sub(fair);
+        if excess == 0 {
+            return;
+        }
+        tracing::info!(runner = %self.options.runner_id, held = keeping.len(), fair,
+            live_runners = load.live_runners, partitions = load.active_partitions,
+            releasing = excess, "rebalancing");
+        for h in keeping.into_iter().take(excess) {
+            h.releasing = true;
+            h.drain.cancel();
+        }
+    }
+
+    /// Writes a released partition's last watermark and gives its lease up.
+    async fn release(&self, checkpoints: &Checkpointer, lease: &Lease) {
+        let runner = &self.options.runner_id;
+        let result = async {
+            let lost = checkpoints.flush().await?;
+            checkpoints.forget(&lease.token);
+            if !lost.contains(lease) {
+                self.store
+                    .release(runner, std::slice::from_ref(lease))
+                    .await?;
+            }
+            Ok::<_, StoreError>(())
+        }
+        .await;
+        match result {
+            Ok(()) => tracing::debug!(runner, partition = ?lease.token, "partition released"),
+            Err(e) => tracing::warn!(runner, partition = ?lease.token, error = %e,
+                "could not release a partition; its lease expires instead"),
+        }
+    }
+}
+
+/// Stops the readers of lost leases at once.
+fn lose(held: &HashMap<PartitionToken, Held>, lost: &[Lease]) {
+    for lease in lost {
+        if let Some(h) = held.get(&lease.token).filter(|h| h.lease == *lease) {
+            tracing::info!(partition = ?lease.token, epoch = lease.epoch, "lease lost: stopping the reader");
+            h.abort.cancel();
+        }
     }
 }
 
 fn spawn<C: Consumer>(
-    readers: &mut JoinSet<(PartitionToken, Result<ReaderOutcome, ReaderError>)>,
-    held: &mut HashSet<PartitionToken>,
+    readers: &mut Readers,
+    held: &mut HashMap<PartitionToken, Held>,
     ctx: &Arc<ReaderContext<C>>,
     partition: PartitionMetadata,
-    stop: &CancellationToken,
+    lease: Lease,
 ) {
     let token = partition.token.clone();
-    tracing::debug!(partition = ?token, watermark = %partition.watermark, "starting reader");
-    held.insert(token.clone());
+    tracing::debug!(partition = ?token, epoch = lease.epoch, watermark = %partition.watermark, "starting reader");
+    let (drain, abort) = (CancellationToken::new(), CancellationToken::new());
+    held.insert(
+        token.clone(),
+        Held {
+            lease: lease.clone(),
+            drain: drain.clone(),
+            abort: abort.clone(),
+            releasing: false,
+        },
+    );
     let ctx = Arc::clone(ctx);
-    let stop = stop.clone();
-    readers.spawn(async move { (token, reader::run(ctx, partition, stop).await) });
+    readers.spawn(async move {
+        let result = tokio::select! {
+            r = reader::run(ctx, partition, lease, drain) => r,
+            _ = abort.cancelled() => Ok(ReaderOutcome::Lost),
+        };
+        (token, result)
+    });
 }

@@ -7,6 +7,7 @@
 //! alone ([`plugin`]).
 
 mod plugin;
+mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,6 +54,8 @@ pub enum Command {
     /// Check plugins or run them over NDJSON records, without Spanner.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
+    /// Show the runners and partitions of a metadata table.
+    Status(status::StatusArgs),
 }
 
 /// The main command: read the stream.
@@ -85,6 +88,12 @@ pub struct Args {
     /// Most partitions this runner reads at once.
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 400, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
+    /// How long a runner may miss heartbeats before others take over its partitions.
+    #[arg(long, env = "LEASE_DURATION", default_value = "30s", value_parser = parse_lease)]
+    pub lease_duration: Duration,
+    /// How often to release partitions above this runner's fair share (0: never).
+    #[arg(long, env = "REBALANCING_INTERVAL", default_value = "0s", value_parser = parse_duration)]
+    pub rebalancing_interval: Duration,
     /// How often acknowledged positions are written to the metadata table.
     #[arg(long, env = "CHECKPOINT_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub checkpoint_interval: Duration,
@@ -94,6 +103,16 @@ pub struct Args {
     pub plugins: Vec<PathBuf>,
     #[command(flatten)]
     pub pipeline: PipelineArgs,
+}
+
+fn parse_lease(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_millis(300) {
+        return Err(format!(
+            "{s:?} is too short: a lease must be at least 300ms"
+        ));
+    }
+    Ok(d)
 }
 
 fn parse_heartbeat(s: &str) -> Result<Duration, String> {
@@ -138,6 +157,7 @@ pub fn main() -> ExitCode {
         .expect("tokio runtime");
     let result = match cli.command {
         Some(Command::Plugin(command)) => runtime.block_on(plugin::run(command)),
+        Some(Command::Status(args)) => runtime.block_on(status::run(args)),
         None => check_range(&cli.run).and_then(|()| runtime.block_on(run(cli.run))),
     };
     match result {
@@ -246,6 +266,8 @@ async fn run(args: Args) -> Result<(), RunError> {
         heartbeat_interval: args.heartbeat_interval,
         max_connections: args.max_connections as usize,
         checkpoint_interval: args.checkpoint_interval,
+        lease_duration: args.lease_duration,
+        rebalancing_interval: Some(args.rebalancing_interval).filter(|d| !d.is_zero()),
         ..defaults
     };
     let subscriber = Subscriber::new(source.clone(), store, options);

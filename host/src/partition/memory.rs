@@ -1,19 +1,83 @@
-//! In-memory partition store: one runner, nothing survives the process.
+//! In-memory partition store: runners of one process, nothing survives the process.
+//!
+//! The same semantics as the Spanner store (claims, epochs, fencing, liveness by heartbeat),
+//! kept in maps under one lock, with the local clock for liveness.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use super::{
-    NewPartition, PartitionMetadata, PartitionState, PartitionStore, PartitionToken, StoreError,
+    Claim, Lease, Load, NewPartition, PartitionMetadata, PartitionState, PartitionStatus,
+    PartitionStore, PartitionToken, RunnerStatus, StoreError, StoreStatus,
 };
 use crate::timestamp::Timestamp;
 
 /// A [`PartitionStore`] kept in memory; the default without `--metadata-table`.
 #[derive(Default)]
 pub struct MemoryStore {
-    rows: Mutex<BTreeMap<PartitionToken, PartitionMetadata>>,
+    state: Mutex<State>,
     writes: AtomicU64,
+}
+
+#[derive(Default)]
+struct State {
+    rows: BTreeMap<PartitionToken, PartitionMetadata>,
+    /// Current lease of each claimed partition: owner (None once released) and epoch.
+    leases: HashMap<PartitionToken, (Option<String>, i64)>,
+    runners: HashMap<String, (Instant, Timestamp)>,
+}
+
+impl State {
+    fn row(&mut self, token: &PartitionToken) -> Result<&mut PartitionMetadata, StoreError> {
+        self.rows
+            .get_mut(token)
+            .ok_or_else(|| StoreError::UnknownPartition {
+                token: token.clone(),
+            })
+    }
+
+    fn holds(&self, runner: &str, lease: &Lease) -> bool {
+        matches!(self.leases.get(&lease.token), Some((Some(o), e)) if o == runner && *e == lease.epoch)
+    }
+
+    fn fenced(&self, runner: &str, lease: &Lease) -> Result<(), StoreError> {
+        if self.holds(runner, lease) {
+            Ok(())
+        } else {
+            Err(StoreError::LeaseLost {
+                token: lease.token.clone(),
+                epoch: lease.epoch,
+            })
+        }
+    }
+
+    fn alive(&self, runner: &str, lease_duration: Duration) -> bool {
+        self.runners
+            .get(runner)
+            .is_some_and(|(at, _)| at.elapsed() < lease_duration)
+    }
+
+    fn parents_finished(&self, p: &PartitionMetadata) -> bool {
+        p.parents.iter().all(|t| {
+            self.rows
+                .get(t)
+                .is_none_or(|p| p.state == PartitionState::Finished)
+        })
+    }
+
+    fn claimable(&self, p: &PartitionMetadata, lease_duration: Duration) -> bool {
+        let free = match self.leases.get(&p.token) {
+            None | Some((None, _)) => true,
+            Some((Some(owner), _)) => !self.alive(owner, lease_duration),
+        };
+        free && match p.state {
+            PartitionState::Created => self.parents_finished(p),
+            PartitionState::Scheduled | PartitionState::Running => true,
+            PartitionState::Finished => false,
+        }
+    }
 }
 
 impl MemoryStore {
@@ -23,33 +87,19 @@ impl MemoryStore {
 
     fn write<T>(
         &self,
-        f: impl FnOnce(&mut BTreeMap<PartitionToken, PartitionMetadata>) -> Result<T, StoreError>,
+        f: impl FnOnce(&mut State) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         self.writes.fetch_add(1, Ordering::Relaxed);
-        f(&mut self.rows.lock().expect("memory store lock"))
+        f(&mut self.state.lock().expect("memory store lock"))
     }
 
-    fn select(&self, pred: impl Fn(&PartitionMetadata) -> bool) -> Vec<PartitionMetadata> {
-        let rows = self.rows.lock().expect("memory store lock");
-        let mut out: Vec<_> = rows.values().filter(|p| pred(p)).cloned().collect();
+    /// A snapshot of every row, for tests.
+    pub fn snapshot(&self) -> Vec<PartitionMetadata> {
+        let state = self.state.lock().expect("memory store lock");
+        let mut out: Vec<_> = state.rows.values().cloned().collect();
         out.sort_by_key(|p| p.start);
         out
     }
-
-    /// A snapshot of every row, for tests and status.
-    pub fn snapshot(&self) -> Vec<PartitionMetadata> {
-        self.select(|_| true)
-    }
-}
-
-fn row<'a>(
-    rows: &'a mut BTreeMap<PartitionToken, PartitionMetadata>,
-    token: &PartitionToken,
-) -> Result<&'a mut PartitionMetadata, StoreError> {
-    rows.get_mut(token)
-        .ok_or_else(|| StoreError::UnknownPartition {
-            token: token.clone(),
-        })
 }
 
 #[async_trait::async_trait]
@@ -59,61 +109,92 @@ impl PartitionStore for MemoryStore {
     }
 
     async fn seed(&self, root: NewPartition) -> Result<bool, StoreError> {
-        self.write(|rows| {
-            if !rows.is_empty() {
+        self.write(|s| {
+            if !s.rows.is_empty() {
                 return Ok(false);
             }
-            rows.insert(root.token.clone(), root.into());
+            s.rows.insert(root.token.clone(), root.into());
             Ok(true)
         })
     }
 
-    async fn ready(&self) -> Result<Vec<PartitionMetadata>, StoreError> {
-        let rows = self.rows.lock().expect("memory store lock");
-        let finished = |t: &PartitionToken| {
-            rows.get(t)
-                .is_none_or(|p| p.state == PartitionState::Finished)
-        };
-        let mut out: Vec<_> = rows
-            .values()
-            .filter(|p| p.state == PartitionState::Created && p.parents.iter().all(finished))
-            .cloned()
-            .collect();
-        out.sort_by_key(|p| p.start);
-        Ok(out)
-    }
-
-    async fn in_progress(&self) -> Result<Vec<PartitionMetadata>, StoreError> {
-        Ok(self.select(|p| matches!(p.state, PartitionState::Scheduled | PartitionState::Running)))
-    }
-
-    async fn schedule(&self, tokens: &[PartitionToken]) -> Result<Vec<PartitionToken>, StoreError> {
-        self.write(|rows| {
-            let mut moved = Vec::new();
-            for t in tokens {
-                let p = row(rows, t)?;
-                if p.state == PartitionState::Created {
-                    p.state = PartitionState::Scheduled;
-                    moved.push(t.clone());
-                }
-            }
-            Ok(moved)
+    async fn heartbeat(&self, runner: &str) -> Result<(), StoreError> {
+        self.write(|s| {
+            s.runners
+                .insert(runner.to_owned(), (Instant::now(), Timestamp::now()));
+            Ok(())
         })
     }
 
-    async fn mark_running(&self, token: &PartitionToken) -> Result<(), StoreError> {
-        self.write(|rows| {
-            row(rows, token)?.state = PartitionState::Running;
+    async fn reset(&self, runner: &str) -> Result<(), StoreError> {
+        self.write(|s| {
+            for (owner, _) in s.leases.values_mut() {
+                if owner.as_deref() == Some(runner) {
+                    *owner = None;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    async fn deregister(&self, runner: &str) -> Result<(), StoreError> {
+        self.write(|s| {
+            s.runners.remove(runner);
+            Ok(())
+        })
+    }
+
+    async fn claim(
+        &self,
+        runner: &str,
+        room: usize,
+        lease_duration: Duration,
+    ) -> Result<Vec<Claim>, StoreError> {
+        self.write(|s| {
+            let mut candidates: Vec<PartitionMetadata> = s
+                .rows
+                .values()
+                .filter(|p| s.claimable(p, lease_duration))
+                .cloned()
+                .collect();
+            candidates.sort_by_key(|p| p.start);
+            candidates.truncate(room);
+            let mut claims = Vec::with_capacity(candidates.len());
+            for mut p in candidates {
+                let epoch = s.leases.get(&p.token).map_or(0, |(_, e)| *e) + 1;
+                s.leases
+                    .insert(p.token.clone(), (Some(runner.to_owned()), epoch));
+                if p.state == PartitionState::Created {
+                    p.state = PartitionState::Scheduled;
+                    s.row(&p.token)?.state = PartitionState::Scheduled;
+                }
+                let lease = Lease {
+                    token: p.token.clone(),
+                    epoch,
+                };
+                claims.push(Claim {
+                    partition: p,
+                    lease,
+                });
+            }
+            Ok(claims)
+        })
+    }
+
+    async fn mark_running(&self, runner: &str, lease: &Lease) -> Result<(), StoreError> {
+        self.write(|s| {
+            s.fenced(runner, lease)?;
+            s.row(&lease.token)?.state = PartitionState::Running;
             Ok(())
         })
     }
 
     async fn add_children(&self, children: &[NewPartition]) -> Result<usize, StoreError> {
-        self.write(|rows| {
+        self.write(|s| {
             let mut inserted = 0;
             for c in children {
-                if !rows.contains_key(&c.token) {
-                    rows.insert(c.token.clone(), c.clone().into());
+                if !s.rows.contains_key(&c.token) {
+                    s.rows.insert(c.token.clone(), c.clone().into());
                     inserted += 1;
                 }
             }
@@ -123,28 +204,118 @@ impl PartitionStore for MemoryStore {
 
     async fn update_watermarks(
         &self,
-        marks: &[(PartitionToken, Timestamp)],
-    ) -> Result<(), StoreError> {
-        self.write(|rows| {
-            for (t, w) in marks {
-                let p = row(rows, t)?;
+        runner: &str,
+        marks: &[(Lease, Timestamp)],
+    ) -> Result<Vec<Lease>, StoreError> {
+        self.write(|s| {
+            let mut lost = Vec::new();
+            for (lease, w) in marks {
+                if !s.holds(runner, lease) {
+                    lost.push(lease.clone());
+                    continue;
+                }
+                let p = s.row(&lease.token)?;
                 p.watermark = p.watermark.max(*w);
             }
-            Ok(())
+            Ok(lost)
         })
     }
 
-    async fn finish(&self, token: &PartitionToken, watermark: Timestamp) -> Result<(), StoreError> {
-        self.write(|rows| {
-            let p = row(rows, token)?;
+    async fn finish(
+        &self,
+        runner: &str,
+        lease: &Lease,
+        watermark: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.write(|s| {
+            s.fenced(runner, lease)?;
+            let p = s.row(&lease.token)?;
             p.watermark = p.watermark.max(watermark);
             p.state = PartitionState::Finished;
             Ok(())
         })
     }
 
+    async fn release(&self, runner: &str, leases: &[Lease]) -> Result<(), StoreError> {
+        self.write(|s| {
+            for lease in leases {
+                if s.holds(runner, lease) {
+                    s.leases.insert(lease.token.clone(), (None, lease.epoch));
+                }
+            }
+            Ok(())
+        })
+    }
+
+    async fn load(&self, lease_duration: Duration) -> Result<Load, StoreError> {
+        let s = self.state.lock().expect("memory store lock");
+        Ok(Load {
+            live_runners: s
+                .runners
+                .values()
+                .filter(|(at, _)| at.elapsed() < lease_duration)
+                .count(),
+            active_partitions: s
+                .rows
+                .values()
+                .filter(|p| match p.state {
+                    PartitionState::Created => s.parents_finished(p),
+                    PartitionState::Scheduled | PartitionState::Running => true,
+                    PartitionState::Finished => false,
+                })
+                .count(),
+        })
+    }
+
     async fn unfinished(&self) -> Result<usize, StoreError> {
-        Ok(self.select(|p| p.state != PartitionState::Finished).len())
+        let s = self.state.lock().expect("memory store lock");
+        Ok(s.rows
+            .values()
+            .filter(|p| p.state != PartitionState::Finished)
+            .count())
+    }
+
+    async fn status(&self, lease_duration: Duration) -> Result<StoreStatus, StoreError> {
+        let s = self.state.lock().expect("memory store lock");
+        let owner = |t: &PartitionToken| s.leases.get(t).cloned();
+        let mut runners: Vec<RunnerStatus> = s
+            .runners
+            .iter()
+            .map(|(id, (at, wall))| RunnerStatus {
+                runner_id: id.clone(),
+                heartbeat_at: *wall,
+                alive: at.elapsed() < lease_duration,
+                partitions: s
+                    .leases
+                    .iter()
+                    .filter(|(t, (o, _))| {
+                        o.as_deref() == Some(id.as_str())
+                            && s.rows
+                                .get(*t)
+                                .is_some_and(|p| p.state != PartitionState::Finished)
+                    })
+                    .count(),
+            })
+            .collect();
+        runners.sort_by(|a, b| a.runner_id.cmp(&b.runner_id));
+        let partitions = s
+            .rows
+            .values()
+            .map(|p| {
+                let lease = owner(&p.token);
+                PartitionStatus {
+                    token: p.token.clone(),
+                    state: p.state.as_str().to_owned(),
+                    owner: lease.as_ref().and_then(|(o, _)| o.clone()),
+                    epoch: lease.map(|(_, e)| e),
+                    watermark: p.watermark,
+                }
+            })
+            .collect();
+        Ok(StoreStatus {
+            runners,
+            partitions,
+        })
     }
 
     fn writes(&self) -> u64 {
@@ -156,6 +327,8 @@ impl PartitionStore for MemoryStore {
 mod tests {
     use super::*;
 
+    const LEASE: Duration = Duration::from_secs(30);
+
     fn new(token: &str, parents: &[&str]) -> NewPartition {
         NewPartition {
             token: token.into(),
@@ -166,9 +339,14 @@ mod tests {
         }
     }
 
+    fn tokens(claims: &[Claim]) -> Vec<&str> {
+        claims.iter().map(|c| c.lease.token.as_str()).collect()
+    }
+
     #[tokio::test]
     async fn a_merged_child_waits_for_every_parent() {
         let store = MemoryStore::new();
+        store.heartbeat("r").await.unwrap();
         assert!(store.seed(new("a", &[])).await.unwrap());
         store.add_children(&[new("b", &[])]).await.unwrap();
         let child = new("c", &["a", "b"]);
@@ -181,24 +359,53 @@ mod tests {
             1
         );
         assert_eq!(store.add_children(&[child]).await.unwrap(), 0);
-        for t in ["a", "b"] {
-            store.schedule(&[t.into()]).await.unwrap();
-        }
+        let claims = store.claim("r", 10, LEASE).await.unwrap();
+        assert_eq!(tokens(&claims), ["a", "b"]);
         let w = "2026-01-01T00:00:01Z".parse().unwrap();
-        store.finish(&"a".into(), w).await.unwrap();
-        assert!(store.ready().await.unwrap().is_empty());
-        store.finish(&"b".into(), w).await.unwrap();
-        let ready = store.ready().await.unwrap();
-        assert_eq!(ready.len(), 1);
-        assert_eq!(ready[0].token.as_str(), "c");
-        assert_eq!(
+        store.finish("r", &claims[0].lease, w).await.unwrap();
+        assert!(store.claim("r", 10, LEASE).await.unwrap().is_empty());
+        store.finish("r", &claims[1].lease, w).await.unwrap();
+        assert_eq!(tokens(&store.claim("r", 10, LEASE).await.unwrap()), ["c"]);
+        assert!(store.claim("r", 10, LEASE).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn writes_are_fenced_by_owner_and_epoch() {
+        let store = MemoryStore::new();
+        store.seed(new("a", &[])).await.unwrap();
+        store.heartbeat("r1").await.unwrap();
+        let old = store.claim("r1", 1, LEASE).await.unwrap().remove(0).lease;
+        // r1 stops heartbeating: with a zero lease duration it is dead at once.
+        store.heartbeat("r2").await.unwrap();
+        let new_lease = store
+            .claim("r2", 1, Duration::ZERO)
+            .await
+            .unwrap()
+            .remove(0)
+            .lease;
+        assert_eq!(new_lease.epoch, old.epoch + 1);
+        let w = "2026-01-01T00:00:05Z".parse().unwrap();
+        let lost = store
+            .update_watermarks("r1", &[(old.clone(), w)])
+            .await
+            .unwrap();
+        assert_eq!(lost, [old.clone()]);
+        assert!(matches!(
+            store.finish("r1", &old, w).await,
+            Err(StoreError::LeaseLost { .. })
+        ));
+        assert_eq!(store.snapshot()[0].state, PartitionState::Scheduled);
+        assert!(
             store
-                .schedule(&["c".into(), "c".into()])
+                .update_watermarks("r2", &[(new_lease.clone(), w)])
                 .await
                 .unwrap()
-                .len(),
-            1
+                .is_empty()
         );
+        assert_eq!(store.snapshot()[0].watermark, w);
+        // A released partition is claimable again at once.
+        store.release("r2", &[new_lease]).await.unwrap();
+        assert_eq!(store.claim("r1", 1, LEASE).await.unwrap().len(), 1);
     }
 
     #[tokio::test]
@@ -206,5 +413,16 @@ mod tests {
         let store = MemoryStore::new();
         assert!(store.seed(new("Parent0", &[])).await.unwrap());
         assert!(!store.seed(new("Parent0", &[])).await.unwrap());
+    }
+
+    #[test]
+    fn fair_share_rounds_up() {
+        let load = |r, p| Load {
+            live_runners: r,
+            active_partitions: p,
+        };
+        assert_eq!(load(3, 10).fair_share(), 4);
+        assert_eq!(load(3, 9).fair_share(), 3);
+        assert_eq!(load(0, 5).fair_share(), 5);
     }
 }

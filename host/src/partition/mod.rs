@@ -154,6 +154,62 @@ impl From<NewPartition> for PartitionMetadata {
     }
 }
 
+/// A runner's claim on a partition: valid while the runner heartbeats within the lease
+/// duration and nobody claimed the partition since (the epoch counts claims).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Lease {
+    pub token: PartitionToken,
+    pub epoch: i64,
+}
+
+/// A partition a runner just claimed, with its lease.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claim {
+    pub partition: PartitionMetadata,
+    pub lease: Lease,
+}
+
+/// How many runners are alive and how many partitions there are to read: the fair share is
+/// `ceil(partitions / runners)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Load {
+    pub live_runners: usize,
+    pub active_partitions: usize,
+}
+
+impl Load {
+    /// The most partitions one runner should hold.
+    pub fn fair_share(&self) -> usize {
+        self.active_partitions.div_ceil(self.live_runners.max(1))
+    }
+}
+
+/// One registered runner, as `screamer status` shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RunnerStatus {
+    pub runner_id: String,
+    pub heartbeat_at: Timestamp,
+    pub alive: bool,
+    pub partitions: usize,
+}
+
+/// One partition, as `screamer status` shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PartitionStatus {
+    pub token: PartitionToken,
+    pub state: String,
+    pub owner: Option<String>,
+    pub epoch: Option<i64>,
+    pub watermark: Timestamp,
+}
+
+/// Everything `screamer status` shows.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct StoreStatus {
+    pub runners: Vec<RunnerStatus>,
+    pub partitions: Vec<PartitionStatus>,
+}
+
 /// Errors of a partition store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -167,14 +223,22 @@ pub enum StoreError {
     UnsupportedDialect { table: String },
     #[error("partition {token:?} is not in the metadata table")]
     UnknownPartition { token: PartitionToken },
+    /// The write was refused: another runner holds the partition now (or the lease expired).
+    #[error("partition {token:?}: lease lost (epoch {epoch} is no longer this runner's)")]
+    LeaseLost { token: PartitionToken, epoch: i64 },
     #[error("metadata table {table}: {message}")]
     Spanner { table: String, message: String },
     #[error("metadata table {table}: corrupt row: {message}")]
     Corrupt { table: String, message: String },
 }
 
-/// Persists the partition lifecycle. Implementations: [`SpannerStore`] (Beam-compatible table,
-/// resumable) and [`MemoryStore`] (one process, no resume).
+/// Persists the partition lifecycle and the runners' leases. Implementations:
+/// [`SpannerStore`] (Beam-compatible table plus registry and lease tables, shared by many
+/// runners) and [`MemoryStore`] (one process, no resume).
+///
+/// Fencing: every write that changes a partition's state or watermark names the lease it
+/// holds, and is applied only if that lease is still the partition's current one, in the same
+/// transaction.
 #[async_trait::async_trait]
 pub trait PartitionStore: Send + Sync + 'static {
     /// Runs migrations and checks the schema; call once before anything else.
@@ -184,34 +248,62 @@ pub trait PartitionStore: Send + Sync + 'static {
     /// that already has rows resumes where it stopped.
     async fn seed(&self, root: NewPartition) -> Result<bool, StoreError>;
 
-    /// CREATED partitions all of whose parents are FINISHED, oldest start first.
-    async fn ready(&self) -> Result<Vec<PartitionMetadata>, StoreError>;
+    /// Registers `runner` or renews its liveness (one write per runner, whatever it holds).
+    async fn heartbeat(&self, runner: &str) -> Result<(), StoreError>;
 
-    /// Partitions left SCHEDULED or RUNNING by an earlier run, to resume from their watermarks.
-    async fn in_progress(&self) -> Result<Vec<PartitionMetadata>, StoreError>;
+    /// Frees the leases an earlier process with the same runner id left behind (it crashed:
+    /// a graceful stop releases them), so they can be claimed at once. Call before the
+    /// first heartbeat.
+    async fn reset(&self, runner: &str) -> Result<(), StoreError>;
 
-    /// Moves the given partitions from CREATED to SCHEDULED, atomically; returns the ones it
-    /// moved (another scheduler may have taken the rest).
-    async fn schedule(&self, tokens: &[PartitionToken]) -> Result<Vec<PartitionToken>, StoreError>;
+    /// Removes `runner` from the registry (graceful stop).
+    async fn deregister(&self, runner: &str) -> Result<(), StoreError>;
 
-    /// SCHEDULED -> RUNNING.
-    async fn mark_running(&self, token: &PartitionToken) -> Result<(), StoreError>;
+    /// Claims up to `room` partitions for `runner`, atomically: CREATED ones whose parents are
+    /// all FINISHED (they become SCHEDULED) and unfinished ones without a live owner (their
+    /// owner released them, or stopped heartbeating for `lease_duration`). Each claim bumps
+    /// the partition's epoch. Oldest start first.
+    async fn claim(
+        &self,
+        runner: &str,
+        room: usize,
+        lease_duration: std::time::Duration,
+    ) -> Result<Vec<Claim>, StoreError>;
+
+    /// SCHEDULED -> RUNNING (fenced).
+    async fn mark_running(&self, runner: &str, lease: &Lease) -> Result<(), StoreError>;
 
     /// Inserts the children that are not there yet (merges announce a child several times);
-    /// returns how many it inserted.
+    /// returns how many it inserted. Not fenced: children are the same whoever announces them.
     async fn add_children(&self, children: &[NewPartition]) -> Result<usize, StoreError>;
 
-    /// Writes the watermarks of several partitions in one write.
+    /// Writes the watermarks of several partitions in one commit (fenced per partition);
+    /// returns the leases that were lost (their watermarks were not written).
     async fn update_watermarks(
         &self,
-        marks: &[(PartitionToken, Timestamp)],
+        runner: &str,
+        marks: &[(Lease, Timestamp)],
+    ) -> Result<Vec<Lease>, StoreError>;
+
+    /// -> FINISHED, with the final watermark (fenced).
+    async fn finish(
+        &self,
+        runner: &str,
+        lease: &Lease,
+        watermark: Timestamp,
     ) -> Result<(), StoreError>;
 
-    /// -> FINISHED, with the final watermark.
-    async fn finish(&self, token: &PartitionToken, watermark: Timestamp) -> Result<(), StoreError>;
+    /// Gives leases up so other runners can claim the partitions at once.
+    async fn release(&self, runner: &str, leases: &[Lease]) -> Result<(), StoreError>;
+
+    /// Live runners and partitions to read, for rebalancing.
+    async fn load(&self, lease_duration: std::time::Duration) -> Result<Load, StoreError>;
 
     /// Partitions not FINISHED.
     async fn unfinished(&self) -> Result<usize, StoreError>;
+
+    /// Runners and partitions with their owners.
+    async fn status(&self, lease_duration: std::time::Duration) -> Result<StoreStatus, StoreError>;
 
     /// Metadata writes committed so far by this store (to show they are coalesced).
     fn writes(&self) -> u64;

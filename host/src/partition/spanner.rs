@@ -1,8 +1,13 @@
-//! Spanner partition store: Beam's `PartitionMetadata` table, created by migrations.
+//! Spanner partition store: Beam's `PartitionMetadata` table, plus a runner registry
+//! (`<table>_Runners`) and partition leases (`<table>_Leases`), created by migrations.
 //!
-//! Every method is one read or one commit; watermarks of all partitions a runner holds go in
-//! a single commit (the checkpointer coalesces them), so metadata writes grow with
-//! partitions x time, not with records.
+//! Every method is one read or one transaction; watermarks of all partitions a runner holds
+//! go in a single commit (the checkpointer coalesces them), so metadata writes grow with
+//! partitions x time, not with records. Liveness is per runner (one heartbeat write each),
+//! not per partition: a lease is valid while its owner's `HeartbeatAt` is within the lease
+//! duration of Spanner's clock and its epoch is the partition's current one. Every state or
+//! watermark write re-reads the lease rows in its read-write transaction (fencing), so a
+//! runner that lost a partition can write nothing more for it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,14 +19,15 @@ use gcloud_spanner::admin::AdminClientConfig;
 use gcloud_spanner::admin::client::Client as AdminClient;
 use gcloud_spanner::client::{Client, ClientConfig, Error as ClientError};
 use gcloud_spanner::key::Key;
-use gcloud_spanner::mutation::{insert, update};
+use gcloud_spanner::mutation::{delete, insert, insert_or_update, update};
 use gcloud_spanner::row::Row;
 use gcloud_spanner::statement::Statement;
 use gcloud_spanner::value::CommitTimestamp;
 use time::OffsetDateTime;
 
 use super::{
-    NewPartition, PartitionMetadata, PartitionState, PartitionStore, PartitionToken, StoreError,
+    Claim, Lease, Load, NewPartition, PartitionMetadata, PartitionState, PartitionStatus,
+    PartitionStore, PartitionToken, RunnerStatus, StoreError, StoreStatus,
 };
 use crate::dsn::DatabaseName;
 use crate::source::{Endpoint, is_transient_status};
@@ -48,14 +54,16 @@ const SCHEMA: &[(&str, &str)] = &[
     ("FinishedAt", "TIMESTAMP"),
 ];
 
-const READ_COLUMNS: &str =
-    "PartitionToken, ParentTokens, StartTimestamp, EndTimestamp, HeartbeatMillis, State, Watermark";
+const READ_COLUMNS: &str = "p.PartitionToken, p.ParentTokens, p.StartTimestamp, p.EndTimestamp, \
+     p.HeartbeatMillis, p.State, p.Watermark";
 
 /// A [`PartitionStore`] in a Spanner table, shareable by several runners and processes.
 pub struct SpannerStore {
     endpoint: Endpoint,
     database: DatabaseName,
     table: String,
+    runners: String,
+    leases: String,
     client: Client,
     writes: AtomicU64,
 }
@@ -94,6 +102,8 @@ impl SpannerStore {
             endpoint: endpoint.clone(),
             database: database.clone(),
             table: table.to_owned(),
+            runners: format!("{table}_Runners"),
+            leases: format!("{table}_Leases"),
             client,
             writes: AtomicU64::new(0),
         })
@@ -129,18 +139,6 @@ impl SpannerStore {
             Ok::<_, ClientError>(rows)
         })
         .await
-    }
-
-    async fn partitions(&self, condition: &str) -> Result<Vec<PartitionMetadata>, StoreError> {
-        let sql = format!(
-            "SELECT {READ_COLUMNS} FROM {t} AS p WHERE {condition} ORDER BY p.StartTimestamp",
-            t = self.table
-        );
-        self.query(Statement::new(sql))
-            .await?
-            .iter()
-            .map(|r| self.decode(r))
-            .collect()
     }
 
     fn decode(&self, row: &Row) -> Result<PartitionMetadata, StoreError> {
@@ -192,6 +190,16 @@ impl SpannerStore {
             .collect()
     }
 
+    async fn lease_tables_exist(&self) -> Result<bool, StoreError> {
+        let mut stmt = Statement::new(
+            "SELECT COUNT(*) FROM INFORMATION_SCHEMA.TABLES \
+             WHERE TABLE_SCHEMA = '' AND TABLE_NAME IN UNNEST(@names)",
+        );
+        stmt.add_param("names", &vec![self.runners.clone(), self.leases.clone()]);
+        let rows = self.query(stmt).await?;
+        Ok(self.count(&rows, 0)? == 2)
+    }
+
     async fn dialect_is_postgres(&self) -> Result<bool, StoreError> {
         let rows = self
             .query(Statement::new(
@@ -227,6 +235,22 @@ impl SpannerStore {
             format!("CREATE INDEX IF NOT EXISTS {t}_ByWatermark ON {t} (Watermark, State)"),
             format!(
                 "CREATE INDEX IF NOT EXISTS {t}_ByCreatedAt ON {t} (CreatedAt, StartTimestamp)"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {r} (
+                   RunnerId STRING(MAX) NOT NULL,
+                   HeartbeatAt TIMESTAMP NOT NULL OPTIONS (allow_commit_timestamp = true),
+                 ) PRIMARY KEY (RunnerId)",
+                r = self.runners
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {l} (
+                   PartitionToken STRING(MAX) NOT NULL,
+                   Owner STRING(MAX),
+                   Epoch INT64 NOT NULL,
+                   ClaimedAt TIMESTAMP OPTIONS (allow_commit_timestamp = true),
+                 ) PRIMARY KEY (PartitionToken)",
+                l = self.leases
             ),
         ];
         let env = self.endpoint.environment().await.map_err(|e| self.err(e))?;
@@ -325,6 +349,98 @@ impl SpannerStore {
         self.writes.fetch_add(1, Ordering::Relaxed);
         Ok(out)
     }
+
+    /// Applies `plan`'s mutations for the leases `runner` still holds, in one read-write
+    /// transaction that reads the lease rows first; returns the leases that were lost.
+    async fn fenced<F>(
+        &self,
+        runner: &str,
+        leases: &[Lease],
+        plan: F,
+    ) -> Result<Vec<Lease>, StoreError>
+    where
+        F: Fn(&[Lease]) -> Vec<Mutation> + Send + Sync + 'static,
+    {
+        if leases.is_empty() {
+            return Ok(Vec::new());
+        }
+        let plan = Arc::new(plan);
+        let leases = Arc::new(leases.to_vec());
+        let table = Arc::new(self.leases.clone());
+        let runner = Arc::new(runner.to_owned());
+        let (_, lost) = self
+            .retrying(|| {
+                self.client.read_write_transaction(|tx| {
+                    let (plan, leases, table, runner) =
+                        (plan.clone(), leases.clone(), table.clone(), runner.clone());
+                    Box::pin(async move {
+                        let keys: Vec<Key> =
+                            leases.iter().map(|l| Key::new(&l.token.as_str())).collect();
+                        let mut reader = tx
+                            .read(&table, &["PartitionToken", "Owner", "Epoch"], keys)
+                            .await?;
+                        let mut current = Vec::new();
+                        while let Some(row) = reader.next().await? {
+                            let token: String = row.column(0)?;
+                            let owner: Option<String> = row.column(1)?;
+                            let epoch: i64 = row.column(2)?;
+                            current.push((token, owner, epoch));
+                        }
+                        let (held, lost): (Vec<Lease>, Vec<Lease>) =
+                            leases.iter().cloned().partition(|l| {
+                                current.iter().any(|(t, o, e)| {
+                                    t == l.token.as_str()
+                                        && o.as_deref() == Some(runner.as_str())
+                                        && *e == l.epoch
+                                })
+                            });
+                        tx.buffer_write(plan(&held));
+                        Ok::<_, ClientError>(lost)
+                    })
+                })
+            })
+            .await?;
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        Ok(lost)
+    }
+
+    /// SQL: the partitions' lease is free (no owner, or an owner not heard of within the
+    /// lease duration, by Spanner's clock).
+    fn free_lease_sql(lease_duration: Duration) -> String {
+        format!(
+            "(l.Owner IS NULL OR r.RunnerId IS NULL OR r.HeartbeatAt < \
+             TIMESTAMP_SUB(CURRENT_TIMESTAMP(), INTERVAL {} MILLISECOND))",
+            lease_duration.as_millis()
+        )
+    }
+
+    /// SQL: a partition someone should be reading.
+    fn active_sql(&self) -> String {
+        format!(
+            "(p.State IN ('SCHEDULED', 'RUNNING') OR (p.State = 'CREATED' AND NOT EXISTS (
+               SELECT 1 FROM {t} AS parent
+               WHERE parent.PartitionToken IN UNNEST(p.ParentTokens)
+                 AND parent.State != 'FINISHED')))",
+            t = self.table
+        )
+    }
+
+    fn count(&self, rows: &[Row], column: usize) -> Result<usize, StoreError> {
+        let n: i64 = rows
+            .first()
+            .map(|r| r.column(column))
+            .transpose()
+            .map_err(|e| self.corrupt(e))?
+            .unwrap_or(0);
+        Ok(n as usize)
+    }
+}
+
+fn lease_lost(lease: &Lease) -> StoreError {
+    StoreError::LeaseLost {
+        token: lease.token.clone(),
+        epoch: lease.epoch,
+    }
 }
 
 fn insert_partition(table: &str, p: &NewPartition) -> Mutation {
@@ -376,7 +492,7 @@ impl PartitionStore for SpannerStore {
             });
         }
         let mut columns = self.columns().await?;
-        if columns.is_empty() {
+        if columns.is_empty() || !self.lease_tables_exist().await? {
             self.migrate().await?;
             columns = self.columns().await?;
         }
@@ -414,64 +530,176 @@ impl PartitionStore for SpannerStore {
         Ok(inserted == 1)
     }
 
-    async fn ready(&self) -> Result<Vec<PartitionMetadata>, StoreError> {
-        self.partitions(&format!(
-            "p.State = 'CREATED' AND NOT EXISTS (
-               SELECT 1 FROM {t} AS parent
-               WHERE parent.PartitionToken IN UNNEST(p.ParentTokens)
-                 AND parent.State != 'FINISHED')",
-            t = self.table
-        ))
-        .await
+    async fn heartbeat(&self, runner: &str) -> Result<(), StoreError> {
+        let beat = insert_or_update(
+            &self.runners,
+            &["RunnerId", "HeartbeatAt"],
+            &[&runner, &CommitTimestamp::new()],
+        );
+        self.commit(vec![beat]).await
     }
 
-    async fn in_progress(&self) -> Result<Vec<PartitionMetadata>, StoreError> {
-        self.partitions("p.State IN ('SCHEDULED', 'RUNNING')").await
+    async fn reset(&self, runner: &str) -> Result<(), StoreError> {
+        let sql = Arc::new(format!(
+            "UPDATE {} SET Owner = NULL WHERE Owner = @runner",
+            self.leases
+        ));
+        let runner = Arc::new(runner.to_owned());
+        self.retrying(|| {
+            self.client.read_write_transaction(|tx| {
+                let (sql, runner) = (sql.clone(), runner.clone());
+                Box::pin(async move {
+                    let mut stmt = Statement::new(sql.as_str());
+                    stmt.add_param("runner", &*runner);
+                    tx.update(stmt).await?;
+                    Ok::<_, ClientError>(())
+                })
+            })
+        })
+        .await?;
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
-    async fn schedule(&self, tokens: &[PartitionToken]) -> Result<Vec<PartitionToken>, StoreError> {
-        let table = self.table.clone();
-        let moved = self
-            .read_modify_write(
-                tokens.iter().map(|t| t.as_str().to_owned()).collect(),
-                move |found| {
-                    let moved: Vec<String> = found
-                        .iter()
-                        .filter(|(_, s)| *s == PartitionState::Created)
-                        .map(|(t, _)| t.clone())
-                        .collect();
-                    let mutations = moved
-                        .iter()
-                        .map(|t| {
-                            update(
-                                &table,
-                                &["PartitionToken", "State", "ScheduledAt"],
+    async fn deregister(&self, runner: &str) -> Result<(), StoreError> {
+        let gone = delete(&self.runners, Key::new(&runner));
+        self.commit(vec![gone]).await
+    }
+
+    async fn claim(
+        &self,
+        runner: &str,
+        room: usize,
+        lease_duration: Duration,
+    ) -> Result<Vec<Claim>, StoreError> {
+        if room == 0 {
+            return Ok(Vec::new());
+        }
+        let join = format!(
+            "FROM {t} AS p LEFT JOIN {l} AS l ON l.PartitionToken = p.PartitionToken \
+             LEFT JOIN {r} AS r ON r.RunnerId = l.Owner",
+            t = self.table,
+            l = self.leases,
+            r = self.runners
+        );
+        let free = Self::free_lease_sql(lease_duration);
+        // Candidates first (a plain read), then the claim itself in a transaction that checks
+        // them again: other runners claim at the same time.
+        let candidates = self
+            .query(Statement::new(format!(
+                "SELECT p.PartitionToken {join} WHERE {active} AND {free} \
+                 ORDER BY p.StartTimestamp LIMIT {room}",
+                active = self.active_sql()
+            )))
+            .await?
+            .iter()
+            .map(|r| r.column::<String>(0).map_err(|e| self.corrupt(e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = Arc::new(format!(
+            "SELECT {READ_COLUMNS}, l.Epoch {join} \
+             WHERE p.PartitionToken IN UNNEST(@tokens) AND {active} AND {free} \
+             ORDER BY p.StartTimestamp",
+            active = self.active_sql()
+        ));
+        let (tables, runner) = (
+            Arc::new((self.table.clone(), self.leases.clone())),
+            Arc::new(runner.to_owned()),
+        );
+        let candidates = Arc::new(candidates);
+        let (_, rows) = self
+            .retrying(|| {
+                self.client.read_write_transaction(|tx| {
+                    let (sql, tables, runner, candidates) = (
+                        sql.clone(),
+                        tables.clone(),
+                        runner.clone(),
+                        candidates.clone(),
+                    );
+                    Box::pin(async move {
+                        let mut stmt = Statement::new(sql.as_str());
+                        stmt.add_param("tokens", &*candidates);
+                        let mut iter = tx.query(stmt).await?;
+                        let mut rows = Vec::new();
+                        while let Some(row) = iter.next().await? {
+                            rows.push(row);
+                        }
+                        let mut mutations = Vec::new();
+                        for row in &rows {
+                            let token: String = row.column_by_name("PartitionToken")?;
+                            let state: String = row.column_by_name("State")?;
+                            let epoch: Option<i64> = row.column_by_name("Epoch")?;
+                            mutations.push(insert_or_update(
+                                &tables.1,
+                                &["PartitionToken", "Owner", "Epoch", "ClaimedAt"],
                                 &[
-                                    t,
-                                    &PartitionState::Scheduled.as_str(),
+                                    &token,
+                                    &runner.as_str(),
+                                    &(epoch.unwrap_or(0) + 1),
                                     &CommitTimestamp::new(),
                                 ],
-                            )
-                        })
-                        .collect();
-                    (mutations, moved)
-                },
-            )
+                            ));
+                            if state == PartitionState::Created.as_str() {
+                                mutations.push(update(
+                                    &tables.0,
+                                    &["PartitionToken", "State", "ScheduledAt"],
+                                    &[
+                                        &token,
+                                        &PartitionState::Scheduled.as_str(),
+                                        &CommitTimestamp::new(),
+                                    ],
+                                ));
+                            }
+                        }
+                        tx.buffer_write(mutations);
+                        Ok::<_, ClientError>(rows)
+                    })
+                })
+            })
             .await?;
-        Ok(moved.into_iter().map(PartitionToken::from).collect())
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        rows.iter()
+            .map(|row| {
+                let mut partition = self.decode(row)?;
+                let epoch: Option<i64> =
+                    row.column_by_name("Epoch").map_err(|e| self.corrupt(e))?;
+                if partition.state == PartitionState::Created {
+                    partition.state = PartitionState::Scheduled;
+                }
+                let lease = Lease {
+                    token: partition.token.clone(),
+                    epoch: epoch.unwrap_or(0) + 1,
+                };
+                Ok(Claim { partition, lease })
+            })
+            .collect()
     }
 
-    async fn mark_running(&self, token: &PartitionToken) -> Result<(), StoreError> {
-        let mutation = update(
-            &self.table,
-            &["PartitionToken", "State", "RunningAt"],
-            &[
-                &token.as_str(),
-                &PartitionState::Running.as_str(),
-                &CommitTimestamp::new(),
-            ],
-        );
-        self.commit(vec![mutation]).await
+    async fn mark_running(&self, runner: &str, lease: &Lease) -> Result<(), StoreError> {
+        let table = self.table.clone();
+        let lost = self
+            .fenced(runner, std::slice::from_ref(lease), move |held| {
+                held.iter()
+                    .map(|l| {
+                        update(
+                            &table,
+                            &["PartitionToken", "State", "RunningAt"],
+                            &[
+                                &l.token.as_str(),
+                                &PartitionState::Running.as_str(),
+                                &CommitTimestamp::new(),
+                            ],
+                        )
+                    })
+                    .collect()
+            })
+            .await?;
+        match lost.first() {
+            Some(l) => Err(lease_lost(l)),
+            None => Ok(()),
+        }
     }
 
     async fn add_children(&self, children: &[NewPartition]) -> Result<usize, StoreError> {
@@ -503,35 +731,98 @@ impl PartitionStore for SpannerStore {
 
     async fn update_watermarks(
         &self,
-        marks: &[(PartitionToken, Timestamp)],
-    ) -> Result<(), StoreError> {
-        let mutations = marks
-            .iter()
-            .map(|(t, w)| {
-                let w: OffsetDateTime = (*w).into();
-                update(
-                    &self.table,
-                    &["PartitionToken", "Watermark"],
-                    &[&t.as_str(), &w],
-                )
-            })
-            .collect();
-        self.commit(mutations).await
+        runner: &str,
+        marks: &[(Lease, Timestamp)],
+    ) -> Result<Vec<Lease>, StoreError> {
+        let table = self.table.clone();
+        let by_token: Arc<Vec<(Lease, Timestamp)>> = Arc::new(marks.to_vec());
+        let leases: Vec<Lease> = marks.iter().map(|(l, _)| l.clone()).collect();
+        self.fenced(runner, &leases, move |held| {
+            by_token
+                .iter()
+                .filter(|(l, _)| held.contains(l))
+                .map(|(l, w)| {
+                    let w: OffsetDateTime = (*w).into();
+                    update(
+                        &table,
+                        &["PartitionToken", "Watermark"],
+                        &[&l.token.as_str(), &w],
+                    )
+                })
+                .collect()
+        })
+        .await
     }
 
-    async fn finish(&self, token: &PartitionToken, watermark: Timestamp) -> Result<(), StoreError> {
+    async fn finish(
+        &self,
+        runner: &str,
+        lease: &Lease,
+        watermark: Timestamp,
+    ) -> Result<(), StoreError> {
+        let (table, leases) = (self.table.clone(), self.leases.clone());
         let w: OffsetDateTime = watermark.into();
-        let mutation = update(
-            &self.table,
-            &["PartitionToken", "State", "Watermark", "FinishedAt"],
-            &[
-                &token.as_str(),
-                &PartitionState::Finished.as_str(),
-                &w,
-                &CommitTimestamp::new(),
-            ],
-        );
-        self.commit(vec![mutation]).await
+        let lost = self
+            .fenced(runner, std::slice::from_ref(lease), move |held| {
+                held.iter()
+                    .flat_map(|l| {
+                        [
+                            update(
+                                &table,
+                                &["PartitionToken", "State", "Watermark", "FinishedAt"],
+                                &[
+                                    &l.token.as_str(),
+                                    &PartitionState::Finished.as_str(),
+                                    &w,
+                                    &CommitTimestamp::new(),
+                                ],
+                            ),
+                            // A finished partition needs no lease: keep the lease table small.
+                            delete(&leases, Key::new(&l.token.as_str())),
+                        ]
+                    })
+                    .collect()
+            })
+            .await?;
+        match lost.first() {
+            Some(l) => Err(lease_lost(l)),
+            None => Ok(()),
+        }
+    }
+
+    async fn release(&self, runner: &str, leases: &[Lease]) -> Result<(), StoreError> {
+        let table = self.leases.clone();
+        self.fenced(runner, leases, move |held| {
+            held.iter()
+                .map(|l| {
+                    update(
+                        &table,
+                        &["PartitionToken", "Owner"],
+                        &[&l.token.as_str(), &None::<String>],
+                    )
+                })
+                .collect()
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn load(&self, lease_duration: Duration) -> Result<Load, StoreError> {
+        let rows = self
+            .query(Statement::new(format!(
+                "SELECT (SELECT COUNT(*) FROM {r} WHERE HeartbeatAt >= \
+                   TIMESTAMP_SUB(CURRENT_TIMESTAMP(), INTERVAL {ms} MILLISECOND)), \
+                 (SELECT COUNT(*) FROM {t} AS p WHERE {active})",
+                r = self.runners,
+                t = self.table,
+                ms = lease_duration.as_millis(),
+                active = self.active_sql()
+            )))
+            .await?;
+        Ok(Load {
+            live_runners: self.count(&rows, 0)?,
+            active_partitions: self.count(&rows, 1)?,
+        })
     }
 
     async fn unfinished(&self) -> Result<usize, StoreError> {
@@ -541,13 +832,56 @@ impl PartitionStore for SpannerStore {
                 self.table
             )))
             .await?;
-        let n: i64 = rows
-            .first()
-            .map(|r| r.column(0))
-            .transpose()
-            .map_err(|e| self.corrupt(e))?
-            .unwrap_or(0);
-        Ok(n as usize)
+        self.count(&rows, 0)
+    }
+
+    async fn status(&self, lease_duration: Duration) -> Result<StoreStatus, StoreError> {
+        let c = |e: gcloud_spanner::row::Error| self.corrupt(e);
+        let runners = self
+            .query(Statement::new(format!(
+                "SELECT r.RunnerId, r.HeartbeatAt, r.HeartbeatAt >= \
+                   TIMESTAMP_SUB(CURRENT_TIMESTAMP(), INTERVAL {ms} MILLISECOND), \
+                 (SELECT COUNT(*) FROM {l} AS l WHERE l.Owner = r.RunnerId) \
+                 FROM {r} AS r ORDER BY r.RunnerId",
+                r = self.runners,
+                l = self.leases,
+                ms = lease_duration.as_millis()
+            )))
+            .await?
+            .iter()
+            .map(|row| {
+                Ok(RunnerStatus {
+                    runner_id: row.column(0).map_err(c)?,
+                    heartbeat_at: row.column::<OffsetDateTime>(1).map_err(c)?.into(),
+                    alive: row.column(2).map_err(c)?,
+                    partitions: row.column::<i64>(3).map_err(c)? as usize,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let partitions = self
+            .query(Statement::new(format!(
+                "SELECT p.PartitionToken, p.State, p.Watermark, l.Owner, l.Epoch \
+                 FROM {t} AS p LEFT JOIN {l} AS l ON l.PartitionToken = p.PartitionToken \
+                 WHERE p.State != 'FINISHED' ORDER BY p.StartTimestamp",
+                t = self.table,
+                l = self.leases
+            )))
+            .await?
+            .iter()
+            .map(|row| {
+                Ok(PartitionStatus {
+                    token: row.column::<String>(0).map_err(c)?.into(),
+                    state: row.column(1).map_err(c)?,
+                    watermark: row.column::<OffsetDateTime>(2).map_err(c)?.into(),
+                    owner: row.column(3).map_err(c)?,
+                    epoch: row.column(4).map_err(c)?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(StoreStatus {
+            runners,
+            partitions,
+        })
     }
 
     fn writes(&self) -> u64 {
