@@ -492,7 +492,7 @@ impl PartitionStore for SpannerStore {
             });
         }
         let mut columns = self.columns().await?;
-        if columns.is_empty() || !self.lease_tables_exist().await? {
+        if columns.is_empty() {
             self.migrate().await?;
             columns = self.columns().await?;
         }
@@ -512,6 +512,10 @@ impl PartitionStore for SpannerStore {
                 }
                 Some(_) => {}
             }
+        }
+        // A table from before leases (or from Beam) gets the registry and lease tables.
+        if !self.lease_tables_exist().await? {
+            self.migrate().await?;
         }
         Ok(())
     }
