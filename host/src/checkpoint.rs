@@ -162,7 +162,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        store.heartbeat("r").await.unwrap();
+        store.heartbeat("r", 10).await.unwrap();
         let claims = store
             .claim("r", 2, std::time::Duration::from_secs(30))
             .await

@@ -111,7 +111,9 @@ struct Held {
     releasing: bool,
 }
 
-type Readers = JoinSet<(PartitionToken, Result<ReaderOutcome, ReaderError>)>;
+/// Reader tasks; each returns its lease, so a late exit cannot be mistaken for a newer
+/// reader of the same partition.
+type Readers = JoinSet<(Lease, Result<ReaderOutcome, ReaderError>)>;
 
 /// Reads a change stream and hands its records to a [`Consumer`].
 pub struct Subscriber {
@@ -167,8 +169,23 @@ impl Subscriber {
             })
             .await?;
         self.store.reset(runner).await?;
-        self.store.heartbeat(runner).await?;
-        let mut last_beat = Instant::now();
+        let capacity = opts.max_connections;
+        self.store.heartbeat(runner, capacity).await?;
+        // Heartbeats run in their own task: a slow metadata write elsewhere must not make
+        // this runner look dead.
+        let liveness = Arc::new(Liveness {
+            last_beat: std::sync::Mutex::new(Instant::now()),
+            lapsed: std::sync::atomic::AtomicBool::new(false),
+        });
+        let beating = CancellationToken::new();
+        let heartbeats = tokio::spawn(heartbeat_loop(
+            Arc::clone(&self.store),
+            runner.to_owned(),
+            capacity,
+            opts.lease_duration,
+            Arc::clone(&liveness),
+            beating.clone(),
+        ));
         let mut alive = true;
         tracing::info!(runner, stream = self.source.stream(), seeded, "subscribing");
 
@@ -187,23 +204,25 @@ impl Subscriber {
 
         let mut checkpoint_timer = tokio::time::interval(opts.checkpoint_interval);
         let mut poll_timer = tokio::time::interval(opts.poll_interval);
-        let mut heartbeat_timer = tokio::time::interval(opts.lease_duration / 3);
-        heartbeat_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut liveness_timer = tokio::time::interval(opts.lease_duration / 3);
         let mut rebalance_timer = tokio::time::interval(
             opts.rebalancing_interval
                 .unwrap_or(Duration::from_secs(3600)),
         );
         rebalance_timer.tick().await;
         let mut failure: Option<SubscribeError> = None;
+        let mut want_claim = true;
         loop {
             // A store failure (after its own retries) ends the run, but through the drain.
-            if alive
-                && let Err(e) = self
+            if alive && want_claim {
+                want_claim = false;
+                if let Err(e) = self
                     .claim(&mut readers, &mut held, &ctx, &checkpoints)
                     .await
-            {
-                failure = Some(e.into());
-                break;
+                {
+                    failure = Some(e.into());
+                    break;
+                }
             }
             if opts.end.is_some() && held.is_empty() {
                 match self.store.unfinished().await {
@@ -220,44 +239,48 @@ impl Subscriber {
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = heartbeat_timer.tick() => {
-                    // Too late for our own lease (paused, cut off): others may own our
-                    // partitions by now, so every reader stops before anything else runs.
-                    if last_beat.elapsed() > opts.lease_duration {
+                _ = liveness_timer.tick() => {
+                    let silent = liveness.last_beat.lock().expect("heartbeat clock").elapsed();
+                    let lapsed = liveness.lapsed.swap(false, std::sync::atomic::Ordering::Relaxed);
+                    if silent > opts.lease_duration || lapsed {
+                        // Too late for our own lease (paused, cut off): others may own our
+                        // partitions by now, so every reader stops at once.
                         if !held.is_empty() {
-                            tracing::warn!(runner, partitions = held.len(),
+                            tracing::warn!(runner, partitions = held.len(), silent = ?silent,
                                 "no heartbeat within the lease duration: stopping every reader");
                         }
-                        for (token, h) in held.iter() {
+                        for (token, h) in held.drain() {
                             h.abort.cancel();
-                            checkpoints.forget(token);
+                            checkpoints.forget(&token);
+                            summary.partitions_lost += 1;
                         }
                         alive = false;
-                    }
-                    match self.store.heartbeat(runner).await {
-                        Ok(()) => {
-                            if !alive {
-                                tracing::info!(runner, "heartbeat restored: claiming partitions again");
-                            }
-                            last_beat = Instant::now();
-                            alive = true;
-                        }
-                        Err(e) => tracing::warn!(runner, error = %e, "heartbeat failed; will retry"),
+                    } else if !alive {
+                        tracing::info!(runner, "heartbeat restored: claiming partitions again");
+                        alive = true;
+                        want_claim = true;
                     }
                 }
                 _ = checkpoint_timer.tick() => {
                     match checkpoints.flush().await {
-                        Ok(lost) => lose(&held, &lost),
+                        Ok(lost) => summary.partitions_lost += lose(&mut held, &lost),
                         Err(e) => tracing::warn!(error = %e, "checkpoint failed; will retry"),
                     }
                 }
                 _ = rebalance_timer.tick(), if opts.rebalancing_interval.is_some() => {
                     self.rebalance(&mut held).await;
                 }
-                _ = poll_timer.tick() => {}
+                _ = poll_timer.tick() => want_claim = true,
                 Some(joined) = readers.join_next(), if !readers.is_empty() => {
-                    let (token, result) = joined.expect("reader task panicked");
-                    let h = held.remove(&token);
+                    let (lease, result) = joined.expect("reader task panicked");
+                    want_claim = true;
+                    // A reader that was already dropped from `held` (lost) may end late; a newer
+                    // reader of the same partition has another epoch.
+                    let h = match held.get(&lease.token) {
+                        Some(h) if h.lease == lease => held.remove(&lease.token),
+                        _ => None,
+                    };
+                    let token = lease.token.clone();
                     match result {
                         Ok(ReaderOutcome::Finished) => summary.partitions_finished += 1,
                         Ok(ReaderOutcome::Stopped) => {
@@ -266,11 +289,13 @@ impl Subscriber {
                                 summary.partitions_released += 1;
                             }
                         }
-                        Ok(ReaderOutcome::Lost)
-                        | Err(ReaderError::Store { source: StoreError::LeaseLost { .. }, .. }) => {
+                        Ok(ReaderOutcome::Lost) => {}
+                        Err(ReaderError::Store { source: StoreError::LeaseLost { .. }, .. }) => {
                             tracing::info!(runner, partition = ?token, "partition lost to another runner");
-                            checkpoints.forget(&token);
-                            summary.partitions_lost += 1;
+                            if h.is_some() {
+                                checkpoints.forget(&token);
+                                summary.partitions_lost += 1;
+                            }
                         }
                         Err(e) => {
                             failure = Some(e.into());
@@ -287,7 +312,8 @@ impl Subscriber {
             h.drain.cancel();
         }
         while let Some(joined) = readers.join_next().await {
-            let (token, result) = joined.expect("reader task panicked");
+            let (lease, result) = joined.expect("reader task panicked");
+            let token = lease.token;
             match result {
                 Ok(ReaderOutcome::Finished) => summary.partitions_finished += 1,
                 Ok(ReaderOutcome::Stopped | ReaderOutcome::Lost) => {}
@@ -305,6 +331,8 @@ impl Subscriber {
         if let Err(e) = self.store.release(runner, &leases).await {
             tracing::warn!(runner, error = %e, "could not release leases; they expire instead");
         }
+        beating.cancel();
+        let _ = heartbeats.await;
         if let Err(e) = self.store.deregister(runner).await {
             tracing::warn!(runner, error = %e, "could not deregister");
         }
@@ -323,7 +351,8 @@ impl Subscriber {
         }
     }
 
-    /// Claims partitions while this runner has room, and starts their readers.
+    /// Claims partitions while this runner has room (with rebalancing: up to its fair
+    /// share), and starts their readers.
     async fn claim<C: Consumer>(
         &self,
         readers: &mut Readers,
@@ -331,18 +360,26 @@ impl Subscriber {
         ctx: &Arc<ReaderContext<C>>,
         checkpoints: &Checkpointer,
     ) -> Result<(), StoreError> {
-        let room = self.options.max_connections.saturating_sub(held.len());
+        let opts = &self.options;
+        let mut room = opts.max_connections.saturating_sub(held.len());
+        if opts.rebalancing_interval.is_some() && room > 0 {
+            // Taking more than the fair share would only be given back at the next
+            // rebalancing.
+            let load = self.store.load(opts.lease_duration).await?;
+            let keeping = held.values().filter(|h| !h.releasing).count();
+            room = room.min(
+                load.fair_share(opts.max_connections)
+                    .saturating_sub(keeping),
+            );
+        }
         if room == 0 {
             return Ok(());
         }
         let claims = self
             .store
-            .claim(&self.options.runner_id, room, self.options.lease_duration)
+            .claim(&opts.runner_id, room, opts.lease_duration)
             .await?;
         for Claim { partition, lease } in claims {
-            if held.contains_key(&partition.token) {
-                continue;
-            }
             checkpoints.hold(&lease, partition.watermark);
             spawn(readers, held, ctx, partition, lease);
         }
@@ -359,14 +396,14 @@ impl Subscriber {
                 return;
             }
         };
-        let fair = load.fair_share();
+        let fair = load.fair_share(self.options.max_connections);
         let keeping: Vec<&mut Held> = held.values_mut().filter(|h| !h.releasing).collect();
         let excess = keeping.len().saturating_sub(fair);
         if excess == 0 {
             return;
         }
         tracing::info!(runner = %self.options.runner_id, held = keeping.len(), fair,
-            live_runners = load.live_runners, partitions = load.active_partitions,
+            live_runners = load.live_runners(), partitions = load.active_partitions,
             releasing = excess, "rebalancing");
         for h in keeping.into_iter().take(excess) {
             h.releasing = true;
@@ -396,12 +433,57 @@ impl Subscriber {
     }
 }
 
-/// Stops the readers of lost leases at once.
-fn lose(held: &HashMap<PartitionToken, Held>, lost: &[Lease]) {
+/// Stops the readers of lost leases at once; returns how many there were.
+fn lose(held: &mut HashMap<PartitionToken, Held>, lost: &[Lease]) -> usize {
+    let mut n = 0;
     for lease in lost {
-        if let Some(h) = held.get(&lease.token).filter(|h| h.lease == *lease) {
+        if held.get(&lease.token).is_some_and(|h| h.lease == *lease) {
             tracing::info!(partition = ?lease.token, epoch = lease.epoch, "lease lost: stopping the reader");
-            h.abort.cancel();
+            if let Some(h) = held.remove(&lease.token) {
+                h.abort.cancel();
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+/// When this runner last renewed its registration, and whether it ever went longer than
+/// the lease duration without (then its leases may be gone, even if it is renewed now).
+struct Liveness {
+    last_beat: std::sync::Mutex<Instant>,
+    lapsed: std::sync::atomic::AtomicBool,
+}
+
+/// Renews this runner's registration every third of the lease duration until `stop`.
+async fn heartbeat_loop(
+    store: Arc<dyn PartitionStore>,
+    runner: String,
+    capacity: usize,
+    lease_duration: Duration,
+    liveness: Arc<Liveness>,
+    stop: CancellationToken,
+) {
+    let mut timer = tokio::time::interval(lease_duration / 3);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = timer.tick() => {}
+        }
+        let started = Instant::now();
+        match store.heartbeat(&runner, capacity).await {
+            Ok(()) => {
+                let mut last = liveness.last_beat.lock().expect("heartbeat clock");
+                if started.duration_since(*last) > lease_duration {
+                    liveness
+                        .lapsed
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                // The lease runs from when the write was sent, not from when it returned.
+                *last = started;
+            }
+            Err(e) => tracing::warn!(runner, error = %e, "heartbeat failed; will retry"),
         }
     }
 }
@@ -428,9 +510,9 @@ fn spawn<C: Consumer>(
     let ctx = Arc::clone(ctx);
     readers.spawn(async move {
         let result = tokio::select! {
-            r = reader::run(ctx, partition, lease, drain) => r,
+            r = reader::run(ctx, partition, lease.clone(), drain) => r,
             _ = abort.cancelled() => Ok(ReaderOutcome::Lost),
         };
-        (token, result)
+        (lease, result)
     });
 }

@@ -1,11 +1,12 @@
 //! The `screamer` binary as a user runs it: exit codes, error lines, `--end`, graceful stop
 //! and restart, `kill -9` and restart.
 
-use std::collections::{BTreeMap, HashMap};
+use screamer_tests::items::{
+    assert_ordered_per_key, assert_ordered_per_partition, counts, expected, mods, write,
+};
 use std::sync::Arc;
 use std::time::Duration;
 
-use gcloud_spanner::mutation::insert_or_update;
 use screamer::{Dialect, Timestamp};
 use screamer_tests::libc::{SIGINT, SIGKILL, SIGTERM};
 use screamer_tests::{Emulator, EmulatorOptions, ITEMS_SCHEMA, Screamer, TestDatabase, eventually};
@@ -22,85 +23,6 @@ fn args(db: &TestDatabase, extra: &[&str]) -> Vec<String> {
     ];
     a.extend(extra.iter().map(|s| s.to_string()));
     a
-}
-
-/// Writes `commits` single-row transactions over `keys` keys; returns the last Seq per key
-/// and the last commit timestamp.
-async fn write(
-    db: &TestDatabase,
-    commits: i64,
-    keys: i64,
-    pause: Duration,
-) -> anyhow::Result<(HashMap<i64, i64>, Timestamp)> {
-    let mut seq = HashMap::new();
-    let mut last = Timestamp::now();
-    for i in 0..commits {
-        let key = i % keys;
-        let s: &mut i64 = seq.entry(key).or_default();
-        *s += 1;
-        let s = *s;
-        let mutation = insert_or_update("Items", &["Id", "Seq"], &[&key, &s]);
-        last = db.apply(vec![mutation]).await?;
-        if !pause.is_zero() {
-            tokio::time::sleep(pause).await;
-        }
-    }
-    Ok((seq, last))
-}
-
-/// (key, seq) of every mod in NDJSON lines, in output order.
-fn mods(lines: &[String]) -> anyhow::Result<Vec<(i64, i64)>> {
-    let mut out = Vec::new();
-    for line in lines {
-        let v: Value = serde_json::from_str(line)?;
-        for m in v["mods"].as_array().expect("mods array") {
-            out.push((
-                m["keys"]["Id"].as_str().unwrap().parse()?,
-                m["new_values"]["Seq"].as_str().unwrap().parse()?,
-            ));
-        }
-    }
-    Ok(out)
-}
-
-/// Asserts that within one process's output every key's Seq values only increase.
-fn assert_ordered_per_key(mods: &[(i64, i64)]) {
-    let mut last: HashMap<i64, i64> = HashMap::new();
-    for (k, s) in mods {
-        let prev = last.insert(*k, *s).unwrap_or(0);
-        assert!(*s > prev, "key {k}: seq {s} after {prev}");
-    }
-}
-
-/// Asserts that within one process's output each partition's records are in commit order.
-/// (The tests with partition churn and restarts check this rather than per-key order: the
-/// emulator does not keep key ranges in partition lineages, so a key can move to a partition
-/// that is not a child of its previous one; see docs/architecture.md.)
-fn assert_ordered_per_partition(lines: &[String]) -> anyhow::Result<()> {
-    let mut last: HashMap<String, Timestamp> = HashMap::new();
-    for line in lines {
-        let v: Value = serde_json::from_str(line)?;
-        let partition = v["partition_token"].as_str().expect("token").to_owned();
-        let at: Timestamp = v["commit_timestamp"].as_str().expect("timestamp").parse()?;
-        if let Some(prev) = last.insert(partition.clone(), at) {
-            assert!(prev <= at, "partition {partition}: {at} after {prev}");
-        }
-    }
-    Ok(())
-}
-
-fn expected(seq: &HashMap<i64, i64>) -> BTreeMap<(i64, i64), usize> {
-    seq.iter()
-        .flat_map(|(k, n)| (1..=*n).map(move |s| ((*k, s), 1)))
-        .collect()
-}
-
-fn counts(mods: impl IntoIterator<Item = (i64, i64)>) -> BTreeMap<(i64, i64), usize> {
-    let mut c = BTreeMap::new();
-    for m in mods {
-        *c.entry(m).or_default() += 1;
-    }
-    c
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -204,7 +126,10 @@ async fn graceful_stop_and_restart_loses_nothing_and_repeats_nothing() -> anyhow
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_and_restart_loses_nothing() -> anyhow::Result<()> {
-    let (_emulator, db, run_args) = restartable_run(&["--checkpoint-interval", "200ms"]).await?;
+    // A short lease: the restarted runner (a new id) takes the killed one's partitions over
+    // once its lease expires.
+    let (_emulator, db, run_args) =
+        restartable_run(&["--checkpoint-interval", "200ms", "--lease-duration", "3s"]).await?;
     let writing = tokio::spawn({
         let db = db.clone();
         async move { write(&db, 1200, 11, Duration::from_millis(4)).await }

@@ -26,7 +26,8 @@ struct State {
     rows: BTreeMap<PartitionToken, PartitionMetadata>,
     /// Current lease of each claimed partition: owner (None once released) and epoch.
     leases: HashMap<PartitionToken, (Option<String>, i64)>,
-    runners: HashMap<String, (Instant, Timestamp)>,
+    /// Last heartbeat (monotonic and wall clock) and capacity of each runner.
+    runners: HashMap<String, (Instant, Timestamp, usize)>,
 }
 
 impl State {
@@ -56,7 +57,7 @@ impl State {
     fn alive(&self, runner: &str, lease_duration: Duration) -> bool {
         self.runners
             .get(runner)
-            .is_some_and(|(at, _)| at.elapsed() < lease_duration)
+            .is_some_and(|(at, _, _)| at.elapsed() < lease_duration)
     }
 
     fn parents_finished(&self, p: &PartitionMetadata) -> bool {
@@ -118,10 +119,12 @@ impl PartitionStore for MemoryStore {
         })
     }
 
-    async fn heartbeat(&self, runner: &str) -> Result<(), StoreError> {
+    async fn heartbeat(&self, runner: &str, capacity: usize) -> Result<(), StoreError> {
         self.write(|s| {
-            s.runners
-                .insert(runner.to_owned(), (Instant::now(), Timestamp::now()));
+            s.runners.insert(
+                runner.to_owned(),
+                (Instant::now(), Timestamp::now(), capacity),
+            );
             Ok(())
         })
     }
@@ -250,11 +253,12 @@ impl PartitionStore for MemoryStore {
     async fn load(&self, lease_duration: Duration) -> Result<Load, StoreError> {
         let s = self.state.lock().expect("memory store lock");
         Ok(Load {
-            live_runners: s
+            capacities: s
                 .runners
                 .values()
-                .filter(|(at, _)| at.elapsed() < lease_duration)
-                .count(),
+                .filter(|(at, _, _)| at.elapsed() < lease_duration)
+                .map(|(_, _, c)| *c)
+                .collect(),
             active_partitions: s
                 .rows
                 .values()
@@ -281,7 +285,7 @@ impl PartitionStore for MemoryStore {
         let mut runners: Vec<RunnerStatus> = s
             .runners
             .iter()
-            .map(|(id, (at, wall))| RunnerStatus {
+            .map(|(id, (at, wall, _))| RunnerStatus {
                 runner_id: id.clone(),
                 heartbeat_at: *wall,
                 alive: at.elapsed() < lease_duration,
@@ -346,7 +350,7 @@ mod tests {
     #[tokio::test]
     async fn a_merged_child_waits_for_every_parent() {
         let store = MemoryStore::new();
-        store.heartbeat("r").await.unwrap();
+        store.heartbeat("r", 10).await.unwrap();
         assert!(store.seed(new("a", &[])).await.unwrap());
         store.add_children(&[new("b", &[])]).await.unwrap();
         let child = new("c", &["a", "b"]);
@@ -373,10 +377,10 @@ mod tests {
     async fn writes_are_fenced_by_owner_and_epoch() {
         let store = MemoryStore::new();
         store.seed(new("a", &[])).await.unwrap();
-        store.heartbeat("r1").await.unwrap();
+        store.heartbeat("r1", 10).await.unwrap();
         let old = store.claim("r1", 1, LEASE).await.unwrap().remove(0).lease;
         // r1 stops heartbeating: with a zero lease duration it is dead at once.
-        store.heartbeat("r2").await.unwrap();
+        store.heartbeat("r2", 10).await.unwrap();
         let new_lease = store
             .claim("r2", 1, Duration::ZERO)
             .await
@@ -416,13 +420,17 @@ mod tests {
     }
 
     #[test]
-    fn fair_share_rounds_up() {
-        let load = |r, p| Load {
-            live_runners: r,
+    fn fair_shares_round_up_and_respect_capacities() {
+        let load = |caps: &[usize], p| Load {
+            capacities: caps.to_vec(),
             active_partitions: p,
         };
-        assert_eq!(load(3, 10).fair_share(), 4);
-        assert_eq!(load(3, 9).fair_share(), 3);
-        assert_eq!(load(0, 5).fair_share(), 5);
+        assert_eq!(load(&[400, 400, 400], 10).fair_share(400), 4);
+        assert_eq!(load(&[400, 400, 400], 9).fair_share(400), 3);
+        assert_eq!(load(&[], 5).fair_share(400), 5);
+        // A runner limited to one partition takes one; the others share the rest.
+        assert_eq!(load(&[1, 400, 400], 6).fair_share(400), 3);
+        assert_eq!(load(&[1, 400, 400], 6).fair_share(1), 1);
+        assert_eq!(load(&[1, 1], 6).fair_share(1), 1);
     }
 }

@@ -169,18 +169,34 @@ pub struct Claim {
     pub lease: Lease,
 }
 
-/// How many runners are alive and how many partitions there are to read: the fair share is
-/// `ceil(partitions / runners)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// The live runners' capacities (`--max-connections`) and how many partitions there are
+/// to read: what rebalancing and claiming divide.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Load {
-    pub live_runners: usize,
+    pub capacities: Vec<usize>,
     pub active_partitions: usize,
 }
 
 impl Load {
-    /// The most partitions one runner should hold.
-    pub fn fair_share(&self) -> usize {
-        self.active_partitions.div_ceil(self.live_runners.max(1))
+    pub fn live_runners(&self) -> usize {
+        self.capacities.len()
+    }
+
+    /// The most partitions a runner of `capacity` should hold: partitions spread as evenly
+    /// as the capacities allow (runners that cannot take an even share take what they can,
+    /// the others share the rest), rounded up.
+    pub fn fair_share(&self, capacity: usize) -> usize {
+        let mut caps = self.capacities.clone();
+        caps.sort_unstable();
+        let (mut left, mut n) = (self.active_partitions, caps.len());
+        for c in caps {
+            if n == 0 || c >= left.div_ceil(n) {
+                break;
+            }
+            left -= c;
+            n -= 1;
+        }
+        left.div_ceil(n.max(1)).min(capacity)
     }
 }
 
@@ -248,8 +264,9 @@ pub trait PartitionStore: Send + Sync + 'static {
     /// that already has rows resumes where it stopped.
     async fn seed(&self, root: NewPartition) -> Result<bool, StoreError>;
 
-    /// Registers `runner` or renews its liveness (one write per runner, whatever it holds).
-    async fn heartbeat(&self, runner: &str) -> Result<(), StoreError>;
+    /// Registers `runner` (with how many partitions it may hold) or renews its liveness: one
+    /// write per runner, whatever it holds.
+    async fn heartbeat(&self, runner: &str, capacity: usize) -> Result<(), StoreError>;
 
     /// Frees the leases an earlier process with the same runner id left behind (it crashed:
     /// a graceful stop releases them), so they can be claimed at once. Call before the

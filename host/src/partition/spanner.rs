@@ -240,6 +240,7 @@ impl SpannerStore {
                 "CREATE TABLE IF NOT EXISTS {r} (
                    RunnerId STRING(MAX) NOT NULL,
                    HeartbeatAt TIMESTAMP NOT NULL OPTIONS (allow_commit_timestamp = true),
+                   MaxConnections INT64 NOT NULL,
                  ) PRIMARY KEY (RunnerId)",
                 r = self.runners
             ),
@@ -534,11 +535,11 @@ impl PartitionStore for SpannerStore {
         Ok(inserted == 1)
     }
 
-    async fn heartbeat(&self, runner: &str) -> Result<(), StoreError> {
+    async fn heartbeat(&self, runner: &str, capacity: usize) -> Result<(), StoreError> {
         let beat = insert_or_update(
             &self.runners,
-            &["RunnerId", "HeartbeatAt"],
-            &[&runner, &CommitTimestamp::new()],
+            &["RunnerId", "HeartbeatAt", "MaxConnections"],
+            &[&runner, &CommitTimestamp::new(), &(capacity as i64)],
         );
         self.commit(vec![beat]).await
     }
@@ -812,20 +813,31 @@ impl PartitionStore for SpannerStore {
     }
 
     async fn load(&self, lease_duration: Duration) -> Result<Load, StoreError> {
+        let capacities = self
+            .query(Statement::new(format!(
+                "SELECT MaxConnections FROM {r} WHERE HeartbeatAt >= \
+                   TIMESTAMP_SUB(CURRENT_TIMESTAMP(), INTERVAL {ms} MILLISECOND)",
+                r = self.runners,
+                ms = lease_duration.as_millis(),
+            )))
+            .await?
+            .iter()
+            .map(|r| {
+                r.column::<i64>(0)
+                    .map(|c| c.max(0) as usize)
+                    .map_err(|e| self.corrupt(e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let rows = self
             .query(Statement::new(format!(
-                "SELECT (SELECT COUNT(*) FROM {r} WHERE HeartbeatAt >= \
-                   TIMESTAMP_SUB(CURRENT_TIMESTAMP(), INTERVAL {ms} MILLISECOND)), \
-                 (SELECT COUNT(*) FROM {t} AS p WHERE {active})",
-                r = self.runners,
+                "SELECT COUNT(*) FROM {t} AS p WHERE {active}",
                 t = self.table,
-                ms = lease_duration.as_millis(),
                 active = self.active_sql()
             )))
             .await?;
         Ok(Load {
-            live_runners: self.count(&rows, 0)?,
-            active_partitions: self.count(&rows, 1)?,
+            capacities,
+            active_partitions: self.count(&rows, 0)?,
         })
     }
 
