@@ -249,10 +249,17 @@ impl Subscriber {
                             tracing::warn!(runner, partitions = held.len(), silent = ?silent,
                                 "no heartbeat within the lease duration: stopping every reader");
                         }
+                        let mut dropped = Vec::new();
                         for (token, h) in held.drain() {
                             h.abort.cancel();
                             checkpoints.forget(&token);
-                            summary.partitions_lost += 1;
+                            dropped.push(h.lease);
+                        }
+                        summary.partitions_lost += dropped.len();
+                        // Leases nobody took yet are given up (fenced: the ones others took are
+                        // untouched), or they would stay ours, unread, once we heartbeat again.
+                        if let Err(e) = self.store.release(runner, &dropped).await {
+                            tracing::warn!(runner, error = %e, "could not release dropped leases; they expire instead");
                         }
                         alive = false;
                     } else if !alive {

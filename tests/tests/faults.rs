@@ -87,7 +87,7 @@ async fn cut_connections_are_retried_from_the_watermark() -> anyhow::Result<()> 
         (last == wanted).then_some(())
     };
     tokio::select! {
-        done = eventually(Duration::from_secs(90), "every mutation after the cuts", async || complete()) => done?,
+        done = eventually(Duration::from_secs(180), "every mutation after the cuts", async || complete()) => done?,
         ended = &mut run => anyhow::bail!("subscriber stopped: {:?}", ended?),
     }
     stop.cancel();

@@ -13,11 +13,14 @@ use screamer_tests::libc::{SIGCONT, SIGINT, SIGKILL, SIGSTOP};
 use screamer_tests::{Emulator, EmulatorOptions, Screamer, TestDatabase, eventually};
 use serde_json::Value;
 
-/// A churning stream (partitions split and merge every few seconds) and the flags every
-/// runner of a test shares.
-async fn shared_stream() -> anyhow::Result<(Emulator, Arc<TestDatabase>, String)> {
+/// These tests run one at a time: each starts an emulator and several screamer processes,
+/// and on two cores they would starve each other's heartbeats.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A stream (churning: partitions split and merge every few seconds) and its start.
+async fn shared_stream(churn: bool) -> anyhow::Result<(Emulator, Arc<TestDatabase>, String)> {
     let emulator = Emulator::start(EmulatorOptions {
-        partition_alive_seconds: Some(3),
+        partition_alive_seconds: churn.then_some(3),
     })
     .await?;
     let db = Arc::new(emulator.items_database().await?);
@@ -128,7 +131,8 @@ fn assert_one_reader_at_a_time(outputs: &[(&str, Vec<String>)]) -> anyhow::Resul
 
 #[tokio::test(flavor = "multi_thread")]
 async fn three_runners_share_a_churning_stream_for_a_minute() -> anyhow::Result<()> {
-    let (_emulator, db, start) = shared_stream().await?;
+    let _serial = SERIAL.lock().await;
+    let (_emulator, db, start) = shared_stream(true).await?;
     let common = ["--lease-duration", "5s", "--rebalancing-interval", "2s"];
     let mut runners = Vec::new();
     for (id, extra) in [
@@ -204,7 +208,8 @@ async fn three_runners_share_a_churning_stream_for_a_minute() -> anyhow::Result<
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_runners_partitions_resume_elsewhere_after_its_lease() -> anyhow::Result<()> {
-    let (_emulator, db, start) = shared_stream().await?;
+    let _serial = SERIAL.lock().await;
+    let (_emulator, db, start) = shared_stream(true).await?;
     let common = ["--lease-duration", "3s", "--rebalancing-interval", "1s"];
     let mut r1 = Screamer::spawn(db.host(), &runner_args(&db, &start, "r1", &common))?;
     let mut r2 = Screamer::spawn(db.host(), &runner_args(&db, &start, "r2", &common))?;
@@ -212,11 +217,9 @@ async fn a_killed_runners_partitions_resume_elsewhere_after_its_lease() -> anyho
         let db = db.clone();
         async move { write(&db, 1500, 11, Duration::from_millis(8)).await }
     });
-    eventually(
-        Duration::from_secs(60),
-        "both runners delivering",
-        async || (r1.line_count() >= 50 && r2.line_count() >= 50).then_some(()),
-    )
+    eventually(Duration::from_secs(60), "r1 delivering", async || {
+        (r1.line_count() >= 50).then_some(())
+    })
     .await?;
     r1.signal(SIGKILL)?;
     r1.wait(Duration::from_secs(10)).await?;
@@ -252,7 +255,8 @@ async fn a_killed_runners_partitions_resume_elsewhere_after_its_lease() -> anyho
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_graceful_stop_hands_over_at_once_and_repeats_nothing() -> anyhow::Result<()> {
-    let (_emulator, db, start) = shared_stream().await?;
+    let _serial = SERIAL.lock().await;
+    let (_emulator, db, start) = shared_stream(true).await?;
     // A long lease: only the release on stop can explain a fast hand-over.
     let common = ["--lease-duration", "60s", "--rebalancing-interval", "1s"];
     let mut r1 = Screamer::spawn(db.host(), &runner_args(&db, &start, "r1", &common))?;
@@ -301,7 +305,8 @@ async fn a_graceful_stop_hands_over_at_once_and_repeats_nothing() -> anyhow::Res
 #[tokio::test(flavor = "multi_thread")]
 async fn a_paused_runner_loses_its_partitions_writes_nothing_for_them_and_rejoins()
 -> anyhow::Result<()> {
-    let (_emulator, db, start) = shared_stream().await?;
+    let _serial = SERIAL.lock().await;
+    let (_emulator, db, start) = shared_stream(true).await?;
     let common = ["--lease-duration", "3s", "--rebalancing-interval", "1s"];
     let mut r1 = Screamer::spawn(db.host(), &runner_args(&db, &start, "r1", &common))?;
     let mut r2 = Screamer::spawn(db.host(), &runner_args(&db, &start, "r2", &common))?;
@@ -325,8 +330,12 @@ async fn a_paused_runner_loses_its_partitions_writes_nothing_for_them_and_rejoin
         "r2 owning everything",
         async || {
             let s = status(&db, "3s").ok()?;
-            let h = held(&s);
-            (!h.contains_key("r1") && h.get("r2").copied().unwrap_or(0) >= 1).then_some(())
+            let owners: Vec<&Value> = s["partitions"]
+                .as_array()?
+                .iter()
+                .map(|p| &p["owner"])
+                .collect();
+            (owners.iter().all(|o| *o != "r1") && owners.iter().any(|o| *o == "r2")).then_some(())
         },
     )
     .await?;
@@ -364,7 +373,7 @@ async fn a_paused_runner_loses_its_partitions_writes_nothing_for_them_and_rejoin
     }
     let (seq, _) = writing.await??;
     let want = expected(&seq);
-    eventually(
+    let delivered = eventually(
         Duration::from_secs(30),
         "everything delivered",
         async || {
@@ -377,7 +386,22 @@ async fn a_paused_runner_loses_its_partitions_writes_nothing_for_them_and_rejoin
             want.keys().all(|k| got.contains_key(k)).then_some(())
         },
     )
-    .await?;
+    .await;
+    if let Err(e) = delivered {
+        let got = counts(mods(&r1.lines())?.into_iter().chain(mods(&r2.lines())?));
+        let missing: Vec<_> = want
+            .keys()
+            .filter(|k| !got.contains_key(k))
+            .take(10)
+            .collect();
+        eprintln!(
+            "missing (first 10): {missing:?}\n--- r1\n{}\n--- r2\n{}\n--- status\n{}",
+            r1.stderr(),
+            r2.stderr(),
+            status(&db, "3s").map(|s| s.to_string()).unwrap_or_default()
+        );
+        return Err(e);
+    }
     for r in [&r1, &r2] {
         r.signal(SIGINT)?;
     }
@@ -398,7 +422,8 @@ async fn a_paused_runner_loses_its_partitions_writes_nothing_for_them_and_rejoin
 
 #[tokio::test(flavor = "multi_thread")]
 async fn status_shows_runners_and_partitions() -> anyhow::Result<()> {
-    let (_emulator, db, start) = shared_stream().await?;
+    let _serial = SERIAL.lock().await;
+    let (_emulator, db, start) = shared_stream(false).await?;
     let mut r1 = Screamer::spawn(
         db.host(),
         &runner_args(&db, &start, "solo", &["--lease-duration", "3s"]),
