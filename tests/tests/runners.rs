@@ -479,3 +479,86 @@ async fn status_shows_runners_and_partitions() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_late_runner_gets_its_fair_share() -> anyhow::Result<()> {
+    let _serial = SERIAL.lock().await;
+    let (_emulator, db, start) = shared_stream(true).await?;
+    let common = ["--lease-duration", "3s", "--rebalancing-interval", "1s"];
+    let mut r1 = Screamer::spawn(db.host(), &runner_args(&db, &start, "r1", &common))?;
+    let writing = tokio::spawn({
+        let db = db.clone();
+        async move { write(&db, 2500, 23, Duration::from_millis(8)).await }
+    });
+    eventually(
+        Duration::from_secs(60),
+        "r1 alone holding several partitions",
+        async || {
+            let h = held(&status(&db, "3s").ok()?);
+            (h.get("r1").copied().unwrap_or(0) >= 2).then_some(())
+        },
+    )
+    .await?;
+    let mut r2 = Screamer::spawn(db.host(), &runner_args(&db, &start, "r2", &common))?;
+    // Fair share: partitions over live runners, rounded up; each within one of it.
+    let balanced = eventually(
+        Duration::from_secs(30),
+        "both runners within one of the fair share",
+        async || {
+            let s = status(&db, "3s").ok()?;
+            let h = held(&s);
+            let (a, b) = (h.get("r1").copied()?, h.get("r2").copied()?);
+            let owned = a + b;
+            let fair = owned.div_ceil(2);
+            (owned >= 2 && b >= 1 && a.abs_diff(fair) <= 1 && b.abs_diff(fair) <= 1)
+                .then_some((a, b))
+        },
+    )
+    .await;
+    let (a, b) = match balanced {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("--- r1\n{}\n--- r2\n{}", r1.stderr(), r2.stderr());
+            return Err(e);
+        }
+    };
+    eprintln!("balanced: r1 holds {a}, r2 holds {b}");
+    let (seq, _) = writing.await??;
+    let want = expected(&seq);
+    eventually(
+        Duration::from_secs(30),
+        "everything delivered",
+        async || {
+            let got = counts(
+                mods(&r1.lines())
+                    .ok()?
+                    .into_iter()
+                    .chain(mods(&r2.lines()).ok()?),
+            );
+            want.keys().all(|k| got.contains_key(k)).then_some(())
+        },
+    )
+    .await?;
+    for r in [&r1, &r2] {
+        r.signal(SIGINT)?;
+    }
+    assert_eq!(
+        r1.wait(Duration::from_secs(30)).await?.code(),
+        Some(0),
+        "{}",
+        r1.stderr()
+    );
+    assert_eq!(
+        r2.wait(Duration::from_secs(30)).await?.code(),
+        Some(0),
+        "{}",
+        r2.stderr()
+    );
+    let all = counts(mods(&r1.lines())?.into_iter().chain(mods(&r2.lines())?));
+    assert_eq!(all, want, "rebalancing releases cleanly: exactly once");
+    assert!(
+        r1.stderr().contains("rebalancing"),
+        "r1 released its excess"
+    );
+    Ok(())
+}
