@@ -172,8 +172,16 @@ async fn three_runners_share_a_churning_stream_for_a_minute() -> anyhow::Result<
     )
     .await;
     if let Err(e) = delivered {
+        let mut all = Vec::new();
         for (id, r) in &runners {
             eprintln!("--- {id} ({} lines)\n{}", r.line_count(), r.stderr());
+            all.extend(mods(&r.lines())?);
+        }
+        let got = counts(all);
+        let missing: Vec<_> = want.keys().filter(|k| !got.contains_key(k)).collect();
+        eprintln!("--- missing {missing:?}");
+        for (id, r) in &runners {
+            std::fs::write(format!("/tmp/runner-{id}.ndjson"), r.lines().join("\n"))?;
         }
         eprintln!(
             "--- status\n{}",

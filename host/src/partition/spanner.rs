@@ -213,7 +213,27 @@ impl SpannerStore {
             .is_some_and(|d| d == "POSTGRESQL"))
     }
 
+    /// [`Self::run_migrations`], again while Spanner refuses the schema change because another
+    /// runner is changing the schema or running a transaction (many runners start at once).
     async fn migrate(&self) -> Result<(), StoreError> {
+        let deadline = tokio::time::Instant::now() + RETRY_FOR;
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.run_migrations().await {
+                Err(StoreError::Spanner { message, .. })
+                    if message.contains("concurrent schema change")
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tracing::debug!(table = %self.table, "schema change busy; retrying");
+                    tokio::time::sleep(delay.mul_f64(0.5 + fastrand::f64())).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn run_migrations(&self) -> Result<(), StoreError> {
         let t = &self.table;
         let statements = vec![
             format!(
