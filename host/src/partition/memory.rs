@@ -393,7 +393,7 @@ mod tests {
             .update_watermarks("r1", &[(old.clone(), w)])
             .await
             .unwrap();
-        assert_eq!(lost, [old.clone()]);
+        assert_eq!(lost, std::slice::from_ref(&old));
         assert!(matches!(
             store.finish("r1", &old, w).await,
             Err(StoreError::LeaseLost { .. })

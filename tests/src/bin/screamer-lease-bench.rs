@@ -153,15 +153,23 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "lease benchmark: {partitions} partitions, {runners} runners, lease {LEASE:?}, rebalancing every {REBALANCE:?}, poll {POLL:?}, checkpoints every {CHECKPOINT:?}"
     );
+    // Each runner has its own client and sessions, as separate processes would.
+    let mut stores = Vec::new();
+    for _ in 0..runners {
+        stores.push(Arc::new(
+            SpannerStore::connect(&db.endpoint(), &db.name, "LeaseBench").await?,
+        ));
+    }
+    let writes = || stores.iter().map(|s| s.writes()).sum::<u64>();
     let t0 = Instant::now();
     let mut handles = Vec::new();
-    for i in 0..runners {
+    for (i, s) in stores.iter().enumerate() {
         let (stop, crash) = (
             Arc::new(AtomicBool::new(false)),
             Arc::new(AtomicBool::new(false)),
         );
         let h = tokio::spawn(runner(
-            store.clone(),
+            s.clone(),
             format!("runner-{i:02}"),
             stop.clone(),
             crash.clone(),
@@ -171,15 +179,15 @@ async fn main() -> anyhow::Result<()> {
     let claimed = until_balanced(&store, partitions, t0).await?;
     println!("all claimed and balanced after {claimed:.1} s");
 
-    let w0 = store.writes();
+    let w0 = writes();
     let steady = Duration::from_secs(30);
     tokio::time::sleep(steady).await;
-    let writes = store.writes() - w0;
+    let written = writes() - w0;
     println!(
-        "steady state: {writes} metadata writes in {steady:?} = {:.0} per minute ({:.1} per runner per minute; {:.3} per partition per minute)",
-        writes as f64 * 60.0 / steady.as_secs_f64(),
-        writes as f64 * 60.0 / steady.as_secs_f64() / runners as f64,
-        writes as f64 * 60.0 / steady.as_secs_f64() / partitions as f64,
+        "steady state: {written} metadata writes in {steady:?} = {:.0} per minute ({:.1} per runner per minute; {:.3} per partition per minute)",
+        written as f64 * 60.0 / steady.as_secs_f64(),
+        written as f64 * 60.0 / steady.as_secs_f64() / runners as f64,
+        written as f64 * 60.0 / steady.as_secs_f64() / partitions as f64,
     );
 
     // Five runners die (no release, no deregistration): their partitions come back after
