@@ -18,8 +18,8 @@ wasmtime::component::bindgen!({
     world: "plugin",
 });
 
-pub use screamer::plugin::log::Level;
-pub use screamer::plugin::types::{
+pub use self::screamer::plugin::log::Level;
+pub use self::screamer::plugin::types::{
     ChangeRecord, ModType, Outcome, PluginInfo, RowChange, Timestamp,
 };
 
@@ -81,9 +81,9 @@ impl WasiView for HostState {
     }
 }
 
-impl screamer::plugin::types::Host for HostState {}
+impl self::screamer::plugin::types::Host for HostState {}
 
-impl screamer::plugin::log::Host for HostState {
+impl self::screamer::plugin::log::Host for HostState {
     fn log(&mut self, level: Level, message: String) {
         let plugin = &*self.tag;
         match level {
