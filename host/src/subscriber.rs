@@ -212,12 +212,15 @@ impl Subscriber {
         rebalance_timer.tick().await;
         let mut failure: Option<SubscribeError> = None;
         let mut want_claim = true;
+        // Set when this runner gave a partition up for an underloaded one: it then claims
+        // one below its share until the next rebalancing, so it does not take it back.
+        let mut yielding = false;
         loop {
             // A store failure (after its own retries) ends the run, but through the drain.
             if alive && want_claim {
                 want_claim = false;
                 if let Err(e) = self
-                    .claim(&mut readers, &mut held, &ctx, &checkpoints)
+                    .claim(&mut readers, &mut held, &ctx, &checkpoints, yielding)
                     .await
                 {
                     failure = Some(e.into());
@@ -275,7 +278,7 @@ impl Subscriber {
                     }
                 }
                 _ = rebalance_timer.tick(), if opts.rebalancing_interval.is_some() => {
-                    self.rebalance(&mut held).await;
+                    yielding = self.rebalance(&mut held).await;
                 }
                 _ = poll_timer.tick() => want_claim = true,
                 Some(joined) = readers.join_next(), if !readers.is_empty() => {
@@ -366,6 +369,7 @@ impl Subscriber {
         held: &mut HashMap<PartitionToken, Held>,
         ctx: &Arc<ReaderContext<C>>,
         checkpoints: &Checkpointer,
+        yielding: bool,
     ) -> Result<(), StoreError> {
         let opts = &self.options;
         let mut room = opts.max_connections.saturating_sub(held.len());
@@ -374,10 +378,10 @@ impl Subscriber {
             // rebalancing.
             let load = self.store.load(opts.lease_duration).await?;
             let keeping = held.values().filter(|h| !h.releasing).count();
-            room = room.min(
-                load.fair_share(opts.max_connections)
-                    .saturating_sub(keeping),
-            );
+            let target = load
+                .fair_share(opts.max_connections)
+                .saturating_sub(usize::from(yielding));
+            room = room.min(target.saturating_sub(keeping));
         }
         if room == 0 {
             return Ok(());
@@ -393,29 +397,35 @@ impl Subscriber {
         Ok(())
     }
 
-    /// Starts draining the partitions above this runner's fair share; they are released
-    /// when their readers stopped.
-    async fn rebalance(&self, held: &mut HashMap<PartitionToken, Held>) {
+    /// Starts draining the partitions above this runner's fair share (or one at the share
+    /// when another runner is two or more below its own); they are released when their
+    /// readers stopped. Returns whether it gave one up for an underloaded runner.
+    async fn rebalance(&self, held: &mut HashMap<PartitionToken, Held>) -> bool {
         let load = match self.store.load(self.options.lease_duration).await {
             Ok(load) => load,
             Err(e) => {
                 tracing::warn!(error = %e, "rebalancing skipped: cannot read the load");
-                return;
+                return false;
             }
         };
         let fair = load.fair_share(self.options.max_connections);
         let keeping: Vec<&mut Held> = held.values_mut().filter(|h| !h.releasing).collect();
-        let excess = keeping.len().saturating_sub(fair);
+        let mut excess = keeping.len().saturating_sub(fair);
+        let yielding = excess == 0 && fair > 0 && keeping.len() == fair && load.underloaded();
+        if yielding {
+            excess = 1;
+        }
         if excess == 0 {
-            return;
+            return false;
         }
         tracing::info!(runner = %self.options.runner_id, held = keeping.len(), fair,
             live_runners = load.live_runners(), partitions = load.active_partitions,
-            releasing = excess, "rebalancing");
+            releasing = excess, for_underloaded = yielding, "rebalancing");
         for h in keeping.into_iter().take(excess) {
             h.releasing = true;
             h.drain.cancel();
         }
+        yielding
     }
 
     /// Writes a released partition's last watermark and gives its lease up.

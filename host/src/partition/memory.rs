@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::{
     Claim, Lease, Load, NewPartition, PartitionMetadata, PartitionState, PartitionStatus,
-    PartitionStore, PartitionToken, RunnerStatus, StoreError, StoreStatus,
+    PartitionStore, PartitionToken, RunnerLoad, RunnerStatus, StoreError, StoreStatus,
 };
 use crate::timestamp::Timestamp;
 
@@ -253,11 +253,23 @@ impl PartitionStore for MemoryStore {
     async fn load(&self, lease_duration: Duration) -> Result<Load, StoreError> {
         let s = self.state.lock().expect("memory store lock");
         Ok(Load {
-            capacities: s
+            runners: s
                 .runners
-                .values()
-                .filter(|(at, _, _)| at.elapsed() < lease_duration)
-                .map(|(_, _, c)| *c)
+                .iter()
+                .filter(|(_, (at, _, _))| at.elapsed() < lease_duration)
+                .map(|(id, (_, _, capacity))| RunnerLoad {
+                    capacity: *capacity,
+                    held: s
+                        .leases
+                        .iter()
+                        .filter(|(t, (o, _))| {
+                            o.as_deref() == Some(id.as_str())
+                                && s.rows
+                                    .get(*t)
+                                    .is_some_and(|p| p.state != PartitionState::Finished)
+                        })
+                        .count(),
+                })
                 .collect(),
             active_partitions: s
                 .rows
@@ -422,7 +434,10 @@ mod tests {
     #[test]
     fn fair_shares_round_up_and_respect_capacities() {
         let load = |caps: &[usize], p| Load {
-            capacities: caps.to_vec(),
+            runners: caps
+                .iter()
+                .map(|&capacity| RunnerLoad { capacity, held: 0 })
+                .collect(),
             active_partitions: p,
         };
         assert_eq!(load(&[400, 400, 400], 10).fair_share(400), 4);
@@ -432,5 +447,24 @@ mod tests {
         assert_eq!(load(&[1, 400, 400], 6).fair_share(400), 3);
         assert_eq!(load(&[1, 400, 400], 6).fair_share(1), 1);
         assert_eq!(load(&[1, 1], 6).fair_share(1), 1);
+    }
+
+    #[test]
+    fn underloaded_means_two_below_the_share() {
+        let load = |held: &[(usize, usize)], p| Load {
+            runners: held
+                .iter()
+                .map(|&(capacity, held)| RunnerLoad { capacity, held })
+                .collect(),
+            active_partitions: p,
+        };
+        // 200 partitions over 15 runners: share 14; a runner at 10 is underloaded.
+        let mut spread = vec![(400, 14); 10];
+        spread.extend([(400, 13); 4]);
+        spread.push((400, 10));
+        assert!(load(&spread, 200).underloaded());
+        assert!(!load(&[(400, 14), (400, 13)], 27).underloaded());
+        // A runner at its capacity is not underloaded, whatever the others hold.
+        assert!(!load(&[(1, 1), (400, 5), (400, 5)], 11).underloaded());
     }
 }

@@ -169,24 +169,40 @@ pub struct Claim {
     pub lease: Lease,
 }
 
-/// The live runners' capacities (`--max-connections`) and how many partitions there are
-/// to read: what rebalancing and claiming divide.
+/// One live runner's capacity (`--max-connections`) and how many partitions it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RunnerLoad {
+    pub capacity: usize,
+    pub held: usize,
+}
+
+/// The live runners and how many partitions there are to read: what rebalancing and
+/// claiming divide.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Load {
-    pub capacities: Vec<usize>,
+    pub runners: Vec<RunnerLoad>,
     pub active_partitions: usize,
 }
 
 impl Load {
     pub fn live_runners(&self) -> usize {
-        self.capacities.len()
+        self.runners.len()
+    }
+
+    /// Whether some live runner holds two or more below its fair share: then a runner at
+    /// its share gives one partition up, or the spread would never shrink to one (nobody is
+    /// above the rounded-up share to give).
+    pub fn underloaded(&self) -> bool {
+        self.runners
+            .iter()
+            .any(|r| r.held + 2 <= self.fair_share(r.capacity))
     }
 
     /// The most partitions a runner of `capacity` should hold: partitions spread as evenly
     /// as the capacities allow (runners that cannot take an even share take what they can,
     /// the others share the rest), rounded up.
     pub fn fair_share(&self, capacity: usize) -> usize {
-        let mut caps = self.capacities.clone();
+        let mut caps: Vec<usize> = self.runners.iter().map(|r| r.capacity).collect();
         caps.sort_unstable();
         let (mut left, mut n) = (self.active_partitions, caps.len());
         for c in caps {

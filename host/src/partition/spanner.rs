@@ -27,7 +27,7 @@ use time::OffsetDateTime;
 
 use super::{
     Claim, Lease, Load, NewPartition, PartitionMetadata, PartitionState, PartitionStatus,
-    PartitionStore, PartitionToken, RunnerStatus, StoreError, StoreStatus,
+    PartitionStore, PartitionToken, RunnerLoad, RunnerStatus, StoreError, StoreStatus,
 };
 use crate::dsn::DatabaseName;
 use crate::source::{Endpoint, is_transient_status};
@@ -835,21 +835,25 @@ impl PartitionStore for SpannerStore {
     }
 
     async fn load(&self, lease_duration: Duration) -> Result<Load, StoreError> {
-        let capacities = self
+        let runners = self
             .query(Statement::new(format!(
-                "SELECT MaxConnections FROM {r} WHERE HeartbeatAt >= \
+                "SELECT r.MaxConnections, (SELECT COUNT(*) FROM {l} AS l WHERE l.Owner = r.RunnerId) \
+                 FROM {r} AS r WHERE r.HeartbeatAt >= \
                    TIMESTAMP_SUB(CURRENT_TIMESTAMP(), INTERVAL {ms} MILLISECOND)",
                 r = self.runners,
+                l = self.leases,
                 ms = lease_duration.as_millis(),
             )))
             .await?
             .iter()
-            .map(|r| {
-                r.column::<i64>(0)
-                    .map(|c| c.max(0) as usize)
-                    .map_err(|e| self.corrupt(e))
+            .map(|row| {
+                let c = |e| self.corrupt(e);
+                Ok(RunnerLoad {
+                    capacity: row.column::<i64>(0).map_err(c)?.max(0) as usize,
+                    held: row.column::<i64>(1).map_err(c)?.max(0) as usize,
+                })
             })
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, StoreError>>()?;
         let rows = self
             .query(Statement::new(format!(
                 "SELECT COUNT(*) FROM {t} AS p WHERE {active}",
@@ -858,7 +862,7 @@ impl PartitionStore for SpannerStore {
             )))
             .await?;
         Ok(Load {
-            capacities,
+            runners,
             active_partitions: self.count(&rows, 0)?,
         })
     }

@@ -51,12 +51,14 @@ async fn runner(
     let mut rebalance = tokio::time::interval(REBALANCE);
     let mut checkpoint = tokio::time::interval(CHECKPOINT);
     let started = Timestamp::now();
+    let mut yielding = false;
     while !stop.load(Ordering::Relaxed) {
         tokio::select! {
             _ = poll.tick() => {
                 let Ok(load) = store.load(LEASE).await else { continue };
                 let mut h = held.lock().await;
-                let room = load.fair_share(CAPACITY).saturating_sub(h.len());
+                let target = load.fair_share(CAPACITY).saturating_sub(usize::from(yielding));
+                let room = target.saturating_sub(h.len());
                 if room > 0
                     && let Ok(claims) = store.claim(&id, room, LEASE).await
                 {
@@ -67,8 +69,12 @@ async fn runner(
                 let Ok(load) = store.load(LEASE).await else { continue };
                 let mut h = held.lock().await;
                 let fair = load.fair_share(CAPACITY);
-                if h.len() > fair {
-                    let excess: Vec<Lease> = h.split_off(fair);
+                // The subscriber's rule: above the share, give the excess up; at the share,
+                // give one up while another runner is two or more below its own.
+                yielding = h.len() == fair && fair > 0 && load.underloaded();
+                let keep = if yielding { fair - 1 } else { fair };
+                if h.len() > keep {
+                    let excess: Vec<Lease> = h.split_off(keep);
                     let _ = store.release(&id, &excess).await;
                 }
             }
@@ -91,11 +97,12 @@ async fn runner(
     }
 }
 
-/// Seconds until every partition has a live owner and every live runner is within one of
-/// its fair share.
+/// Seconds until exactly `live_runners` runners are alive, every partition has a live owner
+/// and every live runner is within one of its fair share.
 async fn until_balanced(
     store: &SpannerStore,
     partitions: usize,
+    live_runners: usize,
     since: Instant,
 ) -> anyhow::Result<f64> {
     loop {
@@ -113,7 +120,7 @@ async fn until_balanced(
                     .is_none_or(|o| !live.iter().any(|r| &r.runner_id == o))
             })
             .count();
-        if owned >= partitions && orphaned == 0 && balanced {
+        if live.len() == live_runners && owned >= partitions && orphaned == 0 && balanced {
             return Ok(since.elapsed().as_secs_f64());
         }
         if since.elapsed() > Duration::from_secs(600) {
@@ -176,7 +183,7 @@ async fn main() -> anyhow::Result<()> {
         ));
         handles.push((stop, crash, h));
     }
-    let claimed = until_balanced(&store, partitions, t0).await?;
+    let claimed = until_balanced(&store, partitions, runners, t0).await?;
     println!("all claimed and balanced after {claimed:.1} s");
 
     let w0 = writes();
@@ -197,7 +204,7 @@ async fn main() -> anyhow::Result<()> {
         crash.store(true, Ordering::Relaxed);
         stop.store(true, Ordering::Relaxed);
     }
-    let recovered = until_balanced(&store, partitions, t1).await?;
+    let recovered = until_balanced(&store, partitions, runners - 5, t1).await?;
     println!(
         "5 runners removed: every partition owned and balanced again after {recovered:.1} s (lease {LEASE:?})"
     );
