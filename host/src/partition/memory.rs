@@ -68,10 +68,11 @@ impl State {
         })
     }
 
-    fn claimable(&self, p: &PartitionMetadata, lease_duration: Duration) -> bool {
+    fn claimable(&self, runner: &str, p: &PartitionMetadata, lease_duration: Duration) -> bool {
+        // Never our own (see `SpannerStore::claim`).
         let free = match self.leases.get(&p.token) {
             None | Some((None, _)) => true,
-            Some((Some(owner), _)) => !self.alive(owner, lease_duration),
+            Some((Some(owner), _)) => owner != runner && !self.alive(owner, lease_duration),
         };
         free && match p.state {
             PartitionState::Created => self.parents_finished(p),
@@ -157,7 +158,7 @@ impl PartitionStore for MemoryStore {
             let mut candidates: Vec<PartitionMetadata> = s
                 .rows
                 .values()
-                .filter(|p| s.claimable(p, lease_duration))
+                .filter(|p| s.claimable(runner, p, lease_duration))
                 .cloned()
                 .collect();
             candidates.sort_by_key(|p| p.start);

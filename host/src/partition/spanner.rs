@@ -609,7 +609,14 @@ impl PartitionStore for SpannerStore {
             l = self.leases,
             r = self.runners
         );
-        let free = Self::free_lease_sql(lease_duration);
+        // Never our own partitions: if Spanner sees our heartbeat as late while we still
+        // read them, re-claiming would fence our own readers and orphan the partitions.
+        // (A crashed predecessor's leases were reset at start; a lapse releases them.)
+        let free = format!(
+            "{} AND (l.Owner IS NULL OR l.Owner != '{}')",
+            Self::free_lease_sql(lease_duration),
+            runner.replace('\'', "\\'")
+        );
         // Candidates first (a plain read), then the claim itself in a transaction that checks
         // them again: other runners claim at the same time.
         let candidates = self
