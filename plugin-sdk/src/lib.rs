@@ -117,6 +117,18 @@ fn parse_object(text: &str, what: &str) -> Result<Map<String, Value>, JsonError>
     serde_json::from_str(text).map_err(|e| format!("{what} is not a JSON object: {e}"))
 }
 
+impl ModType {
+    /// Parses `INSERT`, `UPDATE` or `DELETE` (any case), for plugin configurations.
+    pub fn parse(name: &str) -> Result<Self, String> {
+        match name.to_ascii_uppercase().as_str() {
+            "INSERT" => Ok(ModType::Insert),
+            "UPDATE" => Ok(ModType::Update),
+            "DELETE" => Ok(ModType::Delete),
+            _ => Err(format!("{name:?} is not INSERT, UPDATE or DELETE")),
+        }
+    }
+}
+
 impl Record {
     /// An empty record of `table` (for tests and for records a plugin makes up).
     pub fn new(table: &str, mod_type: ModType) -> Self {

@@ -74,11 +74,30 @@ impl State {
             None | Some((None, _)) => true,
             Some((Some(owner), _)) => owner != runner && !self.alive(owner, lease_duration),
         };
-        free && match p.state {
+        free && self.active(p)
+    }
+
+    /// A partition someone should be reading: ready, or scheduled or running.
+    fn active(&self, p: &PartitionMetadata) -> bool {
+        match p.state {
             PartitionState::Created => self.parents_finished(p),
             PartitionState::Scheduled | PartitionState::Running => true,
             PartitionState::Finished => false,
         }
+    }
+
+    /// Unfinished partitions whose lease `runner` holds.
+    fn held_by(&self, runner: &str) -> usize {
+        self.leases
+            .iter()
+            .filter(|(t, (o, _))| {
+                o.as_deref() == Some(runner)
+                    && self
+                        .rows
+                        .get(*t)
+                        .is_some_and(|p| p.state != PartitionState::Finished)
+            })
+            .count()
     }
 }
 
@@ -260,27 +279,10 @@ impl PartitionStore for MemoryStore {
                 .filter(|(_, (at, _, _))| at.elapsed() < lease_duration)
                 .map(|(id, (_, _, capacity))| RunnerLoad {
                     capacity: *capacity,
-                    held: s
-                        .leases
-                        .iter()
-                        .filter(|(t, (o, _))| {
-                            o.as_deref() == Some(id.as_str())
-                                && s.rows
-                                    .get(*t)
-                                    .is_some_and(|p| p.state != PartitionState::Finished)
-                        })
-                        .count(),
+                    held: s.held_by(id),
                 })
                 .collect(),
-            active_partitions: s
-                .rows
-                .values()
-                .filter(|p| match p.state {
-                    PartitionState::Created => s.parents_finished(p),
-                    PartitionState::Scheduled | PartitionState::Running => true,
-                    PartitionState::Finished => false,
-                })
-                .count(),
+            active_partitions: s.rows.values().filter(|p| s.active(p)).count(),
         })
     }
 
@@ -302,16 +304,7 @@ impl PartitionStore for MemoryStore {
                 runner_id: id.clone(),
                 heartbeat_at: *wall,
                 alive: at.elapsed() < lease_duration,
-                partitions: s
-                    .leases
-                    .iter()
-                    .filter(|(t, (o, _))| {
-                        o.as_deref() == Some(id.as_str())
-                            && s.rows
-                                .get(*t)
-                                .is_some_and(|p| p.state != PartitionState::Finished)
-                    })
-                    .count(),
+                partitions: s.held_by(id),
             })
             .collect();
         runners.sort_by(|a, b| a.runner_id.cmp(&b.runner_id));

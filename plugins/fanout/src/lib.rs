@@ -42,14 +42,7 @@ impl Plugin for Fanout {
         let mod_types = config
             .mod_types
             .iter()
-            .map(|m| match m.to_ascii_uppercase().as_str() {
-                "INSERT" => Ok(ModType::Insert),
-                "UPDATE" => Ok(ModType::Update),
-                "DELETE" => Ok(ModType::Delete),
-                other => Err(format!(
-                    "mod_types: {other:?} is not INSERT, UPDATE or DELETE"
-                )),
-            })
+            .map(|m| ModType::parse(m).map_err(|e| format!("mod_types: {e}")))
             .collect::<Result<_, _>>()?;
         Ok(Fanout { config, mod_types })
     }

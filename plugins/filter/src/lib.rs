@@ -32,14 +32,7 @@ impl Plugin for Filter {
         let mod_types = config
             .mod_types
             .iter()
-            .map(|m| match m.to_ascii_uppercase().as_str() {
-                "INSERT" => Ok(ModType::Insert),
-                "UPDATE" => Ok(ModType::Update),
-                "DELETE" => Ok(ModType::Delete),
-                other => Err(format!(
-                    "mod_types: {other:?} is not INSERT, UPDATE or DELETE"
-                )),
-            })
+            .map(|m| ModType::parse(m).map_err(|e| format!("mod_types: {e}")))
             .collect::<Result<_, _>>()?;
         Ok(Filter {
             tables: config.tables,
