@@ -4,6 +4,10 @@
 //! poll, release the excess every rebalancing interval, write its watermarks every second —
 //! so what is measured is the store and the protocol. Results: BENCHMARKS.md.
 //!
+//! The claim and rebalancing rules below mirror `Subscriber::claim` and
+//! `Subscriber::rebalance` (a runner without readers cannot use them directly): change them
+//! together.
+//!
 //! Run: `cargo build --release -p screamer-tests --bin screamer-lease-bench &&
 //! target/release/screamer-lease-bench` (`BENCH_PARTITIONS`, `BENCH_RUNNERS`).
 
