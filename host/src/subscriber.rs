@@ -24,7 +24,8 @@ use tokio_util::sync::CancellationToken;
 use crate::checkpoint::Checkpointer;
 use crate::consumer::Consumer;
 use crate::partition::{
-    Claim, Lease, NewPartition, PartitionMetadata, PartitionStore, PartitionToken, StoreError,
+    CLAIM_BATCH, Claim, Lease, NewPartition, PartitionMetadata, PartitionStore, PartitionToken,
+    StoreError,
 };
 use crate::reader::{self, ReaderContext, ReaderError, ReaderOutcome};
 use crate::source::SpannerSource;
@@ -205,6 +206,7 @@ impl Subscriber {
         let mut checkpoint_timer = tokio::time::interval(opts.checkpoint_interval);
         let mut poll_timer = tokio::time::interval(opts.poll_interval);
         let mut liveness_timer = tokio::time::interval(opts.lease_duration / 3);
+        let mut strays_timer = tokio::time::interval(opts.lease_duration);
         let mut rebalance_timer = tokio::time::interval(
             opts.rebalancing_interval
                 .unwrap_or(Duration::from_secs(3600)),
@@ -218,13 +220,15 @@ impl Subscriber {
         loop {
             // A store failure (after its own retries) ends the run, but through the drain.
             if alive && want_claim {
-                want_claim = false;
-                if let Err(e) = self
+                match self
                     .claim(&mut readers, &mut held, &ctx, &checkpoints, yielding)
                     .await
                 {
-                    failure = Some(e.into());
-                    break;
+                    Ok(more) => want_claim = more,
+                    Err(e) => {
+                        failure = Some(e.into());
+                        break;
+                    }
                 }
             }
             if opts.end.is_some() && held.is_empty() {
@@ -271,6 +275,7 @@ impl Subscriber {
                         want_claim = true;
                     }
                 }
+                _ = strays_timer.tick(), if alive => self.release_strays(&held).await,
                 _ = checkpoint_timer.tick() => {
                     match checkpoints.flush().await {
                         Ok(lost) => summary.partitions_lost += lose(&mut held, &lost),
@@ -281,6 +286,8 @@ impl Subscriber {
                     yielding = self.rebalance(&mut held).await;
                 }
                 _ = poll_timer.tick() => want_claim = true,
+                // A full batch was claimed and there is room for more: claim again now.
+                _ = std::future::ready(()), if want_claim && alive => {}
                 Some(joined) = readers.join_next(), if !readers.is_empty() => {
                     let (lease, result) = joined.expect("reader task panicked");
                     want_claim = true;
@@ -362,7 +369,8 @@ impl Subscriber {
     }
 
     /// Claims partitions while this runner has room (with rebalancing: up to its fair
-    /// share), and starts their readers.
+    /// share), and starts their readers. Returns whether to claim again at once (a full
+    /// batch came back and there is room for more).
     async fn claim<C: Consumer>(
         &self,
         readers: &mut Readers,
@@ -370,7 +378,7 @@ impl Subscriber {
         ctx: &Arc<ReaderContext<C>>,
         checkpoints: &Checkpointer,
         yielding: bool,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let opts = &self.options;
         let mut room = opts.max_connections.saturating_sub(held.len());
         if opts.rebalancing_interval.is_some() && room > 0 {
@@ -381,20 +389,24 @@ impl Subscriber {
             let target = load
                 .fair_share(opts.max_connections)
                 .saturating_sub(usize::from(yielding));
-            room = room.min(target.saturating_sub(keeping));
+            // Nothing without a live owner: skip the claim's scan of the table.
+            room = room
+                .min(target.saturating_sub(keeping))
+                .min(load.unowned_partitions);
         }
         if room == 0 {
-            return Ok(());
+            return Ok(false);
         }
         let claims = self
             .store
             .claim(&opts.runner_id, room, opts.lease_duration)
             .await?;
+        let more = claims.len() == CLAIM_BATCH && room > CLAIM_BATCH;
         for Claim { partition, lease } in claims {
             checkpoints.hold(&lease, partition.watermark);
             spawn(readers, held, ctx, partition, lease);
         }
-        Ok(())
+        Ok(more)
     }
 
     /// Starts draining the partitions above this runner's fair share (or one at the share
@@ -426,6 +438,35 @@ impl Subscriber {
             h.drain.cancel();
         }
         yielding
+    }
+
+    /// Releases the leases the store says this runner holds but it does not read: a release
+    /// or claim that committed while its caller saw an error (a timeout, then a retry that
+    /// found nothing) leaves such leases, which a live runner would otherwise keep unread
+    /// forever. Runs between claims, so `held` is complete.
+    async fn release_strays(&self, held: &HashMap<PartitionToken, Held>) {
+        let runner = &self.options.runner_id;
+        let strays: Vec<Lease> = match self.store.owned(runner).await {
+            Ok(owned) => owned
+                .into_iter()
+                .filter(|l| held.get(&l.token).is_none_or(|h| h.lease != *l))
+                .collect(),
+            Err(e) => {
+                tracing::warn!(runner, error = %e, "cannot list this runner's leases");
+                return;
+            }
+        };
+        if strays.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            runner,
+            partitions = strays.len(),
+            "releasing leases this runner holds without reading them"
+        );
+        if let Err(e) = self.store.release(runner, &strays).await {
+            tracing::warn!(runner, error = %e, "could not release stray leases; retrying later");
+        }
     }
 
     /// Writes a released partition's last watermark and gives its lease up.

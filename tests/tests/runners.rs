@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
+
 use screamer::Timestamp;
 use screamer_tests::items::{assert_ordered_per_partition, counts, expected, mods, write};
 use screamer_tests::libc::{SIGCONT, SIGINT, SIGKILL, SIGSTOP};
@@ -276,7 +278,8 @@ async fn a_graceful_stop_hands_over_at_once_and_repeats_nothing() -> anyhow::Res
     eventually(Duration::from_secs(60), "r1 delivering", async || {
         (r1.line_count() >= 100).then_some(())
     })
-    .await?;
+    .await
+    .with_context(|| format!("r1: {}\nr2: {}", r1.stderr(), r2.stderr()))?;
     r1.signal(SIGINT)?;
     assert_eq!(
         r1.wait(Duration::from_secs(30)).await?.code(),

@@ -9,8 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::{
-    Claim, Lease, Load, NewPartition, PartitionMetadata, PartitionState, PartitionStatus,
-    PartitionStore, PartitionToken, RunnerLoad, RunnerStatus, StoreError, StoreStatus,
+    CLAIM_BATCH, Claim, Lease, Load, NewPartition, PartitionMetadata, PartitionState,
+    PartitionStatus, PartitionStore, PartitionToken, RunnerLoad, RunnerStatus, StoreError,
+    StoreStatus,
 };
 use crate::timestamp::Timestamp;
 
@@ -68,13 +69,15 @@ impl State {
         })
     }
 
+    /// Whether a live runner holds `p`'s lease.
+    fn owned(&self, p: &PartitionMetadata, lease_duration: Duration) -> bool {
+        matches!(self.leases.get(&p.token), Some((Some(owner), _)) if self.alive(owner, lease_duration))
+    }
+
     fn claimable(&self, runner: &str, p: &PartitionMetadata, lease_duration: Duration) -> bool {
         // Never our own (see `SpannerStore::claim`).
-        let free = match self.leases.get(&p.token) {
-            None | Some((None, _)) => true,
-            Some((Some(owner), _)) => owner != runner && !self.alive(owner, lease_duration),
-        };
-        free && self.active(p)
+        let ours = matches!(self.leases.get(&p.token), Some((Some(owner), _)) if owner == runner);
+        !ours && !self.owned(p, lease_duration) && self.active(p)
     }
 
     /// A partition someone should be reading: ready, or scheduled or running.
@@ -87,17 +90,17 @@ impl State {
     }
 
     /// Unfinished partitions whose lease `runner` holds.
-    fn held_by(&self, runner: &str) -> usize {
-        self.leases
-            .iter()
-            .filter(|(t, (o, _))| {
-                o.as_deref() == Some(runner)
-                    && self
-                        .rows
-                        .get(*t)
-                        .is_some_and(|p| p.state != PartitionState::Finished)
+    fn held_by(&self, runner: &str) -> impl Iterator<Item = Lease> {
+        self.leases.iter().filter_map(move |(t, (o, epoch))| {
+            let unfinished = self
+                .rows
+                .get(t)
+                .is_some_and(|p| p.state != PartitionState::Finished);
+            (o.as_deref() == Some(runner) && unfinished).then(|| Lease {
+                token: t.clone(),
+                epoch: *epoch,
             })
-            .count()
+        })
     }
 }
 
@@ -181,7 +184,7 @@ impl PartitionStore for MemoryStore {
                 .cloned()
                 .collect();
             candidates.sort_by_key(|p| p.start);
-            candidates.truncate(room);
+            candidates.truncate(room.min(CLAIM_BATCH));
             let mut claims = Vec::with_capacity(candidates.len());
             for mut p in candidates {
                 let epoch = s.leases.get(&p.token).map_or(0, |(_, e)| *e) + 1;
@@ -270,6 +273,11 @@ impl PartitionStore for MemoryStore {
         })
     }
 
+    async fn owned(&self, runner: &str) -> Result<Vec<Lease>, StoreError> {
+        let s = self.state.lock().expect("memory store lock");
+        Ok(s.held_by(runner).collect())
+    }
+
     async fn load(&self, lease_duration: Duration) -> Result<Load, StoreError> {
         let s = self.state.lock().expect("memory store lock");
         Ok(Load {
@@ -279,10 +287,15 @@ impl PartitionStore for MemoryStore {
                 .filter(|(_, (at, _, _))| at.elapsed() < lease_duration)
                 .map(|(id, (_, _, capacity))| RunnerLoad {
                     capacity: *capacity,
-                    held: s.held_by(id),
+                    held: s.held_by(id).count(),
                 })
                 .collect(),
             active_partitions: s.rows.values().filter(|p| s.active(p)).count(),
+            unowned_partitions: s
+                .rows
+                .values()
+                .filter(|p| s.active(p) && !s.owned(p, lease_duration))
+                .count(),
         })
     }
 
@@ -304,7 +317,7 @@ impl PartitionStore for MemoryStore {
                 runner_id: id.clone(),
                 heartbeat_at: *wall,
                 alive: at.elapsed() < lease_duration,
-                partitions: s.held_by(id),
+                partitions: s.held_by(id).count(),
             })
             .collect();
         runners.sort_by(|a, b| a.runner_id.cmp(&b.runner_id));
@@ -330,135 +343,5 @@ impl PartitionStore for MemoryStore {
 
     fn writes(&self) -> u64 {
         self.writes.load(Ordering::Relaxed)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const LEASE: Duration = Duration::from_secs(30);
-
-    fn new(token: &str, parents: &[&str]) -> NewPartition {
-        NewPartition {
-            token: token.into(),
-            parents: parents.iter().map(|p| PartitionToken::from(*p)).collect(),
-            start: "2026-01-01T00:00:00Z".parse().unwrap(),
-            end: None,
-            heartbeat_millis: 1000,
-        }
-    }
-
-    fn tokens(claims: &[Claim]) -> Vec<&str> {
-        claims.iter().map(|c| c.lease.token.as_str()).collect()
-    }
-
-    #[tokio::test]
-    async fn a_merged_child_waits_for_every_parent() {
-        let store = MemoryStore::new();
-        store.heartbeat("r", 10).await.unwrap();
-        assert!(store.seed(new("a", &[])).await.unwrap());
-        store.add_children(&[new("b", &[])]).await.unwrap();
-        let child = new("c", &["a", "b"]);
-        // Both parents announce the merged child; it is inserted once.
-        assert_eq!(
-            store
-                .add_children(std::slice::from_ref(&child))
-                .await
-                .unwrap(),
-            1
-        );
-        assert_eq!(store.add_children(&[child]).await.unwrap(), 0);
-        let claims = store.claim("r", 10, LEASE).await.unwrap();
-        assert_eq!(tokens(&claims), ["a", "b"]);
-        let w = "2026-01-01T00:00:01Z".parse().unwrap();
-        store.finish("r", &claims[0].lease, w).await.unwrap();
-        assert!(store.claim("r", 10, LEASE).await.unwrap().is_empty());
-        store.finish("r", &claims[1].lease, w).await.unwrap();
-        assert_eq!(tokens(&store.claim("r", 10, LEASE).await.unwrap()), ["c"]);
-        assert!(store.claim("r", 10, LEASE).await.unwrap().is_empty());
-    }
-
-    #[tokio::test]
-    async fn writes_are_fenced_by_owner_and_epoch() {
-        let store = MemoryStore::new();
-        store.seed(new("a", &[])).await.unwrap();
-        store.heartbeat("r1", 10).await.unwrap();
-        let old = store.claim("r1", 1, LEASE).await.unwrap().remove(0).lease;
-        // r1 stops heartbeating: with a zero lease duration it is dead at once.
-        store.heartbeat("r2", 10).await.unwrap();
-        let new_lease = store
-            .claim("r2", 1, Duration::ZERO)
-            .await
-            .unwrap()
-            .remove(0)
-            .lease;
-        assert_eq!(new_lease.epoch, old.epoch + 1);
-        let w = "2026-01-01T00:00:05Z".parse().unwrap();
-        let lost = store
-            .update_watermarks("r1", &[(old.clone(), w)])
-            .await
-            .unwrap();
-        assert_eq!(lost, std::slice::from_ref(&old));
-        assert!(matches!(
-            store.finish("r1", &old, w).await,
-            Err(StoreError::LeaseLost { .. })
-        ));
-        assert_eq!(store.snapshot()[0].state, PartitionState::Scheduled);
-        assert!(
-            store
-                .update_watermarks("r2", &[(new_lease.clone(), w)])
-                .await
-                .unwrap()
-                .is_empty()
-        );
-        assert_eq!(store.snapshot()[0].watermark, w);
-        // A released partition is claimable again at once.
-        store.release("r2", &[new_lease]).await.unwrap();
-        assert_eq!(store.claim("r1", 1, LEASE).await.unwrap().len(), 1);
-    }
-
-    #[tokio::test]
-    async fn seed_only_fills_an_empty_store() {
-        let store = MemoryStore::new();
-        assert!(store.seed(new("Parent0", &[])).await.unwrap());
-        assert!(!store.seed(new("Parent0", &[])).await.unwrap());
-    }
-
-    #[test]
-    fn fair_shares_round_up_and_respect_capacities() {
-        let load = |caps: &[usize], p| Load {
-            runners: caps
-                .iter()
-                .map(|&capacity| RunnerLoad { capacity, held: 0 })
-                .collect(),
-            active_partitions: p,
-        };
-        assert_eq!(load(&[400, 400, 400], 10).fair_share(400), 4);
-        assert_eq!(load(&[400, 400, 400], 9).fair_share(400), 3);
-        assert_eq!(load(&[], 5).fair_share(400), 5);
-        // A runner limited to one partition takes one; the others share the rest.
-        assert_eq!(load(&[1, 400, 400], 6).fair_share(400), 3);
-        assert_eq!(load(&[1, 400, 400], 6).fair_share(1), 1);
-        assert_eq!(load(&[1, 1], 6).fair_share(1), 1);
-    }
-
-    #[test]
-    fn underloaded_means_two_below_the_share() {
-        let load = |held: &[(usize, usize)], p| Load {
-            runners: held
-                .iter()
-                .map(|&(capacity, held)| RunnerLoad { capacity, held })
-                .collect(),
-            active_partitions: p,
-        };
-        // 200 partitions over 15 runners: share 14; a runner at 10 is underloaded.
-        let mut spread = vec![(400, 14); 10];
-        spread.extend([(400, 13); 4]);
-        spread.push((400, 10));
-        assert!(load(&spread, 200).underloaded());
-        assert!(!load(&[(400, 14), (400, 13)], 27).underloaded());
-        // A runner at its capacity is not underloaded, whatever the others hold.
-        assert!(!load(&[(1, 1), (400, 5), (400, 5)], 11).underloaded());
     }
 }

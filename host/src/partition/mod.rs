@@ -182,6 +182,8 @@ pub struct RunnerLoad {
 pub struct Load {
     pub runners: Vec<RunnerLoad>,
     pub active_partitions: usize,
+    /// Active partitions without a live owner: what claims can take now.
+    pub unowned_partitions: usize,
 }
 
 impl Load {
@@ -264,6 +266,12 @@ pub enum StoreError {
     Corrupt { table: String, message: String },
 }
 
+/// The most partitions one [`PartitionStore::claim`] call takes. A transaction's size is
+/// bounded (Spanner counts 7 mutations per claimed partition against its 80,000 per commit),
+/// and a long claim holds locks that heartbeats and checkpoints wait for: on the emulator a
+/// claim of 4,500 partitions starved other runners' heartbeats past a 30 s lease.
+pub const CLAIM_BATCH: usize = 100;
+
 /// Persists the partition lifecycle and the runners' leases. Implementations:
 /// [`SpannerStore`] (Beam-compatible table plus registry and lease tables, shared by many
 /// runners) and [`MemoryStore`] (one process, no resume).
@@ -295,7 +303,9 @@ pub trait PartitionStore: Send + Sync + 'static {
     /// Claims up to `room` partitions for `runner`, atomically: CREATED ones whose parents are
     /// all FINISHED (they become SCHEDULED) and unfinished ones without a live owner (their
     /// owner released them, or stopped heartbeating for `lease_duration`). Each claim bumps
-    /// the partition's epoch. Oldest start first.
+    /// the partition's epoch. Oldest start first. A store may claim at most
+    /// [`CLAIM_BATCH`] per call (one transaction stays short): call again while a call
+    /// returns that many.
     async fn claim(
         &self,
         runner: &str,
@@ -329,6 +339,11 @@ pub trait PartitionStore: Send + Sync + 'static {
     /// Gives leases up so other runners can claim the partitions at once.
     async fn release(&self, runner: &str, leases: &[Lease]) -> Result<(), StoreError>;
 
+    /// The leases the store says `runner` holds. A runner compares them with what it reads
+    /// and releases the strays: a release or claim whose commit succeeded but whose answer
+    /// was lost (timeout, retry) leaves leases owned by a live runner that reads nothing.
+    async fn owned(&self, runner: &str) -> Result<Vec<Lease>, StoreError>;
+
     /// Live runners and partitions to read, for rebalancing.
     async fn load(&self, lease_duration: std::time::Duration) -> Result<Load, StoreError>;
 
@@ -340,4 +355,48 @@ pub trait PartitionStore: Send + Sync + 'static {
 
     /// Metadata writes committed so far by this store (to show they are coalesced).
     fn writes(&self) -> u64;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fair_shares_round_up_and_respect_capacities() {
+        let load = |caps: &[usize], p| Load {
+            runners: caps
+                .iter()
+                .map(|&capacity| RunnerLoad { capacity, held: 0 })
+                .collect(),
+            active_partitions: p,
+            ..Load::default()
+        };
+        assert_eq!(load(&[400, 400, 400], 10).fair_share(400), 4);
+        assert_eq!(load(&[400, 400, 400], 9).fair_share(400), 3);
+        assert_eq!(load(&[], 5).fair_share(400), 5);
+        // A runner limited to one partition takes one; the others share the rest.
+        assert_eq!(load(&[1, 400, 400], 6).fair_share(400), 3);
+        assert_eq!(load(&[1, 400, 400], 6).fair_share(1), 1);
+        assert_eq!(load(&[1, 1], 6).fair_share(1), 1);
+    }
+
+    #[test]
+    fn underloaded_means_two_below_the_share() {
+        let load = |held: &[(usize, usize)], p| Load {
+            runners: held
+                .iter()
+                .map(|&(capacity, held)| RunnerLoad { capacity, held })
+                .collect(),
+            active_partitions: p,
+            ..Load::default()
+        };
+        // 200 partitions over 15 runners: share 14; a runner at 10 is underloaded.
+        let mut spread = vec![(400, 14); 10];
+        spread.extend([(400, 13); 4]);
+        spread.push((400, 10));
+        assert!(load(&spread, 200).underloaded());
+        assert!(!load(&[(400, 14), (400, 13)], 27).underloaded());
+        // A runner at its capacity is not underloaded, whatever the others hold.
+        assert!(!load(&[(1, 1), (400, 5), (400, 5)], 11).underloaded());
+    }
 }
