@@ -62,6 +62,12 @@ const SCHEMA: &[(&str, &str)] = &[
 const ACTIVE: &str = "(p.State IN ('SCHEDULED', 'RUNNING') \
      OR (p.State = 'CREATED' AND blocked.PartitionToken IS NULL))";
 
+/// Candidates a claim reads beyond its room: runners claiming at once often want the same
+/// few partitions (the last ones of a failover), and a claim whose candidates were all taken
+/// would wait for the next poll. Measured: the last dozen partitions of 10,000 went one per
+/// 10 s poll without spares.
+const CLAIM_SPARE: usize = 8;
+
 /// The partition columns [`SpannerStore::decode`] reads.
 const PARTITION_COLUMNS: &[&str] = &[
     "PartitionToken",
@@ -663,7 +669,8 @@ impl PartitionStore for SpannerStore {
              LEFT JOIN {r} AS r ON r.RunnerId = l.Owner \
              WHERE {ACTIVE} AND {free} AND (l.Owner IS NULL OR l.Owner != @runner) \
              ORDER BY p.StartTimestamp, FARM_FINGERPRINT(CONCAT(p.PartitionToken, @runner)) \
-             LIMIT {room}",
+             LIMIT {limit}",
+            limit = room + CLAIM_SPARE,
             p = self.partitions_sql(),
             l = self.leases,
             r = self.runners,
@@ -680,7 +687,8 @@ impl PartitionStore for SpannerStore {
             return Ok(Vec::new());
         }
         // The claim itself checks the candidates again (other runners claim at the same
-        // time), by key: it locks only the candidates, their leases and their parents.
+        // time), by key: it locks only the candidates, their leases and their parents. It
+        // takes the first `room` still claimable, in the candidates' order.
         let live_sql = Arc::new(format!(
             "SELECT RunnerId FROM {} WHERE RunnerId IN UNNEST(@owners) AND HeartbeatAt >= \
                TIMESTAMP_SUB(CURRENT_TIMESTAMP(), INTERVAL {} MILLISECOND)",
@@ -762,9 +770,18 @@ impl PartitionStore for SpannerStore {
                             })
                             .map(|r| r.column(0))
                             .collect::<Result<_, _>>()?;
+                        let rank = |row: &Row| {
+                            let token = row.column_by_name::<String>("PartitionToken").ok();
+                            candidates.iter().position(|c| Some(c) == token.as_ref())
+                        };
+                        let mut partitions = partitions;
+                        partitions.sort_by_key(rank);
                         let mut claimed = Vec::new();
                         let mut mutations = Vec::new();
                         for row in partitions {
+                            if claimed.len() == room {
+                                break;
+                            }
                             let token: String = row.column_by_name("PartitionToken")?;
                             let state: String = row.column_by_name("State")?;
                             let (owner, epoch) = owners.get(&token).cloned().unwrap_or((None, 0));

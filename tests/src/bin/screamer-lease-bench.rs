@@ -93,7 +93,9 @@ async fn runner(
         tokio::select! {
             _ = poll.tick() => loop {
                 let Some(load) = report(&id, "load", store.load(every.lease).await) else { break };
-                let target = load.fair_share(CAPACITY).saturating_sub(usize::from(yielding));
+                let target = load
+                    .fair_share(CAPACITY)
+                    .saturating_sub(usize::from(yielding && load.underloaded()));
                 let room = target.saturating_sub(held.len()).min(load.unowned_partitions);
                 if room == 0 {
                     break;
@@ -145,7 +147,7 @@ async fn runner(
 }
 
 /// Seconds until exactly `live_runners` runners are alive, every partition has a live owner
-/// and every live runner is within one of its fair share.
+/// and every live runner is within one of its fair share (printing when the first two hold).
 async fn until_balanced(
     store: &SpannerStore,
     lease: Duration,
@@ -154,6 +156,7 @@ async fn until_balanced(
     since: Instant,
 ) -> anyhow::Result<f64> {
     let mut report = Instant::now();
+    let mut all_owned = false;
     loop {
         let s = store.status(lease).await?;
         let live: Vec<_> = s.runners.iter().filter(|r| r.alive).collect();
@@ -169,7 +172,16 @@ async fn until_balanced(
                     .is_none_or(|o| !live.iter().any(|r| &r.runner_id == o))
             })
             .count();
-        if live.len() == live_runners && owned >= partitions && orphaned == 0 && balanced {
+        let settled = live.len() == live_runners && owned >= partitions && orphaned == 0;
+        if settled && !all_owned {
+            // What failover promises: every partition has a live owner (reading resumes).
+            println!(
+                "  every partition owned by a live runner after {:.1} s",
+                since.elapsed().as_secs_f64()
+            );
+            all_owned = true;
+        }
+        if settled && balanced {
             return Ok(since.elapsed().as_secs_f64());
         }
         let spread = || {
