@@ -253,7 +253,7 @@ impl Subscriber {
                     if silent > opts.lease_duration || lapsed {
                         // Too late for our own lease (paused, cut off): others may own our
                         // partitions by now, so every reader stops at once.
-                        if !held.is_empty() {
+                        if alive {
                             tracing::warn!(runner, partitions = held.len(), silent = ?silent,
                                 "no heartbeat within the lease duration: stopping every reader");
                         }
@@ -397,6 +397,9 @@ impl Subscriber {
             room = room
                 .min(target.saturating_sub(keeping))
                 .min(load.unowned_partitions);
+            tracing::debug!(runner = %opts.runner_id, keeping, target,
+                unowned = load.unowned_partitions, live_runners = load.live_runners(), room,
+                "claim");
         }
         if room == 0 {
             return Ok(false);

@@ -53,6 +53,26 @@ fn runner_args(db: &TestDatabase, start: &str, id: &str, extra: &[&str]) -> Vec<
     a
 }
 
+/// Waits until one of two runners delivered `lines` records; returns it first. On the
+/// emulator all records of a generation go to one partition, and which runner holds that
+/// lineage is luck (r1 once delivered nothing for 60 s while reading partitions throughout).
+async fn first_to_deliver(
+    r1: Screamer,
+    r2: Screamer,
+    lines: usize,
+) -> anyhow::Result<(Screamer, Screamer)> {
+    let r1_first = eventually(Duration::from_secs(60), "a runner delivering", async || {
+        if r1.line_count() >= lines {
+            Some(true)
+        } else {
+            (r2.line_count() >= lines).then_some(false)
+        }
+    })
+    .await
+    .with_context(|| format!("r1: {}\nr2: {}", r1.stderr(), r2.stderr()))?;
+    Ok(if r1_first { (r1, r2) } else { (r2, r1) })
+}
+
 /// `screamer status --json` for the test's metadata table.
 fn status(db: &TestDatabase, lease: &str) -> anyhow::Result<Value> {
     let dsn = db.name.to_string();
@@ -221,44 +241,42 @@ async fn a_killed_runners_partitions_resume_elsewhere_after_its_lease() -> anyho
     let _serial = SERIAL.lock().await;
     let (_emulator, db, start) = shared_stream(true).await?;
     let common = ["--lease-duration", "3s", "--rebalancing-interval", "1s"];
-    let mut r1 = Screamer::spawn(db.host(), &runner_args(&db, &start, "r1", &common))?;
-    let mut r2 = Screamer::spawn(db.host(), &runner_args(&db, &start, "r2", &common))?;
+    let r1 = Screamer::spawn(db.host(), &runner_args(&db, &start, "r1", &common))?;
+    let r2 = Screamer::spawn(db.host(), &runner_args(&db, &start, "r2", &common))?;
     let writing = tokio::spawn({
         let db = db.clone();
         async move { write(&db, 1500, 11, Duration::from_millis(8)).await }
     });
-    eventually(Duration::from_secs(60), "r1 delivering", async || {
-        (r1.line_count() >= 50).then_some(())
-    })
-    .await?;
-    r1.signal(SIGKILL)?;
-    r1.wait(Duration::from_secs(10)).await?;
-    let before = mods(&r1.lines())?;
+    let (mut first, mut second) = first_to_deliver(r1, r2, 50).await?;
+    first.signal(SIGKILL)?;
+    first.wait(Duration::from_secs(10)).await?;
+    let before = mods(&first.lines())?;
     let (seq, _) = writing.await??;
     let want = expected(&seq);
     // Lease (3s) + a claim poll (1s) + reading the backlog: well within 20 s.
     let t = Instant::now();
     eventually(
         Duration::from_secs(20),
-        "r2 delivering what r1 held",
+        "the other runner delivering what the killed one held",
         async || {
-            let got = counts(before.iter().copied().chain(mods(&r2.lines()).ok()?));
+            let got = counts(before.iter().copied().chain(mods(&second.lines()).ok()?));
             want.keys().all(|k| got.contains_key(k)).then_some(())
         },
     )
     .await?;
     eprintln!("caught up {:?} after the writer finished", t.elapsed());
-    r2.signal(SIGINT)?;
+    second.signal(SIGINT)?;
     assert_eq!(
-        r2.wait(Duration::from_secs(30)).await?.code(),
+        second.wait(Duration::from_secs(30)).await?.code(),
         Some(0),
         "{}",
-        r2.stderr()
+        second.stderr()
     );
-    assert!(r2.stderr().contains("subscription ended"));
-    assert_ordered_per_partition(&r2.lines())?;
-    // Nothing lost; what r1 delivered after its last checkpoint may come again.
-    let all = counts(before.into_iter().chain(mods(&r2.lines())?));
+    assert!(second.stderr().contains("subscription ended"));
+    assert_ordered_per_partition(&second.lines())?;
+    // Nothing lost; what the killed runner delivered after its last checkpoint may come
+    // again.
+    let all = counts(before.into_iter().chain(mods(&second.lines())?));
     assert!(want.keys().all(|k| all.contains_key(k)));
     Ok(())
 }
@@ -269,47 +287,43 @@ async fn a_graceful_stop_hands_over_at_once_and_repeats_nothing() -> anyhow::Res
     let (_emulator, db, start) = shared_stream(true).await?;
     // A long lease: only the release on stop can explain a fast hand-over.
     let common = ["--lease-duration", "60s", "--rebalancing-interval", "1s"];
-    let mut r1 = Screamer::spawn(db.host(), &runner_args(&db, &start, "r1", &common))?;
-    let mut r2 = Screamer::spawn(db.host(), &runner_args(&db, &start, "r2", &common))?;
+    let r1 = Screamer::spawn(db.host(), &runner_args(&db, &start, "r1", &common))?;
+    let r2 = Screamer::spawn(db.host(), &runner_args(&db, &start, "r2", &common))?;
     let writing = tokio::spawn({
         let db = db.clone();
         async move { write(&db, 1500, 11, Duration::from_millis(8)).await }
     });
-    eventually(Duration::from_secs(60), "r1 delivering", async || {
-        (r1.line_count() >= 100).then_some(())
-    })
-    .await
-    .with_context(|| format!("r1: {}\nr2: {}", r1.stderr(), r2.stderr()))?;
-    r1.signal(SIGINT)?;
+    let (mut first, mut second) = first_to_deliver(r1, r2, 100).await?;
+    first.signal(SIGINT)?;
     assert_eq!(
-        r1.wait(Duration::from_secs(30)).await?.code(),
+        first.wait(Duration::from_secs(30)).await?.code(),
         Some(0),
         "{}",
-        r1.stderr()
+        first.stderr()
     );
     let (seq, _) = writing.await??;
     let want = expected(&seq);
-    let first = mods(&r1.lines())?;
+    let delivered = mods(&first.lines())?;
     eventually(
         Duration::from_secs(20),
-        "r2 delivering the rest, long before r1's lease expires",
+        "the other runner delivering the rest, long before the stopped one's lease expires",
         async || {
-            let got = counts(first.iter().copied().chain(mods(&r2.lines()).ok()?));
+            let got = counts(delivered.iter().copied().chain(mods(&second.lines()).ok()?));
             want.keys().all(|k| got.contains_key(k)).then_some(())
         },
     )
     .await?;
-    r2.signal(SIGINT)?;
+    second.signal(SIGINT)?;
     assert_eq!(
-        r2.wait(Duration::from_secs(30)).await?.code(),
+        second.wait(Duration::from_secs(30)).await?.code(),
         Some(0),
         "{}",
-        r2.stderr()
+        second.stderr()
     );
-    assert_ordered_per_partition(&r2.lines())?;
-    let all = counts(first.into_iter().chain(mods(&r2.lines())?));
+    assert_ordered_per_partition(&second.lines())?;
+    let all = counts(delivered.into_iter().chain(mods(&second.lines())?));
     assert_eq!(all, want, "exactly once across the hand-over");
-    assert_one_reader_at_a_time(&[("r1", r1.lines()), ("r2", r2.lines())])?;
+    assert_one_reader_at_a_time(&[("first", first.lines()), ("second", second.lines())])?;
     Ok(())
 }
 
