@@ -563,7 +563,22 @@ async fn a_late_runner_gets_its_fair_share() -> anyhow::Result<()> {
             want.keys().all(|k| got.contains_key(k)).then_some(())
         },
     )
-    .await?;
+    .await
+    .with_context(|| {
+        let got = counts(
+            mods(&r1.lines())
+                .unwrap_or_default()
+                .into_iter()
+                .chain(mods(&r2.lines()).unwrap_or_default()),
+        );
+        let missing: Vec<_> = want.keys().filter(|k| !got.contains_key(*k)).collect();
+        format!(
+            "missing {missing:?}\nstatus: {:?}\n--- r1\n{}\n--- r2\n{}",
+            status(&db, "3s").ok(),
+            r1.stderr(),
+            r2.stderr()
+        )
+    })?;
     for r in [&r1, &r2] {
         r.signal(SIGINT)?;
     }
