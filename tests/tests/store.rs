@@ -51,6 +51,16 @@ async fn owner(store: &dyn PartitionStore, token: &str) -> anyhow::Result<Option
     Ok(p.owner.clone())
 }
 
+/// Partitions a, b, c (oldest first) and live runners r1 and r2.
+async fn three_partitions_two_runners(store: &dyn PartitionStore) -> anyhow::Result<()> {
+    for (i, t) in ["a", "b", "c"].iter().enumerate() {
+        store.add_children(&[partition(t, &[], i as i64)]).await?;
+    }
+    store.heartbeat("r1", 10).await?;
+    store.heartbeat("r2", 10).await?;
+    Ok(())
+}
+
 async fn merged_child_waits_for_every_parent(store: &dyn PartitionStore) -> anyhow::Result<()> {
     store.heartbeat("r", 10).await?;
     ensure!(store.seed(partition("a", &[], 0)).await?);
@@ -86,11 +96,7 @@ async fn merged_child_waits_for_every_parent(store: &dyn PartitionStore) -> anyh
 async fn claims_skip_live_owners_and_own_partitions(
     store: &dyn PartitionStore,
 ) -> anyhow::Result<()> {
-    for (i, t) in ["a", "b", "c"].iter().enumerate() {
-        store.add_children(&[partition(t, &[], i as i64)]).await?;
-    }
-    store.heartbeat("r1", 10).await?;
-    store.heartbeat("r2", 10).await?;
+    three_partitions_two_runners(store).await?;
     // Room is respected, oldest first.
     let first = store.claim("r1", 2, LEASE).await?;
     ensure!(tokens(&first) == ["a", "b"], "claimed {:?}", tokens(&first));
@@ -166,11 +172,7 @@ async fn writes_are_fenced_by_owner_and_epoch(store: &dyn PartitionStore) -> any
 async fn released_and_reset_partitions_are_claimable_at_once(
     store: &dyn PartitionStore,
 ) -> anyhow::Result<()> {
-    for (i, t) in ["a", "b", "c"].iter().enumerate() {
-        store.add_children(&[partition(t, &[], i as i64)]).await?;
-    }
-    store.heartbeat("r1", 10).await?;
-    store.heartbeat("r2", 10).await?;
+    three_partitions_two_runners(store).await?;
     let held = store.claim("r1", 3, LEASE).await?;
     ensure!(held.len() == 3);
     store.release("r1", &leases(&held[..1])).await?;

@@ -68,7 +68,8 @@ const ACTIVE: &str = "(p.State IN ('SCHEDULED', 'RUNNING') \
 /// 10 s poll without spares.
 const CLAIM_SPARE: usize = 8;
 
-/// The partition columns [`SpannerStore::decode`] reads.
+/// The partition columns [`SpannerStore::decode`] reads (and a new row writes, with
+/// `CreatedAt`), in [`insert_partition`]'s order.
 const PARTITION_COLUMNS: &[&str] = &[
     "PartitionToken",
     "ParentTokens",
@@ -526,16 +527,7 @@ fn insert_partition(table: &str, p: &NewPartition) -> Mutation {
     let start: OffsetDateTime = p.start.into();
     insert(
         table,
-        &[
-            "PartitionToken",
-            "ParentTokens",
-            "StartTimestamp",
-            "EndTimestamp",
-            "HeartbeatMillis",
-            "State",
-            "Watermark",
-            "CreatedAt",
-        ],
+        &[PARTITION_COLUMNS, &["CreatedAt"]].concat(),
         &[
             &p.token.as_str(),
             &parents,
@@ -770,12 +762,11 @@ impl PartitionStore for SpannerStore {
                             })
                             .map(|r| r.column(0))
                             .collect::<Result<_, _>>()?;
-                        let rank = |row: &Row| {
+                        let mut partitions = partitions;
+                        partitions.sort_by_cached_key(|row| {
                             let token = row.column_by_name::<String>("PartitionToken").ok();
                             candidates.iter().position(|c| Some(c) == token.as_ref())
-                        };
-                        let mut partitions = partitions;
-                        partitions.sort_by_key(rank);
+                        });
                         let mut claimed = Vec::new();
                         let mut mutations = Vec::new();
                         for row in partitions {
