@@ -258,14 +258,23 @@ impl Subscriber {
                                 "no heartbeat within the lease duration: stopping every reader");
                         }
                         let mut dropped = Vec::new();
-                        for (token, h) in held.drain() {
+                        for (_, h) in held.drain() {
                             h.abort.cancel();
-                            checkpoints.forget(&token);
                             dropped.push(h.lease);
                         }
                         summary.partitions_lost += dropped.len();
                         // Leases nobody took yet are given up (fenced: the ones others took are
-                        // untouched), or they would stay ours, unread, once we heartbeat again.
+                        // untouched), or they would stay ours, unread, once we heartbeat again;
+                        // first their acknowledged positions are written (fenced too), so
+                        // whoever claims them next repeats nothing.
+                        let lost = checkpoints.flush().await.unwrap_or_else(|e| {
+                            tracing::warn!(runner, error = %e, "could not checkpoint dropped leases");
+                            Vec::new()
+                        });
+                        for lease in &dropped {
+                            checkpoints.forget(&lease.token);
+                        }
+                        dropped.retain(|l| !lost.contains(l));
                         if let Err(e) = self.store.release(runner, &dropped).await {
                             tracing::warn!(runner, error = %e, "could not release dropped leases; they expire instead");
                         }

@@ -88,3 +88,93 @@ pub fn counts(mods: impl IntoIterator<Item = (i64, i64)>) -> BTreeMap<(i64, i64)
     }
     c
 }
+
+/// Explains mutations the runners did not deliver: re-reads the stream from `start` to `end`
+/// in process and names, for each missing (key, seq), the partition and commit time the
+/// stream gives it and the commit-time span each runner delivered of that partition. Used
+/// only to diagnose a failed run.
+pub async fn explain_missing(
+    db: &TestDatabase,
+    start: Timestamp,
+    end: Timestamp,
+    missing: &[(i64, i64)],
+    outputs: &[(&str, Vec<String>)],
+) -> String {
+    let records = match crate::read_range(db, "Changes", start, end).await {
+        Ok((records, _)) => records,
+        Err(e) => return format!("cannot re-read the stream: {e:#}"),
+    };
+    let mut out = String::new();
+    for (key, seq) in missing {
+        let found = records.iter().find(|r| {
+            r.mods.iter().any(|m| {
+                crate::int_member(&m.keys, "Id") == Some(*key)
+                    && crate::int_member(&m.new_values, "Seq") == Some(*seq)
+            })
+        });
+        let Some(r) = found else {
+            out.push_str(&format!("({key}, {seq}): not in the stream either\n"));
+            continue;
+        };
+        let token = r.partition_token.as_str();
+        out.push_str(&format!(
+            "({key}, {seq}): partition {token} at {}\n",
+            r.commit_timestamp
+        ));
+        for (runner, lines) in outputs {
+            let times: Vec<Timestamp> = lines
+                .iter()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .filter(|v| v["partition_token"] == token)
+                .filter_map(|v| v["commit_timestamp"].as_str()?.parse().ok())
+                .collect();
+            match (times.iter().min(), times.iter().max()) {
+                (Some(a), Some(b)) => out.push_str(&format!(
+                    "  {runner} delivered {} records of it, {a}..{b}\n",
+                    times.len()
+                )),
+                _ => out.push_str(&format!("  {runner} delivered nothing of it\n")),
+            }
+        }
+    }
+    out
+}
+
+/// Checks that every wanted mutation was delivered exactly once across `outputs` (runner,
+/// NDJSON lines); on failure, names every missing mutation and, for each repeated one, the
+/// runner, partition and commit time of each copy.
+pub fn exactly_once(
+    want: &BTreeMap<(i64, i64), usize>,
+    outputs: &[(&str, Vec<String>)],
+) -> anyhow::Result<()> {
+    let mut copies: BTreeMap<(i64, i64), Vec<String>> = BTreeMap::new();
+    for (runner, lines) in outputs {
+        for line in lines {
+            let v: Value = serde_json::from_str(line)?;
+            let token = v["partition_token"].as_str().unwrap_or_default();
+            let at = v["commit_timestamp"].as_str().unwrap_or_default();
+            for m in mods(std::slice::from_ref(line))? {
+                copies
+                    .entry(m)
+                    .or_default()
+                    .push(format!("{runner} {} {at}", &token[..token.len().min(16)]));
+            }
+        }
+    }
+    let missing: Vec<_> = want.keys().filter(|k| !copies.contains_key(k)).collect();
+    let repeated: Vec<_> = copies.iter().filter(|(_, c)| c.len() > 1).collect();
+    let unexpected: Vec<_> = copies.keys().filter(|k| !want.contains_key(k)).collect();
+    if missing.is_empty() && repeated.is_empty() && unexpected.is_empty() {
+        return Ok(());
+    }
+    let mut report = format!(
+        "not exactly once: {} missing {missing:?}, {} unexpected {unexpected:?}, {} repeated:\n",
+        missing.len(),
+        unexpected.len(),
+        repeated.len()
+    );
+    for (m, c) in repeated {
+        report.push_str(&format!("  {m:?}: {}\n", c.join(" | ")));
+    }
+    anyhow::bail!(report)
+}
