@@ -3,7 +3,7 @@
 //!
 //! Every test starts its own emulator on free loopback ports (in its own process group, killed
 //! on drop), so tests run in parallel and can be re-run. Find the emulator through
-//! `SPANNER_EMULATOR_DIR` (the directory holding `gateway_main` and `emulator_main`), `PATH`,
+//! `SPANNER_EMULATOR_DIR` (the directory holding `emulator_main`), `PATH`,
 //! the Google Cloud SDK's usual place, or `dpkg -L google-cloud-cli-spanner-emulator`.
 
 pub mod emulator;

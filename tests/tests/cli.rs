@@ -27,7 +27,7 @@ fn args(db: &TestDatabase, extra: &[&str]) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn end_ends_the_run_with_exit_0_after_everything_committed_before_it() -> anyhow::Result<()> {
-    let emulator = Emulator::start(EmulatorOptions::default()).await?;
+    let emulator = Emulator::start(EmulatorOptions::exact()).await?;
     let db = emulator.items_database().await?;
     let start = Timestamp::now();
     let (seq, last) = write(&db, 300, 7, Duration::ZERO).await?;
@@ -65,6 +65,7 @@ async fn restartable_run(
 ) -> anyhow::Result<(Emulator, Arc<TestDatabase>, Vec<String>)> {
     let emulator = Emulator::start(EmulatorOptions {
         partition_alive_seconds: Some(3),
+        ..EmulatorOptions::exact()
     })
     .await?;
     let db = Arc::new(emulator.items_database().await?);
@@ -184,7 +185,7 @@ fn strings(a: &[&str]) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_input_gets_one_clear_line_and_exit_2() -> anyhow::Result<()> {
-    let emulator = Emulator::start(EmulatorOptions::default()).await?;
+    let emulator = Emulator::start(EmulatorOptions::exact()).await?;
     let db = emulator
         .database(
             Dialect::GoogleSql,

@@ -18,6 +18,7 @@ async fn cut_connections_are_retried_from_the_watermark() -> anyhow::Result<()> 
     screamer_tests::init_tracing();
     let emulator = Emulator::start(EmulatorOptions {
         partition_alive_seconds: Some(3),
+        ..EmulatorOptions::exact()
     })
     .await?;
     let db = emulator.items_database().await?;

@@ -37,7 +37,7 @@ fn parse(lines: &[String]) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_example_plugin_in_one_chain_on_the_stream() -> anyhow::Result<()> {
-    let emulator = Emulator::start(EmulatorOptions::default()).await?;
+    let emulator = Emulator::start(EmulatorOptions::exact()).await?;
     let db = emulator
         .database(
             Dialect::GoogleSql,
@@ -220,7 +220,7 @@ async fn write_items(db: &TestDatabase, from: i64, to: i64) -> anyhow::Result<()
 
 #[tokio::test(flavor = "multi_thread")]
 async fn hot_swaps_while_records_flow_process_each_record_exactly_once() -> anyhow::Result<()> {
-    let emulator = Emulator::start(EmulatorOptions::default()).await?;
+    let emulator = Emulator::start(EmulatorOptions::exact()).await?;
     let db = emulator
         .database(
             Dialect::GoogleSql,

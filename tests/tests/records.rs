@@ -64,7 +64,7 @@ fn record(table: &str, mod_type: &str, capture: &str, column_types: Value, mods:
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_mod_type_and_value_capture_type_has_exact_fields() -> anyhow::Result<()> {
-    let emulator = Emulator::start(EmulatorOptions::default()).await?;
+    let emulator = Emulator::start(EmulatorOptions::exact()).await?;
     let key = json!({"SingerId": "1"});
     let full_a = json!({"Info": "{\"x\":1}", "Name": "A", "Score": 1.5, "Tags": ["a", "b"]});
     let full_b = json!({"Info": "{\"x\":1}", "Name": "B", "Score": 1.5, "Tags": ["a", "b"]});
@@ -185,7 +185,7 @@ async fn every_mod_type_and_value_capture_type_has_exact_fields() -> anyhow::Res
 
 #[tokio::test(flavor = "multi_thread")]
 async fn postgresql_dialect_gives_the_same_records() -> anyhow::Result<()> {
-    let emulator = Emulator::start(EmulatorOptions::default()).await?;
+    let emulator = Emulator::start(EmulatorOptions::exact()).await?;
     let ddl = [
         "CREATE TABLE Singers (SingerId bigint NOT NULL, Name varchar, Score float8, \
          Tags varchar[], PRIMARY KEY (SingerId))",

@@ -25,6 +25,7 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 async fn shared_stream(churn: bool) -> anyhow::Result<(Emulator, Arc<TestDatabase>, String)> {
     let emulator = Emulator::start(EmulatorOptions {
         partition_alive_seconds: churn.then_some(3),
+        ..EmulatorOptions::exact()
     })
     .await?;
     let db = Arc::new(emulator.items_database().await?);

@@ -250,7 +250,7 @@ fn scenarios() -> Vec<(&'static str, Scenario)> {
 #[tokio::test(flavor = "multi_thread")]
 async fn spanner_store_keeps_the_contract() -> anyhow::Result<()> {
     screamer_tests::init_tracing();
-    let emulator = Emulator::start(EmulatorOptions::default()).await?;
+    let emulator = Emulator::start(EmulatorOptions::exact()).await?;
     let db = emulator.database(Dialect::GoogleSql, &[]).await?;
     for (i, (name, scenario)) in scenarios().into_iter().enumerate() {
         let store: Arc<dyn PartitionStore> = Arc::new(

@@ -24,6 +24,7 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or(10);
     let emulator = Emulator::start(EmulatorOptions {
         partition_alive_seconds: Some(5),
+        ..Default::default()
     })
     .await?;
     let db = emulator
