@@ -11,7 +11,9 @@
 //! watermark keeps reading (without delivering anything newer) until the stream shows a later
 //! timestamp; the watermark then closes over that whole timestamp, so a restart neither
 //! repeats nor loses a record. Past the drain deadline it stops anyway and a restart may
-//! repeat the records at the watermark (at least once, never loss). Heartbeats close the
+//! repeat the records at the watermark (at least once, never loss). A reader told to halt
+//! (its runner may have lost the lease) stops after the batch it is delivering and reads
+//! nothing more; a resume may repeat the records at the watermark. Heartbeats close the
 //! watermark but never move it to their own time (see `Position::heartbeat`).
 
 use std::sync::Arc;
@@ -31,6 +33,32 @@ use crate::partition::{
 use crate::record::{ChangeRecord, ChildPartitionsRecord, DataChangeRecord};
 use crate::source::{MAX_BATCH, PartitionQuery, QueryRange, SourceError, SpannerSource};
 use crate::timestamp::Timestamp;
+
+/// How the subscriber asks a reader to stop.
+#[derive(Clone, Default)]
+pub(crate) struct Stop {
+    /// Stop at a clean position: first deliver whatever else shares the watermark's commit
+    /// timestamp (up to the drain timeout), so a resume repeats nothing. Graceful stop and
+    /// rebalancing.
+    pub drain: CancellationToken,
+    /// Stop after the batch being delivered and read nothing more: this runner may have
+    /// lost the lease (its heartbeat lapsed). A resume may repeat the records at the
+    /// watermark's timestamp.
+    pub halt: CancellationToken,
+}
+
+impl Stop {
+    fn requested(&self) -> bool {
+        self.drain.is_cancelled() || self.halt.is_cancelled()
+    }
+
+    async fn requested_now(&self) {
+        tokio::select! {
+            _ = self.drain.cancelled() => {}
+            _ = self.halt.cancelled() => {}
+        }
+    }
+}
 
 /// How a reader ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,7 +161,7 @@ pub(crate) async fn run<C: Consumer>(
     ctx: Arc<ReaderContext<C>>,
     partition: PartitionMetadata,
     lease: Lease,
-    stop: CancellationToken,
+    stop: Stop,
 ) -> Result<ReaderOutcome, ReaderError> {
     let token = partition.token.clone();
     let store_err = |source| ReaderError::Store {
@@ -156,7 +184,7 @@ pub(crate) async fn run<C: Consumer>(
         if partition.end.is_some_and(|end| pos.watermark > end) {
             break;
         }
-        if stop.is_cancelled() {
+        if stop.requested() {
             return Ok(ReaderOutcome::Stopped);
         }
         let progress_from = pos.watermark;
@@ -175,7 +203,7 @@ pub(crate) async fn run<C: Consumer>(
                 tracing::warn!(partition = ?token, watermark = %pos.watermark, error = %e, retry_in = ?delay, "transient error; restarting from watermark");
                 ctx.checkpoints.advance(&token, pos.watermark);
                 tokio::select! {
-                    _ = stop.cancelled() => return Ok(ReaderOutcome::Stopped),
+                    _ = stop.requested_now() => return Ok(ReaderOutcome::Stopped),
                     _ = tokio::time::sleep(delay) => {}
                 }
             }
@@ -216,7 +244,7 @@ async fn read_once<C: Consumer>(
     ctx: &ReaderContext<C>,
     partition: &PartitionMetadata,
     pos: &mut Position,
-    stop: &CancellationToken,
+    stop: &Stop,
 ) -> Result<QueryEnd, ReadError> {
     let range = QueryRange {
         start: pos.watermark,
@@ -233,7 +261,10 @@ async fn read_once<C: Consumer>(
     let (mut batches, _fetch) = prefetch(query);
     let mut drain_deadline: Option<Instant> = None;
     loop {
-        if drain_deadline.is_none() && stop.is_cancelled() {
+        if stop.halt.is_cancelled() {
+            return Ok(QueryEnd::Stopped);
+        }
+        if drain_deadline.is_none() && stop.drain.is_cancelled() {
             if !pos.acked_at_watermark {
                 return Ok(QueryEnd::Stopped);
             }
@@ -242,16 +273,20 @@ async fn read_once<C: Consumer>(
         let next = match drain_deadline {
             None => tokio::select! {
                 biased;
-                _ = stop.cancelled() => continue,
+                _ = stop.requested_now() => continue,
                 batch = batches.recv() => batch,
             },
-            Some(deadline) => match tokio::time::timeout_at(deadline, batches.recv()).await {
-                Ok(batch) => batch,
-                Err(_) => {
-                    tracing::warn!(partition = ?partition.token, watermark = %pos.watermark,
-                        "drain deadline passed; a restart may repeat records at the watermark");
-                    return Ok(QueryEnd::Stopped);
-                }
+            Some(deadline) => tokio::select! {
+                biased;
+                _ = stop.halt.cancelled() => continue,
+                batch = tokio::time::timeout_at(deadline, batches.recv()) => match batch {
+                    Ok(batch) => batch,
+                    Err(_) => {
+                        tracing::warn!(partition = ?partition.token, watermark = %pos.watermark,
+                            "drain deadline passed; a restart may repeat records at the watermark");
+                        return Ok(QueryEnd::Stopped);
+                    }
+                },
             },
         };
         // The channel closes without an error only after the query ended cleanly.

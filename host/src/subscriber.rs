@@ -27,7 +27,7 @@ use crate::partition::{
     CLAIM_BATCH, Claim, Lease, NewPartition, PartitionMetadata, PartitionStore, PartitionToken,
     StoreError,
 };
-use crate::reader::{self, ReaderContext, ReaderError, ReaderOutcome};
+use crate::reader::{self, ReaderContext, ReaderError, ReaderOutcome, Stop};
 use crate::source::SpannerSource;
 use crate::timestamp::Timestamp;
 
@@ -104,8 +104,8 @@ pub struct RunSummary {
 /// A partition this runner reads.
 struct Held {
     lease: Lease,
-    /// Graceful stop (shutdown or rebalancing): drain, checkpoint.
-    drain: CancellationToken,
+    /// Drain (shutdown, rebalancing) or halt (lapse) the reader; see [`Stop`].
+    stop: Stop,
     /// Immediate stop (lease lost): drop the reader where it is.
     abort: CancellationToken,
     /// Being released to rebalance: give the lease up once its reader stopped.
@@ -257,27 +257,8 @@ impl Subscriber {
                             tracing::warn!(runner, partitions = held.len(), silent = ?silent,
                                 "no heartbeat within the lease duration: stopping every reader");
                         }
-                        let mut dropped = Vec::new();
-                        for (_, h) in held.drain() {
-                            h.abort.cancel();
-                            dropped.push(h.lease);
-                        }
-                        summary.partitions_lost += dropped.len();
-                        // Leases nobody took yet are given up (fenced: the ones others took are
-                        // untouched), or they would stay ours, unread, once we heartbeat again;
-                        // first their acknowledged positions are written (fenced too), so
-                        // whoever claims them next repeats nothing.
-                        let lost = checkpoints.flush().await.unwrap_or_else(|e| {
-                            tracing::warn!(runner, error = %e, "could not checkpoint dropped leases");
-                            Vec::new()
-                        });
-                        for lease in &dropped {
-                            checkpoints.forget(&lease.token);
-                        }
-                        dropped.retain(|l| !lost.contains(l));
-                        if let Err(e) = self.store.release(runner, &dropped).await {
-                            tracing::warn!(runner, error = %e, "could not release dropped leases; they expire instead");
-                        }
+                        self.give_up_after_lapse(&mut readers, &mut held, &checkpoints, &mut summary)
+                            .await;
                         alive = false;
                     } else if !alive {
                         tracing::info!(runner, "heartbeat restored: claiming partitions again");
@@ -336,7 +317,7 @@ impl Subscriber {
         // Drain: readers stop at a clean position, the last watermarks are written, and
         // every lease is given up so other runners continue at once.
         for h in held.values() {
-            h.drain.cancel();
+            h.stop.drain.cancel();
         }
         while let Some(joined) = readers.join_next().await {
             let (lease, result) = joined.expect("reader task panicked");
@@ -451,9 +432,62 @@ impl Subscriber {
             releasing = excess, for_underloaded = yielding, "rebalancing");
         for h in keeping.into_iter().take(excess) {
             h.releasing = true;
-            h.drain.cancel();
+            h.stop.drain.cancel();
         }
         yielding
+    }
+
+    /// After a lapse (this runner's heartbeat was older than the lease: others may own its
+    /// partitions): stops every reader after the batch it is delivering (a batch cut off
+    /// halfway would be out but unacknowledged, so repeated), writes (fenced) what they
+    /// acknowledged, and gives up (fenced) the leases nobody took, which would otherwise
+    /// stay its own, unread, once it heartbeats again. Whoever claims them next, often this
+    /// runner, resumes where they stopped.
+    async fn give_up_after_lapse(
+        &self,
+        readers: &mut Readers,
+        held: &mut HashMap<PartitionToken, Held>,
+        checkpoints: &Checkpointer,
+        summary: &mut RunSummary,
+    ) {
+        let runner = &self.options.runner_id;
+        for h in held.values() {
+            h.stop.halt.cancel();
+        }
+        let halting = tokio::time::timeout(self.options.drain_timeout, async {
+            while let Some(joined) = readers.join_next().await {
+                let (lease, result) = joined.expect("reader task panicked");
+                match result {
+                    Ok(ReaderOutcome::Finished) => {
+                        summary.partitions_finished += 1;
+                        if held.get(&lease.token).is_some_and(|h| h.lease == lease) {
+                            held.remove(&lease.token);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(runner, partition = ?lease.token, error = %e,
+                        "reader failed while stopping"),
+                }
+            }
+        });
+        if halting.await.is_err() {
+            for h in held.values() {
+                h.abort.cancel();
+            }
+        }
+        let mut dropped: Vec<Lease> = held.drain().map(|(_, h)| h.lease).collect();
+        summary.partitions_lost += dropped.len();
+        let lost = checkpoints.flush().await.unwrap_or_else(|e| {
+            tracing::warn!(runner, error = %e, "could not checkpoint dropped leases");
+            Vec::new()
+        });
+        for lease in &dropped {
+            checkpoints.forget(&lease.token);
+        }
+        dropped.retain(|l| !lost.contains(l));
+        if let Err(e) = self.store.release(runner, &dropped).await {
+            tracing::warn!(runner, error = %e, "could not release dropped leases; they expire instead");
+        }
     }
 
     /// Releases the leases the store says this runner holds but it does not read: a release
@@ -571,12 +605,12 @@ fn spawn<C: Consumer>(
 ) {
     let token = partition.token.clone();
     tracing::debug!(partition = ?token, epoch = lease.epoch, watermark = %partition.watermark, "starting reader");
-    let (drain, abort) = (CancellationToken::new(), CancellationToken::new());
+    let (stop, abort) = (Stop::default(), CancellationToken::new());
     held.insert(
         token.clone(),
         Held {
             lease: lease.clone(),
-            drain: drain.clone(),
+            stop: stop.clone(),
             abort: abort.clone(),
             releasing: false,
         },
@@ -584,7 +618,7 @@ fn spawn<C: Consumer>(
     let ctx = Arc::clone(ctx);
     readers.spawn(async move {
         let result = tokio::select! {
-            r = reader::run(ctx, partition, lease.clone(), drain) => r,
+            r = reader::run(ctx, partition, lease.clone(), stop) => r,
             _ = abort.cancelled() => Ok(ReaderOutcome::Lost),
         };
         (lease, result)
