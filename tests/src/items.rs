@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use gcloud_spanner::mutation::insert_or_update;
+use gcloud_spanner::statement::Statement;
 use screamer::Timestamp;
 use serde_json::Value;
 
@@ -89,23 +90,41 @@ pub fn counts(mods: impl IntoIterator<Item = (i64, i64)>) -> BTreeMap<(i64, i64)
     c
 }
 
-/// Explains mutations the runners did not deliver: re-reads the stream from `start` to `end`
-/// in process and names, for each missing (key, seq), the partition and commit time the
-/// stream gives it and the commit-time span each runner delivered of that partition. Used
-/// only to diagnose a failed run.
+/// What one reader (a runner, or an in-process subscriber) delivered: the partition and
+/// commit time of each record.
+pub type Delivered = Vec<(String, Timestamp)>;
+
+/// The partition and commit time of every record in NDJSON `lines`.
+pub fn delivered(lines: &[String]) -> Delivered {
+    lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|v| {
+            Some((
+                v["partition_token"].as_str()?.to_owned(),
+                v["commit_timestamp"].as_str()?.parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// Explains mutations that were not delivered: re-reads the stream from `start` to `end` in
+/// process and names, for each missing (key, seq), the partition and commit time the stream
+/// gives it, that partition's row in the `Partitions` metadata table, and the commit-time
+/// span each reader delivered of that partition. Only to diagnose a failed run.
 pub async fn explain_missing(
     db: &TestDatabase,
     start: Timestamp,
     end: Timestamp,
     missing: &[(i64, i64)],
-    outputs: &[(&str, Vec<String>)],
+    readers: &[(&str, Delivered)],
 ) -> String {
     let records = match crate::read_range(db, "Changes", start, end).await {
         Ok((records, _)) => records,
         Err(e) => return format!("cannot re-read the stream: {e:#}"),
     };
     let mut out = String::new();
-    for (key, seq) in missing {
+    for (key, seq) in missing.iter().take(10) {
         let found = records.iter().find(|r| {
             r.mods.iter().any(|m| {
                 crate::int_member(&m.keys, "Id") == Some(*key)
@@ -118,26 +137,44 @@ pub async fn explain_missing(
         };
         let token = r.partition_token.as_str();
         out.push_str(&format!(
-            "({key}, {seq}): partition {token} at {}\n",
-            r.commit_timestamp
+            "({key}, {seq}): partition {token} at {}; metadata {}\n",
+            r.commit_timestamp,
+            partition_row(db, token)
+                .await
+                .unwrap_or_else(|e| format!("unreadable: {e:#}"))
         ));
-        for (runner, lines) in outputs {
-            let times: Vec<Timestamp> = lines
+        for (reader, delivered) in readers {
+            let times: Vec<Timestamp> = delivered
                 .iter()
-                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                .filter(|v| v["partition_token"] == token)
-                .filter_map(|v| v["commit_timestamp"].as_str()?.parse().ok())
+                .filter(|(t, _)| t == token)
+                .map(|(_, at)| *at)
                 .collect();
             match (times.iter().min(), times.iter().max()) {
                 (Some(a), Some(b)) => out.push_str(&format!(
-                    "  {runner} delivered {} records of it, {a}..{b}\n",
+                    "  {reader} delivered {} records of it, {a}..{b}\n",
                     times.len()
                 )),
-                _ => out.push_str(&format!("  {runner} delivered nothing of it\n")),
+                _ => out.push_str(&format!("  {reader} delivered nothing of it\n")),
             }
         }
     }
     out
+}
+
+/// A partition's row in the `Partitions` metadata table, as text.
+async fn partition_row(db: &TestDatabase, token: &str) -> anyhow::Result<String> {
+    let mut stmt = Statement::new(
+        "SELECT FORMAT('%t start %t end %t watermark %t parents %t scheduled %t running %t \
+         finished %t', State, StartTimestamp, EndTimestamp, Watermark, ParentTokens, \
+         ScheduledAt, RunningAt, FinishedAt) FROM Partitions WHERE PartitionToken = @t",
+    );
+    stmt.add_param("t", &token);
+    let mut tx = db.client.single().await?;
+    let mut rows = tx.query(stmt).await?;
+    Ok(match rows.next().await? {
+        Some(row) => row.column::<String>(0)?,
+        None => "(no row)".to_owned(),
+    })
 }
 
 /// Checks that every wanted mutation was delivered exactly once across `outputs` (runner,

@@ -9,9 +9,8 @@ use std::time::Duration;
 use gcloud_spanner::mutation::insert_or_update;
 use gcloud_spanner::statement::Statement;
 use screamer::{SpannerSource, SpannerStore, Subscriber, SubscriberOptions, Timestamp};
-use screamer_tests::{
-    Collector, Emulator, EmulatorOptions, TestDatabase, eventually, int_member, read_range,
-};
+use screamer_tests::items::{counts, expected, explain_missing};
+use screamer_tests::{Collector, Emulator, EmulatorOptions, TestDatabase, eventually, int_member};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
@@ -161,71 +160,33 @@ async fn churning_partitions_deliver_every_mutation_in_order() -> anyhow::Result
     Ok(())
 }
 
-/// For a failed run: each missing (key, seq), the partition and commit time a re-read of the
-/// stream gives it, that partition's metadata row and what the subscriber delivered of it.
+/// For a failed run: the missing mutations, and for each where the stream has it.
 async fn explain(
     db: &TestDatabase,
     start: Timestamp,
     seq: &HashMap<i64, i64>,
     collector: &Collector,
 ) -> String {
-    let delivered = collector.records();
-    let mut got = HashMap::new();
-    for r in &delivered {
-        for m in &r.mods {
-            if let (Some(k), Some(s)) =
-                (int_member(&m.keys, "Id"), int_member(&m.new_values, "Seq"))
-            {
-                got.insert((k, s), r.commit_timestamp);
-            }
-        }
-    }
-    let missing: Vec<(i64, i64)> = seq
-        .iter()
-        .flat_map(|(k, n)| (1..=*n).map(move |s| (*k, s)))
+    let records = collector.records();
+    let got: BTreeMap<(i64, i64), usize> = counts(records.iter().flat_map(|r| {
+        r.mods.iter().filter_map(|m| {
+            Some((
+                int_member(&m.keys, "Id")?,
+                int_member(&m.new_values, "Seq")?,
+            ))
+        })
+    }));
+    let missing: Vec<(i64, i64)> = expected(seq)
+        .into_keys()
         .filter(|m| !got.contains_key(m))
         .collect();
-    let mut out = format!("missing {missing:?}\n");
-    let reread = match read_range(db, "Changes", start, Timestamp::now()).await {
-        Ok((records, _)) => records,
-        Err(e) => return format!("{out}cannot re-read: {e:#}"),
-    };
-    for (key, s) in missing.iter().take(5) {
-        let Some(r) = reread.iter().find(|r| {
-            r.mods.iter().any(|m| {
-                int_member(&m.keys, "Id") == Some(*key)
-                    && int_member(&m.new_values, "Seq") == Some(*s)
-            })
-        }) else {
-            out.push_str(&format!("({key}, {s}): not in a re-read either\n"));
-            continue;
-        };
-        let token = &r.partition_token;
-        let mine: Vec<Timestamp> = delivered
+    let readers = [(
+        "subscriber",
+        records
             .iter()
-            .filter(|d| &d.partition_token == token)
-            .map(|d| d.commit_timestamp)
-            .collect();
-        let mut stmt = Statement::new(
-            "SELECT TO_JSON_STRING(STRUCT(State, StartTimestamp, EndTimestamp, Watermark, \
-             ParentTokens, ScheduledAt, RunningAt, FinishedAt)) FROM Partitions \
-             WHERE PartitionToken = @t",
-        );
-        stmt.add_param("t", &token.as_str());
-        let row = async {
-            let mut tx = db.client.single().await?;
-            let mut rows = tx.query(stmt).await?;
-            let row = rows.next().await?;
-            anyhow::Ok(row.map(|r| r.column::<String>(0)).transpose()?)
-        }
-        .await;
-        out.push_str(&format!(
-            "({key}, {s}): partition {token:?} at {}; metadata {row:?}; delivered {} of it, {:?}..{:?}\n",
-            r.commit_timestamp,
-            mine.len(),
-            mine.iter().min(),
-            mine.iter().max(),
-        ));
-    }
-    out
+            .map(|r| (r.partition_token.as_str().to_owned(), r.commit_timestamp))
+            .collect(),
+    )];
+    let why = explain_missing(db, start, Timestamp::now(), &missing, &readers).await;
+    format!("missing {missing:?}\n{why}")
 }

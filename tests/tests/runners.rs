@@ -11,7 +11,8 @@ use anyhow::Context;
 
 use screamer::Timestamp;
 use screamer_tests::items::{
-    assert_ordered_per_partition, counts, exactly_once, expected, explain_missing, mods, write,
+    assert_ordered_per_partition, counts, delivered, exactly_once, expected, explain_missing, mods,
+    write,
 };
 use screamer_tests::libc::{SIGCONT, SIGINT, SIGKILL, SIGSTOP};
 use screamer_tests::{Emulator, EmulatorOptions, Screamer, TestDatabase, eventually};
@@ -149,8 +150,11 @@ async fn await_delivery(
         .filter(|k| !got.contains_key(k))
         .copied()
         .collect();
-    let outputs: Vec<_> = runners.iter().map(|(id, r)| (*id, r.lines())).collect();
-    let why = explain_missing(db, start.parse()?, written.1, &missing, &outputs).await;
+    let readers: Vec<_> = runners
+        .iter()
+        .map(|(id, r)| (*id, delivered(&r.lines())))
+        .collect();
+    let why = explain_missing(db, start.parse()?, written.1, &missing, &readers).await;
     Err(e.context(format!(
         "missing {missing:?}\n{why}status: {:?}\n{}",
         status(db, lease).ok(),
