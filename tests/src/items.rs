@@ -39,13 +39,19 @@ pub async fn write(
 pub fn mods(lines: &[String]) -> anyhow::Result<Vec<(i64, i64)>> {
     let mut out = Vec::new();
     for line in lines {
-        let v: Value = serde_json::from_str(line)?;
-        for m in v["mods"].as_array().expect("mods array") {
-            out.push((
-                m["keys"]["Id"].as_str().unwrap().parse()?,
-                m["new_values"]["Seq"].as_str().unwrap().parse()?,
-            ));
-        }
+        out.extend(record_mods(&serde_json::from_str(line)?)?);
+    }
+    Ok(out)
+}
+
+/// (key, seq) of every mod of one output record.
+pub fn record_mods(record: &Value) -> anyhow::Result<Vec<(i64, i64)>> {
+    let mut out = Vec::new();
+    for m in record["mods"].as_array().expect("mods array") {
+        out.push((
+            m["keys"]["Id"].as_str().unwrap().parse()?,
+            m["new_values"]["Seq"].as_str().unwrap().parse()?,
+        ));
     }
     Ok(out)
 }
@@ -190,7 +196,7 @@ pub fn exactly_once(
             let v: Value = serde_json::from_str(line)?;
             let token = v["partition_token"].as_str().unwrap_or_default();
             let at = v["commit_timestamp"].as_str().unwrap_or_default();
-            for m in mods(std::slice::from_ref(line))? {
+            for m in record_mods(&v)? {
                 copies
                     .entry(m)
                     .or_default()

@@ -12,7 +12,7 @@ use anyhow::Context;
 use screamer::Timestamp;
 use screamer_tests::items::{
     assert_ordered_per_partition, counts, delivered, exactly_once, expected, explain_missing, mods,
-    write,
+    record_mods, write,
 };
 use screamer_tests::libc::{SIGCONT, SIGINT, SIGKILL, SIGSTOP};
 use screamer_tests::{Emulator, EmulatorOptions, Screamer, TestDatabase, eventually};
@@ -172,6 +172,28 @@ fn delivered_exactly_once(
     exactly_once(want, &outputs).with_context(|| logs(runners))
 }
 
+/// Waits for a runner told to stop (SIGINT) to exit, and asserts it exited cleanly.
+async fn exits_cleanly(r: &mut Screamer) -> anyhow::Result<()> {
+    let code = r.wait(Duration::from_secs(30)).await?.code();
+    assert_eq!(code, Some(0), "{}", r.stderr());
+    Ok(())
+}
+
+/// Waits until a runner resumed after a pause logs its lapse and its return.
+async fn rejoined(r: &Screamer) -> anyhow::Result<()> {
+    eventually(
+        Duration::from_secs(20),
+        "the paused runner noticing and rejoining",
+        async || {
+            let err = r.stderr();
+            (err.contains("no heartbeat within the lease duration")
+                && err.contains("heartbeat restored"))
+            .then_some(())
+        },
+    )
+    .await
+}
+
 /// Every runner's log, for a failure message.
 fn logs(runners: &[(&str, &Screamer)]) -> String {
     runners
@@ -227,9 +249,8 @@ async fn three_runners_share_a_churning_stream_for_a_minute() -> anyhow::Result<
     for (_, r) in &runners {
         r.signal(SIGINT)?;
     }
-    for (id, r) in &mut runners {
-        let status = r.wait(Duration::from_secs(30)).await?;
-        assert_eq!(status.code(), Some(0), "{id}: {}", r.stderr());
+    for (_, r) in &mut runners {
+        exits_cleanly(r).await?;
         assert_ordered_per_partition(&r.lines())?;
     }
     let stopped: Vec<_> = runners.iter().map(|(id, r)| (*id, r)).collect();
@@ -279,12 +300,7 @@ async fn a_killed_runners_partitions_resume_elsewhere_after_its_lease() -> anyho
     .await?;
     eprintln!("caught up {:?} after the writer finished", t.elapsed());
     second.signal(SIGINT)?;
-    assert_eq!(
-        second.wait(Duration::from_secs(30)).await?.code(),
-        Some(0),
-        "{}",
-        second.stderr()
-    );
+    exits_cleanly(&mut second).await?;
     assert!(second.stderr().contains("subscription ended"));
     assert_ordered_per_partition(&second.lines())?;
     // Nothing lost; what the killed runner delivered after its last checkpoint may come
@@ -312,12 +328,7 @@ async fn a_graceful_stop_hands_over_at_once_and_repeats_nothing() -> anyhow::Res
     });
     let (mut first, mut second) = first_to_deliver(r1, r2, 100).await?;
     first.signal(SIGINT)?;
-    assert_eq!(
-        first.wait(Duration::from_secs(30)).await?.code(),
-        Some(0),
-        "{}",
-        first.stderr()
-    );
+    exits_cleanly(&mut first).await?;
     let written = writing.await??;
     let want = expected(&written.0);
     await_delivery(
@@ -331,12 +342,7 @@ async fn a_graceful_stop_hands_over_at_once_and_repeats_nothing() -> anyhow::Res
     )
     .await?;
     second.signal(SIGINT)?;
-    assert_eq!(
-        second.wait(Duration::from_secs(30)).await?.code(),
-        Some(0),
-        "{}",
-        second.stderr()
-    );
+    exits_cleanly(&mut second).await?;
     assert_ordered_per_partition(&second.lines())?;
     delivered_exactly_once(&want, &[("stopped", &first), ("other", &second)])?;
     Ok(())
@@ -381,17 +387,7 @@ async fn a_paused_runner_loses_its_partitions_writes_nothing_for_them_and_rejoin
     .await?;
     let epochs_before = status(&db, "3s")?;
     r1.signal(SIGCONT)?;
-    eventually(
-        Duration::from_secs(20),
-        "r1 noticing and rejoining",
-        async || {
-            let err = r1.stderr();
-            (err.contains("no heartbeat within the lease duration")
-                && err.contains("heartbeat restored"))
-            .then_some(())
-        },
-    )
-    .await?;
+    rejoined(&r1).await?;
     // The partitions r2 took are still r2's: r1's late writes were refused.
     let after = status(&db, "3s")?;
     for p in epochs_before["partitions"].as_array().unwrap() {
@@ -425,18 +421,8 @@ async fn a_paused_runner_loses_its_partitions_writes_nothing_for_them_and_rejoin
     for r in [&r1, &r2] {
         r.signal(SIGINT)?;
     }
-    assert_eq!(
-        r1.wait(Duration::from_secs(30)).await?.code(),
-        Some(0),
-        "{}",
-        r1.stderr()
-    );
-    assert_eq!(
-        r2.wait(Duration::from_secs(30)).await?.code(),
-        Some(0),
-        "{}",
-        r2.stderr()
-    );
+    exits_cleanly(&mut r1).await?;
+    exits_cleanly(&mut r2).await?;
     Ok(())
 }
 
@@ -485,7 +471,7 @@ async fn status_shows_runners_and_partitions() -> anyhow::Result<()> {
     assert!(p["state"] == "RUNNING" || p["state"] == "SCHEDULED", "{s}");
     assert_eq!(p["owner"], "solo");
     r1.signal(SIGINT)?;
-    assert_eq!(r1.wait(Duration::from_secs(30)).await?.code(), Some(0));
+    exits_cleanly(&mut r1).await?;
     // A graceful stop deregisters and releases.
     let s = status(&db, "3s")?;
     assert!(s["runners"].as_array().unwrap().is_empty(), "{s}");
@@ -529,17 +515,7 @@ async fn a_paused_runner_nobody_replaced_resumes_where_it_stopped() -> anyhow::R
     r1.signal(SIGCONT)?;
     // On waking it stops every reader, checkpoints what it had delivered, releases the
     // leases (nobody took them) and claims them again from exactly there.
-    eventually(
-        Duration::from_secs(20),
-        "r1 noticing and rejoining",
-        async || {
-            let err = r1.stderr();
-            (err.contains("no heartbeat within the lease duration")
-                && err.contains("heartbeat restored"))
-            .then_some(())
-        },
-    )
-    .await?;
+    rejoined(&r1).await?;
     let written = writing.await??;
     await_delivery(
         &db,
@@ -552,12 +528,7 @@ async fn a_paused_runner_nobody_replaced_resumes_where_it_stopped() -> anyhow::R
     )
     .await?;
     r1.signal(SIGINT)?;
-    assert_eq!(
-        r1.wait(Duration::from_secs(30)).await?.code(),
-        Some(0),
-        "{}",
-        r1.stderr()
-    );
+    exits_cleanly(&mut r1).await?;
     // Nothing lost, and only what shares a commit timestamp with the last record each
     // stopped reader delivered comes again: a stopped reader cannot know whether more
     // records at that timestamp were still to come, so it resumes there.
@@ -567,7 +538,7 @@ async fn a_paused_runner_nobody_replaced_resumes_where_it_stopped() -> anyhow::R
     let mut repeated_at: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for line in r1.lines() {
         let v: Value = serde_json::from_str(&line)?;
-        if mods(std::slice::from_ref(&line))?
+        if record_mods(&v)?
             .iter()
             .any(|m| got.get(m).copied().unwrap_or(0) > 1)
         {
@@ -652,18 +623,8 @@ async fn a_late_runner_gets_its_fair_share() -> anyhow::Result<()> {
     for r in [&r1, &r2] {
         r.signal(SIGINT)?;
     }
-    assert_eq!(
-        r1.wait(Duration::from_secs(30)).await?.code(),
-        Some(0),
-        "{}",
-        r1.stderr()
-    );
-    assert_eq!(
-        r2.wait(Duration::from_secs(30)).await?.code(),
-        Some(0),
-        "{}",
-        r2.stderr()
-    );
+    exits_cleanly(&mut r1).await?;
+    exits_cleanly(&mut r2).await?;
     // Rebalancing releases cleanly: exactly once.
     delivered_exactly_once(&want, &[("r1", &r1), ("r2", &r2)])?;
     assert!(
