@@ -40,29 +40,32 @@
 //! ```
 
 pub mod checkpoint;
-pub mod cli;
-pub mod config;
+pub mod client;
 pub mod consumer;
+pub mod destination;
 pub mod dsn;
 pub mod partition;
+#[cfg(feature = "plugins")]
 pub mod pipeline;
+#[cfg(feature = "plugins")]
 pub mod plugin;
 pub mod reader;
 pub mod record;
-pub mod sink;
 pub mod source;
 pub mod subscriber;
 pub mod timestamp;
 
+pub use client::Endpoint;
 pub use consumer::{Consumer, ConsumerError};
+pub use destination::{Batch, Destination, DestinationError, Ndjson};
 pub use dsn::DatabaseName;
 pub use partition::{
     MemoryStore, PartitionMetadata, PartitionState, PartitionStore, PartitionToken, SpannerStore,
     StoreError,
 };
+#[cfg(feature = "plugins")]
 pub use pipeline::Pipeline;
 pub use record::{ChangeRecord, DataChangeRecord, JsonObject, ModType, ValueCaptureType};
-pub use sink::NdjsonSink;
-pub use source::{Dialect, Endpoint, SourceError, SpannerSource};
+pub use source::{Dialect, SourceError, SpannerSource};
 pub use subscriber::{RunSummary, SubscribeError, Subscriber, SubscriberOptions};
 pub use timestamp::Timestamp;

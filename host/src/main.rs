@@ -1,5 +1,7 @@
-//! The `screamer` binary; the library does the work (see `screamer::cli`).
+//! The `screamer` binary: the command line over the library (see `cli`).
+
+mod cli;
 
 fn main() -> std::process::ExitCode {
-    screamer::cli::main()
+    cli::main()
 }

@@ -1,11 +1,11 @@
-//! Pipeline: the consumer the CLI runs — the plugin chain, then the sinks.
+//! Pipeline: the consumer the CLI runs — the plugin chain, then the destinations.
 //!
 //! Place in the flow: between the readers (which hand over one partition's batch at a
-//! time and treat `Ok` as the acknowledgement) and the NDJSON sinks.
+//! time and treat `Ok` as the acknowledgement) and the [`destination`](crate::destination)s.
 //!
-//! Invariants: a batch is acknowledged only after its dead letters and its outputs are
-//! written and flushed (dead letters first), so a checkpoint never passes a record that is
-//! neither out nor dead-lettered. Records of one batch keep their order in every output.
+//! Invariants: a batch is acknowledged only after every destination it went to accepted
+//! its part (dead letters first), so a checkpoint never passes a record that is neither out
+//! nor dead-lettered. Records of one batch keep their order in every output.
 //! Side outputs without a destination of their own go to the main output, tagged with an
 //! `"output"` field. The chain runs on the calling worker thread (`block_in_place`): plugin
 //! calls are synchronous CPU work and must not stall other tasks.
@@ -18,9 +18,9 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::consumer::{Consumer, ConsumerError};
+use crate::destination::{Batch, Destination};
 use crate::plugin::{Chain, Input, OutputRecord};
 use crate::record::DataChangeRecord;
-use crate::sink::NdjsonSink;
 
 /// Plugin chain (possibly empty) plus where its outputs and dead letters go.
 pub struct Pipeline {
@@ -28,9 +28,9 @@ pub struct Pipeline {
     /// Chain runs at once: one per core. Plugin calls are CPU work; more would only add
     /// instances (memory) without adding throughput.
     running: tokio::sync::Semaphore,
-    main: NdjsonSink,
-    side_outputs: HashMap<String, NdjsonSink>,
-    dead_letters: NdjsonSink,
+    main: Box<dyn Destination>,
+    side_outputs: HashMap<String, Box<dyn Destination>>,
+    dead_letters: Box<dyn Destination>,
     dead_letter_count: AtomicU64,
 }
 
@@ -57,7 +57,7 @@ struct DeadLetterLine<'a> {
 
 impl Pipeline {
     /// Outputs to `main`, dead letters to `dead_letters`; no plugins (a pass-through).
-    pub fn new(main: NdjsonSink, dead_letters: NdjsonSink) -> Self {
+    pub fn new(main: Box<dyn Destination>, dead_letters: Box<dyn Destination>) -> Self {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Pipeline {
             chain: None,
@@ -75,9 +75,13 @@ impl Pipeline {
         self
     }
 
-    /// Sends the records plugins emit to side output `name` to `sink`.
-    pub fn with_side_output(mut self, name: impl Into<String>, sink: NdjsonSink) -> Self {
-        self.side_outputs.insert(name.into(), sink);
+    /// Sends the records plugins emit to side output `name` to `destination`.
+    pub fn with_side_output(
+        mut self,
+        name: impl Into<String>,
+        destination: Box<dyn Destination>,
+    ) -> Self {
+        self.side_outputs.insert(name.into(), destination);
         self
     }
 
@@ -94,43 +98,39 @@ impl Pipeline {
     /// Processes one batch (records of one partition, in order) and writes the results.
     pub async fn process(&self, inputs: &[Input<'_>]) -> Result<(), ConsumerError> {
         let Some(chain) = &self.chain else {
-            let mut bytes = Vec::with_capacity(inputs.len() * 1024);
+            let mut batch = Batch::with_capacity(inputs.len());
             for input in inputs {
-                write_line(&mut bytes, input.record, input.extra, None)?;
+                push_line(&mut batch, input.record, input.extra, None)?;
             }
-            return Ok(self.main.write(bytes).await?);
+            return Ok(self.main.send(batch).await?);
         };
         let result = {
             let _slot = self.running.acquire().await?;
             run_blocking(|| chain.run(inputs))
         };
         if !result.dead_letters.is_empty() {
-            let mut bytes = Vec::new();
+            let mut batch = Batch::with_capacity(result.dead_letters.len());
             for d in &result.dead_letters {
                 let input = &inputs[d.origin];
                 tracing::warn!(plugin = %d.plugin, error = %d.error, table = %input.record.table_name,
                     commit_timestamp = %input.record.commit_timestamp, "record sent to the dead letters");
-                serde_json::to_writer(
-                    &mut bytes,
-                    &DeadLetterLine {
-                        plugin: &d.plugin,
-                        plugin_sha256: &d.plugin_sha256,
-                        error: &d.error,
-                        record: OutputLine {
-                            record: input.record,
-                            extra: input.extra,
-                            output: None,
-                        },
+                batch.push(&DeadLetterLine {
+                    plugin: &d.plugin,
+                    plugin_sha256: &d.plugin_sha256,
+                    error: &d.error,
+                    record: OutputLine {
+                        record: input.record,
+                        extra: input.extra,
+                        output: None,
                     },
-                )?;
-                bytes.push(b'\n');
+                })?;
             }
-            self.dead_letters.write(bytes).await?;
+            self.dead_letters.send(batch).await?;
             self.dead_letter_count
                 .fetch_add(result.dead_letters.len() as u64, Ordering::Relaxed);
         }
-        let mut main = Vec::with_capacity(result.outputs.len() * 1024);
-        let mut side: HashMap<&str, Vec<u8>> = HashMap::new();
+        let mut main = Batch::with_capacity(result.outputs.len());
+        let mut side: HashMap<&str, Batch> = HashMap::new();
         for out in &result.outputs {
             let (record, extra) = match &out.record {
                 OutputRecord::Unchanged => (inputs[out.origin].record, inputs[out.origin].extra),
@@ -138,15 +138,15 @@ impl Pipeline {
             };
             match out.output.as_deref() {
                 Some(name) if self.side_outputs.contains_key(name) => {
-                    write_line(side.entry(name).or_default(), record, extra, None)?
+                    push_line(side.entry(name).or_default(), record, extra, None)?
                 }
-                tag => write_line(&mut main, record, extra, tag)?,
+                tag => push_line(&mut main, record, extra, tag)?,
             }
         }
-        for (name, bytes) in side {
-            self.side_outputs[name].write(bytes).await?;
+        for (name, batch) in side {
+            self.side_outputs[name].send(batch).await?;
         }
-        Ok(self.main.write(main).await?)
+        Ok(self.main.send(main).await?)
     }
 }
 
@@ -163,26 +163,22 @@ impl Consumer for Pipeline {
     }
 }
 
-fn write_line(
-    out: &mut Vec<u8>,
+fn push_line(
+    batch: &mut Batch,
     record: &DataChangeRecord,
     extra: Option<&Map<String, Value>>,
     output: Option<&str>,
 ) -> serde_json::Result<()> {
     if extra.is_none() && output.is_none() {
-        serde_json::to_writer(&mut *out, record)?;
+        // Serializing the record directly skips serde's flatten machinery.
+        batch.push(record)
     } else {
-        serde_json::to_writer(
-            &mut *out,
-            &OutputLine {
-                record,
-                extra,
-                output,
-            },
-        )?;
+        batch.push(&OutputLine {
+            record,
+            extra,
+            output,
+        })
     }
-    out.push(b'\n');
-    Ok(())
 }
 
 /// Runs blocking work without stalling the runtime's other tasks.

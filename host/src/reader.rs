@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::checkpoint::Checkpointer;
+use crate::client::Backoff;
 use crate::consumer::{Consumer, ConsumerError};
 use crate::partition::{
     Lease, NewPartition, PartitionMetadata, PartitionState, PartitionStore, PartitionToken,
@@ -178,7 +179,7 @@ pub(crate) async fn run<C: Consumer>(
         watermark: partition.watermark,
         acked_at_watermark: false,
     };
-    let mut backoff = Backoff::new();
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
     loop {
         // The end is inclusive: records at `end` itself still belong to the range.
         if partition.end.is_some_and(|end| pos.watermark > end) {
@@ -190,7 +191,7 @@ pub(crate) async fn run<C: Consumer>(
         let progress_from = pos.watermark;
         let result = read_once(&ctx, &partition, &mut pos, &stop).await;
         if pos.watermark > progress_from {
-            backoff = Backoff::new();
+            backoff.reset();
         }
         match result {
             Ok(QueryEnd::Complete) => break,
@@ -199,7 +200,7 @@ pub(crate) async fn run<C: Consumer>(
                 return Ok(ReaderOutcome::Stopped);
             }
             Err(ReadError::Source(e)) if e.is_transient() => {
-                let delay = backoff.next();
+                let delay = backoff.next_delay();
                 tracing::warn!(partition = ?token, watermark = %pos.watermark, error = %e, retry_in = ?delay, "transient error; restarting from watermark");
                 ctx.checkpoints.advance(&token, pos.watermark);
                 tokio::select! {
@@ -421,25 +422,6 @@ fn child_partitions<'a>(
         end: parent.end,
         heartbeat_millis: parent.heartbeat_millis,
     })
-}
-
-/// Exponential backoff with full jitter, 100 ms to 10 s.
-struct Backoff {
-    attempt: u32,
-}
-
-impl Backoff {
-    fn new() -> Self {
-        Self { attempt: 0 }
-    }
-
-    fn next(&mut self) -> Duration {
-        let cap = Duration::from_millis(100)
-            .saturating_mul(1 << self.attempt.min(7))
-            .min(Duration::from_secs(10));
-        self.attempt += 1;
-        cap.mul_f64(0.5 + fastrand::f64() / 2.0)
-    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 //! drain), and maps runtime failures to exit 1. `screamer plugin ...` works on plugins
 //! alone ([`plugin`]).
 
+mod config;
 mod plugin;
 mod status;
 
@@ -18,16 +19,17 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{ConfigError, PipelineArgs, PipelineConfig, parse_duration};
-use crate::dsn::DatabaseName;
-use crate::partition::{MemoryStore, PartitionStore, SpannerStore, StoreError};
-use crate::pipeline::Pipeline;
-use crate::plugin::{Chain, PluginError, PluginRuntime};
-use crate::reader::ReaderError;
-use crate::sink::NdjsonSink;
-use crate::source::{Endpoint, SourceError, SpannerSource};
-use crate::subscriber::{SubscribeError, Subscriber, SubscriberOptions};
-use crate::timestamp::Timestamp;
+use config::{ConfigError, PipelineArgs, PipelineConfig, parse_duration};
+use screamer::client::Endpoint;
+use screamer::destination::{Destination, Ndjson};
+use screamer::dsn::DatabaseName;
+use screamer::partition::{MemoryStore, PartitionStore, SpannerStore, StoreError};
+use screamer::pipeline::Pipeline;
+use screamer::plugin::{Chain, PluginError, PluginRuntime};
+use screamer::reader::ReaderError;
+use screamer::source::{SourceError, SpannerSource};
+use screamer::subscriber::{SubscribeError, Subscriber, SubscriberOptions};
+use screamer::timestamp::Timestamp;
 
 /// Reads a Spanner change stream, passes every data change record through a chain of
 /// WebAssembly plugins, and prints the results as NDJSON on stdout.
@@ -299,25 +301,25 @@ async fn build_pipeline(
     config: &PipelineConfig,
     hot_swap: bool,
     cancel: &CancellationToken,
-) -> Result<(Pipeline, Option<crate::plugin::HotSwap>), RunError> {
-    let dead_letters = match &config.dead_letter {
-        Some(path) => NdjsonSink::append_file(path).map_err(|e| {
+) -> Result<(Pipeline, Option<screamer::plugin::HotSwap>), RunError> {
+    let dead_letters: Box<dyn Destination> = match &config.dead_letter {
+        Some(path) => Box::new(Ndjson::append_file(path).map_err(|e| {
             RunError::Input(format!(
                 "--dead-letter {}: cannot open: {e}",
                 path.display()
             ))
-        })?,
-        None => NdjsonSink::stderr(),
+        })?),
+        None => Box::new(Ndjson::stderr()),
     };
-    let mut pipeline = Pipeline::new(NdjsonSink::stdout(), dead_letters);
+    let mut pipeline = Pipeline::new(Box::new(Ndjson::stdout()), dead_letters);
     for (name, path) in &config.side_outputs {
-        let sink = NdjsonSink::append_file(path).map_err(|e| {
+        let file = Ndjson::append_file(path).map_err(|e| {
             RunError::Input(format!(
                 "--side-output {name}: cannot open {}: {e}",
                 path.display()
             ))
         })?;
-        pipeline = pipeline.with_side_output(name.clone(), sink);
+        pipeline = pipeline.with_side_output(name.clone(), Box::new(file));
     }
     if config.plugins.is_empty() {
         return Ok((pipeline, None));
@@ -349,7 +351,7 @@ async fn build_pipeline(
     }
     let chain = Arc::new(Chain::new(versions, config.batch_size));
     let watcher = if hot_swap {
-        Some(crate::plugin::watch(
+        Some(screamer::plugin::watch(
             runtime,
             chain.clone(),
             cancel.clone(),

@@ -11,10 +11,10 @@ use std::path::PathBuf;
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
+use super::config::{PipelineArgs, PipelineConfig};
 use super::{RunError, build_pipeline};
-use crate::config::{PipelineArgs, PipelineConfig};
-use crate::plugin::{Input, PluginRuntime, PluginSpec};
-use crate::record::DataChangeRecord;
+use screamer::plugin::{Input, PluginRuntime, PluginSpec};
+use screamer::record::DataChangeRecord;
 
 /// Lines per batch in `plugin run`.
 const RUN_BATCH: usize = 256;

@@ -6,11 +6,11 @@
 use std::time::Duration;
 
 use super::RunError;
-use crate::config::parse_duration;
-use crate::dsn::DatabaseName;
-use crate::partition::{PartitionStore, SpannerStore};
-use crate::source::Endpoint;
-use crate::timestamp::Timestamp;
+use super::config::parse_duration;
+use screamer::client::Endpoint;
+use screamer::dsn::DatabaseName;
+use screamer::partition::{PartitionStore, SpannerStore};
+use screamer::timestamp::Timestamp;
 
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {

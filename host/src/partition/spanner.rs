@@ -33,8 +33,8 @@ use super::{
     PartitionStatus, PartitionStore, PartitionToken, RunnerLoad, RunnerStatus, StoreError,
     StoreStatus,
 };
+use crate::client::{Backoff, Endpoint, is_transient};
 use crate::dsn::DatabaseName;
-use crate::source::{Endpoint, is_transient_status};
 use crate::timestamp::Timestamp;
 
 /// How long a metadata operation is retried while Spanner reports transient failures.
@@ -240,7 +240,7 @@ impl SpannerStore {
     /// runner is changing the schema or running a transaction (many runners start at once).
     async fn migrate(&self) -> Result<(), StoreError> {
         let deadline = tokio::time::Instant::now() + RETRY_FOR;
-        let mut delay = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         loop {
             match self.run_migrations().await {
                 Err(StoreError::Spanner { message, .. })
@@ -248,8 +248,7 @@ impl SpannerStore {
                         && tokio::time::Instant::now() < deadline =>
                 {
                     tracing::debug!(table = %self.table, "schema change busy; retrying");
-                    tokio::time::sleep(delay.mul_f64(0.5 + fastrand::f64())).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
+                    tokio::time::sleep(backoff.next_delay()).await;
                 }
                 other => return other,
             }
@@ -354,16 +353,15 @@ impl SpannerStore {
         Fut: std::future::Future<Output = Result<T, ClientError>>,
     {
         let deadline = tokio::time::Instant::now() + RETRY_FOR;
-        let mut delay = Duration::from_millis(20);
+        let mut backoff = Backoff::new(Duration::from_millis(20), max_delay);
         loop {
             match op().await {
                 Ok(v) => return Ok(v),
                 Err(ClientError::GRPC(status))
-                    if is_transient_status(&status) && tokio::time::Instant::now() < deadline =>
+                    if is_transient(&status) && tokio::time::Instant::now() < deadline =>
                 {
                     tracing::debug!(table = %self.table, error = %status, "retrying metadata operation");
-                    tokio::time::sleep(delay.mul_f64(0.5 + fastrand::f64())).await;
-                    delay = (delay * 2).min(max_delay);
+                    tokio::time::sleep(backoff.next_delay()).await;
                 }
                 Err(e) => return Err(self.err(e)),
             }

@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 use super::bindings::{ChangeRecord, Outcome};
 use super::convert::{to_host, to_wit};
 use super::instance::Instance;
-use super::runtime::PluginVersion;
+use super::version::PluginVersion;
 use crate::record::DataChangeRecord;
 
 /// One record entering the chain, with the extra top-level fields it already carries.

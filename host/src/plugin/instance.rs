@@ -12,7 +12,7 @@ use wasmtime::{Engine, Store, Trap};
 
 use super::PluginSpec;
 use super::bindings::{ChangeRecord, HostState, Outcome, Plugin, PluginInfo, PluginPre};
-use super::runtime::{EPOCH_TICK, PluginVersion};
+use super::version::{EPOCH_TICK, PluginVersion};
 
 pub(super) struct Instance {
     store: Store<HostState>,

@@ -23,6 +23,7 @@ mod chain;
 mod convert;
 mod instance;
 mod runtime;
+mod version;
 mod watch;
 
 use std::path::PathBuf;
@@ -30,7 +31,8 @@ use std::time::Duration;
 
 pub use bindings::{PROCESSOR_EXPORT, WORLD};
 pub use chain::{Chain, ChainResult, ChainStats, DeadLetter, Input, Output, OutputRecord};
-pub use runtime::{ComponentReport, PluginRuntime, PluginVersion};
+pub use runtime::{ComponentReport, PluginRuntime};
+pub use version::PluginVersion;
 pub use watch::{HotSwap, watch};
 
 /// One plugin of a chain: where it is and how it runs.

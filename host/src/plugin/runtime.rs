@@ -8,8 +8,8 @@
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
@@ -17,10 +17,8 @@ use wasmtime::{Config, Engine};
 
 use super::bindings::{self, HostState, PROCESSOR_EXPORT, PluginPre};
 use super::instance::Instance;
+use super::version::{EpochTicker, PluginVersion};
 use super::{PluginError, PluginSpec};
-
-/// How often the engine's epoch advances: the resolution of call deadlines.
-pub(super) const EPOCH_TICK: Duration = Duration::from_millis(2);
 
 /// The engine, the linker and the compiled-artifact cache shared by every plugin.
 pub struct PluginRuntime {
@@ -29,67 +27,6 @@ pub struct PluginRuntime {
     cache_dir: Option<PathBuf>,
     compatibility: String,
     ticker: Arc<EpochTicker>,
-}
-
-/// Advances the engine's epoch while anything that runs plugins (the runtime or a loaded
-/// version) is alive: deadlines depend on it.
-struct EpochTicker;
-
-impl EpochTicker {
-    fn start(engine: Engine) -> std::io::Result<Arc<Self>> {
-        let ticker = Arc::new(EpochTicker);
-        let alive: Weak<EpochTicker> = Arc::downgrade(&ticker);
-        std::thread::Builder::new()
-            .name("screamer-epoch".into())
-            .spawn(move || {
-                while alive.strong_count() > 0 {
-                    std::thread::sleep(EPOCH_TICK);
-                    engine.increment_epoch();
-                }
-            })?;
-        Ok(ticker)
-    }
-}
-
-/// One loaded, validated and configured version of a plugin file.
-pub struct PluginVersion {
-    pub name: String,
-    pub version: String,
-    /// SHA-256 of the wasm file, hex.
-    pub sha256: String,
-    pub spec: PluginSpec,
-    pub(super) pre: PluginPre<HostState>,
-    pub(super) engine: Engine,
-    pub(super) config_text: String,
-    pub(super) tag: Arc<str>,
-    _ticker: Arc<EpochTicker>,
-    /// How long loading took, and whether the compiled artifact came from the cache.
-    pub load_time: Duration,
-    pub from_cache: bool,
-}
-
-impl PluginVersion {
-    /// `name@version`, as logs and dead letters show it.
-    pub fn tag(&self) -> &str {
-        &self.tag
-    }
-
-    /// The short hash that tells versions of one file apart in logs.
-    pub fn short_hash(&self) -> &str {
-        &self.sha256[..12]
-    }
-}
-
-impl std::fmt::Debug for PluginVersion {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} ({} {})",
-            self.tag,
-            self.spec.path.display(),
-            self.short_hash()
-        )
-    }
 }
 
 /// What `screamer plugin check` reports about a component.

@@ -11,12 +11,15 @@
 mod connection;
 mod decode;
 mod query;
+mod session;
 
-pub use connection::{Endpoint, SpannerSource};
+pub use connection::SpannerSource;
 pub use decode::{DecodeError, Dialect};
 pub use query::{MAX_BATCH, PartitionQuery, QueryRange};
 
-use gcloud_gax::grpc::{Code, Status};
+use gcloud_gax::grpc::Status;
+
+use crate::client::{ConnectError, is_transient};
 
 /// Errors of the source stage.
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +40,7 @@ pub enum SourceError {
     )]
     StartOutOfRange { start: String, message: String },
     #[error("cannot connect to Spanner: {0}")]
-    Connect(String),
+    Connect(#[from] ConnectError),
     #[error("spanner: {0}")]
     Grpc(#[from] Status),
     #[error(transparent)]
@@ -48,38 +51,9 @@ impl SourceError {
     /// Whether retrying the same partition from its watermark may succeed.
     pub fn is_transient(&self) -> bool {
         match self {
-            SourceError::Grpc(status) => is_transient_status(status),
+            SourceError::Grpc(status) => is_transient(status),
             SourceError::Connect(_) => true,
             _ => false,
         }
     }
-}
-
-/// Transient gRPC failures: retried with backoff from the partition's watermark.
-pub fn is_transient_status(status: &Status) -> bool {
-    match status.code() {
-        Code::Unavailable
-        | Code::Aborted
-        | Code::DeadlineExceeded
-        | Code::ResourceExhausted
-        | Code::Cancelled => true,
-        Code::NotFound => status.message().contains("Session not found"),
-        Code::Internal => {
-            let m = status.message();
-            m.contains("RST_STREAM") || m.contains("unexpected EOS") || transport_failure(status)
-        }
-        // The client reports a broken connection mid-stream as UNKNOWN with the I/O error
-        // as its source ("error reading a body from connection").
-        Code::Unknown => transport_failure(status),
-        _ => false,
-    }
-}
-
-/// A failure of the connection rather than an answer from Spanner.
-fn transport_failure(status: &Status) -> bool {
-    let m = status.message();
-    std::error::Error::source(status).is_some()
-        || ["transport", "connection", "broken pipe", "reset"]
-            .iter()
-            .any(|w| m.contains(w))
 }

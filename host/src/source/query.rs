@@ -8,8 +8,8 @@ use gcloud_googleapis::spanner::v1::{ExecuteSqlRequest, PartialResultSet, Type, 
 use prost_types::value::Kind;
 
 use super::SourceError;
-use super::connection::{PooledSession, single_use_strong};
 use super::decode::{Dialect, RowAssembler, decode_row};
+use super::session::{PooledSession, single_use_strong};
 use crate::partition::PartitionToken;
 use crate::record::ChangeRecord;
 use crate::timestamp::Timestamp;

@@ -29,7 +29,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::plugin::{Limits, PluginSpec, PreopenDir, WasiGrants};
+use screamer::plugin::{Limits, PluginSpec, PreopenDir, WasiGrants};
 
 /// Default number of records per plugin call: most of the batching gain, small latency.
 pub const DEFAULT_BATCH_SIZE: usize = 64;

@@ -1,0 +1,112 @@
+//! Destinations: where output records go once the plugin chain is done with them.
+//!
+//! Place in the flow: last stage, fed by the [`pipeline`](crate::pipeline) (or by any
+//! [`Consumer`](crate::Consumer) of the library). A [`Batch`] holds one partition's output
+//! records, each already serialized as one JSON line, in order. [`Destination::send`] returns
+//! only once the destination has durably accepted the whole batch (for NDJSON: written and
+//! flushed): the caller acknowledges the batch, and so lets the checkpoint pass it, only
+//! after that. A slow destination makes `send` wait, which holds up the partition readers:
+//! back-pressure, never an unbounded buffer.
+//!
+//! Implementations: [`Ndjson`] (stdout, stderr, an appended file).
+
+mod ndjson;
+
+pub use ndjson::Ndjson;
+
+use std::ops::Range;
+
+/// Output records of one batch, in order: one JSON object per record, each followed by a
+/// newline (so the whole batch is NDJSON text as it is).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Batch {
+    bytes: Vec<u8>,
+    /// Where each record's line ends (after its newline).
+    ends: Vec<usize>,
+}
+
+impl Batch {
+    /// An empty batch with room for `records` lines of about 1 KiB.
+    pub fn with_capacity(records: usize) -> Self {
+        Batch {
+            bytes: Vec::with_capacity(records * 1024),
+            ends: Vec::with_capacity(records),
+        }
+    }
+
+    /// Appends `value` as one JSON line.
+    pub fn push(&mut self, value: &impl serde::Serialize) -> serde_json::Result<()> {
+        let start = self.bytes.len();
+        if let Err(e) = serde_json::to_writer(&mut self.bytes, value) {
+            self.bytes.truncate(start);
+            return Err(e);
+        }
+        self.bytes.push(b'\n');
+        self.ends.push(self.bytes.len());
+        Ok(())
+    }
+
+    /// How many records the batch holds.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The whole batch as NDJSON text.
+    pub fn as_ndjson(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Each record's JSON, without its newline: the payload of one message.
+    pub fn payloads(&self) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
+        self.spans().map(|r| &self.bytes[r.start..r.end - 1])
+    }
+
+    fn spans(&self) -> impl ExactSizeIterator<Item = Range<usize>> + '_ {
+        (0..self.ends.len()).map(|i| i.checked_sub(1).map_or(0, |p| self.ends[p])..self.ends[i])
+    }
+
+    fn into_ndjson(self) -> Vec<u8> {
+        self.bytes
+    }
+}
+
+/// Why a destination did not accept a batch. Nothing of the batch is acknowledged: a
+/// restart delivers it again.
+#[derive(Debug, thiserror::Error)]
+#[error("output {destination}: {source}")]
+pub struct DestinationError {
+    /// The destination, as [`Destination::name`] gives it.
+    pub destination: String,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Where output records go. See the module docs for what `send` promises.
+#[async_trait::async_trait]
+pub trait Destination: Send + Sync {
+    /// Names the destination in logs, errors and metrics (`stdout`, `file:/var/x.ndjson`).
+    fn name(&self) -> &str;
+
+    /// Sends `batch` (may be empty); returns once the destination has durably accepted it.
+    async fn send(&self, batch: Batch) -> Result<(), DestinationError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_is_ndjson_and_its_payloads_are_the_lines() {
+        let mut batch = Batch::default();
+        batch.push(&serde_json::json!({"a": 1})).unwrap();
+        batch.push(&serde_json::json!({"b": "x\ny"})).unwrap();
+        assert_eq!(batch.len(), 2);
+        assert_eq!(batch.as_ndjson(), b"{\"a\":1}\n{\"b\":\"x\\ny\"}\n");
+        let payloads: Vec<&[u8]> = batch.payloads().collect();
+        assert_eq!(payloads, [&b"{\"a\":1}"[..], &b"{\"b\":\"x\\ny\"}"[..]]);
+    }
+}
