@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use crate::observe::{Event, Observer};
 use crate::partition::{Lease, PartitionStore, PartitionToken, StoreError};
 use crate::timestamp::Timestamp;
 
@@ -19,6 +20,7 @@ use crate::timestamp::Timestamp;
 pub struct Checkpointer {
     store: Arc<dyn PartitionStore>,
     runner: String,
+    observer: Arc<dyn Observer>,
     pending: Mutex<HashMap<PartitionToken, Mark>>,
     /// Serializes flushes and finishes, so a late flush cannot rewind a finished partition.
     write: tokio::sync::Mutex<()>,
@@ -32,10 +34,11 @@ struct Mark {
 }
 
 impl Checkpointer {
-    pub fn new(store: Arc<dyn PartitionStore>, runner: &str) -> Self {
+    pub fn new(store: Arc<dyn PartitionStore>, runner: &str, observer: Arc<dyn Observer>) -> Self {
         Self {
             store,
             runner: runner.to_owned(),
+            observer,
             pending: Mutex::new(HashMap::new()),
             write: tokio::sync::Mutex::new(()),
         }
@@ -91,8 +94,16 @@ impl Checkpointer {
         if marks.is_empty() {
             return Ok(Vec::new());
         }
-        match self.store.update_watermarks(&self.runner, &marks).await {
+        let started = std::time::Instant::now();
+        let result = self.store.update_watermarks(&self.runner, &marks).await;
+        let took = started.elapsed();
+        match result {
             Ok(lost) => {
+                self.observer.observe(Event::Checkpointed {
+                    written: marks.len(),
+                    lost: lost.len(),
+                    took,
+                });
                 let mut pending = self.pending.lock().expect("checkpoint lock");
                 for l in &lost {
                     pending.remove(&l.token);
@@ -100,6 +111,7 @@ impl Checkpointer {
                 Ok(lost)
             }
             Err(e) => {
+                self.observer.observe(Event::CheckpointFailed { took });
                 // Keep them dirty so the next flush tries again.
                 let mut pending = self.pending.lock().expect("checkpoint lock");
                 for (l, _) in &marks {
@@ -168,7 +180,7 @@ mod tests {
             .await
             .unwrap();
         let before = store.writes();
-        let cp = Checkpointer::new(store.clone(), "r");
+        let cp = Checkpointer::new(store.clone(), "r", Arc::new(crate::observe::NoObserver));
         for c in &claims {
             cp.hold(&c.lease, t0);
         }

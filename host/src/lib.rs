@@ -44,6 +44,7 @@ pub mod client;
 pub mod consumer;
 pub mod destination;
 pub mod dsn;
+pub mod observe;
 pub mod partition;
 #[cfg(feature = "plugins")]
 pub mod pipeline;
@@ -59,6 +60,7 @@ pub use client::Endpoint;
 pub use consumer::{Consumer, ConsumerError};
 pub use destination::{Batch, Destination, DestinationError, Ndjson};
 pub use dsn::DatabaseName;
+pub use observe::{NoObserver, Observer};
 pub use partition::{
     MemoryStore, PartitionMetadata, PartitionState, PartitionStore, PartitionToken, SpannerStore,
     StoreError,

@@ -19,6 +19,7 @@ use serde_json::{Map, Value};
 
 use crate::consumer::{Consumer, ConsumerError};
 use crate::destination::{Batch, Destination};
+use crate::observe::{Event, NoObserver, Observer};
 use crate::plugin::{Chain, Input, OutputRecord};
 use crate::record::DataChangeRecord;
 
@@ -32,6 +33,7 @@ pub struct Pipeline {
     side_outputs: HashMap<String, Box<dyn Destination>>,
     dead_letters: Box<dyn Destination>,
     dead_letter_count: AtomicU64,
+    observer: Arc<dyn Observer>,
 }
 
 /// One output line: the record's own fields, then extra fields, then the side output name.
@@ -66,7 +68,14 @@ impl Pipeline {
             side_outputs: HashMap::new(),
             dead_letters,
             dead_letter_count: AtomicU64::new(0),
+            observer: Arc::new(NoObserver),
         }
+    }
+
+    /// Reports what each destination accepted, and the dead letters, to `observer`.
+    pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = observer;
+        self
     }
 
     /// Runs every batch through `chain` first.
@@ -102,7 +111,7 @@ impl Pipeline {
             for input in inputs {
                 push_line(&mut batch, input.record, input.extra, None)?;
             }
-            return Ok(self.main.send(batch).await?);
+            return self.send(&*self.main, batch).await;
         };
         let result = {
             let _slot = self.running.acquire().await?;
@@ -125,7 +134,13 @@ impl Pipeline {
                     },
                 })?;
             }
-            self.dead_letters.send(batch).await?;
+            self.send(&*self.dead_letters, batch).await?;
+            for plugin in result.dead_letters.chunk_by(|a, b| a.plugin == b.plugin) {
+                self.observer.observe(Event::DeadLetters {
+                    plugin: &plugin[0].plugin,
+                    records: plugin.len(),
+                });
+            }
             self.dead_letter_count
                 .fetch_add(result.dead_letters.len() as u64, Ordering::Relaxed);
         }
@@ -144,9 +159,25 @@ impl Pipeline {
             }
         }
         for (name, batch) in side {
-            self.side_outputs[name].send(batch).await?;
+            self.send(&*self.side_outputs[name], batch).await?;
         }
-        Ok(self.main.send(main).await?)
+        self.send(&*self.main, main).await
+    }
+
+    /// Sends `batch` to `destination` and reports what it accepted.
+    async fn send(&self, destination: &dyn Destination, batch: Batch) -> Result<(), ConsumerError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let records = batch.len();
+        let started = std::time::Instant::now();
+        destination.send(batch).await?;
+        self.observer.observe(Event::Output {
+            output: destination.name(),
+            records,
+            took: started.elapsed(),
+        });
+        Ok(())
     }
 }
 

@@ -19,14 +19,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::checkpoint::Checkpointer;
 use crate::client::Backoff;
 use crate::consumer::{Consumer, ConsumerError};
+use crate::observe::{Event, Observer};
 use crate::partition::{
     Lease, NewPartition, PartitionMetadata, PartitionState, PartitionStore, PartitionToken,
     StoreError,
@@ -35,28 +35,44 @@ use crate::record::{ChangeRecord, ChildPartitionsRecord, DataChangeRecord};
 use crate::source::{MAX_BATCH, PartitionQuery, QueryRange, SourceError, SpannerSource};
 use crate::timestamp::Timestamp;
 
-/// How the subscriber asks a reader to stop.
-#[derive(Clone, Default)]
-pub(crate) struct Stop {
+/// What the runner wants of a reader; it only ever moves down this list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum StopMode {
+    /// Keep reading.
+    Run,
     /// Stop at a clean position: first deliver whatever else shares the watermark's commit
     /// timestamp (up to the drain timeout), so a resume repeats nothing. Graceful stop and
     /// rebalancing.
-    pub drain: CancellationToken,
+    Drain,
     /// Stop after the batch being delivered and read nothing more: this runner may have
     /// lost the lease (its heartbeat lapsed). A resume may repeat the records at the
     /// watermark's timestamp.
-    pub halt: CancellationToken,
+    Halt,
 }
 
-impl Stop {
-    fn requested(&self) -> bool {
-        self.drain.is_cancelled() || self.halt.is_cancelled()
+/// The reader's end of its runner's [`StopMode`] channel. A runner that dropped its end
+/// wants nothing more from the reader: that reads as [`StopMode::Halt`].
+pub(crate) struct StopSignal(watch::Receiver<StopMode>);
+
+impl StopSignal {
+    /// A signal and the runner's end of it, starting at [`StopMode::Run`].
+    pub(crate) fn new() -> (watch::Sender<StopMode>, Self) {
+        let (tx, rx) = watch::channel(StopMode::Run);
+        (tx, Self(rx))
     }
 
-    async fn requested_now(&self) {
-        tokio::select! {
-            _ = self.drain.cancelled() => {}
-            _ = self.halt.cancelled() => {}
+    fn mode(&self) -> StopMode {
+        if self.0.has_changed().is_err() {
+            StopMode::Halt
+        } else {
+            *self.0.borrow()
+        }
+    }
+
+    /// Resolves once the mode is at least `mode`.
+    async fn reached(&mut self, mode: StopMode) {
+        if self.0.wait_for(|m| *m >= mode).await.is_err() {
+            // The runner is gone: halted, which is past any mode.
         }
     }
 }
@@ -91,6 +107,12 @@ pub enum ReaderError {
         partition: PartitionToken,
         source: ConsumerError,
     },
+    /// A bug: the reader's task panicked. The runner stops through its drain.
+    #[error("partition {partition:?}: the reader panicked: {message}")]
+    Panicked {
+        partition: PartitionToken,
+        message: String,
+    },
 }
 
 /// What every reader of one subscriber shares.
@@ -100,6 +122,7 @@ pub(crate) struct ReaderContext<C> {
     pub store: Arc<dyn PartitionStore>,
     pub checkpoints: Arc<Checkpointer>,
     pub consumer: Arc<C>,
+    pub observer: Arc<dyn Observer>,
     pub drain_timeout: Duration,
 }
 
@@ -162,7 +185,7 @@ pub(crate) async fn run<C: Consumer>(
     ctx: Arc<ReaderContext<C>>,
     partition: PartitionMetadata,
     lease: Lease,
-    stop: Stop,
+    mut stop: StopSignal,
 ) -> Result<ReaderOutcome, ReaderError> {
     let token = partition.token.clone();
     let store_err = |source| ReaderError::Store {
@@ -185,11 +208,11 @@ pub(crate) async fn run<C: Consumer>(
         if partition.end.is_some_and(|end| pos.watermark > end) {
             break;
         }
-        if stop.requested() {
+        if stop.mode() != StopMode::Run {
             return Ok(ReaderOutcome::Stopped);
         }
         let progress_from = pos.watermark;
-        let result = read_once(&ctx, &partition, &mut pos, &stop).await;
+        let result = read_once(&ctx, &partition, &mut pos, &mut stop).await;
         if pos.watermark > progress_from {
             backoff.reset();
         }
@@ -202,9 +225,13 @@ pub(crate) async fn run<C: Consumer>(
             Err(ReadError::Source(e)) if e.is_transient() => {
                 let delay = backoff.next_delay();
                 tracing::warn!(partition = ?token, watermark = %pos.watermark, error = %e, retry_in = ?delay, "transient error; restarting from watermark");
+                ctx.observer.observe(Event::QueryRestarted {
+                    partition: &token,
+                    error: &e,
+                });
                 ctx.checkpoints.advance(&token, pos.watermark);
                 tokio::select! {
-                    _ = stop.requested_now() => return Ok(ReaderOutcome::Stopped),
+                    _ = stop.reached(StopMode::Drain) => return Ok(ReaderOutcome::Stopped),
                     _ = tokio::time::sleep(delay) => {}
                 }
             }
@@ -231,6 +258,7 @@ pub(crate) async fn run<C: Consumer>(
         .await
         .map_err(store_err)?;
     tracing::debug!(partition = ?token, watermark = %last, "partition finished");
+    ctx.observer.observe(Event::Finished { partition: &token });
     Ok(ReaderOutcome::Finished)
 }
 
@@ -245,7 +273,7 @@ async fn read_once<C: Consumer>(
     ctx: &ReaderContext<C>,
     partition: &PartitionMetadata,
     pos: &mut Position,
-    stop: &Stop,
+    stop: &mut StopSignal,
 ) -> Result<QueryEnd, ReadError> {
     let range = QueryRange {
         start: pos.watermark,
@@ -262,10 +290,11 @@ async fn read_once<C: Consumer>(
     let (mut batches, _fetch) = prefetch(query);
     let mut drain_deadline: Option<Instant> = None;
     loop {
-        if stop.halt.is_cancelled() {
+        let mode = stop.mode();
+        if mode == StopMode::Halt {
             return Ok(QueryEnd::Stopped);
         }
-        if drain_deadline.is_none() && stop.drain.is_cancelled() {
+        if drain_deadline.is_none() && mode == StopMode::Drain {
             if !pos.acked_at_watermark {
                 return Ok(QueryEnd::Stopped);
             }
@@ -274,12 +303,12 @@ async fn read_once<C: Consumer>(
         let next = match drain_deadline {
             None => tokio::select! {
                 biased;
-                _ = stop.requested_now() => continue,
+                _ = stop.reached(StopMode::Drain) => continue,
                 batch = batches.recv() => batch,
             },
             Some(deadline) => tokio::select! {
                 biased;
-                _ = stop.halt.cancelled() => continue,
+                _ = stop.reached(StopMode::Halt) => continue,
                 batch = tokio::time::timeout_at(deadline, batches.recv()) => match batch {
                     Ok(batch) => batch,
                     Err(_) => {
@@ -294,8 +323,11 @@ async fn read_once<C: Consumer>(
         let Some(records) = next.transpose().map_err(ReadError::Source)? else {
             return Ok(QueryEnd::Complete);
         };
-        let draining = drain_deadline.is_some();
-        if handle_batch(ctx, partition, pos, records, draining).await? {
+        let scope = match drain_deadline {
+            None => Deliver::Everything,
+            Some(_) => Deliver::AtWatermarkOnly,
+        };
+        if handle_batch(ctx, partition, pos, records, scope).await? == BatchEnd::Stop {
             return Ok(QueryEnd::Stopped);
         }
         ctx.checkpoints.advance(&partition.token, pos.watermark);
@@ -342,21 +374,38 @@ fn prefetch(mut query: PartitionQuery) -> (Batches, AbortOnDropHandle<()>) {
     (rx, AbortOnDropHandle::new(fetch))
 }
 
-/// Delivers one batch and advances the position; returns true when a draining reader has
-/// reached a later timestamp and must stop.
+/// Which records of a batch a reader delivers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Deliver {
+    Everything,
+    /// Draining: only what shares the watermark's commit timestamp.
+    AtWatermarkOnly,
+}
+
+/// Whether the reader goes on after a batch.
+#[derive(Debug, PartialEq, Eq)]
+enum BatchEnd {
+    Continue,
+    /// A draining reader reached a later timestamp: its position is final.
+    Stop,
+}
+
+/// Delivers one batch and advances the position.
 async fn handle_batch<C: Consumer>(
     ctx: &ReaderContext<C>,
     partition: &PartitionMetadata,
     pos: &mut Position,
     records: Vec<ChangeRecord>,
-    draining: bool,
-) -> Result<bool, ReadError> {
+    scope: Deliver,
+) -> Result<BatchEnd, ReadError> {
     let mut data: Vec<DataChangeRecord> = Vec::new();
     // Child partitions announced in this batch, recorded in one write.
     let mut children: Vec<NewPartition> = Vec::new();
     // What came after the last data record of the batch.
     let mut after: Option<After> = None;
-    let mut stop = false;
+    // The last timestamp handled: everything up to it is acknowledged once this returns.
+    let mut through: Option<Timestamp> = None;
+    let mut end = BatchEnd::Continue;
     for record in records {
         let t = record.timestamp();
         let shown = match record {
@@ -364,11 +413,12 @@ async fn handle_batch<C: Consumer>(
             _ => After::Record(t),
         };
         // A draining reader delivers only what shares the watermark's time.
-        if draining && t > pos.watermark {
+        if scope == Deliver::AtWatermarkOnly && t > pos.watermark {
             after = Some(shown);
-            stop = true;
+            end = BatchEnd::Stop;
             break;
         }
+        through = Some(t);
         match record {
             ChangeRecord::Data(r) => {
                 after = None;
@@ -390,6 +440,10 @@ async fn handle_batch<C: Consumer>(
         tracing::debug!(partition = ?partition.token, announced = children.len(), inserted, "child partitions");
     }
     if let Some(last) = data.last().map(|r| r.commit_timestamp) {
+        ctx.observer.observe(Event::Read {
+            partition: &partition.token,
+            records: &data,
+        });
         ctx.consumer
             .consume(&data)
             .await
@@ -402,7 +456,13 @@ async fn handle_batch<C: Consumer>(
         Some(After::Heartbeat(t)) if t > pos.watermark => pos.heartbeat(t),
         _ => {}
     }
-    Ok(stop)
+    if let Some(through) = through {
+        ctx.observer.observe(Event::Acknowledged {
+            partition: &partition.token,
+            through,
+        });
+    }
+    Ok(end)
 }
 
 /// The partitions a child partitions record announces, as rows to insert.

@@ -126,3 +126,70 @@ async fn cut_connections_are_retried_from_the_watermark() -> anyhow::Result<()> 
     assert!(cuts >= 6, "only {cuts} connections were cut");
     Ok(())
 }
+
+/// Panics on the batch after the first one it accepted.
+#[derive(Default)]
+struct PanicsOnSecondBatch(std::sync::atomic::AtomicUsize);
+
+impl screamer::Consumer for PanicsOnSecondBatch {
+    async fn consume(
+        &self,
+        _: &[screamer::DataChangeRecord],
+    ) -> Result<(), screamer::ConsumerError> {
+        if self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 1 {
+            panic!("consumer bug");
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_panicking_reader_ends_the_run_through_the_drain() -> anyhow::Result<()> {
+    screamer_tests::init_tracing();
+    let emulator = Emulator::start(EmulatorOptions::exact()).await?;
+    let db = emulator.items_database().await?;
+    let start = Timestamp::now();
+    let store = Arc::new(SpannerStore::connect(&db.endpoint(), &db.name, "Partitions").await?);
+    let source = SpannerSource::connect(&db.endpoint(), &db.name, "Changes").await?;
+    let subscriber = Subscriber::new(
+        source,
+        store.clone(),
+        SubscriberOptions {
+            runner_id: "buggy".into(),
+            start: Some(start),
+            heartbeat_interval: Duration::from_secs(1),
+            poll_interval: Duration::from_millis(200),
+            ..Default::default()
+        },
+    );
+    let run = tokio::spawn(async move {
+        subscriber
+            .subscribe(PanicsOnSecondBatch::default(), CancellationToken::new())
+            .await
+    });
+    // Commits a second apart: the reader delivers them in separate batches.
+    for seq in 1..=3i64 {
+        db.apply(vec![insert_or_update(
+            "Items",
+            &["Id", "Seq"],
+            &[&1i64, &seq],
+        )])
+        .await?;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    let result = tokio::time::timeout(Duration::from_secs(60), run).await??;
+    let error = result.expect_err("the run must fail").to_string();
+    assert!(
+        error.contains("the reader panicked: consumer bug"),
+        "{error}"
+    );
+    // The drain ran: the runner deregistered and released what it held.
+    let status = screamer::PartitionStore::status(&*store, Duration::from_secs(30)).await?;
+    assert!(status.runners.is_empty(), "{:?}", status.runners);
+    assert!(
+        status.partitions.iter().all(|p| p.owner.is_none()),
+        "{:?}",
+        status.partitions
+    );
+    Ok(())
+}

@@ -28,7 +28,7 @@ use screamer::pipeline::Pipeline;
 use screamer::plugin::{Chain, PluginError, PluginRuntime};
 use screamer::reader::ReaderError;
 use screamer::source::{SourceError, SpannerSource};
-use screamer::subscriber::{SubscribeError, Subscriber, SubscriberOptions};
+use screamer::subscriber::{HEARTBEAT_INTERVALS, SubscribeError, Subscriber, SubscriberOptions};
 use screamer::timestamp::Timestamp;
 
 /// Reads a Spanner change stream, passes every data change record through a chain of
@@ -119,7 +119,7 @@ fn parse_lease(s: &str) -> Result<Duration, String> {
 
 fn parse_heartbeat(s: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
-    if !(Duration::from_secs(1)..=Duration::from_secs(300)).contains(&d) {
+    if !HEARTBEAT_INTERVALS.contains(&d) {
         return Err(format!("{s:?} is outside 1s..300s"));
     }
     Ok(d)
