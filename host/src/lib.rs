@@ -44,6 +44,7 @@ pub mod client;
 pub mod consumer;
 pub mod destination;
 pub mod dsn;
+pub mod error;
 pub mod observe;
 pub mod partition;
 #[cfg(feature = "plugins")]
@@ -60,6 +61,7 @@ pub use client::Endpoint;
 pub use consumer::{Consumer, ConsumerError};
 pub use destination::{Batch, Destination, DestinationError, Ndjson};
 pub use dsn::DatabaseName;
+pub use error::FailureKind;
 pub use observe::{NoObserver, Observer};
 pub use partition::{
     MemoryStore, PartitionMetadata, PartitionState, PartitionStore, PartitionToken, SpannerStore,

@@ -26,6 +26,7 @@ use tokio_util::task::AbortOnDropHandle;
 use crate::checkpoint::Checkpointer;
 use crate::client::Backoff;
 use crate::consumer::{Consumer, ConsumerError};
+use crate::error::FailureKind;
 use crate::observe::{Event, Observer};
 use crate::partition::{
     Lease, NewPartition, PartitionMetadata, PartitionState, PartitionStore, PartitionToken,
@@ -113,6 +114,16 @@ pub enum ReaderError {
         partition: PartitionToken,
         message: String,
     },
+}
+
+impl ReaderError {
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            ReaderError::Source { source, .. } => source.kind(),
+            ReaderError::Store { source, .. } => source.kind(),
+            ReaderError::Consumer { .. } | ReaderError::Panicked { .. } => FailureKind::Runtime,
+        }
+    }
 }
 
 /// What every reader of one subscriber shares.

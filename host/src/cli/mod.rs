@@ -20,13 +20,13 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 use config::{ConfigError, PipelineArgs, PipelineConfig, parse_duration};
+use screamer::FailureKind;
 use screamer::client::Endpoint;
 use screamer::destination::{Destination, Ndjson};
 use screamer::dsn::DatabaseName;
 use screamer::partition::{MemoryStore, PartitionStore, SpannerStore, StoreError};
 use screamer::pipeline::Pipeline;
 use screamer::plugin::{Chain, PluginError, PluginRuntime};
-use screamer::reader::ReaderError;
 use screamer::source::{SourceError, SpannerSource};
 use screamer::subscriber::{HEARTBEAT_INTERVALS, SubscribeError, Subscriber, SubscriberOptions};
 use screamer::timestamp::Timestamp;
@@ -201,41 +201,24 @@ pub enum RunError {
 }
 
 impl RunError {
+    fn kind(&self) -> FailureKind {
+        match self {
+            RunError::Input(_) | RunError::Config(_) => FailureKind::Input,
+            RunError::Plugin(e) => e.kind(),
+            RunError::Io(_) => FailureKind::Runtime,
+            RunError::Source(e) => e.kind(),
+            RunError::Store(e) => e.kind(),
+            RunError::Subscribe(e) => e.kind(),
+        }
+    }
+
     /// 2 for what the user's input caused, 1 for runtime failures.
     pub fn exit_code(&self) -> u8 {
-        let input = match self {
-            RunError::Input(_) | RunError::Config(_) => true,
-            RunError::Plugin(e) => !matches!(e, PluginError::Engine(_) | PluginError::Cache { .. }),
-            RunError::Io(_) => false,
-            RunError::Source(e) => source_input_error(e),
-            RunError::Store(e) => store_input_error(e),
-            RunError::Subscribe(SubscribeError::Store(e)) => store_input_error(e),
-            RunError::Subscribe(SubscribeError::EmptyRange { .. }) => true,
-            RunError::Subscribe(SubscribeError::Reader(ReaderError::Source { source, .. })) => {
-                source_input_error(source)
-            }
-            RunError::Subscribe(_) => false,
-        };
-        if input { INVALID_INPUT } else { 1 }
+        match self.kind() {
+            FailureKind::Input => INVALID_INPUT,
+            FailureKind::Runtime => 1,
+        }
     }
-}
-
-fn source_input_error(e: &SourceError) -> bool {
-    matches!(
-        e,
-        SourceError::DatabaseNotFound { .. }
-            | SourceError::StreamNotFound { .. }
-            | SourceError::StartOutOfRange { .. }
-    )
-}
-
-fn store_input_error(e: &StoreError) -> bool {
-    matches!(
-        e,
-        StoreError::InvalidTableName(_)
-            | StoreError::SchemaMismatch { .. }
-            | StoreError::UnsupportedDialect { .. }
-    )
 }
 
 async fn run(args: Args) -> Result<(), RunError> {

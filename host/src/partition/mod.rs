@@ -16,6 +16,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::client::ConnectError;
+use crate::error::FailureKind;
 use crate::timestamp::Timestamp;
 
 /// A change stream partition's token. The root (the query with a NULL token) is stored under
@@ -260,10 +262,43 @@ pub enum StoreError {
     /// The write was refused: another runner holds the partition now (or the lease expired).
     #[error("partition {token:?}: lease lost (epoch {epoch} is no longer this runner's)")]
     LeaseLost { token: PartitionToken, epoch: i64 },
-    #[error("metadata table {table}: {message}")]
-    Spanner { table: String, message: String },
+    #[error("metadata table {table}: {source}")]
+    Spanner {
+        table: String,
+        #[source]
+        source: gcloud_spanner::client::Error,
+    },
+    #[error("metadata table {table}: {source}")]
+    Connect {
+        table: String,
+        #[source]
+        source: ConnectError,
+    },
     #[error("metadata table {table}: corrupt row: {message}")]
     Corrupt { table: String, message: String },
+}
+
+impl StoreError {
+    /// The gRPC status Spanner answered with, when it answered.
+    pub fn status(&self) -> Option<&gcloud_gax::grpc::Status> {
+        match self {
+            StoreError::Spanner {
+                source: gcloud_spanner::client::Error::GRPC(status),
+                ..
+            } => Some(status),
+            _ => None,
+        }
+    }
+
+    /// Whether the user's input caused it (a table name or table they can fix).
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            StoreError::InvalidTableName(_)
+            | StoreError::SchemaMismatch { .. }
+            | StoreError::UnsupportedDialect { .. } => FailureKind::Input,
+            _ => FailureKind::Runtime,
+        }
+    }
 }
 
 /// The most partitions one [`PartitionStore::claim`] call takes. A transaction's size is

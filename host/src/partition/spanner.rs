@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use gcloud_gax::grpc::Status;
+use gcloud_gax::grpc::{Code, Status};
 use gcloud_googleapis::spanner::admin::database::v1::UpdateDatabaseDdlRequest;
 use gcloud_googleapis::spanner::v1::Mutation;
 use gcloud_spanner::admin::AdminClientConfig;
@@ -104,9 +104,9 @@ impl SpannerStore {
         let env = endpoint
             .environment()
             .await
-            .map_err(|e| StoreError::Spanner {
+            .map_err(|source| StoreError::Connect {
                 table: table.to_owned(),
-                message: e.to_string(),
+                source,
             })?;
         let mut config = ClientConfig {
             environment: env,
@@ -117,9 +117,9 @@ impl SpannerStore {
         config.session_config.max_opened = 16;
         let client = Client::new(database.to_string(), config)
             .await
-            .map_err(|e| StoreError::Spanner {
+            .map_err(|source| StoreError::Spanner {
                 table: table.to_owned(),
-                message: e.to_string(),
+                source,
             })?;
         Ok(Self {
             endpoint: endpoint.clone(),
@@ -137,10 +137,10 @@ impl SpannerStore {
         &self.table
     }
 
-    fn err(&self, e: impl std::fmt::Display) -> StoreError {
+    fn err(&self, e: impl Into<ClientError>) -> StoreError {
         StoreError::Spanner {
             table: self.table.clone(),
-            message: e.to_string(),
+            source: e.into(),
         }
     }
 
@@ -238,14 +238,19 @@ impl SpannerStore {
 
     /// [`Self::run_migrations`], again while Spanner refuses the schema change because another
     /// runner is changing the schema or running a transaction (many runners start at once).
+    /// Spanner says so with FAILED_PRECONDITION (measured on the emulator: "Schema change
+    /// operation rejected because a concurrent schema change operation or read-write
+    /// transaction is already in progress"); every statement is `IF NOT EXISTS`, so retrying
+    /// any FAILED_PRECONDITION until the deadline is safe.
     async fn migrate(&self) -> Result<(), StoreError> {
         let deadline = tokio::time::Instant::now() + RETRY_FOR;
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         loop {
             match self.run_migrations().await {
-                Err(StoreError::Spanner { message, .. })
-                    if message.contains("concurrent schema change")
-                        && tokio::time::Instant::now() < deadline =>
+                Err(e)
+                    if e.status().is_some_and(|s| {
+                        s.code() == Code::FailedPrecondition || is_transient(s)
+                    }) && tokio::time::Instant::now() < deadline =>
                 {
                     tracing::debug!(table = %self.table, "schema change busy; retrying");
                     tokio::time::sleep(backoff.next_delay()).await;
@@ -296,7 +301,14 @@ impl SpannerStore {
                 l = self.leases
             ),
         ];
-        let env = self.endpoint.environment().await.map_err(|e| self.err(e))?;
+        let env = self
+            .endpoint
+            .environment()
+            .await
+            .map_err(|source| StoreError::Connect {
+                table: self.table.clone(),
+                source,
+            })?;
         let admin = AdminClient::new(AdminClientConfig {
             environment: env,
             ..Default::default()

@@ -20,6 +20,17 @@ pub(super) struct Instance {
     timeout: Duration,
 }
 
+/// Why `init` failed.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum InitError {
+    /// The call trapped or ran out of time or memory (a readable description).
+    #[error("{0}")]
+    Trapped(String),
+    /// The plugin refused its configuration, with its own message.
+    #[error("{0}")]
+    Refused(String),
+}
+
 impl Instance {
     /// A fresh instance of `version`, initialized with its configuration.
     pub fn start(version: &PluginVersion) -> Result<Self, String> {
@@ -29,7 +40,9 @@ impl Instance {
             &version.spec,
             version.tag.clone(),
         )?;
-        instance.init(&version.config_text)??;
+        instance
+            .init(&version.config_text)
+            .map_err(|e| e.to_string())?;
         Ok(instance)
     }
 
@@ -68,14 +81,21 @@ impl Instance {
         r.map_err(|e| describe(e, &mut self.store, self.timeout))
     }
 
-    /// The outer `Err` is a trap; the inner one the plugin refusing its configuration.
-    pub fn init(&mut self, config: &str) -> Result<Result<(), String>, String> {
+    pub fn init(&mut self, config: &str) -> Result<(), InitError> {
         self.arm();
         let r = self
             .plugin
             .screamer_plugin_processor()
             .call_init(&mut self.store, config);
-        r.map_err(|e| describe(e, &mut self.store, self.timeout))
+        match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(refusal)) => Err(InitError::Refused(refusal)),
+            Err(e) => Err(InitError::Trapped(describe(
+                e,
+                &mut self.store,
+                self.timeout,
+            ))),
+        }
     }
 
     pub fn process(&mut self, batch: &[ChangeRecord]) -> Result<Vec<Outcome>, String> {

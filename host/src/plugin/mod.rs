@@ -134,3 +134,14 @@ pub enum PluginError {
     #[error("plugin engine: {0}")]
     Engine(String),
 }
+
+impl PluginError {
+    /// Every plugin error names a file or plugin the user chose, except the engine's and the
+    /// cache's.
+    pub fn kind(&self) -> crate::FailureKind {
+        match self {
+            PluginError::Engine(_) | PluginError::Cache { .. } => crate::FailureKind::Runtime,
+            _ => crate::FailureKind::Input,
+        }
+    }
+}

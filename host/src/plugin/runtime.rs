@@ -16,7 +16,7 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine};
 
 use super::bindings::{self, HostState, PROCESSOR_EXPORT, PluginPre};
-use super::instance::Instance;
+use super::instance::{InitError, Instance};
 use super::version::{EpochTicker, PluginVersion};
 use super::{PluginError, PluginSpec};
 
@@ -140,16 +140,16 @@ impl PluginRuntime {
         })?;
         let tag: Arc<str> = format!("{}@{}", info.name, info.version).into();
         trial.set_tag(tag.clone());
-        trial
-            .init(&config_text)
-            .map_err(|message| PluginError::Start {
+        trial.init(&config_text).map_err(|e| match e {
+            InitError::Trapped(message) => PluginError::Start {
                 plugin: tag.to_string(),
                 message,
-            })?
-            .map_err(|message| PluginError::Config {
+            },
+            InitError::Refused(message) => PluginError::Config {
                 plugin: tag.to_string(),
                 message,
-            })?;
+            },
+        })?;
         let load_time = started.elapsed();
         let version = Arc::new(PluginVersion {
             name: info.name.clone(),

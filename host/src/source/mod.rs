@@ -20,6 +20,7 @@ pub use query::{MAX_BATCH, PartitionQuery, QueryRange};
 use gcloud_gax::grpc::Status;
 
 use crate::client::{ConnectError, is_transient};
+use crate::error::FailureKind;
 
 /// Errors of the source stage.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +49,16 @@ pub enum SourceError {
 }
 
 impl SourceError {
+    /// A database, stream or start the user named that is not there.
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            SourceError::DatabaseNotFound { .. }
+            | SourceError::StreamNotFound { .. }
+            | SourceError::StartOutOfRange { .. } => FailureKind::Input,
+            _ => FailureKind::Runtime,
+        }
+    }
+
     /// Whether retrying the same partition from its watermark may succeed.
     pub fn is_transient(&self) -> bool {
         match self {

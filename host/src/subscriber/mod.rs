@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::checkpoint::Checkpointer;
 use crate::consumer::Consumer;
+use crate::error::FailureKind;
 use crate::observe::{Event as ObserverEvent, NoObserver, Observer};
 use crate::partition::{
     CLAIM_BATCH, Lease, NewPartition, PartitionStore, PartitionToken, StoreError,
@@ -99,6 +100,16 @@ pub enum SubscribeError {
     Reader(#[from] ReaderError),
     #[error("--end ({end}) must be after --start ({start})")]
     EmptyRange { start: Timestamp, end: Timestamp },
+}
+
+impl SubscribeError {
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            SubscribeError::Store(e) => e.kind(),
+            SubscribeError::Reader(e) => e.kind(),
+            SubscribeError::EmptyRange { .. } => FailureKind::Input,
+        }
+    }
 }
 
 /// What a finished subscription did.
