@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use super::{
     CLAIM_BATCH, Claim, Lease, Load, NewPartition, PartitionMetadata, PartitionState,
     PartitionStatus, PartitionStore, PartitionToken, RunnerLoad, RunnerStatus, StoreError,
-    StoreStatus,
+    StoreStatus, lease_is_free,
 };
 use crate::timestamp::Timestamp;
 
@@ -75,18 +75,13 @@ impl State {
     }
 
     fn claimable(&self, runner: &str, p: &PartitionMetadata, lease_duration: Duration) -> bool {
-        // Never our own (see `SpannerStore::claim`).
-        let ours = matches!(self.leases.get(&p.token), Some((Some(owner), _)) if owner == runner);
-        !ours && !self.owned(p, lease_duration) && self.active(p)
+        let owner = self.leases.get(&p.token).and_then(|(o, _)| o.as_deref());
+        lease_is_free(owner, runner, |o| self.alive(o, lease_duration)) && self.active(p)
     }
 
-    /// A partition someone should be reading: ready, or scheduled or running.
+    /// A partition someone should be reading.
     fn active(&self, p: &PartitionMetadata) -> bool {
-        match p.state {
-            PartitionState::Created => self.parents_finished(p),
-            PartitionState::Scheduled | PartitionState::Running => true,
-            PartitionState::Finished => false,
-        }
+        p.state.is_active(|| self.parents_finished(p))
     }
 
     /// Unfinished partitions whose lease `runner` holds.
@@ -328,7 +323,7 @@ impl PartitionStore for MemoryStore {
                 let lease = owner(&p.token);
                 PartitionStatus {
                     token: p.token.clone(),
-                    state: p.state.as_str().to_owned(),
+                    state: p.state,
                     owner: lease.as_ref().and_then(|(o, _)| o.clone()),
                     epoch: lease.map(|(_, e)| e),
                     watermark: p.watermark,

@@ -112,6 +112,41 @@ impl PartitionState {
     }
 }
 
+impl PartitionState {
+    /// Whether someone should be reading a partition in this state: SCHEDULED or RUNNING, or
+    /// CREATED with every parent FINISHED (`parents_finished`, asked only then). Both stores
+    /// decide claims by it.
+    pub fn is_active(self, parents_finished: impl FnOnce() -> bool) -> bool {
+        match self {
+            Self::Created => parents_finished(),
+            Self::Scheduled | Self::Running => true,
+            Self::Finished => false,
+        }
+    }
+}
+
+impl serde::Serialize for PartitionState {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+/// Whether `claimer` may take a partition whose lease `owner` holds (`None`: nobody). Never
+/// its own: if the store sees its heartbeat as late while it still reads them, re-claiming
+/// would fence its own readers and orphan the partitions (a crashed predecessor's leases
+/// are reset at start; a lapse releases them). Another runner's once that runner is not
+/// live (`owner_live`). Both stores decide claims by it.
+pub fn lease_is_free(
+    owner: Option<&str>,
+    claimer: &str,
+    owner_live: impl FnOnce(&str) -> bool,
+) -> bool {
+    match owner {
+        None => true,
+        Some(owner) => owner != claimer && !owner_live(owner),
+    }
+}
+
 impl fmt::Display for PartitionState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -233,7 +268,7 @@ pub struct RunnerStatus {
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct PartitionStatus {
     pub token: PartitionToken,
-    pub state: String,
+    pub state: PartitionState,
     pub owner: Option<String>,
     pub epoch: Option<i64>,
     pub watermark: Timestamp,
@@ -395,6 +430,19 @@ pub trait PartitionStore: Send + Sync + 'static {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn claim_rules() {
+        use PartitionState::*;
+        assert!(Created.is_active(|| true));
+        assert!(!Created.is_active(|| false));
+        assert!(Scheduled.is_active(|| unreachable!()) && Running.is_active(|| unreachable!()));
+        assert!(!Finished.is_active(|| unreachable!()));
+        assert!(lease_is_free(None, "a", |_| true));
+        assert!(!lease_is_free(Some("a"), "a", |_| false), "never its own");
+        assert!(!lease_is_free(Some("b"), "a", |_| true));
+        assert!(lease_is_free(Some("b"), "a", |_| false));
+    }
 
     #[test]
     fn fair_shares_round_up_and_respect_capacities() {
