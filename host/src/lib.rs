@@ -3,14 +3,17 @@
 //! The flow of a record, one module per stage:
 //!
 //! ```text
+//! client (endpoint, transient errors, backoff): beneath source and partition
 //! source (streaming query per partition, decode)  -> reader (one task per partition)
-//!   -> consumer (ack): pipeline -> plugin chain (wasm components) -> sink (NDJSON) + dead letters
+//!   -> consumer (ack): pipeline -> plugin chain (wasm components) -> destinations + dead letters
 //!   reader -> checkpoint (coalesced watermarks, only past acknowledged records)
 //! child partitions -> partition store -> subscriber (a child starts when ALL parents FINISHED)
+//! every stage -> observe (typed events for metrics and progress)
 //! ```
 //!
-//! The CLI's consumer is a [`Pipeline`]: a [`plugin::Chain`] of components loaded by a
-//! [`plugin::PluginRuntime`], then NDJSON sinks; `config` reads the TOML pipeline file.
+//! The CLI's consumer is a `Pipeline` (feature `plugins`): a `plugin::Chain` of components
+//! loaded by a `plugin::PluginRuntime`, then [`Destination`]s. Without default features the
+//! library builds without wasmtime and clap.
 //!
 //! Use [`Subscriber`] with a [`SpannerSource`], a [`PartitionStore`] ([`SpannerStore`] to
 //! resume and share, [`MemoryStore`] for one process) and any [`Consumer`]:

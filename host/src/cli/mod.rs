@@ -229,7 +229,16 @@ async fn run(args: Args) -> Result<(), RunError> {
     tokio::spawn(forward_signals(shutdown.clone()));
     // Plugins first: a bad plugin is an input error found before touching Spanner.
     let pipeline = PipelineConfig::resolve(&args.plugins, &args.pipeline)?;
-    let (pipeline, hot_swap) = build_pipeline(&pipeline, true, &shutdown).await?;
+    let built = build_pipeline(&pipeline).await?;
+    let hot_swap = match &built.plugins {
+        Some((runtime, chain)) => Some(screamer::plugin::watch(
+            runtime.clone(),
+            chain.clone(),
+            shutdown.clone(),
+        )?),
+        None => None,
+    };
+    let pipeline = built.pipeline;
     if shutdown.is_cancelled() {
         return Ok(());
     }
@@ -279,12 +288,15 @@ async fn run(args: Args) -> Result<(), RunError> {
     Ok(())
 }
 
-/// Loads the chain and opens the sinks; with `hot_swap`, also watches the plugin files.
-async fn build_pipeline(
-    config: &PipelineConfig,
-    hot_swap: bool,
-    cancel: &CancellationToken,
-) -> Result<(Pipeline, Option<screamer::plugin::HotSwap>), RunError> {
+/// A pipeline ready to run, with its plugin runtime and chain (when it has plugins) for a
+/// caller that watches the files.
+struct BuiltPipeline {
+    pipeline: Pipeline,
+    plugins: Option<(Arc<PluginRuntime>, Arc<Chain>)>,
+}
+
+/// Loads the chain and opens the destinations.
+async fn build_pipeline(config: &PipelineConfig) -> Result<BuiltPipeline, RunError> {
     let dead_letters: Box<dyn Destination> = match &config.dead_letter {
         Some(path) => Box::new(Ndjson::append_file(path).map_err(|e| {
             RunError::Input(format!(
@@ -305,7 +317,10 @@ async fn build_pipeline(
         pipeline = pipeline.with_side_output(name.clone(), Box::new(file));
     }
     if config.plugins.is_empty() {
-        return Ok((pipeline, None));
+        return Ok(BuiltPipeline {
+            pipeline,
+            plugins: None,
+        });
     }
     let cache = config
         .cache_dir
@@ -333,16 +348,10 @@ async fn build_pipeline(
         );
     }
     let chain = Arc::new(Chain::new(versions, config.batch_size));
-    let watcher = if hot_swap {
-        Some(screamer::plugin::watch(
-            runtime,
-            chain.clone(),
-            cancel.clone(),
-        )?)
-    } else {
-        None
-    };
-    Ok((pipeline.with_chain(chain), watcher))
+    Ok(BuiltPipeline {
+        pipeline: pipeline.with_chain(chain.clone()),
+        plugins: Some((runtime, chain)),
+    })
 }
 
 /// The first SIGINT/SIGTERM starts a graceful drain; a second one exits at once.

@@ -9,7 +9,6 @@ use std::io::BufRead;
 use std::path::PathBuf;
 
 use serde_json::{Map, Value};
-use tokio_util::sync::CancellationToken;
 
 use super::config::{PipelineArgs, PipelineConfig};
 use super::{RunError, build_pipeline};
@@ -112,7 +111,7 @@ impl InputLine {
 
 async fn run_stdin(files: &[PathBuf], args: &PipelineArgs) -> Result<(), RunError> {
     let config = PipelineConfig::resolve(files, args)?;
-    let (pipeline, _) = build_pipeline(&config, false, &CancellationToken::new()).await?;
+    let pipeline = build_pipeline(&config).await?.pipeline;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<InputLine>, RunError>>(2);
     // stdin is read on its own thread: blocking reads, and parsing overlaps processing.
     std::thread::spawn(move || {

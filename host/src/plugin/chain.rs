@@ -159,15 +159,14 @@ impl Chain {
             {
                 *instance = None;
             }
-            stage = self.run_slot(
+            let mut turn = Turn {
                 slot,
                 version,
                 instance,
-                stage,
-                inputs,
-                &mut result,
-                &mut stats,
-            );
+                stats: &mut stats,
+            };
+            let outcomes = turn.outcomes(&stage.records, self.batch_size);
+            stage = turn.advance(stage, outcomes, &mut result, inputs);
         }
         for ((origin, record), changed_by) in stage
             .origins
@@ -191,60 +190,93 @@ impl Chain {
         total.instances_started += stats.instances_started;
         result
     }
+}
 
-    #[allow(clippy::too_many_arguments)]
-    fn run_slot(
-        &self,
-        slot: usize,
-        version: &Arc<PluginVersion>,
-        instance: &mut Option<(Arc<PluginVersion>, Instance)>,
-        stage: Stage,
-        inputs: &[Input<'_>],
-        result: &mut ChainResult,
-        stats: &mut ChainStats,
-    ) -> Stage {
-        let n = stage.records.len();
-        // One result per record: its outcome, or why it failed.
-        let mut outcomes: Vec<Option<Result<Outcome, String>>> = (0..n).map(|_| None).collect();
-        let mut start = 0;
-        while start < n {
-            let end = (start + self.batch_size).min(n);
-            match call(version, instance, &stage.records[start..end], stats) {
-                Ok(out) if out.len() == end - start => {
-                    for (i, o) in out.into_iter().enumerate() {
-                        outcomes[start + i] = Some(Ok(o));
-                    }
-                }
+impl Stage {
+    fn push(&mut self, origin: usize, record: ChangeRecord, changed_by: Option<usize>) {
+        self.origins.push(origin);
+        self.records.push(record);
+        self.changed_by.push(changed_by);
+    }
+}
+
+/// One plugin's turn in a chain run: its version, the worker's instance of it, and the run's
+/// counters.
+struct Turn<'a> {
+    slot: usize,
+    version: &'a Arc<PluginVersion>,
+    instance: &'a mut Option<(Arc<PluginVersion>, Instance)>,
+    stats: &'a mut ChainStats,
+}
+
+impl Turn<'_> {
+    /// One outcome per record (or why it failed), calling the plugin `batch_size` records at
+    /// a time; the records of a call that failed are retried one by one on fresh instances,
+    /// so only those that fail alone fail.
+    fn outcomes(
+        &mut self,
+        records: &[ChangeRecord],
+        batch_size: usize,
+    ) -> Vec<Result<Outcome, String>> {
+        let mut outcomes = Vec::with_capacity(records.len());
+        for batch in records.chunks(batch_size) {
+            match self.call(batch) {
+                Ok(out) if out.len() == batch.len() => outcomes.extend(out.into_iter().map(Ok)),
                 Ok(out) => {
                     let e = format!(
                         "returned {} outcomes for {} records",
                         out.len(),
-                        end - start
+                        batch.len()
                     );
-                    for o in &mut outcomes[start..end] {
-                        *o = Some(Err(e.clone()));
-                    }
+                    outcomes.extend(batch.iter().map(|_| Err(e.clone())));
                 }
-                Err(e) if end - start == 1 => outcomes[start] = Some(Err(e)),
+                Err(e) if batch.len() == 1 => outcomes.push(Err(e)),
                 Err(_) => {
-                    // Isolate the records that trap: each alone, each on a fresh instance.
-                    for (i, slot) in outcomes.iter_mut().enumerate().take(end).skip(start) {
-                        *slot = Some(
-                            match call(version, instance, &stage.records[i..=i], stats) {
-                                Ok(mut out) if out.len() == 1 => {
-                                    Ok(out.pop().expect("one outcome"))
-                                }
-                                Ok(out) => {
-                                    Err(format!("returned {} outcomes for 1 record", out.len()))
-                                }
-                                Err(e) => Err(e),
-                            },
-                        );
+                    for i in 0..batch.len() {
+                        outcomes.push(self.call_one(&batch[i..=i]));
                     }
                 }
             }
-            start = end;
         }
+        outcomes
+    }
+
+    fn call_one(&mut self, record: &[ChangeRecord]) -> Result<Outcome, String> {
+        match self.call(record) {
+            Ok(mut out) if out.len() == 1 => Ok(out.pop().expect("one outcome")),
+            Ok(out) => Err(format!("returned {} outcomes for 1 record", out.len())),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// One call on the instance (started first if needed); a failed call drops it.
+    fn call(&mut self, records: &[ChangeRecord]) -> Result<Vec<Outcome>, String> {
+        if self.instance.is_none() {
+            self.stats.instances_started += 1;
+            let started =
+                Instance::start(self.version).inspect_err(|_| self.stats.failed_calls += 1)?;
+            *self.instance = Some((self.version.clone(), started));
+        }
+        self.stats.calls += 1;
+        let (_, live) = self.instance.as_mut().expect("instance started above");
+        let result = live.process(records);
+        if result.is_err() {
+            self.stats.failed_calls += 1;
+            *self.instance = None;
+        }
+        result
+    }
+
+    /// Applies the plugin's outcomes: what goes on to the next plugin is the next stage; side
+    /// outputs and failures leave the chain into `result`.
+    fn advance(
+        &self,
+        stage: Stage,
+        outcomes: Vec<Result<Outcome, String>>,
+        result: &mut ChainResult,
+        inputs: &[Input<'_>],
+    ) -> Stage {
+        let n = stage.records.len();
         let mut next = Stage {
             origins: Vec::with_capacity(n),
             records: Vec::with_capacity(n),
@@ -257,60 +289,30 @@ impl Chain {
             .zip(stage.changed_by)
             .zip(outcomes);
         for (((origin, record), changed_by), outcome) in items {
-            match outcome.expect("every record has an outcome") {
+            match outcome {
                 Ok(Outcome::Keep) => next.push(origin, record, changed_by),
                 Ok(Outcome::Drop) => {}
-                Ok(Outcome::Replace(r)) => next.push(origin, r, Some(slot)),
+                Ok(Outcome::Replace(r)) => next.push(origin, r, Some(self.slot)),
                 Ok(Outcome::Emit(emissions)) => {
                     for e in emissions {
                         match e.output {
-                            None => next.push(origin, e.record, Some(slot)),
+                            None => next.push(origin, e.record, Some(self.slot)),
                             Some(name) => {
-                                finish(result, origin, Some(name), e.record, version, inputs)
+                                finish(result, origin, Some(name), e.record, self.version, inputs)
                             }
                         }
                     }
                 }
                 Ok(Outcome::Fail(error)) | Err(error) => result.dead_letters.push(DeadLetter {
                     origin,
-                    plugin: version.tag().to_owned(),
-                    plugin_sha256: version.sha256.clone(),
+                    plugin: self.version.tag().to_owned(),
+                    plugin_sha256: self.version.sha256.clone(),
                     error,
                 }),
             }
         }
         next
     }
-}
-
-impl Stage {
-    fn push(&mut self, origin: usize, record: ChangeRecord, changed_by: Option<usize>) {
-        self.origins.push(origin);
-        self.records.push(record);
-        self.changed_by.push(changed_by);
-    }
-}
-
-/// One call on the slot's instance (started first if needed); a failed call drops it.
-fn call(
-    version: &Arc<PluginVersion>,
-    instance: &mut Option<(Arc<PluginVersion>, Instance)>,
-    records: &[ChangeRecord],
-    stats: &mut ChainStats,
-) -> Result<Vec<Outcome>, String> {
-    if instance.is_none() {
-        stats.instances_started += 1;
-        let started = Instance::start(version).inspect_err(|_| stats.failed_calls += 1)?;
-        *instance = Some((version.clone(), started));
-    }
-    stats.calls += 1;
-    let (_, live) = instance.as_mut().expect("instance started above");
-    let result = live.process(records);
-    if result.is_err() {
-        stats.failed_calls += 1;
-        *instance = None;
-    }
-    result
 }
 
 /// Converts a record a plugin produced back to a host record, or dead-letters it (naming

@@ -66,9 +66,9 @@ impl SpannerStore {
                     let request = Arc::clone(&request);
                     Box::pin(async move {
                         let locked = read_locked(tx, &request).await?;
-                        let (mutations, claimed) = request.plan(locked)?;
-                        tx.buffer_write(mutations);
-                        Ok::<_, ClientError>(claimed)
+                        let plan = request.plan(locked)?;
+                        tx.buffer_write(plan.mutations);
+                        Ok::<_, ClientError>(plan.claimed)
                     })
                 })
             })
@@ -208,10 +208,16 @@ async fn read_locked(
     })
 }
 
+/// What a claim transaction writes, and the rows it claimed with their new epochs.
+struct Plan {
+    mutations: Vec<Mutation>,
+    claimed: Vec<(Row, i64)>,
+}
+
 impl ClaimRequest {
     /// The first `room` candidates still claimable, in order of preference, with their new
     /// epochs, and the mutations that claim them.
-    fn plan(&self, locked: Locked) -> Result<(Vec<Mutation>, Vec<(Row, i64)>), ClientError> {
+    fn plan(&self, locked: Locked) -> Result<Plan, ClientError> {
         let Locked {
             mut partitions,
             owners,
@@ -257,6 +263,6 @@ impl ClaimRequest {
             }
             claimed.push((row, epoch + 1));
         }
-        Ok((mutations, claimed))
+        Ok(Plan { mutations, claimed })
     }
 }
