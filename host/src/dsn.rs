@@ -52,6 +52,16 @@ impl DatabaseName {
     }
 }
 
+/// Whether `name` is a Spanner schema object name (table, change stream): a letter, then
+/// letters, digits and underscores, at most 128 in all. Names that pass can be spliced into
+/// SQL text.
+pub fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name.len() <= 128
+}
+
 impl FromStr for DatabaseName {
     type Err = DatabaseNameError;
 

@@ -33,7 +33,7 @@ use crate::partition::{
     StoreError,
 };
 use crate::record::{ChangeRecord, ChildPartitionsRecord, DataChangeRecord};
-use crate::source::{MAX_BATCH, PartitionQuery, QueryRange, SourceError, SpannerSource};
+use crate::source::{PartitionQuery, QueryRange, SourceError, SpannerSource};
 use crate::timestamp::Timestamp;
 
 /// What the runner wants of a reader; it only ever moves down this list.
@@ -345,6 +345,10 @@ async fn read_once<C: Consumer>(
     }
 }
 
+/// Most records handed to the consumer in one batch (a partial result set is never split, so
+/// a batch can pass this by the rows of one).
+pub const MAX_BATCH: usize = 1024;
+
 /// Batches fetched ahead of delivery: enough to keep the query busy while the consumer works,
 /// few enough to keep memory bounded by the consumer's pace.
 const PREFETCH: usize = 2;
@@ -367,7 +371,7 @@ fn prefetch(mut query: PartitionQuery) -> (Batches, AbortOnDropHandle<()>) {
                     Err(_) => return,
                 },
                 // `next_batch` only awaits before it has taken anything: cancel-safe.
-                next = query.next_batch(), if held.len() < MAX_BATCH => match next {
+                next = query.next_batch(MAX_BATCH - held.len()), if held.len() < MAX_BATCH => match next {
                     Ok(Some(batch)) => held.extend(batch),
                     end => {
                         if !held.is_empty() && tx.send(Ok(held)).await.is_err() {

@@ -116,13 +116,19 @@ fn held(status: &Value) -> BTreeMap<String, usize> {
         .collect()
 }
 
+/// The stream the runners of a test share: its database, where they start, their lease.
+#[derive(Clone, Copy)]
+struct Setup<'a> {
+    db: &'a TestDatabase,
+    start: &'a str,
+    lease: &'a str,
+}
+
 /// Waits up to `within` until the runners delivered every mutation the writer reports in
 /// `written` (last Seq per key, last commit); on timeout names the missing ones, where the
 /// stream has them and who delivered those partitions, the status and every runner's log.
 async fn await_delivery(
-    db: &TestDatabase,
-    start: &str,
-    lease: &str,
+    setup: &Setup<'_>,
     written: &(HashMap<i64, i64>, Timestamp),
     runners: &[(&str, &Screamer)],
     within: Duration,
@@ -154,6 +160,7 @@ async fn await_delivery(
         .iter()
         .map(|(id, r)| (*id, delivered(&r.lines())))
         .collect();
+    let Setup { db, start, lease } = *setup;
     let why = explain_missing(db, start.parse()?, written.1, &missing, &readers).await;
     Err(e.context(format!(
         "missing {missing:?}\n{why}status: {:?}\n{}",
@@ -237,9 +244,11 @@ async fn three_runners_share_a_churning_stream_for_a_minute() -> anyhow::Result<
     let want = expected(&written.0);
     let watching: Vec<_> = runners.iter().map(|(id, r)| (*id, r)).collect();
     await_delivery(
-        &db,
-        &start,
-        LEASE,
+        &Setup {
+            db: &db,
+            start: &start,
+            lease: LEASE,
+        },
         &written,
         &watching,
         Duration::from_secs(60),
@@ -289,9 +298,11 @@ async fn a_killed_runners_partitions_resume_elsewhere_after_its_lease() -> anyho
     // Lease (3s) + a claim poll (1s) + reading the backlog: well within 20 s.
     let t = Instant::now();
     await_delivery(
-        &db,
-        &start,
-        "3s",
+        &Setup {
+            db: &db,
+            start: &start,
+            lease: "3s",
+        },
         &written,
         &[("killed", &first), ("other", &second)],
         Duration::from_secs(20),
@@ -332,9 +343,11 @@ async fn a_graceful_stop_hands_over_at_once_and_repeats_nothing() -> anyhow::Res
     let written = writing.await??;
     let want = expected(&written.0);
     await_delivery(
-        &db,
-        &start,
-        "60s",
+        &Setup {
+            db: &db,
+            start: &start,
+            lease: "60s",
+        },
         &written,
         &[("stopped", &first), ("other", &second)],
         Duration::from_secs(20),
@@ -409,9 +422,11 @@ async fn a_paused_runner_loses_its_partitions_writes_nothing_for_them_and_rejoin
     }
     let written = writing.await??;
     await_delivery(
-        &db,
-        &start,
-        "3s",
+        &Setup {
+            db: &db,
+            start: &start,
+            lease: "3s",
+        },
         &written,
         &[("r1", &r1), ("r2", &r2)],
         Duration::from_secs(30),
@@ -518,9 +533,11 @@ async fn a_paused_runner_nobody_replaced_resumes_where_it_stopped() -> anyhow::R
     rejoined(&r1).await?;
     let written = writing.await??;
     await_delivery(
-        &db,
-        &start,
-        "3s",
+        &Setup {
+            db: &db,
+            start: &start,
+            lease: "3s",
+        },
         &written,
         &[("r1", &r1)],
         Duration::from_secs(30),
@@ -611,9 +628,11 @@ async fn a_late_runner_gets_its_fair_share() -> anyhow::Result<()> {
     let written = writing.await??;
     let want = expected(&written.0);
     await_delivery(
-        &db,
-        &start,
-        LEASE,
+        &Setup {
+            db: &db,
+            start: &start,
+            lease: LEASE,
+        },
         &written,
         &[("r1", &r1), ("r2", &r2)],
         Duration::from_secs(30),

@@ -171,12 +171,12 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Checks the range before connecting anywhere (the subscriber checks it again with its
+/// default start, now).
 fn check_range(args: &Args) -> Result<(), RunError> {
-    match (args.start, args.end) {
-        (Some(start), Some(end)) if end <= start => Err(RunError::Input(format!(
-            "--end {end} must be after --start {start}"
-        ))),
-        _ => Ok(()),
+    match args.start {
+        Some(start) => Ok(screamer::subscriber::check_range(start, args.end)?),
+        None => Ok(()),
     }
 }
 

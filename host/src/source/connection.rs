@@ -11,7 +11,7 @@ use super::decode::{Dialect, RowAssembler};
 use super::query::{PartitionQuery, QueryRange};
 use super::session::{SessionPool, single_use_strong};
 use crate::client::Endpoint;
-use crate::dsn::DatabaseName;
+use crate::dsn::{DatabaseName, is_identifier};
 use crate::partition::PartitionToken;
 
 /// A change stream in one database, ready to be queried partition by partition.
@@ -37,7 +37,8 @@ impl SpannerSource {
         let sessions = Arc::new(SessionPool::connect(endpoint, database).await?);
         let dialect = detect_dialect(&sessions, database).await?;
         let existing = list_streams(&sessions).await?;
-        if !valid_identifier(stream) || !existing.iter().any(|s| s == stream) {
+        // Stream names are spliced into the query's function name.
+        if !is_identifier(stream) || !existing.iter().any(|s| s == stream) {
             return Err(SourceError::StreamNotFound {
                 stream: stream.to_owned(),
                 database: database.to_string(),
@@ -159,11 +160,4 @@ async fn run_query(
         }
     }
     Ok(out)
-}
-
-/// Stream names are spliced into the query's function name, so only identifiers pass.
-fn valid_identifier(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }

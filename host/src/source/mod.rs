@@ -15,7 +15,7 @@ mod session;
 
 pub use connection::SpannerSource;
 pub use decode::{DecodeError, Dialect};
-pub use query::{MAX_BATCH, PartitionQuery, QueryRange};
+pub use query::{PartitionQuery, QueryRange};
 
 use gcloud_gax::grpc::Status;
 

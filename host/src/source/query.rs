@@ -14,9 +14,6 @@ use crate::partition::PartitionToken;
 use crate::record::ChangeRecord;
 use crate::timestamp::Timestamp;
 
-/// Most records handed on in one batch.
-pub const MAX_BATCH: usize = 1024;
-
 /// The time range and heartbeat of one partition query.
 #[derive(Debug, Clone, Copy)]
 pub struct QueryRange {
@@ -75,10 +72,14 @@ impl PartitionQuery {
     }
 
     /// The records of the next partial result sets: waits for at least one whole row, then
-    /// takes whatever else has already arrived (up to [`MAX_BATCH`] records), so that a busy
-    /// partition is handed on in few large batches and an idle one without delay. `None`
-    /// once the query has ended (at its end timestamp or after child partitions).
-    pub async fn next_batch(&mut self) -> Result<Option<Vec<ChangeRecord>>, SourceError> {
+    /// takes whatever else has already arrived, until the batch holds `limit` records (a
+    /// partial result set is taken whole), so that a busy partition is handed on in few large
+    /// batches and an idle one without delay. `None` once the query has ended (at its end
+    /// timestamp or after child partitions).
+    pub async fn next_batch(
+        &mut self,
+        limit: usize,
+    ) -> Result<Option<Vec<ChangeRecord>>, SourceError> {
         if let Some(status) = self.deferred_error.take() {
             return Err(out_of_range(self.session.observe(status), self.start));
         }
@@ -95,7 +96,7 @@ impl PartitionQuery {
         }
         // `message()` is cancel-safe: polling it once and dropping it loses nothing. An end
         // or an error seen here is reported on the next call, after this batch.
-        while records.len() < MAX_BATCH && !self.done {
+        while records.len() < limit && !self.done {
             match self.stream.message().now_or_never() {
                 None => break,
                 Some(Ok(Some(prs))) => self.decode(prs, &mut records)?,

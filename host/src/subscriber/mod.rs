@@ -98,7 +98,7 @@ pub enum SubscribeError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Reader(#[from] ReaderError),
-    #[error("--end ({end}) must be after --start ({start})")]
+    #[error("--end {end} must be after --start {start}")]
     EmptyRange { start: Timestamp, end: Timestamp },
 }
 
@@ -109,6 +109,14 @@ impl SubscribeError {
             SubscribeError::Reader(e) => e.kind(),
             SubscribeError::EmptyRange { .. } => FailureKind::Input,
         }
+    }
+}
+
+/// A run from `start` to `end` must read something: `end` (inclusive) after `start`.
+pub fn check_range(start: Timestamp, end: Option<Timestamp>) -> Result<(), SubscribeError> {
+    match end {
+        Some(end) if end <= start => Err(SubscribeError::EmptyRange { start, end }),
+        _ => Ok(()),
     }
 }
 
@@ -168,11 +176,7 @@ impl Subscriber {
         shutdown: CancellationToken,
     ) -> Result<RunSummary, SubscribeError> {
         let start = self.options.start.unwrap_or_else(Timestamp::now);
-        if let Some(end) = self.options.end
-            && end <= start
-        {
-            return Err(SubscribeError::EmptyRange { start, end });
-        }
+        check_range(start, self.options.end)?;
         let writes_before = self.store.writes();
         let mut runner = Runner::start(self, consumer, start).await?;
         let ran = runner.run(&shutdown).await;

@@ -264,7 +264,7 @@ async fn follow(
                         },
                     )
                     .await?;
-                while let Some(batch) = q.next_batch().await? {
+                while let Some(batch) = q.next_batch(screamer::reader::MAX_BATCH).await? {
                     if tx.send(batch).await.is_err() {
                         break;
                     }

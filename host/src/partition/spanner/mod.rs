@@ -117,11 +117,7 @@ impl SpannerStore {
     async fn query(&self, stmt: Statement) -> Result<Vec<Row>, StoreError> {
         self.retrying(|| async {
             let mut tx = self.client.single().await?;
-            let mut iter = tx.query(stmt.clone()).await?;
-            let mut rows = Vec::new();
-            while let Some(row) = iter.next().await? {
-                rows.push(row);
-            }
+            let rows = read_all(tx.query(stmt.clone()).await?).await?;
             Ok::<_, ClientError>(rows)
         })
         .await
@@ -194,11 +190,11 @@ impl SpannerStore {
                 self.client.read_write_transaction(|tx| {
                     let (plan, tokens, table) = (plan.clone(), tokens.clone(), table.clone());
                     Box::pin(async move {
-                        let keys: Vec<Key> = tokens.iter().map(|t| Key::new(t)).collect();
-                        let mut reader =
-                            tx.read(&table, &["PartitionToken", "State"], keys).await?;
+                        let columns = ["PartitionToken", "State"];
                         let mut found = Vec::new();
-                        while let Some(row) = reader.next().await? {
+                        for row in
+                            read_all(tx.read(&table, &columns, keys(&*tokens)).await?).await?
+                        {
                             let token: String = row.column(0)?;
                             let state: String = row.column(1)?;
                             if let Some(state) = PartitionState::parse(&state) {
@@ -242,11 +238,9 @@ impl SpannerStore {
                     Box::pin(async move {
                         let keys: Vec<Key> =
                             leases.iter().map(|l| Key::new(&l.token.as_str())).collect();
-                        let mut reader = tx
-                            .read(&table, &["PartitionToken", "Owner", "Epoch"], keys)
-                            .await?;
+                        let columns = ["PartitionToken", "Owner", "Epoch"];
                         let mut current = Vec::new();
-                        while let Some(row) = reader.next().await? {
+                        for row in read_all(tx.read(&table, &columns, keys).await?).await? {
                             let token: String = row.column(0)?;
                             let owner: Option<String> = row.column(1)?;
                             let epoch: i64 = row.column(2)?;

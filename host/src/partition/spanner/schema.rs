@@ -12,6 +12,7 @@ use gcloud_spanner::statement::Statement;
 
 use super::{RETRY_FOR, SpannerStore};
 use crate::client::{Backoff, is_transient};
+use crate::dsn::is_identifier;
 use crate::partition::StoreError;
 
 /// The columns and Spanner types the table must have.
@@ -190,9 +191,7 @@ impl SpannerStore {
     }
 }
 
+/// A table name that leaves room for the `_Runners` and `_Leases` suffixes.
 pub(super) fn valid_table_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic())
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-        && name.len() <= 120
+    is_identifier(name) && name.len() <= 120
 }
