@@ -183,13 +183,7 @@ impl Pipeline {
 
 impl Consumer for Pipeline {
     async fn consume(&self, records: &[DataChangeRecord]) -> Result<(), ConsumerError> {
-        let inputs: Vec<Input<'_>> = records
-            .iter()
-            .map(|record| Input {
-                record,
-                extra: None,
-            })
-            .collect();
+        let inputs: Vec<Input<'_>> = records.iter().map(Input::from).collect();
         self.process(&inputs).await
     }
 }

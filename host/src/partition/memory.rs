@@ -25,10 +25,31 @@ pub struct MemoryStore {
 #[derive(Default)]
 struct State {
     rows: BTreeMap<PartitionToken, PartitionMetadata>,
-    /// Current lease of each claimed partition: owner (None once released) and epoch.
-    leases: HashMap<PartitionToken, (Option<String>, i64)>,
-    /// Last heartbeat (monotonic and wall clock) and capacity of each runner.
-    runners: HashMap<String, (Instant, Timestamp, usize)>,
+    /// Current lease of each claimed partition.
+    leases: HashMap<PartitionToken, LeaseRow>,
+    runners: HashMap<String, RunnerRow>,
+}
+
+/// A partition's current lease.
+#[derive(Clone)]
+struct LeaseRow {
+    /// `None` once released.
+    owner: Option<String>,
+    epoch: i64,
+}
+
+/// A registered runner.
+struct RunnerRow {
+    /// Last heartbeat, by the monotonic clock (liveness) and the wall clock (status).
+    beat: Instant,
+    beat_at: Timestamp,
+    capacity: usize,
+}
+
+impl RunnerRow {
+    fn alive(&self, lease_duration: Duration) -> bool {
+        self.beat.elapsed() < lease_duration
+    }
 }
 
 impl State {
@@ -41,7 +62,9 @@ impl State {
     }
 
     fn holds(&self, runner: &str, lease: &Lease) -> bool {
-        matches!(self.leases.get(&lease.token), Some((Some(o), e)) if o == runner && *e == lease.epoch)
+        self.leases
+            .get(&lease.token)
+            .is_some_and(|l| l.owner.as_deref() == Some(runner) && l.epoch == lease.epoch)
     }
 
     fn fenced(&self, runner: &str, lease: &Lease) -> Result<(), StoreError> {
@@ -58,7 +81,7 @@ impl State {
     fn alive(&self, runner: &str, lease_duration: Duration) -> bool {
         self.runners
             .get(runner)
-            .is_some_and(|(at, _, _)| at.elapsed() < lease_duration)
+            .is_some_and(|r| r.alive(lease_duration))
     }
 
     fn parents_finished(&self, p: &PartitionMetadata) -> bool {
@@ -71,12 +94,18 @@ impl State {
 
     /// Whether a live runner holds `p`'s lease.
     fn owned(&self, p: &PartitionMetadata, lease_duration: Duration) -> bool {
-        matches!(self.leases.get(&p.token), Some((Some(owner), _)) if self.alive(owner, lease_duration))
+        self.owner(&p.token)
+            .is_some_and(|owner| self.alive(owner, lease_duration))
     }
 
     fn claimable(&self, runner: &str, p: &PartitionMetadata, lease_duration: Duration) -> bool {
-        let owner = self.leases.get(&p.token).and_then(|(o, _)| o.as_deref());
-        lease_is_free(owner, runner, |o| self.alive(o, lease_duration)) && self.active(p)
+        lease_is_free(self.owner(&p.token), runner, |o| {
+            self.alive(o, lease_duration)
+        }) && self.active(p)
+    }
+
+    fn owner(&self, token: &PartitionToken) -> Option<&str> {
+        self.leases.get(token).and_then(|l| l.owner.as_deref())
     }
 
     /// A partition someone should be reading.
@@ -86,14 +115,14 @@ impl State {
 
     /// Unfinished partitions whose lease `runner` holds.
     fn held_by(&self, runner: &str) -> impl Iterator<Item = Lease> {
-        self.leases.iter().filter_map(move |(t, (o, epoch))| {
+        self.leases.iter().filter_map(move |(t, l)| {
             let unfinished = self
                 .rows
                 .get(t)
                 .is_some_and(|p| p.state != PartitionState::Finished);
-            (o.as_deref() == Some(runner) && unfinished).then(|| Lease {
+            (l.owner.as_deref() == Some(runner) && unfinished).then(|| Lease {
                 token: t.clone(),
-                epoch: *epoch,
+                epoch: l.epoch,
             })
         })
     }
@@ -139,19 +168,21 @@ impl PartitionStore for MemoryStore {
 
     async fn heartbeat(&self, runner: &str, capacity: usize) -> Result<(), StoreError> {
         self.write(|s| {
-            s.runners.insert(
-                runner.to_owned(),
-                (Instant::now(), Timestamp::now(), capacity),
-            );
+            let row = RunnerRow {
+                beat: Instant::now(),
+                beat_at: Timestamp::now(),
+                capacity,
+            };
+            s.runners.insert(runner.to_owned(), row);
             Ok(())
         })
     }
 
     async fn reset(&self, runner: &str) -> Result<(), StoreError> {
         self.write(|s| {
-            for (owner, _) in s.leases.values_mut() {
-                if owner.as_deref() == Some(runner) {
-                    *owner = None;
+            for lease in s.leases.values_mut() {
+                if lease.owner.as_deref() == Some(runner) {
+                    lease.owner = None;
                 }
             }
             Ok(())
@@ -182,9 +213,9 @@ impl PartitionStore for MemoryStore {
             candidates.truncate(room.min(CLAIM_BATCH));
             let mut claims = Vec::with_capacity(candidates.len());
             for mut p in candidates {
-                let epoch = s.leases.get(&p.token).map_or(0, |(_, e)| *e) + 1;
-                s.leases
-                    .insert(p.token.clone(), (Some(runner.to_owned()), epoch));
+                let epoch = s.leases.get(&p.token).map_or(0, |l| l.epoch) + 1;
+                let owner = Some(runner.to_owned());
+                s.leases.insert(p.token.clone(), LeaseRow { owner, epoch });
                 if p.state == PartitionState::Created {
                     p.state = PartitionState::Scheduled;
                     s.row(&p.token)?.state = PartitionState::Scheduled;
@@ -261,7 +292,11 @@ impl PartitionStore for MemoryStore {
         self.write(|s| {
             for lease in leases {
                 if s.holds(runner, lease) {
-                    s.leases.insert(lease.token.clone(), (None, lease.epoch));
+                    let released = LeaseRow {
+                        owner: None,
+                        epoch: lease.epoch,
+                    };
+                    s.leases.insert(lease.token.clone(), released);
                 }
             }
             Ok(())
@@ -279,9 +314,9 @@ impl PartitionStore for MemoryStore {
             runners: s
                 .runners
                 .iter()
-                .filter(|(_, (at, _, _))| at.elapsed() < lease_duration)
-                .map(|(id, (_, _, capacity))| RunnerLoad {
-                    capacity: *capacity,
+                .filter(|(_, r)| r.alive(lease_duration))
+                .map(|(id, r)| RunnerLoad {
+                    capacity: r.capacity,
                     held: s.held_by(id).count(),
                 })
                 .collect(),
@@ -308,10 +343,10 @@ impl PartitionStore for MemoryStore {
         let mut runners: Vec<RunnerStatus> = s
             .runners
             .iter()
-            .map(|(id, (at, wall, _))| RunnerStatus {
+            .map(|(id, r)| RunnerStatus {
                 runner_id: id.clone(),
-                heartbeat_at: *wall,
-                alive: at.elapsed() < lease_duration,
+                heartbeat_at: r.beat_at,
+                alive: r.alive(lease_duration),
                 partitions: s.held_by(id).count(),
             })
             .collect();
@@ -324,8 +359,8 @@ impl PartitionStore for MemoryStore {
                 PartitionStatus {
                     token: p.token.clone(),
                     state: p.state,
-                    owner: lease.as_ref().and_then(|(o, _)| o.clone()),
-                    epoch: lease.map(|(_, e)| e),
+                    owner: lease.as_ref().and_then(|l| l.owner.clone()),
+                    epoch: lease.map(|l| l.epoch),
                     watermark: p.watermark,
                 }
             })

@@ -26,6 +26,16 @@ pub struct Input<'a> {
     pub extra: Option<&'a Map<String, Value>>,
 }
 
+/// A record as read from the stream, without extra fields.
+impl<'a> From<&'a DataChangeRecord> for Input<'a> {
+    fn from(record: &'a DataChangeRecord) -> Self {
+        Input {
+            record,
+            extra: None,
+        }
+    }
+}
+
 /// A record leaving the chain.
 #[derive(Debug)]
 pub struct Output {

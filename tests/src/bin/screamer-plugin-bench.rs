@@ -104,13 +104,7 @@ fn rate(
 }
 
 fn run_chain(chain: &Chain, records: &[DataChangeRecord]) -> usize {
-    let inputs: Vec<Input<'_>> = records
-        .iter()
-        .map(|record| Input {
-            record,
-            extra: None,
-        })
-        .collect();
+    let inputs: Vec<Input<'_>> = records.iter().map(Input::from).collect();
     let result = chain.run(&inputs);
     assert!(
         result.dead_letters.is_empty(),
