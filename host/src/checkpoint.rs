@@ -13,13 +13,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::observe::{Event, Observer};
-use crate::partition::{Lease, PartitionStore, PartitionToken, StoreError};
+use crate::partition::{Epoch, Lease, PartitionStore, PartitionToken, RunnerId, StoreError};
 use crate::timestamp::Timestamp;
 
 /// Pending watermarks of the partitions this runner reads.
 pub struct Checkpointer {
     store: Arc<dyn PartitionStore>,
-    runner: String,
+    runner: RunnerId,
     observer: Arc<dyn Observer>,
     pending: Mutex<HashMap<PartitionToken, Mark>>,
     /// Serializes flushes and finishes, so a late flush cannot rewind a finished partition.
@@ -34,10 +34,14 @@ struct Mark {
 }
 
 impl Checkpointer {
-    pub fn new(store: Arc<dyn PartitionStore>, runner: &str, observer: Arc<dyn Observer>) -> Self {
+    pub fn new(
+        store: Arc<dyn PartitionStore>,
+        runner: &RunnerId,
+        observer: Arc<dyn Observer>,
+    ) -> Self {
         Self {
             store,
-            runner: runner.to_owned(),
+            runner: runner.clone(),
             observer,
             pending: Mutex::new(HashMap::new()),
             write: tokio::sync::Mutex::new(()),
@@ -140,7 +144,7 @@ impl Checkpointer {
             .map(|m| m.lease.clone())
             .ok_or_else(|| StoreError::LeaseLost {
                 token: partition.clone(),
-                epoch: 0,
+                epoch: Epoch::default(),
             })?;
         let result = self.store.finish(&self.runner, &lease, watermark).await;
         if matches!(result, Ok(()) | Err(StoreError::LeaseLost { .. })) {
@@ -174,13 +178,14 @@ mod tests {
                 .await
                 .unwrap();
         }
-        store.heartbeat("r", 10).await.unwrap();
+        let r = RunnerId::from("r");
+        store.heartbeat(&r, 10).await.unwrap();
         let claims = store
-            .claim("r", 2, std::time::Duration::from_secs(30))
+            .claim(&r, 2, std::time::Duration::from_secs(30))
             .await
             .unwrap();
         let before = store.writes();
-        let cp = Checkpointer::new(store.clone(), "r", Arc::new(crate::observe::NoObserver));
+        let cp = Checkpointer::new(store.clone(), &r, Arc::new(crate::observe::NoObserver));
         for c in &claims {
             cp.hold(&c.lease, t0);
         }

@@ -67,8 +67,8 @@ pub use dsn::DatabaseName;
 pub use error::FailureKind;
 pub use observe::{NoObserver, Observer};
 pub use partition::{
-    MemoryStore, PartitionMetadata, PartitionState, PartitionStore, PartitionToken, SpannerStore,
-    StoreError,
+    Epoch, MemoryStore, PartitionMetadata, PartitionState, PartitionStore, PartitionToken,
+    RunnerId, SpannerStore, StoreError,
 };
 #[cfg(feature = "plugins")]
 pub use pipeline::Pipeline;

@@ -30,7 +30,7 @@ use crate::error::FailureKind;
 use crate::observe::{Event, Observer};
 use crate::partition::{
     Lease, NewPartition, PartitionMetadata, PartitionState, PartitionStore, PartitionToken,
-    StoreError,
+    RunnerId, StoreError,
 };
 use crate::record::{ChangeRecord, ChildPartitionsRecord, DataChangeRecord};
 use crate::source::{PartitionQuery, QueryRange, SourceError, SpannerSource};
@@ -128,7 +128,7 @@ impl ReaderError {
 
 /// What every reader of one subscriber shares.
 pub(crate) struct ReaderContext<C> {
-    pub runner: String,
+    pub runner: RunnerId,
     pub source: SpannerSource,
     pub store: Arc<dyn PartitionStore>,
     pub checkpoints: Arc<Checkpointer>,
@@ -371,7 +371,7 @@ fn prefetch(mut query: PartitionQuery) -> (Batches, AbortOnDropHandle<()>) {
                     Err(_) => return,
                 },
                 // `next_batch` only awaits before it has taken anything: cancel-safe.
-                next = query.next_batch(MAX_BATCH - held.len()), if held.len() < MAX_BATCH => match next {
+                next = query.next_batch(MAX_BATCH.saturating_sub(held.len())), if held.len() < MAX_BATCH => match next {
                     Ok(Some(batch)) => held.extend(batch),
                     end => {
                         if !held.is_empty() && tx.send(Ok(held)).await.is_err() {

@@ -48,7 +48,7 @@ async fn owner(store: &dyn PartitionStore, token: &str) -> anyhow::Result<Option
         .iter()
         .find(|p| p.token.as_str() == token)
         .with_context(|| format!("{token} not in status"))?;
-    Ok(p.owner.clone())
+    Ok(p.owner.as_ref().map(|o| o.as_str().to_owned()))
 }
 
 /// Partitions a, b, c (oldest first) and live runners r1 and r2.
@@ -56,13 +56,13 @@ async fn three_partitions_two_runners(store: &dyn PartitionStore) -> anyhow::Res
     for (i, t) in ["a", "b", "c"].iter().enumerate() {
         store.add_children(&[partition(t, &[], i as i64)]).await?;
     }
-    store.heartbeat("r1", 10).await?;
-    store.heartbeat("r2", 10).await?;
+    store.heartbeat(&"r1".into(), 10).await?;
+    store.heartbeat(&"r2".into(), 10).await?;
     Ok(())
 }
 
 async fn merged_child_waits_for_every_parent(store: &dyn PartitionStore) -> anyhow::Result<()> {
-    store.heartbeat("r", 10).await?;
+    store.heartbeat(&"r".into(), 10).await?;
     ensure!(store.seed(partition("a", &[], 0)).await?);
     ensure!(!store.seed(partition("x", &[], 0)).await?, "seeded twice");
     store.add_children(&[partition("b", &[], 1)]).await?;
@@ -70,7 +70,7 @@ async fn merged_child_waits_for_every_parent(store: &dyn PartitionStore) -> anyh
     // Both parents announce the merged child; it is inserted once.
     ensure!(store.add_children(std::slice::from_ref(&child)).await? == 1);
     ensure!(store.add_children(&[child]).await? == 0);
-    let claims = store.claim("r", 10, LEASE).await?;
+    let claims = store.claim(&"r".into(), 10, LEASE).await?;
     ensure!(
         tokens(&claims) == ["a", "b"],
         "claimed {:?}",
@@ -81,14 +81,14 @@ async fn merged_child_waits_for_every_parent(store: &dyn PartitionStore) -> anyh
         load.active_partitions == 2 && load.unowned_partitions == 0,
         "the blocked child counted: {load:?}"
     );
-    store.finish("r", &claims[0].lease, at(5)).await?;
-    let early = store.claim("r", 10, LEASE).await?;
+    store.finish(&"r".into(), &claims[0].lease, at(5)).await?;
+    let early = store.claim(&"r".into(), 10, LEASE).await?;
     ensure!(early.is_empty(), "child claimed with a parent running");
-    store.finish("r", &claims[1].lease, at(5)).await?;
-    let child = store.claim("r", 10, LEASE).await?;
+    store.finish(&"r".into(), &claims[1].lease, at(5)).await?;
+    let child = store.claim(&"r".into(), 10, LEASE).await?;
     ensure!(tokens(&child) == ["c"], "claimed {:?}", tokens(&child));
     ensure!(child[0].partition.parents.len() == 2);
-    ensure!(store.claim("r", 10, LEASE).await?.is_empty());
+    ensure!(store.claim(&"r".into(), 10, LEASE).await?.is_empty());
     ensure!(store.unfinished().await? == 1);
     Ok(())
 }
@@ -98,17 +98,17 @@ async fn claims_skip_live_owners_and_own_partitions(
 ) -> anyhow::Result<()> {
     three_partitions_two_runners(store).await?;
     // Room is respected, oldest first.
-    let first = store.claim("r1", 2, LEASE).await?;
+    let first = store.claim(&"r1".into(), 2, LEASE).await?;
     ensure!(tokens(&first) == ["a", "b"], "claimed {:?}", tokens(&first));
-    let rest = store.claim("r2", 10, LEASE).await?;
+    let rest = store.claim(&"r2".into(), 10, LEASE).await?;
     ensure!(tokens(&rest) == ["c"], "r2 took a live runner's partitions");
     // Even when its own heartbeat looks expired, a runner never re-claims what it holds
     // (that would fence its own readers).
-    let taken = store.claim("r1", 10, Duration::ZERO).await?;
+    let taken = store.claim(&"r1".into(), 10, Duration::ZERO).await?;
     ensure!(tokens(&taken) == ["c"], "claimed {:?}", tokens(&taken));
     ensure!(owner(store, "c").await?.as_deref() == Some("r1"));
     ensure!(owner(store, "a").await?.as_deref() == Some("r1"));
-    let mut owned: Vec<Lease> = store.owned("r1").await?;
+    let mut owned: Vec<Lease> = store.owned(&"r1".into()).await?;
     owned.sort_by(|a, b| a.token.cmp(&b.token));
     let mut expected = leases(&first);
     expected.extend(leases(&taken));
@@ -118,31 +118,36 @@ async fn claims_skip_live_owners_and_own_partitions(
 
 async fn writes_are_fenced_by_owner_and_epoch(store: &dyn PartitionStore) -> anyhow::Result<()> {
     store.seed(partition("a", &[], 0)).await?;
-    store.heartbeat("r1", 10).await?;
-    let old = store.claim("r1", 1, LEASE).await?.remove(0).lease;
-    store.mark_running("r1", &old).await?;
+    store.heartbeat(&"r1".into(), 10).await?;
+    let old = store.claim(&"r1".into(), 1, LEASE).await?.remove(0).lease;
+    store.mark_running(&"r1".into(), &old).await?;
     // With a zero lease duration r1 counts as dead: r2 takes the partition over.
-    store.heartbeat("r2", 10).await?;
-    let new = store.claim("r2", 1, Duration::ZERO).await?.remove(0);
-    ensure!(new.lease.epoch == old.epoch + 1, "epoch not bumped");
+    store.heartbeat(&"r2".into(), 10).await?;
+    let new = store
+        .claim(&"r2".into(), 1, Duration::ZERO)
+        .await?
+        .remove(0);
+    ensure!(new.lease.epoch == old.epoch.next(), "epoch not bumped");
     ensure!(new.partition.state == PartitionState::Running);
     let lost = store
-        .update_watermarks("r1", &[(old.clone(), at(5))])
+        .update_watermarks(&"r1".into(), &[(old.clone(), at(5))])
         .await?;
     ensure!(
         lost == [old.clone()],
         "stale watermark accepted: lost {lost:?}"
     );
     ensure!(matches!(
-        store.mark_running("r1", &old).await,
+        store.mark_running(&"r1".into(), &old).await,
         Err(StoreError::LeaseLost { .. })
     ));
     ensure!(matches!(
-        store.finish("r1", &old, at(5)).await,
+        store.finish(&"r1".into(), &old, at(5)).await,
         Err(StoreError::LeaseLost { .. })
     ));
     // A stale release gives nothing up.
-    store.release("r1", std::slice::from_ref(&old)).await?;
+    store
+        .release(&"r1".into(), std::slice::from_ref(&old))
+        .await?;
     ensure!(owner(store, "a").await?.as_deref() == Some("r2"));
     let status = store.status(LEASE).await?;
     ensure!(
@@ -150,7 +155,7 @@ async fn writes_are_fenced_by_owner_and_epoch(store: &dyn PartitionStore) -> any
         "stale watermark written"
     );
     let lost = store
-        .update_watermarks("r2", &[(new.lease.clone(), at(5))])
+        .update_watermarks(&"r2".into(), &[(new.lease.clone(), at(5))])
         .await?;
     ensure!(lost.is_empty());
     let status = store.status(LEASE).await?;
@@ -158,12 +163,12 @@ async fn writes_are_fenced_by_owner_and_epoch(store: &dyn PartitionStore) -> any
     ensure!(status.partitions[0].epoch == Some(new.lease.epoch));
     // r1 gets the partition back: its old lease stays dead (same owner, older epoch).
     store
-        .release("r2", std::slice::from_ref(&new.lease))
+        .release(&"r2".into(), std::slice::from_ref(&new.lease))
         .await?;
-    let again = store.claim("r1", 1, LEASE).await?.remove(0).lease;
-    ensure!(again.epoch == old.epoch + 2);
+    let again = store.claim(&"r1".into(), 1, LEASE).await?.remove(0).lease;
+    ensure!(again.epoch == old.epoch.next().next());
     let lost = store
-        .update_watermarks("r1", &[(old.clone(), at(9))])
+        .update_watermarks(&"r1".into(), &[(old.clone(), at(9))])
         .await?;
     ensure!(lost == [old], "an older epoch of the same owner wrote");
     Ok(())
@@ -173,15 +178,15 @@ async fn released_and_reset_partitions_are_claimable_at_once(
     store: &dyn PartitionStore,
 ) -> anyhow::Result<()> {
     three_partitions_two_runners(store).await?;
-    let held = store.claim("r1", 3, LEASE).await?;
+    let held = store.claim(&"r1".into(), 3, LEASE).await?;
     ensure!(held.len() == 3);
-    store.release("r1", &leases(&held[..1])).await?;
+    store.release(&"r1".into(), &leases(&held[..1])).await?;
     ensure!(owner(store, "a").await?.is_none());
-    let moved = store.claim("r2", 10, LEASE).await?;
+    let moved = store.claim(&"r2".into(), 10, LEASE).await?;
     ensure!(tokens(&moved) == ["a"], "claimed {:?}", tokens(&moved));
     // r1 restarts under the same id: its old leases are freed for anyone.
-    store.reset("r1").await?;
-    let rest = store.claim("r2", 10, LEASE).await?;
+    store.reset(&"r1".into()).await?;
+    let rest = store.claim(&"r2".into(), 10, LEASE).await?;
     ensure!(tokens(&rest) == ["b", "c"], "claimed {:?}", tokens(&rest));
     Ok(())
 }
@@ -194,11 +199,11 @@ async fn load_counts_live_runners_and_their_partitions(
             .add_children(&[partition(&format!("p{i}"), &[], i)])
             .await?;
     }
-    store.heartbeat("r1", 10).await?;
-    store.heartbeat("r2", 2).await?;
-    store.heartbeat("gone", 10).await?;
-    store.deregister("gone").await?;
-    store.claim("r1", 3, LEASE).await?;
+    store.heartbeat(&"r1".into(), 10).await?;
+    store.heartbeat(&"r2".into(), 2).await?;
+    store.heartbeat(&"gone".into(), 10).await?;
+    store.deregister(&"gone".into()).await?;
+    store.claim(&"r1".into(), 3, LEASE).await?;
     let load = store.load(LEASE).await?;
     ensure!(
         load.active_partitions == 5 && load.unowned_partitions == 2,

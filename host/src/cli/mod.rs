@@ -24,7 +24,7 @@ use screamer::FailureKind;
 use screamer::client::Endpoint;
 use screamer::destination::{Destination, Ndjson};
 use screamer::dsn::DatabaseName;
-use screamer::partition::{MemoryStore, PartitionStore, SpannerStore, StoreError};
+use screamer::partition::{MemoryStore, PartitionStore, RunnerId, SpannerStore, StoreError};
 use screamer::pipeline::Pipeline;
 use screamer::plugin::{Chain, PluginError, PluginRuntime};
 use screamer::source::{SourceError, SpannerSource};
@@ -254,7 +254,10 @@ async fn run(args: Args) -> Result<(), RunError> {
     };
     let defaults = SubscriberOptions::default();
     let options = SubscriberOptions {
-        runner_id: args.runner_id.unwrap_or(defaults.runner_id),
+        runner_id: args
+            .runner_id
+            .map(RunnerId::from)
+            .unwrap_or(defaults.runner_id),
         start: args.start,
         end: args.end,
         heartbeat_interval: args.heartbeat_interval,

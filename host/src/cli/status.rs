@@ -9,7 +9,7 @@ use super::RunError;
 use super::config::parse_duration;
 use screamer::client::Endpoint;
 use screamer::dsn::DatabaseName;
-use screamer::partition::{PartitionStore, SpannerStore};
+use screamer::partition::{PartitionStore, RunnerId, SpannerStore};
 use screamer::timestamp::Timestamp;
 
 #[derive(Debug, clap::Args)]
@@ -71,7 +71,7 @@ pub async fn run(args: StatusArgs) -> Result<(), RunError> {
             "{:<20} {:<10} {:<24} {:>6} {:<32} {:>10}",
             token,
             p.state,
-            p.owner.as_deref().unwrap_or("-"),
+            p.owner.as_ref().map_or("-", RunnerId::as_str),
             p.epoch.map_or("-".to_owned(), |e| e.to_string()),
             p.watermark.to_string(),
             ago(p.watermark)

@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::{
-    CLAIM_BATCH, Claim, Lease, Load, NewPartition, PartitionMetadata, PartitionState,
-    PartitionStatus, PartitionStore, PartitionToken, RunnerLoad, RunnerStatus, StoreError,
-    StoreStatus, lease_is_free,
+    CLAIM_BATCH, Claim, Epoch, Lease, Load, NewPartition, PartitionMetadata, PartitionState,
+    PartitionStatus, PartitionStore, PartitionToken, RunnerId, RunnerLoad, RunnerStatus,
+    StoreError, StoreStatus, lease_is_free,
 };
 use crate::timestamp::Timestamp;
 
@@ -27,15 +27,15 @@ struct State {
     rows: BTreeMap<PartitionToken, PartitionMetadata>,
     /// Current lease of each claimed partition.
     leases: HashMap<PartitionToken, LeaseRow>,
-    runners: HashMap<String, RunnerRow>,
+    runners: HashMap<RunnerId, RunnerRow>,
 }
 
 /// A partition's current lease.
 #[derive(Clone)]
 struct LeaseRow {
     /// `None` once released.
-    owner: Option<String>,
-    epoch: i64,
+    owner: Option<RunnerId>,
+    epoch: Epoch,
 }
 
 /// A registered runner.
@@ -61,13 +61,13 @@ impl State {
             })
     }
 
-    fn holds(&self, runner: &str, lease: &Lease) -> bool {
+    fn holds(&self, runner: &RunnerId, lease: &Lease) -> bool {
         self.leases
             .get(&lease.token)
-            .is_some_and(|l| l.owner.as_deref() == Some(runner) && l.epoch == lease.epoch)
+            .is_some_and(|l| l.owner.as_ref() == Some(runner) && l.epoch == lease.epoch)
     }
 
-    fn fenced(&self, runner: &str, lease: &Lease) -> Result<(), StoreError> {
+    fn fenced(&self, runner: &RunnerId, lease: &Lease) -> Result<(), StoreError> {
         if self.holds(runner, lease) {
             Ok(())
         } else {
@@ -78,7 +78,7 @@ impl State {
         }
     }
 
-    fn alive(&self, runner: &str, lease_duration: Duration) -> bool {
+    fn alive(&self, runner: &RunnerId, lease_duration: Duration) -> bool {
         self.runners
             .get(runner)
             .is_some_and(|r| r.alive(lease_duration))
@@ -98,14 +98,20 @@ impl State {
             .is_some_and(|owner| self.alive(owner, lease_duration))
     }
 
-    fn claimable(&self, runner: &str, p: &PartitionMetadata, lease_duration: Duration) -> bool {
-        lease_is_free(self.owner(&p.token), runner, |o| {
-            self.alive(o, lease_duration)
+    fn claimable(
+        &self,
+        runner: &RunnerId,
+        p: &PartitionMetadata,
+        lease_duration: Duration,
+    ) -> bool {
+        let owner = self.owner(&p.token).map(RunnerId::as_str);
+        lease_is_free(owner, runner.as_str(), |o| {
+            self.alive(&o.into(), lease_duration)
         }) && self.active(p)
     }
 
-    fn owner(&self, token: &PartitionToken) -> Option<&str> {
-        self.leases.get(token).and_then(|l| l.owner.as_deref())
+    fn owner(&self, token: &PartitionToken) -> Option<&RunnerId> {
+        self.leases.get(token).and_then(|l| l.owner.as_ref())
     }
 
     /// A partition someone should be reading.
@@ -114,13 +120,13 @@ impl State {
     }
 
     /// Unfinished partitions whose lease `runner` holds.
-    fn held_by(&self, runner: &str) -> impl Iterator<Item = Lease> {
+    fn held_by(&self, runner: &RunnerId) -> impl Iterator<Item = Lease> {
         self.leases.iter().filter_map(move |(t, l)| {
             let unfinished = self
                 .rows
                 .get(t)
                 .is_some_and(|p| p.state != PartitionState::Finished);
-            (l.owner.as_deref() == Some(runner) && unfinished).then(|| Lease {
+            (l.owner.as_ref() == Some(runner) && unfinished).then(|| Lease {
                 token: t.clone(),
                 epoch: l.epoch,
             })
@@ -166,22 +172,22 @@ impl PartitionStore for MemoryStore {
         })
     }
 
-    async fn heartbeat(&self, runner: &str, capacity: usize) -> Result<(), StoreError> {
+    async fn heartbeat(&self, runner: &RunnerId, capacity: usize) -> Result<(), StoreError> {
         self.write(|s| {
             let row = RunnerRow {
                 beat: Instant::now(),
                 beat_at: Timestamp::now(),
                 capacity,
             };
-            s.runners.insert(runner.to_owned(), row);
+            s.runners.insert(runner.clone(), row);
             Ok(())
         })
     }
 
-    async fn reset(&self, runner: &str) -> Result<(), StoreError> {
+    async fn reset(&self, runner: &RunnerId) -> Result<(), StoreError> {
         self.write(|s| {
             for lease in s.leases.values_mut() {
-                if lease.owner.as_deref() == Some(runner) {
+                if lease.owner.as_ref() == Some(runner) {
                     lease.owner = None;
                 }
             }
@@ -189,7 +195,7 @@ impl PartitionStore for MemoryStore {
         })
     }
 
-    async fn deregister(&self, runner: &str) -> Result<(), StoreError> {
+    async fn deregister(&self, runner: &RunnerId) -> Result<(), StoreError> {
         self.write(|s| {
             s.runners.remove(runner);
             Ok(())
@@ -198,7 +204,7 @@ impl PartitionStore for MemoryStore {
 
     async fn claim(
         &self,
-        runner: &str,
+        runner: &RunnerId,
         room: usize,
         lease_duration: Duration,
     ) -> Result<Vec<Claim>, StoreError> {
@@ -213,8 +219,12 @@ impl PartitionStore for MemoryStore {
             candidates.truncate(room.min(CLAIM_BATCH));
             let mut claims = Vec::with_capacity(candidates.len());
             for mut p in candidates {
-                let epoch = s.leases.get(&p.token).map_or(0, |l| l.epoch) + 1;
-                let owner = Some(runner.to_owned());
+                let epoch = s
+                    .leases
+                    .get(&p.token)
+                    .map_or(Epoch::default(), |l| l.epoch)
+                    .next();
+                let owner = Some(runner.clone());
                 s.leases.insert(p.token.clone(), LeaseRow { owner, epoch });
                 if p.state == PartitionState::Created {
                     p.state = PartitionState::Scheduled;
@@ -233,7 +243,7 @@ impl PartitionStore for MemoryStore {
         })
     }
 
-    async fn mark_running(&self, runner: &str, lease: &Lease) -> Result<(), StoreError> {
+    async fn mark_running(&self, runner: &RunnerId, lease: &Lease) -> Result<(), StoreError> {
         self.write(|s| {
             s.fenced(runner, lease)?;
             s.row(&lease.token)?.state = PartitionState::Running;
@@ -256,7 +266,7 @@ impl PartitionStore for MemoryStore {
 
     async fn update_watermarks(
         &self,
-        runner: &str,
+        runner: &RunnerId,
         marks: &[(Lease, Timestamp)],
     ) -> Result<Vec<Lease>, StoreError> {
         self.write(|s| {
@@ -275,7 +285,7 @@ impl PartitionStore for MemoryStore {
 
     async fn finish(
         &self,
-        runner: &str,
+        runner: &RunnerId,
         lease: &Lease,
         watermark: Timestamp,
     ) -> Result<(), StoreError> {
@@ -288,7 +298,7 @@ impl PartitionStore for MemoryStore {
         })
     }
 
-    async fn release(&self, runner: &str, leases: &[Lease]) -> Result<(), StoreError> {
+    async fn release(&self, runner: &RunnerId, leases: &[Lease]) -> Result<(), StoreError> {
         self.write(|s| {
             for lease in leases {
                 if s.holds(runner, lease) {
@@ -303,7 +313,7 @@ impl PartitionStore for MemoryStore {
         })
     }
 
-    async fn owned(&self, runner: &str) -> Result<Vec<Lease>, StoreError> {
+    async fn owned(&self, runner: &RunnerId) -> Result<Vec<Lease>, StoreError> {
         let s = self.state.lock().expect("memory store lock");
         Ok(s.held_by(runner).collect())
     }

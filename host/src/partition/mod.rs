@@ -78,6 +78,73 @@ impl fmt::Debug for PartitionToken {
     }
 }
 
+/// A runner's id: in the registry, on its leases, in logs.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RunnerId(String);
+
+impl RunnerId {
+    /// A fresh random id, `runner-` and eight hex digits.
+    pub fn random() -> Self {
+        Self(format!("runner-{:08x}", fastrand::u32(..)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for RunnerId {
+    fn from(s: &str) -> Self {
+        Self(s.to_owned())
+    }
+}
+
+impl From<String> for RunnerId {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
+impl fmt::Display for RunnerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for RunnerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+/// How many times a partition has been claimed: each claim takes the next epoch, and a
+/// write naming an older one is refused (fencing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize)]
+#[serde(transparent)]
+pub struct Epoch(i64);
+
+impl Epoch {
+    pub fn new(n: i64) -> Self {
+        Self(n)
+    }
+
+    pub fn get(self) -> i64 {
+        self.0
+    }
+
+    /// The epoch of the next claim.
+    pub fn next(self) -> Self {
+        Self(self.0 + 1)
+    }
+}
+
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// Where a partition is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PartitionState {
@@ -196,7 +263,7 @@ impl From<NewPartition> for PartitionMetadata {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Lease {
     pub token: PartitionToken,
-    pub epoch: i64,
+    pub epoch: Epoch,
 }
 
 /// A partition a runner just claimed, with its lease.
@@ -258,7 +325,7 @@ impl Load {
 /// One registered runner, as `screamer status` shows it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct RunnerStatus {
-    pub runner_id: String,
+    pub runner_id: RunnerId,
     pub heartbeat_at: Timestamp,
     pub alive: bool,
     pub partitions: usize,
@@ -269,8 +336,8 @@ pub struct RunnerStatus {
 pub struct PartitionStatus {
     pub token: PartitionToken,
     pub state: PartitionState,
-    pub owner: Option<String>,
-    pub epoch: Option<i64>,
+    pub owner: Option<RunnerId>,
+    pub epoch: Option<Epoch>,
     pub watermark: Timestamp,
 }
 
@@ -296,7 +363,7 @@ pub enum StoreError {
     UnknownPartition { token: PartitionToken },
     /// The write was refused: another runner holds the partition now (or the lease expired).
     #[error("partition {token:?}: lease lost (epoch {epoch} is no longer this runner's)")]
-    LeaseLost { token: PartitionToken, epoch: i64 },
+    LeaseLost { token: PartitionToken, epoch: Epoch },
     #[error("metadata table {table}: {source}")]
     Spanner {
         table: String,
@@ -360,15 +427,15 @@ pub trait PartitionStore: Send + Sync + 'static {
 
     /// Registers `runner` (with how many partitions it may hold) or renews its liveness: one
     /// write per runner, whatever it holds.
-    async fn heartbeat(&self, runner: &str, capacity: usize) -> Result<(), StoreError>;
+    async fn heartbeat(&self, runner: &RunnerId, capacity: usize) -> Result<(), StoreError>;
 
     /// Frees the leases an earlier process with the same runner id left behind (it crashed:
     /// a graceful stop releases them), so they can be claimed at once. Call before the
     /// first heartbeat.
-    async fn reset(&self, runner: &str) -> Result<(), StoreError>;
+    async fn reset(&self, runner: &RunnerId) -> Result<(), StoreError>;
 
     /// Removes `runner` from the registry (graceful stop).
-    async fn deregister(&self, runner: &str) -> Result<(), StoreError>;
+    async fn deregister(&self, runner: &RunnerId) -> Result<(), StoreError>;
 
     /// Claims up to `room` partitions for `runner`, atomically: CREATED ones whose parents are
     /// all FINISHED (they become SCHEDULED) and unfinished ones without a live owner (their
@@ -378,13 +445,13 @@ pub trait PartitionStore: Send + Sync + 'static {
     /// returns that many.
     async fn claim(
         &self,
-        runner: &str,
+        runner: &RunnerId,
         room: usize,
         lease_duration: std::time::Duration,
     ) -> Result<Vec<Claim>, StoreError>;
 
     /// SCHEDULED -> RUNNING (fenced).
-    async fn mark_running(&self, runner: &str, lease: &Lease) -> Result<(), StoreError>;
+    async fn mark_running(&self, runner: &RunnerId, lease: &Lease) -> Result<(), StoreError>;
 
     /// Inserts the children that are not there yet (merges announce a child several times);
     /// returns how many it inserted. Not fenced: children are the same whoever announces them.
@@ -394,25 +461,25 @@ pub trait PartitionStore: Send + Sync + 'static {
     /// returns the leases that were lost (their watermarks were not written).
     async fn update_watermarks(
         &self,
-        runner: &str,
+        runner: &RunnerId,
         marks: &[(Lease, Timestamp)],
     ) -> Result<Vec<Lease>, StoreError>;
 
     /// -> FINISHED, with the final watermark (fenced).
     async fn finish(
         &self,
-        runner: &str,
+        runner: &RunnerId,
         lease: &Lease,
         watermark: Timestamp,
     ) -> Result<(), StoreError>;
 
     /// Gives leases up so other runners can claim the partitions at once.
-    async fn release(&self, runner: &str, leases: &[Lease]) -> Result<(), StoreError>;
+    async fn release(&self, runner: &RunnerId, leases: &[Lease]) -> Result<(), StoreError>;
 
     /// The leases the store says `runner` holds. A runner compares them with what it reads
     /// and releases the strays: a release or claim whose commit succeeded but whose answer
     /// was lost (timeout, retry) leaves leases owned by a live runner that reads nothing.
-    async fn owned(&self, runner: &str) -> Result<Vec<Lease>, StoreError>;
+    async fn owned(&self, runner: &RunnerId) -> Result<Vec<Lease>, StoreError>;
 
     /// Live runners and partitions to read, for rebalancing.
     async fn load(&self, lease_duration: std::time::Duration) -> Result<Load, StoreError>;

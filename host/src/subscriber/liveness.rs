@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::partition::PartitionStore;
+use crate::partition::{PartitionStore, RunnerId};
 
 /// Whether this runner's leases are its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,7 +49,7 @@ impl Heartbeat {
     /// a first heartbeat succeeded.
     pub fn start(
         store: Arc<dyn PartitionStore>,
-        runner: String,
+        runner: RunnerId,
         capacity: usize,
         lease_duration: Duration,
     ) -> Self {
@@ -108,7 +108,7 @@ impl Drop for Heartbeat {
 /// What one heartbeat writes.
 struct Beat {
     store: Arc<dyn PartitionStore>,
-    runner: String,
+    runner: RunnerId,
     capacity: usize,
     lease_duration: Duration,
 }

@@ -33,7 +33,7 @@ use crate::consumer::Consumer;
 use crate::error::FailureKind;
 use crate::observe::{Event as ObserverEvent, NoObserver, Observer};
 use crate::partition::{
-    CLAIM_BATCH, Lease, NewPartition, PartitionStore, PartitionToken, StoreError,
+    CLAIM_BATCH, Lease, NewPartition, PartitionStore, PartitionToken, RunnerId, StoreError,
 };
 use crate::reader::{ReaderContext, ReaderError, ReaderOutcome, StopMode};
 use crate::source::SpannerSource;
@@ -50,7 +50,7 @@ pub const HEARTBEAT_INTERVALS: std::ops::RangeInclusive<Duration> =
 #[derive(Debug, Clone)]
 pub struct SubscriberOptions {
     /// Identifies this runner in logs and, with leases, in the metadata table.
-    pub runner_id: String,
+    pub runner_id: RunnerId,
     /// Where an empty store starts; default: now.
     pub start: Option<Timestamp>,
     /// Where reading ends (inclusive: records committed at `end` are delivered); default:
@@ -77,7 +77,7 @@ pub struct SubscriberOptions {
 impl Default for SubscriberOptions {
     fn default() -> Self {
         Self {
-            runner_id: format!("runner-{:08x}", fastrand::u32(..)),
+            runner_id: RunnerId::random(),
             start: None,
             end: None,
             heartbeat_interval: Duration::from_secs(3),
@@ -264,7 +264,7 @@ impl<'s, C: Consumer> Runner<'s, C> {
         start: Timestamp,
     ) -> Result<Self, StoreError> {
         let (store, options) = (&subscriber.store, &subscriber.options);
-        let runner = options.runner_id.as_str();
+        let runner = &options.runner_id;
         store.prepare().await?;
         tracing::debug!("partition store ready");
         let seeded = store
@@ -283,12 +283,12 @@ impl<'s, C: Consumer> Runner<'s, C> {
         store.heartbeat(runner, options.max_connections).await?;
         let heartbeat = Heartbeat::start(
             Arc::clone(store),
-            runner.to_owned(),
+            runner.clone(),
             options.max_connections,
             options.lease_duration,
         );
         tracing::info!(
-            runner,
+            %runner,
             stream = subscriber.source.stream(),
             seeded,
             "subscribing"
@@ -300,7 +300,7 @@ impl<'s, C: Consumer> Runner<'s, C> {
             Arc::clone(observer),
         ));
         let ctx = Arc::new(ReaderContext {
-            runner: runner.to_owned(),
+            runner: runner.clone(),
             source: subscriber.source.clone(),
             store: Arc::clone(store),
             checkpoints: Arc::clone(&checkpoints),
@@ -324,7 +324,7 @@ impl<'s, C: Consumer> Runner<'s, C> {
         })
     }
 
-    fn runner(&self) -> &str {
+    fn runner(&self) -> &RunnerId {
         &self.options.runner_id
     }
 
@@ -393,7 +393,7 @@ impl<'s, C: Consumer> Runner<'s, C> {
             let load = self.store.load(self.options.lease_duration).await?;
             room = holding.room_within_share(&load, self.yielding);
             tracing::debug!(
-                runner = self.runner(),
+                runner = %self.runner(),
                 keeping = holding.keeping,
                 unowned = load.unowned_partitions,
                 live_runners = load.live_runners(),
@@ -431,7 +431,7 @@ impl<'s, C: Consumer> Runner<'s, C> {
         match (self.liveness, now) {
             (_, Liveness::Lapsed) => {
                 if self.liveness == Liveness::Alive {
-                    tracing::warn!(runner = self.runner(), partitions = self.readers.len(),
+                    tracing::warn!(runner = %self.runner(), partitions = self.readers.len(),
                         silent = ?silent,
                         "no heartbeat within the lease duration: stopping every reader");
                 }
@@ -440,7 +440,7 @@ impl<'s, C: Consumer> Runner<'s, C> {
             }
             (Liveness::Lapsed, Liveness::Alive) => {
                 tracing::info!(
-                    runner = self.runner(),
+                    runner = %self.runner(),
                     "heartbeat restored: claiming partitions again"
                 );
                 self.liveness = Liveness::Alive;
@@ -479,7 +479,7 @@ impl<'s, C: Consumer> Runner<'s, C> {
         dropped.extend(self.readers.abandon());
         self.lost(dropped.len());
         let lost = self.checkpoints.flush().await.unwrap_or_else(|e| {
-            tracing::warn!(runner = self.runner(), error = %e, "could not checkpoint dropped leases");
+            tracing::warn!(runner = %self.runner(), error = %e, "could not checkpoint dropped leases");
             Vec::new()
         });
         for lease in &dropped {
@@ -487,7 +487,7 @@ impl<'s, C: Consumer> Runner<'s, C> {
         }
         dropped.retain(|l| !lost.contains(l));
         if let Err(e) = self.store.release(self.runner(), &dropped).await {
-            tracing::warn!(runner = self.runner(), error = %e,
+            tracing::warn!(runner = %self.runner(), error = %e,
                 "could not release dropped leases; they expire instead");
         }
     }
@@ -503,7 +503,7 @@ impl<'s, C: Consumer> Runner<'s, C> {
                 .filter(|l| !self.readers.holds(l))
                 .collect(),
             Err(e) => {
-                tracing::warn!(runner = self.runner(), error = %e, "cannot list this runner's leases");
+                tracing::warn!(runner = %self.runner(), error = %e, "cannot list this runner's leases");
                 return;
             }
         };
@@ -511,12 +511,12 @@ impl<'s, C: Consumer> Runner<'s, C> {
             return;
         }
         tracing::warn!(
-            runner = self.runner(),
+            runner = %self.runner(),
             partitions = strays.len(),
             "releasing leases this runner holds without reading them"
         );
         if let Err(e) = self.store.release(self.runner(), &strays).await {
-            tracing::warn!(runner = self.runner(), error = %e,
+            tracing::warn!(runner = %self.runner(), error = %e,
                 "could not release stray leases; retrying later");
         }
     }
@@ -553,7 +553,7 @@ impl<'s, C: Consumer> Runner<'s, C> {
             return false;
         }
         tracing::info!(
-            runner = self.runner(),
+            runner = %self.runner(),
             held = holding.keeping,
             fair = load.fair_share(self.options.max_connections),
             live_runners = load.live_runners(),
@@ -588,7 +588,7 @@ impl<'s, C: Consumer> Runner<'s, C> {
                 source: StoreError::LeaseLost { .. },
                 ..
             }) => {
-                tracing::info!(runner = self.runner(), partition = ?lease.token,
+                tracing::info!(runner = %self.runner(), partition = ?lease.token,
                     "partition lost to another runner");
                 if after.is_some() {
                     self.checkpoints.forget(&lease.token);
@@ -628,9 +628,9 @@ impl<'s, C: Consumer> Runner<'s, C> {
         .await;
         match result {
             Ok(()) => {
-                tracing::debug!(runner = self.runner(), partition = ?lease.token, "partition released")
+                tracing::debug!(runner = %self.runner(), partition = ?lease.token, "partition released")
             }
-            Err(e) => tracing::warn!(runner = self.runner(), partition = ?lease.token, error = %e,
+            Err(e) => tracing::warn!(runner = %self.runner(), partition = ?lease.token, error = %e,
                 "could not release a partition; its lease expires instead"),
         }
     }
@@ -660,13 +660,13 @@ impl<'s, C: Consumer> Runner<'s, C> {
         let lost = self.checkpoints.flush().await?;
         held.retain(|l| !lost.contains(l));
         if let Err(e) = self.store.release(self.runner(), &held).await {
-            tracing::warn!(runner = self.runner(), error = %e,
+            tracing::warn!(runner = %self.runner(), error = %e,
                 "could not release leases; they expire instead");
         }
-        let runner = self.options.runner_id.as_str();
+        let runner = &self.options.runner_id;
         self.heartbeat.stop().await;
         if let Err(e) = self.store.deregister(runner).await {
-            tracing::warn!(runner, error = %e, "could not deregister");
+            tracing::warn!(%runner, error = %e, "could not deregister");
         }
         Ok(self.summary)
     }

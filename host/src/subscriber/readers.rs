@@ -88,7 +88,7 @@ impl<C: Consumer> ReaderSet<C> {
     /// Starts reading a claimed partition.
     pub fn spawn(&mut self, claim: Claim) {
         let Claim { partition, lease } = claim;
-        tracing::debug!(partition = ?lease.token, epoch = lease.epoch,
+        tracing::debug!(partition = ?lease.token, epoch = %lease.epoch,
             watermark = %partition.watermark, "starting reader");
         let (stop, signal) = StopSignal::new();
         let ctx = Arc::clone(&self.ctx);
@@ -133,7 +133,7 @@ impl<C: Consumer> ReaderSet<C> {
             if self.holds(lease)
                 && let Some(r) = self.readers.remove(&lease.token)
             {
-                tracing::info!(partition = ?lease.token, epoch = lease.epoch,
+                tracing::info!(partition = ?lease.token, epoch = %lease.epoch,
                     "lease lost: stopping the reader");
                 r.abort.abort();
                 n += 1;

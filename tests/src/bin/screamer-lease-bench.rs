@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use screamer::partition::{
-    CLAIM_BATCH, Lease, NewPartition, PartitionStore, SpannerStore, StoreError,
+    CLAIM_BATCH, Lease, NewPartition, PartitionStore, RunnerId, SpannerStore, StoreError,
 };
 use screamer::{Dialect, Timestamp};
 use screamer_tests::{Emulator, EmulatorOptions};
@@ -56,7 +56,7 @@ fn env_usize(name: &str, default: usize) -> usize {
 }
 
 /// Prints a failed store operation (the protocol goes on, as the subscriber's does).
-fn report<T>(runner: &str, what: &str, result: Result<T, StoreError>) -> Option<T> {
+fn report<T>(runner: &RunnerId, what: &str, result: Result<T, StoreError>) -> Option<T> {
     result
         .inspect_err(|e| eprintln!("{runner}: {what} failed: {e}"))
         .ok()
@@ -66,7 +66,7 @@ fn report<T>(runner: &str, what: &str, result: Result<T, StoreError>) -> Option<
 async fn runner(
     store: Arc<SpannerStore>,
     every: Intervals,
-    id: String,
+    id: RunnerId,
     stop: Arc<AtomicBool>,
     crash: Arc<AtomicBool>,
 ) {
@@ -245,7 +245,7 @@ async fn main() -> anyhow::Result<()> {
         let h = tokio::spawn(runner(
             s.clone(),
             every,
-            format!("runner-{i:02}"),
+            format!("runner-{i:02}").into(),
             stop.clone(),
             crash.clone(),
         ));

@@ -22,7 +22,9 @@ use gcloud_spanner::value::CommitTimestamp;
 use super::rows::PARTITION_COLUMNS;
 use super::sql::ACTIVE;
 use super::{SpannerStore, keys, read_all};
-use crate::partition::{CLAIM_BATCH, Claim, Lease, PartitionState, StoreError, lease_is_free};
+use crate::partition::{
+    CLAIM_BATCH, Claim, Epoch, Lease, PartitionState, StoreError, lease_is_free,
+};
 
 /// Candidates a claim reads beyond its room: runners claiming at once often want the same
 /// few partitions (the last ones of a failover), and a claim whose candidates were all taken
@@ -83,7 +85,7 @@ impl SpannerStore {
                 }
                 let lease = Lease {
                     token: partition.token.clone(),
-                    epoch: *epoch,
+                    epoch: Epoch::new(*epoch),
                 };
                 Ok(Claim { partition, lease })
             })

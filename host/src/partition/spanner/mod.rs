@@ -25,8 +25,8 @@ use gcloud_spanner::value::CommitTimestamp;
 use time::OffsetDateTime;
 
 use super::{
-    Claim, Lease, Load, NewPartition, PartitionState, PartitionStatus, PartitionStore, RunnerLoad,
-    RunnerStatus, StoreError, StoreStatus,
+    Claim, Epoch, Lease, Load, NewPartition, PartitionState, PartitionStatus, PartitionStore,
+    RunnerId, RunnerLoad, RunnerStatus, StoreError, StoreStatus,
 };
 use crate::client::{Backoff, Endpoint, is_transient};
 use crate::dsn::DatabaseName;
@@ -251,7 +251,7 @@ impl SpannerStore {
                                 current.iter().any(|(t, o, e)| {
                                     t == l.token.as_str()
                                         && o.as_deref() == Some(runner.as_str())
-                                        && *e == l.epoch
+                                        && Epoch::new(*e) == l.epoch
                                 })
                             });
                         tx.buffer_write(plan(&held));
@@ -325,21 +325,25 @@ impl PartitionStore for SpannerStore {
         Ok(inserted == 1)
     }
 
-    async fn heartbeat(&self, runner: &str, capacity: usize) -> Result<(), StoreError> {
+    async fn heartbeat(&self, runner: &RunnerId, capacity: usize) -> Result<(), StoreError> {
         let beat = insert_or_update(
             &self.runners,
             &["RunnerId", "HeartbeatAt", "MaxConnections"],
-            &[&runner, &CommitTimestamp::new(), &(capacity as i64)],
+            &[
+                &runner.as_str(),
+                &CommitTimestamp::new(),
+                &(capacity as i64),
+            ],
         );
         self.blind_write(vec![beat]).await
     }
 
-    async fn reset(&self, runner: &str) -> Result<(), StoreError> {
+    async fn reset(&self, runner: &RunnerId) -> Result<(), StoreError> {
         let sql = Arc::new(format!(
             "UPDATE {} SET Owner = NULL WHERE Owner = @runner",
             self.leases
         ));
-        let runner = Arc::new(runner.to_owned());
+        let runner = Arc::new(runner.as_str().to_owned());
         self.retrying(|| {
             self.client.read_write_transaction(|tx| {
                 let (sql, runner) = (sql.clone(), runner.clone());
@@ -356,24 +360,25 @@ impl PartitionStore for SpannerStore {
         Ok(())
     }
 
-    async fn deregister(&self, runner: &str) -> Result<(), StoreError> {
-        let gone = delete(&self.runners, Key::new(&runner));
+    async fn deregister(&self, runner: &RunnerId) -> Result<(), StoreError> {
+        let gone = delete(&self.runners, Key::new(&runner.as_str()));
         self.blind_write(vec![gone]).await
     }
 
     async fn claim(
         &self,
-        runner: &str,
+        runner: &RunnerId,
         room: usize,
         lease_duration: Duration,
     ) -> Result<Vec<Claim>, StoreError> {
-        self.claim_batch(runner, room, lease_duration).await
+        self.claim_batch(runner.as_str(), room, lease_duration)
+            .await
     }
 
-    async fn mark_running(&self, runner: &str, lease: &Lease) -> Result<(), StoreError> {
+    async fn mark_running(&self, runner: &RunnerId, lease: &Lease) -> Result<(), StoreError> {
         let table = self.table.clone();
         let lost = self
-            .fenced(runner, std::slice::from_ref(lease), move |held| {
+            .fenced(runner.as_str(), std::slice::from_ref(lease), move |held| {
                 held.iter()
                     .map(|l| {
                         update(
@@ -424,13 +429,13 @@ impl PartitionStore for SpannerStore {
 
     async fn update_watermarks(
         &self,
-        runner: &str,
+        runner: &RunnerId,
         marks: &[(Lease, Timestamp)],
     ) -> Result<Vec<Lease>, StoreError> {
         let table = self.table.clone();
         let by_token: Arc<Vec<(Lease, Timestamp)>> = Arc::new(marks.to_vec());
         let leases: Vec<Lease> = marks.iter().map(|(l, _)| l.clone()).collect();
-        self.fenced(runner, &leases, move |held| {
+        self.fenced(runner.as_str(), &leases, move |held| {
             by_token
                 .iter()
                 .filter(|(l, _)| held.contains(l))
@@ -449,14 +454,14 @@ impl PartitionStore for SpannerStore {
 
     async fn finish(
         &self,
-        runner: &str,
+        runner: &RunnerId,
         lease: &Lease,
         watermark: Timestamp,
     ) -> Result<(), StoreError> {
         let (table, leases) = (self.table.clone(), self.leases.clone());
         let w: OffsetDateTime = watermark.into();
         let lost = self
-            .fenced(runner, std::slice::from_ref(lease), move |held| {
+            .fenced(runner.as_str(), std::slice::from_ref(lease), move |held| {
                 held.iter()
                     .flat_map(|l| {
                         [
@@ -483,9 +488,9 @@ impl PartitionStore for SpannerStore {
         }
     }
 
-    async fn release(&self, runner: &str, leases: &[Lease]) -> Result<(), StoreError> {
+    async fn release(&self, runner: &RunnerId, leases: &[Lease]) -> Result<(), StoreError> {
         let table = self.leases.clone();
-        self.fenced(runner, leases, move |held| {
+        self.fenced(runner.as_str(), leases, move |held| {
             held.iter()
                 .map(|l| {
                     update(
@@ -500,12 +505,12 @@ impl PartitionStore for SpannerStore {
         .map(|_| ())
     }
 
-    async fn owned(&self, runner: &str) -> Result<Vec<Lease>, StoreError> {
+    async fn owned(&self, runner: &RunnerId) -> Result<Vec<Lease>, StoreError> {
         let mut stmt = Statement::new(format!(
             "SELECT PartitionToken, Epoch FROM {} WHERE Owner = @runner",
             self.leases
         ));
-        stmt.add_param("runner", &runner);
+        stmt.add_param("runner", &runner.as_str());
         self.query(stmt)
             .await?
             .iter()
@@ -513,7 +518,7 @@ impl PartitionStore for SpannerStore {
                 let c = |e| self.corrupt(e);
                 Ok(Lease {
                     token: row.column::<String>(0).map_err(c)?.into(),
-                    epoch: row.column(1).map_err(c)?,
+                    epoch: Epoch::new(row.column(1).map_err(c)?),
                 })
             })
             .collect()
@@ -587,7 +592,7 @@ impl PartitionStore for SpannerStore {
             .iter()
             .map(|row| {
                 Ok(RunnerStatus {
-                    runner_id: row.column(0).map_err(c)?,
+                    runner_id: row.column::<String>(0).map_err(c)?.into(),
                     heartbeat_at: row.column::<OffsetDateTime>(1).map_err(c)?.into(),
                     alive: row.column(2).map_err(c)?,
                     partitions: row.column::<i64>(3).map_err(c)? as usize,
@@ -609,8 +614,11 @@ impl PartitionStore for SpannerStore {
                     token: row.column::<String>(0).map_err(c)?.into(),
                     state: self.state(&row.column::<String>(1).map_err(c)?)?,
                     watermark: row.column::<OffsetDateTime>(2).map_err(c)?.into(),
-                    owner: row.column(3).map_err(c)?,
-                    epoch: row.column(4).map_err(c)?,
+                    owner: row
+                        .column::<Option<String>>(3)
+                        .map_err(c)?
+                        .map(RunnerId::from),
+                    epoch: row.column::<Option<i64>>(4).map_err(c)?.map(Epoch::new),
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
