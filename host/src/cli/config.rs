@@ -112,64 +112,19 @@ impl PipelineConfig {
     /// files) and the other flags on top.
     pub fn resolve(plugins: &[PathBuf], args: &PipelineArgs) -> Result<Self, ConfigError> {
         let (file, base) = match &args.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    ConfigError(format!("--config {}: cannot read: {e}", path.display()))
-                })?;
-                let file: FileConfig = toml::from_str(&text).map_err(|e| {
-                    let msg = e.message().to_owned();
-                    let at = e
-                        .span()
-                        .map(|s| format!(" (line {})", text[..s.start].matches('\n').count() + 1))
-                        .unwrap_or_default();
-                    ConfigError(format!("--config {}: {msg}{at}", path.display()))
-                })?;
-                let base = path.parent().map(Path::to_owned).unwrap_or_default();
-                (file, base)
-            }
+            Some(path) => read_file(path)?,
             None => (FileConfig::default(), PathBuf::new()),
-        };
-        let where_ = |i: usize| {
-            format!(
-                "--config {}: plugins[{i}]",
-                args.config.as_deref().unwrap_or(Path::new("")).display()
-            )
         };
         let mut specs = Vec::new();
         for (i, p) in file.plugins.into_iter().enumerate() {
-            let limits = Limits {
-                timeout: match &p.timeout {
-                    Some(t) => parse_duration(t)
-                        .map_err(|e| ConfigError(format!("{}: timeout {e}", where_(i))))?,
-                    None => args.plugin_timeout.unwrap_or(Limits::default().timeout),
-                },
-                memory_bytes: match &p.memory {
-                    Some(m) => parse_size(m)
-                        .map_err(|e| ConfigError(format!("{}: memory {e}", where_(i))))?,
-                    None => args.plugin_memory.unwrap_or(Limits::default().memory_bytes),
-                },
-            };
-            let dirs = p
-                .dirs
-                .iter()
-                .map(|d| parse_dir(d, &base))
-                .collect::<Result<_, _>>()
-                .map_err(|e| ConfigError(format!("{}: dirs: {e}", where_(i))))?;
-            let config = match p.config {
-                Some(table) => serde_json::to_value(table)
-                    .map_err(|e| ConfigError(format!("{}: config: {e}", where_(i))))?,
-                None => Value::Object(Default::default()),
-            };
-            specs.push(PluginSpec {
-                path: base.join(p.path),
-                config,
-                limits,
-                grants: WasiGrants {
-                    env: p.env,
-                    dirs,
-                    network: p.network,
-                },
-            });
+            let place = format!(
+                "--config {}: plugins[{i}]",
+                args.config.as_deref().unwrap_or(Path::new("")).display()
+            );
+            specs.push(
+                p.into_spec(&base, args)
+                    .map_err(|e| ConfigError(format!("{place}: {e}")))?,
+            );
         }
         for path in plugins {
             let mut spec = PluginSpec::new(path.clone());
@@ -178,32 +133,7 @@ impl PipelineConfig {
             specs.push(spec);
         }
         for entry in &args.plugin_config {
-            let (name, json) = entry.split_once('=').ok_or_else(|| {
-                ConfigError(format!("--plugin-config {entry:?}: expected NAME=JSON"))
-            })?;
-            let config: Value = serde_json::from_str(json)
-                .map_err(|e| ConfigError(format!("--plugin-config {name}: not JSON: {e}")))?;
-            if !config.is_object() {
-                return Err(ConfigError(format!(
-                    "--plugin-config {name}: expected a JSON object like {{\"key\": \"value\"}}"
-                )));
-            }
-            let mut matched = false;
-            for spec in specs.iter_mut().filter(|s| plugin_name(&s.path) == name) {
-                spec.config = config.clone();
-                matched = true;
-            }
-            if !matched {
-                let names: Vec<String> = specs.iter().map(|s| plugin_name(&s.path)).collect();
-                return Err(ConfigError(format!(
-                    "--plugin-config {name}: no plugin named {name} in the chain ({})",
-                    if names.is_empty() {
-                        "no plugins".to_owned()
-                    } else {
-                        names.join(", ")
-                    }
-                )));
-            }
+            apply_plugin_config(&mut specs, entry)?;
         }
         let mut side_outputs = file
             .side_outputs
@@ -243,6 +173,88 @@ impl PipelineConfig {
                 .or(file.cache_dir.map(|d| base.join(d))),
         })
     }
+}
+
+/// Reads and parses the `--config` file; relative paths in it are relative to its folder.
+fn read_file(path: &Path) -> Result<(FileConfig, PathBuf), ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("--config {}: cannot read: {e}", path.display())))?;
+    let file: FileConfig = toml::from_str(&text).map_err(|e| {
+        let msg = e.message().to_owned();
+        let at = e
+            .span()
+            .map(|s| format!(" (line {})", text[..s.start].matches('\n').count() + 1))
+            .unwrap_or_default();
+        ConfigError(format!("--config {}: {msg}{at}", path.display()))
+    })?;
+    Ok((file, path.parent().map(Path::to_owned).unwrap_or_default()))
+}
+
+impl FilePlugin {
+    /// The plugin as the runtime loads it; limits the entry leaves out come from the flags.
+    fn into_spec(self, base: &Path, args: &PipelineArgs) -> Result<PluginSpec, String> {
+        let limits = Limits {
+            timeout: match &self.timeout {
+                Some(t) => parse_duration(t).map_err(|e| format!("timeout {e}"))?,
+                None => args.plugin_timeout.unwrap_or(Limits::default().timeout),
+            },
+            memory_bytes: match &self.memory {
+                Some(m) => parse_size(m).map_err(|e| format!("memory {e}"))?,
+                None => args.plugin_memory.unwrap_or(Limits::default().memory_bytes),
+            },
+        };
+        let dirs = self
+            .dirs
+            .iter()
+            .map(|d| parse_dir(d, base))
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("dirs: {e}"))?;
+        let config = match self.config {
+            Some(table) => serde_json::to_value(table).map_err(|e| format!("config: {e}"))?,
+            None => Value::Object(Default::default()),
+        };
+        Ok(PluginSpec {
+            path: base.join(self.path),
+            config,
+            limits,
+            grants: WasiGrants {
+                env: self.env,
+                dirs,
+                network: self.network,
+            },
+        })
+    }
+}
+
+/// Applies one `--plugin-config NAME=JSON` to every plugin of the chain named `NAME`.
+fn apply_plugin_config(specs: &mut [PluginSpec], entry: &str) -> Result<(), ConfigError> {
+    let (name, json) = entry
+        .split_once('=')
+        .ok_or_else(|| ConfigError(format!("--plugin-config {entry:?}: expected NAME=JSON")))?;
+    let config: Value = serde_json::from_str(json)
+        .map_err(|e| ConfigError(format!("--plugin-config {name}: not JSON: {e}")))?;
+    if !config.is_object() {
+        return Err(ConfigError(format!(
+            "--plugin-config {name}: expected a JSON object like {{\"key\": \"value\"}}"
+        )));
+    }
+    let mut matched = false;
+    for spec in specs.iter_mut().filter(|s| plugin_name(&s.path) == name) {
+        spec.config = config.clone();
+        matched = true;
+    }
+    if matched {
+        return Ok(());
+    }
+    let names: Vec<String> = specs.iter().map(|s| plugin_name(&s.path)).collect();
+    Err(ConfigError(format!(
+        "--plugin-config {name}: no plugin named {name} in the chain ({})",
+        if names.is_empty() {
+            "no plugins".to_owned()
+        } else {
+            names.join(", ")
+        }
+    )))
 }
 
 /// The name `--plugin-config` uses for a plugin: its file name without `.wasm`.

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine};
 
-use super::bindings::{self, HostState, PROCESSOR_EXPORT, PluginPre};
+use super::bindings::{self, HostState, PROCESSOR_EXPORT, PluginInfo, PluginPre};
 use super::instance::{InitError, Instance};
 use super::version::{EpochTicker, PluginVersion};
 use super::{PluginError, PluginSpec};
@@ -122,34 +122,8 @@ impl PluginRuntime {
             path: path.clone(),
             exports: format!("{} ({})", exports.join(", "), e.root_cause()),
         })?;
-        let file_tag: Arc<str> = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into())
-            .unwrap_or_else(|| "plugin".into());
         let config_text = spec.config.to_string();
-        // The trial instance: who the plugin says it is, and whether it takes the config.
-        let mut trial = Instance::instantiate(&pre, &self.engine, spec, file_tag.clone()).map_err(
-            |message| PluginError::Start {
-                plugin: file_tag.to_string(),
-                message,
-            },
-        )?;
-        let info = trial.info().map_err(|message| PluginError::Start {
-            plugin: file_tag.to_string(),
-            message,
-        })?;
-        let tag: Arc<str> = format!("{}@{}", info.name, info.version).into();
-        trial.set_tag(tag.clone());
-        trial.init(&config_text).map_err(|e| match e {
-            InitError::Trapped(message) => PluginError::Start {
-                plugin: tag.to_string(),
-                message,
-            },
-            InitError::Refused(message) => PluginError::Config {
-                plugin: tag.to_string(),
-                message,
-            },
-        })?;
+        let (info, tag) = self.trial(&pre, spec, &config_text)?;
         let load_time = started.elapsed();
         let version = Arc::new(PluginVersion {
             name: info.name.clone(),
@@ -175,6 +149,38 @@ impl PluginRuntime {
             load_millis: load_time.as_secs_f64() * 1e3,
         };
         Ok((version, report))
+    }
+
+    /// Starts a trial instance: who the plugin says it is (`name@version`), and whether its
+    /// `init` takes the configuration.
+    fn trial(
+        &self,
+        pre: &PluginPre<HostState>,
+        spec: &PluginSpec,
+        config_text: &str,
+    ) -> Result<(PluginInfo, Arc<str>), PluginError> {
+        let file_tag: Arc<str> = spec
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into())
+            .unwrap_or_else(|| "plugin".into());
+        let start_failed = |plugin: &str| {
+            let plugin = plugin.to_owned();
+            move |message| PluginError::Start { plugin, message }
+        };
+        let mut trial = Instance::instantiate(pre, &self.engine, spec, file_tag.clone())
+            .map_err(start_failed(&file_tag))?;
+        let info = trial.info().map_err(start_failed(&file_tag))?;
+        let tag: Arc<str> = format!("{}@{}", info.name, info.version).into();
+        trial.set_tag(tag.clone());
+        trial.init(config_text).map_err(|e| match e {
+            InitError::Trapped(message) => start_failed(&tag)(message),
+            InitError::Refused(message) => PluginError::Config {
+                plugin: tag.to_string(),
+                message,
+            },
+        })?;
+        Ok((info, tag))
     }
 
     /// The compiled component, from the cache when this engine compiled it before.

@@ -1,8 +1,9 @@
 //! Sessions for the change stream queries, pooled by hand.
 //!
-//! The queries run over the client's low-level gRPC API (see the [source](super) docs), which
-//! gcloud-spanner's own `SessionManager` does not serve: it hands sessions to its high-level
-//! transactions only. A session whose query failed or was abandoned mid-stream may still be
+//! The queries run over the client's low-level gRPC API (see the [source](super) docs).
+//! gcloud-spanner's own `SessionManager` is crate-private (`pub(crate)` in its `session`
+//! module): its sessions reach a user only inside its high-level transactions and row
+//! iterators, which buffer change records until the partition ends on the emulator. A session whose query failed or was abandoned mid-stream may still be
 //! busy server-side, so it is deleted rather than reused.
 
 use std::sync::{Arc, Mutex};
