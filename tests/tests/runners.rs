@@ -33,6 +33,39 @@ async fn shared_stream(churn: bool) -> anyhow::Result<(Emulator, Arc<TestDatabas
     Ok((emulator, db, Timestamp::now().to_string()))
 }
 
+/// Two runners, r1 and r2, with a lease of `lease` and one-second rebalancing, on a
+/// churning stream while a writer commits 1,500 rows over 11 keys.
+struct Pair {
+    _serial: tokio::sync::MutexGuard<'static, ()>,
+    _emulator: Emulator,
+    db: Arc<TestDatabase>,
+    start: String,
+    r1: Screamer,
+    r2: Screamer,
+    writing: tokio::task::JoinHandle<anyhow::Result<(HashMap<i64, i64>, Timestamp)>>,
+}
+
+async fn pair_while_writing(lease: &str) -> anyhow::Result<Pair> {
+    let serial = SERIAL.lock().await;
+    let (emulator, db, start) = shared_stream(true).await?;
+    let common = ["--lease-duration", lease, "--rebalancing-interval", "1s"];
+    let r1 = Screamer::spawn(db.host(), &runner_args(&db, &start, "r1", &common))?;
+    let r2 = Screamer::spawn(db.host(), &runner_args(&db, &start, "r2", &common))?;
+    let writing = tokio::spawn({
+        let db = db.clone();
+        async move { write(&db, 1500, 11, Duration::from_millis(8)).await }
+    });
+    Ok(Pair {
+        _serial: serial,
+        _emulator: emulator,
+        db,
+        start,
+        r1,
+        r2,
+        writing,
+    })
+}
+
 fn runner_args(db: &TestDatabase, start: &str, id: &str, extra: &[&str]) -> Vec<String> {
     let mut a: Vec<String> = [
         "--dsn",
@@ -281,15 +314,15 @@ async fn three_runners_share_a_churning_stream_for_a_minute() -> anyhow::Result<
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_runners_partitions_resume_elsewhere_after_its_lease() -> anyhow::Result<()> {
-    let _serial = SERIAL.lock().await;
-    let (_emulator, db, start) = shared_stream(true).await?;
-    let common = ["--lease-duration", "3s", "--rebalancing-interval", "1s"];
-    let r1 = Screamer::spawn(db.host(), &runner_args(&db, &start, "r1", &common))?;
-    let r2 = Screamer::spawn(db.host(), &runner_args(&db, &start, "r2", &common))?;
-    let writing = tokio::spawn({
-        let db = db.clone();
-        async move { write(&db, 1500, 11, Duration::from_millis(8)).await }
-    });
+    let Pair {
+        _serial,
+        _emulator,
+        db,
+        start,
+        r1,
+        r2,
+        writing,
+    } = pair_while_writing("3s").await?;
     let (mut first, mut second) = first_to_deliver(r1, r2, 50).await?;
     first.signal(SIGKILL)?;
     first.wait(Duration::from_secs(10)).await?;
@@ -327,16 +360,16 @@ async fn a_killed_runners_partitions_resume_elsewhere_after_its_lease() -> anyho
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_graceful_stop_hands_over_at_once_and_repeats_nothing() -> anyhow::Result<()> {
-    let _serial = SERIAL.lock().await;
-    let (_emulator, db, start) = shared_stream(true).await?;
     // A long lease: only the release on stop can explain a fast hand-over.
-    let common = ["--lease-duration", "60s", "--rebalancing-interval", "1s"];
-    let r1 = Screamer::spawn(db.host(), &runner_args(&db, &start, "r1", &common))?;
-    let r2 = Screamer::spawn(db.host(), &runner_args(&db, &start, "r2", &common))?;
-    let writing = tokio::spawn({
-        let db = db.clone();
-        async move { write(&db, 1500, 11, Duration::from_millis(8)).await }
-    });
+    let Pair {
+        _serial,
+        _emulator,
+        db,
+        start,
+        r1,
+        r2,
+        writing,
+    } = pair_while_writing("60s").await?;
     let (mut first, mut second) = first_to_deliver(r1, r2, 100).await?;
     first.signal(SIGINT)?;
     exits_cleanly(&mut first).await?;
@@ -364,15 +397,15 @@ async fn a_graceful_stop_hands_over_at_once_and_repeats_nothing() -> anyhow::Res
 #[tokio::test(flavor = "multi_thread")]
 async fn a_paused_runner_loses_its_partitions_writes_nothing_for_them_and_rejoins()
 -> anyhow::Result<()> {
-    let _serial = SERIAL.lock().await;
-    let (_emulator, db, start) = shared_stream(true).await?;
-    let common = ["--lease-duration", "3s", "--rebalancing-interval", "1s"];
-    let mut r1 = Screamer::spawn(db.host(), &runner_args(&db, &start, "r1", &common))?;
-    let mut r2 = Screamer::spawn(db.host(), &runner_args(&db, &start, "r2", &common))?;
-    let writing = tokio::spawn({
-        let db = db.clone();
-        async move { write(&db, 1500, 11, Duration::from_millis(8)).await }
-    });
+    let Pair {
+        _serial,
+        _emulator,
+        db,
+        start,
+        mut r1,
+        mut r2,
+        writing,
+    } = pair_while_writing("3s").await?;
     eventually(
         Duration::from_secs(60),
         "r1 holding partitions",
