@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Fails when two modules of the host crate import each other, directly or through others.
 
-Modules are compared with their siblings: a module depends on another when any module inside
-it imports any module inside the other. The crate's layout is one boundary per module (docs/architecture.md, "Layout"); rustc allows
-import circles between modules, so CI checks them here: every `crate::` or `super::` path
+The crate's layout is one boundary per module (docs/architecture.md, "Layout"); rustc allows
+import circles between modules, so CI checks them here. Every `crate::` or `super::` path
 outside comments and test modules is an edge to the longest module it names, lifted to the
-two siblings under their nearest common parent.
+two siblings under their nearest common parent: a module depends on another when any module
+inside it imports any module inside the other.
 """
 import os
 import re
