@@ -1,7 +1,7 @@
 //! Source: everything that talks to the change stream.
 //!
 //! Place in the flow: first stage. [`SpannerSource`] connects to the database at an
-//! [`Endpoint`] (the emulator, or Google Cloud with Application Default Credentials), detects
+//! [`Endpoint`](crate::client::Endpoint) (the emulator, or Google Cloud with Application Default Credentials), detects
 //! the dialect, checks that the stream exists, and opens one streaming query per partition from
 //! its watermark ([`PartitionQuery`]). The queries run over the client's low-level gRPC API:
 //! the high-level row iterator buffers change records until the resume token changes, which

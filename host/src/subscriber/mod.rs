@@ -2,10 +2,10 @@
 //!
 //! Place in the flow: it owns the run. It prepares the partition store, seeds the root
 //! partition when the store is empty (otherwise it resumes), registers this runner and
-//! heartbeats ([`liveness`]), then runs one loop over typed [`Event`]s: it claims partitions
+//! heartbeats (`liveness`), then runs one loop over typed `Event`s: it claims partitions
 //! (ready ones, and ones whose owner released them or stopped heartbeating for
-//! `lease_duration`) up to `max_connections` or its fair share ([`share`]) and starts a
-//! reader for each ([`readers`]), flushes checkpoints on a timer, releases partitions above
+//! `lease_duration`) up to `max_connections` or its fair share (`share`) and starts a
+//! reader for each (`readers`), flushes checkpoints on a timer, releases partitions above
 //! its fair share every `rebalancing_interval`, and ends when every partition reached `end`,
 //! when asked to stop, or on the first non-transient failure. However it ends, it ends
 //! through the same drain: readers stop at a clean position, a last checkpoint is written,
