@@ -180,7 +180,15 @@ impl Subscriber {
         let writes_before = self.store.writes();
         let mut runner = Runner::start(self, consumer, start).await?;
         let ran = runner.run(&shutdown).await;
-        let mut summary = runner.stop().await?;
+        let stopped = runner.stop().await;
+        if let (Err(stop), Err(_)) = (&stopped, &ran) {
+            tracing::warn!(error = %stop, "the drain after the failure failed too");
+        }
+        // The run's own failure, if any, is the one to report.
+        let mut summary = match stopped {
+            Ok(summary) => summary,
+            Err(stop) => return ran.and(Err(stop)),
+        };
         summary.metadata_writes = self.store.writes() - writes_before;
         tracing::info!(
             runner = %self.options.runner_id,
