@@ -78,7 +78,7 @@ impl State {
         }
     }
 
-    fn alive(&self, runner: &RunnerId, lease_duration: Duration) -> bool {
+    fn alive(&self, runner: &str, lease_duration: Duration) -> bool {
         self.runners
             .get(runner)
             .is_some_and(|r| r.alive(lease_duration))
@@ -95,7 +95,7 @@ impl State {
     /// Whether a live runner holds `p`'s lease.
     fn owned(&self, p: &PartitionMetadata, lease_duration: Duration) -> bool {
         self.owner(&p.token)
-            .is_some_and(|owner| self.alive(owner, lease_duration))
+            .is_some_and(|owner| self.alive(owner.as_str(), lease_duration))
     }
 
     fn claimable(
@@ -105,9 +105,7 @@ impl State {
         lease_duration: Duration,
     ) -> bool {
         let owner = self.owner(&p.token).map(RunnerId::as_str);
-        lease_is_free(owner, runner.as_str(), |o| {
-            self.alive(&o.into(), lease_duration)
-        }) && self.active(p)
+        lease_is_free(owner, runner.as_str(), |o| self.alive(o, lease_duration)) && self.active(p)
     }
 
     fn owner(&self, token: &PartitionToken) -> Option<&RunnerId> {

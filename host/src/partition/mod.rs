@@ -94,6 +94,14 @@ impl RunnerId {
     }
 }
 
+/// Maps keyed by runner id can be looked up by the id's text (derived `Hash` and `Eq` agree
+/// with `str`'s).
+impl std::borrow::Borrow<str> for RunnerId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl From<&str> for RunnerId {
     fn from(s: &str) -> Self {
         Self(s.to_owned())
