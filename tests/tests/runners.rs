@@ -402,24 +402,37 @@ async fn a_paused_runner_loses_its_partitions_writes_nothing_for_them_and_rejoin
         _emulator,
         db,
         start,
-        mut r1,
-        mut r2,
+        r1,
+        r2,
         writing,
     } = pair_while_writing("3s").await?;
-    eventually(
+    // Pause whichever runner reads the lineage that carries the records (luck on the
+    // emulator: see docs/architecture.md, "Emulator facts").
+    let r1_first = eventually(
         Duration::from_secs(60),
-        "r1 holding partitions",
+        "a runner holding partitions and delivering",
         async || {
             let h = held(&status(&db, "3s").ok()?);
-            (h.get("r1").copied().unwrap_or(0) >= 1 && r1.line_count() > 0).then_some(())
+            let busy =
+                |id: &str, r: &Screamer| h.get(id).copied().unwrap_or(0) >= 1 && r.line_count() > 0;
+            if busy("r1", &r1) {
+                Some(true)
+            } else {
+                busy("r2", &r2).then_some(false)
+            }
         },
     )
     .await?;
-    r1.signal(SIGSTOP)?;
-    // r2 takes r1's partitions once r1's lease expires.
+    let ((paused_id, mut paused), (other_id, mut other)) = if r1_first {
+        (("r1", r1), ("r2", r2))
+    } else {
+        (("r2", r2), ("r1", r1))
+    };
+    paused.signal(SIGSTOP)?;
+    // other takes paused's partitions once paused's lease expires.
     eventually(
         Duration::from_secs(20),
-        "r2 owning everything",
+        "the other runner owning everything",
         async || {
             let s = status(&db, "3s").ok()?;
             let owners: Vec<&Value> = s["partitions"]
@@ -427,17 +440,18 @@ async fn a_paused_runner_loses_its_partitions_writes_nothing_for_them_and_rejoin
                 .iter()
                 .map(|p| &p["owner"])
                 .collect();
-            (owners.iter().all(|o| *o != "r1") && owners.iter().any(|o| *o == "r2")).then_some(())
+            (owners.iter().all(|o| *o != paused_id) && owners.iter().any(|o| *o == other_id))
+                .then_some(())
         },
     )
     .await?;
     let epochs_before = status(&db, "3s")?;
-    r1.signal(SIGCONT)?;
-    rejoined(&r1).await?;
-    // The partitions r2 took are still r2's: r1's late writes were refused.
+    paused.signal(SIGCONT)?;
+    rejoined(&paused).await?;
+    // What the other runner took is still its own: the paused one's late writes were refused.
     let after = status(&db, "3s")?;
     for p in epochs_before["partitions"].as_array().unwrap() {
-        if p["owner"] != "r2" {
+        if p["owner"] != other_id {
             continue;
         }
         if let Some(now) = after["partitions"]
@@ -447,8 +461,8 @@ async fn a_paused_runner_loses_its_partitions_writes_nothing_for_them_and_rejoin
             .find(|q| q["token"] == p["token"])
         {
             assert_ne!(
-                now["owner"], "r1",
-                "r1 took back {} without a claim",
+                now["owner"], paused_id,
+                "{paused_id} took back {} without a claim",
                 p["token"]
             );
         }
@@ -461,16 +475,16 @@ async fn a_paused_runner_loses_its_partitions_writes_nothing_for_them_and_rejoin
             lease: "3s",
         },
         &written,
-        &[("r1", &r1), ("r2", &r2)],
+        &[(paused_id, &paused), (other_id, &other)],
         Duration::from_secs(30),
         "everything delivered",
     )
     .await?;
-    for r in [&r1, &r2] {
+    for r in [&paused, &other] {
         r.signal(SIGINT)?;
     }
-    exits_cleanly(&mut r1).await?;
-    exits_cleanly(&mut r2).await?;
+    exits_cleanly(&mut paused).await?;
+    exits_cleanly(&mut other).await?;
     Ok(())
 }
 
