@@ -7,8 +7,11 @@
 //! its part (dead letters first), so a checkpoint never passes a record that is neither out
 //! nor dead-lettered. Records of one batch keep their order in every output.
 //! Side outputs without a destination of their own go to the main output, tagged with an
-//! `"output"` field. The chain runs on the calling worker thread (`block_in_place`): plugin
-//! calls are synchronous CPU work and must not stall other tasks.
+//! `"output"` field. Outputs are serialized one record at a time and sent in pieces of at
+//! most [`FLUSH_BYTES`] (in order), each record dropped once written: what a plugin
+//! amplifies is never held twice, nor whole as output bytes. The chain runs on the calling
+//! worker thread (`block_in_place`): plugin calls are CPU work and must not stall other
+//! tasks.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,8 +23,12 @@ use serde_json::{Map, Value};
 use crate::consumer::{Consumer, ConsumerError};
 use crate::destination::{Batch, Destination};
 use crate::observe::{Event, NoObserver, Observer};
-use crate::plugin::{Chain, Input, OutputRecord};
+use crate::plugin::{Chain, DeadLetter, Input, Output, OutputRecord};
 use crate::record::DataChangeRecord;
+
+/// Output bytes buffered per destination before they are sent (records of one batch still
+/// reach each destination in order, in several sends).
+pub const FLUSH_BYTES: usize = 4 << 20;
 
 /// Plugin chain (possibly empty) plus where its outputs and dead letters go.
 pub struct Pipeline {
@@ -115,47 +122,73 @@ impl Pipeline {
         };
         let result = {
             let _slot = self.running.acquire().await?;
-            run_blocking(|| chain.run(inputs))
+            off_the_workers(chain.run(inputs)).await
         };
-        if !result.dead_letters.is_empty() {
-            let mut batch = Batch::with_capacity(result.dead_letters.len());
-            for d in &result.dead_letters {
-                let input = &inputs[d.origin];
-                tracing::warn!(plugin = %d.plugin, error = %d.error, table = %input.record.table_name,
-                    commit_timestamp = %input.record.commit_timestamp, "record sent to the dead letters");
-                batch.push(&DeadLetterLine {
-                    plugin: &d.plugin,
-                    plugin_sha256: &d.plugin_sha256,
-                    error: &d.error,
-                    record: OutputLine {
-                        record: input.record,
-                        extra: input.extra,
-                        output: None,
-                    },
-                })?;
-            }
-            self.send(&*self.dead_letters, batch).await?;
-            for plugin in result.dead_letters.chunk_by(|a, b| a.plugin == b.plugin) {
-                self.observer.observe(Event::DeadLetters {
-                    plugin: &plugin[0].plugin,
-                    records: plugin.len(),
-                });
-            }
-            self.dead_letter_count
-                .fetch_add(result.dead_letters.len() as u64, Ordering::Relaxed);
+        self.write_dead_letters(inputs, &result.dead_letters)
+            .await?;
+        self.write_outputs(inputs, result.outputs).await
+    }
+
+    async fn write_dead_letters(
+        &self,
+        inputs: &[Input<'_>],
+        dead_letters: &[DeadLetter],
+    ) -> Result<(), ConsumerError> {
+        if dead_letters.is_empty() {
+            return Ok(());
         }
-        let mut main = Batch::with_capacity(result.outputs.len());
+        let mut batch = Batch::with_capacity(dead_letters.len());
+        for d in dead_letters {
+            let input = &inputs[d.origin];
+            tracing::warn!(plugin = %d.plugin, error = %d.error, table = %input.record.table_name,
+                commit_timestamp = %input.record.commit_timestamp, "record sent to the dead letters");
+            batch.push(&DeadLetterLine {
+                plugin: &d.plugin,
+                plugin_sha256: &d.plugin_sha256,
+                error: &d.error,
+                record: OutputLine {
+                    record: input.record,
+                    extra: input.extra,
+                    output: None,
+                },
+            })?;
+        }
+        self.send(&*self.dead_letters, batch).await?;
+        for plugin in dead_letters.chunk_by(|a, b| a.plugin == b.plugin) {
+            self.observer.observe(Event::DeadLetters {
+                plugin: &plugin[0].plugin,
+                records: plugin.len(),
+            });
+        }
+        self.dead_letter_count
+            .fetch_add(dead_letters.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Writes the chain's outputs in order, each record serialized and dropped in turn.
+    async fn write_outputs(
+        &self,
+        inputs: &[Input<'_>],
+        outputs: Vec<Output>,
+    ) -> Result<(), ConsumerError> {
+        let mut main = Batch::with_capacity(outputs.len().min(MAX_PREALLOCATED));
         let mut side: HashMap<&str, Batch> = HashMap::new();
-        for out in &result.outputs {
+        for out in outputs {
+            let origin = &inputs[out.origin];
             let (record, extra) = match &out.record {
-                OutputRecord::Unchanged => (inputs[out.origin].record, inputs[out.origin].extra),
+                OutputRecord::Unchanged => (origin.record, origin.extra),
                 OutputRecord::Changed { record, extra } => (&**record, extra.as_ref()),
             };
-            match out.output.as_deref() {
-                Some(name) if self.side_outputs.contains_key(name) => {
-                    push_line(side.entry(name).or_default(), record, extra, None)?
-                }
-                tag => push_line(&mut main, record, extra, tag)?,
+            let (destination, batch, tag) = match out.output.as_deref() {
+                Some(name) => match self.side_outputs.get_key_value(name) {
+                    Some((name, d)) => (&**d, side.entry(name.as_str()).or_default(), None),
+                    None => (&*self.main, &mut main, Some(name)),
+                },
+                None => (&*self.main, &mut main, None),
+            };
+            push_line(batch, record, extra, tag)?;
+            if batch.as_ndjson().len() >= FLUSH_BYTES {
+                self.send(destination, std::mem::take(batch)).await?;
             }
         }
         for (name, batch) in side {
@@ -206,12 +239,16 @@ fn push_line(
     }
 }
 
-/// Runs blocking work without stalling the runtime's other tasks.
-fn run_blocking<R>(f: impl FnOnce() -> R) -> R {
+/// Records a batch preallocates room for (an amplified batch grows as it is written).
+const MAX_PREALLOCATED: usize = 1024;
+
+/// Drives `work` (CPU-bound between its awaits) on this thread, taken out of the runtime's
+/// worker pool first where there is one, so that other tasks keep running.
+async fn off_the_workers<F: Future>(work: F) -> F::Output {
     match tokio::runtime::Handle::try_current() {
         Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(f)
+            tokio::task::block_in_place(|| h.block_on(work))
         }
-        _ => f(),
+        _ => work.await,
     }
 }

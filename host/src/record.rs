@@ -48,7 +48,8 @@ pub struct DataChangeRecord {
     pub server_transaction_id: String,
     pub is_last_record_in_transaction_in_partition: bool,
     pub table_name: String,
-    pub column_types: Vec<ColumnType>,
+    /// Shared: every record a plugin makes of this one carries the same column types.
+    pub column_types: std::sync::Arc<[ColumnType]>,
     pub mods: Vec<Mod>,
     pub mod_type: ModType,
     pub value_capture_type: ValueCaptureType,

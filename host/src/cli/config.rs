@@ -15,11 +15,14 @@
 //! [[plugins]]
 //! path = "plugins/redact.wasm"          # relative to this file
 //! config = { columns = ["Email"], mode = "hash" }
-//! timeout = "500ms"                     # per call (default 1s)
+//! timeout = "500ms"                     # per call, WASI calls included (default 1s)
 //! memory = "64MiB"                      # per instance (default 128MiB)
+//! max_emissions = 1000                  # records one input may become (default 10000)
+//! max_call_bytes = "4MiB"               # outcomes copied out of one call (default 16MiB)
 //! env = ["TZ"]                          # granted environment variables (default none)
 //! dirs = ["/usr/share/zoneinfo"]        # granted read-only directories, HOST[:GUEST]
-//! network = false                       # granted sockets (default false)
+//! network = ["127.0.0.1:8080", "10.0.0.0/8:*", "db.internal:5432"]
+//!                                       # granted TCP/UDP destinations (default none)
 //! ```
 
 use std::collections::BTreeMap;
@@ -29,7 +32,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::Value;
 
-use screamer::plugin::{Limits, PluginSpec, PreopenDir, WasiGrants};
+use screamer::plugin::{Limits, NetworkGrant, PluginSpec, PreopenDir, WasiGrants};
 
 /// Default number of records per plugin call: most of the batching gain, small latency.
 pub const DEFAULT_BATCH_SIZE: usize = 64;
@@ -61,6 +64,12 @@ pub struct PipelineArgs {
     /// Memory cap of every plugin instance, e.g. 64MiB (default 128MiB).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub plugin_memory: Option<usize>,
+    /// Records one input record may turn into over the chain (default 10000).
+    #[arg(long, value_name = "N", value_parser = parse_count)]
+    pub plugin_max_emissions: Option<usize>,
+    /// Bytes of outcomes the host copies out of one plugin call, e.g. 4MiB (default 16MiB).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub plugin_max_call_bytes: Option<usize>,
     /// Records per plugin call (default 64).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub plugin_batch_size: Option<u32>,
@@ -99,12 +108,14 @@ struct FilePlugin {
     config: Option<toml::Table>,
     timeout: Option<String>,
     memory: Option<String>,
+    max_emissions: Option<usize>,
+    max_call_bytes: Option<String>,
     #[serde(default)]
     env: Vec<String>,
     #[serde(default)]
     dirs: Vec<String>,
     #[serde(default)]
-    network: bool,
+    network: Vec<String>,
 }
 
 impl PipelineConfig {
@@ -128,8 +139,7 @@ impl PipelineConfig {
         }
         for path in plugins {
             let mut spec = PluginSpec::new(path.clone());
-            spec.limits.timeout = args.plugin_timeout.unwrap_or(spec.limits.timeout);
-            spec.limits.memory_bytes = args.plugin_memory.unwrap_or(spec.limits.memory_bytes);
+            spec.limits = args.limits();
             specs.push(spec);
         }
         for entry in &args.plugin_config {
@@ -193,22 +203,19 @@ fn read_file(path: &Path) -> Result<(FileConfig, PathBuf), ConfigError> {
 impl FilePlugin {
     /// The plugin as the runtime loads it; limits the entry leaves out come from the flags.
     fn into_spec(self, base: &Path, args: &PipelineArgs) -> Result<PluginSpec, String> {
-        let limits = Limits {
-            timeout: match &self.timeout {
-                Some(t) => parse_duration(t).map_err(|e| format!("timeout {e}"))?,
-                None => args.plugin_timeout.unwrap_or(Limits::default().timeout),
-            },
-            memory_bytes: match &self.memory {
-                Some(m) => parse_size(m).map_err(|e| format!("memory {e}"))?,
-                None => args.plugin_memory.unwrap_or(Limits::default().memory_bytes),
-            },
-        };
+        let limits = self.limits(args)?;
         let dirs = self
             .dirs
             .iter()
             .map(|d| parse_dir(d, base))
             .collect::<Result<_, _>>()
             .map_err(|e| format!("dirs: {e}"))?;
+        let network = self
+            .network
+            .iter()
+            .map(|g| g.parse::<NetworkGrant>())
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("network: {e}"))?;
         let config = match self.config {
             Some(table) => serde_json::to_value(table).map_err(|e| format!("config: {e}"))?,
             None => Value::Object(Default::default()),
@@ -220,9 +227,42 @@ impl FilePlugin {
             grants: WasiGrants {
                 env: self.env,
                 dirs,
-                network: self.network,
+                network,
             },
         })
+    }
+
+    /// The entry's limits; those it leaves out come from the flags, then the defaults.
+    fn limits(&self, args: &PipelineArgs) -> Result<Limits, String> {
+        let flags = args.limits();
+        Ok(Limits {
+            timeout: match &self.timeout {
+                Some(t) => parse_duration(t).map_err(|e| format!("timeout {e}"))?,
+                None => flags.timeout,
+            },
+            memory_bytes: match &self.memory {
+                Some(m) => parse_size(m).map_err(|e| format!("memory {e}"))?,
+                None => flags.memory_bytes,
+            },
+            max_emissions: self.max_emissions.unwrap_or(flags.max_emissions),
+            max_call_bytes: match &self.max_call_bytes {
+                Some(m) => parse_size(m).map_err(|e| format!("max_call_bytes {e}"))?,
+                None => flags.max_call_bytes,
+            },
+        })
+    }
+}
+
+impl PipelineArgs {
+    /// The limits the flags set, defaults for the rest.
+    pub fn limits(&self) -> Limits {
+        let d = Limits::default();
+        Limits {
+            timeout: self.plugin_timeout.unwrap_or(d.timeout),
+            memory_bytes: self.plugin_memory.unwrap_or(d.memory_bytes),
+            max_emissions: self.plugin_max_emissions.unwrap_or(d.max_emissions),
+            max_call_bytes: self.plugin_max_call_bytes.unwrap_or(d.max_call_bytes),
+        }
     }
 }
 
@@ -276,6 +316,15 @@ fn parse_dir(spec: &str, base: &Path) -> Result<PreopenDir, String> {
         host: base.join(host),
         guest,
     })
+}
+
+/// A count of at least 1.
+pub fn parse_count(s: &str) -> Result<usize, String> {
+    s.trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{s:?} is not a whole number of at least 1"))
 }
 
 /// `500ms`, `3s`, `1m`...

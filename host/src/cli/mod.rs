@@ -330,16 +330,10 @@ async fn build_pipeline(config: &PipelineConfig) -> Result<BuiltPipeline, RunErr
         .clone()
         .or_else(PluginRuntime::default_cache_dir);
     let runtime = PluginRuntime::new(cache)?;
-    let specs = config.plugins.clone();
-    let loader = runtime.clone();
-    let versions = tokio::task::spawn_blocking(move || {
-        specs
-            .iter()
-            .map(|s| loader.load(s))
-            .collect::<Result<Vec<_>, _>>()
-    })
-    .await
-    .map_err(|e| RunError::Io(std::io::Error::other(e)))??;
+    let mut versions = Vec::with_capacity(config.plugins.len());
+    for spec in &config.plugins {
+        versions.push(runtime.load(spec).await?);
+    }
     for v in &versions {
         tracing::info!(
             plugin = v.tag(),

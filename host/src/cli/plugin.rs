@@ -72,9 +72,7 @@ async fn check(
             })?;
     }
     let runtime = PluginRuntime::new(cache.or_else(PluginRuntime::default_cache_dir))?;
-    let report = tokio::task::spawn_blocking(move || runtime.check(&spec))
-        .await
-        .map_err(|e| RunError::Io(std::io::Error::other(e)))??;
+    let report = runtime.check(&spec).await?;
     if json {
         println!(
             "{}",

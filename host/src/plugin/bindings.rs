@@ -1,26 +1,32 @@
 //! The host side of the WIT world (`wit/plugin.wit`): generated bindings, the per-store
-//! state (WASI context, memory limits, the plugin's log tag) and the `log` import.
+//! state (WASI context, memory limits, what the guest says) and the `log` import.
 //!
-//! Invariant: a store's WASI context grants nothing beyond what the plugin's
-//! [`WasiGrants`](super::WasiGrants) list; stdin and stdout are closed (stdout carries the
-//! NDJSON output), stderr is the host's.
+//! Invariants: a store's WASI context grants nothing beyond what the plugin's
+//! [`WasiGrants`](super::WasiGrants) list; stdin is closed, and stdout and stderr feed the
+//! instance's [`GuestOutput`], never the host's streams. Exports are called asynchronously,
+//! so a guest blocked in WASI (a sleep, a poll, a socket) can be stopped at its deadline.
+//! Records are lowered from borrowed host data (`ChangeRecordParam`): nothing is copied on
+//! the host to hand a record to a plugin.
 
 use std::sync::Arc;
 
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{StoreLimits, StoreLimitsBuilder};
-use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use super::guest_output::GuestOutput;
 use super::{PluginError, PluginSpec};
 
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "plugin",
+    exports: { default: async },
+    ownership: Borrowing { duplicate_if_necessary: true },
 });
 
 pub use self::screamer::plugin::log::Level;
 pub use self::screamer::plugin::types::{
-    ChangeRecord, ModType, Outcome, PluginInfo, RowChange, Timestamp,
+    ChangeRecordParam, ChangeRecordResult, ModType, Outcome, PluginInfo, RowChangeParam, Timestamp,
 };
 
 /// The world this host runs, and the export every plugin must have.
@@ -32,32 +38,21 @@ pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
     pub(super) limits: StoreLimits,
-    /// `name@version`, for log lines; empty until the plugin said who it is.
-    pub(super) tag: Arc<str>,
-    /// The last error the plugin logged during the current call: a trap's message is
-    /// usually less telling than the guest's own last words (the SDK logs panics).
-    pub(super) last_error: Option<String>,
+    /// The guest's stdout, stderr and log lines, tagged `name@version`.
+    pub(super) output: GuestOutput,
 }
 
 impl HostState {
     pub fn new(spec: &PluginSpec, tag: Arc<str>) -> Result<Self, PluginError> {
+        let output = GuestOutput::new(tag);
         let mut wasi = WasiCtxBuilder::new();
-        wasi.inherit_stderr();
-        for name in &spec.grants.env {
-            if let Ok(value) = std::env::var(name) {
-                wasi.env(name, value);
-            }
-        }
-        for dir in &spec.grants.dirs {
-            wasi.preopened_dir(&dir.host, &dir.guest, FsPerms::ReadOnly)
-                .map_err(|e| PluginError::Grant {
-                    path: spec.path.clone(),
-                    message: format!("cannot open directory {}: {e}", dir.host.display()),
-                })?;
-        }
-        if spec.grants.network {
-            wasi.inherit_network().allow_ip_name_lookup(true);
-        }
+        wasi.stdout(output.stdout()).stderr(output.stderr());
+        spec.grants
+            .apply(&mut wasi)
+            .map_err(|e| PluginError::Grant {
+                path: spec.path.clone(),
+                message: e.to_string(),
+            })?;
         let limits = StoreLimitsBuilder::new()
             .memory_size(spec.limits.memory_bytes)
             .trap_on_grow_failure(true)
@@ -66,8 +61,7 @@ impl HostState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
             limits,
-            tag,
-            last_error: None,
+            output,
         })
     }
 }
@@ -85,17 +79,7 @@ impl self::screamer::plugin::types::Host for HostState {}
 
 impl self::screamer::plugin::log::Host for HostState {
     fn log(&mut self, level: Level, message: String) {
-        let plugin = &*self.tag;
-        match level {
-            Level::Trace => tracing::trace!(target: "screamer::plugin", plugin, "{message}"),
-            Level::Debug => tracing::debug!(target: "screamer::plugin", plugin, "{message}"),
-            Level::Info => tracing::info!(target: "screamer::plugin", plugin, "{message}"),
-            Level::Warn => tracing::warn!(target: "screamer::plugin", plugin, "{message}"),
-            Level::Error => {
-                tracing::error!(target: "screamer::plugin", plugin, "{message}");
-                self.last_error = Some(message);
-            }
-        }
+        self.output.log(level, &message);
     }
 }
 
@@ -103,7 +87,7 @@ impl self::screamer::plugin::log::Host for HostState {
 /// and the `log` import.
 pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<HostState>> {
     let mut linker = Linker::new(engine);
-    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
     Ok(linker)
 }

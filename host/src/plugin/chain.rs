@@ -3,6 +3,11 @@
 //!
 //! Invariants:
 //! - Every input record ends as outputs (zero or more) or as dead letters, never lost.
+//! - A call that fails is retried record by record on fresh instances (a one-record call
+//!   too), each retry within its own deadline: only the records that fail alone fail, and a
+//!   plugin that blocks costs one deadline per record it blocks on, plus one for the call.
+//! - One input record turns into at most `max_emissions` records over the whole chain;
+//!   beyond that it fails, naming the limit.
 //! - One `run` uses one version of each plugin (a snapshot taken at its start), so a hot
 //!   swap lands between batches and every record is processed by exactly one version.
 //! - Workers (a store per plugin each) are pooled: concurrent batches (different
@@ -13,8 +18,10 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use serde_json::{Map, Value};
 
-use super::bindings::{ChangeRecord, Outcome};
-use super::convert::{to_host, to_wit};
+use tokio::time::Instant;
+
+use super::bindings::{ChangeRecordParam, ChangeRecordResult, Outcome, RowChangeParam};
+use super::convert::{Staged, extra_text, to_host};
 use super::instance::Instance;
 use super::version::PluginVersion;
 use crate::record::DataChangeRecord;
@@ -97,11 +104,9 @@ struct Worker {
 }
 
 /// Records between two plugins, in order.
-struct Stage {
+struct Stage<'a> {
     origins: Vec<usize>,
-    records: Vec<ChangeRecord>,
-    /// The slot that last replaced the record; `None` while it is the input as it came.
-    changed_by: Vec<Option<usize>>,
+    records: Vec<Staged<'a>>,
 }
 
 impl Chain {
@@ -140,8 +145,9 @@ impl Chain {
         *self.stats.lock().expect("stats lock")
     }
 
-    /// Runs `inputs` through every plugin (blocking: call it off the async runtime).
-    pub fn run(&self, inputs: &[Input<'_>]) -> ChainResult {
+    /// Runs `inputs` through every plugin. Plugin calls are CPU work between their awaits
+    /// (the awaits are WASI calls and deadlines): run it where blocking a thread is fine.
+    pub async fn run(&self, inputs: &[Input<'_>]) -> ChainResult {
         let versions = self.versions();
         let mut worker = self
             .workers
@@ -153,10 +159,18 @@ impl Chain {
             });
         let mut stats = ChainStats::default();
         let mut result = ChainResult::default();
+        let extras: Vec<String> = inputs.iter().map(|i| extra_text(i.extra)).collect();
+        let mut emitted = vec![0usize; inputs.len()];
         let mut stage = Stage {
             origins: (0..inputs.len()).collect(),
-            records: inputs.iter().map(|i| to_wit(i.record, i.extra)).collect(),
-            changed_by: vec![None; inputs.len()],
+            records: inputs
+                .iter()
+                .zip(&extras)
+                .map(|(i, extra)| Staged::Input {
+                    record: i.record,
+                    extra,
+                })
+                .collect(),
         };
         for (slot, version) in versions.iter().enumerate() {
             if stage.records.is_empty() {
@@ -175,22 +189,24 @@ impl Chain {
                 instance,
                 stats: &mut stats,
             };
-            let outcomes = turn.outcomes(&stage.records, self.batch_size);
-            stage = turn.advance(stage, outcomes, &mut result, inputs);
+            let outcomes = turn.outcomes(&stage.records, self.batch_size).await;
+            let mut sorted = Sorted {
+                result: &mut result,
+                inputs,
+                emitted: &mut emitted,
+            };
+            stage = turn.advance(stage, outcomes, &mut sorted);
         }
-        for ((origin, record), changed_by) in stage
-            .origins
-            .into_iter()
-            .zip(stage.records)
-            .zip(stage.changed_by)
-        {
-            match changed_by {
-                None => result.outputs.push(Output {
+        for (origin, record) in stage.origins.into_iter().zip(stage.records) {
+            match record {
+                Staged::Input { .. } => result.outputs.push(Output {
                     origin,
                     output: None,
                     record: OutputRecord::Unchanged,
                 }),
-                Some(slot) => finish(&mut result, origin, None, record, &versions[slot], inputs),
+                Staged::Changed { record, by } => {
+                    finish(&mut result, origin, None, record, &versions[by], inputs)
+                }
             }
         }
         self.workers.lock().expect("worker pool").push(worker);
@@ -202,12 +218,19 @@ impl Chain {
     }
 }
 
-impl Stage {
-    fn push(&mut self, origin: usize, record: ChangeRecord, changed_by: Option<usize>) {
+impl<'a> Stage<'a> {
+    fn push(&mut self, origin: usize, record: Staged<'a>) {
         self.origins.push(origin);
         self.records.push(record);
-        self.changed_by.push(changed_by);
     }
+}
+
+/// Where the records leaving the chain go during one run, and what each input has emitted.
+struct Sorted<'r, 'i> {
+    result: &'r mut ChainResult,
+    inputs: &'r [Input<'i>],
+    /// Records each input record has turned into so far, over the whole chain.
+    emitted: &'r mut [usize],
 }
 
 /// One plugin's turn in a chain run: its version, the worker's instance of it, and the run's
@@ -223,14 +246,15 @@ impl Turn<'_> {
     /// One outcome per record (or why it failed), calling the plugin `batch_size` records at
     /// a time; the records of a call that failed are retried one by one on fresh instances,
     /// so only those that fail alone fail.
-    fn outcomes(
+    async fn outcomes(
         &mut self,
-        records: &[ChangeRecord],
+        records: &[Staged<'_>],
         batch_size: usize,
     ) -> Vec<Result<Outcome, String>> {
+        let timeout = self.version.spec.limits.timeout;
         let mut outcomes = Vec::with_capacity(records.len());
         for batch in records.chunks(batch_size) {
-            match self.call(batch) {
+            match self.call(batch, Instant::now() + timeout).await {
                 Ok(out) if out.len() == batch.len() => outcomes.extend(out.into_iter().map(Ok)),
                 Ok(out) => {
                     let e = format!(
@@ -240,10 +264,10 @@ impl Turn<'_> {
                     );
                     outcomes.extend(batch.iter().map(|_| Err(e.clone())));
                 }
-                Err(e) if batch.len() == 1 => outcomes.push(Err(e)),
                 Err(_) => {
                     for i in 0..batch.len() {
-                        outcomes.push(self.call_one(&batch[i..=i]));
+                        let deadline = Instant::now() + timeout;
+                        outcomes.push(self.call_one(&batch[i..=i], deadline).await);
                     }
                 }
             }
@@ -251,8 +275,12 @@ impl Turn<'_> {
         outcomes
     }
 
-    fn call_one(&mut self, record: &[ChangeRecord]) -> Result<Outcome, String> {
-        match self.call(record) {
+    async fn call_one(
+        &mut self,
+        record: &[Staged<'_>],
+        deadline: Instant,
+    ) -> Result<Outcome, String> {
+        match self.call(record, deadline).await {
             Ok(mut out) if out.len() == 1 => Ok(out.pop().expect("one outcome")),
             Ok(out) => Err(format!("returned {} outcomes for 1 record", out.len())),
             Err(e) => Err(e),
@@ -260,16 +288,27 @@ impl Turn<'_> {
     }
 
     /// One call on the instance (started first if needed); a failed call drops it.
-    fn call(&mut self, records: &[ChangeRecord]) -> Result<Vec<Outcome>, String> {
+    async fn call(
+        &mut self,
+        records: &[Staged<'_>],
+        deadline: Instant,
+    ) -> Result<Vec<Outcome>, String> {
         if self.instance.is_none() {
             self.stats.instances_started += 1;
-            let started =
-                Instance::start(self.version).inspect_err(|_| self.stats.failed_calls += 1)?;
+            let started = Instance::start(self.version, deadline)
+                .await
+                .inspect_err(|_| self.stats.failed_calls += 1)?;
             *self.instance = Some((self.version.clone(), started));
         }
         self.stats.calls += 1;
+        let rows: Vec<Vec<RowChangeParam<'_>>> = records.iter().map(Staged::rows).collect();
+        let params: Vec<ChangeRecordParam<'_>> = records
+            .iter()
+            .zip(&rows)
+            .map(|(r, rows)| r.param(rows))
+            .collect();
         let (_, live) = self.instance.as_mut().expect("instance started above");
-        let result = live.process(records);
+        let result = live.process(&params, deadline).await;
         if result.is_err() {
             self.stats.failed_calls += 1;
             *self.instance = None;
@@ -278,48 +317,67 @@ impl Turn<'_> {
     }
 
     /// Applies the plugin's outcomes: what goes on to the next plugin is the next stage; side
-    /// outputs and failures leave the chain into `result`.
-    fn advance(
+    /// outputs and failures leave the chain into `sorted`.
+    fn advance<'a>(
         &self,
-        stage: Stage,
+        stage: Stage<'a>,
         outcomes: Vec<Result<Outcome, String>>,
-        result: &mut ChainResult,
-        inputs: &[Input<'_>],
-    ) -> Stage {
+        sorted: &mut Sorted<'_, '_>,
+    ) -> Stage<'a> {
         let n = stage.records.len();
         let mut next = Stage {
             origins: Vec::with_capacity(n),
             records: Vec::with_capacity(n),
-            changed_by: Vec::with_capacity(n),
         };
-        let items = stage
-            .origins
-            .into_iter()
-            .zip(stage.records)
-            .zip(stage.changed_by)
-            .zip(outcomes);
-        for (((origin, record), changed_by), outcome) in items {
-            match outcome {
-                Ok(Outcome::Keep) => next.push(origin, record, changed_by),
-                Ok(Outcome::Drop) => {}
-                Ok(Outcome::Replace(r)) => next.push(origin, r, Some(self.slot)),
+        let changed = |record| Staged::Changed {
+            record,
+            by: self.slot,
+        };
+        let items = stage.origins.into_iter().zip(stage.records).zip(outcomes);
+        for ((origin, record), outcome) in items {
+            let failure = match outcome {
+                Ok(Outcome::Keep) => {
+                    next.push(origin, record);
+                    continue;
+                }
+                Ok(Outcome::Drop) => continue,
+                Ok(Outcome::Replace(r)) => {
+                    next.push(origin, changed(r));
+                    continue;
+                }
                 Ok(Outcome::Emit(emissions)) => {
-                    for e in emissions {
-                        match e.output {
-                            None => next.push(origin, e.record, Some(self.slot)),
-                            Some(name) => {
-                                finish(result, origin, Some(name), e.record, self.version, inputs)
+                    let limit = self.version.spec.limits.max_emissions;
+                    let total = sorted.emitted[origin].saturating_add(emissions.len());
+                    if total <= limit {
+                        sorted.emitted[origin] = total;
+                        for e in emissions {
+                            match e.output {
+                                None => next.push(origin, changed(e.record)),
+                                Some(name) => finish(
+                                    sorted.result,
+                                    origin,
+                                    Some(name),
+                                    e.record,
+                                    self.version,
+                                    sorted.inputs,
+                                ),
                             }
                         }
+                        continue;
                     }
+                    format!(
+                        "emitted {total} records for one input record; the limit is {limit} \
+                         (max_emissions)"
+                    )
                 }
-                Ok(Outcome::Fail(error)) | Err(error) => result.dead_letters.push(DeadLetter {
-                    origin,
-                    plugin: self.version.tag().to_owned(),
-                    plugin_sha256: self.version.sha256.clone(),
-                    error,
-                }),
-            }
+                Ok(Outcome::Fail(error)) | Err(error) => error,
+            };
+            sorted.result.dead_letters.push(DeadLetter {
+                origin,
+                plugin: self.version.tag().to_owned(),
+                plugin_sha256: self.version.sha256.clone(),
+                error: failure,
+            });
         }
         next
     }
@@ -331,7 +389,7 @@ fn finish(
     result: &mut ChainResult,
     origin: usize,
     output: Option<String>,
-    record: ChangeRecord,
+    record: ChangeRecordResult,
     producer: &PluginVersion,
     inputs: &[Input<'_>],
 ) {

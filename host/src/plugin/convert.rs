@@ -6,49 +6,115 @@
 
 use serde_json::{Map, Value};
 
-use super::bindings::{ChangeRecord, ModType as WitModType, RowChange, Timestamp as WitTimestamp};
+use super::bindings::{
+    ChangeRecordParam, ChangeRecordResult, ModType as WitModType, RowChangeParam,
+    Timestamp as WitTimestamp,
+};
 use crate::record::{DataChangeRecord, JsonObject, Mod, ModType, ValueCaptureType};
 use crate::timestamp::Timestamp;
 
-pub(super) fn to_wit(
-    record: &DataChangeRecord,
-    extra: Option<&Map<String, Value>>,
-) -> ChangeRecord {
-    let nanos = record.commit_timestamp.unix_nanos();
-    ChangeRecord {
-        partition_token: record.partition_token.to_string(),
-        commit_timestamp: WitTimestamp {
-            seconds: nanos.div_euclid(1_000_000_000) as i64,
-            nanos: nanos.rem_euclid(1_000_000_000) as u32,
-        },
-        record_sequence: record.record_sequence.clone(),
-        server_transaction_id: record.server_transaction_id.clone(),
-        is_last_record_in_transaction_in_partition: record
-            .is_last_record_in_transaction_in_partition,
-        table_name: record.table_name.clone(),
-        mod_type: match record.mod_type {
-            ModType::Insert => WitModType::Insert,
-            ModType::Update => WitModType::Update,
-            ModType::Delete => WitModType::Delete,
-        },
-        mods: record
-            .mods
-            .iter()
-            .map(|m| RowChange {
-                keys: m.keys.as_str().to_owned(),
-                new_values: m.new_values.as_str().to_owned(),
-                old_values: m.old_values.as_str().to_owned(),
-            })
-            .collect(),
-        value_capture_type: record.value_capture_type.as_str().to_owned(),
-        number_of_records_in_transaction: clamp(record.number_of_records_in_transaction),
-        number_of_partitions_in_transaction: clamp(record.number_of_partitions_in_transaction),
-        transaction_tag: record.transaction_tag.clone(),
-        is_system_transaction: record.is_system_transaction,
-        extra: match extra {
-            Some(map) if !map.is_empty() => Value::Object(map.clone()).to_string(),
-            _ => String::new(),
-        },
+/// A record between two plugins of a chain.
+// Unboxed on purpose: a box would cost an allocation per record a plugin makes, on the hot
+// path; stages live for one chain run.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Staged<'a> {
+    /// The input record as it came, with its extra fields as JSON text ("" for none).
+    Input {
+        record: &'a DataChangeRecord,
+        extra: &'a str,
+    },
+    /// What the plugin in chain slot `by` made of it.
+    Changed {
+        record: ChangeRecordResult,
+        by: usize,
+    },
+}
+
+/// The extra fields of an input record as the WIT's `extra` text.
+pub(super) fn extra_text(extra: Option<&Map<String, Value>>) -> String {
+    match extra {
+        Some(map) if !map.is_empty() => serde_json::to_string(map).expect("a JSON map serializes"),
+        _ => String::new(),
+    }
+}
+
+impl Staged<'_> {
+    /// The record's row changes, borrowed, for [`Staged::param`].
+    pub(super) fn rows(&self) -> Vec<RowChangeParam<'_>> {
+        match self {
+            Staged::Input { record, .. } => record
+                .mods
+                .iter()
+                .map(|m| RowChangeParam {
+                    keys: m.keys.as_str(),
+                    new_values: m.new_values.as_str(),
+                    old_values: m.old_values.as_str(),
+                })
+                .collect(),
+            Staged::Changed { record, .. } => record
+                .mods
+                .iter()
+                .map(|m| RowChangeParam {
+                    keys: &m.keys,
+                    new_values: &m.new_values,
+                    old_values: &m.old_values,
+                })
+                .collect(),
+        }
+    }
+
+    /// The record as the guest receives it, lowered straight from host memory.
+    pub(super) fn param<'b>(&'b self, rows: &'b [RowChangeParam<'b>]) -> ChangeRecordParam<'b> {
+        match self {
+            Staged::Input { record, extra } => {
+                let nanos = record.commit_timestamp.unix_nanos();
+                ChangeRecordParam {
+                    partition_token: record.partition_token.as_str(),
+                    commit_timestamp: WitTimestamp {
+                        seconds: nanos.div_euclid(1_000_000_000) as i64,
+                        nanos: nanos.rem_euclid(1_000_000_000) as u32,
+                    },
+                    record_sequence: &record.record_sequence,
+                    server_transaction_id: &record.server_transaction_id,
+                    is_last_record_in_transaction_in_partition: record
+                        .is_last_record_in_transaction_in_partition,
+                    table_name: &record.table_name,
+                    mod_type: match record.mod_type {
+                        ModType::Insert => WitModType::Insert,
+                        ModType::Update => WitModType::Update,
+                        ModType::Delete => WitModType::Delete,
+                    },
+                    mods: rows,
+                    value_capture_type: record.value_capture_type.as_str(),
+                    number_of_records_in_transaction: clamp(
+                        record.number_of_records_in_transaction,
+                    ),
+                    number_of_partitions_in_transaction: clamp(
+                        record.number_of_partitions_in_transaction,
+                    ),
+                    transaction_tag: &record.transaction_tag,
+                    is_system_transaction: record.is_system_transaction,
+                    extra,
+                }
+            }
+            Staged::Changed { record: r, .. } => ChangeRecordParam {
+                partition_token: &r.partition_token,
+                commit_timestamp: r.commit_timestamp,
+                record_sequence: &r.record_sequence,
+                server_transaction_id: &r.server_transaction_id,
+                is_last_record_in_transaction_in_partition: r
+                    .is_last_record_in_transaction_in_partition,
+                table_name: &r.table_name,
+                mod_type: r.mod_type,
+                mods: rows,
+                value_capture_type: &r.value_capture_type,
+                number_of_records_in_transaction: r.number_of_records_in_transaction,
+                number_of_partitions_in_transaction: r.number_of_partitions_in_transaction,
+                transaction_tag: &r.transaction_tag,
+                is_system_transaction: r.is_system_transaction,
+                extra: &r.extra,
+            },
+        }
     }
 }
 
@@ -58,9 +124,10 @@ fn clamp(n: i64) -> u32 {
 
 /// A plugin's record as a host record with `origin`'s column types, plus its extra fields.
 /// Row fields whose text is the origin's are reused as they are; only changed ones are
-/// validated (a JSON parse each).
+/// validated (a JSON parse each). Extra fields may not shadow the record's own fields or
+/// the side-output tag: the output line must parse back as the record it claims to be.
 pub(super) fn to_host(
-    record: ChangeRecord,
+    record: ChangeRecordResult,
     origin: &DataChangeRecord,
 ) -> Result<(DataChangeRecord, Option<Map<String, Value>>), String> {
     let ts = record.commit_timestamp;
@@ -94,13 +161,7 @@ pub(super) fn to_host(
             })
         })
         .collect::<Result<Vec<_>, String>>()?;
-    let extra = if record.extra.trim().is_empty() {
-        None
-    } else {
-        let map: Map<String, Value> = serde_json::from_str(&record.extra)
-            .map_err(|e| format!("extra is not a JSON object: {e}"))?;
-        Some(map).filter(|m| !m.is_empty())
-    };
+    let extra = parse_extra(&record.extra)?;
     let host = DataChangeRecord {
         partition_token: record.partition_token.into(),
         commit_timestamp,
@@ -125,9 +186,30 @@ pub(super) fn to_host(
     Ok((host, extra))
 }
 
+/// `extra` as a map: a JSON object (or empty) none of whose keys is a record field or
+/// `output`.
+fn parse_extra(text: &str) -> Result<Option<Map<String, Value>>, String> {
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    let map: Map<String, Value> =
+        serde_json::from_str(text).map_err(|e| format!("extra is not a JSON object: {e}"))?;
+    if let Some(key) = map
+        .keys()
+        .find(|k| DataChangeRecord::FIELDS.contains(&k.as_str()))
+    {
+        return Err(format!(
+            "extra sets {key:?}, a field of the record itself: change the record's field, \
+             or name the extra field differently"
+        ));
+    }
+    Ok(Some(map).filter(|m| !m.is_empty()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plugin::bindings::screamer::plugin::types::RowChangeResult;
 
     fn record() -> DataChangeRecord {
         serde_json::from_value(serde_json::json!({
@@ -143,12 +225,42 @@ mod tests {
         .unwrap()
     }
 
+    /// What a plugin returning the record unchanged hands back.
+    fn result(record: &DataChangeRecord, extra: &str) -> ChangeRecordResult {
+        let staged = Staged::Input { record, extra };
+        let rows = staged.rows();
+        let p = staged.param(&rows);
+        ChangeRecordResult {
+            partition_token: p.partition_token.into(),
+            commit_timestamp: p.commit_timestamp,
+            record_sequence: p.record_sequence.into(),
+            server_transaction_id: p.server_transaction_id.into(),
+            is_last_record_in_transaction_in_partition: p
+                .is_last_record_in_transaction_in_partition,
+            table_name: p.table_name.into(),
+            mod_type: p.mod_type,
+            mods: p
+                .mods
+                .iter()
+                .map(|m| RowChangeResult {
+                    keys: m.keys.into(),
+                    new_values: m.new_values.into(),
+                    old_values: m.old_values.into(),
+                })
+                .collect(),
+            value_capture_type: p.value_capture_type.into(),
+            number_of_records_in_transaction: p.number_of_records_in_transaction,
+            number_of_partitions_in_transaction: p.number_of_partitions_in_transaction,
+            transaction_tag: p.transaction_tag.into(),
+            is_system_transaction: p.is_system_transaction,
+            extra: p.extra.into(),
+        }
+    }
+
     #[test]
     fn round_trips_every_field() {
         let original = record();
-        let wit = to_wit(&original, None);
-        assert_eq!(wit.extra, "");
-        let (back, extra) = to_host(wit, &original).unwrap();
+        let (back, extra) = to_host(result(&original, ""), &original).unwrap();
         assert_eq!(back, original);
         assert_eq!(extra, None);
     }
@@ -156,19 +268,26 @@ mod tests {
     #[test]
     fn refuses_what_would_break_the_output() {
         let original = record();
-        let mut wit = to_wit(&original, None);
+        let mut wit = result(&original, "");
         wit.mods[0].new_values = "[1, 2]".into();
         let err = to_host(wit, &original).unwrap_err();
         assert!(
             err.starts_with("mods[0].new_values: not a JSON object"),
             "{err}"
         );
-        let mut wit = to_wit(&original, None);
-        wit.extra = "nope".into();
+        let wit = result(&original, "nope");
         assert!(
             to_host(wit, &original)
                 .unwrap_err()
                 .starts_with("extra is not a JSON object")
         );
+        for shadow in [
+            r#"{"table_name":"Shadow"}"#,
+            r#"{"output":"x"}"#,
+            r#"{"mods":[]}"#,
+        ] {
+            let err = to_host(result(&original, shadow), &original).unwrap_err();
+            assert!(err.contains("a field of the record itself"), "{err}");
+        }
     }
 }

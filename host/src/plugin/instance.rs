@@ -1,23 +1,27 @@
-//! One live instance of a plugin version: a store (WASI context, memory cap, epoch
-//! deadline) and the component's exports.
+//! One live instance of a plugin version: a store (WASI context, memory cap, deadline,
+//! budget of bytes copied out) and the component's exports.
 //!
-//! Invariant: after any `Err` from a call the instance must be dropped — wasmtime refuses
-//! to re-enter an instance that trapped, ran out of time or hit its memory cap. A guest's
-//! own `fail` outcome or `init` error is not such an `Err`.
+//! Invariants: every call runs against a deadline that holds in wasm code (epoch
+//! interruption) and in WASI calls (the call's future is dropped when it passes); the
+//! bytes the host lifts out of one call are capped at the plugin's `max_call_bytes`. After
+//! any `Err` from a call the instance must be dropped: wasmtime refuses to re-enter an
+//! instance that trapped, ran out of time or hit a cap, and a dropped call leaves it
+//! unusable. A guest's own `fail` outcome or `init` error is not such an `Err`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
 use wasmtime::{Engine, Store, Trap};
 
-use super::PluginSpec;
-use super::bindings::{ChangeRecord, HostState, Outcome, Plugin, PluginInfo, PluginPre};
+use super::bindings::{ChangeRecordParam, HostState, Outcome, Plugin, PluginInfo, PluginPre};
 use super::version::{EPOCH_TICK, PluginVersion};
+use super::{Limits, PluginSpec};
 
 pub(super) struct Instance {
     store: Store<HostState>,
     plugin: Plugin,
-    timeout: Duration,
+    limits: Limits,
 }
 
 /// Why `init` failed.
@@ -32,100 +36,128 @@ pub(super) enum InitError {
 }
 
 impl Instance {
-    /// A fresh instance of `version`, initialized with its configuration.
-    pub fn start(version: &PluginVersion) -> Result<Self, String> {
-        let mut instance = Self::instantiate(
-            &version.pre,
-            &version.engine,
-            &version.spec,
-            version.tag.clone(),
-        )?;
+    /// A fresh instance of `version`, initialized with its configuration by `deadline`.
+    pub async fn start(version: &PluginVersion, deadline: Instant) -> Result<Self, String> {
+        let tag = version.tag.clone();
+        let mut instance =
+            Self::instantiate(&version.pre, &version.engine, &version.spec, tag, deadline).await?;
         instance
-            .init(&version.config_text)
+            .init(&version.config_text, deadline)
+            .await
             .map_err(|e| e.to_string())?;
         Ok(instance)
     }
 
-    pub fn instantiate(
+    pub async fn instantiate(
         pre: &PluginPre<HostState>,
         engine: &Engine,
         spec: &PluginSpec,
         tag: Arc<str>,
+        deadline: Instant,
     ) -> Result<Self, String> {
         let state = HostState::new(spec, tag).map_err(|e| e.to_string())?;
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_trap();
-        let timeout = spec.limits.timeout;
-        store.set_epoch_deadline(deadline_ticks(timeout));
-        let plugin = pre
-            .instantiate(&mut store)
-            .map_err(|e| describe(e, &mut store, timeout))?;
+        let limits = spec.limits;
+        arm(&mut store, &limits, deadline);
+        let r = tokio::time::timeout_at(deadline, pre.instantiate_async(&mut store)).await;
+        let plugin = settle(r, &mut store, &limits)?;
         Ok(Instance {
             store,
             plugin,
-            timeout,
+            limits,
         })
     }
 
     pub fn set_tag(&mut self, tag: Arc<str>) {
-        self.store.data_mut().tag = tag;
+        self.store.data_mut().output.set_tag(tag);
     }
 
-    pub fn info(&mut self) -> Result<PluginInfo, String> {
-        self.arm();
-        let r = self
+    pub async fn info(&mut self, deadline: Instant) -> Result<PluginInfo, String> {
+        arm(&mut self.store, &self.limits, deadline);
+        let call = self
             .plugin
             .screamer_plugin_processor()
             .call_info(&mut self.store);
-        r.map_err(|e| describe(e, &mut self.store, self.timeout))
+        let r = tokio::time::timeout_at(deadline, call).await;
+        settle(r, &mut self.store, &self.limits)
     }
 
-    pub fn init(&mut self, config: &str) -> Result<(), InitError> {
-        self.arm();
-        let r = self
+    pub async fn init(&mut self, config: &str, deadline: Instant) -> Result<(), InitError> {
+        arm(&mut self.store, &self.limits, deadline);
+        let call = self
             .plugin
             .screamer_plugin_processor()
             .call_init(&mut self.store, config);
-        match r {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(refusal)) => Err(InitError::Refused(refusal)),
-            Err(e) => Err(InitError::Trapped(describe(
-                e,
-                &mut self.store,
-                self.timeout,
-            ))),
-        }
+        let r = tokio::time::timeout_at(deadline, call).await;
+        settle(r, &mut self.store, &self.limits)
+            .map_err(InitError::Trapped)?
+            .map_err(InitError::Refused)
     }
 
-    pub fn process(&mut self, batch: &[ChangeRecord]) -> Result<Vec<Outcome>, String> {
-        self.arm();
-        let r = self
+    pub async fn process(
+        &mut self,
+        batch: &[ChangeRecordParam<'_>],
+        deadline: Instant,
+    ) -> Result<Vec<Outcome>, String> {
+        arm(&mut self.store, &self.limits, deadline);
+        let call = self
             .plugin
             .screamer_plugin_processor()
             .call_process(&mut self.store, batch);
-        r.map_err(|e| describe(e, &mut self.store, self.timeout))
-    }
-
-    /// Deadlines are relative to the current epoch: re-arm before every call.
-    fn arm(&mut self) {
-        self.store.set_epoch_deadline(deadline_ticks(self.timeout));
-        self.store.data_mut().last_error = None;
+        let r = tokio::time::timeout_at(deadline, call).await;
+        settle(r, &mut self.store, &self.limits)
     }
 }
 
-fn deadline_ticks(timeout: Duration) -> u64 {
-    (timeout.as_nanos() / EPOCH_TICK.as_nanos()) as u64 + 1
+/// Prepares the store for one call ending at `deadline`: the epoch deadline (relative to
+/// the current epoch, so re-armed every call), the budget of bytes lifted out, and an empty
+/// record of what the guest says.
+fn arm(store: &mut Store<HostState>, limits: &Limits, deadline: Instant) {
+    let left = deadline.saturating_duration_since(Instant::now());
+    store.set_epoch_deadline(deadline_ticks(left));
+    store.set_hostcall_fuel(limits.max_call_bytes);
+    store.data().output.begin_call();
 }
 
-/// A readable one-line reason for a failed call.
-fn describe(e: wasmtime::Error, store: &mut Store<HostState>, timeout: Duration) -> String {
-    let mut message = match e.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => format!("deadline exceeded: the call ran longer than {timeout:?}"),
-        _ => e.root_cause().to_string(),
+fn deadline_ticks(left: Duration) -> u64 {
+    (left.as_nanos() / EPOCH_TICK.as_nanos()) as u64 + 1
+}
+
+/// The call's value, or a readable one-line reason it failed, with the guest's last words.
+fn settle<R>(
+    result: Result<wasmtime::Result<R>, tokio::time::error::Elapsed>,
+    store: &mut Store<HostState>,
+    limits: &Limits,
+) -> Result<R, String> {
+    let said = store.data().output.end_call();
+    let e = match result {
+        Ok(Ok(value)) => return Ok(value),
+        Ok(Err(e)) => e,
+        Err(_) => wasmtime::Error::from(Trap::Interrupt),
     };
-    if let Some(last) = store.data_mut().last_error.take() {
-        message.push_str(&format!(" (the plugin logged: {last})"));
+    let mut message = match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => format!(
+            "deadline exceeded: the call ran longer than {:?}",
+            limits.timeout
+        ),
+        _ => describe_cause(&e, limits),
+    };
+    if !said.is_empty() {
+        message.push_str(&format!(" (the plugin said: {said})"));
     }
-    message.replace('\n', " ")
+    Err(message.replace('\n', " "))
+}
+
+fn describe_cause(e: &wasmtime::Error, limits: &Limits) -> String {
+    let cause = e.root_cause().to_string();
+    // wasmtime's error for the lift budget is private: its text is the only sign of it.
+    if cause.contains("fuel allocated for hostcalls has been exhausted") {
+        return format!(
+            "returned more than {} bytes of outcomes in one call (limit max_call_bytes)",
+            limits.max_call_bytes
+        );
+    }
+    cause
 }

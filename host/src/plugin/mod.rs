@@ -8,19 +8,24 @@
 //!
 //! Invariants:
 //! - One [`wasmtime::Engine`] per [`PluginRuntime`]; each component is compiled once and
-//!   cached on disk, keyed by the file's SHA-256 and the engine's compatibility hash.
+//!   cached on disk in a private directory, authenticated before it is loaded.
 //! - Every record gets exactly one outcome from every plugin it reaches. A guest error
 //!   fails that record; a trap fails its call, the store is discarded, and the call's
-//!   records are retried one by one on fresh instances, so only the records that trap
-//!   again become dead letters.
+//!   records are retried one by one on fresh instances (a one-record call once), so only
+//!   the records that trap again become dead letters.
 //! - A batch is processed by one version of each plugin: hot swaps take effect between
 //!   batches ([`Chain::swap`]).
 //! - Plugins get no files, network or environment unless their [`WasiGrants`] say so; each
-//!   call has a deadline (epoch interruption) and each store a memory cap.
+//!   call has a deadline that holds in wasm and in WASI calls, each store a memory cap, and
+//!   each call a cap on the bytes the host copies out of it ([`Limits`]). A guest's stdout
+//!   and stderr become host log lines, escaped and rate-limited, never host output.
 
 mod bindings;
+mod cache;
 mod chain;
 mod convert;
+mod grants;
+mod guest_output;
 mod instance;
 mod runtime;
 mod version;
@@ -31,6 +36,7 @@ use std::time::Duration;
 
 pub use bindings::{PROCESSOR_EXPORT, WORLD};
 pub use chain::{Chain, ChainResult, ChainStats, DeadLetter, Input, Output, OutputRecord};
+pub use grants::{GrantParseError, HostPattern, NetworkGrant, PreopenDir, WasiGrants};
 pub use runtime::{ComponentReport, PluginRuntime};
 pub use version::PluginVersion;
 pub use watch::{HotSwap, watch};
@@ -57,13 +63,19 @@ impl PluginSpec {
     }
 }
 
-/// What one call and one instance may use.
+/// What one call and one instance may use. The defaults are far beyond what an honest
+/// plugin needs; each bounds what a hostile one can make the host do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Wall-clock budget of one `process` (or `init`) call.
+    /// Wall-clock budget of one `process` (or `init`) call, time spent in WASI included.
+    /// Each retry of a failed call's records gets its own.
     pub timeout: Duration,
     /// Linear memory cap of one instance.
     pub memory_bytes: usize,
+    /// Records one input record may turn into (emissions, summed over the chain).
+    pub max_emissions: usize,
+    /// Bytes the host copies out of the guest for one call's outcomes.
+    pub max_call_bytes: usize,
 }
 
 impl Default for Limits {
@@ -71,26 +83,10 @@ impl Default for Limits {
         Limits {
             timeout: Duration::from_secs(1),
             memory_bytes: 128 << 20,
+            max_emissions: 10_000,
+            max_call_bytes: 16 << 20,
         }
     }
-}
-
-/// Capabilities granted to a plugin beyond computing on its input. Default: none.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct WasiGrants {
-    /// Environment variables passed through (by name, with the host's value).
-    pub env: Vec<String>,
-    /// Directories mounted read-only.
-    pub dirs: Vec<PreopenDir>,
-    /// TCP/UDP and name lookups.
-    pub network: bool,
-}
-
-/// A host directory visible to the plugin (read-only) under `guest`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PreopenDir {
-    pub host: PathBuf,
-    pub guest: String,
 }
 
 /// Why a plugin cannot be loaded or run. Each names the file or the plugin.
@@ -136,11 +132,19 @@ pub enum PluginError {
 }
 
 impl PluginError {
-    /// Every plugin error names a file or plugin the user chose, except the engine's and the
-    /// cache's.
+    /// Every plugin error names a file or plugin the user chose, except the engine's and a
+    /// cache failure the user cannot fix (a cache that is a file, or not private, they can).
     pub fn kind(&self) -> crate::FailureKind {
+        use std::io::ErrorKind;
         match self {
-            PluginError::Engine(_) | PluginError::Cache { .. } => crate::FailureKind::Runtime,
+            PluginError::Engine(_) => crate::FailureKind::Runtime,
+            PluginError::Cache { source, .. } => match source.kind() {
+                ErrorKind::NotADirectory
+                | ErrorKind::AlreadyExists
+                | ErrorKind::PermissionDenied
+                | ErrorKind::ReadOnlyFilesystem => crate::FailureKind::Input,
+                _ => crate::FailureKind::Runtime,
+            },
             _ => crate::FailureKind::Input,
         }
     }

@@ -2,20 +2,23 @@
 //! trial start (`info` + `init`) before a version is ever used.
 //!
 //! Invariants: a [`PluginVersion`] exists only for a file that is a component of this
-//! world, whose imports the host provides, and whose `init` accepted its configuration.
-//! Cached artifacts are only ever read from files this host wrote, named after the wasm's
-//! SHA-256 and the engine's compatibility hash (deserializing is unsafe otherwise).
+//! world, whose imports the host provides, and whose `init` accepted its configuration
+//! within its deadline. Cached artifacts are loaded only when they verify (see
+//! [`cache`](super::cache)). Compiling is CPU work and runs on a blocking thread.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use tokio::time::Instant as Deadline;
+
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine};
 
 use super::bindings::{self, HostState, PROCESSOR_EXPORT, PluginInfo, PluginPre};
+use super::cache::ArtifactCache;
 use super::instance::{InitError, Instance};
 use super::version::{EpochTicker, PluginVersion};
 use super::{PluginError, PluginSpec};
@@ -24,7 +27,7 @@ use super::{PluginError, PluginSpec};
 pub struct PluginRuntime {
     engine: Engine,
     linker: Linker<HostState>,
-    cache_dir: Option<PathBuf>,
+    cache: Option<ArtifactCache>,
     compatibility: String,
     ticker: Arc<EpochTicker>,
 }
@@ -43,7 +46,8 @@ pub struct ComponentReport {
 }
 
 impl PluginRuntime {
-    /// A runtime caching compiled plugins in `cache_dir` (none: compile every time).
+    /// A runtime caching compiled plugins in `cache_dir` (none: compile every time), which
+    /// must be private to this user (see [`cache`](super::cache)).
     pub fn new(cache_dir: Option<PathBuf>) -> Result<Arc<Self>, PluginError> {
         let mut config = Config::new();
         config.epoch_interruption(true);
@@ -52,18 +56,13 @@ impl PluginRuntime {
         let mut h = DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut h);
         let compatibility = format!("{:016x}", h.finish());
-        if let Some(dir) = &cache_dir {
-            std::fs::create_dir_all(dir).map_err(|source| PluginError::Cache {
-                dir: dir.clone(),
-                source,
-            })?;
-        }
+        let cache = cache_dir.as_deref().map(ArtifactCache::open).transpose()?;
         let ticker = EpochTicker::start(engine.clone())
             .map_err(|e| PluginError::Engine(format!("cannot start the epoch ticker: {e}")))?;
         Ok(Arc::new(PluginRuntime {
             engine,
             linker,
-            cache_dir,
+            cache,
             compatibility,
             ticker,
         }))
@@ -79,23 +78,63 @@ impl PluginRuntime {
 
     /// Loads `spec`: compiles (or reuses the cached artifact), validates the world, and
     /// starts a trial instance whose `init` must accept the configuration.
-    pub fn load(&self, spec: &PluginSpec) -> Result<Arc<PluginVersion>, PluginError> {
-        self.load_with_report(spec).map(|(v, _)| v)
+    pub async fn load(
+        self: &Arc<Self>,
+        spec: &PluginSpec,
+    ) -> Result<Arc<PluginVersion>, PluginError> {
+        self.load_with_report(spec).await.map(|(v, _)| v)
     }
 
     /// [`PluginRuntime::load`], also describing the component.
-    pub fn check(&self, spec: &PluginSpec) -> Result<ComponentReport, PluginError> {
-        self.load_with_report(spec).map(|(_, r)| r)
+    pub async fn check(
+        self: &Arc<Self>,
+        spec: &PluginSpec,
+    ) -> Result<ComponentReport, PluginError> {
+        self.load_with_report(spec).await.map(|(_, r)| r)
     }
 
-    fn load_with_report(
-        &self,
+    async fn load_with_report(
+        self: &Arc<Self>,
         spec: &PluginSpec,
     ) -> Result<(Arc<PluginVersion>, ComponentReport), PluginError> {
         let started = Instant::now();
-        let path = &spec.path;
+        let (this, path) = (self.clone(), spec.path.clone());
+        let prepared = tokio::task::spawn_blocking(move || this.prepare(&path))
+            .await
+            .map_err(|e| PluginError::Engine(format!("plugin compiler: {e}")))??;
+        let config_text = spec.config.to_string();
+        let (info, tag) = self.trial(&prepared.pre, spec, &config_text).await?;
+        let load_time = started.elapsed();
+        let version = Arc::new(PluginVersion {
+            name: info.name.clone(),
+            version: info.version.clone(),
+            sha256: prepared.sha256.clone(),
+            spec: spec.clone(),
+            pre: prepared.pre,
+            engine: self.engine.clone(),
+            config_text,
+            tag,
+            _ticker: self.ticker.clone(),
+            load_time,
+            from_cache: prepared.from_cache,
+        });
+        let report = ComponentReport {
+            path: spec.path.clone(),
+            name: info.name,
+            version: info.version,
+            sha256: prepared.sha256,
+            world: super::WORLD,
+            exports: prepared.exports,
+            imports: prepared.imports,
+            load_millis: load_time.as_secs_f64() * 1e3,
+        };
+        Ok((version, report))
+    }
+
+    /// Reads, compiles (or loads from the cache) and type-checks a file against the world.
+    fn prepare(&self, path: &Path) -> Result<Prepared, PluginError> {
         let bytes = std::fs::read(path).map_err(|source| PluginError::Read {
-            path: path.clone(),
+            path: path.to_owned(),
             source,
         })?;
         check_header(path, &bytes)?;
@@ -115,45 +154,25 @@ impl PluginRuntime {
             self.linker
                 .instantiate_pre(&component)
                 .map_err(|e| PluginError::Imports {
-                    path: path.clone(),
+                    path: path.to_owned(),
                     message: e.root_cause().to_string(),
                 })?;
         let pre = PluginPre::new(instance_pre).map_err(|e| PluginError::WrongWorld {
-            path: path.clone(),
+            path: path.to_owned(),
             exports: format!("{} ({})", exports.join(", "), e.root_cause()),
         })?;
-        let config_text = spec.config.to_string();
-        let (info, tag) = self.trial(&pre, spec, &config_text)?;
-        let load_time = started.elapsed();
-        let version = Arc::new(PluginVersion {
-            name: info.name.clone(),
-            version: info.version.clone(),
-            sha256: sha256.clone(),
-            spec: spec.clone(),
-            pre,
-            engine: self.engine.clone(),
-            config_text,
-            tag,
-            _ticker: self.ticker.clone(),
-            load_time,
-            from_cache,
-        });
-        let report = ComponentReport {
-            path: path.clone(),
-            name: info.name,
-            version: info.version,
+        Ok(Prepared {
             sha256,
-            world: super::WORLD,
+            from_cache,
             exports,
             imports,
-            load_millis: load_time.as_secs_f64() * 1e3,
-        };
-        Ok((version, report))
+            pre,
+        })
     }
 
     /// Starts a trial instance: who the plugin says it is (`name@version`), and whether its
     /// `init` takes the configuration.
-    fn trial(
+    async fn trial(
         &self,
         pre: &PluginPre<HostState>,
         spec: &PluginSpec,
@@ -168,61 +187,62 @@ impl PluginRuntime {
             let plugin = plugin.to_owned();
             move |message| PluginError::Start { plugin, message }
         };
-        let mut trial = Instance::instantiate(pre, &self.engine, spec, file_tag.clone())
+        let deadline = || Deadline::now() + spec.limits.timeout;
+        let mut trial =
+            Instance::instantiate(pre, &self.engine, spec, file_tag.clone(), deadline())
+                .await
+                .map_err(start_failed(&file_tag))?;
+        let info = trial
+            .info(deadline())
+            .await
             .map_err(start_failed(&file_tag))?;
-        let info = trial.info().map_err(start_failed(&file_tag))?;
         let tag: Arc<str> = format!("{}@{}", info.name, info.version).into();
         trial.set_tag(tag.clone());
-        trial.init(config_text).map_err(|e| match e {
-            InitError::Trapped(message) => start_failed(&tag)(message),
-            InitError::Refused(message) => PluginError::Config {
-                plugin: tag.to_string(),
-                message,
-            },
-        })?;
+        trial
+            .init(config_text, deadline())
+            .await
+            .map_err(|e| match e {
+                InitError::Trapped(message) => start_failed(&tag)(message),
+                InitError::Refused(message) => PluginError::Config {
+                    plugin: tag.to_string(),
+                    message,
+                },
+            })?;
         Ok((info, tag))
     }
 
-    /// The compiled component, from the cache when this engine compiled it before.
+    /// The compiled component, from the cache when this host compiled it before.
     fn compile(
         &self,
         path: &Path,
         bytes: &[u8],
         sha256: &str,
     ) -> Result<(Component, bool), PluginError> {
-        let cached = self
-            .cache_dir
+        if let Some(cached) = self
+            .cache
             .as_ref()
-            .map(|dir| dir.join(format!("{sha256}-{}.cwasm", self.compatibility)));
-        if let Some(file) = cached.as_ref().filter(|f| f.exists()) {
-            // SAFETY: the file is in our cache directory, named after the wasm's hash and
-            // this engine's compatibility hash, and only ever written by `store_artifact`
-            // (an atomic rename of `Component::serialize` output).
-            match unsafe { Component::deserialize_file(&self.engine, file) } {
-                Ok(component) => return Ok((component, true)),
-                Err(e) => {
-                    tracing::warn!(file = %file.display(), "ignoring cached plugin artifact: {e}")
-                }
-            }
+            .and_then(|c| c.load(&self.engine, sha256, &self.compatibility))
+        {
+            return Ok((cached, true));
         }
         let component = Component::new(&self.engine, bytes).map_err(|e| PluginError::Invalid {
             path: path.to_owned(),
             message: e.root_cause().to_string(),
         })?;
-        if let Some(file) = cached
-            && let Err(e) = store_artifact(&component, &file)
-        {
-            tracing::warn!(file = %file.display(), "cannot cache the compiled plugin: {e}");
+        if let Some(cache) = &self.cache {
+            cache.store(&component, sha256, &self.compatibility);
         }
         Ok((component, false))
     }
 }
 
-fn store_artifact(component: &Component, file: &Path) -> std::io::Result<()> {
-    let bytes = component.serialize().map_err(std::io::Error::other)?;
-    let tmp = file.with_extension(format!("tmp.{}.{}", std::process::id(), fastrand::u64(..)));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, file)
+/// A file compiled and checked against the world, not yet started.
+struct Prepared {
+    sha256: String,
+    from_cache: bool,
+    exports: Vec<String>,
+    imports: Vec<String>,
+    pre: PluginPre<HostState>,
 }
 
 fn check_header(path: &Path, bytes: &[u8]) -> Result<(), PluginError> {

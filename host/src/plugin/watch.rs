@@ -94,18 +94,15 @@ pub fn watch(
 /// Loads the slot's file again and switches to it when it is a new, valid version.
 async fn reload(runtime: &Arc<PluginRuntime>, chain: &Arc<Chain>, slot: usize) {
     let current = chain.versions().swap_remove(slot);
-    let spec = current.spec.clone();
-    let rt = runtime.clone();
-    let loaded = tokio::task::spawn_blocking(move || rt.load(&spec)).await;
-    match loaded {
-        Ok(Ok(new)) if new.sha256 == current.sha256 => {
+    match runtime.load(&current.spec).await {
+        Ok(new) if new.sha256 == current.sha256 => {
             tracing::info!(
                 plugin = current.tag(),
                 sha256 = current.short_hash(),
                 "plugin file unchanged"
             );
         }
-        Ok(Ok(new)) => {
+        Ok(new) => {
             tracing::info!(
                 plugin = new.tag(),
                 sha256 = new.short_hash(),
@@ -115,12 +112,11 @@ async fn reload(runtime: &Arc<PluginRuntime>, chain: &Arc<Chain>, slot: usize) {
             );
             chain.swap(slot, new);
         }
-        Ok(Err(e)) => tracing::warn!(
+        Err(e) => tracing::warn!(
             plugin = current.tag(),
             sha256 = current.short_hash(),
             "new plugin file refused, the running version stays: {e}"
         ),
-        Err(e) => tracing::error!(plugin = current.tag(), "plugin reload failed: {e}"),
     }
 }
 

@@ -237,7 +237,7 @@ fn data_change(
             s.take("is_last_record_in_transaction_in_partition")?.0,
         )?,
         table_name: string(s.take("table_name")?.0)?,
-        column_types: s.list("column_types", column_type)?,
+        column_types: s.list("column_types", column_type)?.into(),
         mods: s.list("mods", modification)?,
         mod_type: match mod_type.as_str() {
             "INSERT" => ModType::Insert,

@@ -2,11 +2,18 @@
 //!
 //! For each record it looks at the first row's new value of column `Name`:
 //! `"panic"` panics (a trap), `"loop"` spins forever (the host's deadline must stop it),
-//! `"bomb"` allocates until the memory cap stops it, `"fail"` returns a plugin error; any
-//! other value passes, tagged with `extra.processed_by` = this build's [`TAG`].
-//! Configuration: `{"fail_init": true}` makes `init` refuse.
+//! `"bomb"` allocates until the memory cap stops it, `"fail"` returns a plugin error,
+//! `"sleep"` sleeps 30 s in WASI (the deadline must hold there too), `"amplify"` emits
+//! 400,000 tiny records, `"fan:N"` emits N copies, `"shadow"` sets extra fields named like the
+//! record's own, `"shout"` writes forged lines to stderr and stdout then panics, `"connect"`
+//! opens a TCP connection to the configured `connect` address and reports it in
+//! `extra.connected`; any other value passes, tagged with `extra.processed_by` = this
+//! build's [`TAG`].
+//! Configuration: `{"fail_init": true}` makes `init` refuse, `{"sleep_init": true}` makes it
+//! sleep 30 s, `{"panic_after": N}` makes every instance panic on its (N+1)th record,
+//! `{"connect": "HOST:PORT"}` is where `"connect"` goes.
 
-use screamer_plugin_sdk::{Outcome, Plugin, Record, export_plugin};
+use screamer_plugin_sdk::{Emission, Outcome, Plugin, Record, export_plugin};
 
 /// Tests patch these bytes in the built `.wasm` (same length) to make distinct versions of
 /// one build: a different file hash and a different tag on every record.
@@ -17,9 +24,18 @@ pub static TAG: &str = "chaos-tag:v000";
 pub struct Config {
     #[serde(default)]
     pub fail_init: bool,
+    #[serde(default)]
+    pub sleep_init: bool,
+    pub panic_after: Option<u32>,
+    pub connect: Option<String>,
 }
 
-pub struct Chaos;
+pub struct Chaos {
+    config: Config,
+    processed: u32,
+}
+
+const SLEEP: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Plugin for Chaos {
     type Config = Config;
@@ -28,7 +44,13 @@ impl Plugin for Chaos {
         if config.fail_init {
             return Err("refusing to start, as configured (fail_init)".into());
         }
-        Ok(Chaos)
+        if config.sleep_init {
+            std::thread::sleep(SLEEP);
+        }
+        Ok(Chaos {
+            config,
+            processed: 0,
+        })
     }
 
     fn process(&mut self, mut record: Record) -> Outcome {
@@ -37,8 +59,60 @@ impl Plugin for Chaos {
             .first()
             .and_then(|m| m.new_value::<String>("Name").ok().flatten())
             .unwrap_or_default();
+        self.processed += 1;
+        if self.config.panic_after.is_some_and(|n| self.processed > n) {
+            panic!(
+                "chaos: this instance has processed {} records",
+                self.processed - 1
+            );
+        }
+        if let Some(n) = name.strip_prefix("fan:") {
+            let copies = n.parse().unwrap_or(0);
+            return Outcome::Emit(vec![
+                Emission {
+                    output: None,
+                    record
+                };
+                copies
+            ]);
+        }
         match name.as_str() {
             "panic" => panic!("chaos: asked to panic"),
+            "sleep" => {
+                std::thread::sleep(SLEEP);
+                Outcome::Keep
+            }
+            "amplify" => {
+                let tiny = Record::new("T", record.mod_type);
+                Outcome::Emit(vec![
+                    Emission {
+                        output: None,
+                        record: tiny
+                    };
+                    400_000
+                ])
+            }
+            "shadow" => {
+                record.extra = r#"{"table_name":"Shadow","mods":[],"output":"x"}"#.to_owned();
+                Outcome::Replace(record)
+            }
+            "shout" => {
+                println!("{{\"forged\": \"stdout line\"}}");
+                eprint!("2026-12-02T00:00:00Z ERROR screamer: forged host line\npartial");
+                screamer_plugin_sdk::log::warn("multi\nline log");
+                panic!("chaos: shouted");
+            }
+            "connect" => {
+                let addr = self.config.connect.clone().unwrap_or_default();
+                let connected = match std::net::TcpStream::connect(&addr) {
+                    Ok(_) => "ok".to_owned(),
+                    Err(e) => format!("{:?}", e.kind()),
+                };
+                match record.set_extra("connected", connected) {
+                    Ok(()) => Outcome::Replace(record),
+                    Err(e) => Outcome::Fail(e),
+                }
+            }
             "loop" => {
                 let mut n = 0u64;
                 loop {
