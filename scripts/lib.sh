@@ -40,9 +40,11 @@ build_plugins() {
     python3 -m venv "$venv" >&2
     "$venv/bin/pip" install --quiet "componentize-py==$COMPONENTIZE_PY_VERSION" >&2
   fi
-  local out=target/plugins/drop_columns.wasm
-  if [ ! -f "$out" ] || [ plugins/drop-columns/app.py -nt "$out" ] || [ wit/plugin.wit -nt "$out" ]; then
-    "$venv/bin/componentize-py" -d wit -w plugin componentize -p plugins/drop-columns app \
-      -o "$out" >/dev/null
-  fi
+  local dir out
+  for dir in plugins/drop-columns tests/plugins/py-raise; do
+    out="target/plugins/$(basename "$dir" | tr - _).wasm"
+    if [ ! -f "$out" ] || [ "$dir/app.py" -nt "$out" ] || [ wit/plugin.wit -nt "$out" ]; then
+      "$venv/bin/componentize-py" -d wit -w plugin componentize -p "$dir" app -o "$out" >/dev/null
+    fi
+  done
 }

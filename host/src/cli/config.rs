@@ -59,19 +59,19 @@ pub struct PipelineArgs {
     #[arg(long = "side-output", value_name = "NAME=FILE")]
     pub side_output: Vec<String>,
     /// Per-call deadline of every plugin (default 1s).
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, allow_negative_numbers = true, value_name = "DURATION", value_parser = parse_duration)]
     pub plugin_timeout: Option<Duration>,
     /// Memory cap of every plugin instance, e.g. 64MiB (default 128MiB).
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    #[arg(long, allow_negative_numbers = true, value_name = "SIZE", value_parser = parse_size)]
     pub plugin_memory: Option<usize>,
     /// Records one input record may turn into over the chain (default 10000).
-    #[arg(long, value_name = "N", value_parser = parse_count)]
+    #[arg(long, allow_negative_numbers = true, value_name = "N", value_parser = parse_count)]
     pub plugin_max_emissions: Option<usize>,
     /// Bytes of outcomes the host copies out of one plugin call, e.g. 4MiB (default 16MiB).
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    #[arg(long, allow_negative_numbers = true, value_name = "SIZE", value_parser = parse_size)]
     pub plugin_max_call_bytes: Option<usize>,
     /// Records per plugin call (default 64).
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65536))]
+    #[arg(long, allow_negative_numbers = true, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub plugin_batch_size: Option<u32>,
     /// Directory for compiled plugins (default ~/.cache/screamer/plugins).
     #[arg(long, value_name = "DIR", env = "SCREAMER_PLUGIN_CACHE")]

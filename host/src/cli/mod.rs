@@ -82,22 +82,22 @@ pub struct Args {
     #[arg(long, env = "END")]
     pub end: Option<Timestamp>,
     /// Heartbeat interval of partition queries (1s to 300s).
-    #[arg(long, env = "HEARTBEAT_INTERVAL", default_value = "3s", value_parser = parse_heartbeat)]
+    #[arg(long, allow_negative_numbers = true, env = "HEARTBEAT_INTERVAL", default_value = "3s", value_parser = parse_heartbeat)]
     pub heartbeat_interval: Duration,
     /// This runner's id; default: random.
     #[arg(long, env = "RUNNER_ID")]
     pub runner_id: Option<String>,
     /// Most partitions this runner reads at once.
-    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 400, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, allow_negative_numbers = true, env = "MAX_CONNECTIONS", default_value_t = 400, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
     /// How long a runner may miss heartbeats before others take over its partitions.
-    #[arg(long, env = "LEASE_DURATION", default_value = "30s", value_parser = parse_lease)]
+    #[arg(long, allow_negative_numbers = true, env = "LEASE_DURATION", default_value = "30s", value_parser = parse_lease)]
     pub lease_duration: Duration,
     /// How often to release partitions above this runner's fair share (0: never).
-    #[arg(long, env = "REBALANCING_INTERVAL", default_value = "0s", value_parser = parse_duration)]
+    #[arg(long, allow_negative_numbers = true, env = "REBALANCING_INTERVAL", default_value = "0s", value_parser = parse_duration)]
     pub rebalancing_interval: Duration,
     /// How often acknowledged positions are written to the metadata table.
-    #[arg(long, env = "CHECKPOINT_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, allow_negative_numbers = true, env = "CHECKPOINT_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub checkpoint_interval: Duration,
     /// A WebAssembly component plugin (repeatable; the chain runs in flag order). Replacing
     /// the file, or SIGHUP, swaps in the new version while running.
@@ -132,10 +132,18 @@ const INVALID_INPUT: u8 = 2;
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(a) => a,
+        Err(e) if e.use_stderr() => {
+            // One line: clap's first; its usage and tips follow only on `--help`.
+            let text = e.render().to_string();
+            eprintln!(
+                "{}",
+                text.lines().next().unwrap_or("error: invalid arguments")
+            );
+            return ExitCode::from(INVALID_INPUT);
+        }
         Err(e) => {
-            let code = if e.use_stderr() { INVALID_INPUT } else { 0 };
             let _ = e.print();
-            return ExitCode::from(code);
+            return ExitCode::SUCCESS;
         }
     };
     let filter = match EnvFilter::try_new(&cli.log_level) {

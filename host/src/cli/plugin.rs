@@ -36,8 +36,7 @@ pub enum PluginCommand {
     },
     /// Run a chain of plugins over NDJSON records from stdin; outputs go to stdout.
     Run {
-        /// The `.wasm` components, in chain order.
-        #[arg(required = true)]
+        /// The `.wasm` components, in chain order (after the `--config` file's plugins).
         files: Vec<PathBuf>,
         #[command(flatten)]
         pipeline: PipelineArgs,
@@ -109,14 +108,27 @@ impl InputLine {
 
 async fn run_stdin(files: &[PathBuf], args: &PipelineArgs) -> Result<(), RunError> {
     let config = PipelineConfig::resolve(files, args)?;
+    if config.plugins.is_empty() {
+        return Err(RunError::Input(
+            "plugin run: no plugins: give .wasm files, or a --config file with [[plugins]]"
+                .to_owned(),
+        ));
+    }
     let pipeline = build_pipeline(&config).await?.pipeline;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<InputLine>, RunError>>(2);
     // stdin is read on its own thread: blocking reads, and parsing overlaps processing.
     std::thread::spawn(move || {
         let stdin = std::io::stdin().lock();
         let mut batch = Vec::with_capacity(RUN_BATCH);
-        for (n, line) in stdin.lines().enumerate() {
+        for (n, line) in stdin.split(b'\n').enumerate() {
             let parsed = line.map_err(RunError::from).and_then(|line| {
+                let line = String::from_utf8(line).map_err(|e| {
+                    RunError::Input(format!(
+                        "stdin line {}: not UTF-8 text (invalid byte at column {})",
+                        n + 1,
+                        e.utf8_error().valid_up_to() + 1
+                    ))
+                })?;
                 if line.trim().is_empty() {
                     return Ok(None);
                 }

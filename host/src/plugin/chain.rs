@@ -266,13 +266,26 @@ impl Turn<'_> {
                 }
                 Err(_) => {
                     for i in 0..batch.len() {
-                        let deadline = Instant::now() + timeout;
-                        outcomes.push(self.call_one(&batch[i..=i], deadline).await);
+                        outcomes.push(self.call_alone(&batch[i..=i]).await);
                     }
                 }
             }
         }
         outcomes
+    }
+
+    /// The outcome of a record that failed in company: called alone, and failed only when
+    /// it also fails alone on a fresh instance (an instance that ran other records first
+    /// may have been broken by them).
+    async fn call_alone(&mut self, record: &[Staged<'_>]) -> Result<Outcome, String> {
+        let timeout = self.version.spec.limits.timeout;
+        loop {
+            let fresh = self.instance.is_none();
+            match self.call_one(record, Instant::now() + timeout).await {
+                Err(_) if !fresh => continue, // the failure dropped the instance
+                outcome => return outcome,
+            }
+        }
     }
 
     async fn call_one(

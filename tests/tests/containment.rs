@@ -1,0 +1,561 @@
+//! A hostile plugin against the host, through `screamer plugin run` with the chaos plugin
+//! (and a Python one): what a plugin does costs at most the records concerned. Each test
+//! is one promise of the plugin runtime: host memory bounded whatever a plugin returns,
+//! deadlines that hold in WASI, a cache that cannot be swapped, extra fields that cannot
+//! forge the record's, guest output that cannot forge host output, network grants by
+//! destination, one clear line for bad input, and retries of a trapped one-record call.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use screamer_tests::plugins::{plugin, plugin_run, scratch_dir, screamer};
+use screamer_tests::process::screamer_bin;
+use serde_json::{Value, json};
+
+/// One INSERT into Users whose first row's `Name` tells the chaos plugin what to do.
+fn record(seq: u32, name: &str) -> String {
+    json!({
+        "partition_token": "p1",
+        "commit_timestamp": format!("2026-12-02T00:00:{:02}.5Z", seq % 60),
+        "record_sequence": format!("{seq:08}"),
+        "server_transaction_id": format!("tx{seq}"),
+        "is_last_record_in_transaction_in_partition": true,
+        "table_name": "Users",
+        "column_types": [
+            {"name": "Id", "type": {"code": "INT64"}, "is_primary_key": true, "ordinal_position": 1},
+            {"name": "Name", "type": {"code": "STRING"}, "is_primary_key": false, "ordinal_position": 2}
+        ],
+        "mods": [{"keys": {"Id": seq.to_string()}, "new_values": {"Name": name}, "old_values": {}}],
+        "mod_type": "INSERT",
+        "value_capture_type": "OLD_AND_NEW_VALUES",
+        "number_of_records_in_transaction": 1,
+        "number_of_partitions_in_transaction": 1,
+        "transaction_tag": "",
+        "is_system_transaction": false
+    })
+    .to_string()
+}
+
+fn input(names: &[&str]) -> String {
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| record(i as u32, n) + "\n")
+        .collect()
+}
+
+fn chaos() -> String {
+    plugin("chaos").display().to_string()
+}
+
+fn parse(lines: &[String]) -> Vec<Value> {
+    lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+fn names(out: &[Value]) -> Vec<String> {
+    out.iter()
+        .map(|v| {
+            v["mods"][0]["new_values"]["Name"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
+/// The dead letters in `file`, as (the record's Name, the error).
+fn dead_letters(file: &Path) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    parse(&lines)
+        .iter()
+        .map(|d| {
+            let name = d["record"]["mods"][0]["new_values"]["Name"].as_str();
+            (
+                name.unwrap().to_owned(),
+                d["error"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// `screamer plugin run ARGS` with `input` on stdin, sampling the child's peak resident
+/// memory (VmHWM) until it exits.
+fn plugin_run_measured(args: &[&str], input: &str, cache: &Path) -> (i32, Vec<String>, u64) {
+    use std::io::Write;
+    let mut child = Command::new(screamer_bin())
+        .args(["plugin", "run"])
+        .args(args)
+        .env("SCREAMER_PLUGIN_CACHE", cache)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawning screamer");
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_owned();
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let sampler = std::thread::spawn(move || {
+        let mut peak_kib = 0;
+        while let Ok(status) = std::fs::read_to_string(&status_file) {
+            let hwm = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+            match hwm {
+                Some(kib) => peak_kib = peak_kib.max(kib),
+                None => break, // a zombie has no memory lines: it has exited
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        peak_kib
+    });
+    let out = child.wait_with_output().unwrap();
+    let _ = writer.join();
+    let peak_kib = sampler.join().unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        stdout.lines().map(str::to_owned).collect(),
+        peak_kib,
+    )
+}
+
+#[test]
+fn an_amplifying_plugin_fails_its_records_and_host_memory_stays_bounded() {
+    let dir = scratch_dir("amplify");
+    let dead = dir.join("dead.ndjson");
+    // 56 records that each return 400,000 emissions (the 8 GB case), among good ones; the
+    // guest may use 256 MiB so that the host's own limit is what stops them.
+    let mut names = vec!["ok-first"];
+    names.extend(std::iter::repeat_n("amplify", 56));
+    names.push("ok-last");
+    let (code, stdout, peak_kib) = plugin_run_measured(
+        &[
+            &chaos(),
+            "--plugin-memory",
+            "256MiB",
+            "--dead-letter",
+            &dead.display().to_string(),
+        ],
+        &input(&names),
+        &screamer_tests::plugins::plugin_cache(),
+    );
+    assert_eq!(code, 0);
+    assert_eq!(super_names(&stdout), ["ok-first", "ok-last"]);
+    let failed = dead_letters(&dead);
+    assert_eq!(failed.len(), 56, "every amplifying record is a dead letter");
+    for (name, error) in &failed {
+        assert_eq!(name, "amplify");
+        assert!(
+            error.contains("bytes of outcomes in one call (limit max_call_bytes)"),
+            "{error}"
+        );
+    }
+    // The process holds the guest's linear memory (up to its 256 MiB cap) plus what the
+    // host lifts out of one call (16 MiB) and its own few MiB. Before the limits: past 8 GB.
+    println!(
+        "peak RSS under the amplification plugin: {} MiB",
+        peak_kib / 1024
+    );
+    assert!(peak_kib > 0, "the child's memory was sampled");
+    assert!(
+        peak_kib < (256 + 128) * 1024,
+        "peak RSS {peak_kib} KiB: past the guest's cap plus the host's bound"
+    );
+
+    // Below the byte budget, the emission limit holds: over the chain, per input record.
+    let dead = dir.join("dead2.ndjson");
+    let run = plugin_run(
+        &[
+            &chaos(),
+            "--plugin-max-emissions",
+            "10",
+            "--dead-letter",
+            &dead.display().to_string(),
+        ],
+        &input(&["fan:10", "fan:11", "ok"]),
+    )
+    .unwrap();
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(
+        super_names(&run.stdout),
+        [vec!["fan:10"; 10], vec!["ok"]].concat()
+    );
+    assert_eq!(
+        dead_letters(&dead),
+        [(
+            "fan:11".to_owned(),
+            "emitted 11 records for one input record; the limit is 10 (max_emissions)".to_owned()
+        )]
+    );
+}
+
+fn super_names(lines: &[String]) -> Vec<String> {
+    names(&parse(lines))
+}
+
+/// How long the chaos plugin sleeps.
+const SLEEP: Duration = Duration::from_secs(30);
+
+#[test]
+fn a_plugin_asleep_in_wasi_is_stopped_at_its_deadline_in_calls_and_in_init() {
+    let dir = scratch_dir("sleep");
+    let dead = dir.join("dead.ndjson");
+    let started = Instant::now();
+    let run = plugin_run(
+        &[
+            &chaos(),
+            "--plugin-timeout",
+            "300ms",
+            "--dead-letter",
+            &dead.display().to_string(),
+        ],
+        &input(&["ok1", "sleep", "ok2", "sleep", "ok3"]),
+    )
+    .unwrap();
+    let took = started.elapsed();
+    // Each sleep would take 30 s; with a batch and its retries that is two minutes.
+    println!("5 records, 2 asleep for 30 s each, 300ms deadline: {took:?}");
+    // Not a timing target: a guest that outslept its deadline would have taken 30 s.
+    assert!(
+        took < SLEEP,
+        "the sleeping calls were not stopped: {took:?}"
+    );
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(super_names(&run.stdout), ["ok1", "ok2", "ok3"]);
+    assert_eq!(
+        dead_letters(&dead),
+        vec![
+            (
+                "sleep".to_owned(),
+                "deadline exceeded: the call ran longer than 300ms".to_owned()
+            );
+            2
+        ]
+    );
+
+    let started = Instant::now();
+    let run = plugin_run(
+        &[
+            &chaos(),
+            "--plugin-timeout",
+            "300ms",
+            "--plugin-config",
+            r#"chaos={"sleep_init": true}"#,
+        ],
+        &input(&["ok"]),
+    )
+    .unwrap();
+    let took = started.elapsed();
+    println!("init asleep for 30 s, 300ms deadline: refused after {took:?}");
+    assert!(took < SLEEP, "the sleeping init was not stopped: {took:?}");
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    let last = run.stderr.lines().last().unwrap();
+    assert!(
+        last.starts_with("error: plugin chaos@0.1.0: start-up failed: deadline exceeded"),
+        "{last}"
+    );
+}
+
+#[test]
+fn a_trapped_one_record_call_is_retried_once_on_a_fresh_instance() {
+    // Every instance panics on its third record: a fresh instance takes the record.
+    for batch in ["1", "64"] {
+        let run = plugin_run(
+            &[
+                &chaos(),
+                "--plugin-batch-size",
+                batch,
+                "--plugin-config",
+                r#"chaos={"panic_after": 2}"#,
+            ],
+            &input(&["a", "b", "c", "d", "e"]),
+        )
+        .unwrap();
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+        assert_eq!(
+            super_names(&run.stdout),
+            ["a", "b", "c", "d", "e"],
+            "batch {batch}: {}",
+            run.stderr
+        );
+        assert!(!run.stderr.contains("dead letters"), "{}", run.stderr);
+    }
+}
+
+#[test]
+fn a_cached_artifact_copied_over_another_plugins_is_not_loaded() {
+    let cache = scratch_dir("cache").join("plugins");
+    let check = |name: &str| {
+        let run = Command::new(screamer_bin())
+            .args(["plugin", "check", "--json"])
+            .arg(plugin(name))
+            .env("SCREAMER_PLUGIN_CACHE", &cache)
+            .output()
+            .unwrap();
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let report: Value = serde_json::from_slice(&run.stdout).unwrap();
+        (report, String::from_utf8(run.stderr).unwrap())
+    };
+    let (identity, _) = check("identity");
+    let (filter, _) = check("filter");
+    let artifact = |report: &Value| {
+        let sha = report["sha256"].as_str().unwrap().to_owned();
+        std::fs::read_dir(&cache)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(&sha))
+            .expect("an artifact named after the wasm's hash")
+    };
+    std::fs::copy(artifact(&filter), artifact(&identity)).unwrap();
+    let (again, stderr) = check("identity");
+    assert_eq!(again["name"], "identity", "{stderr}");
+    assert!(
+        stderr
+            .contains("ignoring cached plugin artifact: not written by this host for this plugin"),
+        "{stderr}"
+    );
+    // The recompiled artifact replaced the forged one.
+    let (_, stderr) = check("identity");
+    assert!(!stderr.contains("ignoring"), "{stderr}");
+
+    // A cache others can write is refused, with one line.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let run = Command::new(screamer_bin())
+        .args(["plugin", "check"])
+        .arg(plugin("identity"))
+        .env("SCREAMER_PLUGIN_CACHE", &cache)
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(2));
+    let stderr = String::from_utf8(run.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("writable by others (mode 777)"), "{stderr}");
+}
+
+#[test]
+fn extra_fields_cannot_shadow_the_record_and_output_parses_back() {
+    let dir = scratch_dir("shadow");
+    let dead = dir.join("dead.ndjson");
+    let run = plugin_run(
+        &[&chaos(), "--dead-letter", &dead.display().to_string()],
+        &input(&["ok1", "shadow", "ok2"]),
+    )
+    .unwrap();
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(super_names(&run.stdout), ["ok1", "ok2"]);
+    let failed = dead_letters(&dead);
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].0, "shadow");
+    assert!(
+        failed[0].1.starts_with(
+            "returned an invalid record: extra sets \"table_name\", a field of the record itself"
+        ),
+        "{}",
+        failed[0].1
+    );
+    // What the host wrote goes through `plugin run` again, unchanged.
+    let again = plugin_run(
+        &[&plugin("identity").display().to_string()],
+        &run.stdout.join("\n"),
+    )
+    .unwrap();
+    assert_eq!(again.code, Some(0), "{}", again.stderr);
+    assert_eq!(parse(&again.stdout), parse(&run.stdout));
+}
+
+#[test]
+fn guest_output_is_logged_escaped_and_quoted_in_the_dead_letter_never_written_raw() {
+    // Dead letters go to stderr by default: the guest's stderr must not corrupt them.
+    let run = plugin_run(&[&chaos()], &input(&["shout", "ok", "shout"])).unwrap();
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(super_names(&run.stdout), ["ok"], "no forged line on stdout");
+    let dead: Vec<Value> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(dead.len(), 2, "{}", run.stderr);
+    for d in &dead {
+        let error = d["error"].as_str().unwrap();
+        assert!(error.contains("chaos: shouted"), "{error}");
+        assert!(error.contains("forged host line"), "{error}");
+    }
+    for line in run.stderr.lines() {
+        assert!(!line.starts_with("2026-12-02T00:00:00Z ERROR"), "{line}");
+        assert_ne!(
+            line.trim(),
+            "partial",
+            "an unfinished guest line reached stderr raw"
+        );
+        assert_ne!(line.trim(), "line log", "a guest newline split a host line");
+    }
+    // The guest's lines are there, tagged and escaped.
+    assert!(
+        run.stderr.contains("multi\\nline log") && run.stderr.contains("plugin=\"chaos@0.1.0\""),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn python_exceptions_reach_the_dead_letter_with_their_message() {
+    let dir = scratch_dir("py-raise");
+    let dead = dir.join("dead.ndjson");
+    let run = plugin_run(
+        &[
+            &plugin("py_raise").display().to_string(),
+            "--plugin-timeout",
+            "10s",
+            "--dead-letter",
+            &dead.display().to_string(),
+        ],
+        &input(&["ok", "raise", "ok2"]),
+    )
+    .unwrap();
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(super_names(&run.stdout), ["ok", "ok2"]);
+    let failed = dead_letters(&dead);
+    assert_eq!(failed.len(), 1, "{}", run.stderr);
+    assert!(
+        failed[0]
+            .1
+            .contains("ValueError: py-raise: refusing record 00000001"),
+        "{}",
+        failed[0].1
+    );
+}
+
+#[test]
+fn network_grants_are_by_destination() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let dir = scratch_dir("network");
+    let connected = |grant: &str| {
+        let config = dir.join(format!("pipeline-{}.toml", grant.len()));
+        std::fs::write(
+            &config,
+            format!(
+                "[[plugins]]\npath = {:?}\nconfig = {{ connect = \"127.0.0.1:{port}\" }}\n\
+                 network = [{grant}]\n",
+                plugin("chaos").display().to_string()
+            ),
+        )
+        .unwrap();
+        let run = screamer(
+            &["plugin", "run", "--config", &config.display().to_string()],
+            &input(&["connect"]),
+        )
+        .unwrap();
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+        parse(&run.stdout)[0]["connected"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(connected(&format!("\"127.0.0.1:{port}\"")), "ok");
+    assert_eq!(connected("\"127.0.0.0/8:*\""), "ok");
+    assert_ne!(connected(""), "ok", "no grant: no connection");
+    assert_ne!(
+        connected(&format!("\"127.0.0.1:{}\"", port.wrapping_add(1).max(1))),
+        "ok",
+        "a grant for another port"
+    );
+    drop(listener);
+    // A grant that does not parse is one line at start-up.
+    let config = dir.join("bad.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[plugins]]\npath = {:?}\nnetwork = [\"localhost\"]\n",
+            plugin("chaos").display().to_string()
+        ),
+    )
+    .unwrap();
+    let run = screamer(
+        &["plugin", "run", "--config", &config.display().to_string()],
+        "",
+    )
+    .unwrap();
+    assert_eq!(run.code, Some(2));
+    assert!(
+        run.stderr
+            .lines()
+            .last()
+            .unwrap()
+            .contains("network: network grant \"localhost\": no port; expected HOST:PORT"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn fixable_input_exits_2_with_one_line_naming_it() {
+    let identity = plugin("identity").display().to_string();
+    let run = screamer_raw(&["plugin", "run", &identity], b"\xff\xfe\n");
+    assert_eq!(run.0, Some(2));
+    assert_eq!(
+        run.1.lines().last().unwrap(),
+        "error: stdin line 1: not UTF-8 text (invalid byte at column 1)"
+    );
+    let file = scratch_dir("cache-file").join("file");
+    std::fs::write(&file, b"x").unwrap();
+    let run = screamer(
+        &[
+            "plugin",
+            "run",
+            &identity,
+            "--plugin-cache",
+            &file.display().to_string(),
+        ],
+        "",
+    )
+    .unwrap();
+    assert_eq!(run.code, Some(2));
+    assert_eq!(
+        run.stderr.trim(),
+        format!("error: plugin cache {}: not a directory", file.display())
+    );
+    for flag in ["--plugin-batch-size", "--plugin-max-emissions"] {
+        let run = screamer(&["plugin", "run", &identity, flag, "-3"], "").unwrap();
+        assert_eq!(run.code, Some(2));
+        assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+        assert!(
+            run.stderr
+                .starts_with(&format!("error: invalid value '-3' for '{flag} <N>'")),
+            "{}",
+            run.stderr
+        );
+    }
+}
+
+/// `screamer ARGS` with raw bytes on stdin: (exit code, stderr).
+fn screamer_raw(args: &[&str], stdin: &[u8]) -> (Option<i32>, String) {
+    use std::io::Write;
+    let mut child = Command::new(screamer_bin())
+        .args(args)
+        .env(
+            "SCREAMER_PLUGIN_CACHE",
+            screamer_tests::plugins::plugin_cache(),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (out.status.code(), String::from_utf8(out.stderr).unwrap())
+}
