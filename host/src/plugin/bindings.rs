@@ -14,7 +14,7 @@ use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::guest_output::GuestOutput;
+use super::guest_output::{self, GuestOutput};
 use super::{PluginError, PluginSpec};
 
 wasmtime::component::bindgen!({
@@ -79,6 +79,13 @@ impl self::screamer::plugin::types::Host for HostState {}
 
 impl self::screamer::plugin::log::Host for HostState {
     fn log(&mut self, level: Level, message: String) {
+        let level = match level {
+            Level::Trace => guest_output::Level::Trace,
+            Level::Debug => guest_output::Level::Debug,
+            Level::Info => guest_output::Level::Info,
+            Level::Warn => guest_output::Level::Warn,
+            Level::Error => guest_output::Level::Error,
+        };
         self.output.log(level, &message);
     }
 }

@@ -18,7 +18,15 @@ use bytes::Bytes;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
-use super::bindings::Level;
+/// How much a guest line matters: the `log` import's levels; stdout is `Info`, stderr `Warn`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Level {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
 
 /// Lines logged per call; the rest are counted.
 pub(super) const LINES_PER_CALL: u32 = 100;

@@ -192,6 +192,18 @@ fn main() -> anyhow::Result<()> {
             vec![&filter, &redact, &pass],
         ),
     ];
+    // BENCH_CASE=text runs only the cases whose name contains it (for profiling).
+    let only = std::env::var("BENCH_CASE").ok();
+    if let Some(only) = &only {
+        for (name, specs) in cases.iter().filter(|(n, _)| n.contains(only.as_str())) {
+            let versions: Vec<Arc<PluginVersion>> =
+                specs.iter().map(|s| load(s)).collect::<Result<_, _>>()?;
+            let chain = Chain::new(versions, 64);
+            let r = rate(&records, repeats, |c| run_chain(&chain, c));
+            println!("| {name} | batch 64: {:.0}k/s |", r / 1e3);
+        }
+        return Ok(());
+    }
     let mut redact_rates = Vec::new();
     for (name, specs) in &cases {
         let versions: Vec<Arc<PluginVersion>> =
