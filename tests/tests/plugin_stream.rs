@@ -252,7 +252,24 @@ async fn hot_swaps_while_records_flow_process_each_record_exactly_once() -> anyh
     .await?;
     let swaps = |s: &Screamer| s.stderr().matches("plugin swapped").count();
     const STEP: i64 = 600;
+    let dead_lines = || {
+        std::fs::read_to_string(&dead)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    // Each version must see records: swap once the first record of its step is out, while
+    // the rest of the step still flows.
+    let out_or_dead = |n: i64| {
+        let (screamer, dead_lines) = (&screamer, &dead_lines);
+        async move {
+            eventually(Duration::from_secs(60), "written records out", async || {
+                (screamer.line_count() + dead_lines() >= n as usize).then_some(())
+            })
+            .await
+        }
+    };
     write_items(&db, 0, STEP).await?;
+    out_or_dead(1).await?;
     replace_file(&file, &chaos_version("v002"))?;
     eventually(Duration::from_secs(30), "swap to v002", async || {
         (swaps(&screamer) == 1).then_some(())
@@ -272,12 +289,14 @@ async fn hot_swaps_while_records_flow_process_each_record_exactly_once() -> anyh
     )
     .await?;
     write_items(&db, 2 * STEP, 3 * STEP).await?;
+    out_or_dead(2 * STEP + 1).await?;
     replace_file(&file, &chaos_version("v003"))?;
     eventually(Duration::from_secs(30), "swap to v003", async || {
         (swaps(&screamer) == 2).then_some(())
     })
     .await?;
     write_items(&db, 3 * STEP, 4 * STEP).await?;
+    out_or_dead(3 * STEP + 1).await?;
     replace_file(&file, &chaos_version("v004"))?;
     eventually(Duration::from_secs(30), "swap to v004", async || {
         (swaps(&screamer) == 3).then_some(())
@@ -295,11 +314,6 @@ async fn hot_swaps_while_records_flow_process_each_record_exactly_once() -> anyh
     .await?;
     let total = 5 * STEP;
     let failing = (0..total).filter(|i| i % 97 == 0).count();
-    let dead_lines = || {
-        std::fs::read_to_string(&dead)
-            .map(|t| t.lines().count())
-            .unwrap_or(0)
-    };
     eventually(
         Duration::from_secs(60),
         "every record out or dead-lettered",

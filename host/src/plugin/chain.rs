@@ -314,11 +314,19 @@ impl Turn<'_> {
             *self.instance = Some((self.version.clone(), started));
         }
         self.stats.calls += 1;
-        let rows: Vec<Vec<RowChangeParam<'_>>> = records.iter().map(Staged::rows).collect();
+        let mut rows: Vec<RowChangeParam<'_>> =
+            Vec::with_capacity(records.iter().map(Staged::row_count).sum());
+        for r in records {
+            r.push_rows(&mut rows);
+        }
+        let mut rest = &rows[..];
         let params: Vec<ChangeRecordParam<'_>> = records
             .iter()
-            .zip(&rows)
-            .map(|(r, rows)| r.param(rows))
+            .map(|r| {
+                let (mine, after) = rest.split_at(r.row_count());
+                rest = after;
+                r.param(mine)
+            })
             .collect();
         let (_, live) = self.instance.as_mut().expect("instance started above");
         let result = live.process(&params, deadline).await;

@@ -39,27 +39,32 @@ pub(super) fn extra_text(extra: Option<&Map<String, Value>>) -> String {
 }
 
 impl Staged<'_> {
-    /// The record's row changes, borrowed, for [`Staged::param`].
-    pub(super) fn rows(&self) -> Vec<RowChangeParam<'_>> {
+    /// Appends the record's row changes, borrowed, to `rows` (one buffer for a whole call,
+    /// sliced by [`Staged::param`]).
+    pub(super) fn push_rows<'b>(&'b self, rows: &mut Vec<RowChangeParam<'b>>) {
         match self {
-            Staged::Input { record, .. } => record
-                .mods
-                .iter()
-                .map(|m| RowChangeParam {
+            Staged::Input { record, .. } => {
+                rows.extend(record.mods.iter().map(|m| RowChangeParam {
                     keys: m.keys.as_str(),
                     new_values: m.new_values.as_str(),
                     old_values: m.old_values.as_str(),
-                })
-                .collect(),
-            Staged::Changed { record, .. } => record
-                .mods
-                .iter()
-                .map(|m| RowChangeParam {
+                }))
+            }
+            Staged::Changed { record, .. } => {
+                rows.extend(record.mods.iter().map(|m| RowChangeParam {
                     keys: &m.keys,
                     new_values: &m.new_values,
                     old_values: &m.old_values,
-                })
-                .collect(),
+                }))
+            }
+        }
+    }
+
+    /// How many row changes [`Staged::push_rows`] appends.
+    pub(super) fn row_count(&self) -> usize {
+        match self {
+            Staged::Input { record, .. } => record.mods.len(),
+            Staged::Changed { record, .. } => record.mods.len(),
         }
     }
 
@@ -228,7 +233,8 @@ mod tests {
     /// What a plugin returning the record unchanged hands back.
     fn result(record: &DataChangeRecord, extra: &str) -> ChangeRecordResult {
         let staged = Staged::Input { record, extra };
-        let rows = staged.rows();
+        let mut rows = Vec::new();
+        staged.push_rows(&mut rows);
         let p = staged.param(&rows);
         ChangeRecordResult {
             partition_token: p.partition_token.into(),
