@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::Context;
+use serde_json::{Value, json};
 
 use crate::process::screamer_bin;
 
@@ -113,4 +114,41 @@ pub fn screamer(args: &[&str], input: &str) -> anyhow::Result<PluginRun> {
             .collect(),
         stderr: String::from_utf8(out.stderr)?,
     })
+}
+
+/// One NDJSON record of `table` with one row change, as screamer prints it.
+pub fn record_line(
+    table: &str,
+    mod_type: &str,
+    id: u32,
+    new_values: Value,
+    old_values: Value,
+) -> String {
+    json!({
+        "partition_token": "p1",
+        "commit_timestamp": format!("2026-11-27T20:00:{:02}.125Z", id % 60),
+        "record_sequence": format!("{id:08}"),
+        "server_transaction_id": format!("tx{id}"),
+        "is_last_record_in_transaction_in_partition": true,
+        "table_name": table,
+        "column_types": [
+            {"name": "Id", "type": {"code": "INT64"}, "is_primary_key": true, "ordinal_position": 1}
+        ],
+        "mods": [{"keys": {"Id": id.to_string()}, "new_values": new_values, "old_values": old_values}],
+        "mod_type": mod_type,
+        "value_capture_type": "OLD_AND_NEW_VALUES",
+        "number_of_records_in_transaction": 1,
+        "number_of_partitions_in_transaction": 1,
+        "transaction_tag": "",
+        "is_system_transaction": false
+    })
+    .to_string()
+}
+
+/// Output lines as JSON values (panics, naming the line, on one that is not JSON).
+pub fn parse(lines: &[String]) -> Vec<serde_json::Value> {
+    lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
 }

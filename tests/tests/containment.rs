@@ -9,51 +9,23 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use screamer_tests::plugins::{plugin, plugin_run, scratch_dir, screamer};
+use screamer_tests::plugins::{parse, plugin, plugin_run, record_line, scratch_dir, screamer};
 use screamer_tests::process::screamer_bin;
 use serde_json::{Value, json};
 
-/// One INSERT into Users whose first row's `Name` tells the chaos plugin what to do.
-fn record(seq: u32, name: &str) -> String {
-    json!({
-        "partition_token": "p1",
-        "commit_timestamp": format!("2026-12-02T00:00:{:02}.5Z", seq % 60),
-        "record_sequence": format!("{seq:08}"),
-        "server_transaction_id": format!("tx{seq}"),
-        "is_last_record_in_transaction_in_partition": true,
-        "table_name": "Users",
-        "column_types": [
-            {"name": "Id", "type": {"code": "INT64"}, "is_primary_key": true, "ordinal_position": 1},
-            {"name": "Name", "type": {"code": "STRING"}, "is_primary_key": false, "ordinal_position": 2}
-        ],
-        "mods": [{"keys": {"Id": seq.to_string()}, "new_values": {"Name": name}, "old_values": {}}],
-        "mod_type": "INSERT",
-        "value_capture_type": "OLD_AND_NEW_VALUES",
-        "number_of_records_in_transaction": 1,
-        "number_of_partitions_in_transaction": 1,
-        "transaction_tag": "",
-        "is_system_transaction": false
-    })
-    .to_string()
-}
-
+/// One INSERT into Users per name; the first row's `Name` tells the chaos plugin what to do.
 fn input(names: &[&str]) -> String {
     names
         .iter()
         .enumerate()
-        .map(|(i, n)| record(i as u32, n) + "\n")
+        .map(|(i, n)| {
+            record_line("Users", "INSERT", i as u32, json!({"Name": n}), json!({})) + "\n"
+        })
         .collect()
 }
 
 fn chaos() -> String {
     plugin("chaos").display().to_string()
-}
-
-fn parse(lines: &[String]) -> Vec<Value> {
-    lines
-        .iter()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .collect()
 }
 
 fn names(out: &[Value]) -> Vec<String> {

@@ -1,41 +1,13 @@
 //! The plugin stage through `screamer plugin run` (no Spanner): every example plugin, the
 //! Python one included, chain order, refusals, and failure isolation.
 
-use screamer_tests::plugins::{plugin, plugin_cache, plugin_run, scratch_dir, screamer};
+use screamer_tests::plugins::{
+    parse, plugin, plugin_cache, plugin_run, record_line as record, scratch_dir, screamer,
+};
 use serde_json::{Value, json};
-
-/// One NDJSON record of `table` with one row change.
-fn record(table: &str, mod_type: &str, id: u32, new_values: Value, old_values: Value) -> String {
-    json!({
-        "partition_token": "p1",
-        "commit_timestamp": format!("2026-11-27T20:00:{:02}.125Z", id % 60),
-        "record_sequence": format!("{id:08}"),
-        "server_transaction_id": format!("tx{id}"),
-        "is_last_record_in_transaction_in_partition": true,
-        "table_name": table,
-        "column_types": [
-            {"name": "Id", "type": {"code": "INT64"}, "is_primary_key": true, "ordinal_position": 1}
-        ],
-        "mods": [{"keys": {"Id": id.to_string()}, "new_values": new_values, "old_values": old_values}],
-        "mod_type": mod_type,
-        "value_capture_type": "OLD_AND_NEW_VALUES",
-        "number_of_records_in_transaction": 1,
-        "number_of_partitions_in_transaction": 1,
-        "transaction_tag": "",
-        "is_system_transaction": false
-    })
-    .to_string()
-}
 
 fn lines(records: &[String]) -> String {
     records.iter().map(|r| format!("{r}\n")).collect()
-}
-
-fn parse(lines: &[String]) -> Vec<Value> {
-    lines
-        .iter()
-        .map(|l| serde_json::from_str(l).expect("output lines are JSON"))
-        .collect()
 }
 
 fn ids(out: &[Value]) -> Vec<String> {
