@@ -5,7 +5,9 @@
 //!
 //! Invariants: a batch is acknowledged only after every destination it went to accepted
 //! its part (dead letters first), so a checkpoint never passes a record that is neither out
-//! nor dead-lettered. Records of one batch keep their order in every output.
+//! nor dead-lettered. Records of one batch keep their order in every output. A record a
+//! destination refuses for good becomes a dead letter naming the destination and its
+//! reason; a refusal by the dead-letter destination itself fails the batch.
 //! Side outputs without a destination of their own go to the main output, tagged with an
 //! `"output"` field. Outputs are serialized one record at a time and sent in pieces of at
 //! most [`FLUSH_BYTES`] (in order), each record dropped once written: what a plugin
@@ -21,7 +23,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::consumer::{Consumer, ConsumerError};
-use crate::destination::{Batch, Destination};
+use crate::destination::{Batch, Destination, DestinationError};
 use crate::observe::{Event, NoObserver, Observer};
 use crate::plugin::{Chain, DeadLetter, Input, Output, OutputRecord};
 use crate::record::DataChangeRecord;
@@ -52,6 +54,15 @@ struct OutputLine<'a> {
     extra: Option<&'a Map<String, Value>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     output: Option<&'a str>,
+}
+
+/// One dead-letter line for a record a destination refused: which, why, and the record
+/// as the destination got it.
+#[derive(Serialize)]
+struct RefusedLine<'a> {
+    destination: &'a str,
+    error: &'a str,
+    record: &'a serde_json::value::RawValue,
 }
 
 /// One dead-letter line: who failed the record, why, and the record as it entered the
@@ -153,7 +164,16 @@ impl Pipeline {
                 },
             })?;
         }
-        self.send(&*self.dead_letters, batch).await?;
+        let (records, started) = (batch.len(), std::time::Instant::now());
+        self.dead_letters
+            .send(batch)
+            .await
+            .map_err(ConsumerError::from)?;
+        self.observer.observe(Event::Output {
+            output: self.dead_letters.name(),
+            records,
+            took: started.elapsed(),
+        });
         for plugin in dead_letters.chunk_by(|a, b| a.plugin == b.plugin) {
             self.observer.observe(Event::DeadLetters {
                 plugin: &plugin[0].plugin,
@@ -197,20 +217,44 @@ impl Pipeline {
         self.send(&*self.main, main).await
     }
 
-    /// Sends `batch` to `destination` and reports what it accepted.
+    /// Sends `batch` to `destination` and reports what it accepted; the records it refuses
+    /// go to the dead letters.
     async fn send(&self, destination: &dyn Destination, batch: Batch) -> Result<(), ConsumerError> {
         if batch.is_empty() {
             return Ok(());
         }
         let records = batch.len();
         let started = std::time::Instant::now();
-        destination.send(batch).await?;
+        let refused = match destination.send(batch).await {
+            Ok(()) => 0,
+            Err(DestinationError::Refused {
+                refused, reason, ..
+            }) => {
+                let n = refused.len();
+                let dead = refused_lines(destination.name(), &refused, &reason)?;
+                self.send_dead_letters(dead).await?;
+                n
+            }
+            Err(e) => return Err(e.into()),
+        };
         self.observer.observe(Event::Output {
             output: destination.name(),
-            records,
+            records: records - refused,
             took: started.elapsed(),
         });
         Ok(())
+    }
+
+    /// Dead letters must be taken whole: a refusal here fails the batch.
+    async fn send_dead_letters(&self, batch: Batch) -> Result<(), ConsumerError> {
+        let n = batch.len() as u64;
+        match self.dead_letters.send(batch).await {
+            Ok(()) => {
+                self.dead_letter_count.fetch_add(n, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
@@ -237,6 +281,25 @@ fn push_line(
             output,
         })
     }
+}
+
+/// Dead-letter lines for the records of `refused`, which `destination` refused for `reason`.
+fn refused_lines(destination: &str, refused: &Batch, reason: &str) -> Result<Batch, ConsumerError> {
+    let mut dead = Batch::with_capacity(refused.len());
+    for payload in refused.payloads() {
+        let record: &serde_json::value::RawValue = serde_json::from_slice(payload)?;
+        tracing::warn!(
+            output = destination,
+            error = reason,
+            "record refused by its destination, sent to the dead letters"
+        );
+        dead.push(&RefusedLine {
+            destination,
+            error: reason,
+            record,
+        })?;
+    }
+    Ok(dead)
 }
 
 /// Records a batch preallocates room for (an amplified batch grows as it is written).

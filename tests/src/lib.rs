@@ -7,6 +7,7 @@
 //! the Google Cloud SDK's usual place, or `dpkg -L google-cloud-cli-spanner-emulator`.
 
 pub mod emulator;
+pub mod http;
 pub mod items;
 pub mod plugins;
 pub mod process;

@@ -5,7 +5,11 @@
 //! line naming the file or flag and what is expected. Precedence: flags over the file over
 //! defaults; the chain is the file's `[[plugins]]` in order, then `--plugin` flags in order.
 //!
+//! Destinations are URIs (`screamer::destination::DestinationUri`): `-`, `file:PATH` or a
+//! path (relative to this file), `http(s)://...`.
+//!
 //! ```toml
+//! output = "-"                          # default: stdout
 //! dead_letter = "dead-letters.ndjson"   # default: stderr
 //! batch_size = 64                       # records per plugin call
 //!
@@ -32,6 +36,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::Value;
 
+use screamer::destination::DestinationUri;
 use screamer::plugin::{Limits, NetworkGrant, PluginSpec, PreopenDir, WasiGrants};
 
 /// Default number of records per plugin call: most of the batching gain, small latency.
@@ -52,11 +57,14 @@ pub struct PipelineArgs {
     /// TOML file describing the pipeline (plugins, configs, limits, grants, outputs).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// NDJSON file for records a plugin failed (default: stderr).
-    #[arg(long, value_name = "FILE")]
-    pub dead_letter: Option<PathBuf>,
-    /// Side output destination as NAME=FILE (repeatable; default: the main output, tagged).
-    #[arg(long = "side-output", value_name = "NAME=FILE")]
+    /// Where output records go: `-` (stdout), `file:PATH` or a path, `http(s)://...`.
+    #[arg(long, value_name = "URI", env = "OUTPUT")]
+    pub output: Option<String>,
+    /// Where records a plugin failed or a destination refused go (default: stderr).
+    #[arg(long, value_name = "URI")]
+    pub dead_letter: Option<String>,
+    /// Side output destination as NAME=URI (repeatable; default: the main output, tagged).
+    #[arg(long = "side-output", value_name = "NAME=URI")]
     pub side_output: Vec<String>,
     /// Per-call deadline of every plugin (default 1s).
     #[arg(long, allow_negative_numbers = true, value_name = "DURATION", value_parser = parse_duration)]
@@ -83,8 +91,10 @@ pub struct PipelineArgs {
 pub struct PipelineConfig {
     pub plugins: Vec<PluginSpec>,
     pub batch_size: usize,
-    pub dead_letter: Option<PathBuf>,
-    pub side_outputs: BTreeMap<String, PathBuf>,
+    pub output: DestinationUri,
+    /// `None`: stderr.
+    pub dead_letter: Option<DestinationUri>,
+    pub side_outputs: BTreeMap<String, DestinationUri>,
     pub cache_dir: Option<PathBuf>,
 }
 
@@ -93,11 +103,12 @@ pub struct PipelineConfig {
 struct FileConfig {
     #[serde(default)]
     plugins: Vec<FilePlugin>,
-    dead_letter: Option<PathBuf>,
+    output: Option<String>,
+    dead_letter: Option<String>,
     batch_size: Option<usize>,
     cache_dir: Option<PathBuf>,
     #[serde(default)]
-    side_outputs: BTreeMap<String, PathBuf>,
+    side_outputs: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -145,20 +156,46 @@ impl PipelineConfig {
         for entry in &args.plugin_config {
             apply_plugin_config(&mut specs, entry)?;
         }
-        let mut side_outputs = file
-            .side_outputs
-            .into_iter()
-            .map(|(k, v)| (k, base.join(v)))
-            .collect::<BTreeMap<_, _>>();
+        let place = || {
+            format!(
+                "--config {}",
+                args.config.as_deref().unwrap_or(Path::new("")).display()
+            )
+        };
+        let in_file = |key: &str, text: &str| {
+            destination(text)
+                .map(|d| d.relative_to(&base))
+                .map_err(|e| ConfigError(format!("{}: {key}: {e}", place())))
+        };
+        let flag = |name: &str, text: &str| {
+            destination(text).map_err(|e| ConfigError(format!("{name}: {e}")))
+        };
+        let mut side_outputs = BTreeMap::new();
+        for (name, uri) in &file.side_outputs {
+            side_outputs.insert(name.clone(), in_file(&format!("side_outputs.{name}"), uri)?);
+        }
         for entry in &args.side_output {
-            let (name, path) = entry
+            let (name, uri) = entry
                 .split_once('=')
                 .filter(|(n, p)| !n.is_empty() && !p.is_empty())
                 .ok_or_else(|| {
-                    ConfigError(format!("--side-output {entry:?}: expected NAME=FILE"))
+                    ConfigError(format!("--side-output {entry:?}: expected NAME=URI"))
                 })?;
-            side_outputs.insert(name.to_owned(), PathBuf::from(path));
+            side_outputs.insert(
+                name.to_owned(),
+                flag(&format!("--side-output {name}"), uri)?,
+            );
         }
+        let output = match (&args.output, &file.output) {
+            (Some(uri), _) => flag("--output", uri)?,
+            (None, Some(uri)) => in_file("output", uri)?,
+            (None, None) => DestinationUri::Stdout,
+        };
+        let dead_letter = match (&args.dead_letter, &file.dead_letter) {
+            (Some(uri), _) => Some(flag("--dead-letter", uri)?),
+            (None, Some(uri)) => Some(in_file("dead_letter", uri)?),
+            (None, None) => None,
+        };
         let batch_size = match (args.plugin_batch_size, file.batch_size) {
             (Some(n), _) => n as usize,
             (None, Some(0)) => {
@@ -172,10 +209,8 @@ impl PipelineConfig {
         Ok(PipelineConfig {
             plugins: specs,
             batch_size,
-            dead_letter: args
-                .dead_letter
-                .clone()
-                .or(file.dead_letter.map(|d| base.join(d))),
+            output,
+            dead_letter,
             side_outputs,
             cache_dir: args
                 .plugin_cache
@@ -318,6 +353,10 @@ fn parse_dir(spec: &str, base: &Path) -> Result<PreopenDir, String> {
     })
 }
 
+fn destination(text: &str) -> Result<DestinationUri, screamer::destination::UriError> {
+    text.parse()
+}
+
 /// A count of at least 1.
 pub fn parse_count(s: &str) -> Result<usize, String> {
     s.trim()
@@ -402,8 +441,15 @@ env = ["TZ"]
         assert_eq!(c.plugins[0].limits.memory_bytes, 1 << 20);
         assert_eq!(c.plugins[0].grants.env, ["TZ"]);
         assert_eq!(c.plugins[1].config, serde_json::json!({"tables": ["T"]}));
-        assert_eq!(c.dead_letter, Some(dir.join("dead.ndjson")));
-        assert_eq!(c.side_outputs["audit"], dir.join("audit.ndjson"));
+        assert_eq!(
+            c.dead_letter,
+            Some(DestinationUri::File(dir.join("dead.ndjson")))
+        );
+        assert_eq!(
+            c.side_outputs["audit"],
+            DestinationUri::File(dir.join("audit.ndjson"))
+        );
+        assert_eq!(c.output, DestinationUri::Stdout);
 
         std::fs::write(&file, "[[plugins]]\npath = 'a.wasm'\nconfg = {}\n").unwrap();
         let err = PipelineConfig::resolve(&[], &args).unwrap_err().to_string();

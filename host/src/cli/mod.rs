@@ -22,7 +22,7 @@ use tracing_subscriber::EnvFilter;
 use config::{ConfigError, PipelineArgs, PipelineConfig, parse_duration};
 use screamer::FailureKind;
 use screamer::client::Endpoint;
-use screamer::destination::{Destination, Ndjson};
+use screamer::destination::{Destination, DestinationUri, Http, Ndjson};
 use screamer::dsn::DatabaseName;
 use screamer::partition::{MemoryStore, PartitionStore, RunnerId, SpannerStore, StoreError};
 use screamer::pipeline::Pipeline;
@@ -308,24 +308,14 @@ struct BuiltPipeline {
 
 /// Loads the chain and opens the destinations.
 async fn build_pipeline(config: &PipelineConfig) -> Result<BuiltPipeline, RunError> {
-    let dead_letters: Box<dyn Destination> = match &config.dead_letter {
-        Some(path) => Box::new(Ndjson::append_file(path).map_err(|e| {
-            RunError::Input(format!(
-                "--dead-letter {}: cannot open: {e}",
-                path.display()
-            ))
-        })?),
+    let dead_letters = match &config.dead_letter {
+        Some(uri) => open_destination("--dead-letter", uri)?,
         None => Box::new(Ndjson::stderr()),
     };
-    let mut pipeline = Pipeline::new(Box::new(Ndjson::stdout()), dead_letters);
-    for (name, path) in &config.side_outputs {
-        let file = Ndjson::append_file(path).map_err(|e| {
-            RunError::Input(format!(
-                "--side-output {name}: cannot open {}: {e}",
-                path.display()
-            ))
-        })?;
-        pipeline = pipeline.with_side_output(name.clone(), Box::new(file));
+    let mut pipeline = Pipeline::new(open_destination("--output", &config.output)?, dead_letters);
+    for (name, uri) in &config.side_outputs {
+        let destination = open_destination(&format!("--side-output {name}"), uri)?;
+        pipeline = pipeline.with_side_output(name.clone(), destination);
     }
     if config.plugins.is_empty() {
         return Ok(BuiltPipeline {
@@ -356,6 +346,25 @@ async fn build_pipeline(config: &PipelineConfig) -> Result<BuiltPipeline, RunErr
     Ok(BuiltPipeline {
         pipeline: pipeline.with_chain(chain.clone()),
         plugins: Some((runtime, chain)),
+    })
+}
+
+/// Opens the destination `uri` names; `role` names the flag or key in errors.
+fn open_destination(role: &str, uri: &DestinationUri) -> Result<Box<dyn Destination>, RunError> {
+    let input = |what: String| RunError::Input(format!("{role} {uri}: {what}"));
+    Ok(match uri {
+        DestinationUri::Stdout => Box::new(Ndjson::stdout()),
+        DestinationUri::File(path) => {
+            Box::new(Ndjson::append_file(path).map_err(|e| input(format!("cannot open: {e}")))?)
+        }
+        DestinationUri::Http(url) => Box::new(Http::new(url).map_err(|e| input(e.to_string()))?),
+        DestinationUri::PubSub { .. }
+        | DestinationUri::Kafka { .. }
+        | DestinationUri::Nats { .. } => {
+            return Err(input(
+                "this build cannot send there yet; it sends to -, file:PATH and http(s)://".into(),
+            ));
+        }
     })
 }
 

@@ -8,11 +8,23 @@
 //! after that. A slow destination makes `send` wait, which holds up the partition readers:
 //! back-pressure, never an unbounded buffer.
 //!
-//! Implementations: [`Ndjson`] (stdout, stderr, an appended file).
+//! A destination that refuses some records for good (too large, invalid) says which
+//! ([`DestinationError::Refused`]): the rest of the batch counts as accepted and the refused
+//! records go to the dead letters with the destination's reason. Anything else it cannot do
+//! now (down, unreachable) it retries itself, or fails the batch ([`DestinationError::Failed`]).
+//!
+//! Implementations: [`Ndjson`] (stdout, stderr, an appended file), [`Http`] (POST, feature
+//! `http`). [`DestinationUri`] is how users name them.
 
+#[cfg(feature = "http")]
+mod http;
 mod ndjson;
+mod uri;
 
+#[cfg(feature = "http")]
+pub use http::{HTTP_HEADERS_ENV, Http, HttpError};
 pub use ndjson::Ndjson;
+pub use uri::{DestinationUri, UriError};
 
 use std::ops::Range;
 
@@ -72,17 +84,43 @@ impl Batch {
     fn into_ndjson(self) -> Vec<u8> {
         self.bytes
     }
+
+    /// The records `range` of this batch, as a batch of their own.
+    pub fn slice(&self, range: Range<usize>) -> Batch {
+        self.select(range)
+    }
+
+    /// The records at `indices` (in the order given), as a batch of their own.
+    pub fn select(&self, indices: impl IntoIterator<Item = usize>) -> Batch {
+        let spans: Vec<Range<usize>> = self.spans().collect();
+        let mut part = Batch::default();
+        for i in indices {
+            part.bytes.extend_from_slice(&self.bytes[spans[i].clone()]);
+            part.ends.push(part.bytes.len());
+        }
+        part
+    }
 }
 
-/// Why a destination did not accept a batch. Nothing of the batch is acknowledged: a
-/// restart delivers it again.
+/// Why a destination did not accept all of a batch.
 #[derive(Debug, thiserror::Error)]
-#[error("output {destination}: {source}")]
-pub struct DestinationError {
-    /// The destination, as [`Destination::name`] gives it.
-    pub destination: String,
-    #[source]
-    pub source: std::io::Error,
+pub enum DestinationError {
+    /// Nothing of the batch is acknowledged: a restart delivers it again.
+    #[error("output {destination}: {source}")]
+    Failed {
+        /// The destination, as [`Destination::name`] gives it.
+        destination: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Every record of the batch was accepted but those in `refused` (in order), which the
+    /// destination refuses for good, for `reason`.
+    #[error("output {destination}: refused {} records: {reason}", refused.len())]
+    Refused {
+        destination: String,
+        refused: Batch,
+        reason: String,
+    },
 }
 
 /// Where output records go. See the module docs for what `send` promises.

@@ -84,7 +84,7 @@ impl Destination for Ndjson {
         }
         self.write(batch.into_ndjson())
             .await
-            .map_err(|source| DestinationError {
+            .map_err(|source| DestinationError::Failed {
                 destination: self.name.clone(),
                 source,
             })

@@ -47,7 +47,7 @@ pub struct ComponentReport {
 
 impl PluginRuntime {
     /// A runtime caching compiled plugins in `cache_dir` (none: compile every time), which
-    /// must be private to this user (see [`cache`](super::cache)).
+    /// must be private to this user (see the README's "Cache").
     pub fn new(cache_dir: Option<PathBuf>) -> Result<Arc<Self>, PluginError> {
         let mut config = Config::new();
         config.epoch_interruption(true);

@@ -1,0 +1,186 @@
+//! HTTP(S) POST: each batch is one request whose body is the batch's NDJSON
+//! (`Content-Type: application/x-ndjson`), exactly the lines stdout would get.
+//!
+//! Invariants: a batch is accepted only on a 2xx answer. Anything the endpoint may get over
+//! (no connection, a timeout, 408, 425, 429, 5xx) is retried with backoff and jitter, for as
+//! long as it takes: a destination that is down stops progress and the run goes on by
+//! itself when it is back, and records of one batch never overtake each other. Any other
+//! 4xx is a refusal: the batch is split in halves, sent again in order, down to single
+//! records, so that only the records the endpoint refuses alone are refused.
+
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::time::Duration;
+
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+
+use super::{Batch, Destination, DestinationError};
+use crate::client::Backoff;
+
+/// Environment variable with extra request headers, one `Name: value` per line (for
+/// `Authorization`, say, which must not sit in a URI that is logged).
+pub const HTTP_HEADERS_ENV: &str = "SCREAMER_HTTP_HEADERS";
+
+/// How long one request may take before it is abandoned and retried.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// POSTs batches to one URL.
+pub struct Http {
+    url: reqwest::Url,
+    client: reqwest::Client,
+    headers: HeaderMap,
+}
+
+/// Why an HTTP destination cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("{url:?}: not a URL: {source}")]
+    Url {
+        url: String,
+        #[source]
+        source: url::ParseError,
+    },
+    #[error("{HTTP_HEADERS_ENV}: {line:?}: expected `Name: value`")]
+    Header { line: String },
+    #[error("cannot start an HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
+}
+
+/// What became of one request, once it stopped being retried.
+enum Posted {
+    Accepted,
+    Refused(String),
+}
+
+impl Http {
+    /// POSTs to `url`, with the headers of [`HTTP_HEADERS_ENV`].
+    pub fn new(url: &str) -> Result<Self, HttpError> {
+        let headers = std::env::var(HTTP_HEADERS_ENV).unwrap_or_default();
+        Self::with_headers(url, &headers)
+    }
+
+    /// POSTs to `url` with `headers`: `Name: value` lines.
+    pub fn with_headers(url: &str, headers: &str) -> Result<Self, HttpError> {
+        let url = reqwest::Url::parse(url).map_err(|source| HttpError::Url {
+            url: url.to_owned(),
+            source,
+        })?;
+        let mut map = HeaderMap::new();
+        for line in headers.lines().filter(|l| !l.trim().is_empty()) {
+            let bad = || HttpError::Header {
+                line: line.to_owned(),
+            };
+            let (name, value) = line.split_once(':').ok_or_else(bad)?;
+            let name = HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| bad())?;
+            let mut value = HeaderValue::from_str(value.trim()).map_err(|_| bad())?;
+            value.set_sensitive(true);
+            map.append(name, value);
+        }
+        let client = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .build()
+            .map_err(HttpError::Client)?;
+        Ok(Http {
+            url,
+            client,
+            headers: map,
+        })
+    }
+
+    /// Sends `body` until the endpoint accepts or refuses it.
+    async fn post(&self, body: bytes::Bytes) -> Posted {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        loop {
+            let sent = self
+                .client
+                .post(self.url.clone())
+                .headers(self.headers.clone())
+                .header(CONTENT_TYPE, "application/x-ndjson")
+                .body(body.clone())
+                .send()
+                .await;
+            match sent {
+                Ok(r) if r.status().is_success() => return Posted::Accepted,
+                Ok(r) if is_refusal(r.status()) => {
+                    let status = r.status();
+                    let text = r.text().await.unwrap_or_default();
+                    let text: String = text
+                        .lines()
+                        .next()
+                        .unwrap_or("")
+                        .chars()
+                        .take(200)
+                        .collect();
+                    return Posted::Refused(format!("HTTP {status}: {text}").trim_end().to_owned());
+                }
+                Ok(r) => tracing::warn!(output = %self.url, status = %r.status(),
+                    "destination did not accept the batch; retrying"),
+                Err(e) => tracing::warn!(output = %self.url,
+                    "destination unreachable; retrying: {}", error_chain(&e)),
+            }
+            tokio::time::sleep(backoff.next_delay()).await;
+        }
+    }
+}
+
+/// A 4xx the endpoint will answer again for the same body.
+fn is_refusal(status: reqwest::StatusCode) -> bool {
+    status.is_client_error() && ![408, 425, 429].contains(&status.as_u16())
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+#[async_trait::async_trait]
+impl Destination for Http {
+    fn name(&self) -> &str {
+        self.url.as_str()
+    }
+
+    async fn send(&self, batch: Batch) -> Result<(), DestinationError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // Halves of a refused range go back to the front, first half first: order holds.
+        let mut pending: VecDeque<Range<usize>> = VecDeque::new();
+        pending.push_back(0..batch.len());
+        let (mut refused, mut reason) = (Vec::new(), String::new());
+        while let Some(range) = pending.pop_front() {
+            let body = if range.len() == batch.len() {
+                bytes::Bytes::copy_from_slice(batch.as_ndjson())
+            } else {
+                bytes::Bytes::from(batch.slice(range.clone()).into_ndjson())
+            };
+            match self.post(body).await {
+                Posted::Accepted => {}
+                Posted::Refused(why) if range.len() > 1 => {
+                    let mid = range.start + range.len() / 2;
+                    pending.push_front(mid..range.end);
+                    pending.push_front(range.start..mid);
+                    reason = why;
+                }
+                Posted::Refused(why) => {
+                    refused.push(range.start);
+                    reason = why;
+                }
+            }
+        }
+        if refused.is_empty() {
+            Ok(())
+        } else {
+            Err(DestinationError::Refused {
+                destination: self.url.to_string(),
+                refused: batch.select(refused),
+                reason,
+            })
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! Destinations named by URI, through `screamer plugin run` into a real HTTP server: every
+//! record arrives, in order, through a destination that fails for a while; a record the
+//! destination refuses for good is a dead letter naming it, the rest arrive; a destination
+//! URI that is wrong or not available is one line and exit 2.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use screamer_tests::http::{Behaviour, HttpSink};
+use screamer_tests::plugins::{parse, plugin, plugin_cache, record_line, scratch_dir};
+use screamer_tests::process::screamer_bin;
+use serde_json::{Value, json};
+
+fn input(names: &[String]) -> String {
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            record_line("Users", "UPDATE", i as u32, json!({"Name": n}), json!({})) + "\n"
+        })
+        .collect()
+}
+
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// `screamer plugin run ARGS` with `input` on stdin and `env` set, off the async runtime.
+async fn plugin_run(args: Vec<String>, input: String, env: Vec<(&'static str, String)>) -> Run {
+    tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(screamer_bin())
+            .args(["plugin", "run"])
+            .args(&args)
+            .envs(env)
+            .env("SCREAMER_PLUGIN_CACHE", plugin_cache())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning screamer");
+        let mut stdin = child.stdin.take().unwrap();
+        let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+        let out = child.wait_with_output().unwrap();
+        let _ = writer.join();
+        Run {
+            code: out.status.code(),
+            stdout: String::from_utf8(out.stdout).unwrap(),
+            stderr: String::from_utf8(out.stderr).unwrap(),
+        }
+    })
+    .await
+    .unwrap()
+}
+
+fn names(lines: &[String]) -> Vec<String> {
+    parse(lines)
+        .iter()
+        .map(|v| {
+            v["mods"][0]["new_values"]["Name"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
+fn identity() -> String {
+    plugin("identity").display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_record_reaches_an_http_endpoint_in_order_through_its_failures() {
+    let sink = HttpSink::start(Behaviour {
+        fail_next: 3,
+        ..Behaviour::default()
+    })
+    .await
+    .unwrap();
+    // 600 records: three plugin-run batches, the first retried three times.
+    let sent: Vec<String> = (0..600).map(|i| format!("n{i}")).collect();
+    let run = plugin_run(
+        vec![identity(), "--output".into(), sink.url()],
+        input(&sent),
+        vec![(
+            "SCREAMER_HTTP_HEADERS",
+            "Authorization: Bearer test-token\nX-Source: screamer-test".into(),
+        )],
+    )
+    .await;
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(run.stdout, "", "records went to the endpoint, not stdout");
+    assert_eq!(names(&sink.lines()), sent, "every record once, in order");
+    assert!(sink.requests() >= 3 + 3, "{} requests", sink.requests());
+    assert!(run.stderr.contains("retrying"), "{}", run.stderr);
+    assert!(
+        !run.stderr.contains("test-token"),
+        "a secret header reached the log"
+    );
+    let headers = sink.last_headers();
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(
+        header("content-type").as_deref(),
+        Some("application/x-ndjson")
+    );
+    assert_eq!(
+        header("authorization").as_deref(),
+        Some("Bearer test-token")
+    );
+    assert_eq!(header("x-source").as_deref(), Some("screamer-test"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn records_an_endpoint_refuses_become_dead_letters_and_the_rest_arrive() {
+    let sink = HttpSink::start(Behaviour {
+        refuse_containing: Some("\"Name\":\"too-big".into()),
+        ..Behaviour::default()
+    })
+    .await
+    .unwrap();
+    let dead = scratch_dir("http-refused").join("dead.ndjson");
+    let sent: Vec<String> = (0..40)
+        .map(|i| {
+            if i % 13 == 5 {
+                format!("too-big-{i}")
+            } else {
+                format!("n{i}")
+            }
+        })
+        .collect();
+    let run = plugin_run(
+        vec![
+            identity(),
+            "--output".into(),
+            sink.url(),
+            "--dead-letter".into(),
+            dead.display().to_string(),
+        ],
+        input(&sent),
+        vec![],
+    )
+    .await;
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let kept: Vec<String> = sent
+        .iter()
+        .filter(|n| !n.starts_with("too-big"))
+        .cloned()
+        .collect();
+    assert_eq!(names(&sink.lines()), kept, "the accepted records, in order");
+    let dead: Vec<Value> = parse(
+        &std::fs::read_to_string(&dead)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect::<Vec<_>>(),
+    );
+    let refused: Vec<&str> = dead
+        .iter()
+        .map(|d| {
+            d["record"]["mods"][0]["new_values"]["Name"]
+                .as_str()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(refused, ["too-big-5", "too-big-18", "too-big-31"]);
+    for d in &dead {
+        assert_eq!(d["destination"], sink.url());
+        assert_eq!(
+            d["error"],
+            "HTTP 413 Payload Too Large: record too large for us"
+        );
+        assert_eq!(d["record"]["table_name"], "Users", "the whole record");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_destination_that_is_wrong_or_not_available_is_one_line_and_exit_2() {
+    let cases = [
+        (
+            vec!["--output", "s3://bucket/key"],
+            "error: --output: \"s3://bucket/key\": unknown scheme; expected -, file:PATH, a path, \
+             http(s)://, pubsub://, kafka:// or nats://",
+        ),
+        (
+            vec!["--output", "kafka://127.0.0.1:9092"],
+            "error: --output: \"kafka://127.0.0.1:9092\": expected kafka://HOST:PORT[,HOST:PORT...]/TOPIC",
+        ),
+        (
+            vec!["--side-output", "audit=nats://127.0.0.1:4222/cdc"],
+            "error: --side-output audit nats://127.0.0.1:4222/cdc: this build cannot send there \
+             yet; it sends to -, file:PATH and http(s)://",
+        ),
+        (
+            vec!["--dead-letter", "pubsub://projects/p/topics"],
+            "error: --dead-letter: \"pubsub://projects/p/topics\": expected \
+             pubsub://projects/PROJECT/topics/TOPIC",
+        ),
+    ];
+    for (flags, expected) in cases {
+        let mut args = vec![identity()];
+        args.extend(flags.iter().map(|s| s.to_string()));
+        let run = plugin_run(args, String::new(), vec![]).await;
+        assert_eq!(run.code, Some(2), "{flags:?}: {}", run.stderr);
+        assert_eq!(
+            run.stderr.lines().last().unwrap(),
+            expected,
+            "{}",
+            run.stderr
+        );
+    }
+}
