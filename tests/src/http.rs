@@ -75,6 +75,16 @@ impl HttpSink {
         self.state.lock().unwrap().requests
     }
 
+    /// From now on, answer the next `n` requests with 503.
+    pub fn fail_next(&self, n: usize) {
+        self.state.lock().unwrap().behaviour.fail_next = n;
+    }
+
+    /// 503s still to give.
+    pub fn failing(&self) -> usize {
+        self.state.lock().unwrap().behaviour.fail_next
+    }
+
     /// The headers of the last request.
     pub fn last_headers(&self) -> Vec<(String, String)> {
         self.state.lock().unwrap().headers.clone()

@@ -1,10 +1,17 @@
-//! Destinations named by URI, through `screamer plugin run` into a real HTTP server: every
-//! record arrives, in order, through a destination that fails for a while; a record the
-//! destination refuses for good is a dead letter naming it, the rest arrive; a destination
-//! URI that is wrong or not available is one line and exit 2.
+//! Destinations named by URI, into a real HTTP server: every record arrives, in order,
+//! through a destination that fails for a while (through `screamer plugin run`, and from a
+//! stream on the emulator across a graceful restart, exactly once); a record the destination
+//! refuses for good is a dead letter naming it, the rest arrive; a destination URI that is
+//! wrong or not available is one line and exit 2.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use screamer::Timestamp;
+use screamer_tests::items::{assert_ordered_per_key, counts, expected, mods, write};
+use screamer_tests::libc::SIGINT;
+use screamer_tests::{Emulator, EmulatorOptions, Screamer, eventually};
 
 use screamer_tests::http::{Behaviour, HttpSink};
 use screamer_tests::plugins::{parse, plugin, plugin_cache, record_line, scratch_dir};
@@ -214,4 +221,66 @@ async fn a_destination_that_is_wrong_or_not_available_is_one_line_and_exit_2() {
             run.stderr
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_through_an_endpoint_that_fails_for_a_while_arrives_exactly_once() -> anyhow::Result<()> {
+    let emulator = Emulator::start(EmulatorOptions {
+        partition_alive_seconds: Some(3),
+        ..EmulatorOptions::exact()
+    })
+    .await?;
+    let db = std::sync::Arc::new(emulator.items_database().await?);
+    let sink = HttpSink::start(Behaviour::default()).await?;
+    let start = Timestamp::now().to_string();
+    let args: Vec<String> = [
+        "--dsn",
+        &db.name.to_string(),
+        "--stream",
+        "Changes",
+        "--heartbeat-interval",
+        "1s",
+        "--metadata-table",
+        "Partitions",
+        "--start",
+        &start,
+        "--output",
+        &sink.url(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let writing = tokio::spawn({
+        let db = db.clone();
+        async move { write(&db, 1200, 11, Duration::from_millis(4)).await }
+    });
+    let mut first = Screamer::spawn(db.host(), &args)?;
+    eventually(Duration::from_secs(60), "records at the endpoint", async || {
+        (sink.lines().len() >= 200).then_some(())
+    })
+    .await?;
+    // The endpoint answers 503 for a while; the readers wait, nothing is checkpointed past it.
+    sink.fail_next(6);
+    eventually(Duration::from_secs(60), "the endpoint back", async || {
+        (sink.failing() == 0).then_some(())
+    })
+    .await?;
+    first.signal(SIGINT)?;
+    let status = first.wait(Duration::from_secs(60)).await?;
+    assert_eq!(status.code(), Some(0), "stderr: {}", first.stderr());
+    assert!(first.stderr().contains("retrying"), "{}", first.stderr());
+
+    let (seq, _) = writing.await??;
+    let want = expected(&seq);
+    let mut second = Screamer::spawn(db.host(), &args)?;
+    eventually(Duration::from_secs(60), "the rest at the endpoint", async || {
+        (mods(&sink.lines()).ok()?.len() >= want.len()).then_some(())
+    })
+    .await?;
+    second.signal(SIGINT)?;
+    assert_eq!(second.wait(Duration::from_secs(60)).await?.code(), Some(0));
+    let got = mods(&sink.lines())?;
+    assert_ordered_per_key(&got);
+    assert_eq!(counts(got), want, "every mutation exactly once");
+    Ok(())
 }
