@@ -62,7 +62,23 @@ pub struct Emulator {
 }
 
 impl Emulator {
+    /// Starts an emulator on a free port with a test instance. The port is picked by binding
+    /// and releasing it, so a parallel test may take the same one: an emulator that exits or
+    /// cannot be reached at start is started again on another port.
     pub async fn start(options: EmulatorOptions) -> anyhow::Result<Self> {
+        let mut last = None;
+        for _ in 0..3 {
+            match Self::start_once(&options).await {
+                Ok(emulator) => return Ok(emulator),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last
+            .expect("three attempts")
+            .context("starting the Spanner emulator"))
+    }
+
+    async fn start_once(options: &EmulatorOptions) -> anyhow::Result<Self> {
         let dir = emulator_dir()?;
         let grpc = free_port()?;
         // emulator_main itself (the gateway in front of it only adds REST, and passes on
@@ -83,7 +99,7 @@ impl Emulator {
         cmd.stdout(Stdio::null()).stderr(Stdio::null());
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let child = cmd.spawn().context("starting emulator_main")?;
-        let emulator = Self {
+        let mut emulator = Self {
             host: format!("127.0.0.1:{grpc}"),
             child,
             next_db: AtomicU32::new(0),
@@ -95,8 +111,24 @@ impl Emulator {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        emulator.create_instance().await?;
-        Ok(emulator)
+        // The port may answer before the emulator is ready (or be another's): retry for a while.
+        let ready = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = emulator.child.try_wait()? {
+                bail!(
+                    "emulator_main on {} exited at start: {status}",
+                    emulator.host
+                );
+            }
+            match emulator.create_instance().await {
+                Ok(()) => return Ok(emulator),
+                Err(e) if already_exists(&e) => return Ok(emulator),
+                Err(_) if std::time::Instant::now() < ready => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// `host:port` of the gRPC endpoint (the value for `SPANNER_EMULATOR_HOST`).
@@ -196,6 +228,12 @@ impl Emulator {
         }
         Ok(db)
     }
+}
+
+/// An earlier attempt created the instance after all.
+fn already_exists(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<gcloud_gax::grpc::Status>()
+        .is_some_and(|s| s.code() == gcloud_gax::grpc::Code::AlreadyExists)
 }
 
 impl Drop for Emulator {

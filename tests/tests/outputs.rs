@@ -224,7 +224,8 @@ async fn a_destination_that_is_wrong_or_not_available_is_one_line_and_exit_2() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_stream_through_an_endpoint_that_fails_for_a_while_arrives_exactly_once() -> anyhow::Result<()> {
+async fn a_stream_through_an_endpoint_that_fails_for_a_while_arrives_exactly_once()
+-> anyhow::Result<()> {
     let emulator = Emulator::start(EmulatorOptions {
         partition_alive_seconds: Some(3),
         ..EmulatorOptions::exact()
@@ -255,9 +256,11 @@ async fn a_stream_through_an_endpoint_that_fails_for_a_while_arrives_exactly_onc
         async move { write(&db, 1200, 11, Duration::from_millis(4)).await }
     });
     let mut first = Screamer::spawn(db.host(), &args)?;
-    eventually(Duration::from_secs(60), "records at the endpoint", async || {
-        (sink.lines().len() >= 200).then_some(())
-    })
+    eventually(
+        Duration::from_secs(60),
+        "records at the endpoint",
+        async || (sink.lines().len() >= 200).then_some(()),
+    )
     .await?;
     // The endpoint answers 503 for a while; the readers wait, nothing is checkpointed past it.
     sink.fail_next(6);
@@ -273,9 +276,11 @@ async fn a_stream_through_an_endpoint_that_fails_for_a_while_arrives_exactly_onc
     let (seq, _) = writing.await??;
     let want = expected(&seq);
     let mut second = Screamer::spawn(db.host(), &args)?;
-    eventually(Duration::from_secs(60), "the rest at the endpoint", async || {
-        (mods(&sink.lines()).ok()?.len() >= want.len()).then_some(())
-    })
+    eventually(
+        Duration::from_secs(60),
+        "the rest at the endpoint",
+        async || (mods(&sink.lines()).ok()?.len() >= want.len()).then_some(()),
+    )
     .await?;
     second.signal(SIGINT)?;
     assert_eq!(second.wait(Duration::from_secs(60)).await?.code(), Some(0));
