@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use screamer::Timestamp;
-use screamer_tests::items::{assert_ordered_per_key, counts, expected, mods, write};
+use screamer_tests::items::{assert_ordered_per_partition, counts, expected, mods, write};
 use screamer_tests::libc::SIGINT;
 use screamer_tests::{Emulator, EmulatorOptions, Screamer, eventually};
 
@@ -284,8 +284,13 @@ async fn a_stream_through_an_endpoint_that_fails_for_a_while_arrives_exactly_onc
     .await?;
     second.signal(SIGINT)?;
     assert_eq!(second.wait(Duration::from_secs(60)).await?.code(), Some(0));
-    let got = mods(&sink.lines())?;
-    assert_ordered_per_key(&got);
+    let lines = sink.lines();
+    let got = mods(&lines)?;
     assert_eq!(counts(got), want, "every mutation exactly once");
+    // Per partition, not per key: the emulator moves a key's records to the child of other
+    // parents, so a reader held back by the endpoint lets the next generation run ahead
+    // (docs/architecture.md, "Emulator facts"); per-key order across partitions holds on
+    // Spanner, where children cover their parents' key ranges.
+    assert_ordered_per_partition(&lines)?;
     Ok(())
 }
