@@ -164,24 +164,13 @@ impl Pipeline {
                 },
             })?;
         }
-        let (records, started) = (batch.len(), std::time::Instant::now());
-        self.dead_letters
-            .send(batch)
-            .await
-            .map_err(ConsumerError::from)?;
-        self.observer.observe(Event::Output {
-            output: self.dead_letters.name(),
-            records,
-            took: started.elapsed(),
-        });
+        self.send_dead_letters(batch).await?;
         for plugin in dead_letters.chunk_by(|a, b| a.plugin == b.plugin) {
             self.observer.observe(Event::DeadLetters {
                 plugin: &plugin[0].plugin,
                 records: plugin.len(),
             });
         }
-        self.dead_letter_count
-            .fetch_add(dead_letters.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 
@@ -247,14 +236,16 @@ impl Pipeline {
 
     /// Dead letters must be taken whole: a refusal here fails the batch.
     async fn send_dead_letters(&self, batch: Batch) -> Result<(), ConsumerError> {
-        let n = batch.len() as u64;
-        match self.dead_letters.send(batch).await {
-            Ok(()) => {
-                self.dead_letter_count.fetch_add(n, Ordering::Relaxed);
-                Ok(())
-            }
-            Err(e) => Err(e.into()),
-        }
+        let (records, started) = (batch.len(), std::time::Instant::now());
+        self.dead_letters.send(batch).await?;
+        self.dead_letter_count
+            .fetch_add(records as u64, Ordering::Relaxed);
+        self.observer.observe(Event::Output {
+            output: self.dead_letters.name(),
+            records,
+            took: started.elapsed(),
+        });
+        Ok(())
     }
 }
 
