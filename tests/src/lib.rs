@@ -15,7 +15,7 @@ pub mod proxy;
 
 pub use emulator::{Emulator, EmulatorOptions, ITEMS_SCHEMA, TestDatabase};
 pub use libc;
-pub use process::{Screamer, screamer_bin};
+pub use process::{Screamer, run_args, screamer_bin};
 pub use proxy::ChaosProxy;
 
 use std::time::Duration;

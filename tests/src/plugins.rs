@@ -152,3 +152,21 @@ pub fn parse(lines: &[String]) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect()
 }
+
+/// One INSERT into Users per name, as NDJSON: the first row's `Name` is the name (what the
+/// chaos plugin acts on, and what tests compare).
+pub fn named_records<S: AsRef<str>>(names: &[S]) -> String {
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            record_line(
+                "Users",
+                "INSERT",
+                i as u32,
+                json!({"Name": n.as_ref()}),
+                json!({}),
+            ) + "\n"
+        })
+        .collect()
+}

@@ -117,3 +117,18 @@ fn collect(stream: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<String>
     });
     lines
 }
+
+/// The arguments of a `screamer` stream run over `db`'s `Changes` stream with 1 s
+/// heartbeats, then `extra`.
+pub fn run_args(db: &crate::TestDatabase, extra: &[&str]) -> Vec<String> {
+    let mut a = vec![
+        "--dsn".to_owned(),
+        db.name.to_string(),
+        "--stream".to_owned(),
+        "Changes".to_owned(),
+        "--heartbeat-interval".to_owned(),
+        "1s".to_owned(),
+    ];
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}

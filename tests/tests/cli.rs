@@ -9,21 +9,10 @@ use std::time::Duration;
 
 use screamer::{Dialect, Timestamp};
 use screamer_tests::libc::{SIGINT, SIGKILL, SIGTERM};
-use screamer_tests::{Emulator, EmulatorOptions, ITEMS_SCHEMA, Screamer, TestDatabase, eventually};
+use screamer_tests::{
+    Emulator, EmulatorOptions, ITEMS_SCHEMA, Screamer, TestDatabase, eventually, run_args,
+};
 use serde_json::Value;
-
-fn args(db: &TestDatabase, extra: &[&str]) -> Vec<String> {
-    let mut a = vec![
-        "--dsn".to_owned(),
-        db.name.to_string(),
-        "--stream".to_owned(),
-        "Changes".to_owned(),
-        "--heartbeat-interval".to_owned(),
-        "1s".to_owned(),
-    ];
-    a.extend(extra.iter().map(|s| s.to_string()));
-    a
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn end_ends_the_run_with_exit_0_after_everything_committed_before_it() -> anyhow::Result<()> {
@@ -35,7 +24,7 @@ async fn end_ends_the_run_with_exit_0_after_everything_committed_before_it() -> 
     let end = last;
     let mut screamer = Screamer::spawn(
         db.host(),
-        &args(
+        &run_args(
             &db,
             &["--start", &start.to_string(), "--end", &end.to_string()],
         ),
@@ -72,7 +61,7 @@ async fn restartable_run(
     let start = Timestamp::now().to_string();
     let mut flags = vec!["--metadata-table", "Partitions", "--start", &start];
     flags.extend_from_slice(extra);
-    let run_args = args(&db, &flags);
+    let run_args = run_args(&db, &flags);
     Ok((emulator, db, run_args))
 }
 

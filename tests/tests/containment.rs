@@ -9,20 +9,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use screamer_tests::plugins::{parse, plugin, plugin_run, record_line, scratch_dir, screamer};
+use screamer_tests::plugins::{named_records, parse, plugin, plugin_run, scratch_dir, screamer};
 use screamer_tests::process::screamer_bin;
-use serde_json::{Value, json};
-
-/// One INSERT into Users per name; the first row's `Name` tells the chaos plugin what to do.
-fn input(names: &[&str]) -> String {
-    names
-        .iter()
-        .enumerate()
-        .map(|(i, n)| {
-            record_line("Users", "INSERT", i as u32, json!({"Name": n}), json!({})) + "\n"
-        })
-        .collect()
-}
+use serde_json::Value;
 
 fn chaos() -> String {
     plugin("chaos").display().to_string()
@@ -112,10 +101,14 @@ fn an_amplifying_plugin_fails_its_records_and_host_memory_stays_bounded() {
             &chaos(),
             "--plugin-memory",
             "256MiB",
+            // Building 400,000 records takes the guest a while on a loaded machine: the
+            // limit under test is the host's, not the deadline.
+            "--plugin-timeout",
+            "60s",
             "--dead-letter",
             &dead.display().to_string(),
         ],
-        &input(&names),
+        &named_records(&names),
         &screamer_tests::plugins::plugin_cache(),
     );
     assert_eq!(code, 0);
@@ -151,7 +144,7 @@ fn an_amplifying_plugin_fails_its_records_and_host_memory_stays_bounded() {
             "--dead-letter",
             &dead.display().to_string(),
         ],
-        &input(&["fan:10", "fan:11", "ok"]),
+        &named_records(&["fan:10", "fan:11", "ok"]),
     )
     .unwrap();
     assert_eq!(run.code, Some(0), "{}", run.stderr);
@@ -188,7 +181,7 @@ fn a_plugin_asleep_in_wasi_is_stopped_at_its_deadline_in_calls_and_in_init() {
             "--dead-letter",
             &dead.display().to_string(),
         ],
-        &input(&["ok1", "sleep", "ok2", "sleep", "ok3"]),
+        &named_records(&["ok1", "sleep", "ok2", "sleep", "ok3"]),
     )
     .unwrap();
     let took = started.elapsed();
@@ -221,7 +214,7 @@ fn a_plugin_asleep_in_wasi_is_stopped_at_its_deadline_in_calls_and_in_init() {
             "--plugin-config",
             r#"chaos={"sleep_init": true}"#,
         ],
-        &input(&["ok"]),
+        &named_records(&["ok"]),
     )
     .unwrap();
     let took = started.elapsed();
@@ -247,7 +240,7 @@ fn a_trapped_one_record_call_is_retried_once_on_a_fresh_instance() {
                 "--plugin-config",
                 r#"chaos={"panic_after": 2}"#,
             ],
-            &input(&["a", "b", "c", "d", "e"]),
+            &named_records(&["a", "b", "c", "d", "e"]),
         )
         .unwrap();
         assert_eq!(run.code, Some(0), "{}", run.stderr);
@@ -322,7 +315,7 @@ fn extra_fields_cannot_shadow_the_record_and_output_parses_back() {
     let dead = dir.join("dead.ndjson");
     let run = plugin_run(
         &[&chaos(), "--dead-letter", &dead.display().to_string()],
-        &input(&["ok1", "shadow", "ok2"]),
+        &named_records(&["ok1", "shadow", "ok2"]),
     )
     .unwrap();
     assert_eq!(run.code, Some(0), "{}", run.stderr);
@@ -350,7 +343,7 @@ fn extra_fields_cannot_shadow_the_record_and_output_parses_back() {
 #[test]
 fn guest_output_is_logged_escaped_and_quoted_in_the_dead_letter_never_written_raw() {
     // Dead letters go to stderr by default: the guest's stderr must not corrupt them.
-    let run = plugin_run(&[&chaos()], &input(&["shout", "ok", "shout"])).unwrap();
+    let run = plugin_run(&[&chaos()], &named_records(&["shout", "ok", "shout"])).unwrap();
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     assert_eq!(super_names(&run.stdout), ["ok"], "no forged line on stdout");
     let dead: Vec<Value> = run
@@ -394,7 +387,7 @@ fn python_exceptions_reach_the_dead_letter_with_their_message() {
             "--dead-letter",
             &dead.display().to_string(),
         ],
-        &input(&["ok", "raise", "ok2"]),
+        &named_records(&["ok", "raise", "ok2"]),
     )
     .unwrap();
     assert_eq!(run.code, Some(0), "{}", run.stderr);
@@ -428,7 +421,7 @@ fn network_grants_are_by_destination() {
         .unwrap();
         let run = screamer(
             &["plugin", "run", "--config", &config.display().to_string()],
-            &input(&["connect"]),
+            &named_records(&["connect"]),
         )
         .unwrap();
         assert_eq!(run.code, Some(0), "{}", run.stderr);

@@ -11,22 +11,12 @@ use std::time::Duration;
 use screamer::Timestamp;
 use screamer_tests::items::{assert_ordered_per_partition, counts, expected, mods, write};
 use screamer_tests::libc::SIGINT;
-use screamer_tests::{Emulator, EmulatorOptions, Screamer, eventually};
+use screamer_tests::{Emulator, EmulatorOptions, Screamer, eventually, run_args};
 
 use screamer_tests::http::{Behaviour, HttpSink};
-use screamer_tests::plugins::{parse, plugin, plugin_cache, record_line, scratch_dir};
+use screamer_tests::plugins::{named_records, parse, plugin, plugin_cache, scratch_dir};
 use screamer_tests::process::screamer_bin;
-use serde_json::{Value, json};
-
-fn input(names: &[String]) -> String {
-    names
-        .iter()
-        .enumerate()
-        .map(|(i, n)| {
-            record_line("Users", "UPDATE", i as u32, json!({"Name": n}), json!({})) + "\n"
-        })
-        .collect()
-}
+use serde_json::Value;
 
 struct Run {
     code: Option<i32>,
@@ -89,7 +79,7 @@ async fn every_record_reaches_an_http_endpoint_in_order_through_its_failures() {
     let sent: Vec<String> = (0..600).map(|i| format!("n{i}")).collect();
     let run = plugin_run(
         vec![identity(), "--output".into(), sink.url()],
-        input(&sent),
+        named_records(&sent),
         vec![(
             "SCREAMER_HTTP_HEADERS",
             "Authorization: Bearer test-token\nX-Source: screamer-test".into(),
@@ -149,7 +139,7 @@ async fn records_an_endpoint_refuses_become_dead_letters_and_the_rest_arrive() {
             "--dead-letter".into(),
             dead.display().to_string(),
         ],
-        input(&sent),
+        named_records(&sent),
         vec![],
     )
     .await;
@@ -234,23 +224,11 @@ async fn a_stream_through_an_endpoint_that_fails_for_a_while_arrives_exactly_onc
     let db = std::sync::Arc::new(emulator.items_database().await?);
     let sink = HttpSink::start(Behaviour::default()).await?;
     let start = Timestamp::now().to_string();
-    let args: Vec<String> = [
-        "--dsn",
-        &db.name.to_string(),
-        "--stream",
-        "Changes",
-        "--heartbeat-interval",
-        "1s",
-        "--metadata-table",
-        "Partitions",
-        "--start",
-        &start,
-        "--output",
-        &sink.url(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let (sink_url, metadata) = (sink.url(), ["--metadata-table", "Partitions"]);
+    let args = run_args(
+        &db,
+        &[&metadata[..], &["--start", &start, "--output", &sink_url]].concat(),
+    );
     let writing = tokio::spawn({
         let db = db.clone();
         async move { write(&db, 1200, 11, Duration::from_millis(4)).await }

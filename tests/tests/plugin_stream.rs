@@ -9,23 +9,14 @@ use gcloud_spanner::mutation::{delete, insert, insert_or_update, update};
 use screamer::{Dialect, Timestamp};
 use screamer_tests::libc::{SIGHUP, SIGINT};
 use screamer_tests::plugins::{chaos_version, plugin, plugin_cache, replace_file, scratch_dir};
-use screamer_tests::{Emulator, EmulatorOptions, ITEMS_SCHEMA, Screamer, TestDatabase, eventually};
+use screamer_tests::{
+    Emulator, EmulatorOptions, ITEMS_SCHEMA, Screamer, TestDatabase, eventually, run_args,
+};
 use serde_json::{Value, json};
 
 fn base_args(db: &TestDatabase) -> Vec<String> {
-    [
-        "--dsn",
-        &db.name.to_string(),
-        "--stream",
-        "Changes",
-        "--heartbeat-interval",
-        "1s",
-        "--plugin-cache",
-        &plugin_cache().display().to_string(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    let cache = plugin_cache().display().to_string();
+    run_args(db, &["--plugin-cache", &cache])
 }
 
 fn parse(lines: &[String]) -> Vec<Value> {
