@@ -4,9 +4,12 @@
 //! Invariants: a batch is accepted only on a 2xx answer. Anything the endpoint may get over
 //! (no connection, a timeout, 408, 425, 429, 5xx) is retried with backoff and jitter, for as
 //! long as it takes: a destination that is down stops progress and the run goes on by
-//! itself when it is back, and records of one batch never overtake each other. Any other
-//! 4xx is a refusal: the batch is split in halves, sent again in order, down to single
-//! records, so that only the records the endpoint refuses alone are refused.
+//! itself when it is back, and records of one batch never overtake each other. So are the
+//! answers that say the destination is misconfigured rather than the records bad (401,
+//! 403, 404, 405), logged as errors: an expired token must not turn every record into a dead
+//! letter. Any other 4xx is a refusal: the batch is split in halves, sent again in order,
+//! down to single records, so that only the records the endpoint refuses alone are refused.
+//! At most [`MAX_REASON`] bytes of an answer's body are read, whatever the endpoint sends.
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -20,6 +23,9 @@ use crate::client::Backoff;
 /// Environment variable with extra request headers, one `Name: value` per line (for
 /// `Authorization`, say, which must not sit in a URI that is logged).
 pub const HTTP_HEADERS_ENV: &str = "SCREAMER_HTTP_HEADERS";
+
+/// Bytes of a refusal's body kept as its reason (the rest is not read).
+const MAX_REASON: usize = 1024;
 
 /// How long one request may take before it is abandoned and retried.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -103,16 +109,11 @@ impl Http {
                 Ok(r) if r.status().is_success() => return Posted::Accepted,
                 Ok(r) if is_refusal(r.status()) => {
                     let status = r.status();
-                    let text = r.text().await.unwrap_or_default();
-                    let text: String = text
-                        .lines()
-                        .next()
-                        .unwrap_or("")
-                        .chars()
-                        .take(200)
-                        .collect();
+                    let text = reason(r).await;
                     return Posted::Refused(format!("HTTP {status}: {text}").trim_end().to_owned());
                 }
+                Ok(r) if is_misconfiguration(r.status()) => tracing::error!(output = %self.url,
+                    status = %r.status(), "destination refuses this client; retrying until it is fixed"),
                 Ok(r) => tracing::warn!(output = %self.url, status = %r.status(),
                     "destination did not accept the batch; retrying"),
                 Err(e) => tracing::warn!(output = %self.url,
@@ -125,7 +126,34 @@ impl Http {
 
 /// A 4xx the endpoint will answer again for the same body.
 fn is_refusal(status: reqwest::StatusCode) -> bool {
-    status.is_client_error() && ![408, 425, 429].contains(&status.as_u16())
+    status.is_client_error()
+        && !is_misconfiguration(status)
+        && ![408, 425, 429].contains(&status.as_u16())
+}
+
+/// A 4xx about the client or the URL, not the records: fixing it needs the operator.
+fn is_misconfiguration(status: reqwest::StatusCode) -> bool {
+    [401, 403, 404, 405].contains(&status.as_u16())
+}
+
+/// The first line of at most [`MAX_REASON`] bytes of the answer's body.
+async fn reason(mut answer: reqwest::Response) -> String {
+    let mut body = Vec::new();
+    while body.len() < MAX_REASON {
+        match answer.chunk().await {
+            Ok(Some(chunk)) => {
+                body.extend_from_slice(&chunk[..chunk.len().min(MAX_REASON - body.len())])
+            }
+            _ => break,
+        }
+    }
+    let text = String::from_utf8_lossy(&body);
+    text.lines()
+        .next()
+        .unwrap_or("")
+        .chars()
+        .take(200)
+        .collect()
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
