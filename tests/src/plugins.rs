@@ -170,3 +170,16 @@ pub fn named_records<S: AsRef<str>>(names: &[S]) -> String {
         })
         .collect()
 }
+
+/// The first row's `Name` of each output line (what [`named_records`] set).
+pub fn record_names(lines: &[String]) -> Vec<String> {
+    parse(lines)
+        .iter()
+        .map(|v| {
+            v["mods"][0]["new_values"]["Name"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}

@@ -9,23 +9,14 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use screamer_tests::plugins::{named_records, parse, plugin, plugin_run, scratch_dir, screamer};
+use screamer_tests::plugins::{
+    named_records, parse, plugin, plugin_run, record_names, scratch_dir, screamer,
+};
 use screamer_tests::process::screamer_bin;
 use serde_json::Value;
 
 fn chaos() -> String {
     plugin("chaos").display().to_string()
-}
-
-fn names(out: &[Value]) -> Vec<String> {
-    out.iter()
-        .map(|v| {
-            v["mods"][0]["new_values"]["Name"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect()
 }
 
 /// The dead letters in `file`, as (the record's Name, the error).
@@ -112,7 +103,7 @@ fn an_amplifying_plugin_fails_its_records_and_host_memory_stays_bounded() {
         &screamer_tests::plugins::plugin_cache(),
     );
     assert_eq!(code, 0);
-    assert_eq!(super_names(&stdout), ["ok-first", "ok-last"]);
+    assert_eq!(record_names(&stdout), ["ok-first", "ok-last"]);
     let failed = dead_letters(&dead);
     assert_eq!(failed.len(), 56, "every amplifying record is a dead letter");
     for (name, error) in &failed {
@@ -149,7 +140,7 @@ fn an_amplifying_plugin_fails_its_records_and_host_memory_stays_bounded() {
     .unwrap();
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     assert_eq!(
-        super_names(&run.stdout),
+        record_names(&run.stdout),
         [vec!["fan:10"; 10], vec!["ok"]].concat()
     );
     assert_eq!(
@@ -159,10 +150,6 @@ fn an_amplifying_plugin_fails_its_records_and_host_memory_stays_bounded() {
             "emitted 11 records for one input record; the limit is 10 (max_emissions)".to_owned()
         )]
     );
-}
-
-fn super_names(lines: &[String]) -> Vec<String> {
-    names(&parse(lines))
 }
 
 /// How long the chaos plugin sleeps.
@@ -193,7 +180,7 @@ fn a_plugin_asleep_in_wasi_is_stopped_at_its_deadline_in_calls_and_in_init() {
         "the sleeping calls were not stopped: {took:?}"
     );
     assert_eq!(run.code, Some(0), "{}", run.stderr);
-    assert_eq!(super_names(&run.stdout), ["ok1", "ok2", "ok3"]);
+    assert_eq!(record_names(&run.stdout), ["ok1", "ok2", "ok3"]);
     assert_eq!(
         dead_letters(&dead),
         vec![
@@ -245,7 +232,7 @@ fn a_trapped_one_record_call_is_retried_once_on_a_fresh_instance() {
         .unwrap();
         assert_eq!(run.code, Some(0), "{}", run.stderr);
         assert_eq!(
-            super_names(&run.stdout),
+            record_names(&run.stdout),
             ["a", "b", "c", "d", "e"],
             "batch {batch}: {}",
             run.stderr
@@ -319,7 +306,7 @@ fn extra_fields_cannot_shadow_the_record_and_output_parses_back() {
     )
     .unwrap();
     assert_eq!(run.code, Some(0), "{}", run.stderr);
-    assert_eq!(super_names(&run.stdout), ["ok1", "ok2"]);
+    assert_eq!(record_names(&run.stdout), ["ok1", "ok2"]);
     let failed = dead_letters(&dead);
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0].0, "shadow");
@@ -345,7 +332,11 @@ fn guest_output_is_logged_escaped_and_quoted_in_the_dead_letter_never_written_ra
     // Dead letters go to stderr by default: the guest's stderr must not corrupt them.
     let run = plugin_run(&[&chaos()], &named_records(&["shout", "ok", "shout"])).unwrap();
     assert_eq!(run.code, Some(0), "{}", run.stderr);
-    assert_eq!(super_names(&run.stdout), ["ok"], "no forged line on stdout");
+    assert_eq!(
+        record_names(&run.stdout),
+        ["ok"],
+        "no forged line on stdout"
+    );
     let dead: Vec<Value> = run
         .stderr
         .lines()
@@ -391,7 +382,7 @@ fn python_exceptions_reach_the_dead_letter_with_their_message() {
     )
     .unwrap();
     assert_eq!(run.code, Some(0), "{}", run.stderr);
-    assert_eq!(super_names(&run.stdout), ["ok", "ok2"]);
+    assert_eq!(record_names(&run.stdout), ["ok", "ok2"]);
     let failed = dead_letters(&dead);
     assert_eq!(failed.len(), 1, "{}", run.stderr);
     assert!(

@@ -14,7 +14,9 @@ use screamer_tests::libc::SIGINT;
 use screamer_tests::{Emulator, EmulatorOptions, Screamer, eventually, run_args};
 
 use screamer_tests::http::{Behaviour, HttpSink};
-use screamer_tests::plugins::{named_records, parse, plugin, plugin_cache, scratch_dir};
+use screamer_tests::plugins::{
+    named_records, parse, plugin, plugin_cache, record_names, scratch_dir,
+};
 use screamer_tests::process::screamer_bin;
 use serde_json::Value;
 
@@ -51,18 +53,6 @@ async fn plugin_run(args: Vec<String>, input: String, env: Vec<(&'static str, St
     .unwrap()
 }
 
-fn names(lines: &[String]) -> Vec<String> {
-    parse(lines)
-        .iter()
-        .map(|v| {
-            v["mods"][0]["new_values"]["Name"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect()
-}
-
 fn identity() -> String {
     plugin("identity").display().to_string()
 }
@@ -88,7 +78,11 @@ async fn every_record_reaches_an_http_endpoint_in_order_through_its_failures() {
     .await;
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     assert_eq!(run.stdout, "", "records went to the endpoint, not stdout");
-    assert_eq!(names(&sink.lines()), sent, "every record once, in order");
+    assert_eq!(
+        record_names(&sink.lines()),
+        sent,
+        "every record once, in order"
+    );
     assert!(sink.requests() >= 3 + 3, "{} requests", sink.requests());
     assert!(run.stderr.contains("retrying"), "{}", run.stderr);
     assert!(
@@ -149,7 +143,11 @@ async fn records_an_endpoint_refuses_become_dead_letters_and_the_rest_arrive() {
         .filter(|n| !n.starts_with("too-big"))
         .cloned()
         .collect();
-    assert_eq!(names(&sink.lines()), kept, "the accepted records, in order");
+    assert_eq!(
+        record_names(&sink.lines()),
+        kept,
+        "the accepted records, in order"
+    );
     let dead: Vec<Value> = parse(
         &std::fs::read_to_string(&dead)
             .unwrap()
