@@ -23,7 +23,9 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::consumer::{Consumer, ConsumerError};
-use crate::destination::{Batch, Destination, DestinationError};
+use crate::destination::{
+    Attributes, Batch, Destination, DestinationError, Envelope, Layout, Mods, row_key,
+};
 use crate::observe::{Event, NoObserver, Observer};
 use crate::plugin::{Chain, DeadLetter, Input, Output, OutputRecord};
 use crate::record::DataChangeRecord;
@@ -126,8 +128,9 @@ impl Pipeline {
     pub async fn process(&self, inputs: &[Input<'_>]) -> Result<(), ConsumerError> {
         let Some(chain) = &self.chain else {
             let mut batch = Batch::with_capacity(inputs.len());
+            let layout = self.main.layout();
             for input in inputs {
-                push_line(&mut batch, input.record, input.extra, None)?;
+                push_output(&mut batch, layout, input.record, input.extra, None)?;
             }
             return self.send(&*self.main, batch).await;
         };
@@ -149,11 +152,12 @@ impl Pipeline {
             return Ok(());
         }
         let mut batch = Batch::with_capacity(dead_letters.len());
+        let envelopes = self.dead_letters.layout().envelopes;
         for d in dead_letters {
             let input = &inputs[d.origin];
             tracing::warn!(plugin = %d.plugin, error = %d.error, table = %input.record.table_name,
                 commit_timestamp = %input.record.commit_timestamp, "record sent to the dead letters");
-            batch.push(&DeadLetterLine {
+            let line = DeadLetterLine {
                 plugin: &d.plugin,
                 plugin_sha256: &d.plugin_sha256,
                 error: &d.error,
@@ -162,7 +166,12 @@ impl Pipeline {
                     extra: input.extra,
                     output: None,
                 },
-            })?;
+            };
+            if envelopes {
+                batch.push_message(&line, Envelope::of(input.record))?;
+            } else {
+                batch.push(&line)?;
+            }
         }
         self.send_dead_letters(batch).await?;
         for plugin in dead_letters.chunk_by(|a, b| a.plugin == b.plugin) {
@@ -195,7 +204,7 @@ impl Pipeline {
                 },
                 None => (&*self.main, &mut main, None),
             };
-            push_line(batch, record, extra, tag)?;
+            push_output(batch, destination.layout(), record, extra, tag)?;
             if batch.as_ndjson().len() >= FLUSH_BYTES {
                 self.send(destination, std::mem::take(batch)).await?;
             }
@@ -220,7 +229,8 @@ impl Pipeline {
                 refused, reason, ..
             }) => {
                 let n = refused.len();
-                let dead = refused_lines(destination.name(), &refused, &reason)?;
+                let envelopes = self.dead_letters.layout().envelopes;
+                let dead = refused_lines(destination.name(), &refused, &reason, envelopes)?;
                 self.send_dead_letters(dead).await?;
                 n
             }
@@ -256,39 +266,80 @@ impl Consumer for Pipeline {
     }
 }
 
+/// Appends one output record to `batch` as `layout` asks: whole or one message per mod
+/// (a record holding that one mod, keyed by its row), with envelopes or without.
+fn push_output(
+    batch: &mut Batch,
+    layout: Layout,
+    record: &DataChangeRecord,
+    extra: Option<&Map<String, Value>>,
+    output: Option<&str>,
+) -> serde_json::Result<()> {
+    if layout.mods == Mods::Whole || record.mods.is_empty() {
+        let envelope = layout.envelopes.then(|| Envelope::of(record));
+        return push_line(batch, record, extra, output, envelope);
+    }
+    let attributes = Attributes::of(record);
+    let mut one = record.clone();
+    for row in std::mem::take(&mut one.mods) {
+        let envelope = layout.envelopes.then(|| Envelope {
+            attributes: attributes.clone(),
+            key: Some(row_key(&one.table_name, &row)),
+        });
+        one.mods = vec![row];
+        push_line(batch, &one, extra, output, envelope)?;
+    }
+    Ok(())
+}
+
 fn push_line(
     batch: &mut Batch,
     record: &DataChangeRecord,
     extra: Option<&Map<String, Value>>,
     output: Option<&str>,
+    envelope: Option<Envelope>,
 ) -> serde_json::Result<()> {
-    if extra.is_none() && output.is_none() {
+    let line = OutputLine {
+        record,
+        extra,
+        output,
+    };
+    match envelope {
         // Serializing the record directly skips serde's flatten machinery.
-        batch.push(record)
-    } else {
-        batch.push(&OutputLine {
-            record,
-            extra,
-            output,
-        })
+        None if extra.is_none() && output.is_none() => batch.push(record),
+        None => batch.push(&line),
+        Some(envelope) if extra.is_none() && output.is_none() => {
+            batch.push_message(record, envelope)
+        }
+        Some(envelope) => batch.push_message(&line, envelope),
     }
 }
 
-/// Dead-letter lines for the records of `refused`, which `destination` refused for `reason`.
-fn refused_lines(destination: &str, refused: &Batch, reason: &str) -> Result<Batch, ConsumerError> {
+/// Dead-letter lines for the records of `refused`, which `destination` refused for `reason`,
+/// with the refused records' envelopes where the dead-letter destination takes them.
+fn refused_lines(
+    destination: &str,
+    refused: &Batch,
+    reason: &str,
+    envelopes: bool,
+) -> Result<Batch, ConsumerError> {
     let mut dead = Batch::with_capacity(refused.len());
-    for payload in refused.payloads() {
-        let record: &serde_json::value::RawValue = serde_json::from_slice(payload)?;
+    for message in refused.messages() {
+        let record: &serde_json::value::RawValue = serde_json::from_slice(message.payload)?;
         tracing::warn!(
             output = destination,
             error = reason,
             "record refused by its destination, sent to the dead letters"
         );
-        dead.push(&RefusedLine {
+        let line = RefusedLine {
             destination,
             error: reason,
             record,
-        })?;
+        };
+        match message.envelope.filter(|_| envelopes) {
+            Some(envelope) => dead.push_message(&line, envelope.clone())?,
+            None => dead.push(&line)?,
+        }
     }
     Ok(dead)
 }

@@ -251,6 +251,17 @@ pub enum ModType {
     Delete,
 }
 
+impl ModType {
+    /// The name Spanner and the output JSON use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Insert => "INSERT",
+            Self::Update => "UPDATE",
+            Self::Delete => "DELETE",
+        }
+    }
+}
+
 /// What a change stream captures of each row; see Spanner's `value_capture_type` option.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ValueCaptureType {

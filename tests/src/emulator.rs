@@ -328,7 +328,8 @@ fn commit_time(ts: Option<gcloud_spanner::value::Timestamp>) -> anyhow::Result<T
         .context("commit timestamp out of range")
 }
 
-fn free_port() -> anyhow::Result<u16> {
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 

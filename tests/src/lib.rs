@@ -12,6 +12,7 @@ pub mod items;
 pub mod plugins;
 pub mod process;
 pub mod proxy;
+pub mod pubsub;
 
 pub use emulator::{Emulator, EmulatorOptions, ITEMS_SCHEMA, TestDatabase};
 pub use libc;

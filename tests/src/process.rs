@@ -33,6 +33,16 @@ pub struct Screamer {
 impl Screamer {
     /// Starts screamer against `emulator_host` with `args`.
     pub fn spawn(emulator_host: &str, args: &[String]) -> anyhow::Result<Self> {
+        Self::spawn_with_env(emulator_host, args, &[])
+    }
+
+    /// Starts screamer against `emulator_host` with `args` and the environment variables
+    /// `env` (`PUBSUB_EMULATOR_HOST`, say).
+    pub fn spawn_with_env(
+        emulator_host: &str,
+        args: &[String],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let bin = screamer_bin();
         anyhow::ensure!(
             bin.is_file(),
@@ -44,6 +54,7 @@ impl Screamer {
             .env("SPANNER_EMULATOR_HOST", emulator_host)
             .env_remove("DSN")
             .env_remove("STREAM")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -6,7 +6,8 @@
 //! defaults; the chain is the file's `[[plugins]]` in order, then `--plugin` flags in order.
 //!
 //! Destinations are URIs (`screamer::destination::DestinationUri`): `-`, `file:PATH` or a
-//! path (relative to this file), `http(s)://...`.
+//! path (relative to this file), `http(s)://...`, `pubsub://...`; or a table of `uri` and
+//! the URI's options as keys (`{ uri = "pubsub://projects/p/topics/t", mods = "split" }`).
 //!
 //! ```toml
 //! output = "-"                          # default: stdout
@@ -103,12 +104,50 @@ pub struct PipelineConfig {
 struct FileConfig {
     #[serde(default)]
     plugins: Vec<FilePlugin>,
-    output: Option<String>,
-    dead_letter: Option<String>,
+    output: Option<FileUri>,
+    dead_letter: Option<FileUri>,
     batch_size: Option<usize>,
     cache_dir: Option<PathBuf>,
     #[serde(default)]
-    side_outputs: BTreeMap<String, String>,
+    side_outputs: BTreeMap<String, FileUri>,
+}
+
+/// A destination in the file: a URI, or a table of `uri` and its options.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum FileUri {
+    Uri(String),
+    WithOptions {
+        uri: String,
+        #[serde(flatten)]
+        options: BTreeMap<String, toml::Value>,
+    },
+}
+
+impl FileUri {
+    /// The URI with the table's options as its query.
+    fn to_uri(&self) -> String {
+        let (uri, options) = match self {
+            FileUri::Uri(uri) => return uri.clone(),
+            FileUri::WithOptions { uri, options } => (uri, options),
+        };
+        let mut text = uri.clone();
+        for (i, (key, value)) in options.iter().enumerate() {
+            let value = match value {
+                toml::Value::String(s) => s.clone(),
+                // Numbers and booleans read as JSON does (`100`, `true`).
+                other => serde_json::to_string(other).unwrap_or_default(),
+            };
+            let separator = if i == 0 && !uri.contains('?') {
+                '?'
+            } else {
+                '&'
+            };
+            let value = value.replace('%', "%25").replace('&', "%26");
+            text.push_str(&format!("{separator}{key}={value}"));
+        }
+        text
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -172,7 +211,8 @@ impl PipelineConfig {
         };
         let mut side_outputs = BTreeMap::new();
         for (name, uri) in &file.side_outputs {
-            side_outputs.insert(name.clone(), in_file(&format!("side_outputs.{name}"), uri)?);
+            let uri = in_file(&format!("side_outputs.{name}"), &uri.to_uri())?;
+            side_outputs.insert(name.clone(), uri);
         }
         for entry in &args.side_output {
             let (name, uri) = entry
@@ -188,12 +228,12 @@ impl PipelineConfig {
         }
         let output = match (&args.output, &file.output) {
             (Some(uri), _) => flag("--output", uri)?,
-            (None, Some(uri)) => in_file("output", uri)?,
+            (None, Some(uri)) => in_file("output", &uri.to_uri())?,
             (None, None) => DestinationUri::Stdout,
         };
         let dead_letter = match (&args.dead_letter, &file.dead_letter) {
             (Some(uri), _) => Some(flag("--dead-letter", uri)?),
-            (None, Some(uri)) => Some(in_file("dead_letter", uri)?),
+            (None, Some(uri)) => Some(in_file("dead_letter", &uri.to_uri())?),
             (None, None) => None,
         };
         let batch_size = match (args.plugin_batch_size, file.batch_size) {
@@ -414,6 +454,7 @@ mod tests {
             &file,
             r#"
 dead_letter = "dead.ndjson"
+output = { uri = "pubsub://projects/p/topics/cdc", mods = "split" }
 [side_outputs]
 audit = "audit.ndjson"
 [[plugins]]
@@ -449,7 +490,10 @@ env = ["TZ"]
             c.side_outputs["audit"],
             DestinationUri::File(dir.join("audit.ndjson"))
         );
-        assert_eq!(c.output, DestinationUri::Stdout);
+        assert_eq!(
+            c.output,
+            "pubsub://projects/p/topics/cdc?mods=split".parse().unwrap()
+        );
 
         std::fs::write(&file, "[[plugins]]\npath = 'a.wasm'\nconfg = {}\n").unwrap();
         let err = PipelineConfig::resolve(&[], &args).unwrap_err().to_string();

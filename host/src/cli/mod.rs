@@ -22,7 +22,7 @@ use tracing_subscriber::EnvFilter;
 use config::{ConfigError, PipelineArgs, PipelineConfig, parse_duration};
 use screamer::FailureKind;
 use screamer::client::Endpoint;
-use screamer::destination::{Destination, DestinationUri, Http, Ndjson};
+use screamer::destination::{Destination, DestinationUri, Http, Ndjson, PubSub};
 use screamer::dsn::DatabaseName;
 use screamer::partition::{MemoryStore, PartitionStore, RunnerId, SpannerStore, StoreError};
 use screamer::pipeline::Pipeline;
@@ -309,12 +309,15 @@ struct BuiltPipeline {
 /// Loads the chain and opens the destinations.
 async fn build_pipeline(config: &PipelineConfig) -> Result<BuiltPipeline, RunError> {
     let dead_letters = match &config.dead_letter {
-        Some(uri) => open_destination("--dead-letter", uri)?,
+        Some(uri) => open_destination("--dead-letter", uri).await?,
         None => Box::new(Ndjson::stderr()),
     };
-    let mut pipeline = Pipeline::new(open_destination("--output", &config.output)?, dead_letters);
+    let mut pipeline = Pipeline::new(
+        open_destination("--output", &config.output).await?,
+        dead_letters,
+    );
     for (name, uri) in &config.side_outputs {
-        let destination = open_destination(&format!("--side-output {name}"), uri)?;
+        let destination = open_destination(&format!("--side-output {name}"), uri).await?;
         pipeline = pipeline.with_side_output(name.clone(), destination);
     }
     if config.plugins.is_empty() {
@@ -350,7 +353,10 @@ async fn build_pipeline(config: &PipelineConfig) -> Result<BuiltPipeline, RunErr
 }
 
 /// Opens the destination `uri` names; `role` names the flag or key in errors.
-fn open_destination(role: &str, uri: &DestinationUri) -> Result<Box<dyn Destination>, RunError> {
+async fn open_destination(
+    role: &str,
+    uri: &DestinationUri,
+) -> Result<Box<dyn Destination>, RunError> {
     let input = |what: String| RunError::Input(format!("{role} {uri}: {what}"));
     Ok(match uri {
         DestinationUri::Stdout => Box::new(Ndjson::stdout()),
@@ -358,11 +364,20 @@ fn open_destination(role: &str, uri: &DestinationUri) -> Result<Box<dyn Destinat
             Box::new(Ndjson::append_file(path).map_err(|e| input(format!("cannot open: {e}")))?)
         }
         DestinationUri::Http(url) => Box::new(Http::new(url).map_err(|e| input(e.to_string()))?),
-        DestinationUri::PubSub { .. }
-        | DestinationUri::Kafka { .. }
-        | DestinationUri::Nats { .. } => {
+        DestinationUri::PubSub {
+            project,
+            topic,
+            options,
+        } => Box::new(
+            PubSub::open(project, topic.clone(), options)
+                .await
+                .map_err(|e| input(e.to_string()))?,
+        ),
+        DestinationUri::Kafka { .. } | DestinationUri::Nats { .. } => {
             return Err(input(
-                "this build cannot send there yet; it sends to -, file:PATH and http(s)://".into(),
+                "this build cannot send there yet; it sends to -, file:PATH, http(s):// and \
+                 pubsub://"
+                    .into(),
             ));
         }
     })

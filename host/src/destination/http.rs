@@ -11,12 +11,11 @@
 //! down to single records, so that only the records the endpoint refuses alone are refused.
 //! At most [`MAX_REASON`] bytes of an answer's body are read, whatever the endpoint sends.
 
-use std::collections::VecDeque;
-use std::ops::Range;
 use std::time::Duration;
 
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 
+use super::refusals::{Sent, error_chain, isolating_refusals};
 use super::{Batch, Destination, DestinationError};
 use crate::client::Backoff;
 
@@ -50,12 +49,6 @@ pub enum HttpError {
     Header { line: String },
     #[error("cannot start an HTTP client: {0}")]
     Client(#[source] reqwest::Error),
-}
-
-/// What became of one request, once it stopped being retried.
-enum Posted {
-    Accepted,
-    Refused(String),
 }
 
 impl Http {
@@ -94,7 +87,7 @@ impl Http {
     }
 
     /// Sends `body` until the endpoint accepts or refuses it.
-    async fn post(&self, body: bytes::Bytes) -> Posted {
+    async fn post(&self, body: bytes::Bytes) -> Sent {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         loop {
             let sent = self
@@ -106,11 +99,11 @@ impl Http {
                 .send()
                 .await;
             match sent {
-                Ok(r) if r.status().is_success() => return Posted::Accepted,
+                Ok(r) if r.status().is_success() => return Sent::Accepted,
                 Ok(r) if is_refusal(r.status()) => {
                     let status = r.status();
                     let text = reason(r).await;
-                    return Posted::Refused(format!("HTTP {status}: {text}").trim_end().to_owned());
+                    return Sent::Refused(format!("HTTP {status}: {text}").trim_end().to_owned());
                 }
                 Ok(r) if is_misconfiguration(r.status()) => tracing::error!(output = %self.url,
                     status = %r.status(), "destination refuses this client; retrying until it is fixed"),
@@ -156,17 +149,6 @@ async fn reason(mut answer: reqwest::Response) -> String {
         .collect()
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
 #[async_trait::async_trait]
 impl Destination for Http {
     fn name(&self) -> &str {
@@ -177,38 +159,19 @@ impl Destination for Http {
         if batch.is_empty() {
             return Ok(());
         }
-        // Halves of a refused range go back to the front, first half first: order holds.
-        let mut pending: VecDeque<Range<usize>> = VecDeque::new();
-        pending.push_back(0..batch.len());
-        let (mut refused, mut reason) = (Vec::new(), String::new());
-        while let Some(range) = pending.pop_front() {
-            let body = if range.len() == batch.len() {
-                bytes::Bytes::copy_from_slice(batch.as_ndjson())
-            } else {
-                bytes::Bytes::from(batch.slice(range.clone()).into_ndjson())
-            };
-            match self.post(body).await {
-                Posted::Accepted => {}
-                Posted::Refused(why) if range.len() > 1 => {
-                    let mid = range.start + range.len() / 2;
-                    pending.push_front(mid..range.end);
-                    pending.push_front(range.start..mid);
-                    reason = why;
-                }
-                Posted::Refused(why) => {
-                    refused.push(range.start);
-                    reason = why;
-                }
-            }
-        }
-        if refused.is_empty() {
-            Ok(())
-        } else {
-            Err(DestinationError::Refused {
-                destination: self.url.to_string(),
-                refused: batch.select(refused),
-                reason,
-            })
-        }
+        isolating_refusals(
+            self.url.as_str(),
+            &batch,
+            std::iter::once(0..batch.len()),
+            |range| {
+                let body = if range.len() == batch.len() {
+                    bytes::Bytes::copy_from_slice(batch.as_ndjson())
+                } else {
+                    bytes::Bytes::from(batch.slice(range).into_ndjson())
+                };
+                self.post(body)
+            },
+        )
+        .await
     }
 }

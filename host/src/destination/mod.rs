@@ -13,28 +13,51 @@
 //! records go to the dead letters with the destination's reason. Anything else it cannot do
 //! now (down, unreachable) it retries itself, or fails the batch ([`DestinationError::Failed`]).
 //!
-//! Implementations: [`Ndjson`] (stdout, stderr, an appended file), [`Http`] (POST, feature
-//! `http`). [`DestinationUri`] is how users name them.
+//! A destination says how its batches are laid out ([`Destination::layout`]): message
+//! systems take one message per record or per mod (`mods=split`), each with an [`Envelope`]
+//! of attributes and key.
+//!
+//! Implementations: [`Ndjson`] (stdout, stderr, an appended file), `Http` (POST, feature
+//! `http`), `PubSub` (feature `pubsub`). [`DestinationUri`] is how users name them.
 
+mod envelope;
 #[cfg(feature = "http")]
 mod http;
 mod ndjson;
+#[cfg(feature = "pubsub")]
+mod pubsub;
+mod refusals;
 mod uri;
 
+pub use envelope::{Attributes, Envelope, Layout, Mods, row_key};
 #[cfg(feature = "http")]
 pub use http::{HTTP_HEADERS_ENV, Http, HttpError};
 pub use ndjson::Ndjson;
-pub use uri::{DestinationUri, UriError};
+#[cfg(feature = "pubsub")]
+pub use pubsub::{PubSub, PubSubError};
+pub use uri::{DestinationUri, MessageOptions, Template, UriError};
 
 use std::ops::Range;
 
 /// Output records of one batch, in order: one JSON object per record, each followed by a
-/// newline (so the whole batch is NDJSON text as it is).
+/// newline (so the whole batch is NDJSON text as it is), and for message destinations an
+/// [`Envelope`] per record.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Batch {
     bytes: Vec<u8>,
     /// Where each record's line ends (after its newline).
     ends: Vec<usize>,
+    /// One per record when the batch was built with envelopes ([`Layout::envelopes`]),
+    /// else empty.
+    envelopes: Vec<Envelope>,
+}
+
+/// One record of a batch as a message: its payload (the JSON line without its newline)
+/// and its envelope, where the batch has them.
+#[derive(Debug, Clone, Copy)]
+pub struct Message<'a> {
+    pub payload: &'a [u8],
+    pub envelope: Option<&'a Envelope>,
 }
 
 impl Batch {
@@ -43,11 +66,32 @@ impl Batch {
         Batch {
             bytes: Vec::with_capacity(records * 1024),
             ends: Vec::with_capacity(records),
+            envelopes: Vec::new(),
         }
     }
 
-    /// Appends `value` as one JSON line.
+    /// Appends `value` as one JSON line (a batch without envelopes).
     pub fn push(&mut self, value: &impl serde::Serialize) -> serde_json::Result<()> {
+        debug_assert!(
+            self.envelopes.is_empty(),
+            "a batch has envelopes for all or none"
+        );
+        self.push_line(value)
+    }
+
+    /// Appends `value` as one JSON line with its `envelope` (a batch with envelopes).
+    pub fn push_message(
+        &mut self,
+        value: &impl serde::Serialize,
+        envelope: Envelope,
+    ) -> serde_json::Result<()> {
+        debug_assert_eq!(self.envelopes.len(), self.ends.len());
+        self.push_line(value)?;
+        self.envelopes.push(envelope);
+        Ok(())
+    }
+
+    fn push_line(&mut self, value: &impl serde::Serialize) -> serde_json::Result<()> {
         let start = self.bytes.len();
         if let Err(e) = serde_json::to_writer(&mut self.bytes, value) {
             self.bytes.truncate(start);
@@ -77,6 +121,19 @@ impl Batch {
         self.spans().map(|r| &self.bytes[r.start..r.end - 1])
     }
 
+    /// Each record as a message.
+    pub fn messages(&self) -> impl ExactSizeIterator<Item = Message<'_>> + '_ {
+        self.payloads().enumerate().map(|(i, payload)| Message {
+            payload,
+            envelope: self.envelopes.get(i),
+        })
+    }
+
+    /// Payload bytes of the whole batch.
+    pub fn payload_bytes(&self) -> usize {
+        self.bytes.len() - self.ends.len()
+    }
+
     fn spans(&self) -> impl ExactSizeIterator<Item = Range<usize>> + '_ {
         (0..self.ends.len()).map(|i| i.checked_sub(1).map_or(0, |p| self.ends[p])..self.ends[i])
     }
@@ -97,6 +154,9 @@ impl Batch {
         for i in indices {
             part.bytes.extend_from_slice(&self.bytes[spans[i].clone()]);
             part.ends.push(part.bytes.len());
+            if let Some(envelope) = self.envelopes.get(i) {
+                part.envelopes.push(envelope.clone());
+            }
         }
         part
     }
@@ -128,6 +188,12 @@ pub enum DestinationError {
 pub trait Destination: Send + Sync {
     /// Names the destination in logs, errors and metrics (`stdout`, `file:/var/x.ndjson`).
     fn name(&self) -> &str;
+
+    /// How the batches sent here are laid out: whole records without envelopes unless the
+    /// destination says otherwise.
+    fn layout(&self) -> Layout {
+        Layout::default()
+    }
 
     /// Sends `batch` (may be empty); returns once the destination has durably accepted it.
     async fn send(&self, batch: Batch) -> Result<(), DestinationError>;

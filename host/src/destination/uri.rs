@@ -4,12 +4,19 @@
 //! `-` is stdout; `file:PATH` or a plain path is an NDJSON file (appended); `http://…` and
 //! `https://…` are POST endpoints (the whole URI, query included, is the URL);
 //! `pubsub://projects/P/topics/T`, `kafka://HOST:PORT[,HOST:PORT…]/TOPIC` and
-//! `nats://HOST:PORT/SUBJECT` name message systems. Parsing checks the shape only; whether
-//! this build can send there, and whether the destination exists, is decided when it opens.
+//! `nats://HOST:PORT/SUBJECT` name message systems. Their topic or subject may be a
+//! [`Template`] over the record's table (`cdc.{table_name}`), and their options are query
+//! parameters ([`MessageOptions`]). Parsing checks the shape only; whether this build can
+//! send there, and whether the destination exists, is decided when it opens. A URI
+//! displays without its query: options may hold credentials, and the display goes to logs.
 
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+
+use super::envelope::Mods;
 
 /// Where one output goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,9 +24,71 @@ pub enum DestinationUri {
     Stdout,
     File(PathBuf),
     Http(String),
-    PubSub { project: String, topic: String },
-    Kafka { brokers: Vec<String>, topic: String },
-    Nats { server: String, subject: String },
+    PubSub {
+        project: String,
+        topic: Template,
+        options: MessageOptions,
+    },
+    Kafka {
+        brokers: Vec<String>,
+        topic: Template,
+        options: MessageOptions,
+    },
+    Nats {
+        server: String,
+        subject: Template,
+        options: MessageOptions,
+    },
+}
+
+/// Options of a message destination: `?mods=split&...` in a URI.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MessageOptions {
+    /// `mods=whole` (default) or `mods=split`.
+    pub mods: Mods,
+    /// Kafka only: client properties passed through to librdkafka as given (any key with
+    /// a dot: `compression.type=zstd`, `security.protocol=SASL_SSL`, `sasl.username=…`).
+    pub properties: BTreeMap<String, String>,
+}
+
+/// A topic or subject name, possibly naming the record's table: `cdc.{table_name}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template(String);
+
+impl Template {
+    const TABLE: &'static str = "{table_name}";
+
+    fn parse(text: &str) -> Result<Self, &'static str> {
+        let rest = text.replace(Self::TABLE, "");
+        if rest.contains(['{', '}']) {
+            return Err("the only placeholder a name may hold is {table_name}");
+        }
+        Ok(Template(text.to_owned()))
+    }
+
+    /// The name for a record of `table`.
+    pub fn render(&self, table: &str) -> Cow<'_, str> {
+        if self.is_fixed() {
+            Cow::Borrowed(&self.0)
+        } else {
+            Cow::Owned(self.0.replace(Self::TABLE, table))
+        }
+    }
+
+    /// Whether the name is the same for every record.
+    pub fn is_fixed(&self) -> bool {
+        !self.0.contains(Self::TABLE)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Template {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 /// A destination URI that does not parse, with what was expected.
@@ -64,44 +133,7 @@ impl FromStr for DestinationUri {
                 }
                 Ok(DestinationUri::Http(text.to_owned()))
             }
-            "pubsub" => {
-                let shape = "expected pubsub://projects/PROJECT/topics/TOPIC";
-                let path = rest.strip_prefix("//").ok_or_else(|| err(shape))?;
-                match path.split('/').collect::<Vec<_>>()[..] {
-                    ["projects", project, "topics", topic]
-                        if !project.is_empty() && !topic.is_empty() =>
-                    {
-                        Ok(DestinationUri::PubSub {
-                            project: project.to_owned(),
-                            topic: topic.to_owned(),
-                        })
-                    }
-                    _ => Err(err(shape)),
-                }
-            }
-            "kafka" => {
-                let shape = "expected kafka://HOST:PORT[,HOST:PORT...]/TOPIC";
-                let (servers, topic) = server_and_path(rest).ok_or_else(|| err(shape))?;
-                let brokers: Vec<String> = servers.split(',').map(str::to_owned).collect();
-                if !brokers.iter().all(|b| is_host_port(b)) {
-                    return Err(err(shape));
-                }
-                Ok(DestinationUri::Kafka {
-                    brokers,
-                    topic: topic.to_owned(),
-                })
-            }
-            "nats" => {
-                let shape = "expected nats://HOST:PORT/SUBJECT";
-                let (server, subject) = server_and_path(rest).ok_or_else(|| err(shape))?;
-                if !is_host_port(server) {
-                    return Err(err(shape));
-                }
-                Ok(DestinationUri::Nats {
-                    server: server.to_owned(),
-                    subject: subject.to_owned(),
-                })
-            }
+            "pubsub" | "kafka" | "nats" => message_system(scheme, rest).map_err(|r| err(&r)),
             // A Windows-style or odd path with a colon is still a path when it has a slash
             // before the colon (`./a:b`).
             _ if scheme.contains('/') => file(text).ok_or_else(|| err("expected a file path")),
@@ -111,6 +143,98 @@ impl FromStr for DestinationUri {
             )),
         }
     }
+}
+
+/// `rest` of a `pubsub:`, `kafka:` or `nats:` URI (after the colon).
+fn message_system(scheme: &str, rest: &str) -> Result<DestinationUri, String> {
+    let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let shape = match scheme {
+        "pubsub" => "expected pubsub://projects/PROJECT/topics/TOPIC",
+        "kafka" => "expected kafka://HOST:PORT[,HOST:PORT...]/TOPIC",
+        _ => "expected nats://HOST:PORT/SUBJECT",
+    };
+    let (server, name) = server_and_path(location).ok_or(shape)?;
+    let options = options(query, scheme == "kafka")?;
+    let template = |name: &str| Template::parse(name).map_err(str::to_owned);
+    match scheme {
+        "pubsub" => match (server, &name.split('/').collect::<Vec<_>>()[..]) {
+            ("projects", [project, "topics", topic])
+                if !project.is_empty() && !topic.is_empty() =>
+            {
+                Ok(DestinationUri::PubSub {
+                    project: (*project).to_owned(),
+                    topic: template(topic)?,
+                    options,
+                })
+            }
+            _ => Err(shape.to_owned()),
+        },
+        "kafka" => {
+            let brokers: Vec<String> = server.split(',').map(str::to_owned).collect();
+            if !brokers.iter().all(|b| is_host_port(b)) {
+                return Err(shape.to_owned());
+            }
+            Ok(DestinationUri::Kafka {
+                brokers,
+                topic: template(name)?,
+                options,
+            })
+        }
+        _ => {
+            if !is_host_port(server) {
+                return Err(shape.to_owned());
+            }
+            Ok(DestinationUri::Nats {
+                server: server.to_owned(),
+                subject: template(name)?,
+                options,
+            })
+        }
+    }
+}
+
+/// The query of a message system's URI: `mods`, and for Kafka client properties.
+fn options(query: &str, properties: bool) -> Result<MessageOptions, String> {
+    let mut options = MessageOptions::default();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("option {pair:?}: expected NAME=VALUE"))?;
+        let value = percent_decode(value).ok_or_else(|| format!("option {key}: bad %-escape"))?;
+        match key {
+            "mods" => {
+                options.mods = Mods::parse(&value)
+                    .ok_or_else(|| format!("option mods={value}: expected whole or split"))?;
+            }
+            _ if properties && key.contains('.') => {
+                options.properties.insert(key.to_owned(), value);
+            }
+            _ if properties => {
+                return Err(format!(
+                    "unknown option {key:?}; expected mods or a librdkafka property (a.b=...)"
+                ));
+            }
+            _ => return Err(format!("unknown option {key:?}; expected mods")),
+        }
+    }
+    Ok(options)
+}
+
+/// `%XX` escapes decoded; `None` for a broken escape or text that is not UTF-8.
+fn percent_decode(text: &str) -> Option<String> {
+    let mut bytes = Vec::with_capacity(text.len());
+    let mut rest = text.as_bytes();
+    while let Some((&b, tail)) = rest.split_first() {
+        if b == b'%' {
+            let hex = std::str::from_utf8(tail.get(..2)?).ok()?;
+            bytes.push(u8::from_str_radix(hex, 16).ok()?);
+            rest = &tail[2..];
+        } else {
+            bytes.push(b);
+            rest = tail;
+        }
+    }
+    String::from_utf8(bytes).ok()
 }
 
 fn file(path: &str) -> Option<DestinationUri> {
@@ -134,13 +258,15 @@ impl fmt::Display for DestinationUri {
             DestinationUri::Stdout => write!(f, "stdout"),
             DestinationUri::File(path) => write!(f, "file:{}", path.display()),
             DestinationUri::Http(url) => write!(f, "{url}"),
-            DestinationUri::PubSub { project, topic } => {
+            DestinationUri::PubSub { project, topic, .. } => {
                 write!(f, "pubsub://projects/{project}/topics/{topic}")
             }
-            DestinationUri::Kafka { brokers, topic } => {
+            DestinationUri::Kafka { brokers, topic, .. } => {
                 write!(f, "kafka://{}/{topic}", brokers.join(","))
             }
-            DestinationUri::Nats { server, subject } => write!(f, "nats://{server}/{subject}"),
+            DestinationUri::Nats {
+                server, subject, ..
+            } => write!(f, "nats://{server}/{subject}"),
         }
     }
 }
@@ -170,21 +296,24 @@ mod tests {
             uri("pubsub://projects/p1/topics/cdc"),
             DestinationUri::PubSub {
                 project: "p1".into(),
-                topic: "cdc".into()
+                topic: Template("cdc".into()),
+                options: MessageOptions::default(),
             }
         );
         assert_eq!(
             uri("kafka://a:9092,b:9092/cdc.{table_name}"),
             DestinationUri::Kafka {
                 brokers: vec!["a:9092".into(), "b:9092".into()],
-                topic: "cdc.{table_name}".into()
+                topic: Template("cdc.{table_name}".into()),
+                options: MessageOptions::default(),
             }
         );
         assert_eq!(
             uri("nats://127.0.0.1:4222/cdc"),
             DestinationUri::Nats {
                 server: "127.0.0.1:4222".into(),
-                subject: "cdc".into()
+                subject: Template("cdc".into()),
+                options: MessageOptions::default(),
             }
         );
         for s in [
@@ -214,5 +343,33 @@ mod tests {
         assert!(e("nats://h:0/s").ends_with("expected nats://HOST:PORT/SUBJECT"));
         assert!(e("http:///x").ends_with("expected http://HOST[:PORT]/PATH"));
         assert!(e("file:").ends_with("expected file:PATH"));
+        assert!(e("pubsub://projects/p/topics/t?mods=all").ends_with("expected whole or split"));
+        assert!(
+            e("pubsub://projects/p/topics/t?acks=1")
+                .ends_with("unknown option \"acks\"; expected mods")
+        );
+        assert!(
+            e("nats://h:1/{table}")
+                .ends_with("the only placeholder a name may hold is {table_name}")
+        );
+    }
+
+    #[test]
+    fn options_are_query_parameters_and_kafka_passes_properties_through() {
+        let DestinationUri::Kafka { options, topic, .. } = uri(
+            "kafka://h:9092/cdc.{table_name}?mods=split&compression.type=zstd&sasl.password=a%26b",
+        ) else {
+            panic!("not kafka");
+        };
+        assert_eq!(options.mods, Mods::Split);
+        assert_eq!(options.properties["compression.type"], "zstd");
+        assert_eq!(options.properties["sasl.password"], "a&b");
+        assert_eq!(topic.render("Singers"), "cdc.Singers");
+        assert!(!topic.is_fixed());
+        // The query stays out of the display (it may hold credentials).
+        assert_eq!(
+            uri("kafka://h:9092/t?sasl.password=x").to_string(),
+            "kafka://h:9092/t"
+        );
     }
 }
