@@ -18,6 +18,24 @@ require_emulator() {
   return 1
 }
 
+# The destinations' servers the tests start: the Pub/Sub emulator (Debian package, Java
+# included) and nats-server (JetStream). Installed with apt-get when missing and root.
+require_destination_servers() {
+  local missing=()
+  command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
+  [ -x /usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator ] \
+    || [ -n "${PUBSUB_EMULATOR_DIR:-}" ] || command -v cloud-pubsub-emulator >/dev/null 2>&1 \
+    || missing+=(google-cloud-cli-pubsub-emulator)
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "installing ${missing[*]}" >&2
+    apt-get install -y "${missing[@]}" >&2 \
+      || { apt-get update >&2 && apt-get install -y "${missing[@]}" >&2; } && return 0
+  fi
+  echo "error: missing ${missing[*]}: install the Debian packages of those names" >&2
+  return 1
+}
+
 # The example and test plugins, as components in target/plugins/: the Rust ones with the
 # `plugin` profile for wasm32-wasip2, the Python one with componentize-py (from PyPI, in a
 # venv under target/). Rebuilds only what changed.

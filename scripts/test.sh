@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The whole test suite: unit tests (the plugins' included, natively through the SDK), and
-# end-to-end tests against real Spanner emulators (each test starts its own on free ports)
-# and real plugin components. Extra arguments go to `cargo test`.
+# end-to-end tests against real Spanner emulators (each test starts its own on free ports),
+# real plugin components and real destinations (the Pub/Sub emulator, nats-server, each
+# started per test). Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 require_emulator
+require_destination_servers
 # The end-to-end tests spawn the screamer binary next to them in target/debug, and load the
 # plugins from target/plugins (Rust ones for wasm32-wasip2, the Python one via componentize-py).
 build_plugins

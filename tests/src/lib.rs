@@ -6,9 +6,11 @@
 //! `SPANNER_EMULATOR_DIR` (the directory holding `emulator_main`), `PATH`,
 //! the Google Cloud SDK's usual place, or `dpkg -L google-cloud-cli-spanner-emulator`.
 
+pub mod broker;
 pub mod emulator;
 pub mod http;
 pub mod items;
+pub mod nats;
 pub mod plugins;
 pub mod process;
 pub mod proxy;

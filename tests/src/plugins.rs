@@ -92,10 +92,21 @@ pub fn plugin_run(args: &[&str], input: &str) -> anyhow::Result<PluginRun> {
 
 /// Runs `screamer <args>` with `input` on stdin, to completion.
 pub fn screamer(args: &[&str], input: &str) -> anyhow::Result<PluginRun> {
+    screamer_with_env(args, input, &[])
+}
+
+/// Runs `screamer <args>` with `input` on stdin and the environment variables `env`
+/// (`PUBSUB_EMULATOR_HOST`, say), to completion.
+pub fn screamer_with_env(
+    args: &[&str],
+    input: &str,
+    env: &[(&str, &str)],
+) -> anyhow::Result<PluginRun> {
     let mut child = Command::new(screamer_bin())
         .args(args)
         .env("SCREAMER_PLUGIN_CACHE", plugin_cache())
         .env("LOG_LEVEL", "info")
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -13,6 +13,7 @@ use gcloud_pubsub::apiv1::conn_pool::ConnectionManager;
 use gcloud_pubsub::client::{Client, ClientConfig};
 use gcloud_pubsub::subscription::SubscriptionConfig;
 
+use crate::broker::{Broker, Delivered};
 use crate::emulator::free_port;
 
 /// The project the tests publish to.
@@ -25,14 +26,6 @@ pub struct PubSubEmulator {
     client: Client,
     /// For pulls that return at once (the high-level client's wait for messages).
     pulls: ConnectionManager,
-}
-
-/// One message as a subscriber got it.
-#[derive(Debug, Clone)]
-pub struct Received {
-    pub data: String,
-    pub attributes: std::collections::HashMap<String, String>,
-    pub ordering_key: String,
 }
 
 impl PubSubEmulator {
@@ -126,7 +119,7 @@ impl PubSubEmulator {
         id: &str,
         count: usize,
         timeout: Duration,
-    ) -> anyhow::Result<Vec<Received>> {
+    ) -> anyhow::Result<Vec<Delivered>> {
         let subscription = format!("projects/{PROJECT}/subscriptions/{id}");
         let mut client = SubscriberClient::new(self.pulls.conn());
         let deadline = tokio::time::Instant::now() + timeout;
@@ -145,10 +138,11 @@ impl PubSubEmulator {
             }
             let ack_ids = messages.iter().map(|m| m.ack_id.clone()).collect();
             for m in messages.into_iter().filter_map(|m| m.message) {
-                got.push(Received {
+                got.push(Delivered {
+                    subject: id.to_owned(),
                     data: String::from_utf8(m.data.to_vec())?,
                     attributes: m.attributes,
-                    ordering_key: m.ordering_key,
+                    key: m.ordering_key,
                 });
             }
             let ack = AcknowledgeRequest {
@@ -167,6 +161,37 @@ impl PubSubEmulator {
         let rc = unsafe { libc::kill(-(self.child.id() as libc::pid_t), signal) };
         anyhow::ensure!(rc == 0, "kill(-{}, {signal}) failed", self.child.id());
         Ok(())
+    }
+}
+
+/// One topic (and its ordered subscription) of an emulator, for the broker scenario.
+pub struct Topic<'a> {
+    pub emulator: &'a PubSubEmulator,
+    pub id: &'a str,
+}
+
+impl Broker for Topic<'_> {
+    fn output(&self) -> String {
+        self.emulator.uri(self.id, "?mods=split")
+    }
+
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![("PUBSUB_EMULATOR_HOST", self.emulator.host().to_owned())]
+    }
+
+    fn signal(&self, signal: libc::c_int) -> anyhow::Result<()> {
+        self.emulator.signal(signal)
+    }
+
+    async fn drain(&mut self, wait: Duration) -> anyhow::Result<Vec<Delivered>> {
+        let mut got = self.emulator.pull(self.id, 1, wait).await?;
+        // What else is there at once.
+        got.extend(
+            self.emulator
+                .pull(self.id, usize::MAX, Duration::from_millis(300))
+                .await?,
+        );
+        Ok(got)
     }
 }
 

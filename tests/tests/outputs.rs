@@ -189,7 +189,7 @@ async fn a_destination_that_is_wrong_or_not_available_is_one_line_and_exit_2() {
         (
             vec!["--side-output", "audit=kafka://127.0.0.1:9092/cdc"],
             "error: --side-output audit kafka://127.0.0.1:9092/cdc: this build cannot send there \
-             yet; it sends to -, file:PATH, http(s):// and pubsub://",
+             yet; it sends to -, file:PATH, http(s)://, pubsub:// and nats://",
         ),
         (
             vec!["--dead-letter", "pubsub://projects/p/topics"],

@@ -22,7 +22,7 @@ use tracing_subscriber::EnvFilter;
 use config::{ConfigError, PipelineArgs, PipelineConfig, parse_duration};
 use screamer::FailureKind;
 use screamer::client::Endpoint;
-use screamer::destination::{Destination, DestinationUri, Http, Ndjson, PubSub};
+use screamer::destination::{Destination, DestinationUri, Http, Nats, Ndjson, PubSub};
 use screamer::dsn::DatabaseName;
 use screamer::partition::{MemoryStore, PartitionStore, RunnerId, SpannerStore, StoreError};
 use screamer::pipeline::Pipeline;
@@ -146,7 +146,7 @@ pub fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
-    let filter = match EnvFilter::try_new(&cli.log_level) {
+    let filter = match EnvFilter::try_new(log_filter(&cli.log_level)) {
         Ok(f) => f,
         Err(e) => {
             eprintln!(
@@ -352,6 +352,17 @@ async fn build_pipeline(config: &PipelineConfig) -> Result<BuiltPipeline, RunErr
     })
 }
 
+/// The tracing filter for `--log-level`: at the default `info`, the NATS client's
+/// connection events (one per connect and close) stay out; any other level or directive is
+/// taken as given.
+fn log_filter(level: &str) -> String {
+    if level == "info" {
+        "info,async_nats=warn".to_owned()
+    } else {
+        level.to_owned()
+    }
+}
+
 /// Opens the destination `uri` names; `role` names the flag or key in errors.
 async fn open_destination(
     role: &str,
@@ -373,10 +384,19 @@ async fn open_destination(
                 .await
                 .map_err(|e| input(e.to_string()))?,
         ),
-        DestinationUri::Kafka { .. } | DestinationUri::Nats { .. } => {
+        DestinationUri::Nats {
+            server,
+            subject,
+            options,
+        } => Box::new(
+            Nats::open(server, subject.clone(), options)
+                .await
+                .map_err(|e| input(e.to_string()))?,
+        ),
+        DestinationUri::Kafka { .. } => {
             return Err(input(
-                "this build cannot send there yet; it sends to -, file:PATH, http(s):// and \
-                 pubsub://"
+                "this build cannot send there yet; it sends to -, file:PATH, http(s)://, \
+                 pubsub:// and nats://"
                     .into(),
             ));
         }

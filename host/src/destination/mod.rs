@@ -18,20 +18,25 @@
 //! of attributes and key.
 //!
 //! Implementations: [`Ndjson`] (stdout, stderr, an appended file), `Http` (POST, feature
-//! `http`), `PubSub` (feature `pubsub`). [`DestinationUri`] is how users name them.
+//! `http`), `PubSub` (feature `pubsub`), `Nats` (JetStream, feature `nats`). [`DestinationUri`] is how users name them.
 
 mod envelope;
 #[cfg(feature = "http")]
 mod http;
+#[cfg(feature = "nats")]
+mod nats;
 mod ndjson;
 #[cfg(feature = "pubsub")]
 mod pubsub;
+#[cfg(any(feature = "http", feature = "pubsub", feature = "nats"))]
 mod refusals;
 mod uri;
 
 pub use envelope::{Attributes, Envelope, Layout, Mods, row_key};
 #[cfg(feature = "http")]
 pub use http::{HTTP_HEADERS_ENV, Http, HttpError};
+#[cfg(feature = "nats")]
+pub use nats::{Nats, NatsError};
 pub use ndjson::Ndjson;
 #[cfg(feature = "pubsub")]
 pub use pubsub::{PubSub, PubSubError};

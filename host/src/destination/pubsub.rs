@@ -35,6 +35,9 @@ const MAX_REQUEST_BYTES: usize = 9 << 20;
 const MAX_ORDERING_KEY: usize = 1024;
 /// How long one publish request may take before it is abandoned and retried.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long connecting, or looking up the topic at start-up, may take before it is tried
+/// again.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Publishes to one topic of one project, or one per table.
 pub struct PubSub {
@@ -76,7 +79,7 @@ impl PubSub {
             .await
             .map_err(PubSubError::Credentials)?;
         config.connection_option.timeout = Some(REQUEST_TIMEOUT);
-        config.connection_option.connect_timeout = Some(Duration::from_secs(10));
+        config.connection_option.connect_timeout = Some(CONNECT_TIMEOUT);
         let name = format!("pubsub://projects/{project}/topics/{topic}");
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         let connections = loop {
@@ -86,13 +89,17 @@ impl PubSub {
                 &config.environment,
                 &config.connection_option,
             );
-            match connecting.await {
-                Ok(connections) => break connections,
-                Err(e @ gcloud_gax::conn::Error::InvalidEmulatorHOST(_)) => {
+            // A connection's handshake has no deadline of its own (a paused server accepts
+            // connections and then says nothing).
+            match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+                Ok(Ok(connections)) => break connections,
+                Ok(Err(e @ gcloud_gax::conn::Error::InvalidEmulatorHOST(_))) => {
                     return Err(PubSubError::Connect(e));
                 }
-                Err(e) => tracing::warn!(output = %name,
+                Ok(Err(e)) => tracing::warn!(output = %name,
                     "cannot connect to Pub/Sub; retrying: {}", error_chain(&e)),
+                Err(_) => tracing::warn!(output = %name,
+                    "Pub/Sub does not answer; retrying"),
             }
             tokio::time::sleep(backoff.next_delay()).await;
         };
@@ -121,14 +128,20 @@ impl PubSub {
                 topic: topic.clone(),
             };
             let request = create_request(format!("topic={topic}"), request);
-            match self.client().get_topic(request).await {
-                Ok(_) => return Ok(()),
-                Err(s) if s.code() == Code::NotFound => return Err(PubSubError::NoTopic(topic)),
-                Err(s) if s.code() == Code::InvalidArgument => {
+            let mut client = self.client();
+            let answer = tokio::time::timeout(CONNECT_TIMEOUT, client.get_topic(request)).await;
+            match answer {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(s)) if s.code() == Code::NotFound => {
+                    return Err(PubSubError::NoTopic(topic));
+                }
+                Ok(Err(s)) if s.code() == Code::InvalidArgument => {
                     return Err(PubSubError::Lookup { topic, source: s });
                 }
-                Err(s) => tracing::warn!(output = %self.name, code = ?s.code(),
+                Ok(Err(s)) => tracing::warn!(output = %self.name, code = ?s.code(),
                     "cannot look up the topic; retrying: {}", s.message()),
+                Err(_) => tracing::warn!(output = %self.name,
+                    "Pub/Sub does not answer; retrying"),
             }
             tokio::time::sleep(backoff.next_delay()).await;
         }

@@ -59,6 +59,7 @@ where
     })
 }
 
+#[cfg(any(feature = "pubsub", feature = "nats"))]
 /// Consecutive ranges of `batch` of at most `max_records` records and, but for a single
 /// larger record, `max_bytes` payload bytes, each record `i` for which `split_before(i)`
 /// holds starting a new one: the requests a protocol's limits allow.
@@ -85,6 +86,7 @@ pub(crate) fn requests(
 }
 
 /// An error and its sources, on one line.
+#[cfg(any(feature = "http", feature = "pubsub"))]
 pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
@@ -108,6 +110,7 @@ mod tests {
         b
     }
 
+    #[cfg(any(feature = "pubsub", feature = "nats"))]
     #[test]
     fn requests_respect_both_limits_and_keep_a_large_record_alone() {
         let b = batch(&["aaaa", "b", "c", "dddddddddddd", "e"]);

@@ -1,0 +1,305 @@
+//! NATS JetStream: one message per record (or per mod with `mods=split`) on the URI's
+//! subject, its payload the stdout line without the newline, its headers the record's
+//! [`Attributes`](super::Attributes) by the same names, plus `key` (the row's key) with
+//! `mods=split`.
+//!
+//! Invariants: a batch is accepted once JetStream has acknowledged every message of it
+//! (stored in the stream that takes the subject). Messages are published in the batch's
+//! order on one connection, up to [`WINDOW`] awaiting their acknowledgements. Each carries a
+//! `Nats-Msg-Id` derived from its content (and its place among identical messages of the
+//! batch), so a message sent again after a lost acknowledgement is dropped by the stream's
+//! duplicate window instead of stored twice, out of order. A message that is not
+//! acknowledged (the server is down, slow, or restarting) is sent again, with the rest of
+//! its window, with backoff and jitter for as long as it takes; a message larger than the
+//! server's limit is refused alone.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_nats::jetstream::context::{GetStreamByNameErrorKind, PublishErrorKind};
+use async_nats::jetstream::{self, message::PublishMessage};
+use sha2::{Digest, Sha256};
+
+use super::refusals::{Sent, isolating_refusals, requests};
+use super::uri::{MessageOptions, Template};
+use super::{Batch, Destination, DestinationError, Layout, Message};
+use crate::client::Backoff;
+
+/// Messages in flight (published, acknowledgement awaited) at once.
+const WINDOW: usize = 256;
+/// How long an acknowledgement may take before the message is sent again.
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Publishes to the JetStream stream that takes one subject, or one per table.
+pub struct Nats {
+    name: String,
+    subject: Template,
+    layout: Layout,
+    jetstream: jetstream::Context,
+}
+
+/// Why a NATS destination cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum NatsError {
+    #[error("cannot connect to {server}: {source}")]
+    Connect {
+        server: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    #[error("no JetStream stream takes subject {0:?}")]
+    NoStream(String),
+    #[error("subject {subject:?}: {source}")]
+    Subject {
+        subject: String,
+        #[source]
+        source: async_nats::jetstream::context::GetStreamByNameError,
+    },
+}
+
+impl Nats {
+    /// Connects to `server` and, when the subject does not depend on the record, checks that
+    /// a stream takes it. While the server cannot be reached this waits, retrying.
+    pub async fn open(
+        server: &str,
+        subject: Template,
+        options: &MessageOptions,
+    ) -> Result<Self, NatsError> {
+        let name = format!("nats://{server}/{subject}");
+        let client = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_secs(10))
+            .connect(server)
+            .await
+            .map_err(|source| NatsError::Connect {
+                server: server.to_owned(),
+                source,
+            })?;
+        let mut jetstream = jetstream::new(client);
+        jetstream.set_timeout(ACK_TIMEOUT);
+        let destination = Nats {
+            name,
+            subject,
+            layout: Layout {
+                mods: options.mods,
+                envelopes: true,
+            },
+            jetstream,
+        };
+        if destination.subject.is_fixed() {
+            destination.check_stream().await?;
+        }
+        Ok(destination)
+    }
+
+    async fn check_stream(&self) -> Result<(), NatsError> {
+        let subject = self.subject.as_str();
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        loop {
+            match self.jetstream.stream_by_subject(subject).await {
+                Ok(_) => return Ok(()),
+                Err(e) => match e.kind() {
+                    GetStreamByNameErrorKind::NotFound => {
+                        return Err(NatsError::NoStream(subject.to_owned()));
+                    }
+                    GetStreamByNameErrorKind::InvalidSubject => {
+                        return Err(NatsError::Subject {
+                            subject: subject.to_owned(),
+                            source: e,
+                        });
+                    }
+                    _ => tracing::warn!(output = %self.name,
+                        "cannot look up the stream; retrying: {e}"),
+                },
+            }
+            tokio::time::sleep(backoff.next_delay()).await;
+        }
+    }
+
+    /// Publishes `messages` (with their ids) until JetStream has stored them all, or
+    /// refuses one of them for good.
+    async fn publish(&self, messages: &[Outgoing<'_>]) -> Sent {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        let mut next = 0;
+        while next < messages.len() {
+            match self.publish_once(&messages[next..]).await {
+                Ok(()) => return Sent::Accepted,
+                Err(Failure::Refused(reason)) => return Sent::Refused(reason),
+                Err(Failure::Retry { stored, reason }) => {
+                    next += stored;
+                    tracing::warn!(output = %self.name,
+                        "JetStream did not acknowledge the messages; retrying: {reason}");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+            }
+        }
+        Sent::Accepted
+    }
+
+    /// One pass over `messages`: publishes them in order and awaits their acknowledgements.
+    async fn publish_once(&self, messages: &[Outgoing<'_>]) -> Result<(), Failure> {
+        let mut acks = std::collections::VecDeque::with_capacity(WINDOW);
+        let mut stored = 0;
+        for outgoing in messages {
+            if acks.len() == WINDOW {
+                await_ack(acks.pop_front().expect("a full window"), stored).await?;
+                stored += 1;
+            }
+            let publish = self.message(&outgoing.message, &outgoing.id);
+            let ack = self
+                .jetstream
+                .send_publish(outgoing.subject.to_string(), publish)
+                .await
+                .map_err(|e| failure(&e, stored))?;
+            acks.push_back(ack);
+        }
+        for ack in acks {
+            await_ack(ack, stored).await?;
+            stored += 1;
+        }
+        Ok(())
+    }
+
+    fn subject_of<'a>(&'a self, message: &Message<'_>) -> Cow<'a, str> {
+        let table = message
+            .envelope
+            .map_or("", |e| e.attributes.table_name.as_str());
+        self.subject.render(table)
+    }
+
+    fn message(&self, message: &Message<'_>, id: &str) -> PublishMessage {
+        let mut headers = async_nats::HeaderMap::new();
+        if let Some(envelope) = message.envelope {
+            for (name, value) in envelope.attributes.pairs() {
+                headers.insert(name, value);
+            }
+            if let Some(key) = &envelope.key {
+                headers.insert("key", key.as_str());
+            }
+        }
+        PublishMessage::build()
+            .payload(bytes::Bytes::copy_from_slice(message.payload))
+            .headers(headers)
+            .message_id(id)
+    }
+}
+
+/// One message ready to publish.
+struct Outgoing<'a> {
+    message: Message<'a>,
+    subject: Cow<'a, str>,
+    /// Its `Nats-Msg-Id`.
+    id: String,
+}
+
+/// Why a pass did not get every acknowledgement.
+enum Failure {
+    /// `stored` messages from the start of the pass were acknowledged; send the rest again.
+    Retry {
+        stored: usize,
+        reason: String,
+    },
+    Refused(String),
+}
+
+async fn await_ack(
+    ack: jetstream::context::PublishAckFuture,
+    stored: usize,
+) -> Result<(), Failure> {
+    ack.await.map(drop).map_err(|e| failure(&e, stored))
+}
+
+fn failure(e: &jetstream::context::PublishError, stored: usize) -> Failure {
+    match e.kind() {
+        PublishErrorKind::MaxPayloadExceeded => Failure::Refused(e.to_string()),
+        _ => Failure::Retry {
+            stored,
+            reason: e.to_string(),
+        },
+    }
+}
+
+/// `Nats-Msg-Id` of each message (`subjects[i]` is message i's): a digest of its subject
+/// and payload (a stream's duplicate window spans its subjects), and for the second and
+/// later of identical messages in one batch (a plugin's copies) their ordinal, so that they
+/// are not taken for duplicates.
+fn message_ids(batch: &Batch, subjects: &[Cow<'_, str>]) -> Vec<String> {
+    let mut seen: HashMap<[u8; 32], usize> = HashMap::new();
+    batch
+        .payloads()
+        .zip(subjects)
+        .map(|(payload, subject)| {
+            let digest: [u8; 32] = Sha256::new()
+                .chain_update(subject.as_bytes())
+                .chain_update([0])
+                .chain_update(payload)
+                .finalize()
+                .into();
+            let n = seen.entry(digest).or_default();
+            *n += 1;
+            let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+            if *n == 1 { hex } else { format!("{hex}-{n}") }
+        })
+        .collect()
+}
+
+#[async_trait::async_trait]
+impl Destination for Nats {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    async fn send(&self, batch: Batch) -> Result<(), DestinationError> {
+        let subjects: Vec<Cow<'_, str>> = batch.messages().map(|m| self.subject_of(&m)).collect();
+        let ids = message_ids(&batch, &subjects);
+        let messages: Vec<Outgoing<'_>> = batch
+            .messages()
+            .zip(subjects)
+            .zip(ids)
+            .map(|((message, subject), id)| Outgoing {
+                message,
+                subject,
+                id,
+            })
+            .collect();
+        let requests = requests(&batch, usize::MAX, usize::MAX, |_| false);
+        isolating_refusals(&self.name, &batch, requests, |range| {
+            self.publish(&messages[range])
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identical_messages_of_a_batch_get_distinct_ids_and_a_batch_sent_again_the_same_ids() {
+        let mut batch = Batch::default();
+        for line in ["a", "b", "a"] {
+            batch.push(&line).unwrap();
+        }
+        let subjects = vec![Cow::Borrowed("s"); 3];
+        let ids = message_ids(&batch, &subjects);
+        assert_eq!(ids[0].len(), 32);
+        assert_ne!(ids[0], ids[1]);
+        assert_eq!(ids[2], format!("{}-2", ids[0]));
+        assert_eq!(
+            message_ids(&batch, &subjects),
+            ids,
+            "the same batch again: the same ids"
+        );
+        let elsewhere = vec![Cow::Borrowed("t"); 3];
+        assert_ne!(
+            message_ids(&batch, &elsewhere)[0],
+            ids[0],
+            "another subject"
+        );
+    }
+}
