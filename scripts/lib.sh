@@ -36,6 +36,19 @@ require_destination_servers() {
   return 1
 }
 
+# tansu, the Kafka-protocol broker the Kafka tests start (in memory): not packaged by
+# Debian, so built from crates.io once into ~/.cargo/bin (about 8 minutes on 2 cores) and
+# kept there.
+TANSU_VERSION=0.6.0
+require_tansu() {
+  local bin="${TANSU_BIN:-$(command -v tansu || echo "$HOME/.cargo/bin/tansu")}"
+  if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q "$TANSU_VERSION"; then
+    return 0
+  fi
+  echo "installing tansu $TANSU_VERSION (the Kafka tests' broker) with cargo install" >&2
+  cargo install --quiet --locked tansu --version "$TANSU_VERSION" --features dynostore >&2
+}
+
 # The example and test plugins, as components in target/plugins/: the Rust ones with the
 # `plugin` profile for wasm32-wasip2, the Python one with componentize-py (from PyPI, in a
 # venv under target/). Rebuilds only what changed.

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The whole test suite: unit tests (the plugins' included, natively through the SDK), and
 # end-to-end tests against real Spanner emulators (each test starts its own on free ports),
-# real plugin components and real destinations (the Pub/Sub emulator, nats-server, each
-# started per test). Extra arguments go to `cargo test`.
+# real plugin components and real destinations (the Pub/Sub emulator, nats-server and the
+# Kafka-protocol broker tansu, each started per test). Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 require_emulator
 require_destination_servers
+require_tansu
 # The end-to-end tests spawn the screamer binary next to them in target/debug, and load the
 # plugins from target/plugins (Rust ones for wasm32-wasip2, the Python one via componentize-py).
 build_plugins

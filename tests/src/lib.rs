@@ -6,10 +6,12 @@
 //! `SPANNER_EMULATOR_DIR` (the directory holding `emulator_main`), `PATH`,
 //! the Google Cloud SDK's usual place, or `dpkg -L google-cloud-cli-spanner-emulator`.
 
+pub mod bench;
 pub mod broker;
 pub mod emulator;
 pub mod http;
 pub mod items;
+pub mod kafka;
 pub mod nats;
 pub mod plugins;
 pub mod process;

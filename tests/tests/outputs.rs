@@ -187,9 +187,9 @@ async fn a_destination_that_is_wrong_or_not_available_is_one_line_and_exit_2() {
             "error: --output: \"kafka://127.0.0.1:9092\": expected kafka://HOST:PORT[,HOST:PORT...]/TOPIC",
         ),
         (
-            vec!["--side-output", "audit=kafka://127.0.0.1:9092/cdc"],
-            "error: --side-output audit kafka://127.0.0.1:9092/cdc: this build cannot send there \
-             yet; it sends to -, file:PATH, http(s)://, pubsub:// and nats://",
+            vec!["--side-output", "audit=nats://127.0.0.1:4222/{table}"],
+            "error: --side-output audit: \"nats://127.0.0.1:4222/{table}\": the only \
+             placeholder a name may hold is {table_name}",
         ),
         (
             vec!["--dead-letter", "pubsub://projects/p/topics"],

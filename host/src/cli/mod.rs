@@ -22,7 +22,7 @@ use tracing_subscriber::EnvFilter;
 use config::{ConfigError, PipelineArgs, PipelineConfig, parse_duration};
 use screamer::FailureKind;
 use screamer::client::Endpoint;
-use screamer::destination::{Destination, DestinationUri, Http, Nats, Ndjson, PubSub};
+use screamer::destination::{Destination, DestinationUri, Http, Kafka, Nats, Ndjson, PubSub};
 use screamer::dsn::DatabaseName;
 use screamer::partition::{MemoryStore, PartitionStore, RunnerId, SpannerStore, StoreError};
 use screamer::pipeline::Pipeline;
@@ -393,13 +393,15 @@ async fn open_destination(
                 .await
                 .map_err(|e| input(e.to_string()))?,
         ),
-        DestinationUri::Kafka { .. } => {
-            return Err(input(
-                "this build cannot send there yet; it sends to -, file:PATH, http(s)://, \
-                 pubsub:// and nats://"
-                    .into(),
-            ));
-        }
+        DestinationUri::Kafka {
+            brokers,
+            topic,
+            options,
+        } => Box::new(
+            Kafka::open(brokers, topic.clone(), options)
+                .await
+                .map_err(|e| input(e.to_string()))?,
+        ),
     })
 }
 

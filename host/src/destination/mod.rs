@@ -18,11 +18,13 @@
 //! of attributes and key.
 //!
 //! Implementations: [`Ndjson`] (stdout, stderr, an appended file), `Http` (POST, feature
-//! `http`), `PubSub` (feature `pubsub`), `Nats` (JetStream, feature `nats`). [`DestinationUri`] is how users name them.
+//! `http`), `PubSub` (feature `pubsub`), `Kafka` (feature `kafka`), `Nats` (JetStream, feature `nats`). [`DestinationUri`] is how users name them.
 
 mod envelope;
 #[cfg(feature = "http")]
 mod http;
+#[cfg(feature = "kafka")]
+mod kafka;
 #[cfg(feature = "nats")]
 mod nats;
 mod ndjson;
@@ -35,6 +37,8 @@ mod uri;
 pub use envelope::{Attributes, Envelope, Layout, Mods, row_key};
 #[cfg(feature = "http")]
 pub use http::{HTTP_HEADERS_ENV, Http, HttpError};
+#[cfg(feature = "kafka")]
+pub use kafka::{Kafka, KafkaSetupError};
 #[cfg(feature = "nats")]
 pub use nats::{Nats, NatsError};
 pub use ndjson::Ndjson;

@@ -12,22 +12,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use gcloud_spanner::mutation::insert_or_update;
 use screamer::record::ChangeRecord;
 use screamer::source::QueryRange;
 use screamer::{Dialect, PartitionToken, SpannerSource, Timestamp};
+use screamer_tests::bench::{BENCH_SCHEMA, latencies, peak_rss_kb, percentile, row, steady_writer};
 use screamer_tests::{Emulator, EmulatorOptions, TestDatabase, int_member, screamer_bin};
 use tokio::task::JoinSet;
 
-const COLUMNS: [&str; 10] = ["Id", "C1", "C2", "C3", "C4", "C5", "C6", "C7", "C8", "C9"];
 const PY_VENV: &str = "target/bench-venv";
-const BENCH_SCHEMA: [&str; 2] = [
-    "CREATE TABLE Bench (Id INT64 NOT NULL, C1 STRING(MAX), C2 STRING(MAX), C3 STRING(MAX), \
-     C4 STRING(MAX), C5 STRING(MAX), C6 STRING(MAX), C7 STRING(MAX), C8 STRING(MAX), \
-     C9 STRING(MAX)) PRIMARY KEY (Id)",
-    "CREATE CHANGE STREAM BenchStream FOR Bench",
-];
-
 #[derive(Debug, Clone, Copy, Default)]
 struct Throughput {
     records: u64,
@@ -198,20 +190,6 @@ async fn main() -> anyhow::Result<()> {
         percentile(&screamer, 0.99) - percentile(&bare, 0.99)
     );
     Ok(())
-}
-
-fn row(id: i64) -> gcloud_googleapis::spanner::v1::Mutation {
-    // About 1.7 KB per row over nine string columns.
-    let v: Vec<String> = (1..10)
-        .map(|c| format!("{c}:{id}:{}", "x".repeat(180)))
-        .collect();
-    insert_or_update(
-        "Bench",
-        &COLUMNS,
-        &[
-            &id, &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &v[6], &v[7], &v[8],
-        ],
-    )
 }
 
 /// Follows the partitions of [start, end] with the low-level query only: no checkpoints, no
@@ -407,17 +385,6 @@ fn screamer_command(db: &TestDatabase, table: &str, extra: &[&str]) -> Command {
     cmd
 }
 
-fn peak_rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// A virtualenv with google-cloud-spanner, made on first use.
 fn python_env() -> anyhow::Result<std::path::PathBuf> {
     let py = std::path::PathBuf::from(PY_VENV).join("bin/python");
@@ -484,27 +451,6 @@ fn python_read(
         peak_rss_kb: *peak.lock().expect("peak lock"),
         metadata_writes: None,
     })
-}
-
-/// Commits 500 single-row transactions at 50 per second; returns when each commit returned.
-async fn steady_writer(db: &TestDatabase, first_id: i64) -> anyhow::Result<HashMap<i64, Instant>> {
-    let mut committed = HashMap::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(20));
-    for id in first_id..first_id + 500 {
-        tick.tick().await;
-        db.apply(vec![row(id)]).await?;
-        committed.insert(id, Instant::now());
-    }
-    Ok(committed)
-}
-
-fn latencies(committed: &HashMap<i64, Instant>, seen: &HashMap<i64, Instant>) -> Vec<f64> {
-    let mut l: Vec<f64> = committed
-        .iter()
-        .filter_map(|(id, c)| Some(seen.get(id)?.saturating_duration_since(*c).as_secs_f64() * 1e3))
-        .collect();
-    l.sort_by(f64::total_cmp);
-    l
 }
 
 type Seen = Arc<Mutex<HashMap<i64, Instant>>>;
@@ -588,7 +534,7 @@ async fn latency(db: &TestDatabase, first: i64) -> anyhow::Result<(Vec<f64>, Vec
         })
     };
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let committed = steady_writer(db, first).await?;
+    let committed = steady_writer(db, ids.clone(), Duration::from_millis(20)).await?;
     let deadline = Instant::now() + Duration::from_secs(60);
     let complete = |seen: &Seen| {
         let seen = seen.lock().expect("seen lock");
@@ -612,12 +558,4 @@ async fn latency(db: &TestDatabase, first: i64) -> anyhow::Result<(Vec<f64>, Vec
     let _ = reader.join();
     let l = |seen: &Seen| latencies(&committed, &seen.lock().expect("seen lock"));
     Ok((l(&bare_seen), l(&screamer_seen)))
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
 }

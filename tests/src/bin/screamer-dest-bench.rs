@@ -1,0 +1,376 @@
+//! Destination benchmark on the emulators: one stream range read by the screamer binary into
+//! a file, Pub/Sub, Kafka, JetStream and HTTP, side by side; commit-to-consumer latency per
+//! destination under a steady writer; screamer's memory while a broker is stalled. See
+//! BENCHMARKS.md for the command and results.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Seek};
+use std::process::{Child, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use screamer::{Dialect, Timestamp};
+use screamer_tests::bench::{BENCH_SCHEMA, latencies, peak_rss_kb, percentile, row, steady_writer};
+use screamer_tests::broker::{Broker, Delivered};
+use screamer_tests::http::{Behaviour, HttpSink};
+use screamer_tests::kafka::{self, KafkaBroker};
+use screamer_tests::nats::{self, NatsServer};
+use screamer_tests::pubsub::{self, PubSubEmulator};
+use screamer_tests::{Emulator, EmulatorOptions, TestDatabase, screamer_bin};
+
+/// Single-row commits of the throughput range.
+const COMMITS: i64 = 5000;
+
+/// Where a run sends its records, and how the bench reads them back.
+enum Sink<'a> {
+    File { path: std::path::PathBuf, read: u64 },
+    Http { sink: &'a HttpSink, seen: usize },
+    PubSub(pubsub::Topic<'a>),
+    Kafka(kafka::Topic<'a>),
+    Nats(nats::Stream<'a>),
+}
+
+impl Sink<'_> {
+    fn name(&self) -> &'static str {
+        match self {
+            Sink::File { .. } => "file",
+            Sink::Http { .. } => "HTTP",
+            Sink::PubSub(_) => "Pub/Sub",
+            Sink::Kafka(_) => "Kafka",
+            Sink::Nats(_) => "JetStream",
+        }
+    }
+
+    fn uri(&self) -> String {
+        match self {
+            Sink::File { path, .. } => format!("file:{}", path.display()),
+            Sink::Http { sink, .. } => sink.url(),
+            Sink::PubSub(b) => strip_split(b.output()),
+            Sink::Kafka(b) => strip_split(b.output()),
+            Sink::Nats(b) => strip_split(b.output()),
+        }
+    }
+
+    fn env(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Sink::PubSub(b) => b.env(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The Ids of the rows that arrived since the last call.
+    async fn drain(&mut self, wait: Duration) -> anyhow::Result<Vec<i64>> {
+        let lines: Vec<String> = match self {
+            Sink::File { path, read } => {
+                tokio::time::sleep(wait.min(Duration::from_millis(20))).await;
+                let mut file = std::fs::File::open(&*path)?;
+                file.seek(std::io::SeekFrom::Start(*read))?;
+                let mut lines = Vec::new();
+                for line in BufReader::new(file).lines() {
+                    let line = line?;
+                    *read += line.len() as u64 + 1;
+                    lines.push(line);
+                }
+                lines
+            }
+            Sink::Http { sink, seen } => {
+                tokio::time::sleep(wait.min(Duration::from_millis(20))).await;
+                let all = sink.lines();
+                let new = all[*seen..].to_vec();
+                *seen = all.len();
+                new
+            }
+            Sink::PubSub(b) => data(b.drain(wait).await?),
+            Sink::Kafka(b) => data(b.drain(wait).await?),
+            Sink::Nats(b) => data(b.drain(wait).await?),
+        };
+        let mut ids = Vec::new();
+        for line in lines {
+            let v: serde_json::Value = serde_json::from_str(&line)?;
+            for m in v["mods"].as_array().into_iter().flatten() {
+                ids.push(m["keys"]["Id"].as_str().context("Id")?.parse()?);
+            }
+        }
+        Ok(ids)
+    }
+
+    fn signal(&self, signal: screamer_tests::libc::c_int) -> anyhow::Result<()> {
+        match self {
+            Sink::PubSub(b) => b.signal(signal),
+            Sink::Kafka(b) => b.signal(signal),
+            Sink::Nats(b) => b.signal(signal),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn strip_split(uri: String) -> String {
+    uri.trim_end_matches("?mods=split").to_owned()
+}
+
+fn data(messages: Vec<Delivered>) -> Vec<String> {
+    messages.into_iter().map(|m| m.data).collect()
+}
+
+/// The servers, each with one topic or stream per phase.
+struct Servers {
+    pubsub: PubSubEmulator,
+    kafka: KafkaBroker,
+    nats: NatsServer,
+    http: HttpSink,
+    dir: std::path::PathBuf,
+}
+
+impl Servers {
+    async fn start() -> anyhow::Result<Self> {
+        let servers = Servers {
+            pubsub: PubSubEmulator::start().await?,
+            kafka: KafkaBroker::start().await?,
+            nats: NatsServer::start().await?,
+            http: HttpSink::start(Behaviour::default()).await?,
+            dir: screamer_tests::plugins::scratch_dir("dest-bench"),
+        };
+        for phase in ["throughput", "latency", "stall"] {
+            servers.pubsub.topic(phase).await?;
+            servers.kafka.topic(phase, 3).await?;
+            servers.nats.stream(phase, &[phase]).await?;
+        }
+        Ok(servers)
+    }
+
+    /// Every destination for `phase` (`throughput`, `latency`, `stall`).
+    fn sinks<'a>(&'a self, phase: &'a str) -> anyhow::Result<Vec<Sink<'a>>> {
+        let path = self.dir.join(format!("{phase}.ndjson"));
+        std::fs::File::create(&path)?;
+        Ok(vec![
+            Sink::File { path, read: 0 },
+            Sink::PubSub(pubsub::Topic {
+                emulator: &self.pubsub,
+                id: phase,
+            }),
+            Sink::Kafka(kafka::Topic {
+                broker: &self.kafka,
+                name: phase,
+                consumer: self.kafka.consumer(phase, 3)?,
+            }),
+            Sink::Nats(nats::Stream {
+                server: &self.nats,
+                name: phase,
+                subject: phase,
+                seen: 0,
+            }),
+            Sink::Http {
+                sink: &self.http,
+                seen: self.http.lines().len(),
+            },
+        ])
+    }
+}
+
+/// The screamer binary reading the bench stream into `sink`, with its own metadata table.
+fn screamer(db: &TestDatabase, sink: &Sink<'_>, extra: &[&str]) -> anyhow::Result<Child> {
+    let table = format!("DestBench{}", Timestamp::now().unix_nanos());
+    std::process::Command::new(screamer_bin())
+        .args(["--dsn", &db.name.to_string(), "--stream", "BenchStream"])
+        .args(["--metadata-table", &table, "--heartbeat-interval", "1s"])
+        .args(["--output", &sink.uri()])
+        .args(extra)
+        .env("SPANNER_EMULATOR_HOST", db.host())
+        .envs(sink.env())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("screamer binary (cargo build --release -p screamer)")
+}
+
+struct Throughput {
+    seconds: f64,
+    peak_rss_kb: u64,
+}
+
+/// Reads [start, end] into `sink` with `--end`: from spawn to exit, every record acknowledged.
+async fn throughput(
+    db: &TestDatabase,
+    sink: &mut Sink<'_>,
+    (start, end): (Timestamp, Timestamp),
+) -> anyhow::Result<Throughput> {
+    let began = Instant::now();
+    let mut child = screamer(
+        db,
+        sink,
+        &["--start", &start.to_string(), "--end", &end.to_string()],
+    )?;
+    let (pid, mut peak) = (child.id(), 0);
+    let status = loop {
+        peak = peak.max(peak_rss_kb(pid));
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let seconds = began.elapsed().as_secs_f64();
+    anyhow::ensure!(status.success(), "screamer into {} failed", sink.name());
+    let mut got = Vec::new();
+    while got.len() < COMMITS as usize {
+        let more = sink.drain(Duration::from_secs(10)).await?;
+        anyhow::ensure!(
+            !more.is_empty(),
+            "{}: {} of {COMMITS} rows",
+            sink.name(),
+            got.len()
+        );
+        got.extend(more);
+    }
+    Ok(Throughput {
+        seconds,
+        peak_rss_kb: peak,
+    })
+}
+
+/// Follows the stream into `sink` while 500 rows are committed at 50 per second; the
+/// milliseconds from each commit's return to the bench's consumer seeing the row.
+async fn latency(
+    db: &Arc<TestDatabase>,
+    sink: &mut Sink<'_>,
+    first: i64,
+) -> anyhow::Result<Vec<f64>> {
+    let start = Timestamp::now().to_string();
+    let mut child = screamer(db, sink, &["--start", &start])?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ids = first..first + 500;
+    let writer = {
+        let (db, ids) = (db.clone(), ids.clone());
+        tokio::spawn(async move { steady_writer(&db, ids, Duration::from_millis(20)).await })
+    };
+    let mut seen: HashMap<i64, Instant> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !ids.clone().all(|id| seen.contains_key(&id)) && Instant::now() < deadline {
+        let arrived = sink.drain(Duration::from_millis(100)).await?;
+        let now = Instant::now();
+        for id in arrived {
+            seen.entry(id).or_insert(now);
+        }
+    }
+    let committed = writer.await??;
+    stop(&mut child)?;
+    Ok(latencies(&committed, &seen))
+}
+
+/// Screamer's peak RSS while following a steady writer into `sink`: before, during and
+/// after a 30 s stall of the broker (SIGSTOP).
+async fn stall(
+    db: &Arc<TestDatabase>,
+    sink: &mut Sink<'_>,
+    first: i64,
+) -> anyhow::Result<[u64; 3]> {
+    let start = Timestamp::now().to_string();
+    let mut child = screamer(db, sink, &["--start", &start])?;
+    let pid = child.id();
+    let writer = {
+        let db = db.clone();
+        tokio::spawn(async move {
+            steady_writer(&db, first..first + 4500, Duration::from_millis(10)).await
+        })
+    };
+    let sample = |secs: u64| async move {
+        let until = Instant::now() + Duration::from_secs(secs);
+        let mut peak = 0;
+        while Instant::now() < until {
+            peak = peak.max(current_rss_kb(pid));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        peak
+    };
+    let before = sample(10).await;
+    sink.signal(screamer_tests::libc::SIGSTOP)?;
+    let during = sample(30).await;
+    sink.signal(screamer_tests::libc::SIGCONT)?;
+    let after = sample(10).await;
+    writer.abort();
+    stop(&mut child)?;
+    Ok([before, during, after])
+}
+
+/// Resident set (VmRSS) of `pid` now, in KiB.
+fn current_rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+            line.split_whitespace().nth(1)?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+fn stop(child: &mut Child) -> anyhow::Result<()> {
+    // SAFETY: kill(2) on our own child, not yet reaped.
+    unsafe { screamer_tests::libc::kill(child.id() as i32, screamer_tests::libc::SIGINT) };
+    child.wait()?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let emulator = Emulator::start(EmulatorOptions::default()).await?;
+    let db = Arc::new(emulator.database(Dialect::GoogleSql, &BENCH_SCHEMA).await?);
+    let servers = Servers::start().await?;
+    println!("# screamer destination benchmark (release build, emulators on this machine)\n");
+
+    let start = Timestamp::now();
+    let mut end = start;
+    for id in 0..COMMITS {
+        end = db.apply(vec![row(id)]).await?;
+    }
+    println!("## Throughput: {COMMITS} single-row commits (1.7 KB rows), read with --end\n");
+    println!("| destination | seconds | records/s | mods/s | vs file | peak RSS |");
+    println!("|---|---|---|---|---|---|");
+    let mut file_rate = None;
+    for mut sink in servers.sinks("throughput")? {
+        let t = throughput(&db, &mut sink, (start, end)).await?;
+        let rate = COMMITS as f64 / t.seconds;
+        let base = *file_rate.get_or_insert(rate);
+        println!(
+            "| {} | {:.2} | {rate:.0} | {rate:.0} | {:.2} | {} MB |",
+            sink.name(),
+            t.seconds,
+            rate / base,
+            t.peak_rss_kb / 1024
+        );
+    }
+
+    println!("\n## Latency: 500 commits at 50/s, commit return to the bench's consumer\n");
+    println!("| destination | p50 ms | p99 ms | rows seen |");
+    println!("|---|---|---|---|");
+    let mut first = COMMITS;
+    for mut sink in servers.sinks("latency")? {
+        let l = latency(&db, &mut sink, first).await?;
+        first += 500;
+        println!(
+            "| {} | {:.0} | {:.0} | {} |",
+            sink.name(),
+            percentile(&l, 0.5),
+            percentile(&l, 0.99),
+            l.len()
+        );
+    }
+
+    println!("\n## Memory under a 30 s stall: 100 commits/s, the broker SIGSTOPped\n");
+    println!("| destination | RSS before | RSS during the stall (peak) | RSS after |");
+    println!("|---|---|---|---|");
+    for mut sink in servers.sinks("stall")? {
+        if matches!(sink, Sink::File { .. } | Sink::Http { .. }) {
+            continue;
+        }
+        let [before, during, after] = stall(&db, &mut sink, first).await?;
+        first += 4500;
+        println!(
+            "| {} | {} MB | {} MB | {} MB |",
+            sink.name(),
+            before / 1024,
+            during / 1024,
+            after / 1024
+        );
+    }
+    Ok(())
+}
