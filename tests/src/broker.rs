@@ -10,6 +10,7 @@ use screamer::Timestamp;
 use serde_json::Value;
 
 use crate::items::{assert_ordered_per_key, counts, expected, mods, write};
+use crate::plugins::{PluginRun, named_records, screamer_with_env};
 use crate::{Emulator, EmulatorOptions, Screamer, eventually, run_args};
 
 /// One message as the test's consumer got it.
@@ -36,9 +37,72 @@ pub trait Broker {
     fn drain(&mut self, wait: Duration) -> impl Future<Output = anyhow::Result<Vec<Delivered>>>;
 }
 
+/// `screamer plugin run ARGS` with `input` on stdin and `env`, off the async runtime.
+pub async fn plugin_run(
+    args: Vec<String>,
+    input: String,
+    env: Vec<(&'static str, String)>,
+) -> PluginRun {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = ["plugin", "run"]
+            .into_iter()
+            .chain(args.iter().map(String::as_str))
+            .collect();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        screamer_with_env(&args, &input, &env).expect("screamer plugin run")
+    })
+    .await
+    .expect("plugin run task")
+}
+
+/// Three records for the message tests, as NDJSON and parsed: `a` (Users, Id 0); `b`
+/// (Users) holding two rows, Id 7 named `b` and Id 8 named `b2`; `c` (Albums, Id 2).
+pub fn sample_records() -> (String, Vec<Value>) {
+    let mut records: Vec<Value> = named_records(&["a", "b", "c"])
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a record"))
+        .collect();
+    let row = |id: &str, name: &str| serde_json::json!({"keys": {"Id": id}, "new_values": {"Name": name}, "old_values": {}});
+    records[1]["mods"] = serde_json::json!([row("7", "b"), row("8", "b2")]);
+    records[2]["table_name"] = serde_json::json!("Albums");
+    let ndjson = records.iter().map(|r| format!("{r}\n")).collect();
+    (ndjson, records)
+}
+
+/// The keys `mods=split` gives the rows of [`sample_records`], in order.
+pub const SAMPLE_KEYS: [&str; 4] = [
+    r#"Users/{"Id":"0"}"#,
+    r#"Users/{"Id":"7"}"#,
+    r#"Users/{"Id":"8"}"#,
+    r#"Albums/{"Id":"2"}"#,
+];
+
+/// Asserts that `message` carries the six attributes of `record` (besides the names in
+/// `others`, which the protocol adds) and no key.
+pub fn assert_whole_record(message: &Delivered, record: &Value, others: &[&str]) {
+    let a = |k: &str| message.attributes[k].as_str();
+    assert_eq!(a("table_name"), record["table_name"]);
+    assert_eq!(a("mod_type"), "INSERT");
+    assert_eq!(a("commit_timestamp"), record["commit_timestamp"]);
+    assert_eq!(a("partition_token"), "p1");
+    assert_eq!(a("server_transaction_id"), record["server_transaction_id"]);
+    assert_eq!(a("record_sequence"), record["record_sequence"]);
+    let extra: Vec<&String> = message
+        .attributes
+        .keys()
+        .filter(|k| !others.contains(&k.as_str()))
+        .collect();
+    assert_eq!(extra.len(), 6, "{:?}", message.attributes);
+    assert_eq!(message.key, "", "a whole record has no key");
+}
+
+/// The payloads of `messages`.
+pub fn payloads(messages: &[Delivered]) -> Vec<String> {
+    messages.iter().map(|m| m.data.clone()).collect()
+}
+
 fn delivered(messages: &[Delivered]) -> Vec<(i64, i64)> {
-    let data: Vec<String> = messages.iter().map(|m| m.data.clone()).collect();
-    mods(&data).expect("Items records")
+    mods(&payloads(messages)).expect("Items records")
 }
 
 /// Runs the scenario of the module docs against `broker`.

@@ -9,32 +9,16 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use screamer_tests::broker::{Delivered, stream_through_restart_and_outage};
-use screamer_tests::kafka::{KafkaBroker, Topic, poll};
-use screamer_tests::plugins::{
-    PluginRun, named_records, plugin, record_names, scratch_dir, screamer_with_env,
+use screamer_tests::broker::{
+    Delivered, SAMPLE_KEYS, assert_whole_record, payloads, plugin_run, sample_records,
+    stream_through_restart_and_outage,
 };
-use serde_json::{Value, json};
-
-/// `screamer plugin run ARGS` with `input` on stdin, off the async runtime.
-async fn plugin_run(args: Vec<String>, input: String) -> PluginRun {
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = ["plugin", "run"]
-            .into_iter()
-            .chain(args.iter().map(String::as_str))
-            .collect();
-        screamer_with_env(&args, &input, &[]).unwrap()
-    })
-    .await
-    .unwrap()
-}
+use screamer_tests::kafka::{KafkaBroker, Topic, poll};
+use screamer_tests::plugins::{named_records, plugin, record_names, scratch_dir};
+use serde_json::Value;
 
 fn identity() -> String {
     plugin("identity").display().to_string()
-}
-
-fn data(messages: &[Delivered]) -> Vec<String> {
-    messages.iter().map(|m| m.data.clone()).collect()
 }
 
 /// Every message of `topic` (its `partitions`), within `wait`.
@@ -49,37 +33,25 @@ async fn messages_carry_the_record_its_headers_and_with_split_mods_the_row_key()
     for topic in ["whole", "cdc.Users", "cdc.Albums"] {
         kafka.topic(topic, 1).await.unwrap();
     }
-    let mut records: Vec<Value> = named_records(&["a", "b", "c"])
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let row = |id: &str, name: &str| json!({"keys": {"Id": id}, "new_values": {"Name": name}, "old_values": {}});
-    records[1]["mods"] = json!([row("7", "b"), row("8", "b2")]);
-    records[2]["table_name"] = json!("Albums");
-    let input: String = records.iter().map(|r| format!("{r}\n")).collect();
+    let (input, records) = sample_records();
 
     let whole = plugin_run(
         vec![identity(), "--output".into(), kafka.uri("whole", "")],
         input.clone(),
+        vec![],
     )
     .await;
     assert_eq!(whole.code, Some(0), "{}", whole.stderr);
     assert!(whole.stdout.is_empty(), "records went to Kafka, not stdout");
     let got = read(&kafka, "whole", 1, Duration::from_secs(30));
-    let stdout = plugin_run(vec![identity()], input.clone()).await;
-    assert_eq!(data(&got), stdout.stdout, "each value is the stdout line");
+    let stdout = plugin_run(vec![identity()], input.clone(), vec![]).await;
+    assert_eq!(
+        payloads(&got),
+        stdout.stdout,
+        "each value is the stdout line"
+    );
     for (m, record) in got.iter().zip(&records) {
-        assert_eq!(m.attributes["table_name"], record["table_name"]);
-        assert_eq!(m.attributes["mod_type"], "INSERT");
-        assert_eq!(m.attributes["commit_timestamp"], record["commit_timestamp"]);
-        assert_eq!(m.attributes["partition_token"], "p1");
-        assert_eq!(
-            m.attributes["server_transaction_id"],
-            record["server_transaction_id"]
-        );
-        assert_eq!(m.attributes["record_sequence"], record["record_sequence"]);
-        assert_eq!(m.attributes.len(), 6, "{:?}", m.attributes);
-        assert_eq!(m.key, "", "a whole record has no key");
+        assert_whole_record(m, record, &[]);
     }
 
     let split = plugin_run(
@@ -89,27 +61,20 @@ async fn messages_carry_the_record_its_headers_and_with_split_mods_the_row_key()
             kafka.uri("cdc.{table_name}", "?mods=split&compression.type=zstd"),
         ],
         input,
+        vec![],
     )
     .await;
     assert_eq!(split.code, Some(0), "{}", split.stderr);
     let users = read(&kafka, "cdc.Users", 1, Duration::from_secs(30));
     let albums = read(&kafka, "cdc.Albums", 1, Duration::from_secs(30));
-    assert_eq!(record_names(&data(&users)), ["a", "b", "b2"]);
-    assert_eq!(record_names(&data(&albums)), ["c"]);
+    assert_eq!(record_names(&payloads(&users)), ["a", "b", "b2"]);
+    assert_eq!(record_names(&payloads(&albums)), ["c"]);
     let keys: Vec<&str> = users
         .iter()
         .chain(&albums)
         .map(|m| m.key.as_str())
         .collect();
-    assert_eq!(
-        keys,
-        [
-            r#"Users/{"Id":"0"}"#,
-            r#"Users/{"Id":"7"}"#,
-            r#"Users/{"Id":"8"}"#,
-            r#"Albums/{"Id":"2"}"#
-        ]
-    );
+    assert_eq!(keys, SAMPLE_KEYS);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -128,11 +93,12 @@ async fn a_message_over_the_size_limit_is_a_dead_letter_and_the_rest_arrive() {
             dead.display().to_string(),
         ],
         named_records(&names),
+        vec![],
     )
     .await;
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let got = read(&kafka, "sized", 1, Duration::from_secs(30));
-    assert_eq!(record_names(&data(&got)), ["a", "b"]);
+    assert_eq!(record_names(&payloads(&got)), ["a", "b"]);
     let letters: Vec<Value> = std::fs::read_to_string(&dead)
         .unwrap()
         .lines()
@@ -151,6 +117,7 @@ async fn a_topic_that_does_not_exist_is_one_line_and_exit_2() {
     let run = plugin_run(
         vec![identity(), "--output".into(), kafka.uri("missing", "")],
         String::new(),
+        vec![],
     )
     .await;
     assert_eq!(run.code, Some(2), "{}", run.stderr);

@@ -7,68 +7,42 @@
 
 use std::time::Duration;
 
-use screamer_tests::broker::{Delivered, stream_through_restart_and_outage};
+use screamer_tests::broker::{
+    SAMPLE_KEYS, assert_whole_record, payloads, plugin_run, sample_records,
+    stream_through_restart_and_outage,
+};
 use screamer_tests::nats::{NatsServer, Stream};
-use screamer_tests::plugins::{PluginRun, named_records, plugin, record_names, screamer_with_env};
-use serde_json::{Value, json};
-
-/// `screamer plugin run ARGS` with `input` on stdin, off the async runtime.
-async fn plugin_run(args: Vec<String>, input: String) -> PluginRun {
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = ["plugin", "run"]
-            .into_iter()
-            .chain(args.iter().map(String::as_str))
-            .collect();
-        screamer_with_env(&args, &input, &[]).unwrap()
-    })
-    .await
-    .unwrap()
-}
+use screamer_tests::plugins::{plugin, record_names};
 
 fn identity() -> String {
     plugin("identity").display().to_string()
-}
-
-fn data(messages: &[Delivered]) -> Vec<String> {
-    messages.iter().map(|m| m.data.clone()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn messages_carry_the_record_its_headers_and_with_split_mods_the_row_key() {
     let nats = NatsServer::start().await.unwrap();
     nats.stream("CDC", &["cdc.>"]).await.unwrap();
-    let mut records: Vec<Value> = named_records(&["a", "b", "c"])
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let row = |id: &str, name: &str| json!({"keys": {"Id": id}, "new_values": {"Name": name}, "old_values": {}});
-    records[1]["mods"] = json!([row("7", "b"), row("8", "b2")]);
-    records[2]["table_name"] = json!("Albums");
-    let input: String = records.iter().map(|r| format!("{r}\n")).collect();
+    let (input, records) = sample_records();
 
     let whole = plugin_run(
         vec![identity(), "--output".into(), nats.uri("cdc.whole", "")],
         input.clone(),
+        vec![],
     )
     .await;
     assert_eq!(whole.code, Some(0), "{}", whole.stderr);
     assert!(whole.stdout.is_empty(), "records went to NATS, not stdout");
     let got = nats.read("CDC", 3, Duration::from_secs(30)).await.unwrap();
-    let stdout = plugin_run(vec![identity()], input.clone()).await;
-    assert_eq!(data(&got), stdout.stdout, "each payload is the stdout line");
+    let stdout = plugin_run(vec![identity()], input.clone(), vec![]).await;
+    assert_eq!(
+        payloads(&got),
+        stdout.stdout,
+        "each payload is the stdout line"
+    );
     for (m, record) in got.iter().zip(&records) {
         assert_eq!(m.subject, "cdc.whole");
-        assert_eq!(m.attributes["table_name"], record["table_name"]);
-        assert_eq!(m.attributes["mod_type"], "INSERT");
-        assert_eq!(m.attributes["commit_timestamp"], record["commit_timestamp"]);
-        assert_eq!(m.attributes["partition_token"], "p1");
-        assert_eq!(
-            m.attributes["server_transaction_id"],
-            record["server_transaction_id"]
-        );
-        assert_eq!(m.attributes["record_sequence"], record["record_sequence"]);
         assert!(m.attributes.contains_key("Nats-Msg-Id"));
-        assert_eq!(m.key, "", "a whole record has no key");
+        assert_whole_record(m, record, &["Nats-Msg-Id"]);
     }
 
     let split = plugin_run(
@@ -78,27 +52,20 @@ async fn messages_carry_the_record_its_headers_and_with_split_mods_the_row_key()
             nats.uri("cdc.{table_name}", "?mods=split"),
         ],
         input,
+        vec![],
     )
     .await;
     assert_eq!(split.code, Some(0), "{}", split.stderr);
     let got = nats.read("CDC", 7, Duration::from_secs(30)).await.unwrap();
     let rows = &got[3..];
-    assert_eq!(record_names(&data(rows)), ["a", "b", "b2", "c"]);
+    assert_eq!(record_names(&payloads(rows)), ["a", "b", "b2", "c"]);
     let subjects: Vec<&str> = rows.iter().map(|m| m.subject.as_str()).collect();
     assert_eq!(
         subjects,
         ["cdc.Users", "cdc.Users", "cdc.Users", "cdc.Albums"]
     );
     let keys: Vec<&str> = rows.iter().map(|m| m.key.as_str()).collect();
-    assert_eq!(
-        keys,
-        [
-            r#"Users/{"Id":"0"}"#,
-            r#"Users/{"Id":"7"}"#,
-            r#"Users/{"Id":"8"}"#,
-            r#"Albums/{"Id":"2"}"#
-        ]
-    );
+    assert_eq!(keys, SAMPLE_KEYS);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -108,6 +75,7 @@ async fn a_subject_no_stream_takes_is_one_line_and_exit_2() {
     let run = plugin_run(
         vec![identity(), "--output".into(), nats.uri("elsewhere", "")],
         String::new(),
+        vec![],
     )
     .await;
     assert_eq!(run.code, Some(2), "{}", run.stderr);

@@ -7,32 +7,22 @@
 
 use std::time::Duration;
 
-use screamer_tests::broker::{Delivered, stream_through_restart_and_outage};
-use screamer_tests::plugins::{PluginRun, named_records, plugin, record_names, screamer_with_env};
+use screamer_tests::broker::{
+    SAMPLE_KEYS, assert_whole_record, payloads, plugin_run, sample_records,
+    stream_through_restart_and_outage,
+};
+use screamer_tests::plugins::{PluginRun, named_records, plugin, record_names};
 use screamer_tests::pubsub::{PubSubEmulator, Topic};
-use serde_json::{Value, json};
+use serde_json::Value;
 
-/// `screamer plugin run ARGS` with `input` on stdin, publishing to `pubsub`, off the
-/// async runtime.
-async fn plugin_run(pubsub: &PubSubEmulator, args: Vec<String>, input: String) -> PluginRun {
-    let host = pubsub.host().to_owned();
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = ["plugin", "run"]
-            .into_iter()
-            .chain(args.iter().map(String::as_str))
-            .collect();
-        screamer_with_env(&args, &input, &[("PUBSUB_EMULATOR_HOST", &host)]).unwrap()
-    })
-    .await
-    .unwrap()
+/// `screamer plugin run ARGS` with `input` on stdin, publishing to `pubsub`.
+async fn publish(pubsub: &PubSubEmulator, args: Vec<String>, input: String) -> PluginRun {
+    let env = vec![("PUBSUB_EMULATOR_HOST", pubsub.host().to_owned())];
+    plugin_run(args, input, env).await
 }
 
 fn path(name: &str) -> String {
     plugin(name).display().to_string()
-}
-
-fn data(messages: &[Delivered]) -> Vec<String> {
-    messages.iter().map(|m| m.data.clone()).collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -40,17 +30,10 @@ async fn messages_carry_the_record_its_attributes_and_with_split_mods_the_row_ke
     let pubsub = PubSubEmulator::start().await.unwrap();
     pubsub.topic("whole").await.unwrap();
     pubsub.topic("rows").await.unwrap();
-    // Three records; the second holds three rows.
-    let mut records: Vec<Value> = named_records(&["a", "b", "c"])
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let row = |id: &str, name: &str| json!({"keys": {"Id": id}, "new_values": {"Name": name}, "old_values": {}});
-    records[1]["mods"] = json!([row("7", "b"), row("8", "b2"), row("9", "b3")]);
-    let input: String = records.iter().map(|r| format!("{r}\n")).collect();
+    let (input, records) = sample_records();
 
     for (topic, query) in [("whole", ""), ("rows", "?mods=split")] {
-        let run = plugin_run(
+        let run = publish(
             &pubsub,
             vec![
                 path("identity"),
@@ -68,51 +51,31 @@ async fn messages_carry_the_record_its_attributes_and_with_split_mods_the_row_ke
         .pull("whole", 3, Duration::from_secs(30))
         .await
         .unwrap();
-    let stdout = plugin_run(&pubsub, vec![path("identity")], input.clone()).await;
+    let stdout = publish(&pubsub, vec![path("identity")], input.clone()).await;
     assert_eq!(
-        data(&whole),
+        payloads(&whole),
         stdout.stdout,
         "each payload is the stdout line"
     );
     for (m, record) in whole.iter().zip(&records) {
-        let attribute = |k: &str| m.attributes[k].as_str();
-        assert_eq!(attribute("table_name"), "Users");
-        assert_eq!(attribute("mod_type"), "INSERT");
-        assert_eq!(attribute("commit_timestamp"), record["commit_timestamp"]);
-        assert_eq!(attribute("partition_token"), "p1");
-        assert_eq!(
-            attribute("server_transaction_id"),
-            record["server_transaction_id"]
-        );
-        assert_eq!(attribute("record_sequence"), record["record_sequence"]);
-        assert_eq!(m.attributes.len(), 6, "{:?}", m.attributes);
-        assert_eq!(m.key, "", "a whole record has no key");
+        assert_whole_record(m, record, &[]);
     }
 
     let rows = pubsub
-        .pull("rows", 5, Duration::from_secs(30))
+        .pull("rows", 4, Duration::from_secs(30))
         .await
         .unwrap();
     assert_eq!(
-        record_names(&data(&rows)),
-        ["a", "b", "b2", "b3", "c"],
+        record_names(&payloads(&rows)),
+        ["a", "b", "b2", "c"],
         "one message per row, in order"
     );
     let keys: Vec<&str> = rows.iter().map(|m| m.key.as_str()).collect();
-    assert_eq!(
-        keys,
-        [
-            r#"Users/{"Id":"0"}"#,
-            r#"Users/{"Id":"7"}"#,
-            r#"Users/{"Id":"8"}"#,
-            r#"Users/{"Id":"9"}"#,
-            r#"Users/{"Id":"2"}"#
-        ]
-    );
-    for m in &rows {
+    assert_eq!(keys, SAMPLE_KEYS);
+    for (m, table) in rows.iter().zip(["Users", "Users", "Users", "Albums"]) {
         let v: Value = serde_json::from_str(&m.data).unwrap();
         assert_eq!(v["mods"].as_array().unwrap().len(), 1);
-        assert_eq!(v["table_name"], "Users", "the rest of the record is kept");
+        assert_eq!(v["table_name"], table, "the rest of the record is kept");
     }
 }
 
@@ -122,7 +85,7 @@ async fn side_outputs_and_dead_letters_go_to_topics_of_their_own() {
     for topic in ["main", "audit", "dead"] {
         pubsub.topic(topic).await.unwrap();
     }
-    let run = plugin_run(
+    let run = publish(
         &pubsub,
         vec![
             path("chaos"),
@@ -152,8 +115,8 @@ async fn side_outputs_and_dead_letters_go_to_topics_of_their_own() {
         .pull("dead", 1, Duration::from_secs(30))
         .await
         .unwrap();
-    assert_eq!(record_names(&data(&main)), ["a", "b"]);
-    assert_eq!(record_names(&data(&audit)), ["a", "b"]);
+    assert_eq!(record_names(&payloads(&main)), ["a", "b"]);
+    assert_eq!(record_names(&payloads(&audit)), ["a", "b"]);
     assert_eq!(dead.len(), 1);
     let letter: Value = serde_json::from_str(&dead[0].data).unwrap();
     assert_eq!(letter["plugin"], "chaos@0.1.0");
@@ -162,7 +125,7 @@ async fn side_outputs_and_dead_letters_go_to_topics_of_their_own() {
     // Nothing more than that anywhere.
     for topic in ["main", "audit", "dead"] {
         let more = pubsub.pull(topic, 1, Duration::from_secs(1)).await.unwrap();
-        assert!(more.is_empty(), "{topic}: {:?}", data(&more));
+        assert!(more.is_empty(), "{topic}: {:?}", payloads(&more));
     }
 }
 
@@ -190,7 +153,7 @@ async fn a_topic_that_does_not_exist_or_a_bad_option_is_one_line_and_exit_2() {
     for (flags, want) in cases {
         let mut args = vec![path("identity")];
         args.extend(flags);
-        let run = plugin_run(&pubsub, args, String::new()).await;
+        let run = publish(&pubsub, args, String::new()).await;
         assert_eq!(run.code, Some(2), "{}", run.stderr);
         assert_eq!(
             run.stderr.trim_end().lines().last(),
