@@ -66,16 +66,10 @@ impl Emulator {
     /// and releasing it, so a parallel test may take the same one: an emulator that exits or
     /// cannot be reached at start is started again on another port.
     pub async fn start(options: EmulatorOptions) -> anyhow::Result<Self> {
-        let mut last = None;
-        for _ in 0..3 {
-            match Self::start_once(&options).await {
-                Ok(emulator) => return Ok(emulator),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last
-            .expect("three attempts")
-            .context("starting the Spanner emulator"))
+        crate::start_with_retries("the Spanner emulator", async || {
+            Self::start_once(&options).await
+        })
+        .await
     }
 
     async fn start_once(options: &EmulatorOptions) -> anyhow::Result<Self> {

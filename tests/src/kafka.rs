@@ -25,14 +25,7 @@ pub struct KafkaBroker {
 impl KafkaBroker {
     /// Starts a broker on a free port and waits until it answers.
     pub async fn start() -> anyhow::Result<Self> {
-        let mut last = None;
-        for _ in 0..3 {
-            match Self::start_once().await {
-                Ok(broker) => return Ok(broker),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.expect("three attempts").context("starting tansu"))
+        crate::start_with_retries("tansu", async || Self::start_once().await).await
     }
 
     async fn start_once() -> anyhow::Result<Self> {

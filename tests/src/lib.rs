@@ -35,6 +35,24 @@ pub fn init_tracing() {
         .try_init();
 }
 
+/// Runs `start` up to three times: a server started on a port that was free a moment ago
+/// may find it taken by a parallel test, and then starts again on another.
+pub async fn start_with_retries<T>(
+    what: &str,
+    mut start: impl AsyncFnMut() -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let mut last = None;
+    for _ in 0..3 {
+        match start().await {
+            Ok(server) => return Ok(server),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last
+        .expect("three attempts")
+        .context(format!("starting {what}")))
+}
+
 /// Waits until `check` returns `Some`, polling every 50 ms, or fails after `timeout` with `what`.
 pub async fn eventually<T>(
     timeout: Duration,

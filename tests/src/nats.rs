@@ -23,16 +23,7 @@ pub struct NatsServer {
 impl NatsServer {
     /// Starts a server on a free port and waits until it answers.
     pub async fn start() -> anyhow::Result<Self> {
-        let mut last = None;
-        for _ in 0..3 {
-            match Self::start_once().await {
-                Ok(server) => return Ok(server),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last
-            .expect("three attempts")
-            .context("starting nats-server"))
+        crate::start_with_retries("nats-server", async || Self::start_once().await).await
     }
 
     async fn start_once() -> anyhow::Result<Self> {

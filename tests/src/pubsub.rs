@@ -31,16 +31,7 @@ pub struct PubSubEmulator {
 impl PubSubEmulator {
     /// Starts an emulator on a free port and waits until it answers.
     pub async fn start() -> anyhow::Result<Self> {
-        let mut last = None;
-        for _ in 0..3 {
-            match Self::start_once().await {
-                Ok(emulator) => return Ok(emulator),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last
-            .expect("three attempts")
-            .context("starting the Pub/Sub emulator"))
+        crate::start_with_retries("the Pub/Sub emulator", async || Self::start_once().await).await
     }
 
     async fn start_once() -> anyhow::Result<Self> {
