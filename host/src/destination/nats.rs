@@ -120,6 +120,11 @@ impl Nats {
     /// Publishes `messages` (with their ids) until JetStream has stored them all, or
     /// refuses one of them for good.
     async fn publish(&self, messages: &[Outgoing<'_>]) -> Sent {
+        // A plugin writes the table name and other attributes: what the protocol cannot
+        // carry is refused before anything of the range is sent.
+        if let Some(why) = messages.iter().find_map(unsendable) {
+            return Sent::Refused(why);
+        }
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         let mut next = 0;
         while next < messages.len() {
@@ -191,6 +196,23 @@ struct Outgoing<'a> {
     subject: Cow<'a, str>,
     /// Its `Nats-Msg-Id`.
     id: String,
+}
+
+/// Why NATS cannot carry `outgoing`: a subject that is empty, has empty tokens, white
+/// space or wildcards (from a table name in a template), or a header value with a line
+/// break.
+fn unsendable(outgoing: &Outgoing<'_>) -> Option<String> {
+    let subject = &outgoing.subject;
+    let bad_token = |t: &str| t.is_empty() || t == "*" || t == ">";
+    if subject.split('.').any(bad_token) || subject.contains(char::is_whitespace) {
+        return Some(format!("not a NATS subject to publish to: {subject:?}"));
+    }
+    let envelope = outgoing.message.envelope?;
+    let values = envelope.attributes.pairs().map(|(_, v)| v);
+    let mut values = values.into_iter().chain(envelope.key.as_deref());
+    values
+        .find(|v| v.contains(['\r', '\n']))
+        .map(|v| format!("a NATS header cannot hold a line break: {v:?}"))
 }
 
 /// Why a pass did not get every acknowledgement.
@@ -278,6 +300,40 @@ impl Destination for Nats {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::destination::{Attributes, Envelope};
+
+    #[test]
+    fn subjects_and_headers_nats_cannot_carry_are_unsendable() {
+        let attributes = |table: &str| Attributes {
+            table_name: table.into(),
+            mod_type: "INSERT",
+            commit_timestamp: "2026-01-01T00:00:00Z".into(),
+            partition_token: "p".into(),
+            server_transaction_id: "t".into(),
+            record_sequence: "1".into(),
+        };
+        let check = |subject: &str, table: &str| {
+            let envelope = Envelope {
+                attributes: attributes(table),
+                key: None,
+            };
+            let message = Message {
+                payload: b"{}",
+                envelope: Some(&envelope),
+            };
+            unsendable(&Outgoing {
+                message,
+                subject: Cow::Borrowed(subject),
+                id: String::new(),
+            })
+        };
+        assert_eq!(check("cdc.Users", "Users"), None);
+        for subject in ["cdc.>", "cdc.*", "cdc..x", "cdc.a b", ""] {
+            assert!(check(subject, "Users").is_some(), "{subject:?}");
+        }
+        let forged = check("cdc.x", "x\r\nNats-Msg-Id: forged").unwrap();
+        assert!(forged.contains("line break"), "{forged}");
+    }
 
     #[test]
     fn identical_messages_of_a_batch_get_distinct_ids_and_a_batch_sent_again_the_same_ids() {
