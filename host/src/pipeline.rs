@@ -17,7 +17,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -43,7 +42,6 @@ pub struct Pipeline {
     main: Box<dyn Destination>,
     side_outputs: HashMap<String, Box<dyn Destination>>,
     dead_letters: Box<dyn Destination>,
-    dead_letter_count: AtomicU64,
     observer: Arc<dyn Observer>,
 }
 
@@ -87,7 +85,6 @@ impl Pipeline {
             main,
             side_outputs: HashMap::new(),
             dead_letters,
-            dead_letter_count: AtomicU64::new(0),
             observer: Arc::new(NoObserver),
         }
     }
@@ -114,14 +111,12 @@ impl Pipeline {
         self
     }
 
-    /// The chain's counters, when there is a chain.
-    pub fn chain_stats(&self) -> Option<crate::plugin::ChainStats> {
-        self.chain.as_ref().map(|c| c.stats())
-    }
-
-    /// Dead letters written so far.
-    pub fn dead_letter_count(&self) -> u64 {
-        self.dead_letter_count.load(Ordering::Relaxed)
+    /// The names of the outputs in [`Event`]s: [`MAIN`], [`DEAD_LETTERS`] and every side
+    /// output with a destination of its own.
+    pub fn outputs(&self) -> impl Iterator<Item = &str> {
+        [MAIN, DEAD_LETTERS]
+            .into_iter()
+            .chain(self.side_outputs.keys().map(String::as_str))
     }
 
     /// Processes one batch (records of one partition, in order) and writes the results.
@@ -132,7 +127,7 @@ impl Pipeline {
             for input in inputs {
                 push_output(&mut batch, layout, input.record, input.extra, None)?;
             }
-            return self.send(&*self.main, batch).await;
+            return self.send(MAIN, &*self.main, batch).await;
         };
         let result = {
             let _slot = self.running.acquire().await?;
@@ -155,11 +150,11 @@ impl Pipeline {
         let envelopes = self.dead_letters.layout().envelopes;
         for d in dead_letters {
             let input = &inputs[d.origin];
-            tracing::warn!(plugin = %d.plugin, error = %d.error, table = %input.record.table_name,
+            tracing::warn!(plugin = d.plugin.tag(), error = %d.error, table = %input.record.table_name,
                 commit_timestamp = %input.record.commit_timestamp, "record sent to the dead letters");
             let line = DeadLetterLine {
-                plugin: &d.plugin,
-                plugin_sha256: &d.plugin_sha256,
+                plugin: d.plugin.tag(),
+                plugin_sha256: &d.plugin.sha256,
                 error: &d.error,
                 record: OutputLine {
                     record: input.record,
@@ -174,9 +169,9 @@ impl Pipeline {
             }
         }
         self.send_dead_letters(batch).await?;
-        for plugin in dead_letters.chunk_by(|a, b| a.plugin == b.plugin) {
+        for plugin in dead_letters.chunk_by(|a, b| a.plugin.name == b.plugin.name) {
             self.observer.observe(Event::DeadLetters {
-                plugin: &plugin[0].plugin,
+                plugin: &plugin[0].plugin.name,
                 records: plugin.len(),
             });
         }
@@ -197,32 +192,44 @@ impl Pipeline {
                 OutputRecord::Unchanged => (origin.record, origin.extra),
                 OutputRecord::Changed { record, extra } => (&**record, extra.as_ref()),
             };
-            let (destination, batch, tag) = match out.output.as_deref() {
+            let (output, destination, batch, tag) = match out.output.as_deref() {
                 Some(name) => match self.side_outputs.get_key_value(name) {
-                    Some((name, d)) => (&**d, side.entry(name.as_str()).or_default(), None),
-                    None => (&*self.main, &mut main, Some(name)),
+                    Some((name, d)) => (
+                        name.as_str(),
+                        &**d,
+                        side.entry(name.as_str()).or_default(),
+                        None,
+                    ),
+                    None => (MAIN, &*self.main, &mut main, Some(name)),
                 },
-                None => (&*self.main, &mut main, None),
+                None => (MAIN, &*self.main, &mut main, None),
             };
             push_output(batch, destination.layout(), record, extra, tag)?;
             if batch.as_ndjson().len() >= FLUSH_BYTES {
-                self.send(destination, std::mem::take(batch)).await?;
+                self.send(output, destination, std::mem::take(batch))
+                    .await?;
             }
         }
         for (name, batch) in side {
-            self.send(&*self.side_outputs[name], batch).await?;
+            self.send(name, &*self.side_outputs[name], batch).await?;
         }
-        self.send(&*self.main, main).await
+        self.send(MAIN, &*self.main, main).await
     }
 
-    /// Sends `batch` to `destination` and reports what it accepted; the records it refuses
-    /// go to the dead letters.
-    async fn send(&self, destination: &dyn Destination, batch: Batch) -> Result<(), ConsumerError> {
+    /// Sends `batch` to `destination` (output `output`) and reports what it accepted; the
+    /// records it refuses go to the dead letters.
+    async fn send(
+        &self,
+        output: &str,
+        destination: &dyn Destination,
+        batch: Batch,
+    ) -> Result<(), ConsumerError> {
         if batch.is_empty() {
             return Ok(());
         }
-        let records = batch.len();
+        let (records, bytes) = (batch.len(), batch.payload_bytes());
         let started = std::time::Instant::now();
+        self.observer.observe(Event::Sending { output, bytes });
         let refused = match destination.send(batch).await {
             Ok(()) => 0,
             Err(DestinationError::Refused {
@@ -234,11 +241,16 @@ impl Pipeline {
                 self.send_dead_letters(dead).await?;
                 n
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                self.observer.observe(Event::OutputFailed { output, bytes });
+                return Err(e.into());
+            }
         };
         self.observer.observe(Event::Output {
-            output: destination.name(),
+            output,
             records: records - refused,
+            refused,
+            bytes,
             took: started.elapsed(),
         });
         Ok(())
@@ -246,18 +258,29 @@ impl Pipeline {
 
     /// Dead letters must be taken whole: a refusal here fails the batch.
     async fn send_dead_letters(&self, batch: Batch) -> Result<(), ConsumerError> {
-        let (records, started) = (batch.len(), std::time::Instant::now());
-        self.dead_letters.send(batch).await?;
-        self.dead_letter_count
-            .fetch_add(records as u64, Ordering::Relaxed);
+        let (records, bytes) = (batch.len(), batch.payload_bytes());
+        let started = std::time::Instant::now();
+        let output = DEAD_LETTERS;
+        self.observer.observe(Event::Sending { output, bytes });
+        if let Err(e) = self.dead_letters.send(batch).await {
+            self.observer.observe(Event::OutputFailed { output, bytes });
+            return Err(e.into());
+        }
         self.observer.observe(Event::Output {
-            output: self.dead_letters.name(),
+            output,
             records,
+            refused: 0,
+            bytes,
             took: started.elapsed(),
         });
         Ok(())
     }
 }
+
+/// The output name of the main destination in [`Event`]s.
+pub const MAIN: &str = "main";
+/// The output name of the dead-letter destination in [`Event`]s.
+pub const DEAD_LETTERS: &str = "dead_letters";
 
 impl Consumer for Pipeline {
     async fn consume(&self, records: &[DataChangeRecord]) -> Result<(), ConsumerError> {

@@ -198,6 +198,7 @@ pub(crate) async fn run<C: Consumer>(
     mut stop: StopSignal,
 ) -> Result<ReaderOutcome, ReaderError> {
     let token = partition.token.clone();
+    let _reading = Reading::start(&ctx.observer, &partition.token, partition.watermark);
     let store_err = |source| ReaderError::Store {
         partition: token.clone(),
         source,
@@ -270,6 +271,35 @@ pub(crate) async fn run<C: Consumer>(
     tracing::debug!(partition = ?token, watermark = %last, "partition finished");
     ctx.observer.observe(Event::Finished { partition: &token });
     Ok(ReaderOutcome::Finished)
+}
+
+/// Reports [`Event::Reading`] when made and [`Event::StoppedReading`] when dropped, so
+/// that every way a reader ends (an abort included) is reported.
+struct Reading<'a> {
+    observer: &'a dyn Observer,
+    partition: &'a PartitionToken,
+}
+
+impl<'a> Reading<'a> {
+    fn start(
+        observer: &'a Arc<dyn Observer>,
+        partition: &'a PartitionToken,
+        from: Timestamp,
+    ) -> Self {
+        observer.observe(Event::Reading { partition, from });
+        Reading {
+            observer: &**observer,
+            partition,
+        }
+    }
+}
+
+impl Drop for Reading<'_> {
+    fn drop(&mut self) {
+        self.observer.observe(Event::StoppedReading {
+            partition: self.partition,
+        });
+    }
 }
 
 enum ReadError {
@@ -474,6 +504,7 @@ async fn handle_batch<C: Consumer>(
         ctx.observer.observe(Event::Acknowledged {
             partition: &partition.token,
             through,
+            records: &data,
         });
     }
     Ok(end)

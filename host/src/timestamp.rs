@@ -48,6 +48,12 @@ impl Timestamp {
         )
     }
 
+    /// How long after `earlier` this is (zero when it is not later).
+    pub fn duration_since(self, earlier: Timestamp) -> std::time::Duration {
+        let nanos = (self.unix_nanos() - earlier.unix_nanos()).max(0);
+        std::time::Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+    }
+
     /// This timestamp moved back by `d` (saturating at the representable range).
     pub fn saturating_sub(self, d: std::time::Duration) -> Self {
         Self(

@@ -230,6 +230,19 @@ fn already_exists(e: &anyhow::Error) -> bool {
         .is_some_and(|s| s.code() == gcloud_gax::grpc::Code::AlreadyExists)
 }
 
+impl Emulator {
+    /// Sends `signal` to the emulator's process group (`SIGSTOP` pauses it: every request
+    /// to it hangs; `SIGCONT` lets it go on).
+    pub fn signal(&self, signal: libc::c_int) -> anyhow::Result<()> {
+        let pgid = self.child.id() as libc::pid_t;
+        // SAFETY: kill(2) with a negative pid signals exactly that process group.
+        if unsafe { libc::kill(-pgid, signal) } != 0 {
+            anyhow::bail!("kill: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
 impl Drop for Emulator {
     fn drop(&mut self) {
         // Kill the whole group (`process_group(0)` made it with the emulator's pid as its

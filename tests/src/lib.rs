@@ -12,6 +12,7 @@ pub mod emulator;
 pub mod http;
 pub mod items;
 pub mod kafka;
+pub mod metrics;
 pub mod nats;
 pub mod plugins;
 pub mod process;

@@ -37,7 +37,9 @@ impl Observer for Recorder {
                 .entry(partition.clone())
                 .or_default()
                 .extend(records.iter().map(|r| r.commit_timestamp)),
-            Event::Acknowledged { partition, through } => {
+            Event::Acknowledged {
+                partition, through, ..
+            } => {
                 let at = seen
                     .acknowledged
                     .entry(partition.clone())

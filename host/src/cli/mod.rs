@@ -8,8 +8,10 @@
 
 mod config;
 mod plugin;
+mod progress;
 mod status;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -24,6 +26,7 @@ use screamer::FailureKind;
 use screamer::client::Endpoint;
 use screamer::destination::{Destination, DestinationUri, Http, Kafka, Nats, Ndjson, PubSub};
 use screamer::dsn::DatabaseName;
+use screamer::observe::{Metrics, Observer};
 use screamer::partition::{MemoryStore, PartitionStore, RunnerId, SpannerStore, StoreError};
 use screamer::pipeline::Pipeline;
 use screamer::plugin::{Chain, PluginError, PluginRuntime};
@@ -49,6 +52,15 @@ pub struct Cli {
     /// Log filter (tracing syntax), written to stderr.
     #[arg(long, env = "LOG_LEVEL", default_value = "info", global = true)]
     pub log_level: String,
+    /// Log lines as text, or as one JSON object per line for log pipelines.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -58,6 +70,9 @@ pub enum Command {
     Plugin(plugin::PluginCommand),
     /// Show the runners and partitions of a metadata table.
     Status(status::StatusArgs),
+    /// The Go screamer's spelling of the main command (`screamer screamer --dsn ...`).
+    #[command(hide = true)]
+    Screamer(Box<Args>),
 }
 
 /// The main command: read the stream.
@@ -96,6 +111,13 @@ pub struct Args {
     /// How often to release partitions above this runner's fair share (0: never).
     #[arg(long, allow_negative_numbers = true, env = "REBALANCING_INTERVAL", default_value = "0s", value_parser = parse_duration)]
     pub rebalancing_interval: Duration,
+    /// Serve Prometheus metrics (`/metrics`), `/healthz` and `/readyz` on HOST:PORT.
+    #[arg(long, env = "METRICS_ADDR", value_name = "HOST:PORT", value_parser = parse_listen_addr)]
+    pub metrics_addr: Option<SocketAddr>,
+    /// How often to log a progress summary (0s: never). With --end on a terminal, a live
+    /// progress line replaces it.
+    #[arg(long, allow_negative_numbers = true, env = "PROGRESS_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub progress_interval: Duration,
     /// How often acknowledged positions are written to the metadata table.
     #[arg(long, allow_negative_numbers = true, env = "CHECKPOINT_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub checkpoint_interval: Duration,
@@ -115,6 +137,15 @@ fn parse_lease(s: &str) -> Result<Duration, String> {
         ));
     }
     Ok(d)
+}
+
+fn parse_listen_addr(s: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let expected = || format!("{s:?}: expected HOST:PORT, e.g. 0.0.0.0:9464");
+    s.to_socket_addrs()
+        .map_err(|_| expected())?
+        .next()
+        .ok_or_else(expected)
 }
 
 fn parse_heartbeat(s: &str) -> Result<Duration, String> {
@@ -156,11 +187,15 @@ pub fn main() -> ExitCode {
             return ExitCode::from(INVALID_INPUT);
         }
     };
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs.json().init(),
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -168,7 +203,8 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Plugin(command)) => runtime.block_on(plugin::run(command)),
         Some(Command::Status(args)) => runtime.block_on(status::run(args)),
-        None => check_range(&cli.run).and_then(|()| runtime.block_on(run(cli.run))),
+        Some(Command::Screamer(args)) => main_command(&runtime, *args),
+        None => main_command(&runtime, cli.run),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -177,6 +213,11 @@ pub fn main() -> ExitCode {
             ExitCode::from(e.exit_code())
         }
     }
+}
+
+fn main_command(runtime: &tokio::runtime::Runtime, args: Args) -> Result<(), RunError> {
+    check_range(&args)?;
+    runtime.block_on(run(args))
 }
 
 /// Checks the range before connecting anywhere (the subscriber checks it again with its
@@ -235,9 +276,16 @@ async fn run(args: Args) -> Result<(), RunError> {
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(forward_signals(shutdown.clone()));
+    let metrics = Arc::new(Metrics::new());
+    if let Some(addr) = args.metrics_addr {
+        let bound = screamer::observe::serve(addr, metrics.clone(), shutdown.child_token())
+            .await
+            .map_err(|e| RunError::Input(format!("--metrics-addr {addr}: {e}")))?;
+        tracing::info!(metrics = %format!("http://{bound}/metrics"), "serving metrics");
+    }
     // Plugins first: a bad plugin is an input error found before touching Spanner.
     let pipeline = PipelineConfig::resolve(&args.plugins, &args.pipeline)?;
-    let built = build_pipeline(&pipeline).await?;
+    let built = build_pipeline(&pipeline, metrics.clone()).await?;
     let hot_swap = match &built.plugins {
         Some((runtime, chain)) => Some(screamer::plugin::watch(
             runtime.clone(),
@@ -275,18 +323,11 @@ async fn run(args: Args) -> Result<(), RunError> {
         rebalancing_interval: Some(args.rebalancing_interval).filter(|d| !d.is_zero()),
         ..defaults
     };
-    let subscriber = Subscriber::new(source.clone(), store, options);
-    let pipeline = Arc::new(pipeline);
-    let result = subscriber.subscribe(pipeline.clone(), shutdown).await;
-    if let Some(stats) = pipeline.chain_stats() {
-        tracing::info!(
-            calls = stats.calls,
-            failed_calls = stats.failed_calls,
-            instances_started = stats.instances_started,
-            dead_letters = pipeline.dead_letter_count(),
-            "plugin chain"
-        );
-    }
+    let subscriber = Subscriber::new(source.clone(), store, options).with_observer(metrics.clone());
+    let progress = progress::Reporter::start(metrics.clone(), args.end, args.progress_interval);
+    let result = subscriber.subscribe(pipeline, shutdown).await;
+    progress.finish();
+    progress::log_plugin_summary(&metrics);
     drop(hot_swap);
     source.close().await;
     let summary = result?;
@@ -306,8 +347,13 @@ struct BuiltPipeline {
     plugins: Option<(Arc<PluginRuntime>, Arc<Chain>)>,
 }
 
-/// Loads the chain and opens the destinations.
-async fn build_pipeline(config: &PipelineConfig) -> Result<BuiltPipeline, RunError> {
+/// Loads the chain and opens the destinations; both report to `metrics`, which knows
+/// their names from the start.
+async fn build_pipeline(
+    config: &PipelineConfig,
+    metrics: Arc<Metrics>,
+) -> Result<BuiltPipeline, RunError> {
+    let observer: Arc<dyn Observer> = metrics.clone();
     let dead_letters = match &config.dead_letter {
         Some(uri) => open_destination("--dead-letter", uri).await?,
         None => Box::new(Ndjson::stderr()),
@@ -315,12 +361,14 @@ async fn build_pipeline(config: &PipelineConfig) -> Result<BuiltPipeline, RunErr
     let mut pipeline = Pipeline::new(
         open_destination("--output", &config.output).await?,
         dead_letters,
-    );
+    )
+    .with_observer(observer.clone());
     for (name, uri) in &config.side_outputs {
         let destination = open_destination(&format!("--side-output {name}"), uri).await?;
         pipeline = pipeline.with_side_output(name.clone(), destination);
     }
     if config.plugins.is_empty() {
+        metrics.declare(pipeline.outputs(), []);
         return Ok(BuiltPipeline {
             pipeline,
             plugins: None,
@@ -345,7 +393,8 @@ async fn build_pipeline(config: &PipelineConfig) -> Result<BuiltPipeline, RunErr
             "plugin loaded"
         );
     }
-    let chain = Arc::new(Chain::new(versions, config.batch_size));
+    metrics.declare(pipeline.outputs(), versions.iter().map(|v| v.name.as_str()));
+    let chain = Arc::new(Chain::new(versions, config.batch_size).with_observer(observer));
     Ok(BuiltPipeline {
         pipeline: pipeline.with_chain(chain.clone()),
         plugins: Some((runtime, chain)),

@@ -7,11 +7,14 @@
 
 use std::io::BufRead;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
 use super::config::{PipelineArgs, PipelineConfig};
+use super::progress::per_record_micros;
 use super::{RunError, build_pipeline};
+use screamer::observe::{Metrics, PluginTotals};
 use screamer::plugin::{Input, PluginRuntime, PluginSpec};
 use screamer::record::DataChangeRecord;
 
@@ -40,6 +43,9 @@ pub enum PluginCommand {
         files: Vec<PathBuf>,
         #[command(flatten)]
         pipeline: PipelineArgs,
+        /// At the end, print each plugin's calls, outcomes and time per record to stderr.
+        #[arg(long)]
+        stats: bool,
     },
 }
 
@@ -51,7 +57,11 @@ pub async fn run(command: PluginCommand) -> Result<(), RunError> {
             json,
             plugin_cache,
         } => check(file, plugin_config, json, plugin_cache).await,
-        PluginCommand::Run { files, pipeline } => run_stdin(&files, &pipeline).await,
+        PluginCommand::Run {
+            files,
+            pipeline,
+            stats,
+        } => run_stdin(&files, &pipeline, stats).await,
     }
 }
 
@@ -106,7 +116,7 @@ impl InputLine {
     }
 }
 
-async fn run_stdin(files: &[PathBuf], args: &PipelineArgs) -> Result<(), RunError> {
+async fn run_stdin(files: &[PathBuf], args: &PipelineArgs, stats: bool) -> Result<(), RunError> {
     let config = PipelineConfig::resolve(files, args)?;
     if config.plugins.is_empty() {
         return Err(RunError::Input(
@@ -114,7 +124,8 @@ async fn run_stdin(files: &[PathBuf], args: &PipelineArgs) -> Result<(), RunErro
                 .to_owned(),
         ));
     }
-    let pipeline = build_pipeline(&config).await?.pipeline;
+    let metrics = Arc::new(Metrics::new());
+    let pipeline = build_pipeline(&config, metrics.clone()).await?.pipeline;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<InputLine>, RunError>>(2);
     // stdin is read on its own thread: blocking reads, and parsing overlaps processing.
     std::thread::spawn(move || {
@@ -160,7 +171,7 @@ async fn run_stdin(files: &[PathBuf], args: &PipelineArgs) -> Result<(), RunErro
             let _ = tx.blocking_send(Ok(batch));
         }
     });
-    let (mut records, mut dead) = (0usize, 0u64);
+    let mut records = 0usize;
     while let Some(batch) = rx.recv().await {
         let batch = batch?;
         let inputs: Vec<Input<'_>> = batch
@@ -175,8 +186,45 @@ async fn run_stdin(files: &[PathBuf], args: &PipelineArgs) -> Result<(), RunErro
             .await
             .map_err(|e| RunError::Io(std::io::Error::other(e)))?;
         records += batch.len();
-        dead = pipeline.dead_letter_count();
     }
-    tracing::info!(records, dead_letters = dead, "plugin run done");
+    let dead_letters = metrics.progress().dead_letters;
+    tracing::info!(records, dead_letters, "plugin run done");
+    if stats {
+        eprint!("{}", stats_table(&metrics.plugins()));
+    }
     Ok(())
+}
+
+/// Per-plugin counts and time, one row per plugin in chain order.
+fn stats_table(plugins: &[(String, PluginTotals)]) -> String {
+    let mut table = format!(
+        "{:<20} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}\n",
+        "plugin",
+        "calls",
+        "records",
+        "keep",
+        "drop",
+        "replace",
+        "emit",
+        "fail",
+        "instances",
+        "us/record"
+    );
+    for (name, t) in plugins {
+        let o = &t.outcomes;
+        table += &format!(
+            "{:<20} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10.2}\n",
+            name,
+            t.calls,
+            o.total(),
+            o.keep,
+            o.drop,
+            o.replace,
+            o.emit,
+            o.fail,
+            t.instances_started,
+            per_record_micros(t.busy, o.total()),
+        );
+    }
+    table
 }

@@ -24,6 +24,7 @@ use super::bindings::{ChangeRecordParam, ChangeRecordResult, Outcome, RowChangeP
 use super::convert::{Staged, extra_text, to_host};
 use super::instance::Instance;
 use super::version::PluginVersion;
+use crate::observe::{Event, NoObserver, Observer, OutcomeCounts};
 use crate::record::DataChangeRecord;
 
 /// One record entering the chain, with the extra top-level fields it already carries.
@@ -70,9 +71,8 @@ pub enum OutputRecord {
 pub struct DeadLetter {
     /// Index of the input record.
     pub origin: usize,
-    /// `name@version` of the plugin.
-    pub plugin: String,
-    pub plugin_sha256: String,
+    /// The plugin version that failed it.
+    pub plugin: Arc<PluginVersion>,
     pub error: String,
 }
 
@@ -82,20 +82,12 @@ pub struct ChainResult {
     pub dead_letters: Vec<DeadLetter>,
 }
 
-/// Counters since the chain started.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct ChainStats {
-    pub calls: u64,
-    pub failed_calls: u64,
-    pub instances_started: u64,
-}
-
 /// Plugins in order, each replaceable while batches flow.
 pub struct Chain {
     slots: Vec<RwLock<Arc<PluginVersion>>>,
     batch_size: usize,
     workers: Mutex<Vec<Worker>>,
-    stats: Mutex<ChainStats>,
+    observer: Arc<dyn Observer>,
 }
 
 /// The instances one batch runs on: one per slot, made on first use.
@@ -116,8 +108,14 @@ impl Chain {
             slots: versions.into_iter().map(RwLock::new).collect(),
             batch_size: batch_size.max(1),
             workers: Mutex::new(Vec::new()),
-            stats: Mutex::new(ChainStats::default()),
+            observer: Arc::new(NoObserver),
         }
+    }
+
+    /// Reports every plugin call, instance start and the outcomes to `observer`.
+    pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = observer;
+        self
     }
 
     pub fn len(&self) -> usize {
@@ -141,10 +139,6 @@ impl Chain {
         std::mem::replace(&mut *self.slots[slot].write().expect("slot lock"), version)
     }
 
-    pub fn stats(&self) -> ChainStats {
-        *self.stats.lock().expect("stats lock")
-    }
-
     /// Runs `inputs` through every plugin. Plugin calls are CPU work between their awaits
     /// (the awaits are WASI calls and deadlines): run it where blocking a thread is fine.
     pub async fn run(&self, inputs: &[Input<'_>]) -> ChainResult {
@@ -157,7 +151,6 @@ impl Chain {
             .unwrap_or_else(|| Worker {
                 instances: (0..self.slots.len()).map(|_| None).collect(),
             });
-        let mut stats = ChainStats::default();
         let mut result = ChainResult::default();
         let extras: Vec<String> = inputs.iter().map(|i| extra_text(i.extra)).collect();
         let mut emitted = vec![0usize; inputs.len()];
@@ -187,7 +180,7 @@ impl Chain {
                 slot,
                 version,
                 instance,
-                stats: &mut stats,
+                observer: &*self.observer,
             };
             let outcomes = turn.outcomes(&stage.records, self.batch_size).await;
             let mut sorted = Sorted {
@@ -210,10 +203,6 @@ impl Chain {
             }
         }
         self.workers.lock().expect("worker pool").push(worker);
-        let mut total = self.stats.lock().expect("stats lock");
-        total.calls += stats.calls;
-        total.failed_calls += stats.failed_calls;
-        total.instances_started += stats.instances_started;
         result
     }
 }
@@ -233,13 +222,13 @@ struct Sorted<'r, 'i> {
     emitted: &'r mut [usize],
 }
 
-/// One plugin's turn in a chain run: its version, the worker's instance of it, and the run's
-/// counters.
+/// One plugin's turn in a chain run: its version, the worker's instance of it, and where
+/// its calls are reported.
 struct Turn<'a> {
     slot: usize,
     version: &'a Arc<PluginVersion>,
     instance: &'a mut Option<(Arc<PluginVersion>, Instance)>,
-    stats: &'a mut ChainStats,
+    observer: &'a dyn Observer,
 }
 
 impl Turn<'_> {
@@ -306,14 +295,15 @@ impl Turn<'_> {
         records: &[Staged<'_>],
         deadline: Instant,
     ) -> Result<Vec<Outcome>, String> {
+        let plugin = self.version.name.as_str();
+        let began = std::time::Instant::now();
         if self.instance.is_none() {
-            self.stats.instances_started += 1;
+            self.observer.observe(Event::PluginStarted { plugin });
             let started = Instance::start(self.version, deadline)
                 .await
-                .inspect_err(|_| self.stats.failed_calls += 1)?;
+                .inspect_err(|_| self.report_call(records.len(), began, true))?;
             *self.instance = Some((self.version.clone(), started));
         }
-        self.stats.calls += 1;
         let mut rows: Vec<RowChangeParam<'_>> =
             Vec::with_capacity(records.iter().map(Staged::row_count).sum());
         for r in records {
@@ -330,11 +320,20 @@ impl Turn<'_> {
             .collect();
         let (_, live) = self.instance.as_mut().expect("instance started above");
         let result = live.process(&params, deadline).await;
+        self.report_call(records.len(), began, result.is_err());
         if result.is_err() {
-            self.stats.failed_calls += 1;
             *self.instance = None;
         }
         result
+    }
+
+    fn report_call(&self, records: usize, began: std::time::Instant, failed: bool) {
+        self.observer.observe(Event::PluginCall {
+            plugin: &self.version.name,
+            records,
+            took: began.elapsed(),
+            failed,
+        });
     }
 
     /// Applies the plugin's outcomes: what goes on to the next plugin is the next stage; side
@@ -354,15 +353,21 @@ impl Turn<'_> {
             record,
             by: self.slot,
         };
+        let mut counts = OutcomeCounts::default();
         let items = stage.origins.into_iter().zip(stage.records).zip(outcomes);
         for ((origin, record), outcome) in items {
             let failure = match outcome {
                 Ok(Outcome::Keep) => {
+                    counts.keep += 1;
                     next.push(origin, record);
                     continue;
                 }
-                Ok(Outcome::Drop) => continue,
+                Ok(Outcome::Drop) => {
+                    counts.drop += 1;
+                    continue;
+                }
                 Ok(Outcome::Replace(r)) => {
+                    counts.replace += 1;
                     next.push(origin, changed(r));
                     continue;
                 }
@@ -370,6 +375,7 @@ impl Turn<'_> {
                     let limit = self.version.spec.limits.max_emissions;
                     let total = sorted.emitted[origin].saturating_add(emissions.len());
                     if total <= limit {
+                        counts.emit += 1;
                         sorted.emitted[origin] = total;
                         for e in emissions {
                             match e.output {
@@ -393,13 +399,17 @@ impl Turn<'_> {
                 }
                 Ok(Outcome::Fail(error)) | Err(error) => error,
             };
+            counts.fail += 1;
             sorted.result.dead_letters.push(DeadLetter {
                 origin,
-                plugin: self.version.tag().to_owned(),
-                plugin_sha256: self.version.sha256.clone(),
+                plugin: self.version.clone(),
                 error: failure,
             });
         }
+        self.observer.observe(Event::PluginOutcomes {
+            plugin: &self.version.name,
+            outcomes: &counts,
+        });
         next
     }
 }
@@ -411,7 +421,7 @@ fn finish(
     origin: usize,
     output: Option<String>,
     record: ChangeRecordResult,
-    producer: &PluginVersion,
+    producer: &Arc<PluginVersion>,
     inputs: &[Input<'_>],
 ) {
     match to_host(record, inputs[origin].record) {
@@ -425,8 +435,7 @@ fn finish(
         }),
         Err(e) => result.dead_letters.push(DeadLetter {
             origin,
-            plugin: producer.tag().to_owned(),
-            plugin_sha256: producer.sha256.clone(),
+            plugin: producer.clone(),
             error: format!("returned an invalid record: {e}"),
         }),
     }

@@ -35,7 +35,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use bindings::{PROCESSOR_EXPORT, WORLD};
-pub use chain::{Chain, ChainResult, ChainStats, DeadLetter, Input, Output, OutputRecord};
+pub use chain::{Chain, ChainResult, DeadLetter, Input, Output, OutputRecord};
 pub use grants::{GrantParseError, HostPattern, NetworkGrant, PreopenDir, WasiGrants};
 pub use runtime::{ComponentReport, PluginRuntime};
 pub use version::PluginVersion;

@@ -302,6 +302,10 @@ impl<'s, C: Consumer> Runner<'s, C> {
             "subscribing"
         );
         let observer = &subscriber.observer;
+        observer.observe(ObserverEvent::Subscribed {
+            runner,
+            lease: options.lease_duration,
+        });
         let checkpoints = Arc::new(Checkpointer::new(
             Arc::clone(store),
             runner,
@@ -647,6 +651,7 @@ impl<'s, C: Consumer> Runner<'s, C> {
     /// are written, every lease is given up so other runners continue at once, and the
     /// runner deregisters. A failed last checkpoint keeps the leases (they expire).
     async fn stop(mut self) -> Result<RunSummary, SubscribeError> {
+        self.observer.observe(ObserverEvent::Stopping);
         self.readers.stop_all(StopMode::Drain);
         let mut held = std::mem::take(&mut self.failed);
         while let Some(ended) = self.readers.join_next().await {
