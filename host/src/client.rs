@@ -5,6 +5,8 @@
 //! and the [Spanner partition store](crate::partition::SpannerStore); neither depends on the
 //! other. Transient failures are recognised by their gRPC code (and, for the codes Spanner
 //! overloads, by what the status carries), never by an error's display text elsewhere.
+//! Both stages send the [`Priority`] they are given and tag their requests (`screamer-...`),
+//! so an operator finds screamer's load in Spanner's query and lock statistics.
 
 use std::time::Duration;
 
@@ -71,6 +73,41 @@ impl Endpoint {
                     env => Ok(env),
                 }
             }
+        }
+    }
+}
+
+/// Spanner's request priority for screamer's change stream queries and metadata
+/// operations (as the Go screamer's `--priority`); without one, Spanner's default (high).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    Low,
+    Medium,
+    High,
+}
+
+impl Priority {
+    pub fn proto(self) -> gcloud_googleapis::spanner::v1::request_options::Priority {
+        use gcloud_googleapis::spanner::v1::request_options::Priority as P;
+        match self {
+            Priority::Low => P::Low,
+            Priority::Medium => P::Medium,
+            Priority::High => P::High,
+        }
+    }
+}
+
+impl std::str::FromStr for Priority {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "low" => Ok(Priority::Low),
+            "medium" => Ok(Priority::Medium),
+            "high" => Ok(Priority::High),
+            _ => Err(format!(
+                "{s:?} is not a priority: expected low, medium or high"
+            )),
         }
     }
 }

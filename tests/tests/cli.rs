@@ -190,6 +190,9 @@ async fn bad_input_gets_one_clear_line_and_exit_2() -> anyhow::Result<()> {
     let dsn = db.name.to_string();
     let missing = emulator.unused_database().to_string();
     let missing_message = format!("error: database {missing} does not exist");
+    let occupied = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let taken = occupied.local_addr()?;
+    let taken_message = format!("error: --metrics-addr {taken}: cannot listen on {taken}: ");
     let cases: Vec<(Vec<String>, &str)> = vec![
         (
             strings(&["--dsn", "projects/p/instances/i", "--stream", "Changes"]),
@@ -252,6 +255,32 @@ async fn bad_input_gets_one_clear_line_and_exit_2() -> anyhow::Result<()> {
                 "5 parsecs",
             ]),
             "\"5 parsecs\" is not a duration",
+        ),
+        (
+            strings(&["--dsn", &dsn, "--stream", "Changes", "--priority", "urgent"]),
+            "\"urgent\" is not a priority: expected low, medium or high",
+        ),
+        (
+            strings(&[
+                "--dsn",
+                &dsn,
+                "--stream",
+                "Changes",
+                "--metrics-addr",
+                "nowhere",
+            ]),
+            "\"nowhere\": expected HOST:PORT, e.g. 0.0.0.0:9464",
+        ),
+        (
+            strings(&[
+                "--dsn",
+                &dsn,
+                "--stream",
+                "Changes",
+                "--metrics-addr",
+                &taken.to_string(),
+            ]),
+            &taken_message,
         ),
     ];
     for (args, message) in cases {
@@ -325,5 +354,47 @@ async fn bad_input_gets_one_clear_line_and_exit_2() -> anyhow::Result<()> {
     )
     .await?;
     assert_eq!(code, 0, "{stderr}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_go_spelling_runs_at_low_priority_with_json_logs_one_object_per_line()
+-> anyhow::Result<()> {
+    let emulator = Emulator::start(EmulatorOptions::exact()).await?;
+    let db = emulator.items_database().await?;
+    let now = Timestamp::now();
+    let end = now.saturating_add(Duration::from_millis(1)).to_string();
+    let (code, stderr) = run_to_exit(
+        db.host(),
+        &strings(&[
+            "screamer",
+            "--dsn",
+            &db.name.to_string(),
+            "--stream",
+            "Changes",
+            "--start",
+            &now.to_string(),
+            "--end",
+            &end,
+            "--log-format",
+            "json",
+            "--priority",
+            "low",
+            "--metadata-table",
+            "GoPartitions",
+        ]),
+    )
+    .await?;
+    assert_eq!(code, 0, "{stderr}");
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["level"] == "INFO" && l["fields"]["message"] == "done"),
+        "{stderr}"
+    );
     Ok(())
 }

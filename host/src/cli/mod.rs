@@ -23,7 +23,7 @@ use tracing_subscriber::EnvFilter;
 
 use config::{ConfigError, PipelineArgs, PipelineConfig, parse_duration};
 use screamer::FailureKind;
-use screamer::client::Endpoint;
+use screamer::client::{Endpoint, Priority};
 use screamer::destination::{Destination, DestinationUri, Http, Kafka, Nats, Ndjson, PubSub};
 use screamer::dsn::DatabaseName;
 use screamer::observe::{Metrics, Observer};
@@ -118,6 +118,10 @@ pub struct Args {
     /// progress line replaces it.
     #[arg(long, allow_negative_numbers = true, env = "PROGRESS_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub progress_interval: Duration,
+    /// Spanner request priority of change stream queries and metadata operations: low,
+    /// medium or high (Spanner's default).
+    #[arg(long, env = "PRIORITY", value_name = "PRIORITY", value_parser = str::parse::<Priority>)]
+    pub priority: Option<Priority>,
     /// How often acknowledged positions are written to the metadata table.
     #[arg(long, allow_negative_numbers = true, env = "CHECKPOINT_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub checkpoint_interval: Duration,
@@ -299,12 +303,19 @@ async fn run(args: Args) -> Result<(), RunError> {
         return Ok(());
     }
     let endpoint = Endpoint::from_env();
-    let source = SpannerSource::connect(&endpoint, &dsn, &stream).await?;
+    let mut source = SpannerSource::connect(&endpoint, &dsn, &stream).await?;
+    if let Some(priority) = args.priority {
+        source = source.with_priority(priority);
+    }
     tracing::debug!(dialect = ?source.dialect(), "change stream found");
     let store: Arc<dyn PartitionStore> = match &args.metadata_table {
         Some(table) => {
             let db = args.partition_dsn.as_ref().unwrap_or(&dsn);
-            Arc::new(SpannerStore::connect(&endpoint, db, table).await?)
+            let store = SpannerStore::connect(&endpoint, db, table).await?;
+            Arc::new(match args.priority {
+                Some(priority) => store.with_priority(priority),
+                None => store,
+            })
         }
         None => Arc::new(MemoryStore::new()),
     };

@@ -8,9 +8,9 @@ use prost_types::value::Kind;
 
 use super::SourceError;
 use super::decode::{Dialect, RowAssembler};
-use super::query::{PartitionQuery, QueryRange};
+use super::query::{PartitionQuery, QueryRange, QueryTarget};
 use super::session::{SessionPool, single_use_strong};
-use crate::client::Endpoint;
+use crate::client::{Endpoint, Priority};
 use crate::dsn::{DatabaseName, is_identifier};
 use crate::partition::PartitionToken;
 
@@ -25,6 +25,7 @@ struct Inner {
     stream: String,
     dialect: Dialect,
     sessions: Arc<SessionPool>,
+    priority: Option<Priority>,
 }
 
 impl SpannerSource {
@@ -51,8 +52,23 @@ impl SpannerSource {
                 stream: stream.to_owned(),
                 dialect,
                 sessions,
+                priority: None,
             }),
         })
+    }
+
+    /// Sends the partition queries with `priority`.
+    pub fn with_priority(self, priority: Priority) -> Self {
+        let i = &self.inner;
+        Self {
+            inner: Arc::new(Inner {
+                database: i.database.clone(),
+                stream: i.stream.clone(),
+                dialect: i.dialect,
+                sessions: i.sessions.clone(),
+                priority: Some(priority),
+            }),
+        }
     }
 
     pub fn database(&self) -> &DatabaseName {
@@ -76,8 +92,11 @@ impl SpannerSource {
         let session = SessionPool::acquire(&self.inner.sessions).await?;
         PartitionQuery::open(
             session,
-            self.inner.dialect,
-            &self.inner.stream,
+            QueryTarget {
+                dialect: self.inner.dialect,
+                stream: &self.inner.stream,
+                priority: self.inner.priority,
+            },
             partition,
             range,
         )

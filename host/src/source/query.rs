@@ -4,12 +4,15 @@ use std::collections::HashMap;
 
 use futures_util::FutureExt;
 use gcloud_gax::grpc::Streaming;
-use gcloud_googleapis::spanner::v1::{ExecuteSqlRequest, PartialResultSet, Type, TypeCode};
+use gcloud_googleapis::spanner::v1::{
+    ExecuteSqlRequest, PartialResultSet, RequestOptions, Type, TypeCode,
+};
 use prost_types::value::Kind;
 
 use super::SourceError;
 use super::decode::{Dialect, RowAssembler, decode_row};
 use super::session::{PooledSession, single_use_strong};
+use crate::client::Priority;
 use crate::partition::PartitionToken;
 use crate::record::ChangeRecord;
 use crate::timestamp::Timestamp;
@@ -41,18 +44,11 @@ pub struct PartitionQuery {
 impl PartitionQuery {
     pub(super) async fn open(
         mut session: PooledSession,
-        dialect: Dialect,
-        stream_name: &str,
+        target: QueryTarget<'_>,
         partition: &PartitionToken,
         range: QueryRange,
     ) -> Result<Self, SourceError> {
-        let request = request(
-            session.name(),
-            dialect,
-            stream_name,
-            partition.query_token(),
-            range,
-        );
+        let request = request(session.name(), target, partition.query_token(), range);
         let stream = session
             .client()
             .execute_streaming_sql(request, true, None)
@@ -64,7 +60,7 @@ impl PartitionQuery {
             session,
             stream,
             assembler: RowAssembler::default(),
-            dialect,
+            dialect: target.dialect,
             partition: partition.clone(),
             done: false,
             deferred_error: None,
@@ -146,14 +142,25 @@ fn out_of_range(e: SourceError, start: Timestamp) -> SourceError {
     }
 }
 
+/// What every partition query of one source shares.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct QueryTarget<'a> {
+    pub dialect: Dialect,
+    pub stream: &'a str,
+    pub priority: Option<Priority>,
+}
+
+/// The request tag of every change stream query, for Spanner's query statistics.
+pub const QUERY_TAG: &str = "screamer-change-stream-query";
+
 fn request(
     session: &str,
-    dialect: Dialect,
-    stream_name: &str,
+    target: QueryTarget<'_>,
     token: Option<&str>,
     range: QueryRange,
 ) -> ExecuteSqlRequest {
-    let (sql, names) = match dialect {
+    let stream_name = target.stream;
+    let (sql, names) = match target.dialect {
         Dialect::GoogleSql => (
             format!(
                 "SELECT ChangeRecord FROM READ_{stream_name}(start_timestamp => @start, \
@@ -203,6 +210,39 @@ fn request(
         sql,
         params: Some(prost_types::Struct { fields }),
         param_types,
+        request_options: Some(RequestOptions {
+            priority: target.priority.map_or(0, |p| p.proto() as i32),
+            request_tag: QUERY_TAG.to_owned(),
+            transaction_tag: String::new(),
+        }),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_queries_carry_the_priority_and_the_request_tag() {
+        let range = QueryRange {
+            start: Timestamp::now(),
+            end: None,
+            heartbeat_millis: 1000,
+        };
+        let target = |priority| QueryTarget {
+            dialect: Dialect::GoogleSql,
+            stream: "Changes",
+            priority,
+        };
+        let low = request("s", target(Some(Priority::Low)), None, range);
+        let options = low.request_options.expect("request options");
+        assert_eq!(options.request_tag, QUERY_TAG);
+        assert_eq!(options.priority, Priority::Low.proto() as i32);
+        let default = request("s", target(None), None, range);
+        assert_eq!(
+            default.request_options.expect("request options").priority,
+            0
+        );
     }
 }

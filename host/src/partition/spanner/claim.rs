@@ -64,15 +64,18 @@ impl SpannerStore {
         });
         let (_, claimed) = self
             .retrying(|| {
-                self.client.read_write_transaction(|tx| {
-                    let request = Arc::clone(&request);
-                    Box::pin(async move {
-                        let locked = read_locked(tx, &request).await?;
-                        let plan = request.plan(locked)?;
-                        tx.buffer_write(plan.mutations);
-                        Ok::<_, ClientError>(plan.claimed)
-                    })
-                })
+                self.client.read_write_transaction_with_option(
+                    |tx| {
+                        let request = Arc::clone(&request);
+                        Box::pin(async move {
+                            let locked = read_locked(tx, &request).await?;
+                            let plan = request.plan(locked)?;
+                            tx.buffer_write(plan.mutations);
+                            Ok::<_, ClientError>(plan.claimed)
+                        })
+                    },
+                    self.transaction("screamer-claim"),
+                )
             })
             .await?;
         self.writes.fetch_add(1, Ordering::Relaxed);

@@ -15,12 +15,15 @@ use std::time::Duration;
 
 use gcloud_gax::grpc::Status;
 use gcloud_googleapis::spanner::v1::Mutation;
+use gcloud_spanner::client::ReadWriteTransactionOption;
 use gcloud_spanner::client::{Client, ClientConfig, Error as ClientError};
 use gcloud_spanner::key::Key;
 use gcloud_spanner::mutation::{delete, insert_or_update, update};
 use gcloud_spanner::reader::{Reader, RowIterator};
 use gcloud_spanner::row::Row;
 use gcloud_spanner::statement::Statement;
+use gcloud_spanner::transaction::{CallOptions, QueryOptions};
+use gcloud_spanner::transaction_rw::CommitOptions;
 use gcloud_spanner::value::CommitTimestamp;
 use time::OffsetDateTime;
 
@@ -28,12 +31,15 @@ use super::{
     Claim, Epoch, Lease, Load, NewPartition, PartitionState, PartitionStatus, PartitionStore,
     RunnerId, RunnerLoad, RunnerStatus, StoreError, StoreStatus,
 };
-use crate::client::{Backoff, Endpoint, is_transient};
+use crate::client::{Backoff, Endpoint, Priority, is_transient};
 use crate::dsn::DatabaseName;
 use crate::timestamp::Timestamp;
 use rows::insert_partition;
 use schema::valid_table_name;
 use sql::ACTIVE;
+
+/// The transaction tag of heartbeats and registrations (blind writes).
+const REGISTRY_TAG: &str = "screamer-registry";
 
 mod claim;
 mod rows;
@@ -52,6 +58,7 @@ pub struct SpannerStore {
     leases: String,
     client: Client,
     writes: AtomicU64,
+    priority: Option<Priority>,
 }
 
 impl SpannerStore {
@@ -92,7 +99,39 @@ impl SpannerStore {
             leases: format!("{table}_Leases"),
             client,
             writes: AtomicU64::new(0),
+            priority: None,
         })
+    }
+
+    /// Sends every metadata read and commit with `priority`.
+    pub fn with_priority(mut self, priority: Priority) -> Self {
+        self.priority = Some(priority);
+        self
+    }
+
+    fn call_options(&self) -> CallOptions {
+        CallOptions {
+            priority: self.priority.map(Priority::proto),
+            retry: None,
+        }
+    }
+
+    /// Options of a read-write transaction tagged `tag` (`screamer-...`), for Spanner's
+    /// transaction and lock statistics.
+    fn transaction(&self, tag: &str) -> ReadWriteTransactionOption {
+        ReadWriteTransactionOption {
+            begin_options: self.call_options(),
+            commit_options: self.commit(tag),
+            transaction_tag: Some(tag.to_owned()),
+        }
+    }
+
+    fn commit(&self, tag: &str) -> CommitOptions {
+        CommitOptions {
+            call_options: self.call_options(),
+            transaction_tag: Some(tag.to_owned()),
+            ..CommitOptions::default()
+        }
     }
 
     /// The table's name.
@@ -117,7 +156,11 @@ impl SpannerStore {
     async fn query(&self, stmt: Statement) -> Result<Vec<Row>, StoreError> {
         self.retrying(|| async {
             let mut tx = self.client.single().await?;
-            let rows = read_all(tx.query(stmt.clone()).await?).await?;
+            let options = QueryOptions {
+                call_options: self.call_options(),
+                ..QueryOptions::default()
+            };
+            let rows = read_all(tx.query_with_option(stmt.clone(), options).await?).await?;
             Ok::<_, ClientError>(rows)
         })
         .await
@@ -130,7 +173,8 @@ impl SpannerStore {
     /// that backs off as long as a checkpoint does lost the race for 30 s at 20 runners.
     async fn blind_write(&self, mutations: Vec<Mutation>) -> Result<(), StoreError> {
         self.retrying_every(Duration::from_millis(50), || {
-            self.client.apply_at_least_once(mutations.clone())
+            self.client
+                .apply_at_least_once_with_option(mutations.clone(), self.commit(REGISTRY_TAG))
         })
         .await?;
         self.writes.fetch_add(1, Ordering::Relaxed);
@@ -187,25 +231,28 @@ impl SpannerStore {
         let table = Arc::new(self.table.clone());
         let (_, out) = self
             .retrying(|| {
-                self.client.read_write_transaction(|tx| {
-                    let (plan, tokens, table) = (plan.clone(), tokens.clone(), table.clone());
-                    Box::pin(async move {
-                        let columns = ["PartitionToken", "State"];
-                        let mut found = Vec::new();
-                        for row in
-                            read_all(tx.read(&table, &columns, keys(&*tokens)).await?).await?
-                        {
-                            let token: String = row.column(0)?;
-                            let state: String = row.column(1)?;
-                            if let Some(state) = PartitionState::parse(&state) {
-                                found.push((token, state));
+                self.client.read_write_transaction_with_option(
+                    |tx| {
+                        let (plan, tokens, table) = (plan.clone(), tokens.clone(), table.clone());
+                        Box::pin(async move {
+                            let columns = ["PartitionToken", "State"];
+                            let mut found = Vec::new();
+                            for row in
+                                read_all(tx.read(&table, &columns, keys(&*tokens)).await?).await?
+                            {
+                                let token: String = row.column(0)?;
+                                let state: String = row.column(1)?;
+                                if let Some(state) = PartitionState::parse(&state) {
+                                    found.push((token, state));
+                                }
                             }
-                        }
-                        let (mutations, out) = plan(&found);
-                        tx.buffer_write(mutations);
-                        Ok::<_, ClientError>(out)
-                    })
-                })
+                            let (mutations, out) = plan(&found);
+                            tx.buffer_write(mutations);
+                            Ok::<_, ClientError>(out)
+                        })
+                    },
+                    self.transaction("screamer-read-modify-write"),
+                )
             })
             .await?;
         self.writes.fetch_add(1, Ordering::Relaxed);
@@ -232,32 +279,35 @@ impl SpannerStore {
         let runner = Arc::new(runner.to_owned());
         let (_, lost) = self
             .retrying(|| {
-                self.client.read_write_transaction(|tx| {
-                    let (plan, leases, table, runner) =
-                        (plan.clone(), leases.clone(), table.clone(), runner.clone());
-                    Box::pin(async move {
-                        let keys: Vec<Key> =
-                            leases.iter().map(|l| Key::new(&l.token.as_str())).collect();
-                        let columns = ["PartitionToken", "Owner", "Epoch"];
-                        let mut current = Vec::new();
-                        for row in read_all(tx.read(&table, &columns, keys).await?).await? {
-                            let token: String = row.column(0)?;
-                            let owner: Option<String> = row.column(1)?;
-                            let epoch: i64 = row.column(2)?;
-                            current.push((token, owner, epoch));
-                        }
-                        let (held, lost): (Vec<Lease>, Vec<Lease>) =
-                            leases.iter().cloned().partition(|l| {
-                                current.iter().any(|(t, o, e)| {
-                                    t == l.token.as_str()
-                                        && o.as_deref() == Some(runner.as_str())
-                                        && Epoch::new(*e) == l.epoch
-                                })
-                            });
-                        tx.buffer_write(plan(&held));
-                        Ok::<_, ClientError>(lost)
-                    })
-                })
+                self.client.read_write_transaction_with_option(
+                    |tx| {
+                        let (plan, leases, table, runner) =
+                            (plan.clone(), leases.clone(), table.clone(), runner.clone());
+                        Box::pin(async move {
+                            let keys: Vec<Key> =
+                                leases.iter().map(|l| Key::new(&l.token.as_str())).collect();
+                            let columns = ["PartitionToken", "Owner", "Epoch"];
+                            let mut current = Vec::new();
+                            for row in read_all(tx.read(&table, &columns, keys).await?).await? {
+                                let token: String = row.column(0)?;
+                                let owner: Option<String> = row.column(1)?;
+                                let epoch: i64 = row.column(2)?;
+                                current.push((token, owner, epoch));
+                            }
+                            let (held, lost): (Vec<Lease>, Vec<Lease>) =
+                                leases.iter().cloned().partition(|l| {
+                                    current.iter().any(|(t, o, e)| {
+                                        t == l.token.as_str()
+                                            && o.as_deref() == Some(runner.as_str())
+                                            && Epoch::new(*e) == l.epoch
+                                    })
+                                });
+                            tx.buffer_write(plan(&held));
+                            Ok::<_, ClientError>(lost)
+                        })
+                    },
+                    self.transaction("screamer-fenced-write"),
+                )
             })
             .await?;
         self.writes.fetch_add(1, Ordering::Relaxed);
@@ -345,15 +395,18 @@ impl PartitionStore for SpannerStore {
         ));
         let runner = Arc::new(runner.as_str().to_owned());
         self.retrying(|| {
-            self.client.read_write_transaction(|tx| {
-                let (sql, runner) = (sql.clone(), runner.clone());
-                Box::pin(async move {
-                    let mut stmt = Statement::new(sql.as_str());
-                    stmt.add_param("runner", &*runner);
-                    tx.update(stmt).await?;
-                    Ok::<_, ClientError>(())
-                })
-            })
+            self.client.read_write_transaction_with_option(
+                |tx| {
+                    let (sql, runner) = (sql.clone(), runner.clone());
+                    Box::pin(async move {
+                        let mut stmt = Statement::new(sql.as_str());
+                        stmt.add_param("runner", &*runner);
+                        tx.update(stmt).await?;
+                        Ok::<_, ClientError>(())
+                    })
+                },
+                self.transaction("screamer-reset"),
+            )
         })
         .await?;
         self.writes.fetch_add(1, Ordering::Relaxed);
