@@ -23,7 +23,7 @@ use serde_json::{Map, Value};
 
 use crate::consumer::{Consumer, ConsumerError};
 use crate::destination::{
-    Attributes, Batch, Destination, DestinationError, Envelope, Layout, Mods, row_key,
+    Attributes, Batch, Destination, DestinationError, Envelope, Layout, Mods, Retries, row_key,
 };
 use crate::observe::{Event, NoObserver, Observer};
 use crate::plugin::{Chain, DeadLetter, Input, Output, OutputRecord};
@@ -89,8 +89,16 @@ impl Pipeline {
         }
     }
 
-    /// Reports what each destination accepted, and the dead letters, to `observer`.
+    /// Reports what each destination accepted or retried, and the dead letters, to
+    /// `observer`.
     pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.main
+            .report_retries(Retries::new(observer.clone(), MAIN));
+        self.dead_letters
+            .report_retries(Retries::new(observer.clone(), DEAD_LETTERS));
+        for (name, destination) in &mut self.side_outputs {
+            destination.report_retries(Retries::new(observer.clone(), name));
+        }
         self.observer = observer;
         self
     }
@@ -105,9 +113,11 @@ impl Pipeline {
     pub fn with_side_output(
         mut self,
         name: impl Into<String>,
-        destination: Box<dyn Destination>,
+        mut destination: Box<dyn Destination>,
     ) -> Self {
-        self.side_outputs.insert(name.into(), destination);
+        let name = name.into();
+        destination.report_retries(Retries::new(self.observer.clone(), &name));
+        self.side_outputs.insert(name, destination);
         self
     }
 

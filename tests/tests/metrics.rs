@@ -9,6 +9,7 @@ use std::time::Duration;
 use gcloud_spanner::mutation::insert;
 use screamer::{Dialect, Timestamp};
 use screamer_tests::emulator::free_port;
+use screamer_tests::http::{Behaviour, HttpSink};
 use screamer_tests::libc::{SIGCONT, SIGINT, SIGSTOP};
 use screamer_tests::metrics::{Scrape, referenced_metrics, scrape, status};
 use screamer_tests::plugins::{named_records, plugin, plugin_cache, plugin_run, scratch_dir};
@@ -248,6 +249,51 @@ async fn dead_letter_and_plugin_counters_match_the_dead_letter_file() -> anyhow:
             .any(|l| l.contains("plugin summary") && l.contains("fail=5")),
         "the end-of-run plugin summary: {stderr}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn destination_retries_bytes_and_acceptance_are_counted_per_output() -> anyhow::Result<()> {
+    let emulator = Emulator::start(EmulatorOptions::exact()).await?;
+    let db = emulator.items_database().await?;
+    let sink = HttpSink::start(Behaviour {
+        fail_next: 3,
+        ..Behaviour::default()
+    })
+    .await?;
+    let addr = metrics_addr()?;
+    let args = run_args(
+        &db,
+        &["--output", &sink.url(), "--metrics-addr", &addr.to_string()],
+    );
+    let mut screamer = Screamer::spawn(emulator.host(), &args)?;
+    eventually(Duration::from_secs(60), "/readyz 200", async || {
+        (status(addr, "/readyz").await == 200).then_some(())
+    })
+    .await?;
+    screamer_tests::items::write(&db, 10, 2, Duration::ZERO).await?;
+    let s = scrape_until(addr, Duration::from_secs(60), "10 records accepted", |s| {
+        s.sum_where("screamer_output_records_total", &[("output", "main")]) >= 10.0
+    })
+    .await?;
+    assert_eq!(sink.lines().len(), 10);
+    let main = [("output", "main")];
+    assert_eq!(s.sum_where("screamer_output_records_total", &main), 10.0);
+    assert_eq!(
+        s.sum_where("screamer_output_retries_total", &main),
+        3.0,
+        "one retry per 503"
+    );
+    assert_eq!(s.sum_where("screamer_output_failures_total", &main), 0.0);
+    assert_eq!(s.sum_where("screamer_output_in_flight_bytes", &main), 0.0);
+    let payload: usize = sink.lines().iter().map(String::len).sum();
+    assert_eq!(
+        s.sum_where("screamer_output_bytes_total", &main),
+        payload as f64
+    );
+    assert!(s.sum_where("screamer_output_send_duration_seconds_count", &main) >= 1.0);
+    screamer.signal(SIGINT)?;
+    assert!(screamer.wait(Duration::from_secs(60)).await?.success());
     Ok(())
 }
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 
 use super::refusals::{Sent, error_chain, isolating_refusals};
-use super::{Batch, Destination, DestinationError};
+use super::{Batch, Destination, DestinationError, Retries};
 use crate::client::Backoff;
 
 /// Environment variable with extra request headers, one `Name: value` per line (for
@@ -34,6 +34,7 @@ pub struct Http {
     url: reqwest::Url,
     client: reqwest::Client,
     headers: HeaderMap,
+    retries: Retries,
 }
 
 /// Why an HTTP destination cannot be set up.
@@ -83,6 +84,7 @@ impl Http {
             url,
             client,
             headers: map,
+            retries: Retries::default(),
         })
     }
 
@@ -112,6 +114,7 @@ impl Http {
                 Err(e) => tracing::warn!(output = %self.url,
                     "destination unreachable; retrying: {}", error_chain(&e)),
             }
+            self.retries.retried();
             tokio::time::sleep(backoff.next_delay()).await;
         }
     }
@@ -153,6 +156,10 @@ async fn reason(mut answer: reqwest::Response) -> String {
 impl Destination for Http {
     fn name(&self) -> &str {
         self.url.as_str()
+    }
+
+    fn report_retries(&mut self, retries: Retries) {
+        self.retries = retries;
     }
 
     async fn send(&self, batch: Batch) -> Result<(), DestinationError> {

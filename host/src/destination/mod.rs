@@ -47,6 +47,9 @@ pub use pubsub::{PubSub, PubSubError};
 pub use uri::{DestinationUri, MessageOptions, Template, UriError};
 
 use std::ops::Range;
+use std::sync::Arc;
+
+use crate::observe::{Event, NoObserver, Observer};
 
 /// Output records of one batch, in order: one JSON object per record, each followed by a
 /// newline (so the whole batch is NDJSON text as it is), and for message destinations an
@@ -206,6 +209,51 @@ pub trait Destination: Send + Sync {
 
     /// Sends `batch` (may be empty); returns once the destination has durably accepted it.
     async fn send(&self, batch: Batch) -> Result<(), DestinationError>;
+
+    /// From now on, reports each send it retries to `retries` (a destination that retries
+    /// inside `send` keeps it; the default ignores it).
+    fn report_retries(&mut self, retries: Retries) {
+        let _ = retries;
+    }
+}
+
+/// Where a destination reports the sends it retries: the run's observer, under the name of
+/// the output the destination serves (`main`, a side output, `dead_letters`).
+#[derive(Clone)]
+pub struct Retries {
+    observer: Arc<dyn Observer>,
+    output: Arc<str>,
+}
+
+impl Retries {
+    pub fn new(observer: Arc<dyn Observer>, output: &str) -> Self {
+        Retries {
+            observer,
+            output: output.into(),
+        }
+    }
+
+    /// A send failed and is tried again after a pause.
+    pub fn retried(&self) {
+        self.observer.observe(Event::OutputRetried {
+            output: &self.output,
+        });
+    }
+}
+
+impl Default for Retries {
+    /// Reports nowhere.
+    fn default() -> Self {
+        Retries::new(Arc::new(NoObserver), "")
+    }
+}
+
+impl std::fmt::Debug for Retries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Retries")
+            .field("output", &self.output)
+            .finish_non_exhaustive()
+    }
 }
 
 #[cfg(test)]

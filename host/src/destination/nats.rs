@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 
 use super::refusals::{Sent, isolating_refusals, requests};
 use super::uri::{MessageOptions, Template};
-use super::{Batch, Destination, DestinationError, Layout, Message};
+use super::{Batch, Destination, DestinationError, Layout, Message, Retries};
 use crate::client::Backoff;
 
 /// Messages in flight (published, acknowledgement awaited) at once.
@@ -37,6 +37,7 @@ pub struct Nats {
     subject: Template,
     layout: Layout,
     jetstream: jetstream::Context,
+    retries: Retries,
 }
 
 /// Why a NATS destination cannot be set up.
@@ -86,6 +87,7 @@ impl Nats {
                 envelopes: true,
             },
             jetstream,
+            retries: Retries::default(),
         };
         if destination.subject.is_fixed() {
             destination.check_stream().await?;
@@ -135,6 +137,7 @@ impl Nats {
                     next += stored;
                     tracing::warn!(output = %self.name,
                         "JetStream did not acknowledge the messages; retrying: {reason}");
+                    self.retries.retried();
                     tokio::time::sleep(backoff.next_delay()).await;
                 }
             }
@@ -274,6 +277,10 @@ impl Destination for Nats {
 
     fn layout(&self) -> Layout {
         self.layout
+    }
+
+    fn report_retries(&mut self, retries: Retries) {
+        self.retries = retries;
     }
 
     async fn send(&self, batch: Batch) -> Result<(), DestinationError> {

@@ -24,7 +24,7 @@ use gcloud_pubsub::client::ClientConfig;
 
 use super::refusals::{Sent, error_chain, isolating_refusals, requests};
 use super::uri::{MessageOptions, Template};
-use super::{Batch, Destination, DestinationError, Layout};
+use super::{Batch, Destination, DestinationError, Layout, Retries};
 use crate::client::Backoff;
 
 /// Pub/Sub's limits on one publish request (with room for the request's own framing).
@@ -46,6 +46,7 @@ pub struct PubSub {
     topic: Template,
     layout: Layout,
     connections: ConnectionManager,
+    retries: Retries,
 }
 
 /// Why a Pub/Sub destination cannot be set up.
@@ -112,6 +113,7 @@ impl PubSub {
                 envelopes: true,
             },
             connections,
+            retries: Retries::default(),
         };
         if destination.topic.is_fixed() {
             destination.check_topic().await?;
@@ -172,6 +174,7 @@ impl PubSub {
                 Err(s) => tracing::warn!(output = %self.name, code = ?s.code(),
                     "Pub/Sub did not accept the messages; retrying: {}", s.message()),
             }
+            self.retries.retried();
             tokio::time::sleep(backoff.next_delay()).await;
         }
     }
@@ -201,6 +204,10 @@ impl Destination for PubSub {
 
     fn layout(&self) -> Layout {
         self.layout
+    }
+
+    fn report_retries(&mut self, retries: Retries) {
+        self.retries = retries;
     }
 
     async fn send(&self, batch: Batch) -> Result<(), DestinationError> {

@@ -104,6 +104,7 @@ pub struct Metrics {
     output_records: Family<OutputLabels, Counter>,
     output_bytes: Family<OutputLabels, Counter>,
     output_failures: Family<OutputLabels, Counter>,
+    output_retries: Family<OutputLabels, Counter>,
     output_in_flight: Family<OutputLabels, Gauge>,
     output_seconds: Family<OutputLabels, Histogram>,
     dead_letters: Family<DeadLetterLabels, Counter>,
@@ -199,6 +200,7 @@ impl Metrics {
             output_records: Family::default(),
             output_bytes: Family::default(),
             output_failures: Family::default(),
+            output_retries: Family::default(),
             output_in_flight: Family::default(),
             output_seconds: Family::new_with_constructor(latency_histogram),
             dead_letters: Family::default(),
@@ -329,6 +331,11 @@ impl Metrics {
             "Sends to an output that failed (the batch is not acknowledged and is read again)",
             self.output_failures.clone(),
         );
+        r.register(
+            "output_retries",
+            "Sends an output's destination retried after a pause (the batch waits meanwhile)",
+            self.output_retries.clone(),
+        );
         r.register_with_unit(
             "output_in_flight",
             "Payload bytes sent to an output and not yet accepted (retries included)",
@@ -386,6 +393,7 @@ impl Metrics {
             drop(self.output_records.get_or_create(&labels));
             drop(self.output_bytes.get_or_create(&labels));
             drop(self.output_failures.get_or_create(&labels));
+            drop(self.output_retries.get_or_create(&labels));
             drop(self.output_in_flight.get_or_create(&labels));
             drop(self.output_seconds.get_or_create(&labels));
         }
@@ -608,6 +616,11 @@ impl Observer for Metrics {
                         })
                         .inc_by(refused as u64);
                 }
+            }
+            Event::OutputRetried { output } => {
+                self.output_retries
+                    .get_or_create(&self.output(output))
+                    .inc();
             }
             Event::OutputFailed { output, bytes } => {
                 let labels = self.output(output);

@@ -95,6 +95,8 @@ pub enum Event<'a> {
         bytes: usize,
         took: Duration,
     },
+    /// A destination of `output` did not take a send and tries it again after a pause.
+    OutputRetried { output: &'a str },
     /// Sending a batch of `bytes` to `output` failed; the batch is not acknowledged.
     OutputFailed { output: &'a str, bytes: usize },
     /// Records a plugin (`name@version`) failed went to the dead letters.
