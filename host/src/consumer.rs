@@ -8,11 +8,22 @@
 
 use std::future::Future;
 
+use crate::partition::PartitionMetadata;
 use crate::record::DataChangeRecord;
+use crate::timestamp::Timestamp;
 
 /// An error a consumer returns; it stops the subscriber (nothing after the failed batch is
 /// acknowledged, so a restart delivers it again).
 pub type ConsumerError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The partition a batch comes from, for consumers that put it beside the records.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    /// The partition as this runner claimed it (state and lifecycle times as of now).
+    pub partition: &'a PartitionMetadata,
+    /// The partition's position before this batch: every earlier record is acknowledged.
+    pub watermark: Timestamp,
+}
 
 /// Receives data change records. See the module docs for ordering and acknowledgement.
 pub trait Consumer: Send + Sync + 'static {
@@ -21,6 +32,17 @@ pub trait Consumer: Send + Sync + 'static {
         &self,
         records: &[DataChangeRecord],
     ) -> impl Future<Output = Result<(), ConsumerError>> + Send;
+
+    /// What the readers call: [`Consumer::consume`] with the partition the records come
+    /// from. The default ignores `origin`.
+    fn consume_from(
+        &self,
+        origin: Origin<'_>,
+        records: &[DataChangeRecord],
+    ) -> impl Future<Output = Result<(), ConsumerError>> + Send {
+        let _ = origin;
+        self.consume(records)
+    }
 }
 
 /// A shared consumer is a consumer: the caller keeps a handle (to read its counters, say).
@@ -30,5 +52,13 @@ impl<C: Consumer> Consumer for std::sync::Arc<C> {
         records: &[DataChangeRecord],
     ) -> impl Future<Output = Result<(), ConsumerError>> + Send {
         (**self).consume(records)
+    }
+
+    fn consume_from(
+        &self,
+        origin: Origin<'_>,
+        records: &[DataChangeRecord],
+    ) -> impl Future<Output = Result<(), ConsumerError>> + Send {
+        (**self).consume_from(origin, records)
     }
 }

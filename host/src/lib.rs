@@ -61,14 +61,14 @@ pub mod subscriber;
 pub mod timestamp;
 
 pub use client::Endpoint;
-pub use consumer::{Consumer, ConsumerError};
+pub use consumer::{Consumer, ConsumerError, Origin};
 pub use destination::{Batch, Destination, DestinationError, Ndjson};
 pub use dsn::DatabaseName;
 pub use error::FailureKind;
 pub use observe::{NoObserver, Observer};
 pub use partition::{
-    Epoch, MemoryStore, PartitionMetadata, PartitionState, PartitionStore, PartitionToken,
-    RunnerId, SpannerStore, StoreError,
+    Epoch, MemoryStore, PartitionMetadata, PartitionState, PartitionStore, PartitionTimes,
+    PartitionToken, RunnerId, SpannerStore, StoreError,
 };
 #[cfg(feature = "plugins")]
 pub use pipeline::Pipeline;

@@ -21,13 +21,14 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::consumer::{Consumer, ConsumerError};
+use crate::consumer::{Consumer, ConsumerError, Origin};
 use crate::destination::{
     Attributes, Batch, Destination, DestinationError, Envelope, Layout, Mods, Retries, row_key,
 };
 use crate::observe::{Event, NoObserver, Observer};
 use crate::plugin::{Chain, DeadLetter, Input, Output, OutputRecord};
 use crate::record::DataChangeRecord;
+use crate::timestamp::Timestamp;
 
 /// Output bytes buffered per destination before they are sent (records of one batch still
 /// reach each destination in order, in several sends).
@@ -43,17 +44,58 @@ pub struct Pipeline {
     side_outputs: HashMap<String, Box<dyn Destination>>,
     dead_letters: Box<dyn Destination>,
     observer: Arc<dyn Observer>,
+    partition_metadata: bool,
 }
 
-/// One output line: the record's own fields, then extra fields, then the side output name.
-#[derive(Serialize)]
+/// One output line: the record's own fields, then extra fields, then its partition's
+/// metadata (when asked for), then the side output name.
+#[derive(Serialize, Clone, Copy)]
 struct OutputLine<'a> {
     #[serde(flatten)]
     record: &'a DataChangeRecord,
     #[serde(flatten)]
     extra: Option<&'a Map<String, Value>>,
+    #[serde(flatten)]
+    partition: Option<&'a PartitionFields>,
     #[serde(skip_serializing_if = "Option::is_none")]
     output: Option<&'a str>,
+}
+
+impl OutputLine<'_> {
+    /// Nothing beside the record: it serializes as the record alone.
+    fn is_bare(&self) -> bool {
+        self.extra.is_none() && self.partition.is_none() && self.output.is_none()
+    }
+}
+
+/// The partition metadata the Go screamer prints beside every record, for the option that
+/// asks for it ([`Pipeline::with_partition_metadata`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionFields {
+    /// The partition's start (its parents' end, or `--start` for the first partitions).
+    pub start_timestamp: Timestamp,
+    /// The partition's position when the batch was read: every earlier record of it is
+    /// acknowledged.
+    pub watermark: Timestamp,
+    /// When the partition was written to the metadata table (`CreatedAt`).
+    pub created_at: Option<Timestamp>,
+    /// When a runner first claimed it (`ScheduledAt`).
+    pub scheduled_at: Option<Timestamp>,
+    /// When a runner started reading it (`RunningAt`).
+    pub running_at: Option<Timestamp>,
+}
+
+impl PartitionFields {
+    pub fn of(origin: Origin<'_>) -> Self {
+        let p = origin.partition;
+        PartitionFields {
+            start_timestamp: p.start,
+            watermark: origin.watermark,
+            created_at: p.times.created_at,
+            scheduled_at: p.times.scheduled_at,
+            running_at: p.times.running_at,
+        }
+    }
 }
 
 /// One dead-letter line for a record a destination refused: which, why, and the record
@@ -86,7 +128,15 @@ impl Pipeline {
             side_outputs: HashMap::new(),
             dead_letters,
             observer: Arc::new(NoObserver),
+            partition_metadata: false,
         }
+    }
+
+    /// Puts each record's partition metadata ([`PartitionFields`]) beside it in every
+    /// output and dead letter, as the Go screamer prints it.
+    pub fn with_partition_metadata(mut self) -> Self {
+        self.partition_metadata = true;
+        self
     }
 
     /// Reports what each destination accepted or retried, and the dead letters, to
@@ -129,13 +179,24 @@ impl Pipeline {
             .chain(self.side_outputs.keys().map(String::as_str))
     }
 
-    /// Processes one batch (records of one partition, in order) and writes the results.
-    pub async fn process(&self, inputs: &[Input<'_>]) -> Result<(), ConsumerError> {
+    /// Processes one batch (records of one partition, in order) and writes the results,
+    /// with `partition`'s fields beside every record when given.
+    pub async fn process(
+        &self,
+        inputs: &[Input<'_>],
+        partition: Option<&PartitionFields>,
+    ) -> Result<(), ConsumerError> {
         let Some(chain) = &self.chain else {
             let mut batch = Batch::with_capacity(inputs.len());
             let layout = self.main.layout();
             for input in inputs {
-                push_output(&mut batch, layout, input.record, input.extra, None)?;
+                let line = OutputLine {
+                    record: input.record,
+                    extra: input.extra,
+                    partition,
+                    output: None,
+                };
+                push_output(&mut batch, layout, line)?;
             }
             return self.send(MAIN, &*self.main, batch).await;
         };
@@ -143,15 +204,16 @@ impl Pipeline {
             let _slot = self.running.acquire().await?;
             off_the_workers(chain.run(inputs)).await
         };
-        self.write_dead_letters(inputs, &result.dead_letters)
+        self.write_dead_letters(inputs, &result.dead_letters, partition)
             .await?;
-        self.write_outputs(inputs, result.outputs).await
+        self.write_outputs(inputs, result.outputs, partition).await
     }
 
     async fn write_dead_letters(
         &self,
         inputs: &[Input<'_>],
         dead_letters: &[DeadLetter],
+        partition: Option<&PartitionFields>,
     ) -> Result<(), ConsumerError> {
         if dead_letters.is_empty() {
             return Ok(());
@@ -169,6 +231,7 @@ impl Pipeline {
                 record: OutputLine {
                     record: input.record,
                     extra: input.extra,
+                    partition,
                     output: None,
                 },
             };
@@ -193,6 +256,7 @@ impl Pipeline {
         &self,
         inputs: &[Input<'_>],
         outputs: Vec<Output>,
+        partition: Option<&PartitionFields>,
     ) -> Result<(), ConsumerError> {
         let mut main = Batch::with_capacity(outputs.len().min(MAX_PREALLOCATED));
         let mut side: HashMap<&str, Batch> = HashMap::new();
@@ -214,7 +278,13 @@ impl Pipeline {
                 },
                 None => (MAIN, &*self.main, &mut main, None),
             };
-            push_output(batch, destination.layout(), record, extra, tag)?;
+            let line = OutputLine {
+                record,
+                extra,
+                partition,
+                output: tag,
+            };
+            push_output(batch, destination.layout(), line)?;
             if batch.as_ndjson().len() >= FLUSH_BYTES {
                 self.send(output, destination, std::mem::take(batch))
                     .await?;
@@ -295,22 +365,27 @@ pub const DEAD_LETTERS: &str = "dead_letters";
 impl Consumer for Pipeline {
     async fn consume(&self, records: &[DataChangeRecord]) -> Result<(), ConsumerError> {
         let inputs: Vec<Input<'_>> = records.iter().map(Input::from).collect();
-        self.process(&inputs).await
+        self.process(&inputs, None).await
+    }
+
+    async fn consume_from(
+        &self,
+        origin: Origin<'_>,
+        records: &[DataChangeRecord],
+    ) -> Result<(), ConsumerError> {
+        let inputs: Vec<Input<'_>> = records.iter().map(Input::from).collect();
+        let partition = self.partition_metadata.then(|| PartitionFields::of(origin));
+        self.process(&inputs, partition.as_ref()).await
     }
 }
 
 /// Appends one output record to `batch` as `layout` asks: whole or one message per mod
 /// (a record holding that one mod, keyed by its row), with envelopes or without.
-fn push_output(
-    batch: &mut Batch,
-    layout: Layout,
-    record: &DataChangeRecord,
-    extra: Option<&Map<String, Value>>,
-    output: Option<&str>,
-) -> serde_json::Result<()> {
+fn push_output(batch: &mut Batch, layout: Layout, line: OutputLine<'_>) -> serde_json::Result<()> {
+    let record = line.record;
     if layout.mods == Mods::Whole || record.mods.is_empty() {
         let envelope = layout.envelopes.then(|| Envelope::of(record));
-        return push_line(batch, record, extra, output, envelope);
+        return push_line(batch, line, envelope);
     }
     let attributes = Attributes::of(record);
     let mut one = record.clone();
@@ -320,30 +395,25 @@ fn push_output(
             key: Some(row_key(&one.table_name, &row)),
         });
         one.mods = vec![row];
-        push_line(batch, &one, extra, output, envelope)?;
+        let line = OutputLine {
+            record: &one,
+            ..line
+        };
+        push_line(batch, line, envelope)?;
     }
     Ok(())
 }
 
 fn push_line(
     batch: &mut Batch,
-    record: &DataChangeRecord,
-    extra: Option<&Map<String, Value>>,
-    output: Option<&str>,
+    line: OutputLine<'_>,
     envelope: Option<Envelope>,
 ) -> serde_json::Result<()> {
-    let line = OutputLine {
-        record,
-        extra,
-        output,
-    };
     match envelope {
         // Serializing the record directly skips serde's flatten machinery.
-        None if extra.is_none() && output.is_none() => batch.push(record),
+        None if line.is_bare() => batch.push(line.record),
         None => batch.push(&line),
-        Some(envelope) if extra.is_none() && output.is_none() => {
-            batch.push_message(record, envelope)
-        }
+        Some(envelope) if line.is_bare() => batch.push_message(line.record, envelope),
         Some(envelope) => batch.push_message(&line, envelope),
     }
 }

@@ -25,7 +25,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 use crate::checkpoint::Checkpointer;
 use crate::client::Backoff;
-use crate::consumer::{Consumer, ConsumerError};
+use crate::consumer::{Consumer, ConsumerError, Origin};
 use crate::error::FailureKind;
 use crate::observe::{Event, Observer};
 use crate::partition::{
@@ -197,17 +197,21 @@ pub(crate) async fn run<C: Consumer>(
     lease: Lease,
     mut stop: StopSignal,
 ) -> Result<ReaderOutcome, ReaderError> {
+    let mut partition = partition;
     let token = partition.token.clone();
-    let _reading = Reading::start(&ctx.observer, &partition.token, partition.watermark);
+    let _reading = Reading::start(&ctx.observer, token.clone(), partition.watermark);
     let store_err = |source| ReaderError::Store {
         partition: token.clone(),
         source,
     };
     if partition.state != PartitionState::Running {
-        ctx.store
+        let running_at = ctx
+            .store
             .mark_running(&ctx.runner, &lease)
             .await
             .map_err(store_err)?;
+        partition.state = PartitionState::Running;
+        partition.times.running_at = Some(running_at);
     }
     let mut pos = Position {
         watermark: partition.watermark,
@@ -277,16 +281,15 @@ pub(crate) async fn run<C: Consumer>(
 /// that every way a reader ends (an abort included) is reported.
 struct Reading<'a> {
     observer: &'a dyn Observer,
-    partition: &'a PartitionToken,
+    partition: PartitionToken,
 }
 
 impl<'a> Reading<'a> {
-    fn start(
-        observer: &'a Arc<dyn Observer>,
-        partition: &'a PartitionToken,
-        from: Timestamp,
-    ) -> Self {
-        observer.observe(Event::Reading { partition, from });
+    fn start(observer: &'a Arc<dyn Observer>, partition: PartitionToken, from: Timestamp) -> Self {
+        observer.observe(Event::Reading {
+            partition: &partition,
+            from,
+        });
         Reading {
             observer: &**observer,
             partition,
@@ -297,7 +300,7 @@ impl<'a> Reading<'a> {
 impl Drop for Reading<'_> {
     fn drop(&mut self) {
         self.observer.observe(Event::StoppedReading {
-            partition: self.partition,
+            partition: &self.partition,
         });
     }
 }
@@ -488,8 +491,12 @@ async fn handle_batch<C: Consumer>(
             partition: &partition.token,
             records: &data,
         });
+        let origin = Origin {
+            partition,
+            watermark: pos.watermark,
+        };
         ctx.consumer
-            .consume(&data)
+            .consume_from(origin, &data)
             .await
             .map_err(ReadError::Consumer)?;
         pos.reached(last);

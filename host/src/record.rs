@@ -62,8 +62,9 @@ pub struct DataChangeRecord {
 }
 
 impl DataChangeRecord {
-    /// The record's own top-level output fields.
-    pub const FIELDS: [&'static str; 15] = [
+    /// The top-level names an output line reserves: the record's own fields, the side
+    /// output's name, and the partition metadata fields (`--partition-metadata`).
+    pub const FIELDS: [&'static str; 20] = [
         "partition_token",
         "commit_timestamp",
         "record_sequence",
@@ -78,8 +79,14 @@ impl DataChangeRecord {
         "number_of_partitions_in_transaction",
         "transaction_tag",
         "is_system_transaction",
-        // Not a field of the record, but of an output line: the side output's name.
+        // Not fields of the record, but of an output line: the side output's name and
+        // the partition's metadata.
         "output",
+        "start_timestamp",
+        "watermark",
+        "created_at",
+        "scheduled_at",
+        "running_at",
     ];
 }
 

@@ -398,3 +398,62 @@ async fn the_go_spelling_runs_at_low_priority_with_json_logs_one_object_per_line
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn partition_metadata_sits_beside_every_record_as_the_go_screamer_prints_it()
+-> anyhow::Result<()> {
+    let emulator = Emulator::start(EmulatorOptions::exact()).await?;
+    let db = emulator.items_database().await?;
+    let start = Timestamp::now();
+    let (_, end) = write(&db, 40, 4, Duration::ZERO).await?;
+    for store in [&["--metadata-table", "GoMeta"][..], &[]] {
+        let mut args = run_args(
+            &db,
+            &[
+                "--start",
+                &start.to_string(),
+                "--end",
+                &end.to_string(),
+                "--partition-metadata",
+            ],
+        );
+        args.extend(store.iter().map(|s| s.to_string()));
+        let mut screamer = Screamer::spawn(db.host(), &args)?;
+        let status = screamer.wait(Duration::from_secs(60)).await?;
+        assert_eq!(status.code(), Some(0), "{store:?}: {}", screamer.stderr());
+        let lines = screamer.lines();
+        assert_eq!(lines.len(), 40, "{store:?}");
+        let time = |v: &Value, field: &str| -> Timestamp {
+            v[field]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or_else(|| panic!("{store:?}: {field} is not a timestamp in {v}"))
+        };
+        for line in &lines {
+            let v: Value = serde_json::from_str(line)?;
+            let commit = time(&v, "commit_timestamp");
+            let (begins, watermark) = (time(&v, "start_timestamp"), time(&v, "watermark"));
+            let (created, scheduled, running) = (
+                time(&v, "created_at"),
+                time(&v, "scheduled_at"),
+                time(&v, "running_at"),
+            );
+            assert!(begins <= watermark && watermark <= commit, "{store:?}: {v}");
+            assert!(
+                created <= scheduled && scheduled <= running,
+                "{store:?}: {v}"
+            );
+            assert!(begins >= start, "{store:?}: {v}");
+        }
+        // What screamer prints parses back through `plugin run`, the metadata set aside.
+        let identity = screamer_tests::plugins::plugin("identity")
+            .display()
+            .to_string();
+        let run = screamer_tests::plugins::plugin_run(&[&identity], &(lines.join("\n") + "\n"))?;
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+        assert_eq!(run.stdout.len(), 40);
+        let first: Value = serde_json::from_str(&run.stdout[0])?;
+        assert!(first.get("watermark").is_none(), "{first}");
+    }
+    Ok(())
+}

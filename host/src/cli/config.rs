@@ -67,6 +67,10 @@ pub struct PipelineArgs {
     /// Side output destination as NAME=URI (repeatable; default: the main output, tagged).
     #[arg(long = "side-output", value_name = "NAME=URI")]
     pub side_output: Vec<String>,
+    /// Put each record's partition metadata beside it, as the Go screamer prints it
+    /// (`start_timestamp`, `watermark`, `created_at`, `scheduled_at`, `running_at`).
+    #[arg(long, env = "PARTITION_METADATA")]
+    pub partition_metadata: bool,
     /// Per-call deadline of every plugin (default 1s).
     #[arg(long, allow_negative_numbers = true, value_name = "DURATION", value_parser = parse_duration)]
     pub plugin_timeout: Option<Duration>,
@@ -97,6 +101,7 @@ pub struct PipelineConfig {
     pub dead_letter: Option<DestinationUri>,
     pub side_outputs: BTreeMap<String, DestinationUri>,
     pub cache_dir: Option<PathBuf>,
+    pub partition_metadata: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -110,6 +115,8 @@ struct FileConfig {
     cache_dir: Option<PathBuf>,
     #[serde(default)]
     side_outputs: BTreeMap<String, FileUri>,
+    #[serde(default)]
+    partition_metadata: bool,
 }
 
 /// A destination in the file: a URI, or a table of `uri` and its options.
@@ -247,6 +254,7 @@ impl PipelineConfig {
             (None, None) => DEFAULT_BATCH_SIZE,
         };
         Ok(PipelineConfig {
+            partition_metadata: args.partition_metadata || file.partition_metadata,
             plugins: specs,
             batch_size,
             output,

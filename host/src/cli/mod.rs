@@ -374,6 +374,9 @@ async fn build_pipeline(
         dead_letters,
     )
     .with_observer(observer.clone());
+    if config.partition_metadata {
+        pipeline = pipeline.with_partition_metadata();
+    }
     for (name, uri) in &config.side_outputs {
         let destination = open_destination(&format!("--side-output {name}"), uri).await?;
         pipeline = pipeline.with_side_output(name.clone(), destination);

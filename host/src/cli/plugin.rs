@@ -182,7 +182,7 @@ async fn run_stdin(files: &[PathBuf], args: &PipelineArgs, stats: bool) -> Resul
             })
             .collect();
         pipeline
-            .process(&inputs)
+            .process(&inputs, None)
             .await
             .map_err(|e| RunError::Io(std::io::Error::other(e)))?;
         records += batch.len();

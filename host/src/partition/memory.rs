@@ -165,7 +165,7 @@ impl PartitionStore for MemoryStore {
             if !s.rows.is_empty() {
                 return Ok(false);
             }
-            s.rows.insert(root.token.clone(), root.into());
+            s.rows.insert(root.token.clone(), created(root));
             Ok(true)
         })
     }
@@ -226,7 +226,10 @@ impl PartitionStore for MemoryStore {
                 s.leases.insert(p.token.clone(), LeaseRow { owner, epoch });
                 if p.state == PartitionState::Created {
                     p.state = PartitionState::Scheduled;
-                    s.row(&p.token)?.state = PartitionState::Scheduled;
+                    p.times.scheduled_at = Some(Timestamp::now());
+                    let row = s.row(&p.token)?;
+                    row.state = p.state;
+                    row.times = p.times;
                 }
                 let lease = Lease {
                     token: p.token.clone(),
@@ -241,11 +244,18 @@ impl PartitionStore for MemoryStore {
         })
     }
 
-    async fn mark_running(&self, runner: &RunnerId, lease: &Lease) -> Result<(), StoreError> {
+    async fn mark_running(
+        &self,
+        runner: &RunnerId,
+        lease: &Lease,
+    ) -> Result<Timestamp, StoreError> {
         self.write(|s| {
             s.fenced(runner, lease)?;
-            s.row(&lease.token)?.state = PartitionState::Running;
-            Ok(())
+            let now = Timestamp::now();
+            let row = s.row(&lease.token)?;
+            row.state = PartitionState::Running;
+            row.times.running_at = Some(now);
+            Ok(now)
         })
     }
 
@@ -254,7 +264,7 @@ impl PartitionStore for MemoryStore {
             let mut inserted = 0;
             for c in children {
                 if !s.rows.contains_key(&c.token) {
-                    s.rows.insert(c.token.clone(), c.clone().into());
+                    s.rows.insert(c.token.clone(), created(c.clone()));
                     inserted += 1;
                 }
             }
@@ -382,4 +392,11 @@ impl PartitionStore for MemoryStore {
     fn writes(&self) -> u64 {
         self.writes.load(Ordering::Relaxed)
     }
+}
+
+/// A partition row as inserted now.
+fn created(p: NewPartition) -> PartitionMetadata {
+    let mut row = PartitionMetadata::from(p);
+    row.times.created_at = Some(Timestamp::now());
+    row
 }

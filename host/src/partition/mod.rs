@@ -250,11 +250,24 @@ pub struct PartitionMetadata {
     pub state: PartitionState,
     /// Every record committed before this time has been acknowledged.
     pub watermark: Timestamp,
+    /// When the store recorded the partition's lifecycle steps.
+    pub times: PartitionTimes,
+}
+
+/// When a partition was created, scheduled (claimed from CREATED) and set running, as the
+/// metadata table's commit timestamps (`CreatedAt`, `ScheduledAt`, `RunningAt`); `None`
+/// before the step.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PartitionTimes {
+    pub created_at: Option<Timestamp>,
+    pub scheduled_at: Option<Timestamp>,
+    pub running_at: Option<Timestamp>,
 }
 
 impl From<NewPartition> for PartitionMetadata {
     fn from(p: NewPartition) -> Self {
         Self {
+            times: PartitionTimes::default(),
             watermark: p.start,
             token: p.token,
             parents: p.parents,
@@ -458,8 +471,9 @@ pub trait PartitionStore: Send + Sync + 'static {
         lease_duration: std::time::Duration,
     ) -> Result<Vec<Claim>, StoreError>;
 
-    /// SCHEDULED -> RUNNING (fenced).
-    async fn mark_running(&self, runner: &RunnerId, lease: &Lease) -> Result<(), StoreError>;
+    /// SCHEDULED -> RUNNING (fenced); returns the time written as `RunningAt`.
+    async fn mark_running(&self, runner: &RunnerId, lease: &Lease)
+    -> Result<Timestamp, StoreError>;
 
     /// Inserts the children that are not there yet (merges announce a child several times);
     /// returns how many it inserted. Not fenced: children are the same whoever announces them.

@@ -192,7 +192,7 @@ pub(super) fn to_host(
 }
 
 /// `extra` as a map: a JSON object (or empty) none of whose keys is a record field or
-/// `output`.
+/// another name the output line reserves ([`DataChangeRecord::FIELDS`]).
 fn parse_extra(text: &str) -> Result<Option<Map<String, Value>>, String> {
     if text.trim().is_empty() {
         return Ok(None);
@@ -203,9 +203,14 @@ fn parse_extra(text: &str) -> Result<Option<Map<String, Value>>, String> {
         .keys()
         .find(|k| DataChangeRecord::FIELDS.contains(&k.as_str()))
     {
+        let what = match key.as_str() {
+            "output" | "start_timestamp" | "watermark" | "created_at" | "scheduled_at"
+            | "running_at" => "a name the host's output line reserves",
+            _ => "a field of the record itself",
+        };
         return Err(format!(
-            "extra sets {key:?}, a field of the record itself: change the record's field, \
-             or name the extra field differently"
+            "extra sets {key:?}, {what}: change the record's field, or name the extra field \
+             differently"
         ));
     }
     Ok(Some(map).filter(|m| !m.is_empty()))
@@ -287,13 +292,20 @@ mod tests {
                 .unwrap_err()
                 .starts_with("extra is not a JSON object")
         );
-        for shadow in [
-            r#"{"table_name":"Shadow"}"#,
-            r#"{"output":"x"}"#,
-            r#"{"mods":[]}"#,
+        for (shadow, what) in [
+            (r#"{"table_name":"Shadow"}"#, "a field of the record itself"),
+            (r#"{"mods":[]}"#, "a field of the record itself"),
+            (
+                r#"{"output":"x"}"#,
+                "a name the host's output line reserves",
+            ),
+            (
+                r#"{"watermark":"x"}"#,
+                "a name the host's output line reserves",
+            ),
         ] {
             let err = to_host(result(&original, shadow), &original).unwrap_err();
-            assert!(err.contains("a field of the record itself"), "{err}");
+            assert!(err.contains(what), "{err}");
         }
     }
 }

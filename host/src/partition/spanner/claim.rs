@@ -21,7 +21,7 @@ use gcloud_spanner::value::CommitTimestamp;
 
 use super::rows::PARTITION_COLUMNS;
 use super::sql::ACTIVE;
-use super::{SpannerStore, keys, read_all};
+use super::{SpannerStore, commit_timestamp, keys, read_all};
 use crate::partition::{
     CLAIM_BATCH, Claim, Epoch, Lease, PartitionState, StoreError, lease_is_free,
 };
@@ -62,7 +62,7 @@ impl SpannerStore {
             candidates,
             room,
         });
-        let (_, claimed) = self
+        let (commit, claimed) = self
             .retrying(|| {
                 self.client.read_write_transaction_with_option(
                     |tx| {
@@ -85,6 +85,7 @@ impl SpannerStore {
                 let mut partition = self.decode(row)?;
                 if partition.state == PartitionState::Created {
                     partition.state = PartitionState::Scheduled;
+                    partition.times.scheduled_at = commit_timestamp(&commit);
                 }
                 let lease = Lease {
                     token: partition.token.clone(),

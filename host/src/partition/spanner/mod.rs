@@ -38,6 +38,20 @@ use rows::insert_partition;
 use schema::valid_table_name;
 use sql::ACTIVE;
 
+/// What a fenced write did: the leases it found lost (their mutations were not written) and
+/// when it committed.
+#[derive(Debug, Default)]
+struct Fenced {
+    lost: Vec<Lease>,
+    committed_at: Option<Timestamp>,
+}
+
+/// The commit timestamp Spanner reported for a transaction.
+fn commit_timestamp(commit: &gcloud_spanner::transaction_rw::CommitResult) -> Option<Timestamp> {
+    let t = commit.timestamp.as_ref()?;
+    Timestamp::from_unix_nanos(i128::from(t.seconds) * 1_000_000_000 + i128::from(t.nanos))
+}
+
 /// The transaction tag of heartbeats and registrations (blind writes).
 const REGISTRY_TAG: &str = "screamer-registry";
 
@@ -260,24 +274,20 @@ impl SpannerStore {
     }
 
     /// Applies `plan`'s mutations for the leases `runner` still holds, in one read-write
-    /// transaction that reads the lease rows first; returns the leases that were lost.
-    async fn fenced<F>(
-        &self,
-        runner: &str,
-        leases: &[Lease],
-        plan: F,
-    ) -> Result<Vec<Lease>, StoreError>
+    /// transaction that reads the lease rows first; returns the leases that were lost and
+    /// the commit's timestamp.
+    async fn fenced<F>(&self, runner: &str, leases: &[Lease], plan: F) -> Result<Fenced, StoreError>
     where
         F: Fn(&[Lease]) -> Vec<Mutation> + Send + Sync + 'static,
     {
         if leases.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Fenced::default());
         }
         let plan = Arc::new(plan);
         let leases = Arc::new(leases.to_vec());
         let table = Arc::new(self.leases.clone());
         let runner = Arc::new(runner.to_owned());
-        let (_, lost) = self
+        let (commit, lost) = self
             .retrying(|| {
                 self.client.read_write_transaction_with_option(
                     |tx| {
@@ -311,7 +321,10 @@ impl SpannerStore {
             })
             .await?;
         self.writes.fetch_add(1, Ordering::Relaxed);
-        Ok(lost)
+        Ok(Fenced {
+            lost,
+            committed_at: commit_timestamp(&commit),
+        })
     }
 
     fn count(&self, rows: &[Row], column: usize) -> Result<usize, StoreError> {
@@ -428,9 +441,13 @@ impl PartitionStore for SpannerStore {
             .await
     }
 
-    async fn mark_running(&self, runner: &RunnerId, lease: &Lease) -> Result<(), StoreError> {
+    async fn mark_running(
+        &self,
+        runner: &RunnerId,
+        lease: &Lease,
+    ) -> Result<Timestamp, StoreError> {
         let table = self.table.clone();
-        let lost = self
+        let fenced = self
             .fenced(runner.as_str(), std::slice::from_ref(lease), move |held| {
                 held.iter()
                     .map(|l| {
@@ -447,9 +464,9 @@ impl PartitionStore for SpannerStore {
                     .collect()
             })
             .await?;
-        match lost.first() {
+        match fenced.lost.first() {
             Some(l) => Err(lease_lost(l)),
-            None => Ok(()),
+            None => Ok(fenced.committed_at.unwrap_or_else(Timestamp::now)),
         }
     }
 
@@ -488,21 +505,23 @@ impl PartitionStore for SpannerStore {
         let table = self.table.clone();
         let by_token: Arc<Vec<(Lease, Timestamp)>> = Arc::new(marks.to_vec());
         let leases: Vec<Lease> = marks.iter().map(|(l, _)| l.clone()).collect();
-        self.fenced(runner.as_str(), &leases, move |held| {
-            by_token
-                .iter()
-                .filter(|(l, _)| held.contains(l))
-                .map(|(l, w)| {
-                    let w: OffsetDateTime = (*w).into();
-                    update(
-                        &table,
-                        &["PartitionToken", "Watermark"],
-                        &[&l.token.as_str(), &w],
-                    )
-                })
-                .collect()
-        })
-        .await
+        let fenced = self
+            .fenced(runner.as_str(), &leases, move |held| {
+                by_token
+                    .iter()
+                    .filter(|(l, _)| held.contains(l))
+                    .map(|(l, w)| {
+                        let w: OffsetDateTime = (*w).into();
+                        update(
+                            &table,
+                            &["PartitionToken", "Watermark"],
+                            &[&l.token.as_str(), &w],
+                        )
+                    })
+                    .collect()
+            })
+            .await?;
+        Ok(fenced.lost)
     }
 
     async fn finish(
@@ -534,7 +553,8 @@ impl PartitionStore for SpannerStore {
                     })
                     .collect()
             })
-            .await?;
+            .await?
+            .lost;
         match lost.first() {
             Some(l) => Err(lease_lost(l)),
             None => Ok(()),

@@ -8,15 +8,26 @@ use time::OffsetDateTime;
 
 use super::SpannerStore;
 use crate::partition::{
-    NewPartition, PartitionMetadata, PartitionState, PartitionToken, StoreError,
+    NewPartition, PartitionMetadata, PartitionState, PartitionTimes, PartitionToken, StoreError,
 };
 use crate::timestamp::Timestamp;
 
 /// Beam stores "no end" as the largest timestamp.
 const NO_END: &str = "9999-12-31T23:59:59.999999999Z";
 
-/// The partition columns [`SpannerStore::decode`] reads (and a new row writes, with
-/// `CreatedAt`), in [`insert_partition`]'s order.
+/// The columns a new row writes, in [`insert_partition`]'s order.
+const INSERT_COLUMNS: &[&str] = &[
+    "PartitionToken",
+    "ParentTokens",
+    "StartTimestamp",
+    "EndTimestamp",
+    "HeartbeatMillis",
+    "State",
+    "Watermark",
+    "CreatedAt",
+];
+
+/// The partition columns [`SpannerStore::decode`] reads.
 pub(super) const PARTITION_COLUMNS: &[&str] = &[
     "PartitionToken",
     "ParentTokens",
@@ -25,6 +36,9 @@ pub(super) const PARTITION_COLUMNS: &[&str] = &[
     "HeartbeatMillis",
     "State",
     "Watermark",
+    "CreatedAt",
+    "ScheduledAt",
+    "RunningAt",
 ];
 
 impl SpannerStore {
@@ -60,6 +74,11 @@ impl SpannerStore {
                 .column_by_name::<OffsetDateTime>("Watermark")
                 .map_err(c)?
                 .into(),
+            times: PartitionTimes {
+                created_at: time(row, "CreatedAt").map_err(c)?,
+                scheduled_at: time(row, "ScheduledAt").map_err(c)?,
+                running_at: time(row, "RunningAt").map_err(c)?,
+            },
         })
     }
 }
@@ -70,7 +89,7 @@ pub(super) fn insert_partition(table: &str, p: &NewPartition) -> Mutation {
     let start: OffsetDateTime = p.start.into();
     insert(
         table,
-        &[PARTITION_COLUMNS, &["CreatedAt"]].concat(),
+        INSERT_COLUMNS,
         &[
             &p.token.as_str(),
             &parents,
@@ -82,6 +101,13 @@ pub(super) fn insert_partition(table: &str, p: &NewPartition) -> Mutation {
             &CommitTimestamp::new(),
         ],
     )
+}
+
+/// A nullable timestamp column.
+fn time(row: &Row, column: &str) -> Result<Option<Timestamp>, gcloud_spanner::row::Error> {
+    Ok(row
+        .column_by_name::<Option<OffsetDateTime>>(column)?
+        .map(Timestamp::from))
 }
 
 fn no_end() -> Timestamp {
