@@ -333,7 +333,7 @@ fn bad_plugins_and_configurations_are_refused_with_one_line() {
     assert_eq!(run.code, Some(2));
     assert!(
         run.stderr
-            .contains("error: stdin line 2: not a data change record"),
+            .contains("error: stdin line 2: not a JSON object"),
         "{}",
         run.stderr
     );
@@ -452,4 +452,38 @@ fn panics_loops_and_memory_bombs_become_dead_letters_and_processing_continues() 
         assert!(d["record"].get("processed_by").is_none());
     }
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn plugin_run_takes_minimal_records_and_names_every_missing_field_at_once() {
+    let identity = path("identity");
+    let minimal = r#"{"table_name":"Users","mod_type":"DELETE","mods":[{"keys":{"Id":"7"},"new_values":{},"old_values":{"Name":"x"}}]}"#;
+    let run = plugin_run(&[&identity], &format!("{minimal}\n")).unwrap();
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let out: serde_json::Value = serde_json::from_str(&run.stdout[0]).unwrap();
+    assert_eq!(out["table_name"], "Users");
+    assert_eq!(out["mod_type"], "DELETE");
+    assert_eq!(out["mods"][0]["keys"]["Id"], "7");
+    assert_eq!(out["commit_timestamp"], "1970-01-01T00:00:00Z");
+    assert_eq!(out["partition_token"], "plugin-run");
+    assert_eq!(out["value_capture_type"], "OLD_AND_NEW_VALUES");
+    assert_eq!(out["number_of_records_in_transaction"], 1);
+
+    let run = plugin_run(
+        &[&identity],
+        "{\"commit_timestamp\":\"2026-01-01T00:00:00Z\"}\n",
+    )
+    .unwrap();
+    assert_eq!(run.code, Some(2));
+    let errors: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("error:"))
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            "error: stdin line 1: missing table_name, mod_type, mods: a record needs at least table_name, mod_type and mods"
+        ]
+    );
 }

@@ -105,14 +105,67 @@ struct InputLine {
     extra: Map<String, Value>,
 }
 
+/// The fields a record line must have; every other field of the record has a default.
+const REQUIRED: [&str; 3] = ["table_name", "mod_type", "mods"];
+
+/// What a minimal record line gets for the fields it leaves out (documented in the README,
+/// "Plugins").
+fn default_field(name: &str) -> Option<Value> {
+    Some(match name {
+        "partition_token" => Value::from("plugin-run"),
+        "commit_timestamp" => Value::from("1970-01-01T00:00:00Z"),
+        "record_sequence" => Value::from("00000000"),
+        "server_transaction_id" => Value::from(""),
+        "is_last_record_in_transaction_in_partition" => Value::from(true),
+        "column_types" => Value::Array(Vec::new()),
+        "value_capture_type" => Value::from("OLD_AND_NEW_VALUES"),
+        "number_of_records_in_transaction" | "number_of_partitions_in_transaction" => {
+            Value::from(1)
+        }
+        "transaction_tag" => Value::from(""),
+        "is_system_transaction" => Value::from(false),
+        _ => return None,
+    })
+}
+
 impl InputLine {
-    fn parse(line: &str) -> serde_json::Result<Self> {
-        // Two passes: mods keep their JSON text (raw values), which serde cannot buffer
-        // for `#[serde(flatten)]`.
-        let record: DataChangeRecord = serde_json::from_str(line)?;
-        let mut extra: Map<String, Value> = serde_json::from_str(line)?;
-        extra.retain(|k, _| !DataChangeRecord::FIELDS.contains(&k.as_str()));
-        Ok(InputLine { record, extra })
+    /// A record line: whole as screamer prints it, or minimal (`table_name`, `mod_type`,
+    /// `mods`, the rest defaulted); every missing required field is named at once.
+    fn parse(line: &str) -> Result<Self, String> {
+        let mut fields: Map<String, Value> =
+            serde_json::from_str(line).map_err(|e| format!("not a JSON object: {e}"))?;
+        let missing: Vec<&str> = REQUIRED
+            .into_iter()
+            .filter(|f| !fields.contains_key(*f))
+            .collect();
+        if !missing.is_empty() {
+            return Err(format!(
+                "missing {}: a record needs at least table_name, mod_type and mods",
+                missing.join(", ")
+            ));
+        }
+        let mut defaulted = false;
+        for name in DataChangeRecord::FIELDS {
+            if !fields.contains_key(name)
+                && let Some(value) = default_field(name)
+            {
+                fields.insert(name.to_owned(), value);
+                defaulted = true;
+            }
+        }
+        // Mods keep their JSON text (raw values), which serde reads from text only: a line
+        // with defaults added is written out again first.
+        let record: Result<DataChangeRecord, _> = if defaulted {
+            serde_json::from_str(&Value::Object(fields.clone()).to_string())
+        } else {
+            serde_json::from_str(line)
+        };
+        let record = record.map_err(|e| format!("not a data change record: {e}"))?;
+        fields.retain(|k, _| !DataChangeRecord::FIELDS.contains(&k.as_str()));
+        Ok(InputLine {
+            record,
+            extra: fields,
+        })
     }
 }
 
@@ -143,12 +196,9 @@ async fn run_stdin(files: &[PathBuf], args: &PipelineArgs, stats: bool) -> Resul
                 if line.trim().is_empty() {
                     return Ok(None);
                 }
-                InputLine::parse(&line).map(Some).map_err(|e| {
-                    RunError::Input(format!(
-                        "stdin line {}: not a data change record: {e}",
-                        n + 1
-                    ))
-                })
+                InputLine::parse(&line)
+                    .map(Some)
+                    .map_err(|e| RunError::Input(format!("stdin line {}: {e}", n + 1)))
             });
             match parsed {
                 Ok(Some(input)) => batch.push(input),
