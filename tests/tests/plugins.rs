@@ -487,3 +487,61 @@ fn plugin_run_takes_minimal_records_and_names_every_missing_field_at_once() {
         ]
     );
 }
+
+#[test]
+fn plugin_check_reports_a_plugin_that_needs_configuration_as_valid() {
+    // redact refuses the empty configuration: valid, with init's message, exit 0.
+    let run = screamer(&["plugin", "check", &path("redact")], "").unwrap();
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(run.stdout[0].ends_with(": ok"), "{:?}", run.stdout);
+    let init =
+        "init:    refuses the empty configuration: invalid configuration: missing field `columns`";
+    assert!(
+        run.stdout.iter().any(|l| l.trim().starts_with(init)),
+        "{:?}",
+        run.stdout
+    );
+    let json = screamer(&["plugin", "check", &path("redact"), "--json"], "").unwrap();
+    let report: Value = serde_json::from_str(&json.stdout[0]).unwrap();
+    assert!(
+        report["init_refused"]
+            .as_str()
+            .is_some_and(|m| m.contains("missing field `columns`")),
+        "{report}"
+    );
+    // With a configuration given, its refusal is the error it always was.
+    let run = screamer(
+        &[
+            "plugin",
+            "check",
+            &path("redact"),
+            "--plugin-config",
+            r#"{"columns":[]}"#,
+        ],
+        "",
+    )
+    .unwrap();
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("`columns` must name at least one column"),
+        "{}",
+        run.stderr
+    );
+    // And a configuration it accepts reports no refusal.
+    let json = screamer(
+        &[
+            "plugin",
+            "check",
+            &path("redact"),
+            "--json",
+            "--plugin-config",
+            r#"{"columns":["Email"]}"#,
+        ],
+        "",
+    )
+    .unwrap();
+    assert_eq!(json.code, Some(0), "{}", json.stderr);
+    let report: Value = serde_json::from_str(&json.stdout[0]).unwrap();
+    assert_eq!(report["init_refused"], Value::Null);
+}

@@ -15,7 +15,7 @@ use super::config::{PipelineArgs, PipelineConfig};
 use super::progress::per_record_micros;
 use super::{RunError, build_pipeline};
 use screamer::observe::{Metrics, PluginTotals};
-use screamer::plugin::{Input, PluginRuntime, PluginSpec};
+use screamer::plugin::{Input, PluginError, PluginRuntime, PluginSpec};
 use screamer::record::DataChangeRecord;
 
 /// Lines per batch in `plugin run`.
@@ -72,6 +72,7 @@ async fn check(
     cache: Option<PathBuf>,
 ) -> Result<(), RunError> {
     let mut spec = PluginSpec::new(file);
+    let config_given = config.is_some();
     if let Some(text) = config {
         spec.config = serde_json::from_str::<Value>(&text)
             .ok()
@@ -82,6 +83,15 @@ async fn check(
     }
     let runtime = PluginRuntime::new(cache.or_else(PluginRuntime::default_cache_dir))?;
     let report = runtime.check(&spec).await?;
+    // A plugin that needs configuration is valid; only a configuration given here and
+    // refused is an error.
+    if let (true, Some(message)) = (config_given, &report.init_refused) {
+        return Err(PluginError::Config {
+            plugin: format!("{}@{}", report.name, report.version),
+            message: message.clone(),
+        }
+        .into());
+    }
     if json {
         println!(
             "{}",
@@ -95,6 +105,10 @@ async fn check(
         println!("  imports: {}", report.imports.join(", "));
         println!("  sha256:  {}", report.sha256);
         println!("  load:    {:.1} ms", report.load_millis);
+        if let Some(message) = &report.init_refused {
+            println!("  init:    refuses the empty configuration: {message}");
+            println!("           (give one with --plugin-config to check it)");
+        }
     }
     Ok(())
 }

@@ -43,6 +43,9 @@ pub struct ComponentReport {
     pub exports: Vec<String>,
     pub imports: Vec<String>,
     pub load_millis: f64,
+    /// What `init` answered for the configuration tried: `None` when it accepted it, else
+    /// its refusal (a plugin that needs configuration refuses the empty one).
+    pub init_refused: Option<String>,
 }
 
 impl PluginRuntime {
@@ -82,10 +85,18 @@ impl PluginRuntime {
         self: &Arc<Self>,
         spec: &PluginSpec,
     ) -> Result<Arc<PluginVersion>, PluginError> {
-        self.load_with_report(spec).await.map(|(v, _)| v)
+        let (version, report) = self.load_with_report(spec).await?;
+        match report.init_refused {
+            None => Ok(version),
+            Some(message) => Err(PluginError::Config {
+                plugin: version.tag().to_owned(),
+                message,
+            }),
+        }
     }
 
-    /// [`PluginRuntime::load`], also describing the component.
+    /// Describes the component as [`PluginRuntime::load`] finds it; a refusal of the
+    /// configuration by `init` is part of the report, not an error.
     pub async fn check(
         self: &Arc<Self>,
         spec: &PluginSpec,
@@ -103,7 +114,7 @@ impl PluginRuntime {
             .await
             .map_err(|e| PluginError::Engine(format!("plugin compiler: {e}")))??;
         let config_text = spec.config.to_string();
-        let (info, tag) = self.trial(&prepared.pre, spec, &config_text).await?;
+        let (info, tag, init_refused) = self.trial(&prepared.pre, spec, &config_text).await?;
         let load_time = started.elapsed();
         let version = Arc::new(PluginVersion {
             name: info.name.clone(),
@@ -127,6 +138,7 @@ impl PluginRuntime {
             exports: prepared.exports,
             imports: prepared.imports,
             load_millis: load_time.as_secs_f64() * 1e3,
+            init_refused,
         };
         Ok((version, report))
     }
@@ -177,7 +189,7 @@ impl PluginRuntime {
         pre: &PluginPre<HostState>,
         spec: &PluginSpec,
         config_text: &str,
-    ) -> Result<(PluginInfo, Arc<str>), PluginError> {
+    ) -> Result<(PluginInfo, Arc<str>, Option<String>), PluginError> {
         let file_tag: Arc<str> = spec
             .path
             .file_name()
@@ -198,17 +210,12 @@ impl PluginRuntime {
             .map_err(start_failed(&file_tag))?;
         let tag: Arc<str> = format!("{}@{}", info.name, info.version).into();
         trial.set_tag(tag.clone());
-        trial
-            .init(config_text, deadline())
-            .await
-            .map_err(|e| match e {
-                InitError::Trapped(message) => start_failed(&tag)(message),
-                InitError::Refused(message) => PluginError::Config {
-                    plugin: tag.to_string(),
-                    message,
-                },
-            })?;
-        Ok((info, tag))
+        let refused = match trial.init(config_text, deadline()).await {
+            Ok(()) => None,
+            Err(InitError::Refused(message)) => Some(message),
+            Err(InitError::Trapped(message)) => return Err(start_failed(&tag)(message)),
+        };
+        Ok((info, tag, refused))
     }
 
     /// The compiled component, from the cache when this host compiled it before.
