@@ -42,6 +42,22 @@ async fn scrape_until(
     found.map_err(|e| e.context(last))
 }
 
+/// Waits until `/readyz` answers 200.
+async fn ready(addr: SocketAddr) -> anyhow::Result<()> {
+    eventually(Duration::from_secs(60), "/readyz 200", async || {
+        (status(addr, "/readyz").await == 200).then_some(())
+    })
+    .await
+}
+
+/// Stops `screamer` with SIGINT, checks it exited 0, and returns its stderr.
+async fn stop(screamer: &mut Screamer) -> anyhow::Result<String> {
+    screamer.signal(SIGINT)?;
+    let status = screamer.wait(Duration::from_secs(60)).await?;
+    anyhow::ensure!(status.success(), "{status}: {}", screamer.stderr());
+    Ok(screamer.stderr())
+}
+
 fn lag(s: &Scrape) -> f64 {
     s.sum("screamer_watermark_lag_seconds")
 }
@@ -66,10 +82,7 @@ async fn counters_lag_and_health_follow_the_stream_through_an_emulator_pause() -
         ],
     );
     let mut screamer = Screamer::spawn(emulator.host(), &args)?;
-    eventually(Duration::from_secs(60), "/readyz 200", async || {
-        (status(addr, "/readyz").await == 200).then_some(())
-    })
-    .await?;
+    ready(addr).await?;
     assert_eq!(status(addr, "/healthz").await, 200);
 
     screamer_tests::items::write(&db, 60, 4, Duration::ZERO).await?;
@@ -146,9 +159,7 @@ async fn counters_lag_and_health_follow_the_stream_through_an_emulator_pause() -
     );
     assert_eq!(status(addr, "/readyz").await, 200);
 
-    screamer.signal(SIGINT)?;
-    assert!(screamer.wait(Duration::from_secs(60)).await?.success());
-    let stderr = screamer.stderr();
+    let stderr = stop(&mut screamer).await?;
     assert!(
         stderr
             .lines()
@@ -189,10 +200,7 @@ async fn dead_letter_and_plugin_counters_match_the_dead_letter_file() -> anyhow:
         ],
     );
     let mut screamer = Screamer::spawn(emulator.host(), &args)?;
-    eventually(Duration::from_secs(60), "/readyz 200", async || {
-        (status(addr, "/readyz").await == 200).then_some(())
-    })
-    .await?;
+    ready(addr).await?;
     for id in 0..20i64 {
         let name = if id % 4 == 0 { "fail" } else { "pass" };
         db.apply(vec![insert("Users", &["Id", "Name"], &[&id, &name])])
@@ -240,9 +248,7 @@ async fn dead_letter_and_plugin_counters_match_the_dead_letter_file() -> anyhow:
     assert!(s.sum("screamer_plugin_instances_started_total") >= 1.0);
     assert_eq!(s.sum("screamer_plugin_failed_calls_total"), 0.0);
     assert_operations_files_name_exported_metrics(&s)?;
-    screamer.signal(SIGINT)?;
-    assert!(screamer.wait(Duration::from_secs(60)).await?.success());
-    let stderr = screamer.stderr();
+    let stderr = stop(&mut screamer).await?;
     assert!(
         stderr
             .lines()
@@ -267,10 +273,7 @@ async fn destination_retries_bytes_and_acceptance_are_counted_per_output() -> an
         &["--output", &sink.url(), "--metrics-addr", &addr.to_string()],
     );
     let mut screamer = Screamer::spawn(emulator.host(), &args)?;
-    eventually(Duration::from_secs(60), "/readyz 200", async || {
-        (status(addr, "/readyz").await == 200).then_some(())
-    })
-    .await?;
+    ready(addr).await?;
     screamer_tests::items::write(&db, 10, 2, Duration::ZERO).await?;
     let s = scrape_until(addr, Duration::from_secs(60), "10 records accepted", |s| {
         s.sum_where("screamer_output_records_total", &[("output", "main")]) >= 10.0
@@ -292,8 +295,7 @@ async fn destination_retries_bytes_and_acceptance_are_counted_per_output() -> an
         payload as f64
     );
     assert!(s.sum_where("screamer_output_send_duration_seconds_count", &main) >= 1.0);
-    screamer.signal(SIGINT)?;
-    assert!(screamer.wait(Duration::from_secs(60)).await?.success());
+    stop(&mut screamer).await?;
     Ok(())
 }
 

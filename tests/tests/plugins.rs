@@ -2,7 +2,8 @@
 //! Python one included, chain order, refusals, and failure isolation.
 
 use screamer_tests::plugins::{
-    parse, plugin, plugin_cache, plugin_run, record_line as record, scratch_dir, screamer,
+    named_records, parse, plugin, plugin_cache, plugin_run, record_line as record, record_names,
+    scratch_dir, screamer,
 };
 use serde_json::{Value, json};
 
@@ -544,4 +545,43 @@ fn plugin_check_reports_a_plugin_that_needs_configuration_as_valid() {
     assert_eq!(json.code, Some(0), "{}", json.stderr);
     let report: Value = serde_json::from_str(&json.stdout[0]).unwrap();
     assert_eq!(report["init_refused"], Value::Null);
+}
+
+#[test]
+fn plugin_run_in_a_pipe_answers_each_line_before_its_input_closes() {
+    use std::io::{BufRead, Write};
+    let mut child = std::process::Command::new(screamer_tests::screamer_bin())
+        .args(["plugin", "run", &path("identity")])
+        .env("SCREAMER_PLUGIN_CACHE", plugin_cache())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let records: Vec<String> = named_records(&["first", "second"])
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    for (record, name) in records.iter().zip(["first", "second"]) {
+        writeln!(stdin, "{record}").unwrap();
+        stdin.flush().unwrap();
+        // The input stays open: the output must come anyway.
+        let out = lines
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("no output for {name} while stdin is open"));
+        assert_eq!(record_names(&[out]), [name]);
+    }
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
 }

@@ -18,7 +18,7 @@ use screamer::observe::{Metrics, PluginTotals};
 use screamer::plugin::{Input, PluginError, PluginRuntime, PluginSpec};
 use screamer::record::DataChangeRecord;
 
-/// Lines per batch in `plugin run`.
+/// Most lines per batch in `plugin run` (fewer when fewer have arrived).
 const RUN_BATCH: usize = 256;
 
 #[derive(Debug, clap::Subcommand)]
@@ -193,11 +193,54 @@ async fn run_stdin(files: &[PathBuf], args: &PipelineArgs, stats: bool) -> Resul
     }
     let metrics = Arc::new(Metrics::new());
     let pipeline = build_pipeline(&config, metrics.clone()).await?.pipeline;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<InputLine>, RunError>>(2);
-    // stdin is read on its own thread: blocking reads, and parsing overlaps processing.
+    let mut lines = read_stdin();
+    let mut records = 0usize;
+    // Each batch is what has arrived: at most RUN_BATCH lines, and never a wait for more
+    // once one is there, so a line in a pipe is processed (and its output flushed) at once.
+    while let Some(first) = lines.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < RUN_BATCH {
+            match lines.try_recv() {
+                Ok(line) => batch.push(line),
+                Err(_) => break,
+            }
+        }
+        // What came before a bad line is processed first.
+        let failure = batch
+            .iter()
+            .position(Result::is_err)
+            .map(|i| batch.remove(i));
+        let batch: Vec<InputLine> = batch.into_iter().map_while(Result::ok).collect();
+        let inputs: Vec<Input<'_>> = batch
+            .iter()
+            .map(|l| Input {
+                record: &l.record,
+                extra: Some(&l.extra).filter(|m| !m.is_empty()),
+            })
+            .collect();
+        pipeline
+            .process(&inputs, None)
+            .await
+            .map_err(|e| RunError::Io(std::io::Error::other(e)))?;
+        records += batch.len();
+        if let Some(Err(e)) = failure {
+            return Err(e);
+        }
+    }
+    let dead_letters = metrics.progress().dead_letters;
+    tracing::info!(records, dead_letters, "plugin run done");
+    if stats {
+        eprint!("{}", stats_table(&metrics.plugins()));
+    }
+    Ok(())
+}
+
+/// Reads stdin on a thread of its own (blocking reads; parsing overlaps processing): each
+/// record line, or the first error (after which nothing more is read).
+fn read_stdin() -> tokio::sync::mpsc::Receiver<Result<InputLine, RunError>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(2 * RUN_BATCH);
     std::thread::spawn(move || {
         let stdin = std::io::stdin().lock();
-        let mut batch = Vec::with_capacity(RUN_BATCH);
         for (n, line) in stdin.split(b'\n').enumerate() {
             let parsed = line.map_err(RunError::from).and_then(|line| {
                 let line = String::from_utf8(line).map_err(|e| {
@@ -214,49 +257,15 @@ async fn run_stdin(files: &[PathBuf], args: &PipelineArgs, stats: bool) -> Resul
                     .map(Some)
                     .map_err(|e| RunError::Input(format!("stdin line {}: {e}", n + 1)))
             });
-            match parsed {
-                Ok(Some(input)) => batch.push(input),
-                Ok(None) => {}
-                Err(e) => {
-                    // What came before the bad line is processed first.
-                    if !batch.is_empty() {
-                        let _ = tx.blocking_send(Ok(std::mem::take(&mut batch)));
-                    }
-                    let _ = tx.blocking_send(Err(e));
-                    return;
-                }
-            }
-            if batch.len() == RUN_BATCH && tx.blocking_send(Ok(std::mem::take(&mut batch))).is_err()
+            let stop = parsed.is_err();
+            if let Some(item) = parsed.transpose()
+                && (tx.blocking_send(item).is_err() || stop)
             {
                 return;
             }
         }
-        if !batch.is_empty() {
-            let _ = tx.blocking_send(Ok(batch));
-        }
     });
-    let mut records = 0usize;
-    while let Some(batch) = rx.recv().await {
-        let batch = batch?;
-        let inputs: Vec<Input<'_>> = batch
-            .iter()
-            .map(|l| Input {
-                record: &l.record,
-                extra: Some(&l.extra).filter(|m| !m.is_empty()),
-            })
-            .collect();
-        pipeline
-            .process(&inputs, None)
-            .await
-            .map_err(|e| RunError::Io(std::io::Error::other(e)))?;
-        records += batch.len();
-    }
-    let dead_letters = metrics.progress().dead_letters;
-    tracing::info!(records, dead_letters, "plugin run done");
-    if stats {
-        eprint!("{}", stats_table(&metrics.plugins()));
-    }
-    Ok(())
+    rx
 }
 
 /// Per-plugin counts and time, one row per plugin in chain order.

@@ -15,19 +15,8 @@ use crate::timestamp::Timestamp;
 /// Beam stores "no end" as the largest timestamp.
 const NO_END: &str = "9999-12-31T23:59:59.999999999Z";
 
-/// The columns a new row writes, in [`insert_partition`]'s order.
-const INSERT_COLUMNS: &[&str] = &[
-    "PartitionToken",
-    "ParentTokens",
-    "StartTimestamp",
-    "EndTimestamp",
-    "HeartbeatMillis",
-    "State",
-    "Watermark",
-    "CreatedAt",
-];
-
-/// The partition columns [`SpannerStore::decode`] reads.
+/// The partition columns [`SpannerStore::decode`] reads; a new row writes the first
+/// [`INSERTED`] of them, in [`insert_partition`]'s order.
 pub(super) const PARTITION_COLUMNS: &[&str] = &[
     "PartitionToken",
     "ParentTokens",
@@ -40,6 +29,9 @@ pub(super) const PARTITION_COLUMNS: &[&str] = &[
     "ScheduledAt",
     "RunningAt",
 ];
+
+/// How many of [`PARTITION_COLUMNS`] a new row writes (up to `CreatedAt`).
+const INSERTED: usize = 8;
 
 impl SpannerStore {
     /// A `State` column's value.
@@ -89,7 +81,7 @@ pub(super) fn insert_partition(table: &str, p: &NewPartition) -> Mutation {
     let start: OffsetDateTime = p.start.into();
     insert(
         table,
-        INSERT_COLUMNS,
+        &PARTITION_COLUMNS[..INSERTED],
         &[
             &p.token.as_str(),
             &parents,
