@@ -2,8 +2,8 @@
 //! Python one included, chain order, refusals, and failure isolation.
 
 use screamer_tests::plugins::{
-    named_records, parse, plugin, plugin_cache, plugin_run, record_line as record, record_names,
-    scratch_dir, screamer,
+    chaos_version, named_records, parse, plugin, plugin_cache, plugin_run, record_line as record,
+    record_names, replace_file, scratch_dir, screamer,
 };
 use serde_json::{Value, json};
 
@@ -547,41 +547,99 @@ fn plugin_check_reports_a_plugin_that_needs_configuration_as_valid() {
     assert_eq!(report["init_refused"], Value::Null);
 }
 
+/// `screamer plugin run ARGS` with its stdin and stdout as pipes the test writes and reads
+/// line by line.
+struct PipedRun {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl PipedRun {
+    fn start(args: &[&str]) -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(screamer_tests::screamer_bin())
+            .args([&["plugin", "run"], args].concat())
+            .env("SCREAMER_PLUGIN_CACHE", plugin_cache())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line);
+            }
+        });
+        PipedRun {
+            child,
+            stdin,
+            lines,
+        }
+    }
+
+    /// Writes one line and returns the output line it makes, within 30 s.
+    fn send(&mut self, line: &str) -> String {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().unwrap();
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+        self.lines
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("no output for {line} while stdin is open"))
+    }
+
+    fn finish(mut self) {
+        drop(self.stdin.take());
+        assert!(self.child.wait().unwrap().success());
+    }
+}
+
 #[test]
 fn plugin_run_in_a_pipe_answers_each_line_before_its_input_closes() {
-    use std::io::{BufRead, Write};
-    let mut child = std::process::Command::new(screamer_tests::screamer_bin())
-        .args(["plugin", "run", &path("identity")])
-        .env("SCREAMER_PLUGIN_CACHE", plugin_cache())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(line);
-        }
-    });
-    let records: Vec<String> = named_records(&["first", "second"])
-        .lines()
-        .map(str::to_owned)
-        .collect();
-    for (record, name) in records.iter().zip(["first", "second"]) {
-        writeln!(stdin, "{record}").unwrap();
-        stdin.flush().unwrap();
+    let mut run = PipedRun::start(&[&path("identity")]);
+    for name in ["first", "second"] {
         // The input stays open: the output must come anyway.
-        let out = lines
-            .recv_timeout(std::time::Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("no output for {name} while stdin is open"));
+        let out = run.send(named_records(&[name]).trim_end());
         assert_eq!(record_names(&[out]), [name]);
     }
-    drop(stdin);
-    assert!(child.wait().unwrap().success());
+    run.finish();
+}
+
+#[test]
+fn plugin_run_watch_swaps_in_a_rebuilt_plugin() {
+    let dir = scratch_dir("plugin-run-watch");
+    let file = dir.join("chaos.wasm");
+    std::fs::write(&file, chaos_version("v001")).unwrap();
+    let file_arg = file.display().to_string();
+    let mut run = PipedRun::start(&[&file_arg, "--watch"]);
+    let tag = |line: &str| -> String {
+        let v: Value = serde_json::from_str(line).unwrap();
+        v["processed_by"].as_str().unwrap().to_owned()
+    };
+    let record = named_records(&["x"]);
+    assert_eq!(tag(&run.send(record.trim_end())), "chaos-tag:v001");
+    replace_file(&file, &chaos_version("v002")).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match tag(&run.send(record.trim_end())).as_str() {
+            "chaos-tag:v002" => break,
+            "chaos-tag:v001" if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            other => panic!("after the rebuild: {other}"),
+        }
+    }
+    // Once swapped, every line goes through the new version.
+    for _ in 0..3 {
+        assert_eq!(tag(&run.send(record.trim_end())), "chaos-tag:v002");
+    }
+    run.finish();
+    std::fs::remove_dir_all(dir).unwrap();
 }

@@ -46,6 +46,10 @@ pub enum PluginCommand {
         /// At the end, print each plugin's calls, outcomes and time per record to stderr.
         #[arg(long)]
         stats: bool,
+        /// Swap in a plugin file's new version when it changes (or on SIGHUP), as a
+        /// stream run does; the next lines go through it.
+        #[arg(long)]
+        watch: bool,
     },
 }
 
@@ -61,7 +65,8 @@ pub async fn run(command: PluginCommand) -> Result<(), RunError> {
             files,
             pipeline,
             stats,
-        } => run_stdin(&files, &pipeline, stats).await,
+            watch,
+        } => run_stdin(&files, &pipeline, RunOptions { stats, watch }).await,
     }
 }
 
@@ -183,7 +188,17 @@ impl InputLine {
     }
 }
 
-async fn run_stdin(files: &[PathBuf], args: &PipelineArgs, stats: bool) -> Result<(), RunError> {
+/// How `plugin run` reports and reloads.
+struct RunOptions {
+    stats: bool,
+    watch: bool,
+}
+
+async fn run_stdin(
+    files: &[PathBuf],
+    args: &PipelineArgs,
+    options: RunOptions,
+) -> Result<(), RunError> {
     let config = PipelineConfig::resolve(files, args)?;
     if config.plugins.is_empty() {
         return Err(RunError::Input(
@@ -192,7 +207,18 @@ async fn run_stdin(files: &[PathBuf], args: &PipelineArgs, stats: bool) -> Resul
         ));
     }
     let metrics = Arc::new(Metrics::new());
-    let pipeline = build_pipeline(&config, metrics.clone()).await?.pipeline;
+    let built = build_pipeline(&config, metrics.clone()).await?;
+    let pipeline = built.pipeline;
+    let stop_watching = tokio_util::sync::CancellationToken::new();
+    let _hot_swap = match (options.watch, built.plugins) {
+        (true, Some((runtime, chain))) => Some(screamer::plugin::watch(
+            runtime,
+            chain,
+            stop_watching.child_token(),
+        )?),
+        _ => None,
+    };
+    let _stop_watching = stop_watching.drop_guard();
     let mut lines = read_stdin();
     let mut records = 0usize;
     // Each batch is what has arrived: at most RUN_BATCH lines, and never a wait for more
@@ -229,7 +255,7 @@ async fn run_stdin(files: &[PathBuf], args: &PipelineArgs, stats: bool) -> Resul
     }
     let dead_letters = metrics.progress().dead_letters;
     tracing::info!(records, dead_letters, "plugin run done");
-    if stats {
+    if options.stats {
         eprint!("{}", stats_table(&metrics.plugins()));
     }
     Ok(())
