@@ -52,6 +52,9 @@
 //! let record = Record::new("Orders", screamer_plugin_sdk::ModType::Insert);
 //! let Outcome::Replace(out) = plugin.process(record) else { panic!() };
 //! assert_eq!(out.extra_map().unwrap()["tag"], "eu");
+//! // Outcomes and records compare with `==` (and print with `{:?}`):
+//! let dropped = screamer_plugin_sdk::Outcome::Drop;
+//! assert_eq!(dropped, Outcome::Drop);
 //! ```
 //!
 //! Build a plugin with `cargo build --target wasm32-wasip2 --release` in a crate with
@@ -74,6 +77,8 @@ pub mod bindings {
         pub_export_macro: true,
         default_bindings_module: "screamer_plugin_sdk::bindings",
         runtime_path: "screamer_plugin_sdk::__private::wit_bindgen::rt",
+        // Native unit tests compare outcomes with `assert_eq!`.
+        additional_derives: [PartialEq],
     });
 }
 
