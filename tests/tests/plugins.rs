@@ -643,3 +643,36 @@ fn plugin_run_watch_swaps_in_a_rebuilt_plugin() {
     run.finish();
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn plugin_check_names_every_import_the_host_does_not_provide() {
+    // A component importing wasi:http, as componentize-js builds one by default.
+    let mut types = wasm_encoder::ComponentTypeSection::new();
+    types.instance(&wasm_encoder::InstanceType::new());
+    let mut imports = wasm_encoder::ComponentImportSection::new();
+    for name in ["wasi:http/types@0.2.3", "wasi:http/outgoing-handler@0.2.3"] {
+        imports.import(name, wasm_encoder::ComponentTypeRef::Instance(0));
+    }
+    let mut component = wasm_encoder::Component::new();
+    component.section(&types).section(&imports);
+    let dir = scratch_dir("http-importer");
+    let file = dir.join("http.wasm");
+    std::fs::write(&file, component.finish()).unwrap();
+    let run = screamer(&["plugin", "check", &file.display().to_string()], "").unwrap();
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    let errors: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{}", run.stderr);
+    assert!(
+        errors[0].contains(
+            "imports what the host does not provide: wasi:http/types@0.2.3, \
+             wasi:http/outgoing-handler@0.2.3 (a JavaScript component"
+        ) && errors[0].contains("--disable http fetch-event"),
+        "{}",
+        errors[0]
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}

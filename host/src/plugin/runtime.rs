@@ -162,13 +162,15 @@ impl PluginRuntime {
             .map(|(n, _)| n.to_owned())
             .collect();
         check_world(path, &exports)?;
-        let instance_pre =
-            self.linker
-                .instantiate_pre(&component)
-                .map_err(|e| PluginError::Imports {
+        let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| {
+            // A cached artifact skipped the check before compiling: name them now.
+            check_imports(path, &imports)
+                .err()
+                .unwrap_or_else(|| PluginError::Imports {
                     path: path.to_owned(),
                     message: e.root_cause().to_string(),
-                })?;
+                })
+        })?;
         let pre = PluginPre::new(instance_pre).map_err(|e| PluginError::WrongWorld {
             path: path.to_owned(),
             exports: format!("{} ({})", exports.join(", "), e.root_cause()),
@@ -232,6 +234,12 @@ impl PluginRuntime {
         {
             return Ok((cached, true));
         }
+        // Compiling can take many seconds: what cannot be linked is refused first.
+        let imports = top_level_imports(bytes).map_err(|e| PluginError::Invalid {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        check_imports(path, &imports)?;
         let component = Component::new(&self.engine, bytes).map_err(|e| PluginError::Invalid {
             path: path.to_owned(),
             message: e.root_cause().to_string(),
@@ -265,6 +273,61 @@ fn check_header(path: &Path, bytes: &[u8]) -> Result<(), PluginError> {
         });
     }
     Ok(())
+}
+
+/// The interfaces the host links, by package; a component importing anything else cannot
+/// be instantiated.
+const PROVIDED: [&str; 7] = [
+    "wasi:io/",
+    "wasi:clocks/",
+    "wasi:random/",
+    "wasi:cli/",
+    "wasi:filesystem/",
+    "wasi:sockets/",
+    "screamer:plugin/",
+];
+
+/// Refuses a component that imports what the host does not provide, naming every such
+/// import and the known fix.
+fn check_imports(path: &Path, imports: &[String]) -> Result<(), PluginError> {
+    let missing: Vec<&str> = imports
+        .iter()
+        .map(String::as_str)
+        .filter(|name| !PROVIDED.iter().any(|p| name.starts_with(p)))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mut message = missing.join(", ");
+    if missing.iter().any(|m| m.starts_with("wasi:http/")) {
+        message += " (a JavaScript component built with componentize-js or jco's default \
+                     StarlingMonkey engine imports wasi:http: build it with \
+                     `--disable http fetch-event`, or with jco's QuickJS backend)";
+    }
+    Err(PluginError::Imports {
+        path: path.to_owned(),
+        message,
+    })
+}
+
+/// The names a component imports at its top level (not those of components or modules
+/// nested in it, which it links itself).
+fn top_level_imports(bytes: &[u8]) -> Result<Vec<String>, wasmtime::wasmparser::BinaryReaderError> {
+    use wasmtime::wasmparser::{Parser, Payload};
+    let (mut depth, mut names) = (0usize, Vec::new());
+    for payload in Parser::new(0).parse_all(bytes) {
+        match payload? {
+            Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
+            Payload::End(_) => depth = depth.saturating_sub(1),
+            Payload::ComponentImportSection(imports) if depth == 0 => {
+                for import in imports {
+                    names.push(import?.name.name.to_owned());
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(names)
 }
 
 fn check_world(path: &Path, exports: &[String]) -> Result<(), PluginError> {
