@@ -366,3 +366,57 @@ async fn hot_swaps_while_records_flow_process_each_record_exactly_once() -> anyh
     std::fs::remove_dir_all(dir)?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_javascript_plugin_on_the_stream() -> anyhow::Result<()> {
+    let emulator = Emulator::start(EmulatorOptions::exact()).await?;
+    let db = emulator
+        .database(
+            Dialect::GoogleSql,
+            &[
+                "CREATE TABLE Users (Id INT64 NOT NULL, Name STRING(MAX)) PRIMARY KEY (Id)",
+                "CREATE CHANGE STREAM Changes FOR Users",
+            ],
+        )
+        .await?;
+    let start = Timestamp::now();
+    let mut end = start;
+    for id in 1..=6i64 {
+        end = db
+            .apply(vec![insert(
+                "Users",
+                &["Id", "Name"],
+                &[&id, &format!("u{id}")],
+            )])
+            .await?;
+    }
+    let mut args = base_args(&db);
+    let tag_table = plugin("tag_table").display().to_string();
+    for a in [
+        "--start",
+        &start.to_string(),
+        "--end",
+        &end.to_string(),
+        "--plugin",
+        &tag_table,
+        "--plugin-config",
+        r#"tag_table={"prefix":"js:"}"#,
+    ] {
+        args.push(a.to_owned());
+    }
+    let mut screamer = Screamer::spawn(db.host(), &args)?;
+    let status = screamer.wait(Duration::from_secs(120)).await?;
+    assert!(status.success(), "{}", screamer.stderr());
+    let out = parse(&screamer.lines());
+    assert_eq!(out.len(), 6);
+    let mut ids: Vec<String> = out
+        .iter()
+        .map(|v| {
+            assert_eq!(v["table_tag"], "js:Users", "{v}");
+            v["mods"][0]["keys"]["Id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["1", "2", "3", "4", "5", "6"]);
+    Ok(())
+}

@@ -211,6 +211,52 @@ fn python_plugin_drops_columns() {
 }
 
 #[test]
+fn javascript_plugin_tags_records_fails_its_table_and_refuses_bad_config() {
+    let config = r#"tag_table={"prefix":"cdc:","fail_table":"Orders"}"#;
+    let run = plugin_run(
+        &[&path("tag_table"), "--plugin-config", config],
+        &lines(&sample()),
+    )
+    .unwrap();
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let out = parse(&run.stdout);
+    let inputs = parse(&sample());
+    let users: Vec<&Value> = inputs
+        .iter()
+        .filter(|r| r["table_name"] == "Users")
+        .collect();
+    assert_eq!(out.len(), users.len(), "{}", run.stderr);
+    for (got, input) in out.iter().zip(&users) {
+        let mut expected = (*input).clone();
+        expected["table_tag"] = json!("cdc:Users");
+        assert_eq!(got, &expected);
+    }
+    assert!(
+        run.stderr
+            .contains("records of Orders are refused by tag-table"),
+        "{}",
+        run.stderr
+    );
+    // A configuration the plugin refuses: its own message, one line, exit 2.
+    let run = plugin_run(
+        &[
+            &path("tag_table"),
+            "--plugin-config",
+            r#"tag_table={"prefix":1}"#,
+        ],
+        &lines(&sample()),
+    )
+    .unwrap();
+    assert_eq!(run.code, Some(2));
+    assert!(
+        run.stderr
+            .contains("tag-table@0.1.0: configuration refused: `prefix` must be a string"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
 fn the_chain_runs_in_flag_order() {
     let fanout = (path("fanout"), r#"fanout={"only_copy":false}"#);
     let filter = (path("filter"), r#"filter={"mod_types":["INSERT"]}"#);
