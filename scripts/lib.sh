@@ -96,11 +96,14 @@ build_js_plugins() {
       "@bytecodealliance/jco@$JCO_VERSION" \
       "@bytecodealliance/componentize-js@$COMPONENTIZE_JS_VERSION" >&2
   fi
-  local out=target/plugins/tag_table.wasm
-  if [ ! -f "$out" ] || [ plugins/tag-table/app.js -nt "$out" ] || [ wit/plugin.wit -nt "$out" ]; then
-    # jco resolves relative paths against the source's directory: absolute paths.
-    "$jco" componentize "$PWD/plugins/tag-table/app.js" --wit "$PWD/wit/plugin.wit" \
-      --world-name plugin --backend quickjs --backend-qjs-disable-async -o "$PWD/$out" >/dev/null
-  fi
+  local dir out
+  for dir in plugins/tag-table tests/plugins/js-throw; do
+    out="target/plugins/$(basename "$dir" | tr - _).wasm"
+    if [ ! -f "$out" ] || [ "$dir/app.js" -nt "$out" ] || [ wit/plugin.wit -nt "$out" ]; then
+      # jco resolves relative paths against the source's directory: absolute paths.
+      "$jco" componentize "$PWD/$dir/app.js" --wit "$PWD/wit/plugin.wit" --world-name plugin \
+        --backend quickjs --backend-qjs-disable-async -o "$PWD/$out" >/dev/null
+    fi
+  done
 }
 

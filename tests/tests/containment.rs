@@ -395,6 +395,40 @@ fn python_exceptions_reach_the_dead_letter_with_their_message() {
 }
 
 #[test]
+fn javascript_exceptions_reach_the_dead_letter_with_their_message() {
+    let dir = scratch_dir("js-throw");
+    let dead = dir.join("dead.ndjson");
+    let input = named_records(&["ok"])
+        + &screamer_tests::plugins::record_line(
+            "Throw",
+            "INSERT",
+            1,
+            serde_json::json!({"Name": "x"}),
+            serde_json::json!({}),
+        )
+        + "\n"
+        + &named_records(&["ok2"]);
+    let run = plugin_run(
+        &[
+            &plugin("js_throw").display().to_string(),
+            "--dead-letter",
+            &dead.display().to_string(),
+        ],
+        &input,
+    )
+    .unwrap();
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(record_names(&run.stdout), ["ok", "ok2"]);
+    let failed = dead_letters(&dead);
+    assert_eq!(failed.len(), 1, "{}", run.stderr);
+    assert!(
+        failed[0].1.contains("boom from javascript on Throw"),
+        "{}",
+        failed[0].1
+    );
+}
+
+#[test]
 fn network_grants_are_by_destination() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
