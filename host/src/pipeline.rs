@@ -310,22 +310,20 @@ impl Pipeline {
         let (records, bytes) = (batch.len(), batch.payload_bytes());
         let started = std::time::Instant::now();
         self.observer.observe(Event::Sending { output, bytes });
-        let refused = match destination.send(batch).await {
-            Ok(()) => 0,
+        let sent = match destination.send(batch).await {
+            Ok(()) => Ok(0),
             Err(DestinationError::Refused {
                 refused, reason, ..
             }) => {
-                let n = refused.len();
-                let envelopes = self.dead_letters.layout().envelopes;
-                let dead = refused_lines(destination.name(), &refused, &reason, envelopes)?;
-                self.send_dead_letters(dead).await?;
-                n
+                self.dead_letter_refusals(destination, &refused, &reason)
+                    .await
             }
-            Err(e) => {
-                self.observer.observe(Event::OutputFailed { output, bytes });
-                return Err(e.into());
-            }
+            Err(e) => Err(e.into()),
         };
+        // Every Sending is closed by an Output or an OutputFailed, whatever failed.
+        let refused = sent.inspect_err(|_| {
+            self.observer.observe(Event::OutputFailed { output, bytes });
+        })?;
         self.observer.observe(Event::Output {
             output,
             records: records - refused,
@@ -334,6 +332,19 @@ impl Pipeline {
             took: started.elapsed(),
         });
         Ok(())
+    }
+
+    /// Sends the records `destination` refused to the dead letters; returns how many.
+    async fn dead_letter_refusals(
+        &self,
+        destination: &dyn Destination,
+        refused: &Batch,
+        reason: &str,
+    ) -> Result<usize, ConsumerError> {
+        let envelopes = self.dead_letters.layout().envelopes;
+        let dead = refused_lines(destination.name(), refused, reason, envelopes)?;
+        self.send_dead_letters(dead).await?;
+        Ok(refused.len())
     }
 
     /// Dead letters must be taken whole: a refusal here fails the batch.

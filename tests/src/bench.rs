@@ -33,6 +33,14 @@ pub fn row(id: i64) -> gcloud_googleapis::spanner::v1::Mutation {
     )
 }
 
+/// The number in environment variable `name` (a bench's knob), or `default`.
+pub fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Peak resident set (VmHWM) of process `pid`, in KiB; 0 once it is gone.
 pub fn peak_rss_kb(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

@@ -28,6 +28,11 @@ pub const ITEMS_SCHEMA: [&str; 2] = [
     "CREATE TABLE Items (Id INT64 NOT NULL, Seq INT64 NOT NULL) PRIMARY KEY (Id)",
     "CREATE CHANGE STREAM Changes FOR Items",
 ];
+/// A Users table with a `Name` (what the chaos plugin acts on) and the stream `Changes`.
+pub const USERS_SCHEMA: [&str; 2] = [
+    "CREATE TABLE Users (Id INT64 NOT NULL, Name STRING(MAX)) PRIMARY KEY (Id)",
+    "CREATE CHANGE STREAM Changes FOR Users",
+];
 const INSTANCE: &str = "test-instance";
 
 /// Settings of one emulator. `default()` is the emulator's own defaults (the benchmarks use

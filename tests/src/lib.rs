@@ -19,7 +19,7 @@ pub mod process;
 pub mod proxy;
 pub mod pubsub;
 
-pub use emulator::{Emulator, EmulatorOptions, ITEMS_SCHEMA, TestDatabase};
+pub use emulator::{Emulator, EmulatorOptions, ITEMS_SCHEMA, TestDatabase, USERS_SCHEMA};
 pub use libc;
 pub use process::{Screamer, run_args, screamer_bin};
 pub use proxy::ChaosProxy;

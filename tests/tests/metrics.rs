@@ -173,13 +173,7 @@ async fn counters_lag_and_health_follow_the_stream_through_an_emulator_pause() -
 async fn dead_letter_and_plugin_counters_match_the_dead_letter_file() -> anyhow::Result<()> {
     let emulator = Emulator::start(EmulatorOptions::exact()).await?;
     let db = emulator
-        .database(
-            Dialect::GoogleSql,
-            &[
-                "CREATE TABLE Users (Id INT64 NOT NULL, Name STRING(MAX)) PRIMARY KEY (Id)",
-                "CREATE CHANGE STREAM Changes FOR Users",
-            ],
-        )
+        .database(Dialect::GoogleSql, &screamer_tests::USERS_SCHEMA)
         .await?;
     let dir = scratch_dir("metrics-dead-letters");
     let dead = dir.join("dead.ndjson");

@@ -371,13 +371,7 @@ async fn hot_swaps_while_records_flow_process_each_record_exactly_once() -> anyh
 async fn the_javascript_plugin_on_the_stream() -> anyhow::Result<()> {
     let emulator = Emulator::start(EmulatorOptions::exact()).await?;
     let db = emulator
-        .database(
-            Dialect::GoogleSql,
-            &[
-                "CREATE TABLE Users (Id INT64 NOT NULL, Name STRING(MAX)) PRIMARY KEY (Id)",
-                "CREATE CHANGE STREAM Changes FOR Users",
-            ],
-        )
+        .database(Dialect::GoogleSql, &screamer_tests::USERS_SCHEMA)
         .await?;
     let start = Timestamp::now();
     let mut end = start;

@@ -15,7 +15,9 @@ use anyhow::{Context, bail};
 use screamer::record::ChangeRecord;
 use screamer::source::QueryRange;
 use screamer::{Dialect, PartitionToken, SpannerSource, Timestamp};
-use screamer_tests::bench::{BENCH_SCHEMA, latencies, peak_rss_kb, percentile, row, steady_writer};
+use screamer_tests::bench::{
+    BENCH_SCHEMA, env_usize, latencies, peak_rss_kb, percentile, row, steady_writer,
+};
 use screamer_tests::{Emulator, EmulatorOptions, TestDatabase, int_member, screamer_bin};
 use tokio::task::JoinSet;
 
@@ -40,11 +42,7 @@ impl Throughput {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let repeats: usize = std::env::var("BENCH_REPEATS")
-        .ok()
-        .map(|s| s.parse())
-        .transpose()?
-        .unwrap_or(3);
+    let repeats = env_usize("BENCH_REPEATS", 3);
     let python = python_env()?;
     let emulator = Emulator::start(EmulatorOptions::default()).await?;
     let db = emulator.database(Dialect::GoogleSql, &BENCH_SCHEMA).await?;

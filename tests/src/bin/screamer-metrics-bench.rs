@@ -18,17 +18,13 @@ use screamer::{
     Consumer, DataChangeRecord, Dialect, MemoryStore, Ndjson, PartitionToken, Pipeline,
     SpannerSource, Subscriber, SubscriberOptions, Timestamp,
 };
-use screamer_tests::bench::{BENCH_SCHEMA, row};
+use screamer_tests::bench::{BENCH_SCHEMA, env_usize, row};
 use screamer_tests::{Emulator, EmulatorOptions, TestDatabase};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let repeats: usize = std::env::var("BENCH_REPEATS")
-        .ok()
-        .map(|s| s.parse())
-        .transpose()?
-        .unwrap_or(5);
+    let repeats = env_usize("BENCH_REPEATS", 5);
     let emulator = Emulator::start(EmulatorOptions::default()).await?;
     let db = emulator.database(Dialect::GoogleSql, &BENCH_SCHEMA).await?;
     println!("# metrics on vs off ({repeats} runs each, alternating)\n");

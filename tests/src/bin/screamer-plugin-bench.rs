@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use screamer::plugin::{Chain, Input, PluginRuntime, PluginSpec, PluginVersion};
 use screamer::record::{DataChangeRecord, JsonObject};
+use screamer_tests::bench::env_usize;
 use screamer_tests::plugins::plugin;
 use serde_json::json;
 
@@ -57,13 +58,6 @@ fn record(i: usize, table: &str) -> DataChangeRecord {
         "is_system_transaction": false,
     }))
     .expect("a valid record")
-}
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 /// Pins this thread (and the threads it starts later) to CPU 0: one core.
