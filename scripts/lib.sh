@@ -51,8 +51,9 @@ require_tansu() {
 
 # The example and test plugins, as components in target/plugins/: the Rust ones with the
 # `plugin` profile for wasm32-wasip2, the Python one with componentize-py (from PyPI, in a
-# venv under target/). Rebuilds only what changed.
-COMPONENTIZE_PY_VERSION=0.25.1
+# venv under target/). Rebuilds only what changed. The toolchains' versions are the ones
+# the `plugin new` templates pin (host/templates/), so authors and the tests build alike.
+COMPONENTIZE_PY_VERSION=$(sed -n 's/.*"componentize-py==\([0-9.]*\)".*/\1/p' host/templates/python/pyproject.toml)
 build_plugins() {
   if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
     echo "installing the wasm32-wasip2 Rust target" >&2
@@ -84,8 +85,8 @@ build_plugins() {
 # The JavaScript plugin, with the Bytecode Alliance toolchain from npm (pinned, installed
 # under target/) and its QuickJS backend: seconds to build, 1.6 MB. The default
 # StarlingMonkey backend imports wasi:http, which the host does not link.
-JCO_VERSION=1.35.0
-COMPONENTIZE_JS_VERSION=0.23.0
+JCO_VERSION=$(sed -n 's|.*"@bytecodealliance/jco": "\(.*\)".*|\1|p' host/templates/javascript/package.json)
+COMPONENTIZE_JS_VERSION=$(sed -n 's|.*"@bytecodealliance/componentize-js": "\(.*\)".*|\1|p' host/templates/javascript/package.json)
 build_js_plugins() {
   local tools=target/js-tools
   local jco="$tools/node_modules/.bin/jco"

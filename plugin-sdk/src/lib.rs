@@ -72,7 +72,7 @@ use serde_json::{Map, Value};
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "wit",
         world: "plugin",
         pub_export_macro: true,
         default_bindings_module: "screamer_plugin_sdk::bindings",

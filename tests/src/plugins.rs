@@ -127,6 +127,57 @@ pub fn screamer_with_env(
     })
 }
 
+/// The directory of the plugin SDK crate in this workspace.
+pub fn sdk_dir() -> PathBuf {
+    target_dir()
+        .parent()
+        .expect("workspace root")
+        .join("plugin-sdk")
+}
+
+/// Runs `screamer <args>` in `dir` as a plugin author would, to completion: the guest
+/// toolchains `scripts/test.sh` installs under `target/` (componentize-py, jco) on `PATH`,
+/// and Rust projects built in a target directory of their own (`cargo test` holds the
+/// workspace's while tests run).
+pub fn author(dir: &Path, args: &[&str]) -> anyhow::Result<PluginRun> {
+    author_with_path(dir, args, &toolchain_path())
+}
+
+/// [`author`] with `PATH` as given (to show what happens without a toolchain).
+pub fn author_with_path(dir: &Path, args: &[&str], path: &str) -> anyhow::Result<PluginRun> {
+    let out = Command::new(screamer_bin())
+        .args(args)
+        .current_dir(dir)
+        .env("PATH", path)
+        .env("CARGO_TARGET_DIR", target_dir().join("authoring"))
+        .env("SCREAMER_PLUGIN_CACHE", plugin_cache())
+        .stdin(Stdio::null())
+        .output()
+        .context("running screamer")?;
+    Ok(PluginRun {
+        code: out.status.code(),
+        stdout: String::from_utf8(out.stdout)?
+            .lines()
+            .map(str::to_owned)
+            .collect(),
+        stderr: String::from_utf8(out.stderr)?,
+    })
+}
+
+/// `PATH` with the guest toolchains of `scripts/test.sh` in front.
+pub fn toolchain_path() -> String {
+    let target = target_dir();
+    let tools = [
+        target.join("py-venv/bin"),
+        target.join("js-tools/node_modules/.bin"),
+    ];
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::join_paths(tools.into_iter().chain(std::env::split_paths(&path)))
+        .expect("paths without separators")
+        .into_string()
+        .expect("a UTF-8 PATH")
+}
+
 /// One NDJSON record of `table` with one row change, as screamer prints it.
 pub fn record_line(
     table: &str,

@@ -239,6 +239,9 @@ pub enum RunError {
     /// Invalid input found by the CLI itself.
     #[error("{0}")]
     Input(String),
+    /// What an author's plugin project did: its build or its tests failed (exit 1).
+    #[error("{0}")]
+    Failed(String),
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
@@ -258,7 +261,7 @@ impl RunError {
         match self {
             RunError::Input(_) | RunError::Config(_) => FailureKind::Input,
             RunError::Plugin(e) => e.kind(),
-            RunError::Io(_) => FailureKind::Runtime,
+            RunError::Io(_) | RunError::Failed(_) => FailureKind::Runtime,
             RunError::Source(e) => e.kind(),
             RunError::Store(e) => e.kind(),
             RunError::Subscribe(e) => e.kind(),

@@ -18,7 +18,7 @@ use super::guest_output::{self, GuestOutput};
 use super::{PluginError, PluginSpec};
 
 wasmtime::component::bindgen!({
-    path: "../wit",
+    path: "../plugin-sdk/wit",
     world: "plugin",
     exports: { default: async },
     ownership: Borrowing { duplicate_if_necessary: true },

@@ -1,0 +1,169 @@
+//! `screamer plugin ...`: plugins without Spanner, for their authors.
+//!
+//! Place in the flow: a side door. `new`, `build` and `test` work on a plugin project
+//! ([`project`], [`fixture`]); `check` loads a component exactly as a run would (world,
+//! imports, `info`, `init` with the given configuration) and prints what it is; `run` feeds
+//! NDJSON records through the same pipeline the main command uses ([`run`]), so what works
+//! here works on a stream; `sample` prints records to start from ([`sample`]).
+
+mod fixture;
+mod input;
+mod project;
+mod run;
+mod sample;
+
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+use super::RunError;
+use super::config::PipelineArgs;
+use project::{Language, Project};
+use screamer::plugin::{PluginError, PluginRuntime, PluginSpec};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum PluginCommand {
+    /// Start a plugin project in ./NAME: code, a fixture test, a README.
+    New {
+        /// The plugin's name: lowercase letters, digits and dashes.
+        name: String,
+        /// The language to write it in.
+        #[arg(long, value_enum)]
+        lang: Language,
+        /// Rust: depend on the SDK at this path instead of the screamer repository.
+        #[arg(long, value_name = "DIR")]
+        sdk: Option<PathBuf>,
+    },
+    /// Build the project in DIR (default: here) into DIR/NAME.wasm.
+    Build {
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Build the project in DIR (default: here), run its native tests (Rust) and every
+    /// fixture in DIR/fixtures against the component.
+    Test {
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Directory for compiled plugins (default ~/.cache/screamer/plugins).
+        #[arg(long, value_name = "DIR", env = "SCREAMER_PLUGIN_CACHE")]
+        plugin_cache: Option<PathBuf>,
+    },
+    /// Validate a component against the plugin world and print what it is and exports.
+    Check {
+        /// The `.wasm` component.
+        file: PathBuf,
+        /// Configuration to try `init` with (a JSON object; default `{}`).
+        #[arg(long = "plugin-config", value_name = "JSON")]
+        plugin_config: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Directory for compiled plugins (default ~/.cache/screamer/plugins).
+        #[arg(long, value_name = "DIR", env = "SCREAMER_PLUGIN_CACHE")]
+        plugin_cache: Option<PathBuf>,
+    },
+    /// Run a chain of plugins over NDJSON records from stdin; outputs go to stdout.
+    Run {
+        /// The `.wasm` components, in chain order (after the `--config` file's plugins).
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        pipeline: PipelineArgs,
+        /// At the end, print each plugin's calls, outcomes and time per record to stderr.
+        #[arg(long)]
+        stats: bool,
+        /// Swap in a plugin file's new version when it changes (or on SIGHUP), as a
+        /// stream run does; the next lines go through it.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Print sample records (an INSERT, an UPDATE and a DELETE) as screamer prints them.
+    Sample(sample::SampleArgs),
+}
+
+pub async fn run(command: PluginCommand) -> Result<(), RunError> {
+    match command {
+        PluginCommand::New { name, lang, sdk } => {
+            let project = Project::create(&name, lang, sdk.as_deref())?;
+            println!(
+                "created {}/ ({}): next, `cd {} && screamer plugin test`",
+                project.dir.display(),
+                project.language,
+                project.dir.display()
+            );
+            Ok(())
+        }
+        PluginCommand::Build { dir } => {
+            Project::open(&dir)?.build()?;
+            Ok(())
+        }
+        PluginCommand::Test { dir, plugin_cache } => {
+            let project = Project::open(&dir)?;
+            // Fixtures first: a mistake in one is found before a build.
+            let fixtures = fixture::Fixtures::read(&project.path(fixture::DIR))?;
+            let wasm = project.build()?;
+            project.native_tests()?;
+            fixtures.run(&wasm, plugin_cache).await
+        }
+        PluginCommand::Check {
+            file,
+            plugin_config,
+            json,
+            plugin_cache,
+        } => check(file, plugin_config, json, plugin_cache).await,
+        PluginCommand::Run {
+            files,
+            pipeline,
+            stats,
+            watch,
+        } => run::run_stdin(&files, &pipeline, run::RunOptions { stats, watch }).await,
+        PluginCommand::Sample(args) => sample::print(&args).await,
+    }
+}
+
+async fn check(
+    file: PathBuf,
+    config: Option<String>,
+    json: bool,
+    cache: Option<PathBuf>,
+) -> Result<(), RunError> {
+    let mut spec = PluginSpec::new(file);
+    let config_given = config.is_some();
+    if let Some(text) = config {
+        spec.config = serde_json::from_str::<Value>(&text)
+            .ok()
+            .filter(Value::is_object)
+            .ok_or_else(|| {
+                RunError::Input(format!("--plugin-config {text:?}: expected a JSON object"))
+            })?;
+    }
+    let runtime = PluginRuntime::new(cache.or_else(PluginRuntime::default_cache_dir))?;
+    let report = runtime.check(&spec).await?;
+    // A plugin that needs configuration is valid; only a configuration given here and
+    // refused is an error.
+    if let (true, Some(message)) = (config_given, &report.init_refused) {
+        return Err(PluginError::Config {
+            plugin: format!("{}@{}", report.name, report.version),
+            message: message.clone(),
+        }
+        .into());
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).expect("a report serializes")
+        );
+    } else {
+        println!("{}: ok", report.path.display());
+        println!("  plugin:  {} {}", report.name, report.version);
+        println!("  world:   {}", report.world);
+        println!("  exports: {}", report.exports.join(", "));
+        println!("  imports: {}", report.imports.join(", "));
+        println!("  sha256:  {}", report.sha256);
+        println!("  load:    {:.1} ms", report.load_millis);
+        if let Some(message) = &report.init_refused {
+            println!("  init:    refuses the empty configuration: {message}");
+            println!("           (give one with --plugin-config to check it)");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,536 @@
+//! `screamer plugin new` and `screamer plugin build`: a plugin project and its component.
+//!
+//! Place in the flow: before any of it, on an author's machine. A project is a directory
+//! holding one plugin in one language, recognized by its manifest: `Cargo.toml` (Rust),
+//! `pyproject.toml` beside `app.py` (Python), `package.json` beside `app.js` (JavaScript).
+//! Its name is the manifest's, and `build` leaves the component in `NAME.wasm` beside it,
+//! calling the language's toolchain; a toolchain that is missing is one line saying how to
+//! install it (exit 2), a build that fails is the toolchain's own messages and exit 1.
+//!
+//! The templates live in `host/templates/` and are compiled into the binary, with the
+//! plugin world's WIT for the languages that need it in the project (`wit/plugin.wit`).
+
+use std::fmt;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use serde_json::Value;
+
+use crate::cli::RunError;
+
+/// The languages `plugin new` writes and `plugin build` builds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Language {
+    Rust,
+    Python,
+    #[value(alias = "js")]
+    Javascript,
+}
+
+impl fmt::Display for Language {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Language::Rust => "Rust",
+            Language::Python => "Python",
+            Language::Javascript => "JavaScript",
+        })
+    }
+}
+
+/// The plugin world, as the SDK and the host build it.
+const WIT: &str = include_str!("../../../../plugin-sdk/wit/plugin.wit");
+const FIXTURE: &str = include_str!("../../../templates/fixtures/basic.json");
+
+/// A template's files: path in the project, contents with `{{name}}`, `{{type}}` and
+/// `{{sdk}}` to fill in.
+fn template(language: Language) -> Vec<(&'static str, &'static str)> {
+    let mut files = match language {
+        Language::Rust => vec![
+            (
+                "Cargo.toml",
+                include_str!("../../../templates/rust/Cargo.toml"),
+            ),
+            (
+                "src/lib.rs",
+                include_str!("../../../templates/rust/src/lib.rs"),
+            ),
+            (
+                "README.md",
+                include_str!("../../../templates/rust/README.md"),
+            ),
+            (
+                ".gitignore",
+                include_str!("../../../templates/rust/gitignore"),
+            ),
+        ],
+        Language::Python => vec![
+            ("app.py", include_str!("../../../templates/python/app.py")),
+            (
+                "pyproject.toml",
+                include_str!("../../../templates/python/pyproject.toml"),
+            ),
+            (
+                "README.md",
+                include_str!("../../../templates/python/README.md"),
+            ),
+            (
+                ".gitignore",
+                include_str!("../../../templates/python/gitignore"),
+            ),
+            ("wit/plugin.wit", WIT),
+        ],
+        Language::Javascript => vec![
+            (
+                "app.js",
+                include_str!("../../../templates/javascript/app.js"),
+            ),
+            (
+                "package.json",
+                include_str!("../../../templates/javascript/package.json"),
+            ),
+            (
+                "README.md",
+                include_str!("../../../templates/javascript/README.md"),
+            ),
+            (
+                ".gitignore",
+                include_str!("../../../templates/javascript/gitignore"),
+            ),
+            ("wit/plugin.wit", WIT),
+        ],
+    };
+    files.push(("fixtures/basic.json", FIXTURE));
+    files
+}
+
+/// A plugin project on disk.
+#[derive(Debug)]
+pub struct Project {
+    pub dir: PathBuf,
+    /// The manifest's name: the crate or package, and the component's file name.
+    pub name: String,
+    pub language: Language,
+}
+
+impl Project {
+    /// Writes a new project for `name` in `./name`; `sdk` is a local SDK for Rust.
+    pub fn create(name: &str, language: Language, sdk: Option<&Path>) -> Result<Self, RunError> {
+        check_name(name)?;
+        let dir = PathBuf::from(name);
+        if dir.exists() {
+            return Err(RunError::Input(format!(
+                "plugin new {name}: ./{name} already exists: choose another name or remove it"
+            )));
+        }
+        let sdk = match (sdk, language) {
+            (None, _) => sdk_from_repository(),
+            (Some(path), Language::Rust) => sdk_at(path)?,
+            (Some(_), _) => {
+                return Err(RunError::Input(
+                    "plugin new: --sdk is for --lang rust only".to_owned(),
+                ));
+            }
+        };
+        let type_name = camel_case(name);
+        for (path, text) in template(language) {
+            let text = text
+                .replace("{{name}}", name)
+                .replace("{{type}}", &type_name)
+                .replace("{{sdk}}", &sdk);
+            let file = dir.join(path);
+            let written = file
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| std::fs::write(&file, text));
+            written.map_err(|e| {
+                RunError::Input(format!("plugin new {name}: {}: {e}", file.display()))
+            })?;
+        }
+        Ok(Project {
+            dir,
+            name: name.to_owned(),
+            language,
+        })
+    }
+
+    /// The project in `dir`, by its manifest.
+    pub fn open(dir: &Path) -> Result<Self, RunError> {
+        let not_a_project = || {
+            RunError::Input(format!(
+                "{}: not a plugin project: expected Cargo.toml, app.py with pyproject.toml, or \
+                 app.js with package.json (start one with `screamer plugin new NAME --lang \
+                 rust|python|javascript`)",
+                dir.display()
+            ))
+        };
+        let (language, manifest) = if dir.join("Cargo.toml").is_file() {
+            (Language::Rust, "Cargo.toml")
+        } else if dir.join("app.py").is_file() && dir.join("pyproject.toml").is_file() {
+            (Language::Python, "pyproject.toml")
+        } else if dir.join("app.js").is_file() && dir.join("package.json").is_file() {
+            (Language::Javascript, "package.json")
+        } else {
+            return Err(not_a_project());
+        };
+        let path = dir.join(manifest);
+        let name = manifest_name(&path, language)
+            .map_err(|what| RunError::Input(format!("{}: {what}", path.display())))?;
+        Ok(Project {
+            dir: dir.to_path_buf(),
+            name,
+            language,
+        })
+    }
+
+    /// `relative` in the project, as the author names it (no `./` when it is here).
+    pub fn path(&self, relative: &str) -> PathBuf {
+        if self.dir == Path::new(".") {
+            PathBuf::from(relative)
+        } else {
+            self.dir.join(relative)
+        }
+    }
+
+    /// Where `build` leaves the component.
+    pub fn wasm(&self) -> PathBuf {
+        self.path(&format!("{}.wasm", self.name))
+    }
+
+    /// Builds the component into [`Project::wasm`] and says so on stderr.
+    pub fn build(&self) -> Result<PathBuf, RunError> {
+        let started = Instant::now();
+        let out = self.wasm();
+        eprintln!("building {} ({})", out.display(), self.language);
+        match self.language {
+            Language::Rust => self.build_rust(&out)?,
+            Language::Python => self.build_python(&out)?,
+            Language::Javascript => self.build_javascript(&out)?,
+        }
+        let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+        eprintln!(
+            "built {} ({} KiB) in {:.1}s",
+            out.display(),
+            size.div_ceil(1024),
+            started.elapsed().as_secs_f64()
+        );
+        Ok(out)
+    }
+
+    /// The project's own tests beside its fixtures: `cargo test` for Rust.
+    pub fn native_tests(&self) -> Result<(), RunError> {
+        if self.language != Language::Rust {
+            return Ok(());
+        }
+        let mut cargo = Command::new(tool("cargo", RUST_HINT)?);
+        cargo.arg("test").arg("--quiet").current_dir(&self.dir);
+        run(&mut cargo, "cargo test")
+    }
+
+    fn build_rust(&self, out: &Path) -> Result<(), RunError> {
+        let cargo = tool("cargo", RUST_HINT)?;
+        require_wasm_target()?;
+        let mut build = Command::new(cargo);
+        build
+            .args(["build", "--release", "--target", "wasm32-wasip2"])
+            .args(["--message-format", "json-render-diagnostics"])
+            .current_dir(&self.dir)
+            .stdout(Stdio::piped());
+        let mut child = build
+            .spawn()
+            .map_err(|e| RunError::Input(format!("cargo: cannot start: {e}")))?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let artifact = std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .filter_map(|line| wasm_artifact(&line))
+            .last();
+        let status = child.wait()?;
+        if !status.success() {
+            return Err(RunError::Failed(format!(
+                "{}: cargo build failed ({status})",
+                self.dir.display()
+            )));
+        }
+        let artifact = artifact.ok_or_else(|| {
+            RunError::Input(format!(
+                "{}: cargo built no .wasm: the crate needs `crate-type = [\"cdylib\"]` in [lib]",
+                self.dir.display()
+            ))
+        })?;
+        std::fs::copy(&artifact, out)?;
+        Ok(())
+    }
+
+    fn build_python(&self, out: &Path) -> Result<(), RunError> {
+        let hint = format!(
+            "install it with `pip install {}` (into {} or onto PATH)",
+            self.python_pin(),
+            self.path(".venv").display()
+        );
+        let componentize = tool_in(&self.dir, "componentize-py", &[".venv/bin"], &hint)?;
+        let mut build = Command::new(componentize);
+        build
+            .arg("-d")
+            .arg(self.path("wit"))
+            .args(["-w", "plugin", "componentize", "-p"])
+            .arg(&self.dir)
+            .arg("app")
+            .arg("-o")
+            .arg(out)
+            .stdout(Stdio::null());
+        run(&mut build, "componentize-py")
+    }
+
+    /// The componentize-py requirement the project's `pyproject.toml` pins for builds.
+    fn python_pin(&self) -> String {
+        let text = std::fs::read_to_string(self.path("pyproject.toml")).unwrap_or_default();
+        let doc: toml::Table = toml::from_str(&text).unwrap_or_default();
+        doc.get("project")
+            .and_then(|p| p.get("optional-dependencies"))
+            .and_then(|d| d.get("build"))
+            .and_then(|b| b.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r.as_str())
+            .find(|r| r.starts_with("componentize-py"))
+            .unwrap_or("componentize-py")
+            .to_owned()
+    }
+
+    fn build_javascript(&self, out: &Path) -> Result<(), RunError> {
+        let hint = format!(
+            "run `npm install` in {} (package.json pins jco and componentize-js)",
+            self.dir.display()
+        );
+        let jco = tool_in(&self.dir, "jco", &["node_modules/.bin"], &hint)?;
+        // jco resolves relative paths against the source's directory: absolute ones.
+        let dir = std::path::absolute(&self.dir)?;
+        let mut build = Command::new(jco);
+        build
+            .arg("componentize")
+            .arg(dir.join("app.js"))
+            .arg("--wit")
+            .arg(dir.join("wit/plugin.wit"))
+            .args(["--world-name", "plugin"])
+            // QuickJS: seconds to build, no wasi:http import; async off, the host has no
+            // component-model async.
+            .args(["--backend", "quickjs", "--backend-qjs-disable-async"])
+            .arg("-o")
+            .arg(std::path::absolute(out)?)
+            .stdout(Stdio::null());
+        run(&mut build, "jco componentize")
+    }
+}
+
+const RUST_HINT: &str = "install Rust (https://rustup.rs), then `rustup target add wasm32-wasip2`";
+
+/// Names that work as a crate, a package and a file name alike.
+fn check_name(name: &str) -> Result<(), RunError> {
+    let valid = name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && !name.ends_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if valid {
+        Ok(())
+    } else {
+        Err(RunError::Input(format!(
+            "plugin new {name:?}: expected a name of lowercase letters, digits and dashes, \
+             starting with a letter (it names the package and NAME.wasm)"
+        )))
+    }
+}
+
+/// `my-plugin` -> `MyPlugin`.
+fn camel_case(name: &str) -> String {
+    name.split('-')
+        .map(|part| {
+            let mut chars = part.chars();
+            chars.next().map_or(String::new(), |first| {
+                first.to_ascii_uppercase().to_string() + chars.as_str()
+            })
+        })
+        .collect()
+}
+
+/// The SDK as published with the host: the repository, at this host's version.
+fn sdk_from_repository() -> String {
+    format!(
+        "{{ git = \"{}\", version = \"{}\" }}",
+        env!("CARGO_PKG_REPOSITORY"),
+        sdk_version()
+    )
+}
+
+/// A local SDK: the crate's directory, checked to be one.
+fn sdk_at(path: &Path) -> Result<String, RunError> {
+    let dir = std::path::absolute(path)?;
+    let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap_or_default();
+    if !manifest.contains("name = \"screamer-plugin-sdk\"") {
+        return Err(RunError::Input(format!(
+            "--sdk {}: expected the directory of the screamer-plugin-sdk crate",
+            path.display()
+        )));
+    }
+    Ok(format!(
+        "{{ path = {}, version = \"{}\" }}",
+        Value::from(dir.display().to_string()),
+        sdk_version()
+    ))
+}
+
+/// The SDK versions that speak this host's plugin world: same major and minor.
+fn sdk_version() -> String {
+    let version = env!("CARGO_PKG_VERSION");
+    version
+        .rsplit_once('.')
+        .map_or(version, |(v, _)| v)
+        .to_owned()
+}
+
+/// The name in a project's manifest.
+fn manifest_name(path: &Path, language: Language) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))?;
+    let name = match language {
+        Language::Rust | Language::Python => {
+            let table = if language == Language::Rust {
+                "package"
+            } else {
+                "project"
+            };
+            let doc: toml::Table = toml::from_str(&text).map_err(|e| e.message().to_owned())?;
+            doc.get(table)
+                .and_then(|t| t.get("name"))
+                .and_then(|n| n.as_str())
+                .map(str::to_owned)
+                .ok_or_else(|| format!("expected a name in [{table}]"))?
+        }
+        Language::Javascript => {
+            let doc: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+            doc.get("name")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .ok_or_else(|| "expected a \"name\"".to_owned())?
+        }
+    };
+    Ok(name)
+}
+
+/// The `.wasm` file of a cdylib in one line of cargo's JSON messages.
+fn wasm_artifact(line: &str) -> Option<PathBuf> {
+    let message: Value = serde_json::from_str(line).ok()?;
+    if message["reason"] != "compiler-artifact" {
+        return None;
+    }
+    let cdylib = message["target"]["kind"]
+        .as_array()?
+        .iter()
+        .any(|k| k == "cdylib");
+    if !cdylib {
+        return None;
+    }
+    message["filenames"]
+        .as_array()?
+        .iter()
+        .filter_map(Value::as_str)
+        .find(|f| f.ends_with(".wasm"))
+        .map(PathBuf::from)
+}
+
+/// Fails with the fix when rustup knows the wasm target is not installed.
+fn require_wasm_target() -> Result<(), RunError> {
+    let Ok(listed) = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .stderr(Stdio::null())
+        .output()
+    else {
+        return Ok(()); // no rustup: cargo says what is missing
+    };
+    let installed = String::from_utf8_lossy(&listed.stdout);
+    if !listed.status.success() || installed.lines().any(|t| t.trim() == "wasm32-wasip2") {
+        return Ok(());
+    }
+    Err(RunError::Input(
+        "the Rust target wasm32-wasip2 is not installed: run `rustup target add wasm32-wasip2`"
+            .to_owned(),
+    ))
+}
+
+/// A program on PATH, or one line naming it and how to install it.
+fn tool(program: &str, hint: &str) -> Result<PathBuf, RunError> {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(program))
+        .find(|path| is_executable(path))
+        .ok_or_else(|| RunError::Input(format!("{program} not found: {hint}")))
+}
+
+/// A program in one of the project's own tool directories, else on PATH.
+fn tool_in(project: &Path, program: &str, local: &[&str], hint: &str) -> Result<PathBuf, RunError> {
+    local
+        .iter()
+        .map(|dir| project.join(dir).join(program))
+        .find(|path| is_executable(path))
+        .map_or_else(|| tool(program, hint), Ok)
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata()
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// Runs a toolchain command with its messages on the terminal; exit 1 when it fails.
+fn run(command: &mut Command, what: &str) -> Result<(), RunError> {
+    let status = command
+        .status()
+        .map_err(|e| RunError::Input(format!("{what}: cannot start: {e}")))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(RunError::Failed(format!("{what} failed ({status})")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_become_types_and_bad_names_are_refused() {
+        assert_eq!(camel_case("my-first-plugin"), "MyFirstPlugin");
+        assert_eq!(camel_case("x1"), "X1");
+        for good in ["a", "my-plugin", "p2p"] {
+            assert!(check_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "My", "1a", "a_b", "a-", "a b", "../a"] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_sdk_version_is_the_world_s_major_and_minor() {
+        // The SDK and the host share the workspace version; the WIT package has the same
+        // major and minor (the version policy in plugin-sdk's docs).
+        let world = WIT
+            .lines()
+            .find_map(|l| l.strip_prefix("package screamer:plugin@"))
+            .and_then(|v| v.strip_suffix(';'))
+            .expect("the WIT names its package");
+        assert!(world.starts_with(&format!("{}.", sdk_version())), "{world}");
+    }
+
+    #[test]
+    fn the_wasm_of_a_cdylib_is_found_in_cargo_messages() {
+        let line = r#"{"reason":"compiler-artifact","target":{"kind":["cdylib","rlib"]},"filenames":["/t/x.rlib","/t/x.wasm"]}"#;
+        assert_eq!(wasm_artifact(line), Some(PathBuf::from("/t/x.wasm")));
+        let lib =
+            r#"{"reason":"compiler-artifact","target":{"kind":["lib"]},"filenames":["/t/y.rlib"]}"#;
+        assert_eq!(wasm_artifact(lib), None);
+        assert_eq!(wasm_artifact("not json"), None);
+    }
+}

@@ -1,0 +1,298 @@
+//! Plugin authoring as a new author meets it: `plugin new` in each language, then
+//! `plugin test` (build, native tests, fixtures) on the project it wrote, with the real
+//! toolchains (cargo for wasm32-wasip2, componentize-py, jco) and the real host; a changed
+//! expectation failing with a readable diff; the mistakes an author makes, each one line;
+//! and `plugin sample` feeding `plugin run`.
+
+use std::path::{Path, PathBuf};
+
+use screamer_tests::plugins::{
+    PluginRun, author, author_with_path, parse, plugin, plugin_run, scratch_dir, screamer, sdk_dir,
+};
+use serde_json::{Value, json};
+
+/// A fresh directory outside the workspace (cargo would take a project under it for a
+/// member that is missing from the workspace).
+fn outside_workspace(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "screamer-{test}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    ));
+    std::fs::create_dir_all(&dir).expect("creating a scratch directory");
+    dir
+}
+
+/// Removes a passing test's project (its components are megabytes).
+fn remove_scratch(project: &Path) {
+    let _ = std::fs::remove_dir_all(project.parent().expect("in a scratch directory"));
+}
+
+fn assert_ok(what: &str, run: &PluginRun) {
+    assert_eq!(
+        run.code,
+        Some(0),
+        "{what}: stdout {:?}\nstderr {}",
+        run.stdout,
+        run.stderr
+    );
+}
+
+/// `plugin new NAME --lang LANG` in a fresh directory, then `plugin test` in the project:
+/// every fixture passes against the component it built, which `plugin check` accepts.
+fn new_project_passes_its_tests(
+    lang: &str,
+    extra: &[&str],
+) -> anyhow::Result<(PathBuf, PluginRun)> {
+    let dir = outside_workspace(&format!("author-{lang}"));
+    let name = format!("hello-{lang}");
+    let created = author(
+        &dir,
+        &[&["plugin", "new", &name, "--lang", lang], extra].concat(),
+    )?;
+    assert_ok("plugin new", &created);
+    assert!(
+        created.stdout[0].starts_with(&format!("created {name}/")),
+        "{:?}",
+        created.stdout
+    );
+    let project = dir.join(&name);
+    for file in ["README.md", ".gitignore", "fixtures/basic.json"] {
+        assert!(project.join(file).is_file(), "{file} is missing");
+    }
+    assert!(
+        std::fs::read_to_string(project.join("README.md"))?
+            .lines()
+            .count()
+            <= 6,
+        "the README stays short"
+    );
+
+    let tested = author(&project, &["plugin", "test"])?;
+    assert_ok("plugin test", &tested);
+    assert_eq!(
+        tested.stdout[tested.stdout.len() - 2..],
+        [
+            "fixture fixtures/basic.json ... ok".to_owned(),
+            "1 fixtures: 1 passed, 0 failed".to_owned()
+        ],
+        "{:?}",
+        tested.stdout
+    );
+    assert!(
+        tested.stderr.contains(&format!("built {name}.wasm (")),
+        "{}",
+        tested.stderr
+    );
+    assert!(project.join(format!("{name}.wasm")).is_file());
+    let checked = author(&project, &["plugin", "check", &format!("{name}.wasm")])?;
+    assert_ok("plugin check", &checked);
+    assert!(
+        checked
+            .stdout
+            .iter()
+            .any(|l| l.trim() == format!("plugin:  {name} 0.1.0")),
+        "{:?}",
+        checked.stdout
+    );
+    Ok((project, tested))
+}
+
+#[test]
+fn a_rust_project_from_plugin_new_passes_plugin_test() -> anyhow::Result<()> {
+    let sdk = sdk_dir().display().to_string();
+    let (project, tested) = new_project_passes_its_tests("rust", &["--sdk", &sdk])?;
+    // Its native unit tests ran first.
+    assert!(
+        tested
+            .stdout
+            .iter()
+            .any(|l| l.starts_with("test result: ok. 2 passed")),
+        "{:?}",
+        tested.stdout
+    );
+    let cargo_toml = std::fs::read_to_string(project.join("Cargo.toml"))?;
+    assert!(
+        cargo_toml.contains(&format!("path = {}", Value::from(sdk))),
+        "{cargo_toml}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_python_project_from_plugin_new_passes_plugin_test() -> anyhow::Result<()> {
+    let (project, _) = new_project_passes_its_tests("python", &[])?;
+    assert!(project.join("wit/plugin.wit").is_file());
+    remove_scratch(&project);
+    Ok(())
+}
+
+#[test]
+fn a_javascript_project_from_plugin_new_passes_plugin_test_and_a_changed_expectation_fails()
+-> anyhow::Result<()> {
+    let (project, _) = new_project_passes_its_tests("javascript", &[])?;
+
+    // The author changes what the INSERT must become: the test fails, showing that field.
+    let fixture = project.join("fixtures/basic.json");
+    let text = std::fs::read_to_string(&fixture)?;
+    let changed = text.replacen(
+        r#""changed_columns": ["Email", "Name"]"#,
+        r#""changed_columns": ["Name"]"#,
+        1,
+    );
+    assert_ne!(
+        text, changed,
+        "the template's fixture has the INSERT's columns"
+    );
+    std::fs::write(&fixture, changed)?;
+    let failed = author(&project, &["plugin", "test"])?;
+    assert_eq!(failed.code, Some(1), "{failed:?}");
+    let out = failed.stdout.join("\n");
+    assert!(
+        out.contains("fixture fixtures/basic.json ... FAILED"),
+        "{out}"
+    );
+    assert!(
+        out.contains("main output differs (- expected, + actual):"),
+        "{out}"
+    );
+    assert!(
+        out.lines().any(|l| l.trim() == "+      \"Email\","),
+        "{out}"
+    );
+    // Fields at their defaults stay out of the diff.
+    assert!(!out.contains("partition_token"), "{out}");
+    assert!(out.ends_with("1 fixtures: 0 passed, 1 failed"), "{out}");
+    assert_eq!(
+        failed.stderr.lines().last(),
+        Some("error: 1 of 1 fixtures failed")
+    );
+    Ok(())
+}
+
+#[test]
+fn an_author_s_mistakes_are_one_line_each() -> anyhow::Result<()> {
+    let dir = scratch_dir("author-mistakes");
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["plugin", "new", "My_Plugin", "--lang", "rust"],
+            "error: plugin new \"My_Plugin\": expected a name of lowercase letters, digits and dashes, starting with a letter (it names the package and NAME.wasm)",
+        ),
+        (
+            &["plugin", "new", "p", "--lang", "python", "--sdk", "/tmp"],
+            "error: plugin new: --sdk is for --lang rust only",
+        ),
+        (
+            &["plugin", "new", "p", "--lang", "cobol"],
+            "error: invalid value 'cobol' for '--lang <LANG>'",
+        ),
+        (
+            &["plugin", "build"],
+            "error: .: not a plugin project: expected Cargo.toml, app.py with pyproject.toml, or app.js with package.json (start one with `screamer plugin new NAME --lang rust|python|javascript`)",
+        ),
+    ];
+    for (args, expected) in cases {
+        let run = author(&dir, args)?;
+        assert_eq!(run.code, Some(2), "{args:?}: {run:?}");
+        assert!(
+            run.stderr.lines().count() == 1 && run.stderr.starts_with(expected),
+            "{args:?}: {}",
+            run.stderr
+        );
+    }
+    // A project that exists is not overwritten.
+    assert_ok(
+        "plugin new",
+        &author(&dir, &["plugin", "new", "twice", "--lang", "python"])?,
+    );
+    let again = author(&dir, &["plugin", "new", "twice", "--lang", "javascript"])?;
+    assert_eq!(again.code, Some(2));
+    assert_eq!(
+        again.stderr.trim(),
+        "error: plugin new twice: ./twice already exists: choose another name or remove it"
+    );
+    assert!(!dir.join("twice/app.js").exists());
+
+    // Without componentize-py anywhere, the build says how to get it.
+    let project = dir.join("twice");
+    let missing = author_with_path(&project, &["plugin", "build"], "/usr/bin:/bin")?;
+    assert_eq!(missing.code, Some(2), "{missing:?}");
+    assert_eq!(
+        missing.stderr.lines().last().unwrap_or_default(),
+        "error: componentize-py not found: install it with `pip install componentize-py==0.25.1` \
+         (into .venv or onto PATH)",
+    );
+
+    // A fixture record missing fields names the file, the record and every field, before
+    // anything is built.
+    std::fs::write(
+        project.join("fixtures/basic.json"),
+        json!({"input": [{"table_name": "Users"}], "output": []}).to_string(),
+    )?;
+    let bad = author_with_path(&project, &["plugin", "test"], "/usr/bin:/bin")?;
+    assert_eq!(bad.code, Some(2), "{bad:?}");
+    assert_eq!(
+        bad.stderr.trim(),
+        "error: fixtures/basic.json: input[0]: missing mod_type, mods: a record needs at least \
+         table_name, mod_type and mods"
+    );
+    std::fs::write(
+        project.join("fixtures/basic.json"),
+        r#"{"input": [], "outputs": []}"#,
+    )?;
+    let typo = author_with_path(&project, &["plugin", "test"], "/usr/bin:/bin")?;
+    assert_eq!(typo.code, Some(2), "{typo:?}");
+    assert!(
+        typo.stderr
+            .starts_with("error: fixtures/basic.json: unknown field `outputs`"),
+        "{}",
+        typo.stderr
+    );
+    Ok(())
+}
+
+#[test]
+fn plugin_sample_feeds_plugin_run() -> anyhow::Result<()> {
+    let sample = screamer(
+        &[
+            "plugin",
+            "sample",
+            "--table",
+            "Singers",
+            "--columns",
+            "SingerId:INT64,Name:STRING,Tags:ARRAY<STRING>",
+        ],
+        "",
+    )?;
+    assert_ok("plugin sample", &sample);
+    let records = parse(&sample.stdout);
+    let kinds: Vec<&str> = records
+        .iter()
+        .map(|r| r["mod_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["INSERT", "UPDATE", "DELETE"]);
+    assert!(records.iter().all(|r| r["table_name"] == "Singers"));
+    assert_eq!(records[0]["mods"][0]["keys"], json!({"SingerId": "1"}));
+    assert_eq!(
+        records[0]["mods"][0]["new_values"],
+        json!({"Name": "Name 1", "Tags": ["Tags 1"]})
+    );
+
+    // What sample prints, plugin run reads back as it is.
+    let input = sample.stdout.join("\n") + "\n";
+    let run = plugin_run(&[plugin("identity").to_str().unwrap()], &input)?;
+    assert_ok("plugin run", &run);
+    assert_eq!(parse(&run.stdout), records);
+
+    let bad = screamer(&["plugin", "sample", "--columns", "Id:INT"], "")?;
+    assert_eq!(bad.code, Some(2));
+    assert!(
+        bad.stderr
+            .starts_with("error: --columns \"Id:INT\": expected NAME:TYPE"),
+        "{}",
+        bad.stderr
+    );
+    Ok(())
+}
