@@ -9,14 +9,15 @@
 //! destination refuses for good becomes a dead letter naming the destination and its
 //! reason; a refusal by the dead-letter destination itself fails the batch.
 //! Side outputs without a destination of their own go to the main output, tagged with an
-//! `"output"` field. Outputs are serialized one record at a time and sent in pieces of at
+//! `"output"` field, with a warning the first time each name is seen (the CLI refuses to
+//! start when a plugin declares a side output that has no destination). Outputs are serialized one record at a time and sent in pieces of at
 //! most [`FLUSH_BYTES`] (in order), each record dropped once written: what a plugin
 //! amplifies is never held twice, nor whole as output bytes. The chain runs on the calling
 //! worker thread (`block_in_place`): plugin calls are CPU work and must not stall other
 //! tasks.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -45,6 +46,8 @@ pub struct Pipeline {
     dead_letters: Box<dyn Destination>,
     observer: Arc<dyn Observer>,
     partition_metadata: bool,
+    /// Side output names seen without a destination (each is warned about once).
+    undefined_outputs: Mutex<HashSet<String>>,
 }
 
 /// One output line: the record's own fields, then extra fields, then its partition's
@@ -129,6 +132,7 @@ impl Pipeline {
             dead_letters,
             observer: Arc::new(NoObserver),
             partition_metadata: false,
+            undefined_outputs: Mutex::default(),
         }
     }
 
@@ -274,7 +278,10 @@ impl Pipeline {
                         side.entry(name.as_str()).or_default(),
                         None,
                     ),
-                    None => (MAIN, &*self.main, &mut main, Some(name)),
+                    None => {
+                        self.warn_undefined(name);
+                        (MAIN, &*self.main, &mut main, Some(name))
+                    }
                 },
                 None => (MAIN, &*self.main, &mut main, None),
             };
@@ -294,6 +301,19 @@ impl Pipeline {
             self.send(name, &*self.side_outputs[name], batch).await?;
         }
         self.send(MAIN, &*self.main, main).await
+    }
+
+    /// Says once per name that records of side output `name` go to the main output.
+    fn warn_undefined(&self, name: &str) {
+        let mut seen = self.undefined_outputs.lock().expect("not poisoned");
+        if !seen.contains(name) {
+            tracing::warn!(
+                output = name,
+                "side output without a destination: its records go to the main output, \
+                 tagged \"output\"; give it one (--side-output NAME=URI, [side_outputs])"
+            );
+            seen.insert(name.to_owned());
+        }
     }
 
     /// Sends `batch` to `destination` (output `output`) and reports what it accepted; the

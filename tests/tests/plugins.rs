@@ -138,21 +138,67 @@ fn fanout_copies_to_a_side_output_file_and_tags_unmapped_outputs() {
     assert_eq!(copies[1]["mod_type"], "DELETE");
     assert!(copies.iter().all(|c| c.get("output").is_none()));
 
-    // Without a destination, copies go to stdout tagged with their output's name.
+    // Without a destination, copies go to stdout tagged with their output's name, with one
+    // warning however many there are.
     let run = plugin_run(
         &[
             &path("fanout"),
             "--plugin-config",
-            r#"fanout={"mod_types":["DELETE"]}"#,
+            r#"fanout={"mod_types":["UPDATE","DELETE"]}"#,
         ],
         &lines(&sample()),
     )
     .unwrap();
     let out = parse(&run.stdout);
-    assert_eq!(out.len(), 7);
     let tagged: Vec<&Value> = out.iter().filter(|v| v["output"] == "audit").collect();
-    assert_eq!(tagged.len(), 1);
-    assert_eq!(tagged[0]["mod_type"], "DELETE");
+    assert_eq!(out.len(), 6 + tagged.len());
+    let kinds: Vec<&str> = tagged.iter().map(|v| v["mod_type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["UPDATE", "DELETE"]);
+    assert_eq!(
+        run.stderr
+            .matches("side output without a destination: its records go to the main output")
+            .count(),
+        1,
+        "{}",
+        run.stderr
+    );
+
+    // A plugin that declares its side output in the pipeline file gets a destination or
+    // screamer does not start.
+    let pipeline = dir.join("pipeline.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "[[plugins]]\npath = {:?}\nconfig = {{ mod_types = [\"DELETE\"] }}\nside_outputs = [\"audit\"]\n",
+            path("fanout")
+        ),
+    )
+    .unwrap();
+    let config = pipeline.display().to_string();
+    let refused = plugin_run(&["--config", &config], &lines(&sample())).unwrap();
+    assert_eq!(refused.code, Some(2), "{}", refused.stderr);
+    assert_eq!(
+        refused.stderr.trim(),
+        format!(
+            "error: --config {config}: plugins[0]: side output \"audit\" has no destination: \
+             define it under [side_outputs] or with --side-output audit=URI"
+        )
+    );
+    let deletes = dir.join("deletes.ndjson");
+    let defined = plugin_run(
+        &[
+            "--config",
+            &config,
+            "--side-output",
+            &format!("audit={}", deletes.display()),
+        ],
+        &lines(&sample()),
+    )
+    .unwrap();
+    assert_eq!(defined.code, Some(0), "{}", defined.stderr);
+    assert!(parse(&defined.stdout).iter().all(|v| v.get("output").is_none()));
+    assert_eq!(std::fs::read_to_string(&deletes).unwrap().lines().count(), 1);
+    assert!(!defined.stderr.contains("side output without a destination"));
     std::fs::remove_dir_all(dir).unwrap();
 }
 

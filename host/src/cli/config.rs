@@ -28,6 +28,7 @@
 //! dirs = ["/usr/share/zoneinfo"]        # granted read-only directories, HOST[:GUEST]
 //! network = ["127.0.0.1:8080", "10.0.0.0/8:*", "db.internal:5432"]
 //!                                       # granted TCP/UDP destinations (default none)
+//! side_outputs = ["audit"]              # side outputs it emits to: each needs a destination
 //! ```
 
 use std::collections::BTreeMap;
@@ -173,6 +174,9 @@ struct FilePlugin {
     dirs: Vec<String>,
     #[serde(default)]
     network: Vec<String>,
+    /// The side outputs the plugin emits to: each must have a destination.
+    #[serde(default)]
+    side_outputs: Vec<String>,
 }
 
 impl PipelineConfig {
@@ -184,11 +188,13 @@ impl PipelineConfig {
             None => (FileConfig::default(), PathBuf::new()),
         };
         let mut specs = Vec::new();
+        let mut declared = Vec::new();
         for (i, p) in file.plugins.into_iter().enumerate() {
             let place = format!(
                 "--config {}: plugins[{i}]",
                 args.config.as_deref().unwrap_or(Path::new("")).display()
             );
+            declared.extend(p.side_outputs.iter().map(|o| (place.clone(), o.clone())));
             specs.push(
                 p.into_spec(&base, args)
                     .map_err(|e| ConfigError(format!("{place}: {e}")))?,
@@ -232,6 +238,17 @@ impl PipelineConfig {
                 name.to_owned(),
                 flag(&format!("--side-output {name}"), uri)?,
             );
+        }
+        // A side output a plugin emits to and nothing receives is a mistake found now, not
+        // records found later in the main output.
+        if let Some((place, name)) = declared
+            .iter()
+            .find(|(_, name)| !side_outputs.contains_key(name))
+        {
+            return Err(ConfigError(format!(
+                "{place}: side output {name:?} has no destination: define it under \
+                 [side_outputs] or with --side-output {name}=URI"
+            )));
         }
         let output = match (&args.output, &file.output) {
             (Some(uri), _) => flag("--output", uri)?,
