@@ -85,6 +85,19 @@ pub struct PluginRun {
     pub stderr: String,
 }
 
+impl PluginRun {
+    fn of(out: std::process::Output) -> anyhow::Result<Self> {
+        Ok(PluginRun {
+            code: out.status.code(),
+            stdout: String::from_utf8(out.stdout)?
+                .lines()
+                .map(str::to_owned)
+                .collect(),
+            stderr: String::from_utf8(out.stderr)?,
+        })
+    }
+}
+
 /// Runs `screamer plugin run <args>` with `input` on stdin (with the shared cache).
 pub fn plugin_run(args: &[&str], input: &str) -> anyhow::Result<PluginRun> {
     screamer(&[&["plugin", "run"], args].concat(), input)
@@ -117,14 +130,7 @@ pub fn screamer_with_env(
     let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
     let out = child.wait_with_output()?;
     let _ = writer.join();
-    Ok(PluginRun {
-        code: out.status.code(),
-        stdout: String::from_utf8(out.stdout)?
-            .lines()
-            .map(str::to_owned)
-            .collect(),
-        stderr: String::from_utf8(out.stderr)?,
-    })
+    PluginRun::of(out)
 }
 
 /// The directory of the plugin SDK crate in this workspace.
@@ -154,14 +160,7 @@ pub fn author_with_path(dir: &Path, args: &[&str], path: &str) -> anyhow::Result
         .stdin(Stdio::null())
         .output()
         .context("running screamer")?;
-    Ok(PluginRun {
-        code: out.status.code(),
-        stdout: String::from_utf8(out.stdout)?
-            .lines()
-            .map(str::to_owned)
-            .collect(),
-        stderr: String::from_utf8(out.stderr)?,
-    })
+    PluginRun::of(out)
 }
 
 /// `PATH` with the guest toolchains of `scripts/test.sh` in front.

@@ -152,7 +152,10 @@ fn fanout_copies_to_a_side_output_file_and_tags_unmapped_outputs() {
     let out = parse(&run.stdout);
     let tagged: Vec<&Value> = out.iter().filter(|v| v["output"] == "audit").collect();
     assert_eq!(out.len(), 6 + tagged.len());
-    let kinds: Vec<&str> = tagged.iter().map(|v| v["mod_type"].as_str().unwrap()).collect();
+    let kinds: Vec<&str> = tagged
+        .iter()
+        .map(|v| v["mod_type"].as_str().unwrap())
+        .collect();
     assert_eq!(kinds, ["UPDATE", "DELETE"]);
     assert_eq!(
         run.stderr
@@ -196,8 +199,15 @@ fn fanout_copies_to_a_side_output_file_and_tags_unmapped_outputs() {
     )
     .unwrap();
     assert_eq!(defined.code, Some(0), "{}", defined.stderr);
-    assert!(parse(&defined.stdout).iter().all(|v| v.get("output").is_none()));
-    assert_eq!(std::fs::read_to_string(&deletes).unwrap().lines().count(), 1);
+    assert!(
+        parse(&defined.stdout)
+            .iter()
+            .all(|v| v.get("output").is_none())
+    );
+    assert_eq!(
+        std::fs::read_to_string(&deletes).unwrap().lines().count(),
+        1
+    );
     assert!(!defined.stderr.contains("side output without a destination"));
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -129,6 +129,54 @@ async fn side_outputs_and_dead_letters_go_to_topics_of_their_own() {
     }
 }
 
+/// A topic per table: the records of a table whose topic does not exist become dead
+/// letters naming it, and the other tables' records are published (not retried forever).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_table_without_its_topic_is_dead_lettered_and_the_others_go_on() {
+    let pubsub = PubSubEmulator::start().await.unwrap();
+    for topic in ["cdc.Users", "dead"] {
+        pubsub.topic(topic).await.unwrap();
+    }
+    let (input, _) = sample_records();
+    let run = publish(
+        &pubsub,
+        vec![
+            path("identity"),
+            "--output".into(),
+            pubsub.uri("cdc.{table_name}", ""),
+            "--dead-letter".into(),
+            pubsub.uri("dead", ""),
+        ],
+        input,
+    )
+    .await;
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let users = pubsub
+        .pull("cdc.Users", 2, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(record_names(&payloads(&users)), ["a", "b"]);
+    let dead = pubsub
+        .pull("dead", 1, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1);
+    let letter: Value = serde_json::from_str(&dead[0].data).unwrap();
+    assert_eq!(letter["destination"], pubsub.uri("cdc.{table_name}", ""));
+    assert!(
+        letter["error"]
+            .as_str()
+            .unwrap()
+            .contains("topic projects/test-project/topics/cdc.Albums does not exist"),
+        "{letter}"
+    );
+    assert_eq!(letter["record"]["table_name"], "Albums");
+    for topic in ["cdc.Users", "dead"] {
+        let more = pubsub.pull(topic, 1, Duration::from_secs(1)).await.unwrap();
+        assert!(more.is_empty(), "{topic}: {:?}", payloads(&more));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_topic_that_does_not_exist_or_a_bad_option_is_one_line_and_exit_2() {
     let pubsub = PubSubEmulator::start().await.unwrap();

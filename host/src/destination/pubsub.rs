@@ -10,6 +10,8 @@
 //! operator can fix) is retried with backoff and jitter for as long as it takes, so a
 //! Pub/Sub outage stops progress and the run goes on when it is back; a request Pub/Sub
 //! rejects as invalid is split down to the records it rejects alone, which are refused.
+//! With a topic per table (`{table_name}`), the records of a table whose topic does not
+//! exist are refused (dead letters naming the topic) and the other tables go on.
 //! `PUBSUB_EMULATOR_HOST` selects the emulator, as in every Google client; Application
 //! Default Credentials are used otherwise.
 
@@ -167,6 +169,16 @@ impl PubSub {
                 Ok(_) => return Sent::Accepted,
                 Err(s) if s.code() == Code::InvalidArgument => {
                     return Sent::Refused(format!("{:?}: {}", s.code(), s.message()));
+                }
+                // A topic per table: a table without one is refused, as Kafka refuses an
+                // unknown topic; the other tables go on. (A fixed topic was there at
+                // start-up: its loss is an operator's to fix, and is waited out.)
+                Err(s) if s.code() == Code::NotFound && !self.topic.is_fixed() => {
+                    return Sent::RefusedAll(format!(
+                        "topic {} does not exist: {}",
+                        request.topic,
+                        s.message()
+                    ));
                 }
                 Err(s) if is_misconfiguration(s.code()) => tracing::error!(output = %self.name,
                     topic = %request.topic, code = ?s.code(), "Pub/Sub refuses this publisher; \

@@ -15,8 +15,12 @@ use super::{Batch, DestinationError};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Sent {
     Accepted,
-    /// Refused for good, for this reason.
+    /// Refused for good, for this reason (one record or more of the request: halves are
+    /// tried to find which).
     Refused(String),
+    /// Every record of the request refused for good, for a reason that holds for each (a
+    /// topic that does not exist): nothing to split.
+    RefusedAll(String),
 }
 
 /// Sends the records of `batch` in the requests `requests` (consecutive ranges covering it,
@@ -45,6 +49,10 @@ where
             }
             Sent::Refused(why) => {
                 refused.push(range.start);
+                reason = why;
+            }
+            Sent::RefusedAll(why) => {
+                refused.extend(range);
                 reason = why;
             }
         }
@@ -155,5 +163,27 @@ mod tests {
         assert_eq!(reason, "too bad");
         assert_eq!(refused.as_ndjson(), b"\"bad\"\n\"bad2\"\n");
         assert_eq!(*sent.borrow(), ["\"a\"", "\"c\"", "\"d\"", "\"f\""]);
+    }
+
+    #[tokio::test]
+    async fn a_request_refused_as_a_whole_is_not_split() {
+        let b = batch(&["a", "b", "c", "d"]);
+        let calls = std::cell::Cell::new(0);
+        let result = isolating_refusals("t", &b, [0..2, 2..4], |range| {
+            calls.set(calls.get() + 1);
+            async move {
+                if range.start == 0 {
+                    Sent::RefusedAll("no such topic".into())
+                } else {
+                    Sent::Accepted
+                }
+            }
+        })
+        .await;
+        let Err(DestinationError::Refused { refused, .. }) = result else {
+            panic!("expected a refusal");
+        };
+        assert_eq!(refused.as_ndjson(), b"\"a\"\n\"b\"\n");
+        assert_eq!(calls.get(), 2, "one call per request, no halves");
     }
 }
