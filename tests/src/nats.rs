@@ -20,18 +20,31 @@ pub struct NatsServer {
     jetstream: jetstream::Context,
 }
 
+/// How a server lets clients in: `nats-server` flags, and the harness's own client's options.
+#[derive(Clone, Default)]
+pub struct Access {
+    pub server_args: Vec<String>,
+    pub client: async_nats::ConnectOptions,
+}
+
 impl NatsServer {
     /// Starts a server on a free port and waits until it answers.
     pub async fn start() -> anyhow::Result<Self> {
-        crate::start_with_retries("nats-server", async || Self::start_once().await).await
+        Self::start_with(Access::default()).await
     }
 
-    async fn start_once() -> anyhow::Result<Self> {
+    /// Starts a server that lets clients in as `access` says (credentials, TLS).
+    pub async fn start_with(access: Access) -> anyhow::Result<Self> {
+        crate::start_with_retries("nats-server", async || Self::start_once(&access).await).await
+    }
+
+    async fn start_once(access: &Access) -> anyhow::Result<Self> {
         let port = free_port()?;
         let dir = crate::plugins::scratch_dir("nats");
         let mut child = Command::new("nats-server")
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
             .arg(&dir)
+            .args(&access.server_args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -48,7 +61,7 @@ impl NatsServer {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let client = async_nats::connect(&host).await?;
+        let client = access.client.clone().connect(&host).await?;
         Ok(NatsServer {
             host,
             child,

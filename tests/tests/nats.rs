@@ -11,8 +11,8 @@ use screamer_tests::broker::{
     SAMPLE_KEYS, assert_whole_record, payloads, plugin_run, sample_records,
     stream_through_restart_and_outage,
 };
-use screamer_tests::nats::{NatsServer, Stream};
-use screamer_tests::plugins::{plugin, record_names};
+use screamer_tests::nats::{Access, NatsServer, Stream};
+use screamer_tests::plugins::{plugin, record_names, scratch_dir};
 
 fn identity() -> String {
     plugin("identity").display().to_string()
@@ -100,4 +100,188 @@ async fn a_stream_reaches_jetstream_exactly_once_in_order_per_key_across_a_resta
         seen: 0,
     };
     stream_through_restart_and_outage(&mut stream).await
+}
+
+/// Credentials and TLS are options of the URI: with the right ones every record arrives;
+/// with wrong or missing ones screamer does not start (one line naming the server, exit 2).
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_and_tls_are_uri_options_and_a_refusal_is_one_line() {
+    let (input, _) = sample_records();
+    let run = async |output: String| {
+        plugin_run(
+            vec![identity(), "--output".into(), output],
+            input.clone(),
+            vec![],
+        )
+        .await
+    };
+
+    // User and password.
+    let nats = NatsServer::start_with(Access {
+        server_args: ["--user", "cdc", "--pass", "s3cret"]
+            .map(String::from)
+            .to_vec(),
+        client: async_nats::ConnectOptions::with_user_and_password("cdc".into(), "s3cret".into()),
+    })
+    .await
+    .unwrap();
+    nats.stream("CDC", &["cdc"]).await.unwrap();
+    let ok = run(nats.uri("cdc", "?user=cdc&password=s3cret")).await;
+    assert_eq!(ok.code, Some(0), "{}", ok.stderr);
+    let got = nats.read("CDC", 3, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(record_names(&payloads(&got)), ["a", "b", "c"]);
+    for query in ["?user=cdc&password=wrong", ""] {
+        let refused = run(nats.uri("cdc", query)).await;
+        assert_eq!(refused.code, Some(2), "{query}: {}", refused.stderr);
+        assert_eq!(
+            refused.stderr.trim_end().lines().last(),
+            Some(
+                format!(
+                    "error: --output nats://{0}/cdc: {0} refused the connection: authorization violation",
+                    nats.host()
+                )
+                .as_str()
+            ),
+            "{query}: {}",
+            refused.stderr
+        );
+    }
+    let half = run(nats.uri("cdc", "?user=cdc")).await;
+    assert_eq!(half.code, Some(2));
+    assert!(
+        half.stderr
+            .contains("options user and password go together"),
+        "{}",
+        half.stderr
+    );
+    drop(nats);
+
+    // TLS: a server certificate signed by a CA of the test's own, the CA as the root.
+    let dir = scratch_dir("nats-tls");
+    let (ca, cert, key) = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    make_certificates(&dir);
+    let path = |p: &std::path::Path| p.display().to_string();
+    let nats = NatsServer::start_with(Access {
+        server_args: vec![
+            "--tls".into(),
+            "--tlscert".into(),
+            path(&cert),
+            "--tlskey".into(),
+            path(&key),
+        ],
+        client: async_nats::ConnectOptions::new()
+            .add_root_certificates(ca.clone())
+            .require_tls(true),
+    })
+    .await
+    .unwrap();
+    nats.stream("CDC", &["cdc"]).await.unwrap();
+    let ok = run(nats.uri("cdc", &format!("?tls_ca={}", path(&ca)))).await;
+    assert_eq!(ok.code, Some(0), "{}", ok.stderr);
+    let got = nats.read("CDC", 3, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(record_names(&payloads(&got)), ["a", "b", "c"]);
+    // The server's certificate is not trusted without its root, nor with another one.
+    let untrusted = run(nats.uri("cdc", "?tls=true")).await;
+    assert_eq!(untrusted.code, Some(2), "{}", untrusted.stderr);
+    assert!(
+        untrusted
+            .stderr
+            .trim_end()
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .starts_with(&format!(
+                "error: --output nats://{0}/cdc: {0} refused the connection:",
+                nats.host()
+            )),
+        "{}",
+        untrusted.stderr
+    );
+    let wrong_root = run(nats.uri("cdc", &format!("?tls_ca={}", path(&cert)))).await;
+    assert_eq!(wrong_root.code, Some(2), "{}", wrong_root.stderr);
+    assert!(
+        wrong_root.stderr.contains("invalid peer certificate"),
+        "{}",
+        wrong_root.stderr
+    );
+    let missing = run(nats.uri("cdc", "?tls_ca=/nonexistent.pem")).await;
+    assert_eq!(missing.code, Some(2));
+    assert!(
+        missing
+            .stderr
+            .contains("option tls_ca=/nonexistent.pem: No such file"),
+        "{}",
+        missing.stderr
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A CA (`ca.pem`) and a certificate it signs for 127.0.0.1 (`cert.pem`, `key.pem`) in
+/// `dir`, with openssl.
+fn make_certificates(dir: &std::path::Path) {
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("running openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "key.pem",
+        "-out",
+        "cert.csr",
+    ]);
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "cert.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "cert.pem",
+    ]);
 }

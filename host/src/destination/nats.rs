@@ -12,6 +12,11 @@
 //! acknowledged (the server is down, slow, or restarting) is sent again, with the rest of
 //! its window, with backoff and jitter for as long as it takes; a message larger than the
 //! server's limit is refused alone.
+//!
+//! The URI's query carries the client's credentials (`user` and `password`, or `token`) and
+//! TLS (`tls=true`, `tls_ca`, `tls_cert` with `tls_key`). At start-up a server that cannot
+//! be reached is waited for; one that refuses the credentials or a certificate (either
+//! way) is an error, since no retry mends it.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -31,6 +36,116 @@ const WINDOW: usize = 256;
 /// How long an acknowledgement may take before the message is sent again.
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The client's options from the URI's query: `user` and `password`, or `token`; `tls=true`
+/// to require TLS, `tls_ca` (a PEM file of root certificates, which implies TLS) and
+/// `tls_cert` with `tls_key` (a client certificate).
+fn connect_options(
+    query: &std::collections::BTreeMap<String, String>,
+) -> Result<async_nats::ConnectOptions, NatsError> {
+    let mut options = async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(10));
+    let get = |key: &str| query.get(key).cloned();
+    match (get("user"), get("password")) {
+        (Some(user), Some(password)) => options = options.user_and_password(user, password),
+        (None, None) => {}
+        _ => {
+            return Err(NatsError::Options(
+                "options user and password go together".to_owned(),
+            ));
+        }
+    }
+    if let Some(token) = get("token") {
+        options = options.token(token);
+    }
+    match get("tls").as_deref() {
+        Some("true") => options = options.require_tls(true),
+        Some("false") | None => {}
+        Some(other) => {
+            return Err(NatsError::Options(format!(
+                "option tls={other}: expected true or false"
+            )));
+        }
+    }
+    let readable = |key: &str| -> Result<Option<std::path::PathBuf>, NatsError> {
+        let Some(path) = get(key) else {
+            return Ok(None);
+        };
+        std::fs::metadata(&path)
+            .map_err(|e| NatsError::Options(format!("option {key}={path}: {e}")))?;
+        Ok(Some(path.into()))
+    };
+    if let Some(ca) = readable("tls_ca")? {
+        options = options.add_root_certificates(ca).require_tls(true);
+    }
+    match (readable("tls_cert")?, readable("tls_key")?) {
+        (Some(cert), Some(key)) => options = options.add_client_certificate(cert, key),
+        (None, None) => {}
+        _ => {
+            return Err(NatsError::Options(
+                "options tls_cert and tls_key go together".to_owned(),
+            ));
+        }
+    }
+    Ok(options)
+}
+
+/// Connects, waiting (with backoff, logged) while the server cannot be reached; a server
+/// that refuses this client (credentials, TLS) is an error at once.
+async fn connect_waiting(
+    server: &str,
+    name: &str,
+    options: async_nats::ConnectOptions,
+) -> Result<async_nats::Client, NatsError> {
+    use async_nats::ConnectErrorKind as Kind;
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    loop {
+        match options.clone().connect(server).await {
+            Ok(client) => return Ok(client),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    Kind::Authentication | Kind::AuthorizationViolation | Kind::Tls
+                ) || is_tls_refusal(&e) =>
+            {
+                // The kind says it all for credentials; TLS errors carry the detail.
+                let reason = match e.kind() {
+                    Kind::Authentication | Kind::AuthorizationViolation => e.kind().to_string(),
+                    _ => e.to_string(),
+                };
+                return Err(NatsError::Refused {
+                    server: server.to_owned(),
+                    reason,
+                    source: e,
+                });
+            }
+            Err(e) if e.kind() == Kind::ServerParse => {
+                return Err(NatsError::Connect {
+                    server: server.to_owned(),
+                    source: e,
+                });
+            }
+            Err(e) => tracing::warn!(output = %name, "cannot connect to NATS; retrying: {e}"),
+        }
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+/// Whether TLS itself failed (a certificate refused by either side), which no retry mends,
+/// rather than the connection.
+fn is_tls_refusal(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        let io_inner = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|inner| inner as &(dyn std::error::Error + 'static));
+        if e.is::<rustls::Error>() || io_inner.is_some_and(|i| i.is::<rustls::Error>()) {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
 /// Publishes to the JetStream stream that takes one subject, or one per table.
 pub struct Nats {
     name: String,
@@ -49,6 +164,17 @@ pub enum NatsError {
         #[source]
         source: async_nats::ConnectError,
     },
+    /// The server refused this client: wrong credentials, or TLS it cannot do.
+    #[error("{server} refused the connection: {reason}")]
+    Refused {
+        server: String,
+        reason: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    /// Options that do not go together, or a file they name that cannot be read.
+    #[error("{0}")]
+    Options(String),
     #[error("no JetStream stream takes subject {0:?}")]
     NoStream(String),
     #[error("subject {subject:?}: {source}")]
@@ -68,15 +194,8 @@ impl Nats {
         options: &MessageOptions,
     ) -> Result<Self, NatsError> {
         let name = format!("nats://{server}/{subject}");
-        let client = async_nats::ConnectOptions::new()
-            .retry_on_initial_connect()
-            .connection_timeout(Duration::from_secs(10))
-            .connect(server)
-            .await
-            .map_err(|source| NatsError::Connect {
-                server: server.to_owned(),
-                source,
-            })?;
+        let connect = connect_options(&options.properties)?;
+        let client = connect_waiting(server, &name, connect).await?;
         let mut jetstream = jetstream::new(client);
         jetstream.set_timeout(ACK_TIMEOUT);
         let destination = Nats {

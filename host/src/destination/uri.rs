@@ -46,8 +46,10 @@ pub enum DestinationUri {
 pub struct MessageOptions {
     /// `mods=whole` (default) or `mods=split`.
     pub mods: Mods,
-    /// Kafka only: client properties passed through to librdkafka as given (any key with
-    /// a dot: `compression.type=zstd`, `security.protocol=SASL_SSL`, `sasl.username=…`).
+    /// Client properties: for Kafka passed through to librdkafka as given (any key with a
+    /// dot: `compression.type=zstd`, `security.protocol=SASL_SSL`, `sasl.username=…`); for
+    /// NATS its authentication and TLS (`user`, `password`, `token`, `tls`, `tls_ca`,
+    /// `tls_cert`, `tls_key`).
     pub properties: BTreeMap<String, String>,
 }
 
@@ -154,7 +156,7 @@ fn message_system(scheme: &str, rest: &str) -> Result<DestinationUri, String> {
         _ => "expected nats://HOST:PORT/SUBJECT",
     };
     let (server, name) = server_and_path(location).ok_or(shape)?;
-    let options = options(query, scheme == "kafka")?;
+    let options = options(query, scheme)?;
     let template = |name: &str| Template::parse(name).map_err(str::to_owned);
     match scheme {
         "pubsub" => match (server, &name.split('/').collect::<Vec<_>>()[..]) {
@@ -193,8 +195,15 @@ fn message_system(scheme: &str, rest: &str) -> Result<DestinationUri, String> {
     }
 }
 
-/// The query of a message system's URI: `mods`, and for Kafka client properties.
-fn options(query: &str, properties: bool) -> Result<MessageOptions, String> {
+/// The NATS client's options (see the NATS destination).
+const NATS_OPTIONS: [&str; 7] = [
+    "user", "password", "token", "tls", "tls_ca", "tls_cert", "tls_key",
+];
+
+/// The query of a message system's URI: `mods`; for Kafka client properties, for NATS the
+/// client's options.
+fn options(query: &str, scheme: &str) -> Result<MessageOptions, String> {
+    let properties = scheme == "kafka";
     let mut options = MessageOptions::default();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair
@@ -212,6 +221,15 @@ fn options(query: &str, properties: bool) -> Result<MessageOptions, String> {
             _ if properties => {
                 return Err(format!(
                     "unknown option {key:?}; expected mods or a librdkafka property (a.b=...)"
+                ));
+            }
+            _ if scheme == "nats" && NATS_OPTIONS.contains(&key) => {
+                options.properties.insert(key.to_owned(), value);
+            }
+            _ if scheme == "nats" => {
+                return Err(format!(
+                    "unknown option {key:?}; expected mods, {}",
+                    NATS_OPTIONS.join(", ")
                 ));
             }
             _ => return Err(format!("unknown option {key:?}; expected mods")),
