@@ -53,10 +53,21 @@ fn new_project_passes_its_tests(
         &[&["plugin", "new", &name, "--lang", lang], extra].concat(),
     )?;
     assert_ok("plugin new", &created);
-    assert!(
-        created.stdout[0].starts_with(&format!("created {name}/")),
-        "{:?}",
-        created.stdout
+    let setup = match lang {
+        "python" => "python3 -m venv .venv && .venv/bin/pip install componentize-py==0.25.1 && ",
+        "javascript" => "npm install && ",
+        _ => "",
+    };
+    assert_eq!(
+        created.stdout,
+        [format!(
+            "created {name}/ ({}): next, `cd {name} && {setup}screamer plugin test`",
+            match lang {
+                "rust" => "Rust",
+                "python" => "Python",
+                _ => "JavaScript",
+            }
+        )]
     );
     let project = dir.join(&name);
     for file in ["README.md", ".gitignore", "fixtures/basic.json"] {

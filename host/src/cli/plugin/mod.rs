@@ -85,10 +85,11 @@ pub async fn run(command: PluginCommand) -> Result<(), RunError> {
         PluginCommand::New { name, lang, sdk } => {
             let project = Project::create(&name, lang, sdk.as_deref())?;
             println!(
-                "created {}/ ({}): next, `cd {} && screamer plugin test`",
+                "created {}/ ({}): next, `cd {} && {}screamer plugin test`",
                 project.dir.display(),
                 project.language,
-                project.dir.display()
+                project.dir.display(),
+                project.setup()
             );
             Ok(())
         }

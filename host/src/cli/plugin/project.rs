@@ -184,6 +184,19 @@ impl Project {
         })
     }
 
+    /// The commands that set up the project's toolchain, each followed by ` && ` (none for
+    /// Rust: cargo fetches what it needs).
+    pub fn setup(&self) -> String {
+        match self.language {
+            Language::Rust => String::new(),
+            Language::Python => format!(
+                "python3 -m venv .venv && .venv/bin/pip install {} && ",
+                self.python_pin()
+            ),
+            Language::Javascript => "npm install && ".to_owned(),
+        }
+    }
+
     /// `relative` in the project, as the author names it (no `./` when it is here).
     pub fn path(&self, relative: &str) -> PathBuf {
         if self.dir == Path::new(".") {
