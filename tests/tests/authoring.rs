@@ -166,6 +166,13 @@ fn a_javascript_project_from_plugin_new_passes_plugin_test_and_a_changed_expecta
         "{out}"
     );
     assert!(
+        out.contains(
+            "  (Users' inserts and updates get changed_columns, deletes pass unchanged, \
+             Orders are dropped)"
+        ),
+        "the fixture's description names the case: {out}"
+    );
+    assert!(
         out.contains("main output differs (- expected, + actual):"),
         "{out}"
     );

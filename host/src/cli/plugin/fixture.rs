@@ -43,11 +43,8 @@ pub const DIR: &str = "fixtures";
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Fixture {
+    /// What the case shows: printed with its failure.
     #[serde(default)]
-    #[allow(
-        dead_code,
-        reason = "read by people; accepted so that it is not a typo"
-    )]
     description: Option<String>,
     #[serde(default)]
     config: Option<Map<String, Value>>,
@@ -100,7 +97,11 @@ async fn run_all(
             Verdict::Pass => println!("fixture {} ... ok", file.display()),
             Verdict::Fail(report) => {
                 failed += 1;
-                println!("fixture {} ... FAILED\n{report}", file.display());
+                println!("fixture {} ... FAILED", file.display());
+                if let Some(description) = &fixture.description {
+                    println!("  ({description})");
+                }
+                println!("{report}");
             }
         }
     }
