@@ -9,9 +9,11 @@
 //! destination refuses for good becomes a dead letter naming the destination and its
 //! reason; a refusal by the dead-letter destination itself fails the batch.
 //! Side outputs without a destination of their own go to the main output, tagged with an
-//! `"output"` field, with a warning the first time each name is seen (the CLI refuses to
-//! start when a plugin declares a side output that has no destination). Outputs are serialized one record at a time and sent in pieces of at
-//! most [`FLUSH_BYTES`] (in order), each record dropped once written: what a plugin
+//! `"output"` field, with a warning the first time each of the first
+//! [`WARNED_OUTPUTS`] names is seen (a plugin names outputs at will: neither the names kept
+//! nor the warnings grow with it); the CLI refuses to start when a plugin declares a side
+//! output that has no destination. Outputs are serialized one record at a time and sent in
+//! pieces of at most [`FLUSH_BYTES`] (in order), each record dropped once written: what a plugin
 //! amplifies is never held twice, nor whole as output bytes. The chain runs on the calling
 //! worker thread (`block_in_place`): plugin calls are CPU work and must not stall other
 //! tasks.
@@ -34,6 +36,9 @@ use crate::timestamp::Timestamp;
 /// Output bytes buffered per destination before they are sent (records of one batch still
 /// reach each destination in order, in several sends).
 pub const FLUSH_BYTES: usize = 4 << 20;
+
+/// Side output names without a destination that are warned about (and remembered).
+pub const WARNED_OUTPUTS: usize = 64;
 
 /// Plugin chain (possibly empty) plus where its outputs and dead letters go.
 pub struct Pipeline {
@@ -306,14 +311,20 @@ impl Pipeline {
     /// Says once per name that records of side output `name` go to the main output.
     fn warn_undefined(&self, name: &str) {
         let mut seen = self.undefined_outputs.lock().expect("not poisoned");
-        if !seen.contains(name) {
-            tracing::warn!(
-                output = name,
-                "side output without a destination: its records go to the main output, \
-                 tagged \"output\"; give it one (--side-output NAME=URI, [side_outputs])"
-            );
-            seen.insert(name.to_owned());
+        if seen.len() >= WARNED_OUTPUTS || seen.contains(name) {
+            return;
         }
+        seen.insert(name.to_owned());
+        let more = if seen.len() == WARNED_OUTPUTS {
+            " (the last such warning: more names are not reported)"
+        } else {
+            ""
+        };
+        tracing::warn!(
+            output = name,
+            "side output without a destination: its records go to the main output, \
+             tagged \"output\"; give it one (--side-output NAME=URI, [side_outputs]){more}"
+        );
     }
 
     /// Sends `batch` to `destination` (output `output`) and reports what it accepted; the
@@ -489,5 +500,23 @@ async fn off_the_workers<F: Future>(work: F) -> F::Output {
             tokio::task::block_in_place(|| h.block_on(work))
         }
         _ => work.await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::destination::Ndjson;
+
+    #[test]
+    fn names_of_outputs_without_a_destination_are_kept_up_to_a_bound() {
+        let pipeline = Pipeline::new(Box::new(Ndjson::stdout()), Box::new(Ndjson::stderr()));
+        for i in 0..10 * WARNED_OUTPUTS {
+            pipeline.warn_undefined(&format!("output-{i}"));
+            pipeline.warn_undefined("audit");
+        }
+        let seen = pipeline.undefined_outputs.lock().unwrap();
+        assert_eq!(seen.len(), WARNED_OUTPUTS);
+        assert!(seen.contains("audit"));
     }
 }

@@ -117,7 +117,7 @@ pub async fn run(command: PluginCommand) -> Result<(), RunError> {
             stats,
             watch,
         } => run::run_stdin(&files, &pipeline, run::RunOptions { stats, watch }).await,
-        PluginCommand::Sample(args) => sample::print(&args).await,
+        PluginCommand::Sample(args) => sample::print(&args),
     }
 }
 

@@ -97,7 +97,7 @@ fn scalar(code: &str, column: &str, n: u32, at: &str) -> Value {
     }
 }
 
-pub async fn print(args: &SampleArgs) -> Result<(), RunError> {
+pub fn print(args: &SampleArgs) -> Result<(), RunError> {
     let columns = args
         .columns
         .iter()
