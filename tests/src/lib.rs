@@ -14,6 +14,7 @@ pub mod items;
 pub mod kafka;
 pub mod metrics;
 pub mod nats;
+pub mod nats_auth;
 pub mod plugins;
 pub mod process;
 pub mod proxy;

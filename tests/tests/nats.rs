@@ -12,6 +12,7 @@ use screamer_tests::broker::{
     stream_through_restart_and_outage,
 };
 use screamer_tests::nats::{Access, NatsServer, Stream};
+use screamer_tests::nats_auth::{Operator, nkey_access, nkey_user};
 use screamer_tests::plugins::{plugin, record_names, scratch_dir};
 
 fn identity() -> String {
@@ -216,6 +217,118 @@ async fn credentials_and_tls_are_uri_options_and_a_refusal_is_one_line() {
             .contains("option tls_ca=/nonexistent.pem: No such file"),
         "{}",
         missing.stderr
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// NKey seed files and `.creds` files (a user JWT with its seed) authenticate: with the right
+/// one every record arrives; a key the server does not know is refused (one line, exit 2); a
+/// file that is no seed or no credentials, or two ways to authenticate at once, is one line
+/// naming the option (exit 2) before any connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn nkey_and_creds_files_authenticate_and_a_bad_one_is_one_line() {
+    let (input, _) = sample_records();
+    let run = async |output: String| {
+        plugin_run(
+            vec![identity(), "--output".into(), output],
+            input.clone(),
+            vec![],
+        )
+        .await
+    };
+    let refusal = |nats: &NatsServer| {
+        format!(
+            "error: --output nats://{0}/cdc: {0} refused the connection: authorization violation",
+            nats.host()
+        )
+    };
+    let last_line = |stderr: &str| {
+        stderr
+            .trim_end()
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let dir = scratch_dir("nats-nkeys");
+    let file = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+
+    // NKeys: the server knows the harness's key and screamer's.
+    let (harness_seed, harness_key) = nkey_user();
+    let (seed, key) = nkey_user();
+    let access = nkey_access(&dir, &harness_seed, &[&harness_key, &key]).unwrap();
+    let nats = NatsServer::start_with(access).await.unwrap();
+    nats.stream("CDC", &["cdc"]).await.unwrap();
+    let seed_file = file("screamer.nk", &format!("{seed}\n"));
+    let ok = run(nats.uri("cdc", &format!("?nkey={seed_file}"))).await;
+    assert_eq!(ok.code, Some(0), "{}", ok.stderr);
+    let got = nats.read("CDC", 3, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(record_names(&payloads(&got)), ["a", "b", "c"]);
+    let stranger = file("stranger.nk", &nkey_user().0);
+    let refused = run(nats.uri("cdc", &format!("?nkey={stranger}"))).await;
+    assert_eq!(refused.code, Some(2), "{}", refused.stderr);
+    assert_eq!(last_line(&refused.stderr), refusal(&nats));
+    let not_a_seed = file("public.nk", &key);
+    let bad = run(nats.uri("cdc", &format!("?nkey={not_a_seed}"))).await;
+    assert_eq!(bad.code, Some(2), "{}", bad.stderr);
+    assert!(
+        last_line(&bad.stderr).contains(&format!("option nkey={not_a_seed}: not an NKey seed")),
+        "{}",
+        bad.stderr
+    );
+    let both = run(nats.uri("cdc", &format!("?nkey={seed_file}&token=t"))).await;
+    assert_eq!(both.code, Some(2), "{}", both.stderr);
+    assert!(
+        last_line(&both.stderr)
+            .ends_with("options user/password, token, nkey and creds are alternatives: give one"),
+        "{}",
+        both.stderr
+    );
+    drop(nats);
+
+    // Credentials files: an operator, its account, users signed by the account.
+    let operator = Operator::new(&dir);
+    let nats = NatsServer::start_with(operator.access().unwrap())
+        .await
+        .unwrap();
+    nats.stream("CDC", &["cdc"]).await.unwrap();
+    let creds = operator
+        .user_creds("screamer")
+        .unwrap()
+        .display()
+        .to_string();
+    let ok = run(nats.uri("cdc", &format!("?creds={creds}"))).await;
+    assert_eq!(ok.code, Some(0), "{}", ok.stderr);
+    let got = nats.read("CDC", 3, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(record_names(&payloads(&got)), ["a", "b", "c"]);
+    let stranger = operator
+        .stranger_creds("stranger")
+        .unwrap()
+        .display()
+        .to_string();
+    let refused = run(nats.uri("cdc", &format!("?creds={stranger}"))).await;
+    assert_eq!(refused.code, Some(2), "{}", refused.stderr);
+    assert!(
+        last_line(&refused.stderr).starts_with(&format!(
+            "error: --output nats://{0}/cdc: {0} refused the connection:",
+            nats.host()
+        )),
+        "{}",
+        refused.stderr
+    );
+    let garbage = file("garbage.creds", "not credentials\n");
+    let bad = run(nats.uri("cdc", &format!("?creds={garbage}"))).await;
+    assert_eq!(bad.code, Some(2), "{}", bad.stderr);
+    assert!(
+        last_line(&bad.stderr).contains(&format!(
+            "option creds={garbage}: not a NATS credentials file"
+        )),
+        "{}",
+        bad.stderr
     );
     std::fs::remove_dir_all(dir).unwrap();
 }

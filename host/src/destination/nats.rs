@@ -13,8 +13,9 @@
 //! its window, with backoff and jitter for as long as it takes; a message larger than the
 //! server's limit is refused alone.
 //!
-//! The URI's query carries the client's credentials (`user` and `password`, or `token`) and
-//! TLS (`tls=true`, `tls_ca`, `tls_cert` with `tls_key`). At start-up a server that cannot
+//! The URI's query carries the client's credentials (`user` and `password`, `token`, an
+//! NKey seed file `nkey`, or a `.creds` file `creds` with a user JWT and its seed) and TLS
+//! (`tls=true`, `tls_ca`, `tls_cert` with `tls_key`). At start-up a server that cannot
 //! be reached is waited for; one that refuses the credentials or a certificate (either
 //! way) is an error, since no retry mends it.
 
@@ -36,26 +37,16 @@ const WINDOW: usize = 256;
 /// How long an acknowledgement may take before the message is sent again.
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The client's options from the URI's query: `user` and `password`, or `token`; `tls=true`
-/// to require TLS, `tls_ca` (a PEM file of root certificates, which implies TLS) and
-/// `tls_cert` with `tls_key` (a client certificate).
+/// The client's options from the URI's query: one way to authenticate (`user` and
+/// `password`, `token`, `nkey` or `creds`, see [`authenticated`]); `tls=true` to require
+/// TLS, `tls_ca` (a PEM file of root certificates, which implies TLS) and `tls_cert` with
+/// `tls_key` (a client certificate).
 fn connect_options(
     query: &std::collections::BTreeMap<String, String>,
 ) -> Result<async_nats::ConnectOptions, NatsError> {
-    let mut options = async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(10));
+    let options = async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(10));
+    let mut options = authenticated(options, query)?;
     let get = |key: &str| query.get(key).cloned();
-    match (get("user"), get("password")) {
-        (Some(user), Some(password)) => options = options.user_and_password(user, password),
-        (None, None) => {}
-        _ => {
-            return Err(NatsError::Options(
-                "options user and password go together".to_owned(),
-            ));
-        }
-    }
-    if let Some(token) = get("token") {
-        options = options.token(token);
-    }
     match get("tls").as_deref() {
         Some("true") => options = options.require_tls(true),
         Some("false") | None => {}
@@ -84,6 +75,62 @@ fn connect_options(
                 "options tls_cert and tls_key go together".to_owned(),
             ));
         }
+    }
+    Ok(options)
+}
+
+/// `options` with the credentials the query names, of which there may be one kind:
+/// `user` with `password`; `token`; `nkey`, a file holding an NKey seed (`SU…`, as
+/// `nsc` or `nk -gen user` write it); `creds`, a `.creds` file (a user JWT and its seed, as
+/// `nsc` and Synadia Cloud issue). Files are read, and seeds checked, here: a bad one is a
+/// start-up error naming the file, not a refusal by the server.
+fn authenticated(
+    options: async_nats::ConnectOptions,
+    query: &std::collections::BTreeMap<String, String>,
+) -> Result<async_nats::ConnectOptions, NatsError> {
+    let get = |key: &str| query.get(key).cloned();
+    let secret_file = |key: &str, path: String| {
+        std::fs::read_to_string(&path)
+            .map_err(|e| NatsError::Options(format!("option {key}={path}: {e}")))
+            .map(|text| (path, text))
+    };
+    let kinds = [
+        query.contains_key("user") || query.contains_key("password"),
+        query.contains_key("token"),
+        query.contains_key("nkey"),
+        query.contains_key("creds"),
+    ];
+    if kinds.iter().filter(|&&k| k).count() > 1 {
+        return Err(NatsError::Options(
+            "options user/password, token, nkey and creds are alternatives: give one".to_owned(),
+        ));
+    }
+    if let (Some(_), None) | (None, Some(_)) = (get("user"), get("password")) {
+        return Err(NatsError::Options(
+            "options user and password go together".to_owned(),
+        ));
+    }
+    if let (Some(user), Some(password)) = (get("user"), get("password")) {
+        return Ok(options.user_and_password(user, password));
+    }
+    if let Some(token) = get("token") {
+        return Ok(options.token(token));
+    }
+    if let Some(path) = get("nkey") {
+        let (path, text) = secret_file("nkey", path)?;
+        let seed = text.trim();
+        nkeys::KeyPair::from_seed(seed).map_err(|e| {
+            NatsError::Options(format!("option nkey={path}: not an NKey seed ({e})"))
+        })?;
+        return Ok(options.nkey(seed.to_owned()));
+    }
+    if let Some(path) = get("creds") {
+        let (path, text) = secret_file("creds", path)?;
+        return options.credentials(&text).map_err(|e| {
+            NatsError::Options(format!(
+                "option creds={path}: not a NATS credentials file ({e})"
+            ))
+        });
     }
     Ok(options)
 }

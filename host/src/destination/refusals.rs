@@ -19,7 +19,8 @@ pub(crate) enum Sent {
     /// tried to find which).
     Refused(String),
     /// Every record of the request refused for good, for a reason that holds for each (a
-    /// topic that does not exist): nothing to split.
+    /// topic that does not exist): nothing to split. Only Pub/Sub says so.
+    #[cfg_attr(not(feature = "pubsub"), allow(dead_code))]
     RefusedAll(String),
 }
 

@@ -48,8 +48,8 @@ pub struct MessageOptions {
     pub mods: Mods,
     /// Client properties: for Kafka passed through to librdkafka as given (any key with a
     /// dot: `compression.type=zstd`, `security.protocol=SASL_SSL`, `sasl.username=…`); for
-    /// NATS its authentication and TLS (`user`, `password`, `token`, `tls`, `tls_ca`,
-    /// `tls_cert`, `tls_key`).
+    /// NATS its authentication and TLS (`user`, `password`, `token`, `nkey`, `creds`, `tls`,
+    /// `tls_ca`, `tls_cert`, `tls_key`).
     pub properties: BTreeMap<String, String>,
 }
 
@@ -196,8 +196,8 @@ fn message_system(scheme: &str, rest: &str) -> Result<DestinationUri, String> {
 }
 
 /// The NATS client's options (see the NATS destination).
-const NATS_OPTIONS: [&str; 7] = [
-    "user", "password", "token", "tls", "tls_ca", "tls_cert", "tls_key",
+const NATS_OPTIONS: [&str; 9] = [
+    "user", "password", "token", "nkey", "creds", "tls", "tls_ca", "tls_cert", "tls_key",
 ];
 
 /// The query of a message system's URI: `mods`; for Kafka client properties, for NATS the
