@@ -13,10 +13,16 @@ use screamer_tests::broker::{
 };
 use screamer_tests::nats::{Access, NatsServer, Stream};
 use screamer_tests::nats_auth::{Operator, nkey_access, nkey_user};
-use screamer_tests::plugins::{plugin, record_names, scratch_dir};
+use screamer_tests::plugins::{PluginRun, plugin, record_names, scratch_dir};
 
 fn identity() -> String {
     plugin("identity").display().to_string()
+}
+
+/// `plugin run` of the identity plugin over the sample records into `output`.
+async fn run(output: String) -> PluginRun {
+    let args = vec![identity(), "--output".into(), output];
+    plugin_run(args, sample_records().0, vec![]).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -107,16 +113,6 @@ async fn a_stream_reaches_jetstream_exactly_once_in_order_per_key_across_a_resta
 /// with wrong or missing ones screamer does not start (one line naming the server, exit 2).
 #[tokio::test(flavor = "multi_thread")]
 async fn credentials_and_tls_are_uri_options_and_a_refusal_is_one_line() {
-    let (input, _) = sample_records();
-    let run = async |output: String| {
-        plugin_run(
-            vec![identity(), "--output".into(), output],
-            input.clone(),
-            vec![],
-        )
-        .await
-    };
-
     // User and password.
     let nats = NatsServer::start_with(Access {
         server_args: ["--user", "cdc", "--pass", "s3cret"]
@@ -227,15 +223,6 @@ async fn credentials_and_tls_are_uri_options_and_a_refusal_is_one_line() {
 /// naming the option (exit 2) before any connection.
 #[tokio::test(flavor = "multi_thread")]
 async fn nkey_and_creds_files_authenticate_and_a_bad_one_is_one_line() {
-    let (input, _) = sample_records();
-    let run = async |output: String| {
-        plugin_run(
-            vec![identity(), "--output".into(), output],
-            input.clone(),
-            vec![],
-        )
-        .await
-    };
     let refusal = |nats: &NatsServer| {
         format!(
             "error: --output nats://{0}/cdc: {0} refused the connection: authorization violation",
