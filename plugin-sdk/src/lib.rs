@@ -69,6 +69,8 @@ use std::cell::RefCell;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
+pub mod json;
+
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
@@ -205,12 +207,12 @@ impl RowChange {
 
     /// One new value deserialized into `T`; `Ok(None)` when the column is absent.
     pub fn new_value<T: DeserializeOwned>(&self, column: &str) -> Result<Option<T>, JsonError> {
-        get_as(&self.new_values_map()?, column)
+        get_as(&self.new_values, "new_values", column)
     }
 
     /// One old value deserialized into `T`; `Ok(None)` when the column is absent.
     pub fn old_value<T: DeserializeOwned>(&self, column: &str) -> Result<Option<T>, JsonError> {
-        get_as(&self.old_values_map()?, column)
+        get_as(&self.old_values, "old_values", column)
     }
 
     pub fn set_keys(&mut self, keys: Map<String, Value>) {
@@ -226,12 +228,15 @@ impl RowChange {
     }
 }
 
+/// Member `column` of the object `text` (row field `what`) deserialized, the others only
+/// skipped over.
 fn get_as<T: DeserializeOwned>(
-    map: &Map<String, Value>,
+    text: &str,
+    what: &str,
     column: &str,
 ) -> Result<Option<T>, JsonError> {
-    map.get(column)
-        .map(|v| serde_json::from_value(v.clone()).map_err(|e| format!("column {column}: {e}")))
+    json::member(text, column, what)?
+        .map(|v| serde_json::from_str(v.get()).map_err(|e| format!("column {column}: {e}")))
         .transpose()
 }
 

@@ -9,11 +9,13 @@
 //! `tables` limits the plugin to some tables (default: all). Key columns are left alone:
 //! they identify the row downstream.
 //!
-//! Values are parsed only when a configured column name occurs in the text, so records
-//! without sensitive columns pass at the cost of a substring search.
+//! Values are read only when a configured column name occurs in the text, so records
+//! without sensitive columns pass at the cost of a substring search; then only the
+//! redacted values are decoded (`screamer_plugin_sdk::json::edit_members`).
 
-use screamer_plugin_sdk::{Outcome, Plugin, Record};
-use serde_json::{Map, Value};
+use screamer_plugin_sdk::{Outcome, Plugin, Record, json};
+use serde_json::Value;
+use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 #[derive(Debug, serde::Deserialize)]
@@ -84,31 +86,33 @@ impl Plugin for Redact {
 }
 
 impl Redact {
-    /// The redacted text, or `None` when no configured column is in it.
+    /// The redacted text, or `None` when no configured column is in it. Only the redacted
+    /// values are decoded; the other members are copied as Spanner wrote them.
     pub fn redact_text(&self, text: &str) -> Result<Option<String>, String> {
         if !self.needles.iter().any(|n| text.contains(n.as_str())) {
             return Ok(None);
         }
-        let mut values: Map<String, Value> =
-            serde_json::from_str(text).map_err(|e| format!("values are not a JSON object: {e}"))?;
-        let mut changed = false;
-        for column in &self.config.columns {
-            if let Some(v) = values.get_mut(column) {
-                *v = self.redact_value(v);
-                changed = true;
-            }
-        }
-        Ok(changed.then(|| Value::Object(values).to_string()))
+        json::edit_members(text, "values", |column, value| {
+            self.config
+                .columns
+                .iter()
+                .any(|c| c == column)
+                .then(|| self.redact_value(value))
+        })
     }
 
-    fn redact_value(&self, value: &Value) -> Value {
+    fn redact_value(&self, value: &RawValue) -> Value {
         match self.config.mode {
             Mode::Mask => Value::String("[REDACTED]".into()),
             Mode::Null => Value::Null,
             Mode::Hash => {
+                // The value's canonical text, so that equal values hash alike however
+                // their text was escaped.
+                let canonical = serde_json::from_str::<Value>(value.get())
+                    .map_or_else(|_| value.get().to_owned(), |v| v.to_string());
                 let mut h = Sha256::new();
                 h.update(self.config.salt.as_bytes());
-                h.update(value.to_string().as_bytes());
+                h.update(canonical.as_bytes());
                 Value::String(hex(&h.finalize()))
             }
         }
