@@ -327,6 +327,46 @@ fn extra_fields_cannot_shadow_the_record_and_output_parses_back() {
     assert_eq!(parse(&again.stdout), parse(&run.stdout));
 }
 
+/// A plugin may rename a record's table, but what the host read from Spanner stays the
+/// input's, on the output and for the next plugin of the chain.
+#[test]
+fn a_plugin_cannot_rewrite_the_metadata_the_host_read() {
+    let input = named_records(&["forge", "ok"]);
+    let enrich = plugin("enrich").display().to_string();
+    let run = plugin_run(&[&chaos(), &enrich], &input).unwrap();
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let inputs = parse(&input.lines().map(String::from).collect::<Vec<_>>());
+    let outputs = parse(&run.stdout);
+    assert_eq!(outputs.len(), 2);
+    let (was, now) = (&inputs[0], &outputs[0]);
+    assert_eq!(
+        now["table_name"], "Forged",
+        "the table is the plugin's to change"
+    );
+    for field in [
+        "partition_token",
+        "commit_timestamp",
+        "record_sequence",
+        "server_transaction_id",
+        "transaction_tag",
+        "value_capture_type",
+        "number_of_records_in_transaction",
+    ] {
+        assert_eq!(now[field], was[field], "{field}");
+    }
+    // enrich, after chaos, saw the input's commit timestamp, not the forged 0.
+    let millis = now["commit_unix_millis"].as_i64().unwrap();
+    let committed = time::OffsetDateTime::parse(
+        was["commit_timestamp"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    assert_eq!(
+        i128::from(millis),
+        committed.unix_timestamp_nanos() / 1_000_000
+    );
+}
+
 #[test]
 fn guest_output_is_logged_escaped_and_quoted_in_the_dead_letter_never_written_raw() {
     // Dead letters go to stderr by default: the guest's stderr must not corrupt them.

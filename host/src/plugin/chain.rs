@@ -197,7 +197,7 @@ impl Chain {
                     output: None,
                     record: OutputRecord::Unchanged,
                 }),
-                Staged::Changed { record, by } => {
+                Staged::Changed { record, by, .. } => {
                     finish(&mut result, origin, None, record, &versions[by], inputs)
                 }
             }
@@ -342,16 +342,18 @@ impl Turn<'_> {
         &self,
         stage: Stage<'a>,
         outcomes: Vec<Result<Outcome, String>>,
-        sorted: &mut Sorted<'_, '_>,
+        sorted: &mut Sorted<'_, 'a>,
     ) -> Stage<'a> {
         let n = stage.records.len();
         let mut next = Stage {
             origins: Vec::with_capacity(n),
             records: Vec::with_capacity(n),
         };
-        let changed = |record| Staged::Changed {
+        let inputs = sorted.inputs;
+        let changed = |record, origin: usize| Staged::Changed {
             record,
             by: self.slot,
+            origin: inputs[origin].record,
         };
         let mut counts = OutcomeCounts::default();
         let items = stage.origins.into_iter().zip(stage.records).zip(outcomes);
@@ -368,7 +370,7 @@ impl Turn<'_> {
                 }
                 Ok(Outcome::Replace(r)) => {
                     counts.replace += 1;
-                    next.push(origin, changed(r));
+                    next.push(origin, changed(r, origin));
                     continue;
                 }
                 Ok(Outcome::Emit(emissions)) => {
@@ -379,7 +381,7 @@ impl Turn<'_> {
                         sorted.emitted[origin] = total;
                         for e in emissions {
                             match e.output {
-                                None => next.push(origin, changed(e.record)),
+                                None => next.push(origin, changed(e.record, origin)),
                                 Some(name) => finish(
                                     sorted.result,
                                     origin,

@@ -1,8 +1,11 @@
 //! Records across the boundary: host [`DataChangeRecord`]s to WIT change records and back.
 //!
-//! Invariants: column types stay on the host (the original record's are re-attached on the
-//! way back); whatever a plugin returns is checked before it can reach the output — every
-//! row field a JSON object, `extra` a JSON object or empty, the timestamp representable.
+//! Invariants: what the host read from Spanner stays the host's — column types and the
+//! record's metadata (partition token, commit timestamp, record sequence, transaction id,
+//! tag and counts, capture type) are the input record's on every record a plugin returns or
+//! is handed, whatever a plugin put in them; a plugin changes only the table name, mod
+//! type, mods and extra. Those are checked before they can reach the output: every row
+//! field a JSON object, `extra` a JSON object or empty, not shadowing the record's fields.
 
 use serde_json::{Map, Value};
 
@@ -10,8 +13,7 @@ use super::bindings::{
     ChangeRecordParam, ChangeRecordResult, ModType as WitModType, RowChangeParam,
     Timestamp as WitTimestamp,
 };
-use crate::record::{DataChangeRecord, JsonObject, Mod, ModType, ValueCaptureType};
-use crate::timestamp::Timestamp;
+use crate::record::{DataChangeRecord, JsonObject, Mod, ModType};
 
 /// A record between two plugins of a chain.
 // Unboxed on purpose: a box would cost an allocation per record a plugin makes, on the hot
@@ -23,10 +25,11 @@ pub(super) enum Staged<'a> {
         record: &'a DataChangeRecord,
         extra: &'a str,
     },
-    /// What the plugin in chain slot `by` made of it.
+    /// What the plugin in chain slot `by` made of the input record `origin`.
     Changed {
         record: ChangeRecordResult,
         by: usize,
+        origin: &'a DataChangeRecord,
     },
 }
 
@@ -68,58 +71,59 @@ impl Staged<'_> {
         }
     }
 
-    /// The record as the guest receives it, lowered straight from host memory.
+    /// The record as the guest receives it, lowered straight from host memory; a changed
+    /// record with its input record's metadata.
     pub(super) fn param<'b>(&'b self, rows: &'b [RowChangeParam<'b>]) -> ChangeRecordParam<'b> {
         match self {
-            Staged::Input { record, extra } => {
-                let nanos = record.commit_timestamp.unix_nanos();
-                ChangeRecordParam {
-                    partition_token: record.partition_token.as_str(),
-                    commit_timestamp: WitTimestamp {
-                        seconds: nanos.div_euclid(1_000_000_000) as i64,
-                        nanos: nanos.rem_euclid(1_000_000_000) as u32,
-                    },
-                    record_sequence: &record.record_sequence,
-                    server_transaction_id: &record.server_transaction_id,
-                    is_last_record_in_transaction_in_partition: record
-                        .is_last_record_in_transaction_in_partition,
-                    table_name: &record.table_name,
-                    mod_type: match record.mod_type {
-                        ModType::Insert => WitModType::Insert,
-                        ModType::Update => WitModType::Update,
-                        ModType::Delete => WitModType::Delete,
-                    },
-                    mods: rows,
-                    value_capture_type: record.value_capture_type.as_str(),
-                    number_of_records_in_transaction: clamp(
-                        record.number_of_records_in_transaction,
-                    ),
-                    number_of_partitions_in_transaction: clamp(
-                        record.number_of_partitions_in_transaction,
-                    ),
-                    transaction_tag: &record.transaction_tag,
-                    is_system_transaction: record.is_system_transaction,
-                    extra,
-                }
-            }
-            Staged::Changed { record: r, .. } => ChangeRecordParam {
-                partition_token: &r.partition_token,
-                commit_timestamp: r.commit_timestamp,
-                record_sequence: &r.record_sequence,
-                server_transaction_id: &r.server_transaction_id,
-                is_last_record_in_transaction_in_partition: r
-                    .is_last_record_in_transaction_in_partition,
+            Staged::Input { record, extra } => ChangeRecordParam {
+                table_name: &record.table_name,
+                mod_type: match record.mod_type {
+                    ModType::Insert => WitModType::Insert,
+                    ModType::Update => WitModType::Update,
+                    ModType::Delete => WitModType::Delete,
+                },
+                extra,
+                ..metadata(record, rows)
+            },
+            Staged::Changed {
+                record: r, origin, ..
+            } => ChangeRecordParam {
                 table_name: &r.table_name,
                 mod_type: r.mod_type,
                 mods: rows,
-                value_capture_type: &r.value_capture_type,
-                number_of_records_in_transaction: r.number_of_records_in_transaction,
-                number_of_partitions_in_transaction: r.number_of_partitions_in_transaction,
-                transaction_tag: &r.transaction_tag,
-                is_system_transaction: r.is_system_transaction,
                 extra: &r.extra,
+                ..metadata(origin, rows)
             },
         }
+    }
+}
+
+/// `record`'s metadata as the guest receives it, with `rows` as its mods (the table, mod
+/// type and extra are the caller's to set).
+fn metadata<'b>(
+    record: &'b DataChangeRecord,
+    rows: &'b [RowChangeParam<'b>],
+) -> ChangeRecordParam<'b> {
+    let nanos = record.commit_timestamp.unix_nanos();
+    ChangeRecordParam {
+        partition_token: record.partition_token.as_str(),
+        commit_timestamp: WitTimestamp {
+            seconds: nanos.div_euclid(1_000_000_000) as i64,
+            nanos: nanos.rem_euclid(1_000_000_000) as u32,
+        },
+        record_sequence: &record.record_sequence,
+        server_transaction_id: &record.server_transaction_id,
+        is_last_record_in_transaction_in_partition: record
+            .is_last_record_in_transaction_in_partition,
+        table_name: "",
+        mod_type: WitModType::Insert,
+        mods: rows,
+        value_capture_type: record.value_capture_type.as_str(),
+        number_of_records_in_transaction: clamp(record.number_of_records_in_transaction),
+        number_of_partitions_in_transaction: clamp(record.number_of_partitions_in_transaction),
+        transaction_tag: &record.transaction_tag,
+        is_system_transaction: record.is_system_transaction,
+        extra: "",
     }
 }
 
@@ -127,28 +131,15 @@ fn clamp(n: i64) -> u32 {
     u32::try_from(n.max(0)).unwrap_or(u32::MAX)
 }
 
-/// A plugin's record as a host record with `origin`'s column types, plus its extra fields.
-/// Row fields whose text is the origin's are reused as they are; only changed ones are
-/// validated (a JSON parse each). Extra fields may not shadow the record's own fields or
-/// the side-output tag: the output line must parse back as the record it claims to be.
+/// A plugin's record as a host record: its table name, mod type, mods and extra fields,
+/// with `origin`'s column types and metadata. Row fields whose text is the origin's are
+/// reused as they are; only changed ones are validated (a JSON parse each). Extra fields may
+/// not shadow the record's own fields or the side-output tag: the output line must parse
+/// back as the record it claims to be.
 pub(super) fn to_host(
     record: ChangeRecordResult,
     origin: &DataChangeRecord,
 ) -> Result<(DataChangeRecord, Option<Map<String, Value>>), String> {
-    let ts = record.commit_timestamp;
-    let commit_timestamp = (ts.nanos < 1_000_000_000)
-        .then(|| {
-            Timestamp::from_unix_nanos(
-                i128::from(ts.seconds) * 1_000_000_000 + i128::from(ts.nanos),
-            )
-        })
-        .flatten()
-        .ok_or_else(|| {
-            format!(
-                "commit_timestamp {}s {}ns is out of range",
-                ts.seconds, ts.nanos
-            )
-        })?;
     let mods = record
         .mods
         .into_iter()
@@ -168,27 +159,37 @@ pub(super) fn to_host(
         .collect::<Result<Vec<_>, String>>()?;
     let extra = parse_extra(&record.extra)?;
     let host = DataChangeRecord {
-        partition_token: record.partition_token.into(),
-        commit_timestamp,
-        record_sequence: record.record_sequence,
-        server_transaction_id: record.server_transaction_id,
-        is_last_record_in_transaction_in_partition: record
-            .is_last_record_in_transaction_in_partition,
         table_name: record.table_name,
-        column_types: origin.column_types.clone(),
         mods,
         mod_type: match record.mod_type {
             WitModType::Insert => ModType::Insert,
             WitModType::Update => ModType::Update,
             WitModType::Delete => ModType::Delete,
         },
-        value_capture_type: ValueCaptureType::from(record.value_capture_type.as_str()),
-        number_of_records_in_transaction: i64::from(record.number_of_records_in_transaction),
-        number_of_partitions_in_transaction: i64::from(record.number_of_partitions_in_transaction),
-        transaction_tag: record.transaction_tag,
-        is_system_transaction: record.is_system_transaction,
+        ..metadata_of(origin)
     };
     Ok((host, extra))
+}
+
+/// A record with `origin`'s column types and metadata, and nothing else.
+fn metadata_of(origin: &DataChangeRecord) -> DataChangeRecord {
+    DataChangeRecord {
+        partition_token: origin.partition_token.clone(),
+        commit_timestamp: origin.commit_timestamp,
+        record_sequence: origin.record_sequence.clone(),
+        server_transaction_id: origin.server_transaction_id.clone(),
+        is_last_record_in_transaction_in_partition: origin
+            .is_last_record_in_transaction_in_partition,
+        table_name: String::new(),
+        column_types: origin.column_types.clone(),
+        mods: Vec::new(),
+        mod_type: origin.mod_type,
+        value_capture_type: origin.value_capture_type.clone(),
+        number_of_records_in_transaction: origin.number_of_records_in_transaction,
+        number_of_partitions_in_transaction: origin.number_of_partitions_in_transaction,
+        transaction_tag: origin.transaction_tag.clone(),
+        is_system_transaction: origin.is_system_transaction,
+    }
 }
 
 /// `extra` as a map: a JSON object (or empty) none of whose keys is a record field or
@@ -274,6 +275,49 @@ mod tests {
         let (back, extra) = to_host(result(&original, ""), &original).unwrap();
         assert_eq!(back, original);
         assert_eq!(extra, None);
+    }
+
+    #[test]
+    fn metadata_stays_the_origins_and_the_plugins_own_fields_are_taken() {
+        let original = record();
+        let mut wit = result(&original, "");
+        wit.partition_token = "forged".into();
+        wit.commit_timestamp = WitTimestamp {
+            seconds: 0,
+            nanos: 2_000_000_000,
+        };
+        wit.record_sequence = "forged".into();
+        wit.server_transaction_id = "forged".into();
+        wit.is_last_record_in_transaction_in_partition = false;
+        wit.value_capture_type = "NEW_ROW".into();
+        wit.number_of_records_in_transaction = 99;
+        wit.number_of_partitions_in_transaction = 99;
+        wit.transaction_tag = "forged".into();
+        wit.is_system_transaction = true;
+        wit.table_name = "Renamed".into();
+        wit.mod_type = WitModType::Delete;
+        let (back, _) = to_host(wit, &original).unwrap();
+        let expected = DataChangeRecord {
+            table_name: "Renamed".into(),
+            mod_type: ModType::Delete,
+            ..original.clone()
+        };
+        assert_eq!(back, expected);
+
+        // The next plugin of a chain is handed the origin's metadata too.
+        let mut forged = result(&original, "");
+        forged.record_sequence = "forged".into();
+        forged.table_name = "Renamed".into();
+        let staged = Staged::Changed {
+            record: forged,
+            by: 0,
+            origin: &original,
+        };
+        let mut rows = Vec::new();
+        staged.push_rows(&mut rows);
+        let p = staged.param(&rows);
+        assert_eq!(p.record_sequence, "00000001");
+        assert_eq!(p.table_name, "Renamed");
     }
 
     #[test]
