@@ -137,7 +137,9 @@ impl ModType {
 }
 
 impl Record {
-    /// An empty record of `table` (for tests and for records a plugin makes up).
+    /// An empty record of `table` (for tests and for records a plugin makes up). Emitted,
+    /// it gets its input record's metadata from the host: partition token, commit
+    /// timestamp, record sequence and transaction fields are never the plugin's.
     pub fn new(table: &str, mod_type: ModType) -> Self {
         Record {
             partition_token: String::new(),
