@@ -38,14 +38,14 @@ const WINDOW: usize = 256;
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The client's options from the URI's query: one way to authenticate (`user` and
-/// `password`, `token`, `nkey` or `creds`, see [`authenticated`]); `tls=true` to require
+/// `password`, `token`, `nkey` or `creds`, see [`Credentials`]); `tls=true` to require
 /// TLS, `tls_ca` (a PEM file of root certificates, which implies TLS) and `tls_cert` with
 /// `tls_key` (a client certificate).
 fn connect_options(
     query: &std::collections::BTreeMap<String, String>,
 ) -> Result<async_nats::ConnectOptions, NatsError> {
     let options = async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(10));
-    let mut options = authenticated(options, query)?;
+    let mut options = Credentials::from_query(query)?.apply(options)?;
     let get = |key: &str| query.get(key).cloned();
     match get("tls").as_deref() {
         Some("true") => options = options.require_tls(true),
@@ -79,60 +79,89 @@ fn connect_options(
     Ok(options)
 }
 
-/// `options` with the credentials the query names, of which there may be one kind:
-/// `user` with `password`; `token`; `nkey`, a file holding an NKey seed (`SU…`, as
-/// `nsc` or `nk -gen user` write it); `creds`, a `.creds` file (a user JWT and its seed, as
-/// `nsc` and Synadia Cloud issue). Files are read, and seeds checked, here: a bad one is a
-/// start-up error naming the file, not a refusal by the server.
-fn authenticated(
-    options: async_nats::ConnectOptions,
-    query: &std::collections::BTreeMap<String, String>,
-) -> Result<async_nats::ConnectOptions, NatsError> {
-    let get = |key: &str| query.get(key).cloned();
-    let secret_file = |key: &str, path: String| {
-        std::fs::read_to_string(&path)
-            .map_err(|e| NatsError::Options(format!("option {key}={path}: {e}")))
-            .map(|text| (path, text))
-    };
-    let kinds = [
-        query.contains_key("user") || query.contains_key("password"),
-        query.contains_key("token"),
-        query.contains_key("nkey"),
-        query.contains_key("creds"),
-    ];
-    if kinds.iter().filter(|&&k| k).count() > 1 {
-        return Err(NatsError::Options(
-            "options user/password, token, nkey and creds are alternatives: give one".to_owned(),
-        ));
+/// How the client authenticates, as the URI's query says: one kind at most.
+enum Credentials {
+    Anonymous,
+    UserPassword {
+        user: String,
+        password: String,
+    },
+    Token(String),
+    /// A file holding an NKey seed (`SU…`, as `nsc` or `nk -gen user` write it).
+    NKey {
+        path: String,
+    },
+    /// A `.creds` file: a user JWT and its seed, as `nsc` and Synadia Cloud issue.
+    Creds {
+        path: String,
+    },
+}
+
+impl Credentials {
+    fn from_query(query: &std::collections::BTreeMap<String, String>) -> Result<Self, NatsError> {
+        let get = |key: &str| query.get(key).cloned();
+        let given = [
+            ["user", "password"].as_slice(),
+            &["token"],
+            &["nkey"],
+            &["creds"],
+        ]
+        .iter()
+        .filter(|keys| keys.iter().any(|k| query.contains_key(*k)))
+        .count();
+        if given > 1 {
+            return Err(NatsError::Options(
+                "options user/password, token, nkey and creds are alternatives: give one".into(),
+            ));
+        }
+        Ok(match (get("user"), get("password")) {
+            (Some(user), Some(password)) => Credentials::UserPassword { user, password },
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(NatsError::Options(
+                    "options user and password go together".into(),
+                ));
+            }
+            (None, None) => match (get("token"), get("nkey"), get("creds")) {
+                (Some(token), ..) => Credentials::Token(token),
+                (_, Some(path), _) => Credentials::NKey { path },
+                (.., Some(path)) => Credentials::Creds { path },
+                _ => Credentials::Anonymous,
+            },
+        })
     }
-    if let (Some(_), None) | (None, Some(_)) = (get("user"), get("password")) {
-        return Err(NatsError::Options(
-            "options user and password go together".to_owned(),
-        ));
+
+    /// `options` with these credentials. Files are read, and seeds checked, here: a bad
+    /// one is a start-up error naming the file, not a refusal by the server.
+    fn apply(
+        self,
+        options: async_nats::ConnectOptions,
+    ) -> Result<async_nats::ConnectOptions, NatsError> {
+        let read = |key: &str, path: &str| {
+            std::fs::read_to_string(path)
+                .map_err(|e| NatsError::Options(format!("option {key}={path}: {e}")))
+        };
+        Ok(match self {
+            Credentials::Anonymous => options,
+            Credentials::UserPassword { user, password } => {
+                options.user_and_password(user, password)
+            }
+            Credentials::Token(token) => options.token(token),
+            Credentials::NKey { path } => {
+                let seed = read("nkey", &path)?.trim().to_owned();
+                nkeys::KeyPair::from_seed(&seed).map_err(|e| {
+                    NatsError::Options(format!("option nkey={path}: not an NKey seed ({e})"))
+                })?;
+                options.nkey(seed)
+            }
+            Credentials::Creds { path } => {
+                options.credentials(&read("creds", &path)?).map_err(|e| {
+                    NatsError::Options(format!(
+                        "option creds={path}: not a NATS credentials file ({e})"
+                    ))
+                })?
+            }
+        })
     }
-    if let (Some(user), Some(password)) = (get("user"), get("password")) {
-        return Ok(options.user_and_password(user, password));
-    }
-    if let Some(token) = get("token") {
-        return Ok(options.token(token));
-    }
-    if let Some(path) = get("nkey") {
-        let (path, text) = secret_file("nkey", path)?;
-        let seed = text.trim();
-        nkeys::KeyPair::from_seed(seed).map_err(|e| {
-            NatsError::Options(format!("option nkey={path}: not an NKey seed ({e})"))
-        })?;
-        return Ok(options.nkey(seed.to_owned()));
-    }
-    if let Some(path) = get("creds") {
-        let (path, text) = secret_file("creds", path)?;
-        return options.credentials(&text).map_err(|e| {
-            NatsError::Options(format!(
-                "option creds={path}: not a NATS credentials file ({e})"
-            ))
-        });
-    }
-    Ok(options)
 }
 
 /// Connects, waiting (with backoff, logged) while the server cannot be reached; a server
@@ -474,6 +503,51 @@ impl Destination for Nats {
 mod tests {
     use super::*;
     use crate::destination::{Attributes, Envelope};
+
+    fn credentials(query: &[(&str, &str)]) -> Result<Credentials, String> {
+        let query = query
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Credentials::from_query(&query).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn one_kind_of_credentials_at_most() {
+        assert!(matches!(credentials(&[]), Ok(Credentials::Anonymous)));
+        assert!(matches!(
+            credentials(&[("user", "u"), ("password", "p")]),
+            Ok(Credentials::UserPassword { .. })
+        ));
+        assert!(matches!(
+            credentials(&[("token", "t")]),
+            Ok(Credentials::Token(_))
+        ));
+        assert!(matches!(
+            credentials(&[("nkey", "f")]),
+            Ok(Credentials::NKey { .. })
+        ));
+        assert!(matches!(
+            credentials(&[("creds", "f")]),
+            Ok(Credentials::Creds { .. })
+        ));
+        for two in [
+            [("user", "u"), ("token", "t")],
+            [("password", "p"), ("creds", "f")],
+            [("nkey", "f"), ("creds", "f")],
+        ] {
+            let err = credentials(&two).err().unwrap();
+            assert!(
+                err.ends_with("are alternatives: give one"),
+                "{two:?}: {err}"
+            );
+        }
+        let err = credentials(&[("password", "p")]).err().unwrap();
+        assert!(
+            err.ends_with("options user and password go together"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn subjects_and_headers_nats_cannot_carry_are_unsendable() {
