@@ -5,7 +5,8 @@
 //! `"bomb"` allocates until the memory cap stops it, `"fail"` returns a plugin error,
 //! `"sleep"` sleeps 30 s in WASI (the deadline must hold there too), `"amplify"` emits
 //! 400,000 tiny records, `"fan:N"` emits N copies, `"shadow"` sets extra fields named like the
-//! record's own, `"forge"` rewrites the record's metadata (and renames its table), `"shout"` writes forged lines to stderr and stdout then panics, `"connect"`
+//! record's own, `"forge"` rewrites the record's metadata (and renames its table),
+//! `"shout"` writes forged lines to stderr and stdout then panics, `"connect"`
 //! opens a TCP connection to the configured `connect` address and reports it in
 //! `extra.connected`; any other value passes, tagged with `extra.processed_by` = this
 //! build's [`TAG`].
