@@ -85,8 +85,11 @@ pub mod bindings {
 }
 
 pub use bindings::screamer::plugin::types::{
-    ChangeRecord as Record, Emission, ModType, Outcome, PluginInfo, RowChange, Timestamp,
+    ChangeRecord as Record, Emission, ModType, Origin, Outcome, PluginInfo, RowChange, Timestamp,
 };
+pub use origin::{origin, origin_at};
+
+pub mod origin;
 
 /// A plugin: built once per instance from its configuration, then fed records.
 ///
@@ -103,9 +106,14 @@ pub trait Plugin: Sized + 'static {
     /// What becomes of one record.
     fn process(&mut self, record: Record) -> Outcome;
 
-    /// One outcome per record, in order. Override to work on the whole batch at once.
+    /// One outcome per record, in order. Override to work on the whole batch at once (and
+    /// read each record's origin with [`origin_at`]).
     fn process_batch(&mut self, batch: Vec<Record>) -> Vec<Outcome> {
-        batch.into_iter().map(|r| self.process(r)).collect()
+        batch
+            .into_iter()
+            .enumerate()
+            .map(|(index, record)| origin::processing(index, || self.process(record)))
+            .collect()
     }
 }
 
@@ -137,28 +145,15 @@ impl ModType {
 }
 
 impl Record {
-    /// An empty record of `table` (for tests and for records a plugin makes up). Emitted,
-    /// it gets its input record's metadata from the host: partition token, commit
-    /// timestamp, record sequence and transaction fields are never the plugin's.
+    /// An empty record of `table` (for tests and for records a plugin makes up). Returned
+    /// or emitted, it has its input record's [`Origin`]: commit timestamp, partition and
+    /// transaction are never the plugin's.
     pub fn new(table: &str, mod_type: ModType) -> Self {
         Record {
-            partition_token: String::new(),
-            commit_timestamp: Timestamp {
-                seconds: 0,
-                nanos: 0,
-            },
-            record_sequence: "00000000".into(),
-            server_transaction_id: String::new(),
-            is_last_record_in_transaction_in_partition: true,
             table_name: table.into(),
             mod_type,
             mods: Vec::new(),
-            value_capture_type: "OLD_AND_NEW_VALUES".into(),
-            number_of_records_in_transaction: 1,
-            number_of_partitions_in_transaction: 1,
-            transaction_tag: String::new(),
-            is_system_transaction: false,
-            extra: String::new(),
+            extra: None,
         }
     }
 
@@ -170,14 +165,14 @@ impl Record {
 
     /// The extra top-level output fields, parsed.
     pub fn extra_map(&self) -> Result<Map<String, Value>, JsonError> {
-        parse_object(&self.extra, "extra")
+        parse_object(self.extra.as_deref().unwrap_or(""), "extra")
     }
 
     /// Sets one extra top-level output field (it appears beside `table_name` and the rest).
     pub fn set_extra(&mut self, name: &str, value: impl Into<Value>) -> Result<(), JsonError> {
         let mut extra = self.extra_map()?;
         extra.insert(name.to_owned(), value.into());
-        self.extra = Value::Object(extra).to_string();
+        self.extra = Some(Value::Object(extra).to_string());
         Ok(())
     }
 }
@@ -455,7 +450,7 @@ mod tests {
         let mut r = Record::new("T", ModType::Update);
         r.set_extra("a", 1).unwrap();
         r.set_extra("b", "x").unwrap();
-        assert_eq!(r.extra, r#"{"a":1,"b":"x"}"#);
+        assert_eq!(r.extra.as_deref(), Some(r#"{"a":1,"b":"x"}"#));
     }
 
     struct Upper;
@@ -468,6 +463,44 @@ mod tests {
             record.table_name = record.table_name.to_uppercase();
             Outcome::Replace(record)
         }
+    }
+
+    /// Tags each record with its origin's sequence.
+    struct Sequence;
+    impl Plugin for Sequence {
+        type Config = NoConfig;
+        fn new(_: NoConfig) -> Result<Self, String> {
+            Ok(Sequence)
+        }
+        fn process(&mut self, mut record: Record) -> Outcome {
+            let sequence = origin().expect("an origin while processing").record_sequence;
+            record.set_extra("sequence", sequence).unwrap();
+            Outcome::Replace(record)
+        }
+    }
+
+    #[test]
+    fn each_record_of_a_batch_has_its_own_origin() {
+        let at = |sequence: &str| Origin {
+            record_sequence: sequence.into(),
+            ..Origin::at(Timestamp {
+                seconds: 1,
+                nanos: 0,
+            })
+        };
+        origin::set_for_tests(vec![at("a"), at("b")]);
+        let batch = vec![Record::new("T", ModType::Insert); 2];
+        let out = Sequence.process_batch(batch);
+        let sequences: Vec<Value> = out
+            .iter()
+            .map(|o| match o {
+                Outcome::Replace(r) => r.extra_map().unwrap()["sequence"].clone(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(sequences, ["a", "b"]);
+        assert_eq!(origin_at(1), Some(at("b")));
+        assert_eq!(origin_at(2), None);
     }
 
     #[test]

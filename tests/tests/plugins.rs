@@ -384,7 +384,7 @@ fn bad_plugins_and_configurations_are_refused_with_one_line() {
         (
             vec![path("wrong_world")],
             format!(
-                "error: plugin {}: not a screamer:plugin@0.1.0 plugin: it exports wasi:cli/run@0.2.",
+                "error: plugin {}: not a screamer:plugin@0.2.0 plugin: it exports wasi:cli/run@0.2.",
                 path("wrong_world")
             ),
         ),
@@ -454,15 +454,25 @@ fn plugin_check_reports_the_component() {
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let report: Value = serde_json::from_str(&run.stdout[0]).unwrap();
     assert_eq!(report["name"], "filter");
-    assert_eq!(report["world"], "screamer:plugin@0.1.0");
+    assert_eq!(report["world"], "screamer:plugin@0.2.0");
     assert_eq!(
         report["exports"],
-        json!(["screamer:plugin/processor@0.1.0"])
+        json!(["screamer:plugin/processor@0.2.0"])
     );
-    assert!(report["imports"].as_array().unwrap().iter().all(|i| {
-        let i = i.as_str().unwrap();
+    let imports = |report: &Value| -> Vec<String> {
+        let imports = report["imports"].as_array().unwrap().iter();
+        imports.map(|i| i.as_str().unwrap().to_owned()).collect()
+    };
+    assert!(imports(&report).iter().all(|i| {
         i.starts_with("wasi:") || i.starts_with("screamer:plugin/")
     }));
+    // Origins are imported only by a plugin that asks for them (enrich reads the commit
+    // timestamp), so the others do not pay for them.
+    let batch = "screamer:plugin/batch@0.2.0".to_owned();
+    assert!(!imports(&report).contains(&batch), "{report}");
+    let run = screamer(&["plugin", "check", &path("enrich"), "--json"], "").unwrap();
+    let report: Value = serde_json::from_str(&run.stdout[0]).unwrap();
+    assert!(imports(&report).contains(&batch), "{report}");
     let run = screamer(&["plugin", "check", &path("wrong_world")], "").unwrap();
     assert_eq!(run.code, Some(2));
     assert!(

@@ -6,7 +6,8 @@
 //! instance's [`GuestOutput`], never the host's streams. Exports are called asynchronously,
 //! so a guest blocked in WASI (a sleep, a poll, a socket) can be stopped at its deadline.
 //! Records are lowered from borrowed host data (`ChangeRecordParam`): nothing is copied on
-//! the host to hand a record to a plugin.
+//! the host to hand a record to a plugin. The records' origins are copied into the store
+//! for a call only when the plugin imports `batch` (it may ask for them).
 
 use std::sync::Arc;
 
@@ -26,12 +27,15 @@ wasmtime::component::bindgen!({
 
 pub use self::screamer::plugin::log::Level;
 pub use self::screamer::plugin::types::{
-    ChangeRecordParam, ChangeRecordResult, ModType, Outcome, PluginInfo, RowChangeParam, Timestamp,
+    ChangeRecordParam, ChangeRecordResult, ModType, Origin, Outcome, PluginInfo, RowChangeParam,
+    Timestamp,
 };
 
 /// The world this host runs, and the export every plugin must have.
-pub const WORLD: &str = "screamer:plugin@0.1.0";
-pub const PROCESSOR_EXPORT: &str = "screamer:plugin/processor@0.1.0";
+pub const WORLD: &str = "screamer:plugin@0.2.0";
+pub const PROCESSOR_EXPORT: &str = "screamer:plugin/processor@0.2.0";
+/// The import through which a plugin reads its records' origins.
+pub const BATCH_IMPORT: &str = "screamer:plugin/batch@0.2.0";
 
 /// What one store carries.
 pub struct HostState {
@@ -40,6 +44,9 @@ pub struct HostState {
     pub(super) limits: StoreLimits,
     /// The guest's stdout, stderr and log lines, tagged `name@version`.
     pub(super) output: GuestOutput,
+    /// The origins of the records of the call under way, by index (empty between calls,
+    /// and for a plugin that does not import `batch`).
+    pub(super) origins: Vec<Origin>,
 }
 
 impl HostState {
@@ -62,6 +69,7 @@ impl HostState {
             table: ResourceTable::new(),
             limits,
             output,
+            origins: Vec::new(),
         })
     }
 }
@@ -77,6 +85,12 @@ impl WasiView for HostState {
 
 impl self::screamer::plugin::types::Host for HostState {}
 
+impl self::screamer::plugin::batch::Host for HostState {
+    fn origin_of(&mut self, index: u32) -> Option<Origin> {
+        self.origins.get(index as usize).cloned()
+    }
+}
+
 impl self::screamer::plugin::log::Host for HostState {
     fn log(&mut self, level: Level, message: String) {
         let level = match level {
@@ -91,7 +105,7 @@ impl self::screamer::plugin::log::Host for HostState {
 }
 
 /// The linker every plugin is instantiated with: WASI 0.2 (granting nothing by default)
-/// and the `log` import.
+/// and the `log` and `batch` imports.
 pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<HostState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;

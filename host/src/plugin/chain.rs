@@ -21,7 +21,7 @@ use serde_json::{Map, Value};
 use tokio::time::Instant;
 
 use super::bindings::{ChangeRecordParam, ChangeRecordResult, Outcome, RowChangeParam};
-use super::convert::{Staged, extra_text, to_host};
+use super::convert::{Staged, extra_text, origin, to_host};
 use super::instance::Instance;
 use super::version::PluginVersion;
 use crate::observe::{Event, NoObserver, Observer, OutcomeCounts};
@@ -152,7 +152,7 @@ impl Chain {
                 instances: (0..self.slots.len()).map(|_| None).collect(),
             });
         let mut result = ChainResult::default();
-        let extras: Vec<String> = inputs.iter().map(|i| extra_text(i.extra)).collect();
+        let extras: Vec<Option<String>> = inputs.iter().map(|i| extra_text(i.extra)).collect();
         let mut emitted = vec![0usize; inputs.len()];
         let mut stage = Stage {
             origins: (0..inputs.len()).collect(),
@@ -161,7 +161,7 @@ impl Chain {
                 .zip(&extras)
                 .map(|(i, extra)| Staged::Input {
                     record: i.record,
-                    extra,
+                    extra: extra.as_deref(),
                 })
                 .collect(),
         };
@@ -318,8 +318,13 @@ impl Turn<'_> {
                 r.param(mine)
             })
             .collect();
+        let origins = if self.version.reads_origins {
+            records.iter().map(|r| origin(r.origin())).collect()
+        } else {
+            Vec::new()
+        };
         let (_, live) = self.instance.as_mut().expect("instance started above");
-        let result = live.process(&params, deadline).await;
+        let result = live.process(&params, origins, deadline).await;
         self.report_call(records.len(), began, result.is_err());
         if result.is_err() {
             *self.instance = None;

@@ -1,16 +1,18 @@
-//! Records across the boundary: host [`DataChangeRecord`]s to WIT change records and back.
+//! Records across the boundary: host [`DataChangeRecord`]s to WIT change records and
+//! origins, and back.
 //!
 //! Invariants: what the host read from Spanner stays the host's — column types and the
-//! record's metadata (partition token, commit timestamp, record sequence, transaction id,
+//! record's origin (partition token, commit timestamp, record sequence, transaction id,
 //! tag and counts, capture type) are the input record's on every record a plugin returns or
-//! is handed, whatever a plugin put in them; a plugin changes only the table name, mod
-//! type, mods and extra. Those are checked before they can reach the output: every row
-//! field a JSON object, `extra` a JSON object or empty, not shadowing the record's fields.
+//! is handed; the WIT record a plugin returns has no place for them. A plugin changes the
+//! table name, mod type, mods and extra, which are checked before they can reach the
+//! output: every row field a JSON object, `extra` a JSON object not shadowing the record's
+//! fields.
 
 use serde_json::{Map, Value};
 
 use super::bindings::{
-    ChangeRecordParam, ChangeRecordResult, ModType as WitModType, RowChangeParam,
+    ChangeRecordParam, ChangeRecordResult, ModType as WitModType, Origin, RowChangeParam,
     Timestamp as WitTimestamp,
 };
 use crate::record::{DataChangeRecord, JsonObject, Mod, ModType};
@@ -20,10 +22,10 @@ use crate::record::{DataChangeRecord, JsonObject, Mod, ModType};
 // path; stages live for one chain run.
 #[allow(clippy::large_enum_variant)]
 pub(super) enum Staged<'a> {
-    /// The input record as it came, with its extra fields as JSON text ("" for none).
+    /// The input record as it came, with its extra fields as JSON text.
     Input {
         record: &'a DataChangeRecord,
-        extra: &'a str,
+        extra: Option<&'a str>,
     },
     /// What the plugin in chain slot `by` made of the input record `origin`.
     Changed {
@@ -34,14 +36,13 @@ pub(super) enum Staged<'a> {
 }
 
 /// The extra fields of an input record as the WIT's `extra` text.
-pub(super) fn extra_text(extra: Option<&Map<String, Value>>) -> String {
-    match extra {
-        Some(map) if !map.is_empty() => serde_json::to_string(map).expect("a JSON map serializes"),
-        _ => String::new(),
-    }
+pub(super) fn extra_text(extra: Option<&Map<String, Value>>) -> Option<String> {
+    extra
+        .filter(|map| !map.is_empty())
+        .map(|map| serde_json::to_string(map).expect("a JSON map serializes"))
 }
 
-impl Staged<'_> {
+impl<'a> Staged<'a> {
     /// Appends the record's row changes, borrowed, to `rows` (one buffer for a whole call,
     /// sliced by [`Staged::param`]).
     pub(super) fn push_rows<'b>(&'b self, rows: &mut Vec<RowChangeParam<'b>>) {
@@ -71,8 +72,7 @@ impl Staged<'_> {
         }
     }
 
-    /// The record as the guest receives it, lowered straight from host memory; a changed
-    /// record with its input record's metadata.
+    /// The record as the guest receives it, lowered straight from host memory.
     pub(super) fn param<'b>(&'b self, rows: &'b [RowChangeParam<'b>]) -> ChangeRecordParam<'b> {
         match self {
             Staged::Input { record, extra } => ChangeRecordParam {
@@ -82,48 +82,45 @@ impl Staged<'_> {
                     ModType::Update => WitModType::Update,
                     ModType::Delete => WitModType::Delete,
                 },
-                extra,
-                ..metadata(record, rows)
-            },
-            Staged::Changed {
-                record: r, origin, ..
-            } => ChangeRecordParam {
-                table_name: &r.table_name,
-                mod_type: r.mod_type,
                 mods: rows,
-                extra: &r.extra,
-                ..metadata(origin, rows)
+                extra: *extra,
             },
+            Staged::Changed { record, .. } => ChangeRecordParam {
+                table_name: &record.table_name,
+                mod_type: record.mod_type,
+                mods: rows,
+                extra: record.extra.as_deref(),
+            },
+        }
+    }
+
+    /// The input record this one came from: whose origin it has.
+    pub(super) fn origin(&self) -> &'a DataChangeRecord {
+        match self {
+            Staged::Input { record, .. } => record,
+            Staged::Changed { origin, .. } => origin,
         }
     }
 }
 
-/// `record`'s metadata as the guest receives it, with `rows` as its mods (the table, mod
-/// type and extra are the caller's to set).
-fn metadata<'b>(
-    record: &'b DataChangeRecord,
-    rows: &'b [RowChangeParam<'b>],
-) -> ChangeRecordParam<'b> {
+/// What the host read about `record`, as the guest asks for it (`batch.origin-of`).
+pub(super) fn origin(record: &DataChangeRecord) -> Origin {
     let nanos = record.commit_timestamp.unix_nanos();
-    ChangeRecordParam {
-        partition_token: record.partition_token.as_str(),
+    Origin {
+        partition_token: record.partition_token.as_str().to_owned(),
         commit_timestamp: WitTimestamp {
             seconds: nanos.div_euclid(1_000_000_000) as i64,
             nanos: nanos.rem_euclid(1_000_000_000) as u32,
         },
-        record_sequence: &record.record_sequence,
-        server_transaction_id: &record.server_transaction_id,
+        record_sequence: record.record_sequence.clone(),
+        server_transaction_id: record.server_transaction_id.clone(),
         is_last_record_in_transaction_in_partition: record
             .is_last_record_in_transaction_in_partition,
-        table_name: "",
-        mod_type: WitModType::Insert,
-        mods: rows,
-        value_capture_type: record.value_capture_type.as_str(),
+        value_capture_type: record.value_capture_type.as_str().to_owned(),
         number_of_records_in_transaction: clamp(record.number_of_records_in_transaction),
         number_of_partitions_in_transaction: clamp(record.number_of_partitions_in_transaction),
-        transaction_tag: &record.transaction_tag,
+        transaction_tag: record.transaction_tag.clone(),
         is_system_transaction: record.is_system_transaction,
-        extra: "",
     }
 }
 
@@ -157,7 +154,7 @@ pub(super) fn to_host(
             })
         })
         .collect::<Result<Vec<_>, String>>()?;
-    let extra = parse_extra(&record.extra)?;
+    let extra = record.extra.as_deref().map(parse_extra).transpose()?.flatten();
     let host = DataChangeRecord {
         table_name: record.table_name,
         mods,
@@ -192,7 +189,7 @@ fn metadata_of(origin: &DataChangeRecord) -> DataChangeRecord {
     }
 }
 
-/// `extra` as a map: a JSON object (or empty) none of whose keys is a record field or
+/// `extra` as a map (none when empty): a JSON object none of whose keys is a record field or
 /// another name the output line reserves ([`DataChangeRecord::FIELDS`]).
 fn parse_extra(text: &str) -> Result<Option<Map<String, Value>>, String> {
     if text.trim().is_empty() {
@@ -237,18 +234,12 @@ mod tests {
     }
 
     /// What a plugin returning the record unchanged hands back.
-    fn result(record: &DataChangeRecord, extra: &str) -> ChangeRecordResult {
+    fn result(record: &DataChangeRecord, extra: Option<&str>) -> ChangeRecordResult {
         let staged = Staged::Input { record, extra };
         let mut rows = Vec::new();
         staged.push_rows(&mut rows);
         let p = staged.param(&rows);
         ChangeRecordResult {
-            partition_token: p.partition_token.into(),
-            commit_timestamp: p.commit_timestamp,
-            record_sequence: p.record_sequence.into(),
-            server_transaction_id: p.server_transaction_id.into(),
-            is_last_record_in_transaction_in_partition: p
-                .is_last_record_in_transaction_in_partition,
             table_name: p.table_name.into(),
             mod_type: p.mod_type,
             mods: p
@@ -260,77 +251,69 @@ mod tests {
                     old_values: m.old_values.into(),
                 })
                 .collect(),
-            value_capture_type: p.value_capture_type.into(),
-            number_of_records_in_transaction: p.number_of_records_in_transaction,
-            number_of_partitions_in_transaction: p.number_of_partitions_in_transaction,
-            transaction_tag: p.transaction_tag.into(),
-            is_system_transaction: p.is_system_transaction,
-            extra: p.extra.into(),
+            extra: p.extra.map(Into::into),
         }
     }
 
     #[test]
     fn round_trips_every_field() {
         let original = record();
-        let (back, extra) = to_host(result(&original, ""), &original).unwrap();
+        let (back, extra) = to_host(result(&original, None), &original).unwrap();
         assert_eq!(back, original);
         assert_eq!(extra, None);
+        let (_, extra) = to_host(result(&original, Some(r#"{"a":1}"#)), &original).unwrap();
+        assert_eq!(extra.unwrap()["a"], 1);
     }
 
     #[test]
-    fn metadata_stays_the_origins_and_the_plugins_own_fields_are_taken() {
+    fn the_origin_is_what_the_host_read() {
         let original = record();
-        let mut wit = result(&original, "");
-        wit.partition_token = "forged".into();
-        wit.commit_timestamp = WitTimestamp {
-            seconds: 0,
-            nanos: 2_000_000_000,
+        let o = origin(&original);
+        assert_eq!(o.partition_token, "tok");
+        assert_eq!(o.commit_timestamp.seconds, 1_795_809_600);
+        assert_eq!(o.commit_timestamp.nanos, 123_456_789);
+        assert_eq!(o.record_sequence, "00000001");
+        assert_eq!(o.server_transaction_id, "tx");
+        assert!(o.is_last_record_in_transaction_in_partition);
+        assert_eq!(o.value_capture_type, "OLD_AND_NEW_VALUES");
+        assert_eq!(o.number_of_records_in_transaction, 2);
+        assert_eq!(o.number_of_partitions_in_transaction, 1);
+        assert_eq!(o.transaction_tag, "t");
+        assert!(!o.is_system_transaction);
+
+        // A changed record keeps its input's origin, and its own fields are taken.
+        let mut changed = result(&original, None);
+        changed.table_name = "Renamed".into();
+        changed.mod_type = WitModType::Delete;
+        let staged = Staged::Changed {
+            record: changed,
+            by: 0,
+            origin: &original,
         };
-        wit.record_sequence = "forged".into();
-        wit.server_transaction_id = "forged".into();
-        wit.is_last_record_in_transaction_in_partition = false;
-        wit.value_capture_type = "NEW_ROW".into();
-        wit.number_of_records_in_transaction = 99;
-        wit.number_of_partitions_in_transaction = 99;
-        wit.transaction_tag = "forged".into();
-        wit.is_system_transaction = true;
-        wit.table_name = "Renamed".into();
-        wit.mod_type = WitModType::Delete;
-        let (back, _) = to_host(wit, &original).unwrap();
+        assert!(std::ptr::eq(staged.origin(), &original));
+        let Staged::Changed { record, .. } = staged else {
+            unreachable!()
+        };
+        let (back, _) = to_host(record, &original).unwrap();
         let expected = DataChangeRecord {
             table_name: "Renamed".into(),
             mod_type: ModType::Delete,
             ..original.clone()
         };
         assert_eq!(back, expected);
-
-        // The next plugin of a chain is handed the origin's metadata too.
-        let mut forged = result(&original, "");
-        forged.record_sequence = "forged".into();
-        forged.table_name = "Renamed".into();
-        let staged = Staged::Changed {
-            record: forged,
-            by: 0,
-            origin: &original,
-        };
-        let mut rows = Vec::new();
-        staged.push_rows(&mut rows);
-        let p = staged.param(&rows);
-        assert_eq!(p.record_sequence, "00000001");
-        assert_eq!(p.table_name, "Renamed");
     }
 
     #[test]
     fn refuses_what_would_break_the_output() {
         let original = record();
-        let mut wit = result(&original, "");
+        let mut wit = result(&original, None);
         wit.mods[0].new_values = "[1, 2]".into();
         let err = to_host(wit, &original).unwrap_err();
         assert!(
             err.starts_with("mods[0].new_values: not a JSON object"),
             "{err}"
         );
-        let wit = result(&original, "nope");
+        let wit = result(&original, Some("nope"));
         assert!(
             to_host(wit, &original)
                 .unwrap_err()
@@ -348,7 +331,7 @@ mod tests {
                 "a name the host's output line reserves",
             ),
         ] {
-            let err = to_host(result(&original, shadow), &original).unwrap_err();
+            let err = to_host(result(&original, Some(shadow)), &original).unwrap_err();
             assert!(err.contains(what), "{err}");
         }
     }

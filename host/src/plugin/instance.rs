@@ -14,7 +14,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 use wasmtime::{Engine, Store, Trap};
 
-use super::bindings::{ChangeRecordParam, HostState, Outcome, Plugin, PluginInfo, PluginPre};
+use super::bindings::{
+    ChangeRecordParam, HostState, Origin, Outcome, Plugin, PluginInfo, PluginPre,
+};
 use super::version::{EPOCH_TICK, PluginVersion};
 use super::{Limits, PluginSpec};
 
@@ -96,17 +98,22 @@ impl Instance {
             .map_err(InitError::Refused)
     }
 
+    /// Processes `batch`; `origins` are what the plugin gets from `batch.origin-of` during the
+    /// call (empty for a plugin that does not import it).
     pub async fn process(
         &mut self,
         batch: &[ChangeRecordParam<'_>],
+        origins: Vec<Origin>,
         deadline: Instant,
     ) -> Result<Vec<Outcome>, String> {
         arm(&mut self.store, &self.limits, deadline);
+        self.store.data_mut().origins = origins;
         let call = self
             .plugin
             .screamer_plugin_processor()
             .call_process(&mut self.store, batch);
         let r = tokio::time::timeout_at(deadline, call).await;
+        self.store.data_mut().origins.clear();
         settle(r, &mut self.store, &self.limits)
     }
 }

@@ -112,7 +112,11 @@ pub enum PluginError {
         path.display()
     )]
     WrongWorld { path: PathBuf, exports: String },
-    #[error("plugin {}: built for {found}; this host runs {WORLD}", path.display())]
+    #[error(
+        "plugin {}: built for {found}; this host runs {WORLD} (rebuild it with \
+         screamer-plugin-sdk 0.2, or for this world: docs/write-a-plugin.md)",
+        path.display()
+    )]
     WrongVersion { path: PathBuf, found: String },
     #[error("plugin {}: imports what the host does not provide: {message}", path.display())]
     Imports { path: PathBuf, message: String },

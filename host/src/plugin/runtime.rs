@@ -125,6 +125,7 @@ impl PluginRuntime {
             engine: self.engine.clone(),
             config_text,
             tag,
+            reads_origins: prepared.imports.iter().any(|i| i == bindings::BATCH_IMPORT),
             _ticker: self.ticker.clone(),
             load_time,
             from_cache: prepared.from_cache,
@@ -387,13 +388,14 @@ mod tests {
         let err = check_world(p, &["wasi:cli/run@0.2.6".to_owned()]).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "plugin x.wasm: not a screamer:plugin@0.1.0 plugin: it exports wasi:cli/run@0.2.6; \
-             expected an export screamer:plugin/processor@0.1.0"
+            "plugin x.wasm: not a screamer:plugin@0.2.0 plugin: it exports wasi:cli/run@0.2.6; \
+             expected an export screamer:plugin/processor@0.2.0"
         );
-        let err = check_world(p, &["screamer:plugin/processor@0.2.0".to_owned()]).unwrap_err();
+        let err = check_world(p, &["screamer:plugin/processor@0.1.0".to_owned()]).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "plugin x.wasm: built for screamer:plugin@0.2.0; this host runs screamer:plugin@0.1.0"
+            "plugin x.wasm: built for screamer:plugin@0.1.0; this host runs screamer:plugin@0.2.0 \
+             (rebuild it with screamer-plugin-sdk 0.2, or for this world: docs/write-a-plugin.md)"
         );
     }
 }

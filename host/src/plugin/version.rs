@@ -46,6 +46,8 @@ pub struct PluginVersion {
     pub(super) engine: Engine,
     pub(super) config_text: String,
     pub(super) tag: Arc<str>,
+    /// Whether the component imports `batch`: only then are its calls' origins copied.
+    pub(super) reads_origins: bool,
     pub(super) _ticker: Arc<EpochTicker>,
     /// How long loading took, and whether the compiled artifact came from the cache.
     pub load_time: Duration,

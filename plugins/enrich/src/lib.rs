@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 
-use screamer_plugin_sdk::{Outcome, Plugin, Record, export_plugin};
+use screamer_plugin_sdk::{Outcome, Plugin, Record, export_plugin, origin};
 use serde_json::Value;
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -48,7 +48,9 @@ impl Enrich {
             }
             changed.extend(old.keys().filter(|c| !new.contains_key(*c)).cloned());
         }
-        let ts = &record.commit_timestamp;
+        let ts = origin()
+            .ok_or("enrich: no origin for the record")?
+            .commit_timestamp;
         let millis = ts.seconds * 1000 + i64::from(ts.nanos / 1_000_000);
         record.set_extra(
             "changed_columns",
@@ -66,22 +68,22 @@ export_plugin!(Enrich);
 
 #[cfg(test)]
 mod tests {
-    use screamer_plugin_sdk::{ModType, RowChange, Timestamp};
+    use screamer_plugin_sdk::{ModType, Origin, RowChange, Timestamp};
     use serde_json::json;
 
     use super::*;
 
     #[test]
     fn derives_changed_columns_and_commit_millis() {
-        let mut record = Record::new("Users", ModType::Update).with_mod(RowChange::new(
+        let record = Record::new("Users", ModType::Update).with_mod(RowChange::new(
             json!({"Id": "1"}),
             json!({"Name": "Bo", "Age": "7"}),
             json!({"Name": "Al", "Age": "7", "Gone": true}),
         ));
-        record.commit_timestamp = Timestamp {
+        screamer_plugin_sdk::origin::set_for_tests(vec![Origin::at(Timestamp {
             seconds: 1_700_000_000,
             nanos: 123_456_789,
-        };
+        })]);
         let mut p = Enrich::new(serde_json::from_str(r#"{"source": "db1"}"#).unwrap()).unwrap();
         let Outcome::Replace(out) = p.process(record) else {
             panic!("expected a replacement")

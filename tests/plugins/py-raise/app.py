@@ -1,13 +1,15 @@
 """py-raise: a Python test plugin whose exceptions escape (componentize-py traps on them).
 
-A record whose first row has new value Name == "raise" raises ValueError out of `process`;
-every other record is kept. The host must put the exception's text, which Python prints to
+A record whose first row has new value Name == "raise" raises ValueError out of `process`,
+naming the record by its sequence (its origin, asked of the host); every other record is
+kept. The host must put the exception's text, which Python prints to
 stderr, in the dead letter.
 """
 
 import json
 
 from wit_world import exports
+from wit_world.imports import batch as host_batch
 from wit_world.imports.types import ChangeRecord, Outcome, Outcome_Keep, PluginInfo
 
 
@@ -19,8 +21,9 @@ class Processor(exports.Processor):
         pass
 
     def process(self, batch: list[ChangeRecord]) -> list[Outcome]:
-        for record in batch:
+        for index, record in enumerate(batch):
             values = json.loads(record.mods[0].new_values) if record.mods else {}
             if values.get("Name") == "raise":
-                raise ValueError(f"py-raise: refusing record {record.record_sequence}")
+                sequence = host_batch.origin_of(index).record_sequence
+                raise ValueError(f"py-raise: refusing record {sequence}")
         return [Outcome_Keep() for _ in batch]

@@ -4,9 +4,6 @@
 //!
 //! Run: `scripts/bench-plugins.sh` (release build; plugins from target/plugins/).
 //! `BENCH_RECORDS` (default 60000) records per measurement, `BENCH_REPEATS` (default 3).
-//! `BENCH_EMPTY_METADATA=1` makes the four metadata strings of every record empty
-//! (partition token, record sequence, transaction id and tag): what crossing the boundary
-//! without them would gain, the measurement behind the next WIT version's shape.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -146,18 +143,8 @@ fn main() -> anyhow::Result<()> {
     pin_to_one_core();
     let n = env_usize("BENCH_RECORDS", 60_000);
     let repeats = env_usize("BENCH_REPEATS", 3);
-    let empty_metadata = env_usize("BENCH_EMPTY_METADATA", 0) != 0;
     let records: Vec<DataChangeRecord> = (0..n)
         .map(|i| record(i, if i % 2 == 0 { "Customers" } else { "Orders" }))
-        .map(|mut r| {
-            if empty_metadata {
-                r.partition_token = Default::default();
-                r.record_sequence.clear();
-                r.server_transaction_id.clear();
-                r.transaction_tag.clear();
-            }
-            r
-        })
         .collect();
     let size = serde_json::to_string(&records[0])?.len();
     let cache = std::env::temp_dir().join(format!("screamer-plugin-bench-{}", std::process::id()));
@@ -172,19 +159,15 @@ fn main() -> anyhow::Result<()> {
     let filter = spec("filter", json!({"tables": ["Customers"]}));
     let redact_config = json!({"columns": ["Email", "Phone"]});
     let redact = spec("redact", redact_config.clone());
+    let enrich = spec("enrich", json!({}));
     let load = |s: &PluginSpec| block(runtime.load(s));
     // First loads compile and fill the cache; the measured loads below come from it.
-    for s in [&pass, &keep, &filter, &redact] {
+    for s in [&pass, &keep, &filter, &redact, &enrich] {
         load(s)?;
     }
     println!(
         "screamer plugin runtime benchmark: {n} records of {size} bytes (10-column UPDATE), one core, median of {repeats}"
     );
-    if empty_metadata {
-        println!(
-            "(BENCH_EMPTY_METADATA: partition token, record sequence, transaction id and tag empty)"
-        );
-    }
     println!();
     println!("| case | batch 1 | batch 64 | batch 256 |");
     println!("|---|---|---|---|");
@@ -199,6 +182,10 @@ fn main() -> anyhow::Result<()> {
         ),
         ("filter by table (half kept)", vec![&filter]),
         ("redact 2 columns (mask)", vec![&redact]),
+        (
+            "enrich (reads every old and new value, asks each record's origin)",
+            vec![&enrich],
+        ),
         (
             "chain filter -> redact -> pass-through",
             vec![&filter, &redact, &pass],

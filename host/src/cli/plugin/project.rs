@@ -395,13 +395,14 @@ fn sdk_at(path: &Path) -> Result<String, RunError> {
     ))
 }
 
-/// The SDK versions that speak this host's plugin world: same major and minor.
+/// The SDK versions that speak this host's plugin world: the world's major and minor.
 fn sdk_version() -> String {
-    let version = env!("CARGO_PKG_VERSION");
-    version
-        .rsplit_once('.')
-        .map_or(version, |(v, _)| v)
-        .to_owned()
+    let world = WIT
+        .lines()
+        .find_map(|l| l.strip_prefix("package screamer:plugin@"))
+        .and_then(|v| v.strip_suffix(';'))
+        .expect("the WIT names its package");
+    world.rsplit_once('.').map_or(world, |(v, _)| v).to_owned()
 }
 
 /// The name in a project's manifest.
@@ -527,14 +528,14 @@ mod tests {
 
     #[test]
     fn the_sdk_version_is_the_world_s_major_and_minor() {
-        // The SDK and the host share the workspace version; the WIT package has the same
-        // major and minor (the version policy in plugin-sdk's docs).
-        let world = WIT
+        // The version policy in plugin-sdk's Cargo.toml: SDK x.y.* builds world x.y.
+        let sdk = include_str!("../../../../plugin-sdk/Cargo.toml")
             .lines()
-            .find_map(|l| l.strip_prefix("package screamer:plugin@"))
-            .and_then(|v| v.strip_suffix(';'))
-            .expect("the WIT names its package");
-        assert!(world.starts_with(&format!("{}.", sdk_version())), "{world}");
+            .find_map(|l| l.strip_prefix("version = \""))
+            .and_then(|v| v.strip_suffix('"'))
+            .expect("the SDK has its own version");
+        assert_eq!(sdk_version(), "0.2");
+        assert!(sdk.starts_with(&format!("{}.", sdk_version())), "{sdk}");
     }
 
     #[test]

@@ -5,8 +5,7 @@
 //! `"bomb"` allocates until the memory cap stops it, `"fail"` returns a plugin error,
 //! `"sleep"` sleeps 30 s in WASI (the deadline must hold there too), `"amplify"` emits
 //! 400,000 tiny records, `"fan:N"` emits N copies, `"shadow"` sets extra fields named like the
-//! record's own, `"forge"` rewrites the record's metadata (and renames its table),
-//! `"shout"` writes forged lines to stderr and stdout then panics, `"connect"`
+//! record's own, `"shout"` writes forged lines to stderr and stdout then panics, `"connect"`
 //! opens a TCP connection to the configured `connect` address and reports it in
 //! `extra.connected`; any other value passes, tagged with `extra.processed_by` = this
 //! build's [`TAG`].
@@ -14,7 +13,7 @@
 //! sleep 30 s, `{"panic_after": N}` makes every instance panic on its (N+1)th record,
 //! `{"connect": "HOST:PORT"}` is where `"connect"` goes.
 
-use screamer_plugin_sdk::{Emission, Outcome, Plugin, Record, Timestamp, export_plugin};
+use screamer_plugin_sdk::{Emission, Outcome, Plugin, Record, export_plugin};
 
 /// Tests patch these bytes in the built `.wasm` (same length) to make distinct versions of
 /// one build: a different file hash and a different tag on every record.
@@ -93,22 +92,8 @@ impl Plugin for Chaos {
                     400_000
                 ])
             }
-            "forge" => {
-                record.partition_token = "forged".into();
-                record.commit_timestamp = Timestamp {
-                    seconds: 0,
-                    nanos: 0,
-                };
-                record.record_sequence = "forged".into();
-                record.server_transaction_id = "forged".into();
-                record.transaction_tag = "forged".into();
-                record.value_capture_type = "NEW_ROW".into();
-                record.number_of_records_in_transaction = 99;
-                record.table_name = "Forged".into();
-                Outcome::Replace(record)
-            }
             "shadow" => {
-                record.extra = r#"{"table_name":"Shadow","mods":[],"output":"x"}"#.to_owned();
+                record.extra = Some(r#"{"table_name":"Shadow","mods":[],"output":"x"}"#.to_owned());
                 Outcome::Replace(record)
             }
             "shout" => {
