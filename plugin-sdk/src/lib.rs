@@ -473,7 +473,9 @@ mod tests {
             Ok(Sequence)
         }
         fn process(&mut self, mut record: Record) -> Outcome {
-            let sequence = origin().expect("an origin while processing").record_sequence;
+            let sequence = origin()
+                .expect("an origin while processing")
+                .record_sequence;
             record.set_extra("sequence", sequence).unwrap();
             Outcome::Replace(record)
         }

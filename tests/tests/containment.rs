@@ -344,7 +344,9 @@ fn every_record_has_its_input_s_origin_through_a_chain() {
         .collect();
     assert_eq!(
         sequences,
-        ["00000000", "00000000", "00000000", "00000003", "00000004", "00000004"]
+        [
+            "00000000", "00000000", "00000000", "00000003", "00000004", "00000004"
+        ]
     );
     for now in &outputs {
         let was = inputs
@@ -470,7 +472,9 @@ fn javascript_exceptions_reach_the_dead_letter_with_their_message() {
     let failed = dead_letters(&dead);
     assert_eq!(failed.len(), 1, "{}", run.stderr);
     assert!(
-        failed[0].1.contains("boom from javascript on Throw 00000001"),
+        failed[0]
+            .1
+            .contains("boom from javascript on Throw 00000001"),
         "{}",
         failed[0].1
     );

@@ -463,9 +463,11 @@ fn plugin_check_reports_the_component() {
         let imports = report["imports"].as_array().unwrap().iter();
         imports.map(|i| i.as_str().unwrap().to_owned()).collect()
     };
-    assert!(imports(&report).iter().all(|i| {
-        i.starts_with("wasi:") || i.starts_with("screamer:plugin/")
-    }));
+    assert!(
+        imports(&report)
+            .iter()
+            .all(|i| { i.starts_with("wasi:") || i.starts_with("screamer:plugin/") })
+    );
     // Origins are imported only by a plugin that asks for them (enrich reads the commit
     // timestamp), so the others do not pay for them.
     let batch = "screamer:plugin/batch@0.2.0".to_owned();

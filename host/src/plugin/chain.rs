@@ -375,7 +375,11 @@ impl Turn<'_> {
                 }
                 Ok(Outcome::Replace(r)) => {
                     counts.replace += 1;
-                    next.push(origin, changed(r, origin));
+                    if record.is_unchanged_by(&r) {
+                        next.push(origin, record);
+                    } else {
+                        next.push(origin, changed(r, origin));
+                    }
                     continue;
                 }
                 Ok(Outcome::Emit(emissions)) => {

@@ -94,6 +94,40 @@ impl<'a> Staged<'a> {
         }
     }
 
+    /// Whether a plugin's `record` is this one unchanged (what a map that changes nothing
+    /// returns): then it goes on as it is, costing no conversion.
+    pub(super) fn is_unchanged_by(&self, record: &ChangeRecordResult) -> bool {
+        let mine = self.param(&[]); // the rows are compared one by one below
+        mine.table_name == record.table_name
+            && mine.mod_type == record.mod_type
+            && mine.extra == record.extra.as_deref()
+            && self.row_count() == record.mods.len()
+            && record.mods.iter().enumerate().all(|(i, theirs)| {
+                let (keys, new_values, old_values) = self.row(i);
+                keys == theirs.keys
+                    && new_values == theirs.new_values
+                    && old_values == theirs.old_values
+            })
+    }
+
+    /// Row change `i`'s keys, new values and old values.
+    fn row(&self, i: usize) -> (&str, &str, &str) {
+        match self {
+            Staged::Input { record, .. } => {
+                let m = &record.mods[i];
+                (
+                    m.keys.as_str(),
+                    m.new_values.as_str(),
+                    m.old_values.as_str(),
+                )
+            }
+            Staged::Changed { record, .. } => {
+                let m = &record.mods[i];
+                (&m.keys, &m.new_values, &m.old_values)
+            }
+        }
+    }
+
     /// The input record this one came from: whose origin it has.
     pub(super) fn origin(&self) -> &'a DataChangeRecord {
         match self {
@@ -154,7 +188,12 @@ pub(super) fn to_host(
             })
         })
         .collect::<Result<Vec<_>, String>>()?;
-    let extra = record.extra.as_deref().map(parse_extra).transpose()?.flatten();
+    let extra = record
+        .extra
+        .as_deref()
+        .map(parse_extra)
+        .transpose()?
+        .flatten();
     let host = DataChangeRecord {
         table_name: record.table_name,
         mods,
@@ -301,6 +340,42 @@ mod tests {
             ..original.clone()
         };
         assert_eq!(back, expected);
+    }
+
+    #[test]
+    fn a_replacement_is_unchanged_only_when_every_field_is() {
+        let original = record();
+        let input = Staged::Input {
+            record: &original,
+            extra: None,
+        };
+        assert!(input.is_unchanged_by(&result(&original, None)));
+        let mut changes: Vec<fn(&mut ChangeRecordResult)> = vec![
+            |r| r.table_name = "Other".into(),
+            |r| r.mod_type = WitModType::Delete,
+            |r| r.extra = Some(r#"{"a":1}"#.into()),
+            |r| r.mods[0].keys = r#"{"Id":"2"}"#.into(),
+            |r| r.mods[0].new_values = "{}".into(),
+            |r| r.mods[0].old_values = r#"{"Name":"b"}"#.into(),
+            |r| r.mods.clear(),
+        ];
+        changes.push(|r| {
+            let row = r.mods[0].clone();
+            r.mods.push(row);
+        });
+        for change in changes {
+            let mut changed = result(&original, None);
+            change(&mut changed);
+            assert!(!input.is_unchanged_by(&changed));
+            // A record a plugin changed is compared the same way.
+            let staged = Staged::Changed {
+                record: changed.clone(),
+                by: 0,
+                origin: &original,
+            };
+            assert!(staged.is_unchanged_by(&changed));
+            assert!(!staged.is_unchanged_by(&result(&original, None)));
+        }
     }
 
     #[test]
