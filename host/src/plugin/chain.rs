@@ -6,6 +6,8 @@
 //! - A call that fails is retried record by record on fresh instances (a one-record call
 //!   too), each retry within its own deadline: only the records that fail alone fail, and a
 //!   plugin that blocks costs one deadline per record it blocks on, plus one for the call.
+//! - A record a plugin keeps, or replaces with an identical one, goes on as it was: no
+//!   conversion back, and no new host record.
 //! - One input record turns into at most `max_emissions` records over the whole chain;
 //!   beyond that it fails, naming the limit.
 //! - One `run` uses one version of each plugin (a snapshot taken at its start), so a hot
