@@ -69,7 +69,8 @@ pub fn edit_members(
         match edit(name, value) {
             Some(new) => {
                 changed = true;
-                out.push_str(&new.to_string());
+                // `to_string` of the serializer, not `Display`: no formatter in between.
+                out.push_str(&serde_json::to_string(&new).expect("a Value always encodes"));
             }
             None => out.push_str(value.get()),
         }
@@ -78,15 +79,18 @@ pub fn edit_members(
     Ok(changed.then_some(out))
 }
 
-/// `name` as a JSON string.
-fn push_name(out: &mut String, name: &str) {
-    let plain = !name.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20);
-    if plain {
-        out.push('"');
-        out.push_str(name);
-        out.push('"');
-    } else {
-        out.push_str(&Value::from(name).to_string());
+/// `name` as a JSON string. A borrowed name had no escapes in the text (it could not be
+/// borrowed otherwise), so it needs none now.
+fn push_name(out: &mut String, name: &Cow<'_, str>) {
+    match name {
+        Cow::Borrowed(plain) => {
+            out.push('"');
+            out.push_str(plain);
+            out.push('"');
+        }
+        Cow::Owned(unescaped) => {
+            out.push_str(&serde_json::to_string(unescaped).expect("a string always encodes"))
+        }
     }
 }
 
