@@ -60,13 +60,14 @@ pub fn edit_members(
     let mut out = String::with_capacity(text.len() + 16);
     let mut changed = false;
     out.push('{');
-    for (i, (name, value)) in members.iter().enumerate() {
+    for (i, (name, value)) in members.into_iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
+        let edited = edit(&name, value);
         push_name(&mut out, name);
         out.push(':');
-        match edit(name, value) {
+        match edited {
             Some(new) => {
                 changed = true;
                 // `to_string` of the serializer, not `Display`: no formatter in between.
@@ -81,7 +82,7 @@ pub fn edit_members(
 
 /// `name` as a JSON string. A borrowed name had no escapes in the text (it could not be
 /// borrowed otherwise), so it needs none now.
-fn push_name(out: &mut String, name: &Cow<'_, str>) {
+fn push_name(out: &mut String, name: Cow<'_, str>) {
     match name {
         Cow::Borrowed(plain) => {
             out.push('"');
@@ -89,7 +90,7 @@ fn push_name(out: &mut String, name: &Cow<'_, str>) {
             out.push('"');
         }
         Cow::Owned(unescaped) => {
-            out.push_str(&serde_json::to_string(unescaped).expect("a string always encodes"))
+            out.push_str(&serde_json::to_string(&unescaped).expect("a string always encodes"))
         }
     }
 }
