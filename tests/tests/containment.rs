@@ -509,6 +509,13 @@ fn network_grants_are_by_destination() {
     };
     assert_eq!(connected(&format!("\"127.0.0.1:{port}\"")), "ok");
     assert_eq!(connected("\"127.0.0.0/8:*\""), "ok");
+    // A name is resolved when the plugin connects, not when its instance starts.
+    assert_eq!(connected(&format!("\"localhost:{port}\"")), "ok");
+    assert_ne!(
+        connected(&format!("\"nowhere.invalid:{port}\"")),
+        "ok",
+        "a name that does not resolve allows nothing"
+    );
     assert_ne!(connected(""), "ok", "no grant: no connection");
     assert_ne!(
         connected(&format!("\"127.0.0.1:{}\"", port.wrapping_add(1).max(1))),

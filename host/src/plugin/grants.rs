@@ -7,10 +7,11 @@
 //! listen. Name lookups are allowed only when some destination is granted.
 
 use std::fmt;
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
@@ -34,8 +35,8 @@ pub struct PreopenDir {
 }
 
 /// One granted destination: `HOST:PORT`, where HOST is an IP address, a CIDR block
-/// (`10.0.0.0/8`, IPv6 in brackets: `[fd00::]/8`) or a name resolved when the instance
-/// starts, and PORT a number or `*`.
+/// (`10.0.0.0/8`, IPv6 in brackets: `[fd00::]/8`) or a name (the addresses it resolves to
+/// when the plugin connects), and PORT a number or `*`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetworkGrant {
     pub host: HostPattern,
@@ -138,46 +139,97 @@ fn full_prefix(addr: &IpAddr) -> u8 {
     if addr.is_ipv4() { 32 } else { 128 }
 }
 
-/// Addresses a set of grants allows, with names resolved.
-#[derive(Debug, Clone)]
-struct Allowed(Vec<(IpAddr, u8, Option<u16>)>);
+/// How long the addresses a granted name resolved to are trusted before it is resolved again,
+/// and how long a failed resolution is remembered.
+const NAME_TTL: Duration = Duration::from_secs(30);
+const FAILED_NAME_TTL: Duration = Duration::from_secs(2);
+
+/// Addresses a set of grants allows. Names are resolved when a socket asks for an address
+/// that no IP grant covers: inside the plugin's WASI call, so within its deadline, never
+/// while an instance starts, and again after [`NAME_TTL`] so a long run follows DNS.
+#[derive(Debug)]
+struct Allowed {
+    nets: Vec<(IpAddr, u8, Option<u16>)>,
+    names: Vec<GrantedName>,
+}
+
+#[derive(Debug)]
+struct GrantedName {
+    name: String,
+    port: Option<u16>,
+    /// The last resolution: when it expires and what it gave (empty when it failed).
+    resolved: Mutex<Option<(Instant, Arc<[IpAddr]>)>>,
+}
 
 impl Allowed {
-    /// Resolves every named grant now (a name that does not resolve allows nothing).
-    fn resolve(grants: &[NetworkGrant]) -> Self {
-        let mut allowed = Vec::new();
+    fn new(grants: &[NetworkGrant]) -> Self {
+        let mut allowed = Allowed {
+            nets: Vec::new(),
+            names: Vec::new(),
+        };
         for g in grants {
             match &g.host {
-                HostPattern::Net { addr, prefix } => allowed.push((*addr, *prefix, g.port)),
-                HostPattern::Name(name) => {
-                    let found = (name.as_str(), g.port.unwrap_or(1)).to_socket_addrs();
-                    match found {
-                        Ok(addrs) => {
-                            for a in addrs {
-                                allowed.push((a.ip(), full_prefix(&a.ip()), g.port));
-                            }
-                        }
-                        Err(e) => tracing::warn!(grant = %g, "granted host does not resolve: {e}"),
-                    }
-                }
+                HostPattern::Net { addr, prefix } => allowed.nets.push((*addr, *prefix, g.port)),
+                HostPattern::Name(name) => allowed.names.push(GrantedName {
+                    name: name.clone(),
+                    port: g.port,
+                    resolved: Mutex::new(None),
+                }),
             }
         }
-        Allowed(allowed)
+        allowed
     }
 
-    fn permits(&self, addr: SocketAddr, use_: SocketAddrUse) -> bool {
+    async fn permits(&self, addr: SocketAddr, use_: SocketAddrUse) -> bool {
         match use_ {
             // Implicit binds (before connect or the first datagram) use the wildcard address.
             SocketAddrUse::TcpBind | SocketAddrUse::UdpBind => {
                 addr.ip().is_unspecified() && addr.port() == 0
             }
             SocketAddrUse::TcpConnect | SocketAddrUse::UdpSend | SocketAddrUse::UdpReceive => {
-                self.0.iter().any(|(net, prefix, port)| {
-                    port.is_none_or(|p| p == addr.port()) && in_net(addr.ip(), *net, *prefix)
-                })
+                let port_matches = |port: Option<u16>| port.is_none_or(|p| p == addr.port());
+                if self.nets.iter().any(|(net, prefix, port)| {
+                    port_matches(*port) && in_net(addr.ip(), *net, *prefix)
+                }) {
+                    return true;
+                }
+                let ip = addr.ip().to_canonical();
+                for granted in self.names.iter().filter(|g| port_matches(g.port)) {
+                    if granted.addresses().await.contains(&ip) {
+                        return true;
+                    }
+                }
+                false
             }
             _ => false,
         }
+    }
+}
+
+impl GrantedName {
+    /// The name's addresses, resolved again once the last resolution expired.
+    async fn addresses(&self) -> Arc<[IpAddr]> {
+        let now = Instant::now();
+        if let Some((expires, ips)) = &*self.lock() {
+            if *expires > now {
+                return ips.clone();
+            }
+        }
+        let found = tokio::net::lookup_host((self.name.as_str(), self.port.unwrap_or(1))).await;
+        let (ips, ttl): (Arc<[IpAddr]>, _) = match found {
+            Ok(addrs) => (addrs.map(|a| a.ip().to_canonical()).collect(), NAME_TTL),
+            Err(e) => {
+                tracing::warn!(grant = %self.name, "granted host does not resolve: {e}");
+                (Arc::from([]), FAILED_NAME_TTL)
+            }
+        };
+        *self.lock() = Some((Instant::now() + ttl, ips.clone()));
+        ips
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(Instant, Arc<[IpAddr]>)>> {
+        // The guarded value is replaced whole, so a poisoned lock still holds a valid one.
+        self.resolved.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -220,13 +272,13 @@ impl WasiGrants {
                 })?;
         }
         if !self.network.is_empty() {
-            let allowed = Arc::new(Allowed::resolve(&self.network));
+            let allowed = Arc::new(Allowed::new(&self.network));
             wasi.allow_tcp(true)
                 .allow_udp(true)
                 .allow_ip_name_lookup(true)
                 .socket_addr_check(move |addr, use_| {
-                    let ok = allowed.permits(addr, use_);
-                    Box::pin(async move { ok })
+                    let allowed = allowed.clone();
+                    Box::pin(async move { allowed.permits(addr, use_).await })
                 });
         }
         Ok(())
@@ -263,17 +315,44 @@ mod tests {
         }
     }
 
-    #[test]
-    fn only_granted_destinations_connect_and_nothing_listens() {
-        let allowed = Allowed::resolve(&[grant("127.0.0.1:8080"), grant("10.1.0.0/16:*")]);
-        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
-        assert!(allowed.permits(a("127.0.0.1:8080"), SocketAddrUse::TcpConnect));
-        assert!(!allowed.permits(a("127.0.0.1:8081"), SocketAddrUse::TcpConnect));
-        assert!(allowed.permits(a("10.1.200.3:9"), SocketAddrUse::UdpSend));
-        assert!(!allowed.permits(a("10.2.0.1:9"), SocketAddrUse::UdpSend));
-        assert!(allowed.permits(a("[::ffff:127.0.0.1]:8080"), SocketAddrUse::TcpConnect));
-        assert!(allowed.permits(a("0.0.0.0:0"), SocketAddrUse::TcpBind));
-        assert!(!allowed.permits(a("0.0.0.0:8080"), SocketAddrUse::TcpBind));
-        assert!(!allowed.permits(a("127.0.0.1:8080"), SocketAddrUse::TcpListen));
+    #[tokio::test]
+    async fn only_granted_destinations_connect_and_nothing_listens() {
+        let allowed = Allowed::new(&[grant("127.0.0.1:8080"), grant("10.1.0.0/16:*")]);
+        let permits = |s: &str, use_| allowed.permits(s.parse().unwrap(), use_);
+        assert!(permits("127.0.0.1:8080", SocketAddrUse::TcpConnect).await);
+        assert!(!permits("127.0.0.1:8081", SocketAddrUse::TcpConnect).await);
+        assert!(permits("10.1.200.3:9", SocketAddrUse::UdpSend).await);
+        assert!(!permits("10.2.0.1:9", SocketAddrUse::UdpSend).await);
+        assert!(permits("[::ffff:127.0.0.1]:8080", SocketAddrUse::TcpConnect).await);
+        assert!(permits("0.0.0.0:0", SocketAddrUse::TcpBind).await);
+        assert!(!permits("0.0.0.0:8080", SocketAddrUse::TcpBind).await);
+        assert!(!permits("127.0.0.1:8080", SocketAddrUse::TcpListen).await);
+    }
+
+    #[tokio::test]
+    async fn a_granted_name_is_resolved_when_a_socket_asks_and_remembered() {
+        let allowed = Allowed::new(&[grant("localhost:8080"), grant("nowhere.invalid:*")]);
+        let name = &allowed.names[0];
+        assert!(
+            name.lock().is_none(),
+            "nothing is resolved before a socket asks"
+        );
+        let permits = |s: &str| allowed.permits(s.parse().unwrap(), SocketAddrUse::TcpConnect);
+        assert!(permits("127.0.0.1:8080").await);
+        assert!(!permits("127.0.0.1:8081").await, "the name's port only");
+        assert!(
+            !permits("192.0.2.1:8080").await,
+            "not an address of the name"
+        );
+        let (expires, ips) = name.lock().clone().expect("resolved once asked");
+        assert!(ips.contains(&"127.0.0.1".parse().unwrap()), "{ips:?}");
+        assert!(expires > Instant::now() + NAME_TTL - Duration::from_secs(5));
+        let failed = &allowed.names[1];
+        let (expires, ips) = failed
+            .lock()
+            .clone()
+            .expect("a failed lookup is remembered");
+        assert!(ips.is_empty());
+        assert!(expires <= Instant::now() + FAILED_NAME_TTL);
     }
 }
