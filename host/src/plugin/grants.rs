@@ -210,10 +210,10 @@ impl GrantedName {
     /// The name's addresses, resolved again once the last resolution expired.
     async fn addresses(&self) -> Arc<[IpAddr]> {
         let now = Instant::now();
-        if let Some((expires, ips)) = &*self.lock() {
-            if *expires > now {
-                return ips.clone();
-            }
+        if let Some((expires, ips)) = &*self.lock()
+            && *expires > now
+        {
+            return ips.clone();
         }
         let found = tokio::net::lookup_host((self.name.as_str(), self.port.unwrap_or(1))).await;
         let (ips, ttl): (Arc<[IpAddr]>, _) = match found {
