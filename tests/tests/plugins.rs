@@ -790,3 +790,53 @@ fn plugin_check_names_every_import_the_host_does_not_provide() {
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// Runs `plugin run identity.wasm` on one record with `extra` flags; its perf map's text, if
+/// it wrote one (removed after reading).
+fn perf_map_of_run(extra: &[&str]) -> Option<String> {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(screamer_tests::process::screamer_bin())
+        .args(["plugin", "run"])
+        .args(extra)
+        .arg(path("identity"))
+        .env("SCREAMER_PLUGIN_CACHE", plugin_cache())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(named_records(&["a"]).as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+    let map = std::path::PathBuf::from(format!("/tmp/perf-{pid}.map"));
+    let text = std::fs::read_to_string(&map).ok();
+    let _ = std::fs::remove_file(&map);
+    text
+}
+
+#[test]
+fn plugin_perf_map_names_the_plugins_compiled_code_for_perf() {
+    let map = perf_map_of_run(&["--plugin-perf-map"]).expect("a perf map for the run");
+    // perf's format: start address, size (hex), name; the plugin's functions are wasm[..].
+    let functions = map
+        .lines()
+        .filter(|l| {
+            let f: Vec<&str> = l.splitn(3, ' ').collect();
+            f.len() == 3 && f[0].starts_with("0x") && f[2].starts_with("wasm[")
+        })
+        .count();
+    assert!(functions > 10, "{functions} plugin functions in:\n{map}");
+    assert_eq!(perf_map_of_run(&[]), None, "no perf map unless asked");
+}

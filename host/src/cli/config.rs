@@ -90,6 +90,9 @@ pub struct PipelineArgs {
     /// Directory for compiled plugins (default ~/.cache/screamer/plugins).
     #[arg(long, value_name = "DIR", env = "SCREAMER_PLUGIN_CACHE")]
     pub plugin_cache: Option<PathBuf>,
+    /// Write /tmp/perf-PID.map naming the plugins' compiled functions, for `perf report`.
+    #[arg(long)]
+    pub plugin_perf_map: bool,
 }
 
 /// Everything the pipeline needs, resolved.
@@ -103,6 +106,8 @@ pub struct PipelineConfig {
     pub side_outputs: BTreeMap<String, DestinationUri>,
     pub cache_dir: Option<PathBuf>,
     pub partition_metadata: bool,
+    /// Name the plugins' compiled functions for `perf` (`--plugin-perf-map`).
+    pub perf_map: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -281,6 +286,7 @@ impl PipelineConfig {
                 .plugin_cache
                 .clone()
                 .or(file.cache_dir.map(|d| base.join(d))),
+            perf_map: args.plugin_perf_map,
         })
     }
 }

@@ -29,7 +29,7 @@ use screamer::dsn::DatabaseName;
 use screamer::observe::{Metrics, Observer};
 use screamer::partition::{MemoryStore, PartitionStore, RunnerId, SpannerStore, StoreError};
 use screamer::pipeline::Pipeline;
-use screamer::plugin::{Chain, PluginError, PluginRuntime};
+use screamer::plugin::{Chain, PluginError, PluginRuntime, RuntimeOptions};
 use screamer::source::{SourceError, SpannerSource};
 use screamer::subscriber::{HEARTBEAT_INTERVALS, SubscribeError, Subscriber, SubscriberOptions};
 use screamer::timestamp::Timestamp;
@@ -391,11 +391,13 @@ async fn build_pipeline(
             plugins: None,
         });
     }
-    let cache = config
-        .cache_dir
-        .clone()
-        .or_else(PluginRuntime::default_cache_dir);
-    let runtime = PluginRuntime::new(cache)?;
+    let runtime = PluginRuntime::new(RuntimeOptions {
+        cache_dir: config
+            .cache_dir
+            .clone()
+            .or_else(PluginRuntime::default_cache_dir),
+        perf_map: config.perf_map,
+    })?;
     let mut versions = Vec::with_capacity(config.plugins.len());
     for spec in &config.plugins {
         versions.push(runtime.load(spec).await?);

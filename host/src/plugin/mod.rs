@@ -37,7 +37,7 @@ use std::time::Duration;
 pub use bindings::{PROCESSOR_EXPORT, WORLD};
 pub use chain::{Chain, ChainResult, DeadLetter, Input, Output, OutputRecord};
 pub use grants::{GrantParseError, HostPattern, NetworkGrant, PreopenDir, WasiGrants};
-pub use runtime::{ComponentReport, PluginRuntime};
+pub use runtime::{ComponentReport, PluginRuntime, RuntimeOptions};
 pub use version::PluginVersion;
 pub use watch::{HotSwap, watch};
 

@@ -48,18 +48,45 @@ pub struct ComponentReport {
     pub init_refused: Option<String>,
 }
 
+/// How a [`PluginRuntime`] compiles and keeps plugins.
+#[derive(Debug, Clone, Default)]
+pub struct RuntimeOptions {
+    /// Where compiled plugins are cached (none: compile every time); it must be private to
+    /// this user (see the README's "Cache").
+    pub cache_dir: Option<PathBuf>,
+    /// Write `/tmp/perf-PID.map` naming the plugins' compiled functions, so that `perf
+    /// report` shows guest functions by name (docs/write-a-plugin.md, "Profiling").
+    pub perf_map: bool,
+}
+
+impl RuntimeOptions {
+    /// Caching in `cache_dir`, nothing else.
+    pub fn cached(cache_dir: Option<PathBuf>) -> Self {
+        RuntimeOptions {
+            cache_dir,
+            perf_map: false,
+        }
+    }
+}
+
 impl PluginRuntime {
-    /// A runtime caching compiled plugins in `cache_dir` (none: compile every time), which
-    /// must be private to this user (see the README's "Cache").
-    pub fn new(cache_dir: Option<PathBuf>) -> Result<Arc<Self>, PluginError> {
+    /// A runtime: one engine (epoch interruption on: call deadlines), the linker, the cache.
+    pub fn new(options: RuntimeOptions) -> Result<Arc<Self>, PluginError> {
         let mut config = Config::new();
         config.epoch_interruption(true);
+        if options.perf_map {
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config).map_err(|e| PluginError::Engine(e.to_string()))?;
         let linker = bindings::linker(&engine).map_err(|e| PluginError::Engine(e.to_string()))?;
         let mut h = DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut h);
         let compatibility = format!("{:016x}", h.finish());
-        let cache = cache_dir.as_deref().map(ArtifactCache::open).transpose()?;
+        let cache = options
+            .cache_dir
+            .as_deref()
+            .map(ArtifactCache::open)
+            .transpose()?;
         let ticker = EpochTicker::start(engine.clone())
             .map_err(|e| PluginError::Engine(format!("cannot start the epoch ticker: {e}")))?;
         Ok(Arc::new(PluginRuntime {

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use screamer::plugin::{Chain, Input, PluginRuntime, PluginSpec, PluginVersion};
+use screamer::plugin::{Chain, Input, PluginRuntime, PluginSpec, PluginVersion, RuntimeOptions};
 use screamer::record::{DataChangeRecord, JsonObject};
 use screamer_tests::bench::env_usize;
 use screamer_tests::plugins::plugin;
@@ -170,7 +170,7 @@ fn main() -> anyhow::Result<()> {
         .collect();
     let size = serde_json::to_string(&records[0])?.len();
     let cache = std::env::temp_dir().join(format!("screamer-plugin-bench-{}", std::process::id()));
-    let runtime = PluginRuntime::new(Some(cache.clone()))?;
+    let runtime = PluginRuntime::new(RuntimeOptions::cached(Some(cache.clone())))?;
     let spec = |name: &str, config: serde_json::Value| {
         let mut s = PluginSpec::new(plugin(name));
         s.config = config;

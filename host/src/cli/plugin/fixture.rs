@@ -35,7 +35,7 @@ use crate::cli::RunError;
 use crate::cli::config::DEFAULT_BATCH_SIZE;
 use screamer::destination::{Batch, Destination, DestinationError};
 use screamer::pipeline::Pipeline;
-use screamer::plugin::{Chain, Input, PluginError, PluginRuntime, PluginSpec};
+use screamer::plugin::{Chain, Input, PluginError, PluginRuntime, PluginSpec, RuntimeOptions};
 
 /// Where a project keeps its fixtures.
 pub const DIR: &str = "fixtures";
@@ -90,7 +90,9 @@ async fn run_all(
     wasm: &Path,
     cache: Option<PathBuf>,
 ) -> Result<(), RunError> {
-    let runtime = PluginRuntime::new(cache.or_else(PluginRuntime::default_cache_dir))?;
+    let runtime = PluginRuntime::new(RuntimeOptions::cached(
+        cache.or_else(PluginRuntime::default_cache_dir),
+    ))?;
     let mut failed = 0;
     for (file, fixture) in fixtures {
         match run_one(&runtime, wasm, fixture).await? {

@@ -19,7 +19,7 @@ use serde_json::Value;
 use super::RunError;
 use super::config::PipelineArgs;
 use project::{Language, Project};
-use screamer::plugin::{PluginError, PluginRuntime, PluginSpec};
+use screamer::plugin::{PluginError, PluginRuntime, PluginSpec, RuntimeOptions};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum PluginCommand {
@@ -137,7 +137,9 @@ async fn check(
                 RunError::Input(format!("--plugin-config {text:?}: expected a JSON object"))
             })?;
     }
-    let runtime = PluginRuntime::new(cache.or_else(PluginRuntime::default_cache_dir))?;
+    let runtime = PluginRuntime::new(RuntimeOptions::cached(
+        cache.or_else(PluginRuntime::default_cache_dir),
+    ))?;
     let report = runtime.check(&spec).await?;
     // A plugin that needs configuration is valid; only a configuration given here and
     // refused is an error.
