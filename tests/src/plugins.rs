@@ -80,14 +80,17 @@ pub fn replace_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 /// What `screamer plugin run` printed and how it exited.
 #[derive(Debug)]
 pub struct PluginRun {
+    /// The process's id (what names its files in /tmp, a perf map say).
+    pub pid: u32,
     pub code: Option<i32>,
     pub stdout: Vec<String>,
     pub stderr: String,
 }
 
 impl PluginRun {
-    fn of(out: std::process::Output) -> anyhow::Result<Self> {
+    fn of(pid: u32, out: std::process::Output) -> anyhow::Result<Self> {
         Ok(PluginRun {
+            pid,
             code: out.status.code(),
             stdout: String::from_utf8(out.stdout)?
                 .lines()
@@ -125,12 +128,13 @@ pub fn screamer_with_env(
         .stderr(Stdio::piped())
         .spawn()
         .context("spawning screamer")?;
+    let pid = child.id();
     let mut stdin = child.stdin.take().expect("piped stdin");
     let input = input.to_owned();
     let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
     let out = child.wait_with_output()?;
     let _ = writer.join();
-    PluginRun::of(out)
+    PluginRun::of(pid, out)
 }
 
 /// The directory of the plugin SDK crate in this workspace.
@@ -151,16 +155,19 @@ pub fn author(dir: &Path, args: &[&str]) -> anyhow::Result<PluginRun> {
 
 /// [`author`] with `PATH` as given (to show what happens without a toolchain).
 pub fn author_with_path(dir: &Path, args: &[&str], path: &str) -> anyhow::Result<PluginRun> {
-    let out = Command::new(screamer_bin())
+    let child = Command::new(screamer_bin())
         .args(args)
         .current_dir(dir)
         .env("PATH", path)
         .env("CARGO_TARGET_DIR", target_dir().join("authoring"))
         .env("SCREAMER_PLUGIN_CACHE", plugin_cache())
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .context("running screamer")?;
-    PluginRun::of(out)
+    let pid = child.id();
+    PluginRun::of(pid, child.wait_with_output()?)
 }
 
 /// `PATH` with the guest toolchains of `scripts/test.sh` in front.

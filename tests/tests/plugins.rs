@@ -794,33 +794,15 @@ fn plugin_check_names_every_import_the_host_does_not_provide() {
 /// Runs `plugin run identity.wasm` on one record with `extra` flags; its perf map's text, if
 /// it wrote one (removed after reading).
 fn perf_map_of_run(extra: &[&str]) -> Option<String> {
-    use std::io::Write as _;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(screamer_tests::process::screamer_bin())
-        .args(["plugin", "run"])
-        .args(extra)
-        .arg(path("identity"))
-        .env("SCREAMER_PLUGIN_CACHE", plugin_cache())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(named_records(&["a"]).as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
-    let map = std::path::PathBuf::from(format!("/tmp/perf-{pid}.map"));
+    let identity = path("identity");
+    let run = plugin_run(
+        &[extra, &[identity.as_str()]].concat(),
+        &named_records(&["a"]),
+    )
+    .unwrap();
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(run.stdout.len(), 1);
+    let map = std::path::PathBuf::from(format!("/tmp/perf-{}.map", run.pid));
     let text = std::fs::read_to_string(&map).ok();
     let _ = std::fs::remove_file(&map);
     text

@@ -1,7 +1,8 @@
 //! Plugin runtime benchmark: records/s through real plugin components on one core, with a
-//! native Rust implementation of the same redact run alternately with it (their ratio is the
-//! median of each pair of passes, so a machine that slows for a while slows both); hot-swap pause, cached load
-//! and instantiation times. Results and the command: BENCHMARKS.md.
+//! native Rust implementation of the same redact run alternately with it (their ratio is
+//! the median of each pair of passes, so a machine that slows for a while slows both);
+//! hot-swap pause, cached load and instantiation times. Results and the command:
+//! BENCHMARKS.md.
 //!
 //! Run: `scripts/bench-plugins.sh` (release build; plugins from target/plugins/).
 //! `BENCH_RECORDS` (default 60000) records per measurement, `BENCH_REPEATS` (default 3).
