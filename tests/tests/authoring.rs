@@ -73,6 +73,11 @@ fn new_project_passes_its_tests(
     for file in ["README.md", ".gitignore", "fixtures/basic.json"] {
         assert!(project.join(file).is_file(), "{file} is missing");
     }
+    if lang == "rust" {
+        // Guests build with more inlining than LLVM's default (BENCHMARKS.md, "Guest code").
+        let cargo = std::fs::read_to_string(project.join(".cargo/config.toml"))?;
+        assert!(cargo.contains("-inline-threshold=1000"), "{cargo}");
+    }
     assert!(
         std::fs::read_to_string(project.join("README.md"))?
             .lines()

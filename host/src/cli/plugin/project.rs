@@ -64,6 +64,10 @@ fn template(language: Language) -> Vec<(&'static str, &'static str)> {
                 ".gitignore",
                 include_str!("../../../templates/rust/gitignore"),
             ),
+            (
+                ".cargo/config.toml",
+                include_str!("../../../templates/rust/cargo-config.toml"),
+            ),
         ],
         Language::Python => vec![
             ("app.py", include_str!("../../../templates/python/app.py")),
