@@ -1,7 +1,8 @@
 //! Plugin runtime benchmark: records/s through real plugin components on one core, with a
 //! native Rust implementation of the same redact run alternately with it (their ratio is
-//! the median of each pair of passes, so a machine that slows for a while slows both);
-//! hot-swap pause, cached load and instantiation times. Results and the command:
+//! the median of each pair of passes, so a machine that slows for a while slows both), over
+//! 10-column rows and over one 200-column row; hot-swap pause, cached load and
+//! instantiation times. Results and the command:
 //! BENCHMARKS.md.
 //!
 //! Run: `scripts/bench-plugins.sh` (release build; plugins from target/plugins/).
