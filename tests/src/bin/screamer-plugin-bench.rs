@@ -2,8 +2,7 @@
 //! native Rust implementation of the same redact run alternately with it (their ratio is
 //! the median of each pair of passes, so a machine that slows for a while slows both), over
 //! 10-column rows and over one 200-column row; hot-swap pause, cached load and
-//! instantiation times. Results and the command:
-//! BENCHMARKS.md.
+//! instantiation times. Results and the command: BENCHMARKS.md.
 //!
 //! Run: `scripts/bench-plugins.sh` (release build; plugins from target/plugins/).
 //! `BENCH_RECORDS` (default 60000) records per measurement, `BENCH_REPEATS` (default 3).
@@ -63,7 +62,7 @@ fn record(i: usize, table: &str) -> DataChangeRecord {
     .expect("a valid record")
 }
 
-/// An UPDATE of one 200-column row (about 17 KB as JSON): the plugin's own code dominates
+/// An UPDATE of one 200-column row (about 19 KB as JSON): the plugin's own code dominates
 /// the boundary, whose cost is mostly per string crossing, not per byte.
 fn wide_record(i: usize) -> DataChangeRecord {
     let mut record = record(i, "Customers");
