@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
+require_toolchain
 build_plugins
 cargo build --quiet --release -p screamer-tests --bin screamer-plugin-bench
 exec target/release/screamer-plugin-bench

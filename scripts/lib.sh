@@ -1,5 +1,16 @@
 # Shared by the scripts: find or install what they need.
 
+# The pinned Rust toolchain (rust-toolchain.toml: channel, the wasm32-wasip2 target,
+# rustfmt, clippy). rustup does not fetch a pinned toolchain by itself where
+# RUSTUP_AUTO_INSTALL=0, so it is installed here; a second run only checks (a second).
+require_toolchain() {
+  if ! command -v rustup >/dev/null 2>&1; then
+    echo "error: rustup is not installed: see https://rustup.rs, then run this again" >&2
+    return 1
+  fi
+  rustup toolchain install >/dev/null 2>&1 || rustup toolchain install >&2
+}
+
 # The Spanner emulator: the harness finds emulator_main by itself; this only
 # fails early, with the way to get it, when it is nowhere.
 require_emulator() {
@@ -55,10 +66,6 @@ require_tansu() {
 # the `plugin new` templates pin (host/templates/), so authors and the tests build alike.
 COMPONENTIZE_PY_VERSION=$(sed -n 's/.*"componentize-py==\([0-9.]*\)".*/\1/p' host/templates/python/pyproject.toml)
 build_plugins() {
-  if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
-    echo "installing the wasm32-wasip2 Rust target" >&2
-    rustup target add wasm32-wasip2 >&2
-  fi
   cargo build --quiet --profile plugin --target wasm32-wasip2 \
     -p filter -p redact -p fanout -p enrich -p chaos -p identity -p wrong-world
   mkdir -p target/plugins

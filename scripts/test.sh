@@ -6,6 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
+require_toolchain
 require_emulator
 require_destination_servers
 require_tansu

@@ -12,3 +12,15 @@ pub enum FailureKind {
     /// Something failed while running (Spanner, a destination, a bug).
     Runtime,
 }
+
+/// An error and its sources, on one line (`a: b: c`).
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

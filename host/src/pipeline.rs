@@ -26,7 +26,7 @@ use serde_json::{Map, Value};
 
 use crate::consumer::{Consumer, ConsumerError, Origin};
 use crate::destination::{
-    Attributes, Batch, Destination, DestinationError, Envelope, Layout, Mods, Retries, row_key,
+    Attributes, Batch, Destination, DestinationError, Envelope, Layout, Mods, Reporter, row_key,
 };
 use crate::observe::{Event, NoObserver, Observer};
 use crate::plugin::{Chain, DeadLetter, Input, Output, OutputRecord};
@@ -151,12 +151,11 @@ impl Pipeline {
     /// Reports what each destination accepted or retried, and the dead letters, to
     /// `observer`.
     pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
-        self.main
-            .report_retries(Retries::new(observer.clone(), MAIN));
+        self.main.report_to(Reporter::new(observer.clone(), MAIN));
         self.dead_letters
-            .report_retries(Retries::new(observer.clone(), DEAD_LETTERS));
+            .report_to(Reporter::new(observer.clone(), DEAD_LETTERS));
         for (name, destination) in &mut self.side_outputs {
-            destination.report_retries(Retries::new(observer.clone(), name));
+            destination.report_to(Reporter::new(observer.clone(), name));
         }
         self.observer = observer;
         self
@@ -175,7 +174,7 @@ impl Pipeline {
         mut destination: Box<dyn Destination>,
     ) -> Self {
         let name = name.into();
-        destination.report_retries(Retries::new(self.observer.clone(), &name));
+        destination.report_to(Reporter::new(self.observer.clone(), &name));
         self.side_outputs.insert(name, destination);
         self
     }
@@ -344,9 +343,9 @@ impl Pipeline {
         let sent = match destination.send(batch).await {
             Ok(()) => Ok(0),
             Err(DestinationError::Refused {
-                refused, reason, ..
+                refused, reasons, ..
             }) => {
-                self.dead_letter_refusals(destination, &refused, &reason)
+                self.dead_letter_refusals(destination, &refused, &reasons)
                     .await
             }
             Err(e) => Err(e.into()),
@@ -365,15 +364,16 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Sends the records `destination` refused to the dead letters; returns how many.
+    /// Sends the records `destination` refused (each for its reason) to the dead letters;
+    /// returns how many.
     async fn dead_letter_refusals(
         &self,
         destination: &dyn Destination,
         refused: &Batch,
-        reason: &str,
+        reasons: &[String],
     ) -> Result<usize, ConsumerError> {
         let envelopes = self.dead_letters.layout().envelopes;
-        let dead = refused_lines(destination.name(), refused, reason, envelopes)?;
+        let dead = refused_lines(destination.name(), refused, reasons, envelopes)?;
         self.send_dead_letters(dead).await?;
         Ok(refused.len())
     }
@@ -460,16 +460,17 @@ fn push_line(
     }
 }
 
-/// Dead-letter lines for the records of `refused`, which `destination` refused for `reason`,
-/// with the refused records' envelopes where the dead-letter destination takes them.
+/// Dead-letter lines for the records of `refused`, which `destination` refused for
+/// `reasons` (one each), with the refused records' envelopes where the dead-letter
+/// destination takes them.
 fn refused_lines(
     destination: &str,
     refused: &Batch,
-    reason: &str,
+    reasons: &[String],
     envelopes: bool,
 ) -> Result<Batch, ConsumerError> {
     let mut dead = Batch::with_capacity(refused.len());
-    for message in refused.messages() {
+    for (message, reason) in refused.messages().zip(reasons) {
         let record: &serde_json::value::RawValue = serde_json::from_slice(message.payload)?;
         tracing::warn!(
             output = destination,

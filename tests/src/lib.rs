@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod nats;
 pub mod nats_auth;
 pub mod plugins;
+pub mod postgres;
 pub mod process;
 pub mod proxy;
 pub mod pubsub;

@@ -180,7 +180,7 @@ async fn a_destination_that_is_wrong_or_not_available_is_one_line_and_exit_2() {
         (
             vec!["--output", "s3://bucket/key"],
             "error: --output: \"s3://bucket/key\": unknown scheme; expected -, file:PATH, a path, \
-             http(s)://, pubsub://, kafka:// or nats://",
+             http(s)://, pubsub://, kafka://, nats:// or postgres://",
         ),
         (
             vec!["--output", "kafka://127.0.0.1:9092"],

@@ -24,7 +24,7 @@ use tracing_subscriber::EnvFilter;
 use config::{ConfigError, PipelineArgs, PipelineConfig, parse_duration};
 use screamer::FailureKind;
 use screamer::client::{Endpoint, Priority};
-use screamer::destination::{Destination, DestinationUri, Http, Kafka, Nats, Ndjson, PubSub};
+use screamer::destination::{Destination, DestinationUri, Ndjson};
 use screamer::dsn::DatabaseName;
 use screamer::observe::{Metrics, Observer};
 use screamer::partition::{MemoryStore, PartitionStore, RunnerId, SpannerStore, StoreError};
@@ -436,41 +436,9 @@ async fn open_destination(
     role: &str,
     uri: &DestinationUri,
 ) -> Result<Box<dyn Destination>, RunError> {
-    let input = |what: String| RunError::Input(format!("{role} {uri}: {what}"));
-    Ok(match uri {
-        DestinationUri::Stdout => Box::new(Ndjson::stdout()),
-        DestinationUri::File(path) => {
-            Box::new(Ndjson::append_file(path).map_err(|e| input(format!("cannot open: {e}")))?)
-        }
-        DestinationUri::Http(url) => Box::new(Http::new(url).map_err(|e| input(e.to_string()))?),
-        DestinationUri::PubSub {
-            project,
-            topic,
-            options,
-        } => Box::new(
-            PubSub::open(project, topic.clone(), options)
-                .await
-                .map_err(|e| input(e.to_string()))?,
-        ),
-        DestinationUri::Nats {
-            server,
-            subject,
-            options,
-        } => Box::new(
-            Nats::open(server, subject.clone(), options)
-                .await
-                .map_err(|e| input(e.to_string()))?,
-        ),
-        DestinationUri::Kafka {
-            brokers,
-            topic,
-            options,
-        } => Box::new(
-            Kafka::open(brokers, topic.clone(), options)
-                .await
-                .map_err(|e| input(e.to_string()))?,
-        ),
-    })
+    uri.open()
+        .await
+        .map_err(|e| RunError::Input(format!("{role} {e}")))
 }
 
 /// The first SIGINT/SIGTERM starts a graceful drain; a second one exits at once.

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 
-use super::refusals::{Sent, error_chain, isolating_refusals};
-use super::{Batch, Destination, DestinationError, Retries};
+use super::refusals::{Sent, isolating_refusals};
+use super::{Batch, Destination, DestinationError, Reporter};
 use crate::client::Backoff;
 
 /// Environment variable with extra request headers, one `Name: value` per line (for
@@ -34,7 +34,7 @@ pub struct Http {
     url: reqwest::Url,
     client: reqwest::Client,
     headers: HeaderMap,
-    retries: Retries,
+    reporter: Reporter,
 }
 
 /// Why an HTTP destination cannot be set up.
@@ -84,7 +84,7 @@ impl Http {
             url,
             client,
             headers: map,
-            retries: Retries::default(),
+            reporter: Reporter::default(),
         })
     }
 
@@ -112,9 +112,9 @@ impl Http {
                 Ok(r) => tracing::warn!(output = %self.url, status = %r.status(),
                     "destination did not accept the batch; retrying"),
                 Err(e) => tracing::warn!(output = %self.url,
-                    "destination unreachable; retrying: {}", error_chain(&e)),
+                    "destination unreachable; retrying: {}", crate::error::chain(&e)),
             }
-            self.retries.retried();
+            self.reporter.retried();
             tokio::time::sleep(backoff.next_delay()).await;
         }
     }
@@ -158,8 +158,8 @@ impl Destination for Http {
         self.url.as_str()
     }
 
-    fn report_retries(&mut self, retries: Retries) {
-        self.retries = retries;
+    fn report_to(&mut self, reporter: Reporter) {
+        self.reporter = reporter;
     }
 
     async fn send(&self, batch: Batch) -> Result<(), DestinationError> {

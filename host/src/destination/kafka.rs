@@ -215,16 +215,13 @@ impl Destination for Kafka {
             destination: self.name.clone(),
             source: std::io::Error::other(e),
         };
-        let (mut refused, mut reason) = (Vec::new(), String::new());
+        let mut refused: Vec<(usize, String)> = Vec::new();
         let mut deliveries = Vec::with_capacity(batch.len());
         for (i, message) in batch.messages().enumerate() {
             match self.enqueue(&message, &self.topic_of(&message)).await {
                 Ok(delivery) => deliveries.push((i, delivery)),
                 Err(e) => match refusal(&e) {
-                    Some(why) => {
-                        refused.push(i);
-                        reason = why;
-                    }
+                    Some(why) => refused.push((i, why)),
                     None => return Err(failed(e)),
                 },
             }
@@ -233,10 +230,7 @@ impl Destination for Kafka {
             match delivery.await {
                 Ok(Ok(_)) => {}
                 Ok(Err((e, _))) => match refusal(&e) {
-                    Some(why) => {
-                        refused.push(i);
-                        reason = why;
-                    }
+                    Some(why) => refused.push((i, why)),
                     None => return Err(failed(e)),
                 },
                 Err(_) => return Err(failed(KafkaError::Canceled)),
@@ -248,8 +242,8 @@ impl Destination for Kafka {
         refused.sort_unstable();
         Err(DestinationError::Refused {
             destination: self.name.clone(),
-            refused: batch.select(refused),
-            reason,
+            refused: batch.select(refused.iter().map(|(i, _)| *i)),
+            reasons: refused.into_iter().map(|(_, why)| why).collect(),
         })
     }
 }

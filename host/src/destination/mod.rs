@@ -18,7 +18,9 @@
 //! of attributes and key.
 //!
 //! Implementations: [`Ndjson`] (stdout, stderr, an appended file), `Http` (POST, feature
-//! `http`), `PubSub` (feature `pubsub`), `Kafka` (feature `kafka`), `Nats` (JetStream, feature `nats`). [`DestinationUri`] is how users name them.
+//! `http`), `PubSub` (feature `pubsub`), `Kafka` (feature `kafka`), `Nats` (JetStream,
+//! feature `nats`), `Postgres` (a replica, feature `postgres`). [`DestinationUri`] is how
+//! users name them, and [`DestinationUri::open`] opens any of them.
 
 mod envelope;
 #[cfg(feature = "http")]
@@ -28,6 +30,9 @@ mod kafka;
 #[cfg(feature = "nats")]
 mod nats;
 mod ndjson;
+mod open;
+#[cfg(feature = "postgres")]
+mod postgres;
 #[cfg(feature = "pubsub")]
 mod pubsub;
 #[cfg(any(feature = "http", feature = "pubsub", feature = "nats"))]
@@ -42,14 +47,17 @@ pub use kafka::{Kafka, KafkaSetupError};
 #[cfg(feature = "nats")]
 pub use nats::{Nats, NatsError};
 pub use ndjson::Ndjson;
+pub use open::OpenError;
+#[cfg(feature = "postgres")]
+pub use postgres::{ATTEMPT_TIMEOUT, Postgres, PostgresError, TOMBSTONE_RETENTION};
 #[cfg(feature = "pubsub")]
 pub use pubsub::{PubSub, PubSubError};
-pub use uri::{DestinationUri, MessageOptions, Template, UriError};
+pub use uri::{DestinationUri, MessageOptions, PostgresUri, SslMode, Template, UriError};
 
 use std::ops::Range;
 use std::sync::Arc;
 
-use crate::observe::{Event, NoObserver, Observer};
+use crate::observe::{Event, NoObserver, Observer, ReplicaRows};
 
 /// Output records of one batch, in order: one JSON object per record, each followed by a
 /// newline (so the whole batch is NDJSON text as it is), and for message destinations an
@@ -186,12 +194,13 @@ pub enum DestinationError {
         source: std::io::Error,
     },
     /// Every record of the batch was accepted but those in `refused` (in order), which the
-    /// destination refuses for good, for `reason`.
-    #[error("output {destination}: refused {} records: {reason}", refused.len())]
+    /// destination refuses for good, each for its reason in `reasons`.
+    #[error("output {destination}: refused {} records: {}", refused.len(), reasons.first().map_or("", String::as_str))]
     Refused {
         destination: String,
         refused: Batch,
-        reason: String,
+        /// One per refused record, in order.
+        reasons: Vec<String>,
     },
 }
 
@@ -210,24 +219,26 @@ pub trait Destination: Send + Sync {
     /// Sends `batch` (may be empty); returns once the destination has durably accepted it.
     async fn send(&self, batch: Batch) -> Result<(), DestinationError>;
 
-    /// From now on, reports each send it retries to `retries` (a destination that retries
-    /// inside `send` keeps it; the default ignores it).
-    fn report_retries(&mut self, retries: Retries) {
-        let _ = retries;
+    /// From now on, reports what happens inside `send` to `reporter`: the sends it retries,
+    /// and what a replica applied (a destination that has such things to say keeps it; the
+    /// default ignores it).
+    fn report_to(&mut self, reporter: Reporter) {
+        let _ = reporter;
     }
 }
 
-/// Where a destination reports the sends it retries: the run's observer, under the name of
-/// the output the destination serves (`main`, a side output, `dead_letters`).
+/// Where a destination reports what happens inside a send (retries, what a replica
+/// applied): the run's observer, under the name of the output the destination serves
+/// (`main`, a side output, `dead_letters`).
 #[derive(Clone)]
-pub struct Retries {
+pub struct Reporter {
     observer: Arc<dyn Observer>,
     output: Arc<str>,
 }
 
-impl Retries {
+impl Reporter {
     pub fn new(observer: Arc<dyn Observer>, output: &str) -> Self {
-        Retries {
+        Reporter {
             observer,
             output: output.into(),
         }
@@ -239,18 +250,27 @@ impl Retries {
             output: &self.output,
         });
     }
-}
 
-impl Default for Retries {
-    /// Reports nowhere.
-    fn default() -> Self {
-        Retries::new(Arc::new(NoObserver), "")
+    /// A replica applied a batch: `rows` says what became of its row changes.
+    pub fn applied(&self, rows: &ReplicaRows, took: std::time::Duration) {
+        self.observer.observe(Event::ReplicaApplied {
+            output: &self.output,
+            rows,
+            took,
+        });
     }
 }
 
-impl std::fmt::Debug for Retries {
+impl Default for Reporter {
+    /// Reports nowhere.
+    fn default() -> Self {
+        Reporter::new(Arc::new(NoObserver), "")
+    }
+}
+
+impl std::fmt::Debug for Reporter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Retries")
+        f.debug_struct("Reporter")
             .field("output", &self.output)
             .finish_non_exhaustive()
     }

@@ -29,7 +29,7 @@ use sha2::{Digest, Sha256};
 
 use super::refusals::{Sent, isolating_refusals, requests};
 use super::uri::{MessageOptions, Template};
-use super::{Batch, Destination, DestinationError, Layout, Message, Retries};
+use super::{Batch, Destination, DestinationError, Layout, Message, Reporter};
 use crate::client::Backoff;
 
 /// Messages in flight (published, acknowledgement awaited) at once.
@@ -228,7 +228,7 @@ pub struct Nats {
     subject: Template,
     layout: Layout,
     jetstream: jetstream::Context,
-    retries: Retries,
+    reporter: Reporter,
 }
 
 /// Why a NATS destination cannot be set up.
@@ -282,7 +282,7 @@ impl Nats {
                 envelopes: true,
             },
             jetstream,
-            retries: Retries::default(),
+            reporter: Reporter::default(),
         };
         if destination.subject.is_fixed() {
             destination.check_stream().await?;
@@ -332,7 +332,7 @@ impl Nats {
                     next += stored;
                     tracing::warn!(output = %self.name,
                         "JetStream did not acknowledge the messages; retrying: {reason}");
-                    self.retries.retried();
+                    self.reporter.retried();
                     tokio::time::sleep(backoff.next_delay()).await;
                 }
             }
@@ -474,8 +474,8 @@ impl Destination for Nats {
         self.layout
     }
 
-    fn report_retries(&mut self, retries: Retries) {
-        self.retries = retries;
+    fn report_to(&mut self, reporter: Reporter) {
+        self.reporter = reporter;
     }
 
     async fn send(&self, batch: Batch) -> Result<(), DestinationError> {

@@ -24,9 +24,9 @@ use gcloud_googleapis::pubsub::v1::{GetTopicRequest, PublishRequest, PubsubMessa
 use gcloud_pubsub::apiv1::conn_pool::ConnectionManager;
 use gcloud_pubsub::client::ClientConfig;
 
-use super::refusals::{Sent, error_chain, isolating_refusals, requests};
+use super::refusals::{Sent, isolating_refusals, requests};
 use super::uri::{MessageOptions, Template};
-use super::{Batch, Destination, DestinationError, Layout, Retries};
+use super::{Batch, Destination, DestinationError, Layout, Reporter};
 use crate::client::Backoff;
 
 /// Pub/Sub's limits on one publish request (with room for the request's own framing).
@@ -48,7 +48,7 @@ pub struct PubSub {
     topic: Template,
     layout: Layout,
     connections: ConnectionManager,
-    retries: Retries,
+    reporter: Reporter,
 }
 
 /// Why a Pub/Sub destination cannot be set up.
@@ -100,7 +100,7 @@ impl PubSub {
                     return Err(PubSubError::Connect(e));
                 }
                 Ok(Err(e)) => tracing::warn!(output = %name,
-                    "cannot connect to Pub/Sub; retrying: {}", error_chain(&e)),
+                    "cannot connect to Pub/Sub; retrying: {}", crate::error::chain(&e)),
                 Err(_) => tracing::warn!(output = %name,
                     "Pub/Sub does not answer; retrying"),
             }
@@ -115,7 +115,7 @@ impl PubSub {
                 envelopes: true,
             },
             connections,
-            retries: Retries::default(),
+            reporter: Reporter::default(),
         };
         if destination.topic.is_fixed() {
             destination.check_topic().await?;
@@ -186,7 +186,7 @@ impl PubSub {
                 Err(s) => tracing::warn!(output = %self.name, code = ?s.code(),
                     "Pub/Sub did not accept the messages; retrying: {}", s.message()),
             }
-            self.retries.retried();
+            self.reporter.retried();
             tokio::time::sleep(backoff.next_delay()).await;
         }
     }
@@ -218,8 +218,8 @@ impl Destination for PubSub {
         self.layout
     }
 
-    fn report_retries(&mut self, retries: Retries) {
-        self.retries = retries;
+    fn report_to(&mut self, reporter: Reporter) {
+        self.reporter = reporter;
     }
 
     async fn send(&self, batch: Batch) -> Result<(), DestinationError> {

@@ -38,23 +38,22 @@ where
 {
     // Halves of a refused range go back to the front, first half first: order holds.
     let mut pending: VecDeque<Range<usize>> = requests.into_iter().collect();
-    let (mut refused, mut reason) = (Vec::new(), String::new());
+    let (mut refused, mut reasons) = (Vec::new(), Vec::new());
     while let Some(range) = pending.pop_front() {
         match send(range.clone()).await {
             Sent::Accepted => {}
-            Sent::Refused(why) if range.len() > 1 => {
+            Sent::Refused(_) if range.len() > 1 => {
                 let mid = range.start + range.len() / 2;
                 pending.push_front(mid..range.end);
                 pending.push_front(range.start..mid);
-                reason = why;
             }
             Sent::Refused(why) => {
                 refused.push(range.start);
-                reason = why;
+                reasons.push(why);
             }
             Sent::RefusedAll(why) => {
+                reasons.extend(std::iter::repeat_n(why, range.len()));
                 refused.extend(range);
-                reason = why;
             }
         }
     }
@@ -64,7 +63,7 @@ where
     Err(DestinationError::Refused {
         destination: destination.to_owned(),
         refused: batch.select(refused),
-        reason,
+        reasons,
     })
 }
 
@@ -92,19 +91,6 @@ pub(crate) fn requests(
         }
         Some(start..end)
     })
-}
-
-/// An error and its sources, on one line.
-#[cfg(any(feature = "http", feature = "pubsub"))]
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]
@@ -156,12 +142,12 @@ mod tests {
         })
         .await;
         let Err(DestinationError::Refused {
-            refused, reason, ..
+            refused, reasons, ..
         }) = result
         else {
             panic!("expected a refusal");
         };
-        assert_eq!(reason, "too bad");
+        assert_eq!(reasons, ["too bad", "too bad"]);
         assert_eq!(refused.as_ndjson(), b"\"bad\"\n\"bad2\"\n");
         assert_eq!(*sent.borrow(), ["\"a\"", "\"c\"", "\"d\"", "\"f\""]);
     }

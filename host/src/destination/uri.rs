@@ -6,7 +6,8 @@
 //! `pubsub://projects/P/topics/T`, `kafka://HOST:PORT[,HOST:PORT…]/TOPIC` and
 //! `nats://HOST:PORT/SUBJECT` name message systems. Their topic or subject may be a
 //! [`Template`] over the record's table (`cdc.{table_name}`), and their options are query
-//! parameters ([`MessageOptions`]). Parsing checks the shape only; whether this build can
+//! parameters ([`MessageOptions`]). `postgres://…` (or `postgresql://…`) names a PostgreSQL
+//! replica ([`PostgresUri`]). Parsing checks the shape only; whether this build can
 //! send there, and whether the destination exists, is decided when it opens. A URI
 //! displays without its query: options may hold credentials, and the display goes to logs.
 
@@ -39,6 +40,170 @@ pub enum DestinationUri {
         subject: Template,
         options: MessageOptions,
     },
+    Postgres(PostgresUri),
+}
+
+/// A PostgreSQL replica: `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?OPTIONS]`, with
+/// libpq's names for what it shares with libpq (`sslmode`, `sslrootcert`,
+/// `application_name`, `connect_timeout`; `PGPASSWORD` when the URI has no password) and
+/// `schema` (default `public`) for where the replica's tables go.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PostgresUri {
+    pub user: String,
+    /// From the URI; `None` leaves it to `PGPASSWORD`.
+    pub password: Option<String>,
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    pub schema: String,
+    pub sslmode: SslMode,
+    /// A PEM file of the certificate authorities that may sign the server's certificate.
+    pub sslrootcert: Option<PathBuf>,
+    pub application_name: Option<String>,
+    /// Seconds a connection attempt may take.
+    pub connect_timeout: Option<u64>,
+}
+
+/// libpq's `sslmode`: whether the connection is encrypted, and what of the server's
+/// certificate is checked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SslMode {
+    Disable,
+    /// TLS when the server offers it (libpq's default).
+    #[default]
+    Prefer,
+    /// TLS, without checking the certificate (unless `sslrootcert` is given).
+    Require,
+    /// TLS, with a certificate signed by a trusted authority.
+    VerifyCa,
+    /// TLS, with a trusted certificate for the host's name.
+    VerifyFull,
+}
+
+impl SslMode {
+    fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "disable" => Self::Disable,
+            "prefer" | "allow" => Self::Prefer,
+            "require" => Self::Require,
+            "verify-ca" => Self::VerifyCa,
+            "verify-full" => Self::VerifyFull,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Debug for PostgresUri {
+    /// Without the password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresUri")
+            .field("uri", &self.to_string())
+            .field("schema", &self.schema)
+            .field("sslmode", &self.sslmode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Display for PostgresUri {
+    /// Without the password or the query.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        write!(
+            f,
+            "postgres://{}@{host}:{}/{}",
+            self.user, self.port, self.database
+        )
+    }
+}
+
+const POSTGRES_SHAPE: &str =
+    "expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?schema=S&...]";
+const POSTGRES_OPTIONS: &str = "schema, sslmode, sslrootcert, application_name, connect_timeout";
+
+/// `rest` of a `postgres:` or `postgresql:` URI (after the colon).
+fn postgres(rest: &str) -> Result<DestinationUri, String> {
+    let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (authority, database) = location
+        .strip_prefix("//")
+        .and_then(|l| l.split_once('/'))
+        .ok_or(POSTGRES_SHAPE)?;
+    let (userinfo, hostport) = authority.rsplit_once('@').ok_or(POSTGRES_SHAPE)?;
+    let (user, password) = match userinfo.split_once(':') {
+        Some((u, p)) => (u, Some(p)),
+        None => (userinfo, None),
+    };
+    let decode = |part: &str, what: &str| {
+        percent_decode(part).ok_or_else(|| format!("{what}: bad %-escape"))
+    };
+    let (host, port) = host_and_port(hostport).ok_or(POSTGRES_SHAPE)?;
+    if user.is_empty() || database.is_empty() {
+        return Err(POSTGRES_SHAPE.to_owned());
+    }
+    let mut uri = PostgresUri {
+        user: decode(user, "user")?,
+        password: password.map(|p| decode(p, "password")).transpose()?,
+        host,
+        port,
+        database: decode(database, "database")?,
+        schema: "public".to_owned(),
+        sslmode: SslMode::default(),
+        sslrootcert: None,
+        application_name: None,
+        connect_timeout: None,
+    };
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("option {pair:?}: expected NAME=VALUE"))?;
+        let value = decode(value, key)?;
+        match key {
+            "schema" if !value.is_empty() => uri.schema = value,
+            "sslmode" => {
+                uri.sslmode = SslMode::parse(&value).ok_or_else(|| {
+                    format!(
+                        "option sslmode={value}: expected disable, prefer, require, verify-ca \
+                         or verify-full"
+                    )
+                })?
+            }
+            "sslrootcert" => uri.sslrootcert = Some(PathBuf::from(value)),
+            "application_name" => uri.application_name = Some(value),
+            "connect_timeout" => {
+                uri.connect_timeout = Some(value.parse().map_err(|_| {
+                    format!("option connect_timeout={value}: expected whole seconds")
+                })?)
+            }
+            _ => {
+                return Err(format!(
+                    "unknown option {key:?} (or an empty value); expected {POSTGRES_OPTIONS}"
+                ));
+            }
+        }
+    }
+    Ok(DestinationUri::Postgres(uri))
+}
+
+/// `HOST[:PORT]` or `[V6]:PORT`; the port defaults to 5432.
+fn host_and_port(text: &str) -> Option<(String, u16)> {
+    let (host, port) = match text.strip_prefix('[') {
+        Some(v6) => {
+            let (host, rest) = v6.split_once(']')?;
+            (host, rest.strip_prefix(':'))
+        }
+        None => match text.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (text, None),
+        },
+    };
+    let port = match port {
+        Some(p) => p.parse::<u16>().ok().filter(|&p| p > 0)?,
+        None => 5432,
+    };
+    (!host.is_empty()).then(|| (host.to_owned(), port))
 }
 
 /// Options of a message destination: `?mods=split&...` in a URI.
@@ -136,12 +301,13 @@ impl FromStr for DestinationUri {
                 Ok(DestinationUri::Http(text.to_owned()))
             }
             "pubsub" | "kafka" | "nats" => message_system(scheme, rest).map_err(|r| err(&r)),
+            "postgres" | "postgresql" => postgres(rest).map_err(|r| err(&r)),
             // A Windows-style or odd path with a colon is still a path when it has a slash
             // before the colon (`./a:b`).
             _ if scheme.contains('/') => file(text).ok_or_else(|| err("expected a file path")),
             _ => Err(err(
                 "unknown scheme; expected -, file:PATH, a path, http(s)://, pubsub://, \
-                 kafka:// or nats://",
+                 kafka://, nats:// or postgres://",
             )),
         }
     }
@@ -285,6 +451,7 @@ impl fmt::Display for DestinationUri {
             DestinationUri::Nats {
                 server, subject, ..
             } => write!(f, "nats://{server}/{subject}"),
+            DestinationUri::Postgres(uri) => uri.fmt(f),
         }
     }
 }
@@ -351,7 +518,7 @@ mod tests {
         assert_eq!(
             e("s3://bucket/key"),
             "\"s3://bucket/key\": unknown scheme; expected -, file:PATH, a path, http(s)://, \
-             pubsub://, kafka:// or nats://"
+             pubsub://, kafka://, nats:// or postgres://"
         );
         assert!(
             e("pubsub://topics/t").ends_with("expected pubsub://projects/PROJECT/topics/TOPIC")
@@ -389,5 +556,52 @@ mod tests {
             uri("kafka://h:9092/t?sasl.password=x").to_string(),
             "kafka://h:9092/t"
         );
+    }
+
+    #[test]
+    fn postgres_uris_follow_libpq_and_display_without_secrets() {
+        let DestinationUri::Postgres(pg) = uri(
+            "postgresql://repl:s%40cret@db.local/app?schema=Mirror&sslmode=verify-full&sslrootcert=/ca.pem",
+        ) else {
+            panic!("not postgres");
+        };
+        assert_eq!(
+            (
+                pg.user.as_str(),
+                pg.password.as_deref(),
+                pg.host.as_str(),
+                pg.port
+            ),
+            ("repl", Some("s@cret"), "db.local", 5432)
+        );
+        assert_eq!(
+            (pg.database.as_str(), pg.schema.as_str()),
+            ("app", "Mirror")
+        );
+        assert_eq!(pg.sslmode, SslMode::VerifyFull);
+        assert_eq!(pg.sslrootcert, Some(PathBuf::from("/ca.pem")));
+        assert_eq!(pg.to_string(), "postgres://repl@db.local:5432/app");
+        assert!(!format!("{pg:?}").contains("cret"));
+        let DestinationUri::Postgres(v6) = uri("postgres://u@[::1]:6543/d") else {
+            panic!("not postgres");
+        };
+        assert_eq!(
+            (v6.host.as_str(), v6.port, v6.password.as_deref()),
+            ("::1", 6543, None)
+        );
+        assert_eq!(v6.schema, "public");
+        assert_eq!(v6.to_string(), "postgres://u@[::1]:6543/d");
+
+        let e = |s: &str| s.parse::<DestinationUri>().unwrap_err().to_string();
+        for bad in [
+            "postgres://db/app",
+            "postgres://u@h:0/d",
+            "postgres://u@h",
+            "postgres://u@h/",
+        ] {
+            assert!(e(bad).ends_with(POSTGRES_SHAPE), "{bad}: {}", e(bad));
+        }
+        assert!(e("postgres://u@h/d?sslmode=on").contains("expected disable, prefer, require"));
+        assert!(e("postgres://u@h/d?pool=3").ends_with(&format!("expected {POSTGRES_OPTIONS}")));
     }
 }

@@ -42,6 +42,14 @@ struct OutputLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReplicaLabels {
+    output: String,
+    /// `upserted`, `deleted`, `stale` (older than the replica's row: not applied) or
+    /// `refused` (dead-lettered).
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DeadLetterLabels {
     /// The plugin that failed the records; empty when a destination refused them.
     plugin: String,
@@ -108,6 +116,8 @@ pub struct Metrics {
     output_in_flight: Family<OutputLabels, Gauge>,
     output_seconds: Family<OutputLabels, Histogram>,
     dead_letters: Family<DeadLetterLabels, Counter>,
+    replica_rows: Family<ReplicaLabels, Counter>,
+    replica_seconds: Family<OutputLabels, Histogram>,
     plugin_calls: Family<PluginLabels, Counter>,
     plugin_failed_calls: Family<PluginLabels, Counter>,
     plugin_instances: Family<PluginLabels, Counter>,
@@ -203,6 +213,8 @@ impl Metrics {
             output_retries: Family::default(),
             output_in_flight: Family::default(),
             output_seconds: Family::new_with_constructor(latency_histogram),
+            replica_rows: Family::default(),
+            replica_seconds: Family::new_with_constructor(latency_histogram),
             dead_letters: Family::default(),
             plugin_calls: Family::default(),
             plugin_failed_calls: Family::default(),
@@ -352,6 +364,19 @@ impl Metrics {
             "dead_letters",
             "Records sent to the dead letters: failed by a plugin, or refused by an output",
             self.dead_letters.clone(),
+        );
+        r.register(
+            "replica_rows",
+            "Row changes a replica output applied, by outcome (upserted, deleted, stale: older \
+             than the replica's row, refused: dead-lettered)",
+            self.replica_rows.clone(),
+        );
+        r.register_with_unit(
+            "replica_apply_duration",
+            "Time a replica output took to apply a batch in one transaction, from its start to \
+             its commit (retries included)",
+            Unit::Seconds,
+            self.replica_seconds.clone(),
         );
         r.register(
             "plugin_calls",
@@ -616,6 +641,25 @@ impl Observer for Metrics {
                         })
                         .inc_by(refused as u64);
                 }
+            }
+            Event::ReplicaApplied { output, rows, took } => {
+                let outcomes = [
+                    ("upserted", rows.upserted),
+                    ("deleted", rows.deleted),
+                    ("stale", rows.stale),
+                    ("refused", rows.refused),
+                ];
+                for (outcome, n) in outcomes {
+                    self.replica_rows
+                        .get_or_create(&ReplicaLabels {
+                            output: output.to_owned(),
+                            outcome,
+                        })
+                        .inc_by(n);
+                }
+                self.replica_seconds
+                    .get_or_create(&self.output(output))
+                    .observe(took.as_secs_f64());
             }
             Event::OutputRetried { output } => {
                 self.output_retries

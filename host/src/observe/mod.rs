@@ -97,6 +97,13 @@ pub enum Event<'a> {
     },
     /// A destination of `output` did not take a send and tries it again after a pause.
     OutputRetried { output: &'a str },
+    /// A replica destination of `output` applied a batch's row changes in one transaction,
+    /// `took` from its start to its commit.
+    ReplicaApplied {
+        output: &'a str,
+        rows: &'a ReplicaRows,
+        took: Duration,
+    },
     /// Sending a batch of `bytes` to `output` failed; the batch is not acknowledged.
     OutputFailed { output: &'a str, bytes: usize },
     /// Records a plugin (`name@version`) failed went to the dead letters.
@@ -116,6 +123,28 @@ pub enum Event<'a> {
         plugin: &'a str,
         outcomes: &'a OutcomeCounts,
     },
+}
+
+/// What a replica did with the row changes of one batch.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaRows {
+    /// Rows inserted or updated.
+    pub upserted: u64,
+    /// Rows deleted (or deletes recorded for rows the replica did not hold).
+    pub deleted: u64,
+    /// Changes older than what the replica holds for their row: not applied.
+    pub stale: u64,
+    /// Changes of records the replica refused (they go to the dead letters).
+    pub refused: u64,
+}
+
+impl ReplicaRows {
+    pub fn add(&mut self, other: &ReplicaRows) {
+        self.upserted += other.upserted;
+        self.deleted += other.deleted;
+        self.stale += other.stale;
+        self.refused += other.refused;
+    }
 }
 
 /// How many records a plugin kept, dropped, replaced, turned into emissions, or failed.

@@ -1,0 +1,455 @@
+//! A PostgreSQL replica (`postgres://…`, feature `postgres`): every record's mods applied
+//! to the table of its name in one schema, so that the replica holds what Spanner holds.
+//!
+//! Place in the flow: a [`Destination`](super::Destination) like the others, so the plugin
+//! chain runs in front of it (rename, redact, drop columns before they reach the copy).
+//!
+//! Invariants:
+//! - A batch is one PostgreSQL transaction (DDL included: [`tables`]), acknowledged after its
+//!   commit: the checkpoint never passes a change the replica lacks.
+//! - The stale-write guard: every row carries the version (commit timestamp, record sequence)
+//!   of the change that last wrote it, and every delete leaves a tombstone with its version
+//!   (in `_screamer_tombstones` of the same schema); a change older than either is not
+//!   applied ([`sql`]). Replays after a crash, redeliveries and the late writes of a runner
+//!   that lost its lease therefore leave the replica as Spanner had it. Tombstones older
+//!   than [`TOMBSTONE_RETENTION`] behind the newest change applied are pruned: a runner
+//!   frozen longer than that and writing afterwards could bring a deleted row back.
+//! - PostgreSQL down, frozen or refusing connections: the batch is retried with backoff
+//!   (each attempt bounded by [`ATTEMPT_TIMEOUT`]), nothing is acknowledged meanwhile, and
+//!   only the batches in flight (one per partition) are held. Errors that need an operator
+//!   (permissions, a missing schema) are retried too, logged as errors.
+//! - A record PostgreSQL refuses for good (a value out of range, a constraint the user
+//!   added) is refused alone with PostgreSQL's message: the batch is applied again record by
+//!   record, each under a savepoint, still in one transaction.
+
+mod rows;
+mod sql;
+mod tables;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, NoTls, Statement, Transaction};
+
+use self::rows::{Group, RecordChanges, groups};
+use self::sql::{Kind, Shape};
+use self::tables::Tables;
+use super::uri::{PostgresUri, SslMode};
+use super::{Batch, Destination, DestinationError, Reporter};
+use crate::client::Backoff;
+use crate::observe::ReplicaRows;
+use crate::timestamp::Timestamp;
+
+/// How long one attempt at a batch (connect, apply, commit) may take before the
+/// connection is dropped and the batch tried again: a frozen server must not hold a
+/// partition forever.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a deleted row's tombstone is kept behind the newest change applied.
+pub const TOMBSTONE_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+/// Connections at most: batches of different partitions apply in parallel.
+const POOL_SIZE: usize = 4;
+
+/// How often old tombstones are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// Prepared statements one connection keeps, at most (shapes vary with the columns an
+/// update carries).
+const MAX_STATEMENTS: usize = 256;
+
+/// Applies batches to a PostgreSQL database.
+pub struct Postgres {
+    name: String,
+    schema: String,
+    config: tokio_postgres::Config,
+    tables: Tables,
+    idle: Mutex<Vec<Connection>>,
+    slots: tokio::sync::Semaphore,
+    reporter: Reporter,
+    pruned: Mutex<Instant>,
+}
+
+/// Why a PostgreSQL replica cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum PostgresError {
+    #[error(
+        "TLS (sslmode={0:?}) is not supported by this build yet; use sslmode=disable or prefer"
+    )]
+    Tls(SslMode),
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Records refused: their index (in the batch, or in the records applied) and why.
+type Refusals = Vec<(usize, String)>;
+
+/// One connection and the statements prepared on it.
+struct Connection {
+    client: Client,
+    statements: HashMap<Shape, Statement>,
+}
+
+impl Postgres {
+    /// Connects to the database `uri` names and makes sure the replica's schema and
+    /// tombstones table exist. Refused credentials, a missing database or a schema this
+    /// user cannot write are errors; a server that does not answer yet is waited for.
+    pub async fn open(uri: &PostgresUri) -> Result<Self, PostgresError> {
+        if matches!(
+            uri.sslmode,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
+        ) {
+            return Err(PostgresError::Tls(uri.sslmode));
+        }
+        let postgres = Postgres {
+            name: uri.to_string(),
+            schema: uri.schema.clone(),
+            config: config(uri),
+            tables: Tables::new(&uri.schema),
+            idle: Mutex::default(),
+            slots: tokio::sync::Semaphore::new(POOL_SIZE),
+            reporter: Reporter::default(),
+            pruned: Mutex::new(Instant::now()),
+        };
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        // The client's connect timeout covers the TCP connection only: a frozen server
+        // accepts it and never answers the start-up.
+        let limit = postgres
+            .config
+            .get_connect_timeout()
+            .copied()
+            .unwrap_or(ATTEMPT_TIMEOUT);
+        let mut connection = loop {
+            let why = match tokio::time::timeout(limit, postgres.connect()).await {
+                Ok(Ok(c)) => break c,
+                Ok(Err(e)) if is_transient(&e) => message(&e),
+                Ok(Err(e)) => return Err(PostgresError::Refused(message(&e))),
+                Err(_) => format!("no answer within {limit:?}"),
+            };
+            tracing::warn!(output = %postgres.name, "PostgreSQL not reachable yet; retrying: {why}");
+            tokio::time::sleep(backoff.next_delay()).await;
+        };
+        postgres
+            .prepare_schema(&mut connection.client)
+            .await
+            .map_err(|e| {
+                PostgresError::Refused(format!("schema {:?}: {}", postgres.schema, message(&e)))
+            })?;
+        postgres.idle.lock().expect("not poisoned").push(connection);
+        Ok(postgres)
+    }
+
+    async fn connect(&self) -> Result<Connection, tokio_postgres::Error> {
+        let (client, connection) = self.config.connect(NoTls).await?;
+        let name = self.name.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(output = %name, "PostgreSQL connection closed: {e}");
+            }
+        });
+        Ok(Connection {
+            client,
+            statements: HashMap::new(),
+        })
+    }
+
+    /// The schema and the tombstones table, if missing.
+    async fn prepare_schema(&self, client: &mut Client) -> Result<(), tokio_postgres::Error> {
+        let tx = client.transaction().await?;
+        let exists = tx
+            .query_opt(
+                "SELECT 1 FROM pg_namespace WHERE nspname = $1",
+                &[&self.schema],
+            )
+            .await?
+            .is_some();
+        if !exists {
+            tx.batch_execute(&format!(
+                "CREATE SCHEMA IF NOT EXISTS {}",
+                sql::ident(&self.schema)
+            ))
+            .await?;
+        }
+        for statement in sql::create_tombstones(&self.schema) {
+            tx.batch_execute(&statement).await?;
+        }
+        tx.commit().await
+    }
+
+    /// An idle connection, or a new one.
+    async fn connection(&self) -> Result<Connection, tokio_postgres::Error> {
+        let idle = self.idle.lock().expect("not poisoned").pop();
+        match idle {
+            Some(c) if !c.client.is_closed() => Ok(c),
+            _ => self.connect().await,
+        }
+    }
+
+    /// Applies `records` once: `Ok` with what became of their changes and the records
+    /// refused (index, reason), or the error that stopped the attempt.
+    async fn attempt(
+        &self,
+        records: &[RecordChanges],
+    ) -> Result<(ReplicaRows, Refusals), tokio_postgres::Error> {
+        let mut connection = self.connection().await?;
+        let applied = match apply_all(&mut connection, &self.schema, &self.tables, records).await {
+            Err(e) if is_refusal(&e) => {
+                // Whatever the failed transaction prepared may name tables it created.
+                connection.statements.clear();
+                apply_each(&mut connection, &self.schema, &self.tables, records).await
+            }
+            other => other,
+        }?;
+        self.idle.lock().expect("not poisoned").push(connection);
+        Ok(applied)
+    }
+
+    /// Prunes tombstones behind `newest` by the retention, at most every [`PRUNE_EVERY`].
+    async fn prune(&self, newest: Timestamp) {
+        {
+            let mut pruned = self.pruned.lock().expect("not poisoned");
+            if pruned.elapsed() < PRUNE_EVERY {
+                return;
+            }
+            *pruned = Instant::now();
+        }
+        let before = newest.saturating_sub(TOMBSTONE_RETENTION).to_string();
+        let Ok(connection) = self.connection().await else {
+            return;
+        };
+        match connection
+            .client
+            .execute(&sql::prune_tombstones(&self.schema), &[&before])
+            .await
+        {
+            Ok(n) => {
+                tracing::debug!(output = %self.name, tombstones = n, "old tombstones pruned");
+                self.idle.lock().expect("not poisoned").push(connection);
+            }
+            Err(e) => tracing::warn!(output = %self.name, "pruning tombstones: {}", message(&e)),
+        }
+    }
+}
+
+/// The client's settings: the URI's, `PGPASSWORD` when it has no password, plain TCP.
+fn config(uri: &PostgresUri) -> tokio_postgres::Config {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .user(&uri.user)
+        .host(&uri.host)
+        .port(uri.port)
+        .dbname(&uri.database)
+        .application_name(uri.application_name.as_deref().unwrap_or("screamer"))
+        .connect_timeout(Duration::from_secs(uri.connect_timeout.unwrap_or(10)))
+        // `IF NOT EXISTS` statements would log a notice each.
+        .options("-c client_min_messages=warning")
+        .ssl_mode(tokio_postgres::config::SslMode::Disable);
+    let password = uri
+        .password
+        .clone()
+        .or_else(|| std::env::var("PGPASSWORD").ok());
+    if let Some(password) = password {
+        config.password(password);
+    }
+    config
+}
+
+/// Every change of `records` in one transaction.
+async fn apply_all(
+    connection: &mut Connection,
+    schema: &str,
+    tables: &Tables,
+    records: &[RecordChanges],
+) -> Result<(ReplicaRows, Refusals), tokio_postgres::Error> {
+    let Connection { client, statements } = connection;
+    let tx = client.transaction().await?;
+    let learned = tables.ensure(&tx, records).await?;
+    let rows = run(&tx, statements, schema, groups(records)).await?;
+    tx.commit().await?;
+    tables.learn(learned);
+    Ok((rows, Vec::new()))
+}
+
+/// The changes of `records` in one transaction, each record under a savepoint of its own:
+/// a record PostgreSQL refuses is rolled back alone and reported with its reason.
+async fn apply_each(
+    connection: &mut Connection,
+    schema: &str,
+    tables: &Tables,
+    records: &[RecordChanges],
+) -> Result<(ReplicaRows, Refusals), tokio_postgres::Error> {
+    let Connection { client, statements } = connection;
+    let mut tx = client.transaction().await?;
+    let learned = tables.ensure(&tx, records).await?;
+    let (mut rows, mut refused) = (ReplicaRows::default(), Vec::new());
+    for (i, record) in records.iter().enumerate() {
+        let savepoint = tx.savepoint("record").await?;
+        match run(&savepoint, statements, schema, groups([record])).await {
+            Ok(applied) => {
+                savepoint.commit().await?;
+                rows.add(&applied);
+            }
+            Err(e) if is_refusal(&e) => {
+                savepoint.rollback().await?;
+                rows.refused += record.len() as u64;
+                refused.push((i, message(&e)));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    tx.commit().await?;
+    tables.learn(learned);
+    Ok((rows, refused))
+}
+
+/// Runs `groups` in order in `tx`, preparing each shape's statement once per connection.
+async fn run(
+    tx: &Transaction<'_>,
+    statements: &mut HashMap<Shape, Statement>,
+    schema: &str,
+    groups: Vec<Group>,
+) -> Result<ReplicaRows, tokio_postgres::Error> {
+    let mut rows = ReplicaRows::default();
+    for group in groups {
+        let statement = match statements.get(&group.shape) {
+            Some(s) => s.clone(),
+            None => {
+                let text = match group.shape.kind {
+                    Kind::Upsert => sql::upsert(schema, &group.shape),
+                    Kind::Delete => sql::delete(schema, &group.shape),
+                };
+                let s = tx.prepare(&text).await?;
+                if statements.len() >= MAX_STATEMENTS {
+                    statements.clear();
+                }
+                statements.insert(group.shape.clone(), s.clone());
+                s
+            }
+        };
+        let mut params: Vec<&(dyn ToSql + Sync)> = group
+            .columns
+            .iter()
+            .map(|c| c as &(dyn ToSql + Sync))
+            .collect();
+        params.extend([
+            &group.commit_timestamps as &(dyn ToSql + Sync),
+            &group.sequences,
+            &group.keys,
+            &group.shape.table,
+        ]);
+        let written = tx.execute(&statement, &params).await?;
+        let stale = (group.len() as u64).saturating_sub(written);
+        match group.shape.kind {
+            Kind::Upsert => rows.upserted += written,
+            Kind::Delete => rows.deleted += written,
+        }
+        rows.stale += stale;
+    }
+    Ok(rows)
+}
+
+/// An error PostgreSQL will answer again for the same rows: bad data, a constraint.
+fn is_refusal(e: &tokio_postgres::Error) -> bool {
+    let Some(db) = e.as_db_error() else {
+        return false;
+    };
+    let class = &db.code().code()[..2];
+    // Two transactions creating one table at once collide in the catalog: not the rows'
+    // fault, and the next attempt finds the table.
+    let catalog_race = db.code() == &SqlState::UNIQUE_VIOLATION
+        && db.table().is_some_and(|t| t.starts_with("pg_"));
+    (class == "22" || class == "23") && !catalog_race
+}
+
+/// An error that may go away by itself: no connection, a server starting or shutting down,
+/// a deadlock, a serialization failure, a catalog race.
+fn is_transient(e: &tokio_postgres::Error) -> bool {
+    let Some(db) = e.as_db_error() else {
+        return true; // I/O, a closed connection, a timeout
+    };
+    let class = &db.code().code()[..2];
+    matches!(class, "08" | "40" | "53" | "57" | "58")
+        || db.code() == &SqlState::DUPLICATE_TABLE
+        || (db.code() == &SqlState::UNIQUE_VIOLATION && !is_refusal(e))
+}
+
+/// PostgreSQL's message for `e`, with its detail and the column or constraint it names.
+fn message(e: &tokio_postgres::Error) -> String {
+    let Some(db) = e.as_db_error() else {
+        return crate::error::chain(e);
+    };
+    let mut text = db.message().to_owned();
+    if let Some(column) = db.column() {
+        text.push_str(&format!(" (column {column:?})"));
+    }
+    if let Some(detail) = db.detail() {
+        text.push_str(": ");
+        text.push_str(detail);
+    }
+    text
+}
+
+#[async_trait::async_trait]
+impl Destination for Postgres {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn report_to(&mut self, reporter: Reporter) {
+        self.reporter = reporter;
+    }
+
+    async fn send(&self, batch: Batch) -> Result<(), DestinationError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let (records, mut refused) = parse(&batch);
+        let newest = records.iter().map(|(_, r)| r.commit_timestamp).max();
+        let (indices, records): (Vec<usize>, Vec<RecordChanges>) = records.into_iter().unzip();
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        let _slot = self.slots.acquire().await.expect("never closed");
+        let started = Instant::now();
+        let (rows, rejected) = loop {
+            match tokio::time::timeout(ATTEMPT_TIMEOUT, self.attempt(&records)).await {
+                Ok(Ok(applied)) => break applied,
+                Ok(Err(e)) if is_transient(&e) => tracing::warn!(output = %self.name,
+                    "PostgreSQL did not take the batch; retrying: {}", message(&e)),
+                Ok(Err(e)) => tracing::error!(output = %self.name,
+                    "PostgreSQL refuses to apply the batch; retrying until it is fixed: {}", message(&e)),
+                Err(_) => tracing::warn!(output = %self.name,
+                    "PostgreSQL did not answer within {ATTEMPT_TIMEOUT:?}; retrying"),
+            }
+            self.reporter.retried();
+            tokio::time::sleep(backoff.next_delay()).await;
+        };
+        self.reporter.applied(&rows, started.elapsed());
+        if let Some(newest) = newest {
+            self.prune(newest).await;
+        }
+        refused.extend(rejected.into_iter().map(|(i, why)| (indices[i], why)));
+        refused.sort_by_key(|(i, _)| *i);
+        if refused.is_empty() {
+            return Ok(());
+        }
+        Err(DestinationError::Refused {
+            destination: self.name.clone(),
+            refused: batch.select(refused.iter().map(|(i, _)| *i)),
+            reasons: refused.into_iter().map(|(_, why)| why).collect(),
+        })
+    }
+}
+
+/// The records of `batch` with their index, and those the replica cannot take, with why.
+fn parse(batch: &Batch) -> (Vec<(usize, RecordChanges)>, Refusals) {
+    let (mut records, mut refused) = (Vec::new(), Vec::new());
+    for (i, line) in batch.payloads().enumerate() {
+        match RecordChanges::of_line(line) {
+            Ok(r) => records.push((i, r)),
+            Err(why) => refused.push((i, why)),
+        }
+    }
+    (records, refused)
+}
