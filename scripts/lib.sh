@@ -47,6 +47,22 @@ require_destination_servers() {
   return 1
 }
 
+# PostgreSQL, which the replica tests start (a private server each, as the postgres user
+# when root): Debian's postgresql, installed with apt-get when missing and root.
+require_postgres() {
+  if [ -n "${PG_BIN:-}" ] || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    return 0
+  fi
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "installing postgresql" >&2
+    apt-get install -y postgresql >&2 \
+      || { apt-get update >&2 && apt-get install -y postgresql >&2; } && return 0
+  fi
+  echo "error: PostgreSQL is not installed: install the Debian package postgresql, or set" \
+    "PG_BIN to the directory holding initdb and pg_ctl" >&2
+  return 1
+}
+
 # tansu, the Kafka-protocol broker the Kafka tests start (in memory): not packaged by
 # Debian, so built from crates.io once into ~/.cargo/bin (about 8 minutes on 2 cores) and
 # kept there.

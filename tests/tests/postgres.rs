@@ -319,3 +319,358 @@ async fn bad_uris_credentials_databases_and_schemas_are_one_line_and_exit_2() {
         assert!(errors[0].starts_with("error: --output"), "{}", errors[0]);
     }
 }
+
+/// Every GoogleSQL type, each at its extremes where it has them, NULLs and NULL elements
+/// (in ARRAY<INT64> and ARRAY<DATE>: the emulator crashes on NULL elements of the others).
+/// The emulator sends no fraction of a second and no non-finite float (both arrive in
+/// `records_spanner_sends_arrive_as_documented`).
+const TYPES_SCHEMA: [&str; 2] = [
+    "CREATE TABLE Types (Id INT64 NOT NULL, B BOOL, I INT64, F32 FLOAT32, F64 FLOAT64, \
+     N NUMERIC, S STRING(MAX), Y BYTES(MAX), D DATE, T TIMESTAMP, J JSON, AI ARRAY<INT64>, \
+     AD ARRAY<DATE>, ASTR ARRAY<STRING(MAX)>, AJ ARRAY<JSON>, AF ARRAY<FLOAT64>, \
+     AY ARRAY<BYTES(MAX)>, AN ARRAY<NUMERIC>, AB ARRAY<BOOL>, ATS ARRAY<TIMESTAMP>) \
+     PRIMARY KEY (Id)",
+    "CREATE CHANGE STREAM Changes FOR Types",
+];
+
+const TYPES_COLUMNS: [&str; 19] = [
+    "B", "I", "F32", "F64", "N", "S", "Y", "D", "T", "J", "AI", "AD", "ASTR", "AJ", "AF", "AY",
+    "AN", "AB", "ATS",
+];
+
+const TYPES_WRITES: [&str; 7] = [
+    r#"INSERT INTO Types (Id, B, I, F32, F64, N, S, Y, D, T, J, AI, AD, ASTR, AJ, AF, AY, AN, AB, ATS) VALUES
+       (1, TRUE, 9223372036854775807, CAST(3.4028234e38 AS FLOAT32), 1.7976931348623157e308,
+        NUMERIC '99999999999999999999999999999.999999999', 'ü 日本 "double" \'single\' \\ back',
+        b'\x00\xff\x01', DATE '9999-12-31', TIMESTAMP '9999-12-31T23:59:59Z',
+        JSON '{"a":[1,{"b":null}],"c":"d"}', [1, NULL, -9223372036854775808],
+        [DATE '2020-01-01', NULL], ['a', 'b,c', '{q}'], [JSON '{"x":1}', JSON '[]'],
+        [1.5, -2.25e-300], [b'\x00', b'\xff'], [NUMERIC '1.5', NUMERIC '-0.001'], [TRUE, FALSE],
+        [TIMESTAMP '2020-01-01T00:00:00Z'])"#,
+    // The emulator prints year 1 of a TIMESTAMP as "1-01-01": year 1000 instead.
+    r#"INSERT INTO Types (Id, B, I, F32, F64, N, S, Y, D, T, J) VALUES
+       (2, FALSE, -9223372036854775808, CAST(-3.4028234e38 AS FLOAT32), -1.7976931348623157e308,
+        NUMERIC '-99999999999999999999999999999.999999999', '', b'', DATE '0001-01-01',
+        TIMESTAMP '1000-01-01T00:00:00Z', JSON '"just a string"')"#,
+    "INSERT INTO Types (Id) VALUES (3)",
+    "INSERT INTO Types (Id, S) VALUES (4, 'gone')",
+    "UPDATE Types SET S = 'changed', F64 = -0.5, AI = [] WHERE Id = 1",
+    "UPDATE Types SET I = 5 WHERE Id = 3",
+    "DELETE FROM Types WHERE Id = 4",
+];
+
+/// Each replica column of `Types` as PostgreSQL prints it (in UTC), by `Id`.
+async fn replica_types(client: &tokio_postgres::Client) -> BTreeMap<i64, Vec<Option<String>>> {
+    let select: Vec<String> = TYPES_COLUMNS
+        .iter()
+        .map(|c| format!("\"{c}\"::text"))
+        .collect();
+    client.batch_execute("SET TimeZone = 'UTC'").await.unwrap();
+    let sql = format!("SELECT \"Id\", {} FROM public.\"Types\"", select.join(", "));
+    let rows = client.query(&sql, &[]).await.unwrap();
+    rows.iter()
+        .map(|r| {
+            let values = (1..=TYPES_COLUMNS.len()).map(|i| r.get(i)).collect();
+            (r.get(0), values)
+        })
+        .collect()
+}
+
+/// `Some` of each text, `None` for `"NULL"`.
+fn texts(values: &[&str]) -> Vec<Option<String>> {
+    values
+        .iter()
+        .map(|v| (*v != "NULL").then(|| v.to_string()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_type_arrives_as_documented_through_inserts_updates_and_deletes() {
+    let emulator = Emulator::start(EmulatorOptions::exact()).await.unwrap();
+    let db = emulator
+        .database(screamer::Dialect::GoogleSql, &TYPES_SCHEMA)
+        .await
+        .unwrap();
+    let pg = PostgresServer::start().await.unwrap();
+    let client = pg.client("postgres").await.unwrap();
+    let start = Timestamp::now().to_string();
+    let mut end = String::new();
+    for write in TYPES_WRITES {
+        end = db
+            .dml(vec![Statement::new(write)])
+            .await
+            .unwrap()
+            .to_string();
+    }
+    let output = pg.uri("postgres", "");
+    let args = output_args(&db, &output, &["--start", &start, "--end", &end]);
+    let mut screamer = Screamer::spawn(db.host(), &args).unwrap();
+    let status = screamer.wait(Duration::from_secs(120)).await.unwrap();
+    assert_eq!(status.code(), Some(0), "{}", screamer.stderr());
+    let want = BTreeMap::from([
+        (
+            1,
+            texts(&[
+                "true",
+                "9223372036854775807",
+                "3.4028235e+38",
+                "-0.5",
+                "99999999999999999999999999999.999999999",
+                "changed",
+                "\\x00ff01",
+                "9999-12-31",
+                "9999-12-31 23:59:59+00",
+                r#"{"a": [1, {"b": null}], "c": "d"}"#,
+                "{}",
+                "{2020-01-01,NULL}",
+                r#"{a,"b,c","{q}"}"#,
+                r#"{"{\"x\": 1}",[]}"#,
+                "{1.5,-2.25e-300}",
+                r#"{"\\x00","\\xff"}"#,
+                "{1.5,-0.001}",
+                "{t,f}",
+                r#"{"2020-01-01 00:00:00+00"}"#,
+            ]),
+        ),
+        (
+            2,
+            texts(&[
+                "false",
+                "-9223372036854775808",
+                "-3.4028235e+38",
+                "-1.7976931348623157e+308",
+                "-99999999999999999999999999999.999999999",
+                "",
+                "\\x",
+                "0001-01-01",
+                "1000-01-01 00:00:00+00",
+                r#""just a string""#,
+                "NULL",
+                "NULL",
+                "NULL",
+                "NULL",
+                "NULL",
+                "NULL",
+                "NULL",
+                "NULL",
+                "NULL",
+            ]),
+        ),
+        (3, {
+            let mut row = vec![None; TYPES_COLUMNS.len()];
+            row[1] = Some("5".to_owned());
+            row
+        }),
+    ]);
+    assert_eq!(replica_types(&client).await, want);
+    let types = client
+        .query(
+            "SELECT column_name::text, format_type(atttypid, atttypmod) FROM information_schema.columns c \
+             JOIN pg_attribute a ON a.attrelid = 'public.\"Types\"'::regclass AND a.attname = c.column_name \
+             WHERE c.table_name = 'Types' ORDER BY c.ordinal_position",
+            &[],
+        )
+        .await
+        .unwrap();
+    let types: Vec<(String, String)> = types.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let names = |ts: &[(&str, &str)]| -> Vec<(String, String)> {
+        ts.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    };
+    assert_eq!(
+        types,
+        names(&[
+            ("Id", "bigint"),
+            ("B", "boolean"),
+            ("I", "bigint"),
+            ("F32", "real"),
+            ("F64", "double precision"),
+            ("N", "numeric"),
+            ("S", "text"),
+            ("Y", "bytea"),
+            ("D", "date"),
+            ("T", "timestamp with time zone"),
+            ("J", "jsonb"),
+            ("AI", "bigint[]"),
+            ("AD", "date[]"),
+            ("ASTR", "text[]"),
+            ("AJ", "jsonb[]"),
+            ("AF", "double precision[]"),
+            ("AY", "bytea[]"),
+            ("AN", "numeric[]"),
+            ("AB", "boolean[]"),
+            ("ATS", "timestamp with time zone[]"),
+            ("_screamer_commit_timestamp", "timestamp with time zone"),
+            ("_screamer_record_sequence", "bigint"),
+        ])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_postgresql_dialect_database_replicates_with_its_own_types() {
+    let emulator = Emulator::start(EmulatorOptions::exact()).await.unwrap();
+    let db = emulator
+        .database(screamer::Dialect::PostgreSql, &[])
+        .await
+        .unwrap();
+    // The emulator takes PostgreSQL DDL only after the database exists.
+    db.ddl(&[
+        "CREATE TABLE items (id bigint NOT NULL, f float8, r float4, n numeric, s varchar, \
+         b bytea, d date, t timestamptz, j jsonb, ai bigint[], ok bool, PRIMARY KEY (id))",
+        "CREATE CHANGE STREAM s0 FOR items",
+    ])
+    .await
+    .unwrap();
+    let pg = PostgresServer::start().await.unwrap();
+    let client = pg.client("postgres").await.unwrap();
+    let start = Timestamp::now().to_string();
+    let mut end = String::new();
+    for write in [
+        "INSERT INTO items VALUES (1, 1.25, 2.5, 12345678901234567890.123456789, 'x''y', \
+         '\\x00ff'::bytea, '2024-02-29', '2024-02-29T12:00:00Z', '{\"k\": [1, 2]}', \
+         ARRAY[1, NULL, 3], true)",
+        "INSERT INTO items (id, s) VALUES (2, 'two')",
+        "INSERT INTO items (id) VALUES (3)",
+        "UPDATE items SET s = 'changed', ai = ARRAY[]::bigint[] WHERE id = 1",
+        "DELETE FROM items WHERE id = 2",
+    ] {
+        end = db
+            .dml(vec![Statement::new(write)])
+            .await
+            .unwrap()
+            .to_string();
+    }
+    let output = pg.uri("postgres", "?schema=mirror");
+    let args: Vec<String> = [
+        "--dsn",
+        &db.name.to_string(),
+        "--stream",
+        "s0",
+        "--heartbeat-interval",
+        "1s",
+        "--output",
+        &output,
+        "--start",
+        &start,
+        "--end",
+        &end,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut screamer = Screamer::spawn(db.host(), &args).unwrap();
+    let status = screamer.wait(Duration::from_secs(120)).await.unwrap();
+    assert_eq!(status.code(), Some(0), "{}", screamer.stderr());
+    client.batch_execute("SET TimeZone = 'UTC'").await.unwrap();
+    let rows = client
+        .query(
+            "SELECT id, f::text, r::text, n::text, s, b::text, d::text, t::text, j::text, \
+             ai::text, ok::text FROM mirror.items ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap();
+    let got: Vec<Vec<Option<String>>> = rows
+        .iter()
+        .map(|r| {
+            let mut row = vec![Some(r.get::<_, i64>(0).to_string())];
+            row.extend((1..11).map(|i| r.get::<_, Option<String>>(i)));
+            row
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            texts(&[
+                "1",
+                "1.25",
+                "2.5",
+                "12345678901234567890.123456789",
+                "changed",
+                "\\x00ff",
+                "2024-02-29",
+                "2024-02-29 12:00:00+00",
+                r#"{"k": [1, 2]}"#,
+                "{}",
+                "true",
+            ]),
+            texts(&[
+                "3", "NULL", "NULL", "NULL", "NULL", "NULL", "NULL", "NULL", "NULL", "NULL", "NULL"
+            ]),
+        ]
+    );
+}
+
+/// Records as Spanner sends them where the emulator does not: non-finite floats as strings,
+/// fractions of a second, null elements, an UPDATE of `NEW_VALUES` carrying only what
+/// changed; and a record describing no type for a column.
+const SPANNER_RECORDS: [&str; 4] = [
+    r#"{"commit_timestamp":"2026-12-07T10:00:00.000001Z","record_sequence":"00000000","server_transaction_id":"a","is_last_record_in_transaction_in_partition":true,"table_name":"Floats","column_types":[{"name":"Id","type":{"code":"INT64"},"is_primary_key":true,"ordinal_position":1},{"name":"F","type":{"code":"FLOAT64"},"is_primary_key":false,"ordinal_position":2},{"name":"G","type":{"code":"FLOAT32"},"is_primary_key":false,"ordinal_position":3},{"name":"T","type":{"code":"TIMESTAMP"},"is_primary_key":false,"ordinal_position":4},{"name":"A","type":{"code":"ARRAY","array_element_type":{"code":"FLOAT64"}},"is_primary_key":false,"ordinal_position":5},{"name":"S","type":{"code":"ARRAY","array_element_type":{"code":"STRING"}},"is_primary_key":false,"ordinal_position":6}],"mods":[{"keys":{"Id":"1"},"new_values":{"F":"NaN","G":"-Infinity","T":"2026-12-07T10:00:00.123456789Z","A":[1.5,null,"Infinity"],"S":["x",null,"NULL"]},"old_values":{}},{"keys":{"Id":"2"},"new_values":{"F":"Infinity","G":1.5,"T":"2026-12-07T10:00:00.0000005Z","A":null,"S":[]},"old_values":{}}],"mod_type":"INSERT","value_capture_type":"NEW_VALUES","number_of_records_in_transaction":1,"number_of_partitions_in_transaction":1}"#,
+    r#"{"commit_timestamp":"2026-12-07T10:00:01Z","record_sequence":"00000000","server_transaction_id":"b","is_last_record_in_transaction_in_partition":true,"table_name":"Floats","column_types":[{"name":"Id","type":{"code":"INT64"},"is_primary_key":true,"ordinal_position":1},{"name":"F","type":{"code":"FLOAT64"},"is_primary_key":false,"ordinal_position":2}],"mods":[{"keys":{"Id":"1"},"new_values":{"F":2.5},"old_values":{}}],"mod_type":"UPDATE","value_capture_type":"NEW_VALUES","number_of_records_in_transaction":1,"number_of_partitions_in_transaction":1}"#,
+    r#"{"commit_timestamp":"2026-12-07T10:00:02Z","record_sequence":"00000000","server_transaction_id":"c","is_last_record_in_transaction_in_partition":true,"table_name":"Floats","column_types":[{"name":"Id","type":{"code":"INT64"},"is_primary_key":true,"ordinal_position":1}],"mods":[{"keys":{"Id":"2"},"new_values":{},"old_values":{}}],"mod_type":"DELETE","value_capture_type":"NEW_VALUES","number_of_records_in_transaction":1,"number_of_partitions_in_transaction":1}"#,
+    r#"{"commit_timestamp":"2026-12-07T10:00:03Z","record_sequence":"00000000","server_transaction_id":"d","is_last_record_in_transaction_in_partition":true,"table_name":"Floats","column_types":[{"name":"Id","type":{"code":"INT64"},"is_primary_key":true,"ordinal_position":1}],"mods":[{"keys":{"Id":"3"},"new_values":{"Mystery":1},"old_values":{}}],"mod_type":"INSERT","value_capture_type":"NEW_VALUES","number_of_records_in_transaction":1,"number_of_partitions_in_transaction":1}"#,
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn records_spanner_sends_arrive_as_documented() {
+    let pg = PostgresServer::start().await.unwrap();
+    let client = pg.client("postgres").await.unwrap();
+    let dir = screamer_tests::plugins::scratch_dir("pg-records");
+    let dead = dir.join("dead.ndjson");
+    let input: String = SPANNER_RECORDS.iter().map(|r| format!("{r}\n")).collect();
+    let identity = screamer_tests::plugins::plugin("identity")
+        .display()
+        .to_string();
+    let run = screamer_tests::broker::plugin_run(
+        vec![
+            identity,
+            "--output".into(),
+            pg.uri("postgres", ""),
+            "--dead-letter".into(),
+            dead.display().to_string(),
+        ],
+        input,
+        vec![],
+    )
+    .await;
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    client.batch_execute("SET TimeZone = 'UTC'").await.unwrap();
+    let rows = client
+        .query(
+            r#"SELECT "Id", "F"::text, "G"::text, "T"::text, "A"::text, "S"::text FROM "Floats""#,
+            &[],
+        )
+        .await
+        .unwrap();
+    let got: Vec<Vec<Option<String>>> = rows
+        .iter()
+        .map(|r| {
+            let mut row = vec![Some(r.get::<_, i64>(0).to_string())];
+            row.extend((1..6).map(|i| r.get::<_, Option<String>>(i)));
+            row
+        })
+        .collect();
+    // PostgreSQL keeps microseconds: .123456789 is rounded, as is .0000005.
+    assert_eq!(
+        got,
+        [texts(&[
+            "1",
+            "2.5",
+            "-Infinity",
+            "2026-12-07 10:00:00.123457+00",
+            "{1.5,NULL,Infinity}",
+            r#"{x,NULL,"NULL"}"#,
+        ])]
+    );
+    let letters = std::fs::read_to_string(&dead).unwrap();
+    let letters: Vec<serde_json::Value> = letters
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(
+        letters[0]["error"],
+        "table \"Floats\": column \"Mystery\" is not in the record's column_types"
+    );
+}

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::sql::{Kind, Shape, SqlType};
 use crate::record::{ColumnType, DataChangeRecord, ModType};
@@ -70,7 +70,7 @@ impl RecordChanges {
             .mods
             .iter()
             .map(|m| {
-                let keys = m.keys.to_map();
+                let keys = members(m.keys.as_str())?;
                 let mut columns: Vec<(String, SqlType)> = Vec::new();
                 let mut values = Vec::new();
                 for k in &key {
@@ -78,12 +78,10 @@ impl RecordChanges {
                         format!("table {:?}: a mod has no key column {:?}", record.table_name, k.name)
                     })?;
                     columns.push((k.name.clone(), SqlType::of(&k.column_type)));
-                    values.push(text(value));
+                    values.push(text(value)?);
                 }
                 if kind == Kind::Upsert {
-                    let mut rest: Vec<(String, Value)> = m
-                        .new_values
-                        .to_map()
+                    let mut rest: Vec<(String, &RawValue)> = members(m.new_values.as_str())?
                         .into_iter()
                         .filter(|(name, _)| !keys.contains_key(name))
                         .collect();
@@ -96,7 +94,7 @@ impl RecordChanges {
                             )
                         })?;
                         columns.push((name, SqlType::of(&column.column_type)));
-                        values.push(text(&value));
+                        values.push(text(value)?);
                     }
                 }
                 Ok(Change {
@@ -107,7 +105,7 @@ impl RecordChanges {
                         columns,
                     },
                     values,
-                    key: serde_json::to_string(&keys).expect("a map serializes"),
+                    key: m.keys.as_str().to_owned(),
                     commit_timestamp: commit_timestamp.clone(),
                     sequence,
                 })
@@ -136,14 +134,23 @@ pub(crate) fn key_columns<'a>(
     key
 }
 
-/// A value as the text its column's conversion reads: strings as they are (INT64,
-/// NUMERIC, BYTES, dates, timestamps, a JSON column's document, "NaN"), numbers and
-/// booleans as JSON writes them, arrays and objects as JSON; `null` is NULL.
-fn text(value: &Value) -> Option<String> {
-    match value {
-        Value::Null => None,
-        Value::String(s) => Some(s.clone()),
-        other => Some(other.to_string()),
+/// The members of a JSON object, each value as the text Spanner sent (numbers are never
+/// parsed into floats and printed again: that may change their last digit).
+fn members(object: &str) -> Result<HashMap<String, &RawValue>, String> {
+    serde_json::from_str(object).map_err(|e| format!("a mod is not a JSON object of values: {e}"))
+}
+
+/// A value as the text its column's conversion reads: strings unquoted (INT64, NUMERIC,
+/// BYTES, dates, timestamps, a JSON column's document, "NaN"), numbers, booleans, arrays
+/// and objects as Spanner wrote them; `null` is NULL.
+fn text(value: &RawValue) -> Result<Option<String>, String> {
+    let json = value.get();
+    match json.as_bytes().first() {
+        Some(b'n') => Ok(None),
+        Some(b'"') => serde_json::from_str(json)
+            .map(Some)
+            .map_err(|e| format!("a value is not a JSON string: {e}")),
+        _ => Ok(Some(json.to_owned())),
     }
 }
 

@@ -121,10 +121,15 @@ impl SqlType {
         if !self.array {
             return self.scalar.convert(expr);
         }
-        let element = self.scalar.convert("e.v");
+        // The emulator sends a NULL element of a non-string array as the string "NULL"
+        // (Spanner sends null), which no such element can be.
+        let element = match self.scalar {
+            PgScalar::Text => self.scalar.convert("e.v"),
+            scalar => scalar.convert("NULLIF(e.v, 'NULL')"),
+        };
         format!(
             "CASE WHEN {expr} IS NULL THEN NULL ELSE ARRAY(SELECT {element} \
-             FROM jsonb_array_elements_text(({expr})::jsonb) WITH ORDINALITY AS e(v, n) \
+             FROM json_array_elements_text(({expr})::json) WITH ORDINALITY AS e(v, n) \
              ORDER BY e.n) END"
         )
     }
@@ -383,7 +388,10 @@ mod tests {
             array.starts_with("CASE WHEN v.c2 IS NULL THEN NULL"),
             "{array}"
         );
-        assert!(array.contains("(e.v)::double precision"), "{array}");
+        assert!(
+            array.contains("(NULLIF(e.v, 'NULL'))::double precision"),
+            "{array}"
+        );
         assert!(array.contains("ORDER BY e.n"), "{array}");
     }
 
