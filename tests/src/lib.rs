@@ -8,6 +8,7 @@
 
 pub mod bench;
 pub mod broker;
+pub mod certificates;
 pub mod emulator;
 pub mod http;
 pub mod items;

@@ -18,6 +18,7 @@ pub struct PostgresServer {
     bin: PathBuf,
     dir: PathBuf,
     port: u16,
+    tls: bool,
 }
 
 /// Where Debian puts the server's programs: `PG_BIN`, or the newest
@@ -59,6 +60,16 @@ impl PostgresServer {
     /// A new cluster on a free port, accepting connections as `postgres` without a
     /// password (trust), fsync off.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(None).await
+    }
+
+    /// A server that takes TLS connections only, with `cert.pem` and `key.pem` of
+    /// `certificates` (a directory as [`crate::certificates::make_certificates`] fills it).
+    pub async fn start_with_tls(certificates: &Path) -> anyhow::Result<Self> {
+        Self::start_with(Some(certificates)).await
+    }
+
+    async fn start_with(certificates: Option<&Path>) -> anyhow::Result<Self> {
         let bin = bin_dir()?;
         let dir = crate::plugins::scratch_dir("postgres");
         if is_root() {
@@ -76,13 +87,45 @@ impl PostgresServer {
         if !output.status.success() {
             bail!("initdb failed: {}", String::from_utf8_lossy(&output.stderr));
         }
+        if let Some(certificates) = certificates {
+            use std::os::unix::fs::PermissionsExt;
+            let data = dir.join("data");
+            for file in ["cert.pem", "key.pem"] {
+                std::fs::copy(certificates.join(file), data.join(file))?;
+                std::fs::set_permissions(data.join(file), std::fs::Permissions::from_mode(0o600))?;
+            }
+            let mut conf = std::fs::OpenOptions::new()
+                .append(true)
+                .open(data.join("postgresql.conf"))?;
+            std::io::Write::write_all(
+                &mut conf,
+                b"ssl = on\nssl_cert_file = 'cert.pem'\nssl_key_file = 'key.pem'\n",
+            )?;
+            // TLS or nothing, over TCP.
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+            )?;
+            if is_root() {
+                let status = Command::new("chown")
+                    .args(["-R", "postgres:postgres"])
+                    .arg(&data)
+                    .status()?;
+                anyhow::ensure!(status.success(), "chown of {} failed", data.display());
+            }
+        }
         let port = crate::start_with_retries("postgres", async || {
             let port = free_port()?;
             pg_ctl_start(&bin, &dir, port)?;
             Ok(port)
         })
         .await?;
-        Ok(PostgresServer { bin, dir, port })
+        Ok(PostgresServer {
+            bin,
+            dir,
+            port,
+            tls: certificates.is_some(),
+        })
     }
 
     /// The URI of `database` for `--output`, as user `postgres`, with `query` (`""` or
@@ -98,11 +141,16 @@ impl PostgresServer {
         self.port
     }
 
-    /// A client of `database`.
+    /// A client of `database` (over the Unix socket: a TLS-only server takes it too).
     pub async fn client(&self, database: &str) -> anyhow::Result<tokio_postgres::Client> {
+        let host = if self.tls {
+            self.dir.display().to_string()
+        } else {
+            "127.0.0.1".to_owned()
+        };
         let (client, connection) = tokio_postgres::connect(
             &format!(
-                "host=127.0.0.1 port={} user=postgres dbname={database}",
+                "host={host} port={} user=postgres dbname={database}",
                 self.port
             ),
             tokio_postgres::NoTls,
@@ -111,6 +159,24 @@ impl PostgresServer {
         .with_context(|| format!("connecting to PostgreSQL on port {}", self.port))?;
         tokio::spawn(connection);
         Ok(client)
+    }
+
+    /// Stops the server (fast: open transactions roll back); [`Self::restart`] starts it
+    /// again on the same port, with its data.
+    pub fn stop(&self) -> anyhow::Result<()> {
+        let status = command(&self.bin, "pg_ctl")
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-m", "fast", "-w", "-t", "30", "stop"])
+            .stdout(Stdio::null())
+            .status()?;
+        anyhow::ensure!(status.success(), "pg_ctl stop failed");
+        Ok(())
+    }
+
+    /// Starts a stopped server again.
+    pub fn restart(&self) -> anyhow::Result<()> {
+        pg_ctl_start(&self.bin, &self.dir, self.port)
     }
 
     /// Sends `signal` to the server and all its processes (SIGSTOP freezes it, SIGCONT

@@ -11,6 +11,7 @@ use screamer_tests::broker::{
     SAMPLE_KEYS, assert_whole_record, payloads, plugin_run, sample_records,
     stream_through_restart_and_outage,
 };
+use screamer_tests::certificates::make_certificates;
 use screamer_tests::nats::{Access, NatsServer, Stream};
 use screamer_tests::nats_auth::{Operator, nkey_access, nkey_user};
 use screamer_tests::plugins::{PluginRun, plugin, record_names, scratch_dir};
@@ -318,70 +319,4 @@ async fn nkey_and_creds_files_authenticate_and_a_bad_one_is_one_line() {
         bad.stderr
     );
     std::fs::remove_dir_all(dir).unwrap();
-}
-
-/// A CA (`ca.pem`) and a certificate it signs for 127.0.0.1 (`cert.pem`, `key.pem`) in
-/// `dir`, with openssl.
-fn make_certificates(dir: &std::path::Path) {
-    let openssl = |args: &[&str]| {
-        let out = std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("running openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=test CA",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-    ]);
-    openssl(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=localhost",
-        "-keyout",
-        "key.pem",
-        "-out",
-        "cert.csr",
-    ]);
-    std::fs::write(
-        dir.join("san.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )
-    .unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "cert.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "1",
-        "-extfile",
-        "san.ext",
-        "-out",
-        "cert.pem",
-    ]);
 }

@@ -674,3 +674,210 @@ async fn records_spanner_sends_arrive_as_documented() {
         "table \"Floats\": column \"Mystery\" is not in the record's column_types"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_column_added_in_spanner_appears_in_the_replica() {
+    let emulator = Emulator::start(EmulatorOptions::exact()).await.unwrap();
+    let db = emulator.items_database().await.unwrap();
+    let pg = PostgresServer::start().await.unwrap();
+    let client = pg.client("postgres").await.unwrap();
+    let output = pg.uri("postgres", "");
+    let start = Timestamp::now().to_string();
+    let args = output_args(&db, &output, &["--start", &start]);
+    let mut screamer = Screamer::spawn(db.host(), &args).unwrap();
+    write_items(&db, 1..=5, 5, None, Duration::ZERO)
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(60), "the first rows", async || {
+        (replica_items(&client).await.ok()?.len() == 5).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {}", screamer.stderr()));
+    db.ddl(&["ALTER TABLE Items ADD COLUMN Note STRING(MAX)"])
+        .await
+        .unwrap();
+    db.dml(vec![Statement::new(
+        "UPDATE Items SET Note = 'noted', Seq = 100 WHERE Id = 2",
+    )])
+    .await
+    .unwrap();
+    let notes = eventually(
+        Duration::from_secs(60),
+        "the new column's value",
+        async || {
+            let rows = client
+                .query(
+                    r#"SELECT "Id", "Note" FROM public."Items" ORDER BY "Id""#,
+                    &[],
+                )
+                .await
+                .ok()?;
+            let notes: Vec<(i64, Option<String>)> =
+                rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+            notes.iter().any(|(_, n)| n.is_some()).then_some(notes)
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {}", screamer.stderr()));
+    assert_eq!(
+        notes,
+        [
+            (0, None),
+            (1, None),
+            (2, Some("noted".to_owned())),
+            (3, None),
+            (4, None)
+        ]
+    );
+    replica_equals_spanner(&db, &client, Duration::from_secs(10))
+        .await
+        .unwrap();
+    screamer.signal(SIGINT).unwrap();
+    assert_eq!(
+        screamer.wait(Duration::from_secs(60)).await.unwrap().code(),
+        Some(0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_runner_that_lost_its_lease_writes_late_and_the_guard_refuses_it() {
+    let emulator = Emulator::start(EmulatorOptions::exact()).await.unwrap();
+    let db = std::sync::Arc::new(emulator.items_database().await.unwrap());
+    let pg = PostgresServer::start().await.unwrap();
+    let client = pg.client("postgres").await.unwrap();
+    let output = pg.uri("postgres", "");
+    let start = Timestamp::now().to_string();
+    let metrics = |port: u16| format!("127.0.0.1:{port}");
+    let (port_a, port_b) = (
+        screamer_tests::emulator::free_port().unwrap(),
+        screamer_tests::emulator::free_port().unwrap(),
+    );
+    let runner = |addr: String| {
+        let args = output_args(
+            &db,
+            &output,
+            &[
+                "--metadata-table",
+                "Partitions",
+                "--start",
+                &start,
+                "--lease-duration",
+                "6s",
+                "--metrics-addr",
+                &addr,
+            ],
+        );
+        Screamer::spawn(db.host(), &args).unwrap()
+    };
+    let writing = tokio::spawn({
+        let db = db.clone();
+        // Updates only: no tombstone stands in the way of A's late rows, the rows'
+        // versions alone must refuse them.
+        async move { write_items(&db, 1..=2000, 23, None, Duration::from_millis(4)).await }
+    });
+    // A holds every partition; B waits with room for them.
+    let mut a = runner(metrics(port_a));
+    eventually(Duration::from_secs(60), "rows in the replica", async || {
+        (replica_items(&client).await.ok()?.len() >= 10).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {}", a.stderr()));
+    let mut b = runner(metrics(port_b));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // PostgreSQL goes away: A holds a batch it retries. A is paused with it, PostgreSQL
+    // comes back, and B takes A's partitions once A's lease has run out, from A's last
+    // checkpoint: it writes A's batch and what came after.
+    pg.stop().unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    a.signal(SIGSTOP).unwrap();
+    pg.restart().unwrap();
+    let client = pg.client("postgres").await.unwrap();
+    // B catches up with every write while A is still paused.
+    writing.await.unwrap().unwrap();
+    replica_equals_spanner(&db, &client, Duration::from_secs(120))
+        .await
+        .unwrap_or_else(|e| panic!("{e}: {}", b.stderr()));
+    // A wakes up and writes its batch: every row of it is older than the replica's, and
+    // the replica stays as Spanner is.
+    a.signal(SIGCONT).unwrap();
+    let addr_a = metrics(port_a).parse().unwrap();
+    let stale = eventually(Duration::from_secs(60), "A's late batch", async || {
+        let scrape = screamer_tests::metrics::scrape(addr_a).await.ok()?;
+        let stale = scrape.sum_where("screamer_replica_rows_total", &[("outcome", "stale")]);
+        (stale > 0.0).then_some(stale)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {}", a.stderr()));
+    replica_equals_spanner(&db, &client, Duration::ZERO)
+        .await
+        .unwrap_or_else(|e| panic!("{e}: {}", a.stderr()));
+    eprintln!("late writes the guard refused: {stale}");
+    for runner in [&mut a, &mut b] {
+        runner.signal(SIGINT).unwrap();
+        let status = runner.wait(Duration::from_secs(60)).await.unwrap();
+        assert_eq!(status.code(), Some(0), "{}", runner.stderr());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_modes_encrypt_and_check_certificates_as_libpq_does() {
+    let dir = screamer_tests::plugins::scratch_dir("pg-tls");
+    screamer_tests::certificates::make_certificates(&dir);
+    let stranger = dir.join("stranger");
+    std::fs::create_dir(&stranger).unwrap();
+    screamer_tests::certificates::make_certificates(&stranger);
+    // No ~/.postgresql/root.crt there: libpq's default roots are missing.
+    let home = dir.join("home");
+    std::fs::create_dir(&home).unwrap();
+    let pg = PostgresServer::start_with_tls(&dir).await.unwrap();
+    let client = pg.client("postgres").await.unwrap();
+    let (ca, stranger_ca) = (dir.join("ca.pem"), stranger.join("ca.pem"));
+    let cases: [(String, Result<(), &str>); 6] = [
+        ("sslmode=require".into(), Ok(())),
+        (
+            format!("sslmode=verify-full&sslrootcert={}", ca.display()),
+            Ok(()),
+        ),
+        (
+            format!("sslmode=verify-ca&sslrootcert={}", ca.display()),
+            Ok(()),
+        ),
+        (
+            format!("sslmode=verify-full&sslrootcert={}", stranger_ca.display()),
+            Err("invalid peer certificate"),
+        ),
+        ("sslmode=disable".into(), Err("no pg_hba.conf entry")),
+        (
+            "sslmode=verify-full".into(),
+            Err("home/.postgresql/root.crt does not exist"),
+        ),
+    ];
+    let identity = screamer_tests::plugins::plugin("identity")
+        .display()
+        .to_string();
+    for (i, (options, want)) in cases.into_iter().enumerate() {
+        let uri = pg.uri("postgres", &format!("?schema=case{i}&{options}"));
+        let run = screamer_tests::broker::plugin_run(
+            vec![identity.clone(), "--output".into(), uri],
+            format!("{}\n", SPANNER_RECORDS[0]),
+            vec![("HOME", home.display().to_string())],
+        )
+        .await;
+        match want {
+            Ok(()) => {
+                assert_eq!(run.code, Some(0), "{options}: {}", run.stderr);
+                let rows = client
+                    .query_one(&format!("SELECT count(*) FROM case{i}.\"Floats\""), &[])
+                    .await
+                    .unwrap();
+                assert_eq!(rows.get::<_, i64>(0), 2, "{options}");
+            }
+            Err(message) => {
+                assert_eq!(run.code, Some(2), "{options}: {}", run.stderr);
+                let last = run.stderr.lines().last().unwrap_or_default();
+                assert!(last.starts_with("error: --output"), "{options}: {last}");
+                assert!(last.contains(message), "{options}: {last}");
+            }
+        }
+    }
+}

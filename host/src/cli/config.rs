@@ -6,8 +6,9 @@
 //! defaults; the chain is the file's `[[plugins]]` in order, then `--plugin` flags in order.
 //!
 //! Destinations are URIs (`screamer::destination::DestinationUri`): `-`, `file:PATH` or a
-//! path (relative to this file), `http(s)://...`, `pubsub://...`; or a table of `uri` and
-//! the URI's options as keys (`{ uri = "pubsub://projects/p/topics/t", mods = "split" }`).
+//! path (relative to this file), `http(s)://...`, `pubsub://...`, `kafka://...`,
+//! `nats://...`, `postgres://...`; or a table of `uri` and the URI's options as keys
+//! (`{ uri = "pubsub://projects/p/topics/t", mods = "split" }`).
 //!
 //! ```toml
 //! output = "-"                          # default: stdout
@@ -59,7 +60,8 @@ pub struct PipelineArgs {
     /// TOML file describing the pipeline (plugins, configs, limits, grants, outputs).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Where output records go: `-` (stdout), `file:PATH` or a path, `http(s)://...`.
+    /// Where output records go: `-` (stdout), `file:PATH` or a path, `http(s)://...`,
+    /// `pubsub://...`, `kafka://...`, `nats://...`, or a replica, `postgres://...`.
     #[arg(long, value_name = "URI", env = "OUTPUT")]
     pub output: Option<String>,
     /// Where records a plugin failed or a destination refused go (default: stderr).

@@ -182,6 +182,24 @@ impl Batch {
     }
 }
 
+#[cfg(any(feature = "nats", feature = "postgres"))]
+/// Whether TLS itself failed (a certificate refused by either side), which no retry mends,
+/// rather than the connection.
+pub(crate) fn is_tls_refusal(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        let io_inner = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|inner| inner as &(dyn std::error::Error + 'static));
+        if e.is::<rustls::Error>() || io_inner.is_some_and(|i| i.is::<rustls::Error>()) {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
 /// Why a destination did not accept all of a batch.
 #[derive(Debug, thiserror::Error)]
 pub enum DestinationError {

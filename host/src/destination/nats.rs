@@ -180,7 +180,7 @@ async fn connect_waiting(
                 if matches!(
                     e.kind(),
                     Kind::Authentication | Kind::AuthorizationViolation | Kind::Tls
-                ) || is_tls_refusal(&e) =>
+                ) || super::is_tls_refusal(&e) =>
             {
                 // The kind says it all for credentials; TLS errors carry the detail.
                 let reason = match e.kind() {
@@ -203,23 +203,6 @@ async fn connect_waiting(
         }
         tokio::time::sleep(backoff.next_delay()).await;
     }
-}
-
-/// Whether TLS itself failed (a certificate refused by either side), which no retry mends,
-/// rather than the connection.
-fn is_tls_refusal(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut next = Some(error);
-    while let Some(e) = next {
-        let io_inner = e
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            .map(|inner| inner as &(dyn std::error::Error + 'static));
-        if e.is::<rustls::Error>() || io_inner.is_some_and(|i| i.is::<rustls::Error>()) {
-            return true;
-        }
-        next = e.source();
-    }
-    false
 }
 
 /// Publishes to the JetStream stream that takes one subject, or one per table.

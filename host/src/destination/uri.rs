@@ -81,6 +81,17 @@ pub enum SslMode {
 }
 
 impl SslMode {
+    /// The mode as libpq names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Disable => "disable",
+            Self::Prefer => "prefer",
+            Self::Require => "require",
+            Self::VerifyCa => "verify-ca",
+            Self::VerifyFull => "verify-full",
+        }
+    }
+
     fn parse(text: &str) -> Option<Self> {
         Some(match text {
             "disable" => Self::Disable,

@@ -1,6 +1,9 @@
 //! The demo: a local emulator, a database with a change stream, screamer reading it through
 //! the plugin chain of `examples/pipeline.toml` while rows are written, its NDJSON on this
 //! terminal's stdout. Run it with `scripts/demo.sh` (which builds the plugins first).
+//!
+//! With `--replica` (`scripts/demo-replica.sh`): a throwaway PostgreSQL too, screamer runs
+//! `examples/replica.toml` into it, and the replica is printed and compared with Spanner.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -11,17 +14,28 @@ use std::time::Duration;
 use anyhow::Context;
 use gcloud_spanner::key::Key;
 use gcloud_spanner::mutation::{delete, insert_or_update};
+use gcloud_spanner::statement::Statement;
 use screamer::{Dialect, Timestamp};
-use screamer_tests::{Emulator, EmulatorOptions, screamer_bin};
+use screamer_tests::postgres::PostgresServer;
+use screamer_tests::{Emulator, EmulatorOptions, TestDatabase, screamer_bin};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let seconds: u64 = std::env::args()
-        .nth(1)
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let replica = args.first().is_some_and(|a| a == "--replica");
+    if replica {
+        args.remove(0);
+    }
+    let seconds: u64 = args
+        .first()
         .map(|s| s.parse())
         .transpose()
-        .context("usage: screamer-demo [SECONDS]")?
+        .context("usage: screamer-demo [--replica] [SECONDS]")?
         .unwrap_or(10);
+    let postgres = match replica {
+        true => Some(PostgresServer::start().await?),
+        false => None,
+    };
     let emulator = Emulator::start(EmulatorOptions {
         partition_alive_seconds: Some(5),
         ..Default::default()
@@ -44,7 +58,7 @@ async fn main() -> anyhow::Result<()> {
         db.name
     );
     let start = Timestamp::now();
-    let args = [
+    let mut args = vec![
         "--dsn".to_owned(),
         db.name.to_string(),
         "--stream".into(),
@@ -58,6 +72,11 @@ async fn main() -> anyhow::Result<()> {
         "--config".into(),
         concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/pipeline.toml").into(),
     ];
+    if let Some(pg) = &postgres {
+        *args.last_mut().expect("the config path") =
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/replica.toml").into();
+        args.extend(["--output".into(), pg.uri("postgres", "?schema=spanner")]);
+    }
     eprintln!("demo: {} {}", screamer_bin().display(), args.join(" "));
     let mut screamer = Command::new(screamer_bin())
         .args(&args)
@@ -120,5 +139,53 @@ async fn main() -> anyhow::Result<()> {
     unsafe { screamer_tests::libc::kill(screamer.id() as i32, screamer_tests::libc::SIGINT) };
     let status = screamer.wait()?;
     eprintln!("demo: wrote {i} transactions; screamer exited with {status}");
+    if let Some(pg) = &postgres {
+        show_replica(&db, pg).await?;
+    }
+    Ok(())
+}
+
+/// Prints the replica's Singers and whether they equal Spanner's (but for the hashed
+/// e-mail addresses).
+async fn show_replica(db: &TestDatabase, pg: &PostgresServer) -> anyhow::Result<()> {
+    let client = pg.client("postgres").await?;
+    let rows = client
+        .query(
+            r#"SELECT "SingerId", "Name", "Plays", "Email", _screamer_commit_timestamp::text
+               FROM spanner."Singers" ORDER BY "SingerId""#,
+            &[],
+        )
+        .await?;
+    println!("SingerId | Name | Plays | Email (hashed) | last change");
+    let mut replica = Vec::new();
+    for r in &rows {
+        let row: (i64, Option<String>, Option<i64>) = (r.get(0), r.get(1), r.get(2));
+        let email: Option<String> = r.get(3);
+        let changed: String = r.get(4);
+        println!(
+            "{} | {:?} | {:?} | {:?} | {changed}",
+            row.0, row.1, row.2, email
+        );
+        replica.push(row);
+    }
+    let mut tx = db.client.single().await?;
+    let mut spanner_rows = tx
+        .query(Statement::new(
+            "SELECT SingerId, Name, Plays FROM Singers ORDER BY SingerId",
+        ))
+        .await?;
+    let mut spanner = Vec::new();
+    while let Some(row) = spanner_rows.next().await? {
+        spanner.push((row.column(0)?, row.column(1)?, row.column(2)?));
+    }
+    let equal = if spanner == replica { "yes" } else { "NO" };
+    eprintln!(
+        "demo: replica at {} (schema spanner) equals Spanner (SingerId, Name, Plays): {equal}",
+        pg.uri("postgres", "")
+    );
+    anyhow::ensure!(
+        spanner == replica,
+        "the replica differs from Spanner: {spanner:?}"
+    );
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! Destination benchmark on the emulators: one stream range read by the screamer binary into
-//! a file, Pub/Sub, Kafka, JetStream and HTTP, side by side; commit-to-consumer latency per
-//! destination under a steady writer; screamer's memory while a broker is stalled. See
-//! BENCHMARKS.md for the command and results.
+//! a file, Pub/Sub, Kafka, JetStream, HTTP and a PostgreSQL replica, side by side (and a
+//! `COPY` of the same rows into PostgreSQL as the replica's floor); commit-to-consumer
+//! latency per destination under a steady writer; screamer's memory while a broker is
+//! stalled. See BENCHMARKS.md for the command and results.
 
 use std::collections::HashMap;
 use std::io::{Read, Seek};
@@ -16,6 +17,7 @@ use screamer_tests::broker::{Broker, Delivered};
 use screamer_tests::http::{Behaviour, HttpSink};
 use screamer_tests::kafka::{self, KafkaBroker};
 use screamer_tests::nats::{self, NatsServer};
+use screamer_tests::postgres::PostgresServer;
 use screamer_tests::pubsub::{self, PubSubEmulator};
 use screamer_tests::{Emulator, EmulatorOptions, TestDatabase, screamer_bin};
 
@@ -26,11 +28,24 @@ const ROUNDS: usize = 5;
 
 /// Where a run sends its records, and how the bench reads them back.
 enum Sink<'a> {
-    File { path: std::path::PathBuf, read: u64 },
-    Http { sink: &'a HttpSink, seen: usize },
+    File {
+        path: std::path::PathBuf,
+        read: u64,
+    },
+    Http {
+        sink: &'a HttpSink,
+        seen: usize,
+    },
     PubSub(pubsub::Topic<'a>),
     Kafka(kafka::Topic<'a>),
     Nats(nats::Stream<'a>),
+    /// A replica in schema `schema`: the Ids of its `Bench` rows, those seen already kept.
+    Postgres {
+        server: &'a PostgresServer,
+        client: &'a tokio_postgres::Client,
+        schema: String,
+        seen: std::collections::HashSet<i64>,
+    },
 }
 
 impl Sink<'_> {
@@ -41,6 +56,7 @@ impl Sink<'_> {
             Sink::PubSub(_) => "Pub/Sub",
             Sink::Kafka(_) => "Kafka",
             Sink::Nats(_) => "JetStream",
+            Sink::Postgres { .. } => "PostgreSQL",
         }
     }
 
@@ -51,6 +67,9 @@ impl Sink<'_> {
             Sink::PubSub(b) => strip_split(b.output()),
             Sink::Kafka(b) => strip_split(b.output()),
             Sink::Nats(b) => strip_split(b.output()),
+            Sink::Postgres { server, schema, .. } => {
+                server.uri("postgres", &format!("?schema={schema}"))
+            }
         }
     }
 
@@ -63,6 +82,19 @@ impl Sink<'_> {
 
     /// The Ids of the rows that arrived since the last call.
     async fn drain(&mut self, wait: Duration) -> anyhow::Result<Vec<i64>> {
+        if let Sink::Postgres {
+            client,
+            schema,
+            seen,
+            ..
+        } = self
+        {
+            tokio::time::sleep(wait.min(Duration::from_millis(20))).await;
+            let sql = format!(r#"SELECT "Id" FROM "{schema}"."Bench""#);
+            let rows = client.query(&sql, &[]).await.unwrap_or_default();
+            let ids = rows.iter().map(|r| r.get(0)).filter(|id| seen.insert(*id));
+            return Ok(ids.collect());
+        }
         let lines: Vec<String> = match self {
             Sink::File { path, read } => {
                 tokio::time::sleep(wait.min(Duration::from_millis(20))).await;
@@ -85,6 +117,7 @@ impl Sink<'_> {
             Sink::PubSub(b) => data(b.drain(wait).await?),
             Sink::Kafka(b) => data(b.drain(wait).await?),
             Sink::Nats(b) => data(b.drain(wait).await?),
+            Sink::Postgres { .. } => unreachable!("read above"),
         };
         let mut ids = Vec::new();
         for line in lines {
@@ -101,6 +134,7 @@ impl Sink<'_> {
             Sink::PubSub(b) => b.signal(signal),
             Sink::Kafka(b) => b.signal(signal),
             Sink::Nats(b) => b.signal(signal),
+            Sink::Postgres { server, .. } => server.signal(signal),
             _ => Ok(()),
         }
     }
@@ -120,16 +154,23 @@ struct Servers {
     kafka: KafkaBroker,
     nats: NatsServer,
     http: HttpSink,
+    postgres: PostgresServer,
+    /// A client of `postgres`, for reading the replicas back.
+    client: tokio_postgres::Client,
     dir: std::path::PathBuf,
 }
 
 impl Servers {
     async fn start() -> anyhow::Result<Self> {
+        let postgres = PostgresServer::start().await?;
+        let client = postgres.client("postgres").await?;
         let servers = Servers {
             pubsub: PubSubEmulator::start().await?,
             kafka: KafkaBroker::start().await?,
             nats: NatsServer::start().await?,
             http: HttpSink::start(Behaviour::default()).await?,
+            postgres,
+            client,
             dir: screamer_tests::plugins::scratch_dir("dest-bench"),
         };
         // JetStream drops a message it has seen (by `Nats-Msg-Id`): every run of the same
@@ -168,6 +209,13 @@ impl Servers {
             Sink::Http {
                 sink: &self.http,
                 seen: self.http.lines().len(),
+            },
+            // A schema per phase: every run starts from an empty replica.
+            Sink::Postgres {
+                server: &self.postgres,
+                client: &self.client,
+                schema: phase.to_owned(),
+                seen: Default::default(),
             },
         ];
         // The file stays: the others are compared with it.
@@ -393,6 +441,7 @@ async fn throughput_table(
         }
     }
     let mut file_rates = None;
+    let copy_seconds = copy_floor(&servers.client).await?;
     for ((sink, fixed), runs) in sinks.iter().zip(fixed).zip(&mut runs) {
         runs.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
         let seconds = runs[runs.len() / 2].seconds;
@@ -408,8 +457,44 @@ async fn throughput_table(
             peak_rss_kb / 1024
         );
     }
-
+    let rate = COMMITS as f64 / copy_seconds;
+    println!(
+        "| `COPY` into PostgreSQL (the replica's floor: the same rows, no stream) | {copy_seconds:.2} | {rate:.0} | {:.2} | | | | |",
+        rate / file_rates.map_or(rate, |(base, _)| base)
+    );
     Ok(())
+}
+
+/// Seconds a `COPY` of the range's rows into a table of the replica's shape takes (best of
+/// three, each into an empty table).
+async fn copy_floor(client: &tokio_postgres::Client) -> anyhow::Result<f64> {
+    use futures_util::SinkExt;
+    let mut text = String::new();
+    for id in 0..COMMITS {
+        text.push_str(&id.to_string());
+        for c in 1..10 {
+            text.push_str(&format!("\t{c}:{id}:{}", "x".repeat(180)));
+        }
+        text.push('\n');
+    }
+    let text = bytes::Bytes::from(text);
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        client
+            .batch_execute(
+                r#"DROP SCHEMA IF EXISTS floor CASCADE; CREATE SCHEMA floor;
+                   CREATE TABLE floor."Bench" ("Id" bigint PRIMARY KEY, "C1" text, "C2" text,
+                   "C3" text, "C4" text, "C5" text, "C6" text, "C7" text, "C8" text, "C9" text)"#,
+            )
+            .await?;
+        let began = Instant::now();
+        let sink = client.copy_in(r#"COPY floor."Bench" FROM STDIN"#).await?;
+        futures_util::pin_mut!(sink);
+        sink.send(text.clone()).await?;
+        sink.as_mut().finish().await?;
+        best = best.min(began.elapsed().as_secs_f64());
+    }
+    Ok(best)
 }
 
 async fn latency_table(servers: &Servers) -> anyhow::Result<()> {

@@ -25,6 +25,7 @@
 mod rows;
 mod sql;
 mod tables;
+mod tls;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -37,7 +38,7 @@ use tokio_postgres::{Client, NoTls, Statement, Transaction};
 use self::rows::{Group, RecordChanges, groups};
 use self::sql::{Kind, Shape};
 use self::tables::Tables;
-use super::uri::{PostgresUri, SslMode};
+use super::uri::PostgresUri;
 use super::{Batch, Destination, DestinationError, Reporter};
 use crate::client::Backoff;
 use crate::observe::ReplicaRows;
@@ -66,6 +67,8 @@ pub struct Postgres {
     name: String,
     schema: String,
     config: tokio_postgres::Config,
+    /// `None`: plain TCP (`sslmode=disable`).
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
     tables: Tables,
     idle: Mutex<Vec<Connection>>,
     slots: tokio::sync::Semaphore,
@@ -76,10 +79,8 @@ pub struct Postgres {
 /// Why a PostgreSQL replica cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum PostgresError {
-    #[error(
-        "TLS (sslmode={0:?}) is not supported by this build yet; use sslmode=disable or prefer"
-    )]
-    Tls(SslMode),
+    #[error("{0}")]
+    Tls(String),
     #[error("{0}")]
     Refused(String),
 }
@@ -98,16 +99,14 @@ impl Postgres {
     /// tombstones table exist. Refused credentials, a missing database or a schema this
     /// user cannot write are errors; a server that does not answer yet is waited for.
     pub async fn open(uri: &PostgresUri) -> Result<Self, PostgresError> {
-        if matches!(
-            uri.sslmode,
-            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
-        ) {
-            return Err(PostgresError::Tls(uri.sslmode));
-        }
+        let (tls, sslmode) = tls::connector(uri).map_err(PostgresError::Tls)?;
+        let mut config = config(uri);
+        config.ssl_mode(sslmode);
         let postgres = Postgres {
             name: uri.to_string(),
             schema: uri.schema.clone(),
-            config: config(uri),
+            config,
+            tls,
             tables: Tables::new(&uri.schema),
             idle: Mutex::default(),
             slots: tokio::sync::Semaphore::new(POOL_SIZE),
@@ -143,13 +142,22 @@ impl Postgres {
     }
 
     async fn connect(&self) -> Result<Connection, tokio_postgres::Error> {
-        let (client, connection) = self.config.connect(NoTls).await?;
         let name = self.name.clone();
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(output = %name, "PostgreSQL connection closed: {e}");
+        let closed = move |e: tokio_postgres::Error| {
+            tracing::debug!(output = %name, "PostgreSQL connection closed: {e}");
+        };
+        let client = match &self.tls {
+            None => {
+                let (client, connection) = self.config.connect(NoTls).await?;
+                tokio::spawn(async move { connection.await.map_err(closed) });
+                client
             }
-        });
+            Some(tls) => {
+                let (client, connection) = self.config.connect(tls.clone()).await?;
+                tokio::spawn(async move { connection.await.map_err(closed) });
+                client
+            }
+        };
         Ok(Connection {
             client,
             statements: HashMap::new(),
@@ -234,7 +242,7 @@ impl Postgres {
     }
 }
 
-/// The client's settings: the URI's, `PGPASSWORD` when it has no password, plain TCP.
+/// The client's settings: the URI's, `PGPASSWORD` when it has no password.
 fn config(uri: &PostgresUri) -> tokio_postgres::Config {
     let mut config = tokio_postgres::Config::new();
     config
@@ -245,8 +253,7 @@ fn config(uri: &PostgresUri) -> tokio_postgres::Config {
         .application_name(uri.application_name.as_deref().unwrap_or("screamer"))
         .connect_timeout(Duration::from_secs(uri.connect_timeout.unwrap_or(10)))
         // `IF NOT EXISTS` statements would log a notice each.
-        .options("-c client_min_messages=warning")
-        .ssl_mode(tokio_postgres::config::SslMode::Disable);
+        .options("-c client_min_messages=warning");
     let password = uri
         .password
         .clone()
@@ -368,7 +375,8 @@ fn is_refusal(e: &tokio_postgres::Error) -> bool {
 /// a deadlock, a serialization failure, a catalog race.
 fn is_transient(e: &tokio_postgres::Error) -> bool {
     let Some(db) = e.as_db_error() else {
-        return true; // I/O, a closed connection, a timeout
+        // I/O, a closed connection, a timeout; but a certificate refused is for good.
+        return !super::is_tls_refusal(e);
     };
     let class = &db.code().code()[..2];
     matches!(class, "08" | "40" | "53" | "57" | "58")
