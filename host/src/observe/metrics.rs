@@ -24,7 +24,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
-use super::{Event, Observer, OutcomeCounts};
+use super::{Event, Observer, OutcomeCounts, ReplicaRows};
 use crate::partition::PartitionToken;
 use crate::record::DataChangeRecord;
 use crate::source::SourceError;
@@ -366,19 +366,6 @@ impl Metrics {
             self.dead_letters.clone(),
         );
         r.register(
-            "replica_rows",
-            "Row changes a replica output applied, by outcome (upserted, deleted, stale: older \
-             than the replica's row, refused: dead-lettered)",
-            self.replica_rows.clone(),
-        );
-        r.register_with_unit(
-            "replica_apply_duration",
-            "Time a replica output took to apply a batch in one transaction, from its start to \
-             its commit (retries included)",
-            Unit::Seconds,
-            self.replica_seconds.clone(),
-        );
-        r.register(
             "plugin_calls",
             "Calls of each plugin",
             self.plugin_calls.clone(),
@@ -404,6 +391,31 @@ impl Metrics {
             "Records each plugin decided on, by outcome (keep, drop, replace, emit, fail)",
             self.plugin_records.clone(),
         );
+        register_replica(
+            &mut self.registry,
+            &self.replica_rows,
+            &self.replica_seconds,
+        );
+    }
+
+    fn replica_applied(&self, output: &str, rows: &ReplicaRows, took: Duration) {
+        let outcomes = [
+            ("upserted", rows.upserted),
+            ("deleted", rows.deleted),
+            ("stale", rows.stale),
+            ("refused", rows.refused),
+        ];
+        for (outcome, n) in outcomes {
+            self.replica_rows
+                .get_or_create(&ReplicaLabels {
+                    output: output.to_owned(),
+                    outcome,
+                })
+                .inc_by(n);
+        }
+        self.replica_seconds
+            .get_or_create(&self.output(output))
+            .observe(took.as_secs_f64());
     }
 
     /// Starts the series of `outputs` and `plugins` at zero, so that they are exported (and
@@ -643,23 +655,7 @@ impl Observer for Metrics {
                 }
             }
             Event::ReplicaApplied { output, rows, took } => {
-                let outcomes = [
-                    ("upserted", rows.upserted),
-                    ("deleted", rows.deleted),
-                    ("stale", rows.stale),
-                    ("refused", rows.refused),
-                ];
-                for (outcome, n) in outcomes {
-                    self.replica_rows
-                        .get_or_create(&ReplicaLabels {
-                            output: output.to_owned(),
-                            outcome,
-                        })
-                        .inc_by(n);
-                }
-                self.replica_seconds
-                    .get_or_create(&self.output(output))
-                    .observe(took.as_secs_f64());
+                self.replica_applied(output, rows, took);
             }
             Event::OutputRetried { output } => {
                 self.output_retries
@@ -771,6 +767,27 @@ fn error_class(error: &SourceError) -> &'static str {
         },
         _ => "other",
     }
+}
+
+/// The PostgreSQL replica's metrics.
+fn register_replica(
+    r: &mut Registry,
+    rows: &Family<ReplicaLabels, Counter>,
+    seconds: &Family<OutputLabels, Histogram>,
+) {
+    r.register(
+        "replica_rows",
+        "Row changes a replica output applied, by outcome (upserted, deleted, stale: older than \
+         the replica's row, refused: dead-lettered)",
+        rows.clone(),
+    );
+    r.register_with_unit(
+        "replica_apply_duration",
+        "Time a replica output took to apply a batch in one transaction, from its start to its \
+         commit (retries included)",
+        Unit::Seconds,
+        seconds.clone(),
+    );
 }
 
 #[cfg(test)]

@@ -205,8 +205,10 @@ impl Postgres {
         let mut connection = self.connection().await?;
         let applied = match apply_all(&mut connection, &self.schema, &self.tables, records).await {
             Err(e) if is_refusal(&e) => {
-                // Whatever the failed transaction prepared may name tables it created.
+                // Whatever the failed transaction prepared may name tables it created; and
+                // a table someone changed is looked at again (a dropped column comes back).
                 connection.statements.clear();
+                self.tables.forget();
                 apply_each(&mut connection, &self.schema, &self.tables, records).await
             }
             other => other,
@@ -358,7 +360,9 @@ async fn run(
     Ok(rows)
 }
 
-/// An error PostgreSQL will answer again for the same rows: bad data, a constraint.
+/// An error PostgreSQL will answer again for the same rows: bad data, a constraint, a
+/// table someone changed so that the record no longer fits (its key is not the table's,
+/// a column was dropped or retyped).
 fn is_refusal(e: &tokio_postgres::Error) -> bool {
     let Some(db) = e.as_db_error() else {
         return false;
@@ -368,7 +372,15 @@ fn is_refusal(e: &tokio_postgres::Error) -> bool {
     // fault, and the next attempt finds the table.
     let catalog_race = db.code() == &SqlState::UNIQUE_VIOLATION
         && db.table().is_some_and(|t| t.starts_with("pg_"));
-    (class == "22" || class == "23") && !catalog_race
+    let misfit = [
+        SqlState::INVALID_COLUMN_REFERENCE,
+        SqlState::UNDEFINED_COLUMN,
+        SqlState::DATATYPE_MISMATCH,
+        SqlState::CANNOT_COERCE,
+        SqlState::DUPLICATE_COLUMN,
+        SqlState::WRONG_OBJECT_TYPE,
+    ];
+    ((class == "22" || class == "23") && !catalog_race) || misfit.contains(db.code())
 }
 
 /// An error that may go away by itself: no connection, a server starting or shutting down,

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 use serde_json::value::RawValue;
 
-use super::sql::{Kind, Shape, SqlType};
+use super::sql::{COMMIT_TIMESTAMP, Kind, RECORD_SEQUENCE, Shape, SqlType, TOMBSTONES};
 use crate::record::{ColumnType, DataChangeRecord, ModType};
 
 /// The changes of one output record.
@@ -48,6 +48,12 @@ impl RecordChanges {
     }
 
     fn of(record: &DataChangeRecord) -> Result<Self, String> {
+        if record.table_name == TOMBSTONES || record.table_name.is_empty() {
+            return Err(format!(
+                "table {:?}: not a name a replica table can have",
+                record.table_name
+            ));
+        }
         let sequence: i64 = record.record_sequence.parse().map_err(|_| {
             format!(
                 "record_sequence {:?} is not a number: the replica orders changes by it",
@@ -70,33 +76,7 @@ impl RecordChanges {
             .mods
             .iter()
             .map(|m| {
-                let keys = members(m.keys.as_str())?;
-                let mut columns: Vec<(String, SqlType)> = Vec::new();
-                let mut values = Vec::new();
-                for k in &key {
-                    let value = keys.get(&k.name).ok_or_else(|| {
-                        format!("table {:?}: a mod has no key column {:?}", record.table_name, k.name)
-                    })?;
-                    columns.push((k.name.clone(), SqlType::of(&k.column_type)));
-                    values.push(text(value)?);
-                }
-                if kind == Kind::Upsert {
-                    let mut rest: Vec<(String, &RawValue)> = members(m.new_values.as_str())?
-                        .into_iter()
-                        .filter(|(name, _)| !keys.contains_key(name))
-                        .collect();
-                    rest.sort_by(|a, b| a.0.cmp(&b.0));
-                    for (name, value) in rest {
-                        let column = record.column_types.iter().find(|c| c.name == name).ok_or_else(|| {
-                            format!(
-                                "table {:?}: column {name:?} is not in the record's column_types",
-                                record.table_name
-                            )
-                        })?;
-                        columns.push((name, SqlType::of(&column.column_type)));
-                        values.push(text(value)?);
-                    }
-                }
+                let (columns, values) = columns(record, &key, kind, m)?;
                 Ok(Change {
                     shape: Shape {
                         table: record.table_name.clone(),
@@ -123,6 +103,48 @@ impl RecordChanges {
     pub(crate) fn len(&self) -> usize {
         self.changes.len()
     }
+}
+
+/// The columns mod `m` of `record` writes, with their values: the key's (`key`, in key
+/// order), then for an upsert the others it carries, by name.
+fn columns(
+    record: &DataChangeRecord,
+    key: &[&ColumnType],
+    kind: Kind,
+    m: &crate::record::Mod,
+) -> Result<(Vec<(String, SqlType)>, Vec<Option<String>>), String> {
+    let table = &record.table_name;
+    let keys = members(m.keys.as_str())?;
+    let (mut columns, mut values) = (Vec::new(), Vec::new());
+    for k in key {
+        let value = keys
+            .get(&k.name)
+            .ok_or_else(|| format!("table {table:?}: a mod has no key column {:?}", k.name))?;
+        columns.push((k.name.clone(), SqlType::of(&k.column_type)));
+        values.push(text(value)?);
+    }
+    if kind == Kind::Delete {
+        return Ok((columns, values));
+    }
+    let mut rest: Vec<(String, &RawValue)> = members(m.new_values.as_str())?
+        .into_iter()
+        .filter(|(name, _)| !keys.contains_key(name))
+        .collect();
+    rest.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, value) in rest {
+        if name == COMMIT_TIMESTAMP || name == RECORD_SEQUENCE {
+            return Err(format!(
+                "table {table:?}: column {name:?} is the replica's own (the stale-write guard)"
+            ));
+        }
+        let column = record.column_types.iter().find(|c| c.name == name);
+        let column = column.ok_or_else(|| {
+            format!("table {table:?}: column {name:?} is not in the record's column_types")
+        })?;
+        columns.push((name, SqlType::of(&column.column_type)));
+        values.push(text(value)?);
+    }
+    Ok((columns, values))
 }
 
 /// The primary key's columns, in key order (their ordinal positions).
@@ -265,6 +287,22 @@ mod tests {
         assert_eq!(e(no_key), "table \"Items\": a mod has no key column \"Id\"");
         let sequence = line("DELETE", r#"[{"keys":{"Id":"1"}}]"#, "x1");
         assert!(e(sequence).starts_with("record_sequence \"x1\" is not a number"));
+        let guard = line(
+            "INSERT",
+            r#"[{"keys":{"Id":"1"},"new_values":{"_screamer_commit_timestamp":"2000-01-01T00:00:00Z"}}]"#,
+            "0",
+        );
+        assert!(e(guard).ends_with("is the replica's own (the stale-write guard)"));
+        let tombstones = String::from_utf8(line("DELETE", r#"[{"keys":{"Id":"1"}}]"#, "0"))
+            .unwrap()
+            .replace(
+                r#""table_name":"Items""#,
+                r#""table_name":"_screamer_tombstones""#,
+            );
+        assert_eq!(
+            e(tombstones.into_bytes()),
+            "table \"_screamer_tombstones\": not a name a replica table can have"
+        );
     }
 
     #[test]

@@ -56,6 +56,11 @@ impl Tables {
         }
     }
 
+    /// Forgets what it knows of the tables: the next transaction looks at them again.
+    pub(crate) fn forget(&self) {
+        self.known.lock().expect("not poisoned").clear();
+    }
+
     /// Per table, the columns `records` describe, for the tables that may lack some.
     fn missing<'a>(
         &self,
