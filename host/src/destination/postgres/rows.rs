@@ -27,12 +27,17 @@ pub(crate) struct RecordChanges {
     pub(crate) commit_timestamp: crate::Timestamp,
 }
 
+/// Columns with their replica types.
+type Columns = Vec<(String, SqlType)>;
+/// A value per column: its text, or NULL.
+type Values = Vec<Option<String>>;
+
 /// One row's change: its statement's shape and the values that go with it.
 #[derive(Debug)]
 struct Change {
     shape: Shape,
     /// One per column of the shape: the value's text (an array's or a JSON's is its JSON).
-    values: Vec<Option<String>>,
+    values: Values,
     /// The key as a JSON object, as the change stream gives it (the tombstone's key).
     key: String,
     commit_timestamp: String,
@@ -112,7 +117,7 @@ fn columns(
     key: &[&ColumnType],
     kind: Kind,
     m: &crate::record::Mod,
-) -> Result<(Vec<(String, SqlType)>, Vec<Option<String>>), String> {
+) -> Result<(Columns, Values), String> {
     let table = &record.table_name;
     let keys = members(m.keys.as_str())?;
     let (mut columns, mut values) = (Vec::new(), Vec::new());
