@@ -18,7 +18,6 @@ pub struct PostgresServer {
     bin: PathBuf,
     dir: PathBuf,
     port: u16,
-    tls: bool,
 }
 
 /// Where Debian puts the server's programs: `PG_BIN`, or the newest
@@ -120,12 +119,7 @@ impl PostgresServer {
             Ok(port)
         })
         .await?;
-        Ok(PostgresServer {
-            bin,
-            dir,
-            port,
-            tls: certificates.is_some(),
-        })
+        Ok(PostgresServer { bin, dir, port })
     }
 
     /// The URI of `database` for `--output`, as user `postgres`, with `query` (`""` or
@@ -141,16 +135,13 @@ impl PostgresServer {
         self.port
     }
 
-    /// A client of `database` (over the Unix socket: a TLS-only server takes it too).
+    /// A client of `database`, over the Unix socket (which takes `postgres` without TLS
+    /// or password whatever TCP clients must bring).
     pub async fn client(&self, database: &str) -> anyhow::Result<tokio_postgres::Client> {
-        let host = if self.tls {
-            self.dir.display().to_string()
-        } else {
-            "127.0.0.1".to_owned()
-        };
         let (client, connection) = tokio_postgres::connect(
             &format!(
-                "host={host} port={} user=postgres dbname={database}",
+                "host={} port={} user=postgres dbname={database}",
+                self.dir.display(),
                 self.port
             ),
             tokio_postgres::NoTls,
@@ -159,6 +150,19 @@ impl PostgresServer {
         .with_context(|| format!("connecting to PostgreSQL on port {}", self.port))?;
         tokio::spawn(connection);
         Ok(client)
+    }
+
+    /// From now on, TCP clients must give their password (SCRAM).
+    pub async fn require_passwords(&self) -> anyhow::Result<()> {
+        std::fs::write(
+            self.dir.join("data/pg_hba.conf"),
+            "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n",
+        )?;
+        self.client("postgres")
+            .await?
+            .batch_execute("SELECT pg_reload_conf()")
+            .await?;
+        Ok(())
     }
 
     /// Stops the server (fast: open transactions roll back); [`Self::restart`] starts it

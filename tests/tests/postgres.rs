@@ -881,3 +881,73 @@ async fn tls_modes_encrypt_and_check_certificates_as_libpq_does() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_password_comes_from_the_uri_or_pgpassword_and_a_wrong_one_is_one_line() {
+    let pg = PostgresServer::start().await.unwrap();
+    let client = pg.client("postgres").await.unwrap();
+    client
+        .batch_execute("CREATE ROLE writer LOGIN PASSWORD 's3cret:@/' CREATEDB; GRANT CREATE ON DATABASE postgres TO writer")
+        .await
+        .unwrap();
+    pg.require_passwords().await.unwrap();
+    let port = pg.port();
+    let identity = screamer_tests::plugins::plugin("identity")
+        .display()
+        .to_string();
+    let cases: [(String, Option<&str>, Result<&str, &str>); 4] = [
+        // %-escaped in the URI, as libpq takes it.
+        (
+            format!("postgres://writer:s3cret%3A%40%2F@127.0.0.1:{port}/postgres?schema=a"),
+            None,
+            Ok("a"),
+        ),
+        (
+            format!("postgres://writer@127.0.0.1:{port}/postgres?schema=b"),
+            Some("s3cret:@/"),
+            Ok("b"),
+        ),
+        (
+            format!("postgres://writer:wrong@127.0.0.1:{port}/postgres?schema=c"),
+            Some("s3cret:@/"),
+            Err("password authentication failed for user \"writer\""),
+        ),
+        (
+            format!("postgres://writer@127.0.0.1:{port}/postgres?schema=d"),
+            None,
+            Err("password"),
+        ),
+    ];
+    for (uri, pgpassword, want) in cases {
+        let env = pgpassword
+            .map(|p| ("PGPASSWORD", p.to_owned()))
+            .into_iter()
+            .collect();
+        let run = screamer_tests::broker::plugin_run(
+            vec![identity.clone(), "--output".into(), uri.clone()],
+            format!("{}\n", SPANNER_RECORDS[0]),
+            env,
+        )
+        .await;
+        match want {
+            Ok(schema) => {
+                assert_eq!(run.code, Some(0), "{uri}: {}", run.stderr);
+                let rows = client
+                    .query_one(&format!("SELECT count(*) FROM {schema}.\"Floats\""), &[])
+                    .await
+                    .unwrap();
+                assert_eq!(rows.get::<_, i64>(0), 2, "{uri}");
+            }
+            Err(message) => {
+                assert_eq!(run.code, Some(2), "{uri}: {}", run.stderr);
+                let last = run.stderr.lines().last().unwrap_or_default();
+                assert!(last.starts_with("error: --output"), "{uri}: {last}");
+                assert!(last.contains(message), "{uri}: {last}");
+                assert!(
+                    !last.contains("wrong") && !last.contains("s3cret"),
+                    "{last}"
+                );
+            }
+        }
+    }
+}

@@ -387,13 +387,26 @@ fn is_refusal(e: &tokio_postgres::Error) -> bool {
 /// a deadlock, a serialization failure, a catalog race.
 fn is_transient(e: &tokio_postgres::Error) -> bool {
     let Some(db) = e.as_db_error() else {
-        // I/O, a closed connection, a timeout; but a certificate refused is for good.
-        return !super::is_tls_refusal(e);
+        // A closed connection, or I/O (refused, reset, timed out); but a certificate
+        // refused, a password missing or a configuration the client rejects are for good.
+        return e.is_closed() || (has_io_source(e) && !super::is_tls_refusal(e));
     };
     let class = &db.code().code()[..2];
     matches!(class, "08" | "40" | "53" | "57" | "58")
         || db.code() == &SqlState::DUPLICATE_TABLE
         || (db.code() == &SqlState::UNIQUE_VIOLATION && !is_refusal(e))
+}
+
+/// Whether an I/O error is among `e`'s sources.
+fn has_io_source(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = e.source();
+    while let Some(source) = next {
+        if source.is::<std::io::Error>() {
+            return true;
+        }
+        next = source.source();
+    }
+    false
 }
 
 /// PostgreSQL's message for `e`, with its detail and the column or constraint it names.
