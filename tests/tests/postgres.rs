@@ -376,6 +376,15 @@ async fn replica_types(client: &tokio_postgres::Client) -> BTreeMap<i64, Vec<Opt
         .collect()
 }
 
+/// The rows `sql` selects (every column as text), as PostgreSQL prints them in UTC.
+async fn rows_as_text(client: &tokio_postgres::Client, sql: &str) -> Vec<Vec<Option<String>>> {
+    client.batch_execute("SET TimeZone = 'UTC'").await.unwrap();
+    let rows = client.query(sql, &[]).await.unwrap();
+    rows.iter()
+        .map(|r| (0..r.len()).map(|i| r.get(i)).collect())
+        .collect()
+}
+
 /// `Some` of each text, `None` for `"NULL"`.
 fn texts(values: &[&str]) -> Vec<Option<String>> {
     values
@@ -562,23 +571,12 @@ async fn a_postgresql_dialect_database_replicates_with_its_own_types() {
     let mut screamer = Screamer::spawn(db.host(), &args).unwrap();
     let status = screamer.wait(Duration::from_secs(120)).await.unwrap();
     assert_eq!(status.code(), Some(0), "{}", screamer.stderr());
-    client.batch_execute("SET TimeZone = 'UTC'").await.unwrap();
-    let rows = client
-        .query(
-            "SELECT id, f::text, r::text, n::text, s, b::text, d::text, t::text, j::text, \
-             ai::text, ok::text FROM mirror.items ORDER BY id",
-            &[],
-        )
-        .await
-        .unwrap();
-    let got: Vec<Vec<Option<String>>> = rows
-        .iter()
-        .map(|r| {
-            let mut row = vec![Some(r.get::<_, i64>(0).to_string())];
-            row.extend((1..11).map(|i| r.get::<_, Option<String>>(i)));
-            row
-        })
-        .collect();
+    let got = rows_as_text(
+        &client,
+        "SELECT id::text, f::text, r::text, n::text, s, b::text, d::text, t::text, j::text, \
+         ai::text, ok::text FROM mirror.items ORDER BY id",
+    )
+    .await;
     assert_eq!(
         got,
         [
@@ -635,22 +633,11 @@ async fn records_spanner_sends_arrive_as_documented() {
     )
     .await;
     assert_eq!(run.code, Some(0), "{}", run.stderr);
-    client.batch_execute("SET TimeZone = 'UTC'").await.unwrap();
-    let rows = client
-        .query(
-            r#"SELECT "Id", "F"::text, "G"::text, "T"::text, "A"::text, "S"::text FROM "Floats""#,
-            &[],
-        )
-        .await
-        .unwrap();
-    let got: Vec<Vec<Option<String>>> = rows
-        .iter()
-        .map(|r| {
-            let mut row = vec![Some(r.get::<_, i64>(0).to_string())];
-            row.extend((1..6).map(|i| r.get::<_, Option<String>>(i)));
-            row
-        })
-        .collect();
+    let got = rows_as_text(
+        &client,
+        r#"SELECT "Id"::text, "F"::text, "G"::text, "T"::text, "A"::text, "S"::text FROM "Floats""#,
+    )
+    .await;
     // PostgreSQL keeps microseconds: .123456789 is rounded, as is .0000005.
     assert_eq!(
         got,

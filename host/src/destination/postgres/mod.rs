@@ -203,17 +203,41 @@ impl Postgres {
         records: &[RecordChanges],
     ) -> Result<(ReplicaRows, Refusals), tokio_postgres::Error> {
         let mut connection = self.connection().await?;
-        let applied = match apply_all(&mut connection, &self.schema, &self.tables, records).await {
+        let applied = match self.apply(&mut connection, records, Isolation::Batch).await {
             Err(e) if is_refusal(&e) => {
                 // Whatever the failed transaction prepared may name tables it created; and
                 // a table someone changed is looked at again (a dropped column comes back).
                 connection.statements.clear();
                 self.tables.forget();
-                apply_each(&mut connection, &self.schema, &self.tables, records).await
+                self.apply(&mut connection, records, Isolation::Record)
+                    .await
             }
             other => other,
         }?;
         self.idle.lock().expect("not poisoned").push(connection);
+        Ok(applied)
+    }
+
+    /// Every change of `records` in one transaction, the DDL they need included.
+    async fn apply(
+        &self,
+        connection: &mut Connection,
+        records: &[RecordChanges],
+        isolation: Isolation,
+    ) -> Result<(ReplicaRows, Refusals), tokio_postgres::Error> {
+        let Connection { client, statements } = connection;
+        let mut tx = client.transaction().await?;
+        let learned = self.tables.ensure(&tx, records).await?;
+        let schema = &self.schema;
+        let applied = match isolation {
+            Isolation::Batch => (
+                run(&tx, statements, schema, groups(records)).await?,
+                Vec::new(),
+            ),
+            Isolation::Record => run_each(&mut tx, statements, schema, records).await?,
+        };
+        tx.commit().await?;
+        self.tables.learn(learned);
         Ok(applied)
     }
 
@@ -266,33 +290,23 @@ fn config(uri: &PostgresUri) -> tokio_postgres::Config {
     config
 }
 
-/// Every change of `records` in one transaction.
-async fn apply_all(
-    connection: &mut Connection,
-    schema: &str,
-    tables: &Tables,
-    records: &[RecordChanges],
-) -> Result<(ReplicaRows, Refusals), tokio_postgres::Error> {
-    let Connection { client, statements } = connection;
-    let tx = client.transaction().await?;
-    let learned = tables.ensure(&tx, records).await?;
-    let rows = run(&tx, statements, schema, groups(records)).await?;
-    tx.commit().await?;
-    tables.learn(learned);
-    Ok((rows, Vec::new()))
+/// How a transaction applies records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Isolation {
+    /// All at once: any refusal fails the whole transaction.
+    Batch,
+    /// Each record under a savepoint of its own: a record PostgreSQL refuses is rolled
+    /// back alone and reported with its reason.
+    Record,
 }
 
-/// The changes of `records` in one transaction, each record under a savepoint of its own:
-/// a record PostgreSQL refuses is rolled back alone and reported with its reason.
-async fn apply_each(
-    connection: &mut Connection,
+/// The changes of `records` in `tx`, each record under a savepoint of its own.
+async fn run_each(
+    tx: &mut Transaction<'_>,
+    statements: &mut HashMap<Shape, Statement>,
     schema: &str,
-    tables: &Tables,
     records: &[RecordChanges],
 ) -> Result<(ReplicaRows, Refusals), tokio_postgres::Error> {
-    let Connection { client, statements } = connection;
-    let mut tx = client.transaction().await?;
-    let learned = tables.ensure(&tx, records).await?;
     let (mut rows, mut refused) = (ReplicaRows::default(), Vec::new());
     for (i, record) in records.iter().enumerate() {
         let savepoint = tx.savepoint("record").await?;
@@ -309,8 +323,6 @@ async fn apply_each(
             Err(e) => return Err(e),
         }
     }
-    tx.commit().await?;
-    tables.learn(learned);
     Ok((rows, refused))
 }
 
