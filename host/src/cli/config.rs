@@ -266,7 +266,9 @@ impl PipelineConfig {
             (Some(uri), _) => Some(flag("--dead-letter", uri)?),
             (None, Some(uri)) => Some(in_file("dead_letter", &uri.to_uri())?),
             (None, None) => None,
-        };
+        }
+        .map(takes_dead_letters)
+        .transpose()?;
         let batch_size = match (args.plugin_batch_size, file.batch_size) {
             (Some(n), _) => n as usize,
             (None, Some(0)) => {
@@ -465,6 +467,18 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
     n.checked_mul(factor).filter(|&b| b > 0).ok_or_else(bad)
 }
 
+/// `uri`, unless it cannot take dead letters: a replica applies change records, and a dead
+/// letter is not one.
+fn takes_dead_letters(uri: DestinationUri) -> Result<DestinationUri, ConfigError> {
+    match uri {
+        DestinationUri::Postgres(_) => Err(ConfigError(format!(
+            "dead letters to {uri}: a PostgreSQL replica takes change records, not dead \
+             letters; give them a file, a topic or an endpoint"
+        ))),
+        other => Ok(other),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -476,6 +490,20 @@ mod tests {
         assert_eq!(parse_size("2 GiB"), Ok(2 << 30));
         assert!(parse_size("lots").is_err());
         assert!(parse_size("0").is_err());
+    }
+
+    #[test]
+    fn a_replica_is_no_place_for_dead_letters() {
+        let args = PipelineArgs {
+            dead_letter: Some("postgres://u@h/d".into()),
+            ..Default::default()
+        };
+        let e = PipelineConfig::resolve(&[], &args).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "dead letters to postgres://u@h:5432/d: a PostgreSQL replica takes change records, \
+             not dead letters; give them a file, a topic or an endpoint"
+        );
     }
 
     #[test]
