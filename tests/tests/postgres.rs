@@ -839,33 +839,11 @@ async fn tls_modes_encrypt_and_check_certificates_as_libpq_does() {
             Err("home/.postgresql/root.crt does not exist"),
         ),
     ];
-    let identity = screamer_tests::plugins::plugin("identity")
-        .display()
-        .to_string();
     for (i, (options, want)) in cases.into_iter().enumerate() {
-        let uri = pg.uri("postgres", &format!("?schema=case{i}&{options}"));
-        let run = screamer_tests::broker::plugin_run(
-            vec![identity.clone(), "--output".into(), uri],
-            format!("{}\n", SPANNER_RECORDS[0]),
-            vec![("HOME", home.display().to_string())],
-        )
-        .await;
-        match want {
-            Ok(()) => {
-                assert_eq!(run.code, Some(0), "{options}: {}", run.stderr);
-                let rows = client
-                    .query_one(&format!("SELECT count(*) FROM case{i}.\"Floats\""), &[])
-                    .await
-                    .unwrap();
-                assert_eq!(rows.get::<_, i64>(0), 2, "{options}");
-            }
-            Err(message) => {
-                assert_eq!(run.code, Some(2), "{options}: {}", run.stderr);
-                let last = run.stderr.lines().last().unwrap_or_default();
-                assert!(last.starts_with("error: --output"), "{options}: {last}");
-                assert!(last.contains(message), "{options}: {last}");
-            }
-        }
+        let (schema, home) = (format!("case{i}"), home.display().to_string());
+        let uri = pg.uri("postgres", &format!("?schema={schema}&{options}"));
+        let want = want.map(|()| schema.as_str());
+        replicate_one(&client, &uri, vec![("HOME", home)], want).await;
     }
 }
 
@@ -879,9 +857,6 @@ async fn a_password_comes_from_the_uri_or_pgpassword_and_a_wrong_one_is_one_line
         .unwrap();
     pg.require_passwords().await.unwrap();
     let port = pg.port();
-    let identity = screamer_tests::plugins::plugin("identity")
-        .display()
-        .to_string();
     let cases: [(String, Option<&str>, Result<&str, &str>); 4] = [
         // %-escaped in the URI, as libpq takes it.
         (
@@ -910,31 +885,48 @@ async fn a_password_comes_from_the_uri_or_pgpassword_and_a_wrong_one_is_one_line
             .map(|p| ("PGPASSWORD", p.to_owned()))
             .into_iter()
             .collect();
-        let run = screamer_tests::broker::plugin_run(
-            vec![identity.clone(), "--output".into(), uri.clone()],
-            format!("{}\n", SPANNER_RECORDS[0]),
-            env,
-        )
-        .await;
-        match want {
-            Ok(schema) => {
-                assert_eq!(run.code, Some(0), "{uri}: {}", run.stderr);
-                let rows = client
-                    .query_one(&format!("SELECT count(*) FROM {schema}.\"Floats\""), &[])
-                    .await
-                    .unwrap();
-                assert_eq!(rows.get::<_, i64>(0), 2, "{uri}");
-            }
-            Err(message) => {
-                assert_eq!(run.code, Some(2), "{uri}: {}", run.stderr);
-                let last = run.stderr.lines().last().unwrap_or_default();
-                assert!(last.starts_with("error: --output"), "{uri}: {last}");
-                assert!(last.contains(message), "{uri}: {last}");
-                assert!(
-                    !last.contains("wrong") && !last.contains("s3cret"),
-                    "{last}"
-                );
-            }
+        let last = replicate_one(&client, &uri, env, want).await;
+        assert!(
+            !last.contains("wrong") && !last.contains("s3cret"),
+            "{last}"
+        );
+    }
+}
+
+/// Runs the first of [`SPANNER_RECORDS`] through `plugin run` (the identity plugin) into
+/// `uri` with `env`. `Ok(schema)`: its two rows must be in `schema`; `Err(message)`: the run
+/// must end with exit 2 and one `error: --output` line holding `message`. Returns the last
+/// line of stderr.
+async fn replicate_one(
+    client: &tokio_postgres::Client,
+    uri: &str,
+    env: Vec<(&'static str, String)>,
+    want: Result<&str, &str>,
+) -> String {
+    let identity = screamer_tests::plugins::plugin("identity")
+        .display()
+        .to_string();
+    let run = screamer_tests::broker::plugin_run(
+        vec![identity, "--output".into(), uri.to_owned()],
+        format!("{}\n", SPANNER_RECORDS[0]),
+        env,
+    )
+    .await;
+    let last = run.stderr.lines().last().unwrap_or_default().to_owned();
+    match want {
+        Ok(schema) => {
+            assert_eq!(run.code, Some(0), "{uri}: {}", run.stderr);
+            let rows = client
+                .query_one(&format!("SELECT count(*) FROM {schema}.\"Floats\""), &[])
+                .await
+                .unwrap();
+            assert_eq!(rows.get::<_, i64>(0), 2, "{uri}");
+        }
+        Err(message) => {
+            assert_eq!(run.code, Some(2), "{uri}: {}", run.stderr);
+            assert!(last.starts_with("error: --output"), "{uri}: {last}");
+            assert!(last.contains(message), "{uri}: {last}");
         }
     }
+    last
 }
