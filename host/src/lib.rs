@@ -15,7 +15,8 @@
 //! loaded by a `plugin::PluginRuntime`, then [`Destination`]s. Without default features the
 //! library builds without wasmtime and clap.
 //!
-//! Use [`Subscriber`] with a [`SpannerSource`], a [`PartitionStore`] ([`SpannerStore`] to
+//! Use [`Subscriber`] with a [`ChangeSource`] ([`SpannerSource`]; [`ScriptedSource`] replays a
+//! script in tests), a [`PartitionStore`] ([`SpannerStore`] to
 //! resume and share, [`MemoryStore`] for one process) and any [`Consumer`]:
 //!
 //! ```no_run
@@ -58,6 +59,8 @@ pub mod reader;
 pub mod record;
 pub mod source;
 pub mod subscriber;
+#[cfg(test)]
+mod testing;
 pub mod timestamp;
 
 pub use client::Endpoint;
@@ -73,6 +76,6 @@ pub use partition::{
 #[cfg(feature = "plugins")]
 pub use pipeline::Pipeline;
 pub use record::{ChangeRecord, DataChangeRecord, JsonObject, ModType, ValueCaptureType};
-pub use source::{Dialect, SourceError, SpannerSource};
+pub use source::{ChangeQuery, ChangeSource, Dialect, ScriptedSource, SourceError, SpannerSource};
 pub use subscriber::{RunSummary, SubscribeError, Subscriber, SubscriberOptions};
 pub use timestamp::Timestamp;

@@ -1,12 +1,15 @@
 //! In-memory partition store: runners of one process, nothing survives the process.
 //!
 //! The same semantics as the Spanner store (claims, epochs, fencing, liveness by heartbeat),
-//! kept in maps under one lock, with the local clock for liveness.
+//! kept in maps under one lock, with tokio's clock for liveness (so tests with paused time can
+//! let a lease lapse).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use super::{
     CLAIM_BATCH, Claim, Epoch, Lease, Load, NewPartition, PartitionMetadata, PartitionState,

@@ -6,10 +6,10 @@ use gcloud_gax::grpc::Code;
 use gcloud_googleapis::spanner::v1::ExecuteSqlRequest;
 use prost_types::value::Kind;
 
-use super::SourceError;
 use super::decode::{Dialect, RowAssembler};
 use super::query::{PartitionQuery, QueryRange, QueryTarget};
 use super::session::{SessionPool, single_use_strong};
+use super::{ChangeQuery, ChangeSource, SourceError};
 use crate::client::{Endpoint, Priority};
 use crate::dsn::{DatabaseName, is_identifier};
 use crate::partition::PartitionToken;
@@ -75,22 +75,30 @@ impl SpannerSource {
         &self.inner.database
     }
 
-    pub fn stream(&self) -> &str {
-        &self.inner.stream
-    }
-
     pub fn dialect(&self) -> Dialect {
         self.inner.dialect
     }
 
+    /// Deletes the pooled sessions (they would otherwise expire server-side after an hour).
+    pub async fn close(&self) {
+        self.inner.sessions.close().await;
+    }
+}
+
+#[async_trait::async_trait]
+impl ChangeSource for SpannerSource {
+    fn stream(&self) -> &str {
+        &self.inner.stream
+    }
+
     /// Opens the change stream query of one partition over `range`.
-    pub async fn query(
+    async fn query(
         &self,
         partition: &PartitionToken,
         range: QueryRange,
-    ) -> Result<PartitionQuery, SourceError> {
+    ) -> Result<Box<dyn ChangeQuery>, SourceError> {
         let session = SessionPool::acquire(&self.inner.sessions).await?;
-        PartitionQuery::open(
+        let query = PartitionQuery::open(
             session,
             QueryTarget {
                 dialect: self.inner.dialect,
@@ -100,12 +108,8 @@ impl SpannerSource {
             partition,
             range,
         )
-        .await
-    }
-
-    /// Deletes the pooled sessions (they would otherwise expire server-side after an hour).
-    pub async fn close(&self) {
-        self.inner.sessions.close().await;
+        .await?;
+        Ok(Box::new(query))
     }
 }
 

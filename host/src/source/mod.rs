@@ -1,9 +1,12 @@
-//! Source: everything that talks to the change stream.
+//! Source: where change records come from.
 //!
-//! Place in the flow: first stage. [`SpannerSource`] connects to the database at an
+//! Place in the flow: first stage. The reader and the runner know only [`ChangeSource`]
+//! ("query a partition from a position") and [`ChangeQuery`] (its batches of records).
+//! [`ScriptedSource`] replays records a test wrote, for unit tests of the reader and the
+//! runner without a database. [`SpannerSource`] connects to the database at an
 //! [`Endpoint`](crate::client::Endpoint) (the emulator, or Google Cloud with Application Default Credentials), detects
 //! the dialect, checks that the stream exists, and opens one streaming query per partition from
-//! its watermark ([`PartitionQuery`]). The queries run over the client's low-level gRPC API:
+//! its watermark. The queries run over the client's low-level gRPC API:
 //! the high-level row iterator buffers change records until the resume token changes, which
 //! on the emulator means until the partition ends. Resume tokens are never used: a broken
 //! query is restarted from the partition's watermark instead.
@@ -11,16 +14,44 @@
 mod connection;
 mod decode;
 mod query;
+mod scripted;
 mod session;
 
 pub use connection::SpannerSource;
 pub use decode::{DecodeError, Dialect};
-pub use query::{PartitionQuery, QueryRange};
+pub use query::QueryRange;
+pub use scripted::{ScriptedSource, ScriptedTransaction};
 
 use gcloud_gax::grpc::Status;
 
 use crate::client::{ConnectError, is_transient};
 use crate::error::FailureKind;
+use crate::partition::PartitionToken;
+use crate::record::ChangeRecord;
+
+/// A change stream, read partition by partition.
+#[async_trait::async_trait]
+pub trait ChangeSource: Send + Sync + 'static {
+    /// The stream's name, for logs.
+    fn stream(&self) -> &str;
+
+    /// Opens the query of one partition over `range`: its records from `range.start`
+    /// (inclusive) until the partition ends or reaches `range.end`.
+    async fn query(
+        &self,
+        partition: &PartitionToken,
+        range: QueryRange,
+    ) -> Result<Box<dyn ChangeQuery>, SourceError>;
+}
+
+/// One open partition query.
+#[async_trait::async_trait]
+pub trait ChangeQuery: Send {
+    /// The next records, at most about `limit` (a source may exceed it by what it cannot
+    /// split); waits for at least one. `None` once the query has ended. Cancel-safe: a call
+    /// dropped before it returns loses no record.
+    async fn next_batch(&mut self, limit: usize) -> Result<Option<Vec<ChangeRecord>>, SourceError>;
+}
 
 /// Errors of the source stage.
 #[derive(Debug, thiserror::Error)]

@@ -9,9 +9,9 @@ use gcloud_googleapis::spanner::v1::{
 };
 use prost_types::value::Kind;
 
-use super::SourceError;
 use super::decode::{Dialect, RowAssembler, decode_row};
 use super::session::{PooledSession, single_use_strong};
+use super::{ChangeQuery, SourceError};
 use crate::client::Priority;
 use crate::partition::PartitionToken;
 use crate::record::ChangeRecord;
@@ -27,8 +27,8 @@ pub struct QueryRange {
     pub heartbeat_millis: i64,
 }
 
-/// An open change stream query for one partition.
-pub struct PartitionQuery {
+/// An open change stream query for one partition of a Spanner database.
+pub(crate) struct PartitionQuery {
     session: PooledSession,
     stream: Streaming<PartialResultSet>,
     assembler: RowAssembler,
@@ -67,15 +67,29 @@ impl PartitionQuery {
         })
     }
 
+    fn decode(
+        &mut self,
+        prs: PartialResultSet,
+        out: &mut Vec<ChangeRecord>,
+    ) -> Result<(), SourceError> {
+        let rows = self.assembler.push(prs)?;
+        if let Some(columns) = self.assembler.columns() {
+            for row in rows {
+                out.extend(decode_row(self.dialect, columns, row, &self.partition)?);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl ChangeQuery for PartitionQuery {
     /// The records of the next partial result sets: waits for at least one whole row, then
     /// takes whatever else has already arrived, until the batch holds `limit` records (a
     /// partial result set is taken whole), so that a busy partition is handed on in few large
     /// batches and an idle one without delay. `None` once the query has ended (at its end
     /// timestamp or after child partitions).
-    pub async fn next_batch(
-        &mut self,
-        limit: usize,
-    ) -> Result<Option<Vec<ChangeRecord>>, SourceError> {
+    async fn next_batch(&mut self, limit: usize) -> Result<Option<Vec<ChangeRecord>>, SourceError> {
         if let Some(status) = self.deferred_error.take() {
             return Err(out_of_range(self.session.observe(status), self.start));
         }
@@ -104,20 +118,6 @@ impl PartitionQuery {
             }
         }
         Ok(Some(records))
-    }
-
-    fn decode(
-        &mut self,
-        prs: PartialResultSet,
-        out: &mut Vec<ChangeRecord>,
-    ) -> Result<(), SourceError> {
-        let rows = self.assembler.push(prs)?;
-        if let Some(columns) = self.assembler.columns() {
-            for row in rows {
-                out.extend(decode_row(self.dialect, columns, row, &self.partition)?);
-            }
-        }
-        Ok(())
     }
 }
 

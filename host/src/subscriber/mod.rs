@@ -36,7 +36,7 @@ use crate::partition::{
     CLAIM_BATCH, Lease, NewPartition, PartitionStore, PartitionToken, RunnerId, StoreError,
 };
 use crate::reader::{ReaderContext, ReaderError, ReaderOutcome, StopMode};
-use crate::source::SpannerSource;
+use crate::source::ChangeSource;
 use crate::timestamp::Timestamp;
 use liveness::{Heartbeat, Liveness};
 use readers::{AfterStop, Ended, ReaderSet};
@@ -137,20 +137,23 @@ pub struct RunSummary {
 
 /// Reads a change stream and hands its records to a [`Consumer`].
 pub struct Subscriber {
-    source: SpannerSource,
+    source: Arc<dyn ChangeSource>,
     store: Arc<dyn PartitionStore>,
     options: SubscriberOptions,
     observer: Arc<dyn Observer>,
 }
 
 impl Subscriber {
+    /// A subscriber of `source` ([`SpannerSource`](crate::SpannerSource), or a
+    /// [`ScriptedSource`](crate::source::ScriptedSource) in tests) that keeps its partitions
+    /// in `store`.
     pub fn new(
-        source: SpannerSource,
+        source: impl ChangeSource,
         store: Arc<dyn PartitionStore>,
         options: SubscriberOptions,
     ) -> Self {
         Self {
-            source,
+            source: Arc::new(source),
             store,
             options,
             observer: Arc::new(NoObserver),
@@ -313,7 +316,7 @@ impl<'s, C: Consumer> Runner<'s, C> {
         ));
         let ctx = Arc::new(ReaderContext {
             runner: runner.clone(),
-            source: subscriber.source.clone(),
+            source: Arc::clone(&subscriber.source),
             store: Arc::clone(store),
             checkpoints: Arc::clone(&checkpoints),
             consumer: Arc::new(consumer),
@@ -684,3 +687,6 @@ impl<'s, C: Consumer> Runner<'s, C> {
         Ok(self.summary)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use screamer::record::ChangeRecord;
 use screamer::source::QueryRange;
-use screamer::{Dialect, PartitionToken, SpannerSource, Timestamp};
+use screamer::{ChangeSource, Dialect, PartitionToken, SpannerSource, Timestamp};
 use screamer_tests::bench::{
     BENCH_SCHEMA, env_usize, latencies, peak_rss_kb, percentile, row, steady_writer,
 };

@@ -33,7 +33,7 @@ use crate::partition::{
     RunnerId, StoreError,
 };
 use crate::record::{ChangeRecord, ChildPartitionsRecord, DataChangeRecord};
-use crate::source::{PartitionQuery, QueryRange, SourceError, SpannerSource};
+use crate::source::{ChangeQuery, ChangeSource, QueryRange, SourceError};
 use crate::timestamp::Timestamp;
 
 /// What the runner wants of a reader; it only ever moves down this list.
@@ -128,7 +128,7 @@ impl ReaderError {
 /// What every reader of one subscriber shares.
 pub(crate) struct ReaderContext<C> {
     pub runner: RunnerId,
-    pub source: SpannerSource,
+    pub source: Arc<dyn ChangeSource>,
     pub store: Arc<dyn PartitionStore>,
     pub checkpoints: Arc<Checkpointer>,
     pub consumer: Arc<C>,
@@ -391,7 +391,7 @@ type Batches = mpsc::Receiver<Result<Vec<ChangeRecord>, SourceError>>;
 /// last batch, or after an error. While the consumer is busy (the channel is full), newly
 /// arrived records join the batch being held, so batches grow with load (up to
 /// [`MAX_BATCH`]) and per-batch costs shrink.
-fn prefetch(mut query: PartitionQuery) -> (Batches, AbortOnDropHandle<()>) {
+fn prefetch(mut query: Box<dyn ChangeQuery>) -> (Batches, AbortOnDropHandle<()>) {
     let (tx, rx) = mpsc::channel(PREFETCH);
     let fetch = tokio::spawn(async move {
         let mut held: Vec<ChangeRecord> = Vec::new();
@@ -537,35 +537,4 @@ fn child_partitions<'a>(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ts(s: &str) -> Timestamp {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn heartbeats_close_the_watermark_without_jumping_ahead() {
-        let mut pos = Position {
-            watermark: ts("2026-01-01T00:00:00Z"),
-            acked_at_watermark: false,
-        };
-        pos.reached(ts("2026-01-01T00:00:01Z"));
-        pos.acked_at_watermark = true;
-        // A heartbeat ahead only closes the acknowledged timestamp.
-        pos.heartbeat(ts("2026-01-01T00:00:09Z"));
-        assert_eq!(pos.watermark, ts("2026-01-01T00:00:01.000000001Z"));
-        assert!(!pos.acked_at_watermark);
-        // A later one does not move it again...
-        pos.heartbeat(ts("2026-01-01T00:00:10Z"));
-        assert_eq!(pos.watermark, ts("2026-01-01T00:00:01.000000001Z"));
-        // ...until the partition has been idle for longer than the lag.
-        pos.heartbeat(ts("2026-01-01T00:20:01Z"));
-        assert_eq!(pos.watermark, ts("2026-01-01T00:10:01Z"));
-        // Records and child partitions move it to their time, never back.
-        pos.reached(ts("2026-01-01T00:10:05Z"));
-        assert_eq!(pos.watermark, ts("2026-01-01T00:10:05Z"));
-        pos.reached(ts("2026-01-01T00:10:04Z"));
-        assert_eq!(pos.watermark, ts("2026-01-01T00:10:05Z"));
-    }
-}
+mod tests;
