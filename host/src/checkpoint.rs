@@ -7,7 +7,8 @@
 //! moves a stored watermark backwards, and never touches a partition once it has finished
 //! (finishing takes the same lock as flushing). Every write names the partition's lease:
 //! the store refuses the writes of leases this runner lost, and the flush reports them so
-//! their readers stop.
+//! their readers stop. With a [`Floor`] (the transactions buffer), a written watermark never
+//! passes a record the floor still holds, whatever the reader acknowledged.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,11 +17,19 @@ use crate::observe::{Event, Observer};
 use crate::partition::{Epoch, Lease, PartitionStore, PartitionToken, RunnerId, StoreError};
 use crate::timestamp::Timestamp;
 
+/// How far back a partition's checkpoint must stay whatever its reader acknowledged: a
+/// later stage still holds some of its records.
+pub(crate) trait Floor: Send + Sync {
+    /// The earliest commit timestamp of a record of `partition` not yet delivered, if any.
+    fn floor(&self, partition: &PartitionToken) -> Option<Timestamp>;
+}
+
 /// Pending watermarks of the partitions this runner reads.
 pub struct Checkpointer {
     store: Arc<dyn PartitionStore>,
     runner: RunnerId,
     observer: Arc<dyn Observer>,
+    floor: Option<Arc<dyn Floor>>,
     pending: Mutex<HashMap<PartitionToken, Mark>>,
     /// Serializes flushes and finishes, so a late flush cannot rewind a finished partition.
     write: tokio::sync::Mutex<()>,
@@ -29,7 +38,10 @@ pub struct Checkpointer {
 #[derive(Clone)]
 struct Mark {
     lease: Lease,
+    /// What the reader acknowledged.
     watermark: Timestamp,
+    /// What was last written (or read at the claim).
+    written: Timestamp,
     dirty: bool,
 }
 
@@ -43,9 +55,16 @@ impl Checkpointer {
             store,
             runner: runner.clone(),
             observer,
+            floor: None,
             pending: Mutex::new(HashMap::new()),
             write: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Keeps every written watermark at or before `floor`'s.
+    pub(crate) fn with_floor(mut self, floor: Arc<dyn Floor>) -> Self {
+        self.floor = Some(floor);
+        self
     }
 
     /// Starts tracking a partition this runner just claimed, at its stored watermark.
@@ -55,6 +74,7 @@ impl Checkpointer {
             Mark {
                 lease: lease.clone(),
                 watermark,
+                written: watermark,
                 dirty: false,
             },
         );
@@ -86,12 +106,16 @@ impl Checkpointer {
         let _write = self.write.lock().await;
         let marks: Vec<(Lease, Timestamp)> = {
             let mut pending = self.pending.lock().expect("checkpoint lock");
+            let floor = self.floor.as_deref();
             pending
-                .values_mut()
-                .filter(|m| m.dirty)
-                .map(|m| {
-                    m.dirty = false;
-                    (m.lease.clone(), m.watermark)
+                .iter_mut()
+                .filter(|(_, m)| m.dirty)
+                .filter_map(|(token, m)| {
+                    let held = floor.and_then(|f| f.floor(token));
+                    let w = held.map_or(m.watermark, |h| h.min(m.watermark));
+                    // Held back: write again once the floor has risen.
+                    m.dirty = w < m.watermark;
+                    (w > m.written).then(|| (m.lease.clone(), w))
                 })
                 .collect()
         };
@@ -109,6 +133,11 @@ impl Checkpointer {
                     took,
                 });
                 let mut pending = self.pending.lock().expect("checkpoint lock");
+                for (l, w) in &marks {
+                    if let Some(m) = pending.get_mut(&l.token) {
+                        m.written = m.written.max(*w);
+                    }
+                }
                 for l in &lost {
                     pending.remove(&l.token);
                 }

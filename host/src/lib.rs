@@ -50,6 +50,7 @@ pub mod destination;
 pub mod dsn;
 pub mod error;
 pub mod observe;
+pub mod ordering;
 pub mod partition;
 #[cfg(feature = "plugins")]
 pub mod pipeline;

@@ -98,6 +98,8 @@ pub struct Metrics {
     mods: Family<TableLabels, Counter>,
     commit_to_ack: Histogram,
     watermark_lag: FloatGauge,
+    low_watermark_lag: FloatGauge,
+    incomplete_transactions: Counter,
     partitions_held: Gauge,
     partitions_finished: Counter,
     query_restarts: Family<ErrorLabels, Counter>,
@@ -144,6 +146,8 @@ struct State {
     stopping: bool,
     /// Per plugin, in the order first seen (the chain's order).
     plugins: Vec<(String, PluginTotals)>,
+    /// `--ordering transactions`: every transaction committed at or before it is released.
+    released: Option<Timestamp>,
 }
 
 /// One plugin's totals, for summaries.
@@ -180,6 +184,10 @@ pub struct Progress {
     pub slowest: Option<Timestamp>,
     /// Now minus [`Progress::slowest`] (zero when no partition is held).
     pub lag: Duration,
+    /// How far behind now the stream is released: with `--ordering transactions`, now minus
+    /// the latest commit timestamp released once every partition was read past it; with
+    /// `key`, [`Progress::lag`].
+    pub low_watermark_lag: Duration,
 }
 
 impl Default for Metrics {
@@ -196,6 +204,8 @@ impl Metrics {
             mods: Family::default(),
             commit_to_ack: latency_histogram(),
             watermark_lag: FloatGauge::default(),
+            low_watermark_lag: FloatGauge::default(),
+            incomplete_transactions: Counter::default(),
             partitions_held: Gauge::default(),
             partitions_finished: Counter::default(),
             query_restarts: Family::default(),
@@ -264,6 +274,20 @@ impl Metrics {
              heartbeats included (0 when none is held)",
             Unit::Seconds,
             self.watermark_lag.clone(),
+        );
+        r.register_with_unit(
+            "low_watermark_lag",
+            "How far behind now the stream's released-through position is: with --ordering \
+             transactions the latest commit released once every partition was read past it, \
+             with key the slowest held partition",
+            Unit::Seconds,
+            self.low_watermark_lag.clone(),
+        );
+        r.register(
+            "ordering_incomplete_transactions",
+            "Transactions released without all of their records (a transaction at a \
+             partition split whose other records were not read in time)",
+            self.incomplete_transactions.clone(),
         );
         r.register(
             "partitions_held",
@@ -460,6 +484,8 @@ impl Metrics {
     pub fn encode(&self) -> String {
         let progress = self.progress();
         self.watermark_lag.set(progress.lag.as_secs_f64());
+        self.low_watermark_lag
+            .set(progress.low_watermark_lag.as_secs_f64());
         self.ready.set(i64::from(self.health().ready));
         let mut text = String::new();
         encode(&mut text, &self.registry).expect("writing to a String cannot fail");
@@ -484,7 +510,10 @@ impl Metrics {
     pub fn progress(&self) -> Progress {
         let s = self.state.lock().expect("metrics state");
         let slowest = s.positions.values().min().copied();
-        let lag = slowest.map_or(Duration::ZERO, |t| Timestamp::now().duration_since(t));
+        let behind =
+            |t: Option<Timestamp>| t.map_or(Duration::ZERO, |t| Timestamp::now().duration_since(t));
+        let lag = behind(slowest);
+        let low_watermark_lag = s.released.map_or(lag, |r| behind(Some(r)));
         Progress {
             records: self.records_read.load(Ordering::Relaxed),
             dead_letters: self.dead_lettered.load(Ordering::Relaxed),
@@ -492,6 +521,7 @@ impl Metrics {
             partitions_finished: self.partitions_finished.get(),
             slowest,
             lag,
+            low_watermark_lag,
         }
     }
 
@@ -602,6 +632,13 @@ impl Observer for Metrics {
             }
             Event::Released { partitions } => {
                 self.lease_releases.inc_by(partitions as u64);
+            }
+            Event::TransactionsReleased {
+                through,
+                incomplete,
+            } => {
+                self.incomplete_transactions.inc_by(incomplete as u64);
+                self.state.lock().expect("metrics state").released = Some(through);
             }
             Event::Heartbeat { age, alive } => {
                 self.heartbeat_age.set(age.as_secs_f64());

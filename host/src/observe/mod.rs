@@ -73,6 +73,13 @@ pub enum Event<'a> {
     Lost { partitions: usize },
     /// The runner gave partitions up to rebalance.
     Released { partitions: usize },
+    /// `--ordering transactions`: every transaction committed at or before `through` has
+    /// been released to the consumer, `incomplete` of those just released without all of
+    /// their records (see `ordering`).
+    TransactionsReleased {
+        through: Timestamp,
+        incomplete: usize,
+    },
     /// The runner read its own liveness: how old its last heartbeat is.
     Heartbeat { age: Duration, alive: bool },
     /// A checkpoint flush: `written` watermarks in one commit, `lost` of them refused.

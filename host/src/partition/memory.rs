@@ -31,6 +31,8 @@ struct State {
     /// Current lease of each claimed partition.
     leases: HashMap<PartitionToken, LeaseRow>,
     runners: HashMap<RunnerId, RunnerRow>,
+    /// The stream's active runner (`--ordering transactions`).
+    active: Option<RunnerId>,
 }
 
 /// A partition's current lease.
@@ -199,7 +201,28 @@ impl PartitionStore for MemoryStore {
     async fn deregister(&self, runner: &RunnerId) -> Result<(), StoreError> {
         self.write(|s| {
             s.runners.remove(runner);
+            if s.active.as_ref() == Some(runner) {
+                s.active = None;
+            }
             Ok(())
+        })
+    }
+
+    async fn activate(
+        &self,
+        runner: &RunnerId,
+        lease_duration: Duration,
+    ) -> Result<RunnerId, StoreError> {
+        self.write(|s| {
+            let taken = s
+                .active
+                .as_ref()
+                .filter(|a| *a != runner && s.alive(a.as_str(), lease_duration));
+            if let Some(active) = taken {
+                return Ok(active.clone());
+            }
+            s.active = Some(runner.clone());
+            Ok(runner.clone())
         })
     }
 
@@ -386,9 +409,14 @@ impl PartitionStore for MemoryStore {
                 }
             })
             .collect();
+        let active = s
+            .active
+            .clone()
+            .filter(|a| s.alive(a.as_str(), lease_duration));
         Ok(StoreStatus {
             runners,
             partitions,
+            active,
         })
     }
 

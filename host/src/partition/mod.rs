@@ -367,6 +367,8 @@ pub struct PartitionStatus {
 pub struct StoreStatus {
     pub runners: Vec<RunnerStatus>,
     pub partitions: Vec<PartitionStatus>,
+    /// The live active runner of `--ordering transactions`, if there is one.
+    pub active: Option<RunnerId>,
 }
 
 /// Errors of a partition store.
@@ -508,6 +510,16 @@ pub trait PartitionStore: Send + Sync + 'static {
 
     /// Partitions not FINISHED.
     async fn unfinished(&self) -> Result<usize, StoreError>;
+
+    /// `--ordering transactions`: makes `runner` the stream's active runner (the one that
+    /// reads every partition) unless another live runner is; returns the active runner. A
+    /// runner stays active while its heartbeats land, and stops being so when it
+    /// deregisters or its registration lapses for `lease_duration`.
+    async fn activate(
+        &self,
+        runner: &RunnerId,
+        lease_duration: std::time::Duration,
+    ) -> Result<RunnerId, StoreError>;
 
     /// Runners and partitions with their owners.
     async fn status(&self, lease_duration: std::time::Duration) -> Result<StoreStatus, StoreError>;

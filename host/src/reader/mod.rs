@@ -23,9 +23,12 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
 
+mod sink;
+pub(crate) use sink::{Direct, Sink};
+
 use crate::checkpoint::Checkpointer;
 use crate::client::Backoff;
-use crate::consumer::{Consumer, ConsumerError, Origin};
+use crate::consumer::{ConsumerError, Origin};
 use crate::error::FailureKind;
 use crate::observe::{Event, Observer};
 use crate::partition::{
@@ -126,12 +129,12 @@ impl ReaderError {
 }
 
 /// What every reader of one subscriber shares.
-pub(crate) struct ReaderContext<C> {
+pub(crate) struct ReaderContext<S> {
     pub runner: RunnerId,
     pub source: Arc<dyn ChangeSource>,
     pub store: Arc<dyn PartitionStore>,
     pub checkpoints: Arc<Checkpointer>,
-    pub consumer: Arc<C>,
+    pub sink: Arc<S>,
     pub observer: Arc<dyn Observer>,
     pub drain_timeout: Duration,
 }
@@ -191,8 +194,8 @@ enum QueryEnd {
     Stopped,
 }
 
-pub(crate) async fn run<C: Consumer>(
-    ctx: Arc<ReaderContext<C>>,
+pub(crate) async fn run<S: Sink>(
+    ctx: Arc<ReaderContext<S>>,
     partition: PartitionMetadata,
     lease: Lease,
     mut stop: StopSignal,
@@ -213,6 +216,7 @@ pub(crate) async fn run<C: Consumer>(
         partition.state = PartitionState::Running;
         partition.times.running_at = Some(running_at);
     }
+    ctx.sink.started(&token, partition.watermark);
     let mut pos = Position {
         watermark: partition.watermark,
         acked_at_watermark: false,
@@ -268,6 +272,13 @@ pub(crate) async fn run<C: Consumer>(
     let last = partition
         .end
         .map_or(pos.watermark, |end| pos.watermark.max(end));
+    ctx.sink
+        .ended(&token, last)
+        .await
+        .map_err(|source| ReaderError::Consumer {
+            partition: token.clone(),
+            source,
+        })?;
     ctx.checkpoints
         .finish(&token, last)
         .await
@@ -312,8 +323,8 @@ enum ReadError {
 }
 
 /// One streaming query from the current position to its end, a stop, or an error.
-async fn read_once<C: Consumer>(
-    ctx: &ReaderContext<C>,
+async fn read_once<S: Sink>(
+    ctx: &ReaderContext<S>,
     partition: &PartitionMetadata,
     pos: &mut Position,
     stop: &mut StopSignal,
@@ -438,8 +449,8 @@ enum BatchEnd {
 }
 
 /// Delivers one batch and advances the position.
-async fn handle_batch<C: Consumer>(
-    ctx: &ReaderContext<C>,
+async fn handle_batch<S: Sink>(
+    ctx: &ReaderContext<S>,
     partition: &PartitionMetadata,
     pos: &mut Position,
     records: Vec<ChangeRecord>,
@@ -485,6 +496,7 @@ async fn handle_batch<C: Consumer>(
             .await
             .map_err(ReadError::Store)?;
         tracing::debug!(partition = ?partition.token, announced = children.len(), inserted, "child partitions");
+        ctx.sink.announced(&children);
     }
     if let Some(last) = data.last().map(|r| r.commit_timestamp) {
         ctx.observer.observe(Event::Read {
@@ -495,17 +507,25 @@ async fn handle_batch<C: Consumer>(
             partition,
             watermark: pos.watermark,
         };
-        ctx.consumer
-            .consume_from(origin, &data)
+        ctx.sink
+            .deliver(origin, &data)
             .await
             .map_err(ReadError::Consumer)?;
         pos.reached(last);
         pos.acked_at_watermark = true;
     }
+    let shown_through = match after {
+        Some(After::Heartbeat(h)) => Some(h),
+        Some(After::Record(t)) => Some(just_before(t)),
+        None => data.last().map(|r| just_before(r.commit_timestamp)),
+    };
     match after {
         Some(After::Record(t)) => pos.reached(t),
         Some(After::Heartbeat(t)) if t > pos.watermark => pos.heartbeat(t),
         _ => {}
+    }
+    if let Some(t) = shown_through {
+        ctx.sink.read_through(&partition.token, t);
     }
     if let Some(through) = through {
         ctx.observer.observe(Event::Acknowledged {
@@ -515,6 +535,11 @@ async fn handle_batch<C: Consumer>(
         });
     }
     Ok(end)
+}
+
+/// The last instant before `t`: a partition that showed a record at `t` may show more at `t`.
+fn just_before(t: Timestamp) -> Timestamp {
+    t.saturating_sub(Duration::from_nanos(1))
 }
 
 /// The partitions a child partitions record announces, as rows to insert.

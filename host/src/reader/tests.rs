@@ -20,7 +20,7 @@ struct Fixture {
     source: ScriptedSource,
     store: Arc<MemoryStore>,
     consumer: Arc<Collect>,
-    ctx: Arc<ReaderContext<Collect>>,
+    ctx: Arc<ReaderContext<Direct<Arc<Collect>>>>,
     root: PartitionToken,
 }
 
@@ -39,7 +39,7 @@ impl Fixture {
                 &runner,
                 Arc::new(NoObserver),
             )),
-            consumer: Arc::clone(&consumer),
+            sink: Arc::new(Direct(Arc::clone(&consumer))),
             observer: Arc::new(NoObserver),
             drain_timeout: Duration::from_secs(10),
         });

@@ -28,14 +28,16 @@ use std::time::Duration;
 use tokio::time::Interval;
 use tokio_util::sync::CancellationToken;
 
-use crate::checkpoint::Checkpointer;
+use crate::checkpoint::{Checkpointer, Floor};
 use crate::consumer::Consumer;
 use crate::error::FailureKind;
 use crate::observe::{Event as ObserverEvent, NoObserver, Observer};
+use crate::ordering::{DEFAULT_ORDERING_BUFFER, Ordered, Ordering};
 use crate::partition::{
-    CLAIM_BATCH, Lease, NewPartition, PartitionStore, PartitionToken, RunnerId, StoreError,
+    CLAIM_BATCH, Lease, NewPartition, PartitionState, PartitionStore, PartitionToken, RunnerId,
+    StoreError,
 };
-use crate::reader::{ReaderContext, ReaderError, ReaderOutcome, StopMode};
+use crate::reader::{Direct, ReaderContext, ReaderError, ReaderOutcome, Sink, StopMode};
 use crate::source::ChangeSource;
 use crate::timestamp::Timestamp;
 use liveness::{Heartbeat, Liveness};
@@ -72,6 +74,13 @@ pub struct SubscriberOptions {
     pub lease_duration: Duration,
     /// How often to release partitions above the fair share; `None`: never.
     pub rebalancing_interval: Option<Duration>,
+    /// Per key (partitions in parallel, shared by runners) or whole transactions in commit
+    /// order (one active runner reads every partition: `max_connections` and rebalancing do
+    /// not apply; other runners stand by).
+    pub ordering: Ordering,
+    /// With [`Ordering::Transactions`]: bytes of records the reassembly buffer admits
+    /// before readers ahead of the slowest partition wait.
+    pub ordering_buffer: usize,
 }
 
 impl Default for SubscriberOptions {
@@ -87,9 +96,14 @@ impl Default for SubscriberOptions {
             drain_timeout: Duration::from_secs(10),
             lease_duration: Duration::from_secs(30),
             rebalancing_interval: None,
+            ordering: Ordering::Key,
+            ordering_buffer: DEFAULT_ORDERING_BUFFER,
         }
     }
 }
+
+/// Partitions the active runner of `--ordering transactions` may hold: all of them.
+const TRANSACTIONS_CAPACITY: usize = 100_000;
 
 /// Why a subscription failed.
 #[derive(Debug, thiserror::Error)]
@@ -150,8 +164,12 @@ impl Subscriber {
     pub fn new(
         source: impl ChangeSource,
         store: Arc<dyn PartitionStore>,
-        options: SubscriberOptions,
+        mut options: SubscriberOptions,
     ) -> Self {
+        if options.ordering == Ordering::Transactions {
+            options.max_connections = TRANSACTIONS_CAPACITY;
+            options.rebalancing_interval = None;
+        }
         Self {
             source: Arc::new(source),
             store,
@@ -178,10 +196,28 @@ impl Subscriber {
         consumer: C,
         shutdown: CancellationToken,
     ) -> Result<RunSummary, SubscribeError> {
+        match self.options.ordering {
+            Ordering::Key => self.run(Direct(consumer), shutdown).await,
+            Ordering::Transactions => {
+                let ordered = Ordered::start(
+                    consumer,
+                    self.options.ordering_buffer,
+                    Arc::clone(&self.observer),
+                );
+                self.run(ordered, shutdown).await
+            }
+        }
+    }
+
+    async fn run<S: Sink>(
+        &self,
+        sink: S,
+        shutdown: CancellationToken,
+    ) -> Result<RunSummary, SubscribeError> {
         let start = self.options.start.unwrap_or_else(Timestamp::now);
         check_range(start, self.options.end)?;
         let writes_before = self.store.writes();
-        let mut runner = Runner::start(self, consumer, start).await?;
+        let mut runner = Runner::start(self, sink, start).await?;
         let ran = runner.run(&shutdown).await;
         let stopped = runner.stop().await;
         if let (Err(stop), Err(_)) = (&stopped, &ran) {
@@ -250,14 +286,17 @@ impl Timers {
 }
 
 /// One run of a [`Subscriber`]: its readers, liveness and counters.
-struct Runner<'s, C> {
+struct Runner<'s, S> {
     store: &'s Arc<dyn PartitionStore>,
     options: &'s SubscriberOptions,
     observer: &'s Arc<dyn Observer>,
     heartbeat: Heartbeat,
     liveness: Liveness,
     checkpoints: Arc<Checkpointer>,
-    readers: ReaderSet<C>,
+    readers: ReaderSet<S>,
+    sink: Arc<S>,
+    /// With `--ordering transactions`: whether this runner is the stream's active one.
+    active: bool,
     timers: Timers,
     want_claim: bool,
     /// Set when this runner gave a partition up for an underloaded one (see [`share`]).
@@ -267,11 +306,11 @@ struct Runner<'s, C> {
     summary: RunSummary,
 }
 
-impl<'s, C: Consumer> Runner<'s, C> {
+impl<'s, S: Sink> Runner<'s, S> {
     /// Prepares the store, seeds or resumes, registers this runner and starts heartbeating.
     async fn start(
         subscriber: &'s Subscriber,
-        consumer: C,
+        sink: S,
         start: Timestamp,
     ) -> Result<Self, StoreError> {
         let (store, options) = (&subscriber.store, &subscriber.options);
@@ -309,17 +348,17 @@ impl<'s, C: Consumer> Runner<'s, C> {
             runner,
             lease: options.lease_duration,
         });
-        let checkpoints = Arc::new(Checkpointer::new(
-            Arc::clone(store),
-            runner,
-            Arc::clone(observer),
-        ));
+        let sink = Arc::new(sink);
+        let checkpoints = Arc::new(
+            Checkpointer::new(Arc::clone(store), runner, Arc::clone(observer))
+                .with_floor(Arc::clone(&sink) as Arc<dyn Floor>),
+        );
         let ctx = Arc::new(ReaderContext {
             runner: runner.clone(),
             source: Arc::clone(&subscriber.source),
             store: Arc::clone(store),
             checkpoints: Arc::clone(&checkpoints),
-            consumer: Arc::new(consumer),
+            sink: Arc::clone(&sink),
             observer: Arc::clone(observer),
             drain_timeout: options.drain_timeout,
         });
@@ -331,6 +370,8 @@ impl<'s, C: Consumer> Runner<'s, C> {
             liveness: Liveness::Alive,
             checkpoints,
             readers: ReaderSet::new(ctx),
+            sink,
+            active: options.ordering == Ordering::Key,
             timers: Timers::new(options).await,
             want_claim: true,
             yielding: false,
@@ -398,6 +439,9 @@ impl<'s, C: Consumer> Runner<'s, C> {
     /// share), and starts their readers. Returns whether to claim again at once (a full
     /// batch came back and there is room for more).
     async fn claim(&mut self) -> Result<bool, StoreError> {
+        if !self.active && !self.activate().await? {
+            return Ok(false);
+        }
         let holding = Holding {
             max_connections: self.options.max_connections,
             held: self.readers.len(),
@@ -437,6 +481,30 @@ impl<'s, C: Consumer> Runner<'s, C> {
         Ok(more)
     }
 
+    /// `--ordering transactions`: becomes the stream's active runner if no live runner is;
+    /// then the sink learns every unfinished partition before the first claim, so that
+    /// nothing is released ahead of a partition not read yet.
+    async fn activate(&mut self) -> Result<bool, StoreError> {
+        let lease = self.options.lease_duration;
+        let active = self.store.activate(self.runner(), lease).await?;
+        if active != *self.runner() {
+            tracing::debug!(runner = %self.runner(), %active, "standing by");
+            return Ok(false);
+        }
+        let status = self.store.status(lease).await?;
+        let unfinished: Vec<_> = status
+            .partitions
+            .into_iter()
+            .filter(|p| p.state != PartitionState::Finished)
+            .map(|p| (p.token, p.watermark))
+            .collect();
+        tracing::info!(runner = %self.runner(), unfinished = unfinished.len(),
+            "active: reading every partition, transactions in commit order");
+        self.sink.resume(&unfinished);
+        self.active = true;
+        Ok(true)
+    }
+
     async fn check_liveness(&mut self) {
         let (now, silent) = self.heartbeat.check();
         self.observer.observe(ObserverEvent::Heartbeat {
@@ -452,6 +520,11 @@ impl<'s, C: Consumer> Runner<'s, C> {
                 }
                 self.liveness = Liveness::Lapsed;
                 self.give_up_after_lapse().await;
+                if self.options.ordering == Ordering::Transactions {
+                    // Another runner may be the active one by now.
+                    self.active = false;
+                    self.sink.reset();
+                }
             }
             (Liveness::Lapsed, Liveness::Alive) => {
                 tracing::info!(
@@ -673,6 +746,8 @@ impl<'s, C: Consumer> Runner<'s, C> {
                 held.push(ended.lease);
             }
         }
+        // What was handed on is acknowledged before the last checkpoint counts it.
+        self.sink.settle().await;
         let lost = self.checkpoints.flush().await?;
         held.retain(|l| !lost.contains(l));
         if let Err(e) = self.store.release(self.runner(), &held).await {

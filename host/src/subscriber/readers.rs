@@ -12,9 +12,8 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::{AbortHandle, Id, JoinSet};
 
-use crate::consumer::Consumer;
 use crate::partition::{Claim, Lease, PartitionToken};
-use crate::reader::{self, ReaderContext, ReaderError, ReaderOutcome, StopMode, StopSignal};
+use crate::reader::{self, ReaderContext, ReaderError, ReaderOutcome, Sink, StopMode, StopSignal};
 
 /// What the runner does with a partition once its reader stopped on request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,16 +42,16 @@ pub(crate) struct Ended {
 }
 
 /// Every reader of one runner.
-pub(crate) struct ReaderSet<C> {
-    ctx: Arc<ReaderContext<C>>,
+pub(crate) struct ReaderSet<S> {
+    ctx: Arc<ReaderContext<S>>,
     tasks: JoinSet<Result<ReaderOutcome, ReaderError>>,
     /// The lease each task runs under, to name the partition of a task that panicked.
     task_leases: HashMap<Id, Lease>,
     readers: HashMap<PartitionToken, Reader>,
 }
 
-impl<C: Consumer> ReaderSet<C> {
-    pub fn new(ctx: Arc<ReaderContext<C>>) -> Self {
+impl<S: Sink> ReaderSet<S> {
+    pub fn new(ctx: Arc<ReaderContext<S>>) -> Self {
         Self {
             ctx,
             tasks: JoinSet::new(),

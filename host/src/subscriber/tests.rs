@@ -39,7 +39,7 @@ impl Stream {
             poll_interval: Duration::from_secs(1),
             drain_timeout: Duration::from_secs(2),
             lease_duration: Duration::from_secs(6),
-            rebalancing_interval: None,
+            ..SubscriberOptions::default()
         }
     }
 

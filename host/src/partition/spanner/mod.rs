@@ -1,5 +1,6 @@
 //! Spanner partition store: Beam's `PartitionMetadata` table, plus a runner registry
-//! (`<table>_Runners`) and partition leases (`<table>_Leases`), created by migrations.
+//! (`<table>_Runners`), partition leases (`<table>_Leases`) and the active runner of
+//! `--ordering transactions` (`<table>_Active`), created by migrations.
 //!
 //! Every method is one read or one transaction; watermarks of all partitions a runner holds
 //! go in a single commit (the checkpointer coalesces them), so metadata writes grow with
@@ -55,6 +56,7 @@ fn commit_timestamp(commit: &gcloud_spanner::transaction_rw::CommitResult) -> Op
 /// The transaction tag of heartbeats and registrations (blind writes).
 const REGISTRY_TAG: &str = "screamer-registry";
 
+mod active;
 mod claim;
 mod rows;
 mod schema;
@@ -70,6 +72,8 @@ pub struct SpannerStore {
     table: String,
     runners: String,
     leases: String,
+    /// `<table>_Active`: the stream's active runner (`--ordering transactions`).
+    active: String,
     client: Client,
     writes: AtomicU64,
     priority: Option<Priority>,
@@ -111,6 +115,7 @@ impl SpannerStore {
             table: table.to_owned(),
             runners: format!("{table}_Runners"),
             leases: format!("{table}_Leases"),
+            active: format!("{table}_Active"),
             client,
             writes: AtomicU64::new(0),
             priority: None,
@@ -367,7 +372,7 @@ impl PartitionStore for SpannerStore {
             });
         }
         self.check_columns().await?;
-        // A table from before leases (or from Beam) gets the registry and lease tables.
+        // A table from before leases (or from Beam) gets the registry, lease and active tables.
         if !self.lease_tables_exist().await? {
             self.migrate().await?;
         }
@@ -648,6 +653,14 @@ impl PartitionStore for SpannerStore {
         self.count(&rows, 0)
     }
 
+    async fn activate(
+        &self,
+        runner: &RunnerId,
+        lease_duration: Duration,
+    ) -> Result<RunnerId, StoreError> {
+        self.take_active(runner, lease_duration).await
+    }
+
     async fn status(&self, lease_duration: Duration) -> Result<StoreStatus, StoreError> {
         let c = |e: gcloud_spanner::row::Error| self.corrupt(e);
         let runners = self
@@ -698,6 +711,7 @@ impl PartitionStore for SpannerStore {
         Ok(StoreStatus {
             runners,
             partitions,
+            active: self.live_active(lease_duration).await?,
         })
     }
 

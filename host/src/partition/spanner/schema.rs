@@ -77,9 +77,14 @@ impl SpannerStore {
             "SELECT COUNT(*) FROM INFORMATION_SCHEMA.TABLES \
              WHERE TABLE_SCHEMA = '' AND TABLE_NAME IN UNNEST(@names)",
         );
-        stmt.add_param("names", &vec![self.runners.clone(), self.leases.clone()]);
+        let names = vec![
+            self.runners.clone(),
+            self.leases.clone(),
+            self.active.clone(),
+        ];
+        stmt.add_param("names", &names);
         let rows = self.query(stmt).await?;
-        Ok(self.count(&rows, 0)? == 2)
+        Ok(self.count(&rows, 0)? == names.len())
     }
 
     pub(super) async fn dialect_is_postgres(&self) -> Result<bool, StoreError> {
@@ -159,6 +164,14 @@ impl SpannerStore {
                  ) PRIMARY KEY (PartitionToken)",
                 l = self.leases
             ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {a} (
+                   Stream STRING(64) NOT NULL,
+                   RunnerId STRING(MAX) NOT NULL,
+                   Since TIMESTAMP NOT NULL OPTIONS (allow_commit_timestamp = true),
+                 ) PRIMARY KEY (Stream)",
+                a = self.active
+            ),
         ];
         let env = self
             .endpoint
@@ -191,7 +204,7 @@ impl SpannerStore {
     }
 }
 
-/// A table name that leaves room for the `_Runners` and `_Leases` suffixes.
+/// A table name that leaves room for the `_Runners`, `_Leases` and `_Active` suffixes.
 pub(super) fn valid_table_name(name: &str) -> bool {
     is_identifier(name) && name.len() <= 120
 }
