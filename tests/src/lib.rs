@@ -6,6 +6,7 @@
 //! `SPANNER_EMULATOR_DIR` (the directory holding `emulator_main`), `PATH`,
 //! the Google Cloud SDK's usual place, or `dpkg -L google-cloud-cli-spanner-emulator`.
 
+pub mod bank;
 pub mod bench;
 pub mod broker;
 pub mod certificates;

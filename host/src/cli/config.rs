@@ -40,6 +40,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use screamer::destination::DestinationUri;
+use screamer::ordering::{DEFAULT_ORDERING_BUFFER, Ordering};
 use screamer::plugin::{Limits, NetworkGrant, PluginSpec, PreopenDir, WasiGrants};
 
 /// Default number of records per plugin call: most of the batching gain, small latency.
@@ -74,6 +75,15 @@ pub struct PipelineArgs {
     /// (`start_timestamp`, `watermark`, `created_at`, `scheduled_at`, `running_at`).
     #[arg(long, env = "PARTITION_METADATA")]
     pub partition_metadata: bool,
+    /// `key` (default): per-key commit order, partitions in parallel over many runners.
+    /// `transactions`: whole transactions in commit order across every partition; one
+    /// runner of the stream is active, the others stand by.
+    #[arg(long, env = "ORDERING", value_name = "key|transactions", value_parser = str::parse::<Ordering>)]
+    pub ordering: Option<Ordering>,
+    /// With --ordering transactions: bytes of records held for reassembly before readers
+    /// ahead of the slowest partition wait, e.g. 64MiB (the default).
+    #[arg(long, allow_negative_numbers = true, env = "ORDERING_BUFFER", value_name = "SIZE", value_parser = parse_size)]
+    pub ordering_buffer: Option<usize>,
     /// Per-call deadline of every plugin (default 1s).
     #[arg(long, allow_negative_numbers = true, value_name = "DURATION", value_parser = parse_duration)]
     pub plugin_timeout: Option<Duration>,
@@ -110,6 +120,9 @@ pub struct PipelineConfig {
     pub partition_metadata: bool,
     /// Name the plugins' compiled functions for `perf` (`--plugin-perf-map`).
     pub perf_map: bool,
+    pub ordering: Ordering,
+    /// Bytes of the transactions buffer (`--ordering-buffer`).
+    pub ordering_buffer: usize,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -125,6 +138,8 @@ struct FileConfig {
     side_outputs: BTreeMap<String, FileUri>,
     #[serde(default)]
     partition_metadata: bool,
+    ordering: Option<String>,
+    ordering_buffer: Option<String>,
 }
 
 /// A destination in the file: a URI, or a table of `uri` and its options.
@@ -190,13 +205,13 @@ impl PipelineConfig {
     /// Resolves the file (if any), then `plugins` (the `--plugin` flags or `plugin run`
     /// files) and the other flags on top.
     pub fn resolve(plugins: &[PathBuf], args: &PipelineArgs) -> Result<Self, ConfigError> {
-        let (file, base) = match &args.config {
+        let (mut file, base) = match &args.config {
             Some(path) => read_file(path)?,
             None => (FileConfig::default(), PathBuf::new()),
         };
         let mut specs = Vec::new();
         let mut declared = Vec::new();
-        for (i, p) in file.plugins.into_iter().enumerate() {
+        for (i, p) in std::mem::take(&mut file.plugins).into_iter().enumerate() {
             let place = format!(
                 "--config {}: plugins[{i}]",
                 args.config.as_deref().unwrap_or(Path::new("")).display()
@@ -279,8 +294,12 @@ impl PipelineConfig {
             (None, Some(n)) => n,
             (None, None) => DEFAULT_BATCH_SIZE,
         };
+        let partition_metadata = args.partition_metadata || file.partition_metadata;
+        let (ordering, ordering_buffer) = ordering(args, &file, partition_metadata)?;
         Ok(PipelineConfig {
-            partition_metadata: args.partition_metadata || file.partition_metadata,
+            partition_metadata,
+            ordering,
+            ordering_buffer,
             plugins: specs,
             batch_size,
             output,
@@ -293,6 +312,42 @@ impl PipelineConfig {
             perf_map: args.plugin_perf_map,
         })
     }
+}
+
+/// The ordering and its buffer, from the flags or else the file. Partition metadata cannot
+/// go beside transactions: a batch of whole transactions spans partitions.
+fn ordering(
+    args: &PipelineArgs,
+    file: &FileConfig,
+    partition_metadata: bool,
+) -> Result<(Ordering, usize), ConfigError> {
+    let in_file = |key: &str, e: String| {
+        let path = args.config.as_deref().unwrap_or(Path::new("")).display();
+        ConfigError(format!("--config {path}: {key}: {e}"))
+    };
+    let ordering = match (args.ordering, &file.ordering) {
+        (Some(o), _) => o,
+        (None, Some(text)) => text.parse().map_err(|e| in_file("ordering", e))?,
+        (None, None) => Ordering::Key,
+    };
+    let buffer = match (args.ordering_buffer, &file.ordering_buffer) {
+        (Some(n), _) => n,
+        (None, Some(text)) => parse_size(text).map_err(|e| in_file("ordering_buffer", e))?,
+        (None, None) => DEFAULT_ORDERING_BUFFER,
+    };
+    if buffer == 0 {
+        return Err(ConfigError(
+            "--ordering-buffer must be at least 1 byte".into(),
+        ));
+    }
+    if ordering == Ordering::Transactions && partition_metadata {
+        return Err(ConfigError(
+            "--partition-metadata cannot be used with --ordering transactions: a batch of \
+             whole transactions spans partitions"
+                .into(),
+        ));
+    }
+    Ok((ordering, buffer))
 }
 
 /// Reads and parses the `--config` file; relative paths in it are relative to its folder.

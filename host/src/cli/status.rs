@@ -1,7 +1,8 @@
 //! `screamer status`: the runners and partitions of a metadata table, as a table or JSON.
 //!
 //! Place in the flow: beside the runners, read-only. It shows what the registry and the
-//! leases say: which runner is alive, what it holds, and how far each partition is behind.
+//! leases say: which runner is alive, what it holds, which one is active with `--ordering
+//! transactions`, and how far each partition is behind.
 
 use std::time::Duration;
 
@@ -48,16 +49,19 @@ pub async fn run(args: StatusArgs) -> Result<(), RunError> {
         format!("{:.1}s", nanos as f64 / 1e9)
     };
     println!(
-        "{:<24} {:<32} {:<6} {:>10}",
-        "RUNNER", "LAST HEARTBEAT", "ALIVE", "PARTITIONS"
+        "{:<24} {:<32} {:<6} {:>10} {:<7}",
+        "RUNNER", "LAST HEARTBEAT", "ALIVE", "PARTITIONS", "ACTIVE"
     );
     for r in &status.runners {
+        // Only with --ordering transactions is one runner the active one.
+        let active = status.active.as_ref() == Some(&r.runner_id);
         println!(
-            "{:<24} {:<32} {:<6} {:>10}",
+            "{:<24} {:<32} {:<6} {:>10} {:<7}",
             r.runner_id,
             format!("{} ({} ago)", r.heartbeat_at, ago(r.heartbeat_at)),
             if r.alive { "yes" } else { "no" },
-            r.partitions
+            r.partitions,
+            if active { "yes" } else { "-" }
         );
     }
     println!();
