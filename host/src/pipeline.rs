@@ -51,6 +51,8 @@ pub struct Pipeline {
     dead_letters: Box<dyn Destination>,
     observer: Arc<dyn Observer>,
     partition_metadata: bool,
+    /// Batches hold whole transactions (see [`Pipeline::with_transactions`]).
+    transactions: bool,
     /// Side output names seen without a destination (each is warned about once).
     undefined_outputs: Mutex<HashSet<String>>,
 }
@@ -137,8 +139,20 @@ impl Pipeline {
             dead_letters,
             observer: Arc::new(NoObserver),
             partition_metadata: false,
+            transactions: false,
             undefined_outputs: Mutex::default(),
         }
+    }
+
+    /// Batches hold whole transactions in commit order (`--ordering transactions`): tells
+    /// the main and side outputs (a replica keeps its position), not the dead letters.
+    pub fn with_transactions(mut self) -> Self {
+        self.transactions = true;
+        self.main.deliver_transactions();
+        for destination in self.side_outputs.values_mut() {
+            destination.deliver_transactions();
+        }
+        self
     }
 
     /// Puts each record's partition metadata ([`PartitionFields`]) beside it in every
@@ -175,6 +189,9 @@ impl Pipeline {
     ) -> Self {
         let name = name.into();
         destination.report_to(Reporter::new(self.observer.clone(), &name));
+        if self.transactions {
+            destination.deliver_transactions();
+        }
         self.side_outputs.insert(name, destination);
         self
     }

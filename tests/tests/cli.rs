@@ -282,6 +282,33 @@ async fn bad_input_gets_one_clear_line_and_exit_2() -> anyhow::Result<()> {
             ]),
             &taken_message,
         ),
+        (
+            strings(&["--dsn", &dsn, "--stream", "Changes", "--ordering", "global"]),
+            "unknown ordering \"global\": expected key or transactions",
+        ),
+        (
+            strings(&[
+                "--dsn",
+                &dsn,
+                "--stream",
+                "Changes",
+                "--ordering",
+                "transactions",
+                "--partition-metadata",
+            ]),
+            "error: --partition-metadata cannot be used with --ordering transactions",
+        ),
+        (
+            strings(&[
+                "--dsn",
+                &dsn,
+                "--stream",
+                "Changes",
+                "--ordering-buffer",
+                "lots",
+            ]),
+            "\"lots\" is not a size like 64MiB",
+        ),
     ];
     for (args, message) in cases {
         let (code, stderr) = run_to_exit(db.host(), &args).await?;

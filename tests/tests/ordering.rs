@@ -1,15 +1,19 @@
 //! `--ordering transactions` against the Spanner emulator, with partitions that split and
 //! merge every few seconds: a bounded re-read to stdout is whole transactions in commit
 //! order, each once, as many as committed; a graceful stop and restart mid-stream repeats
-//! and loses none. (On the emulator every transaction lands in one partition; the
+//! and loses none; a bank replicated into PostgreSQL by two runners, the active one killed
+//! midway, never shows a reader half a transfer and ends equal to Spanner. (On the emulator every transaction lands in one partition; the
 //! cross-partition cases are the unit tests of `ordering` against a scripted source.)
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use screamer::Timestamp;
 use screamer_tests::bank::{Bank, replay, transaction_ids, whole_transactions_in_order};
-use screamer_tests::libc::SIGINT;
+use screamer_tests::libc::{SIGINT, SIGKILL};
+use screamer_tests::postgres::PostgresServer;
 use screamer_tests::{Emulator, EmulatorOptions, Screamer, eventually, run_args};
 
 /// The writer's balances keyed as [`replay`] keys them.
@@ -130,4 +134,119 @@ async fn a_graceful_stop_and_restart_mid_stream_repeats_and_loses_no_transaction
         "every transaction once, in commit order"
     );
     assert_eq!(replay(&all), expected_balances(&bank));
+}
+
+/// The replica's balances, by table and id; tables not there yet read as empty.
+async fn replica_balances(client: &tokio_postgres::Client) -> BTreeMap<(String, i64), i64> {
+    let mut balances = BTreeMap::new();
+    for table in ["Checking", "Savings"] {
+        let sql = format!(r#"SELECT "Id", "Balance" FROM public."{table}""#);
+        for row in client.query(&sql, &[]).await.unwrap_or_default() {
+            balances.insert((table.to_owned(), row.get(0)), row.get(1));
+        }
+    }
+    balances
+}
+
+/// Reads the bank's total in one statement (one snapshot) every few milliseconds until
+/// `stop` is set; returns every total seen.
+fn watch_totals(
+    client: Arc<tokio_postgres::Client>,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<HashSet<i64>> {
+    tokio::spawn(async move {
+        let mut seen = HashSet::new();
+        let sql = r#"SELECT ((SELECT coalesce(sum("Balance"), 0) FROM public."Checking")
+                          + (SELECT coalesce(sum("Balance"), 0) FROM public."Savings"))::bigint"#;
+        while !stop.load(Ordering::Relaxed) {
+            // Before the replica has its tables, the statement fails: nothing to see yet.
+            if let Ok(row) = client.query_one(sql, &[]).await {
+                seen.insert(row.get::<_, i64>(0));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        seen
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bank_replica_kept_by_two_runners_never_shows_half_a_transfer() {
+    screamer_tests::init_tracing();
+    let emulator = churning_emulator().await;
+    let mut bank = Bank::open(&emulator, 5).await.unwrap();
+    let pg = PostgresServer::start().await.unwrap();
+    let client = Arc::new(pg.client("postgres").await.unwrap());
+    let start = bank.commits[0].to_string();
+    let output = pg.uri("postgres", "");
+    let runner = |id: &str| {
+        let args = [
+            "--start",
+            &start,
+            "--ordering",
+            "transactions",
+            "--metadata-table",
+            "Partitions",
+            "--lease-duration",
+            "3s",
+            "--output",
+            &output,
+            "--runner-id",
+            id,
+        ];
+        Screamer::spawn(bank.db.host(), &run_args(&bank.db, &args)).unwrap()
+    };
+    let active = runner("first");
+    eventually(
+        Duration::from_secs(60),
+        "the accounts in the replica",
+        async || (replica_balances(&client).await.len() == 10).then_some(()),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {}", active.stderr()));
+    let mut standby = runner("second");
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = watch_totals(Arc::clone(&client), Arc::clone(&stop));
+
+    for i in 0..240 {
+        bank.transfer().await.unwrap();
+        if i == 120 {
+            // The active runner dies; the standby takes over within the lease.
+            active.signal(SIGKILL).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let expected = expected_balances(&bank);
+    eventually(
+        Duration::from_secs(120),
+        "the replica equal to Spanner",
+        async || (replica_balances(&client).await == expected).then_some(()),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {}", standby.stderr()));
+    stop.store(true, Ordering::Relaxed);
+    let totals = watcher.await.unwrap();
+    assert_eq!(
+        totals,
+        HashSet::from([bank.total()]),
+        "a reader saw half a transfer"
+    );
+
+    // The replica's position is the last transaction, written with it.
+    let last = bank.commits.last().unwrap();
+    let row = client
+        .query_one(
+            "SELECT commit_nanos FROM public._screamer_position WHERE replica = 'stream'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0) as i128, last.unix_nanos());
+    standby.signal(SIGINT).unwrap();
+    let status = standby.wait(Duration::from_secs(60)).await.unwrap();
+    assert_eq!(status.code(), Some(0), "{}", standby.stderr());
+    assert!(
+        standby.stderr().contains("active: reading every partition"),
+        "the standby took over: {}",
+        standby.stderr()
+    );
 }

@@ -27,6 +27,7 @@ use screamer::client::{Endpoint, Priority};
 use screamer::destination::{Destination, DestinationUri, Ndjson};
 use screamer::dsn::DatabaseName;
 use screamer::observe::{Metrics, Observer};
+use screamer::ordering::Ordering;
 use screamer::partition::{MemoryStore, PartitionStore, RunnerId, SpannerStore, StoreError};
 use screamer::pipeline::Pipeline;
 use screamer::plugin::{Chain, PluginError, PluginRuntime, RuntimeOptions};
@@ -382,6 +383,9 @@ async fn build_pipeline(
     .with_observer(observer.clone());
     if config.partition_metadata {
         pipeline = pipeline.with_partition_metadata();
+    }
+    if config.ordering == Ordering::Transactions {
+        pipeline = pipeline.with_transactions();
     }
     for (name, uri) in &config.side_outputs {
         let destination = open_destination(&format!("--side-output {name}"), uri).await?;

@@ -243,6 +243,11 @@ pub trait Destination: Send + Sync {
     fn report_to(&mut self, reporter: Reporter) {
         let _ = reporter;
     }
+
+    /// From now on, batches hold whole transactions in commit order (`--ordering
+    /// transactions`): a destination that keeps a position (the PostgreSQL replica) applies
+    /// each transaction once and atomically. The default ignores it.
+    fn deliver_transactions(&mut self) {}
 }
 
 /// Where a destination reports what happens inside a send (retries, what a replica

@@ -18,6 +18,11 @@
 //!   (each attempt bounded by [`ATTEMPT_TIMEOUT`]), nothing is acknowledged meanwhile, and
 //!   only the batches in flight (one per partition) are held. Errors that need an operator
 //!   (permissions, a missing schema) are retried too, logged as errors.
+//! - With `--ordering transactions` ([`Destination::deliver_transactions`]) batches hold
+//!   whole transactions in commit order; the replica keeps the last transaction applied in
+//!   `_screamer_position`, updated in the same PostgreSQL transaction as the rows, and skips
+//!   what it already applied: a restart, a crash or a runner taking over applies no
+//!   transaction twice, and a reader of the replica never sees half of one.
 //! - A record PostgreSQL refuses for good (a value out of range, a constraint the user
 //!   added) is refused alone with PostgreSQL's message: the batch is applied again record by
 //!   record, each under a savepoint, still in one transaction.
@@ -29,13 +34,14 @@ mod tls;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Statement, Transaction};
 
-use self::rows::{Group, RecordChanges, groups};
+use self::rows::{Group, Position, RecordChanges, groups};
 use self::sql::{Kind, Shape};
 use self::tables::Tables;
 use super::uri::PostgresUri;
@@ -74,6 +80,10 @@ pub struct Postgres {
     slots: tokio::sync::Semaphore,
     reporter: Reporter,
     pruned: Mutex<Instant>,
+    /// Whole transactions in commit order arrive: keep and honour the position.
+    transactions: bool,
+    /// The position table is known to exist.
+    position_table: AtomicBool,
 }
 
 /// Why a PostgreSQL replica cannot start.
@@ -112,6 +122,8 @@ impl Postgres {
             slots: tokio::sync::Semaphore::new(POOL_SIZE),
             reporter: Reporter::default(),
             pruned: Mutex::new(Instant::now()),
+            transactions: false,
+            position_table: AtomicBool::new(false),
         };
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         // The client's connect timeout covers the TCP connection only: a frozen server
@@ -218,7 +230,8 @@ impl Postgres {
         Ok(applied)
     }
 
-    /// Every change of `records` in one transaction, the DDL they need included.
+    /// Every change of `records` in one transaction, the DDL they need included (with
+    /// whole transactions: those after the position, and the new position).
     async fn apply(
         &self,
         connection: &mut Connection,
@@ -227,18 +240,62 @@ impl Postgres {
     ) -> Result<(ReplicaRows, Refusals), tokio_postgres::Error> {
         let Connection { client, statements } = connection;
         let mut tx = client.transaction().await?;
-        let learned = self.tables.ensure(&tx, records).await?;
+        let skip = match self.transactions {
+            true => self.applied_already(&tx, records).await?,
+            false => 0,
+        };
+        let fresh = &records[skip..];
+        let learned = self.tables.ensure(&tx, fresh).await?;
         let schema = &self.schema;
-        let applied = match isolation {
+        let (mut rows, mut refused) = match isolation {
             Isolation::Batch => (
-                run(&tx, statements, schema, groups(records)).await?,
+                run(&tx, statements, schema, groups(fresh)).await?,
                 Vec::new(),
             ),
-            Isolation::Record => run_each(&mut tx, statements, schema, records).await?,
+            Isolation::Record => run_each(&mut tx, statements, schema, fresh).await?,
         };
+        if self.transactions
+            && let Some(last) = fresh.last()
+        {
+            let p = last.position();
+            let text = last.commit_timestamp.to_string();
+            tx.execute(
+                &sql::write_position(schema),
+                &[&p.commit_nanos, &text, &p.transaction],
+            )
+            .await?;
+        }
         tx.commit().await?;
         self.tables.learn(learned);
-        Ok(applied)
+        if self.transactions {
+            self.position_table.store(true, Ordering::Relaxed);
+        }
+        rows.stale += records[..skip].iter().map(|r| r.len() as u64).sum::<u64>();
+        refused.iter_mut().for_each(|(i, _)| *i += skip);
+        Ok((rows, refused))
+    }
+
+    /// How many of `records` (whole transactions, in order) the replica applied already:
+    /// those at or before its position, which this transaction locks.
+    async fn applied_already(
+        &self,
+        tx: &Transaction<'_>,
+        records: &[RecordChanges],
+    ) -> Result<usize, tokio_postgres::Error> {
+        if !self.position_table.load(Ordering::Relaxed) {
+            for statement in sql::create_position(&self.schema) {
+                tx.batch_execute(&statement).await?;
+            }
+        }
+        let row = tx.query_one(&sql::read_position(&self.schema), &[]).await?;
+        let position = Position {
+            commit_nanos: row.get(0),
+            transaction: row.get(1),
+        };
+        Ok(records
+            .iter()
+            .take_while(|r| r.position() <= position)
+            .count())
     }
 
     /// Prunes tombstones behind `newest` by the retention, at most every [`PRUNE_EVERY`].
@@ -445,6 +502,10 @@ impl Destination for Postgres {
 
     fn report_to(&mut self, reporter: Reporter) {
         self.reporter = reporter;
+    }
+
+    fn deliver_transactions(&mut self) {
+        self.transactions = true;
     }
 
     async fn send(&self, batch: Batch) -> Result<(), DestinationError> {

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 use serde_json::value::RawValue;
 
-use super::sql::{COMMIT_TIMESTAMP, Kind, RECORD_SEQUENCE, Shape, SqlType, TOMBSTONES};
+use super::sql::{COMMIT_TIMESTAMP, Kind, POSITION, RECORD_SEQUENCE, Shape, SqlType, TOMBSTONES};
 use crate::record::{ColumnType, DataChangeRecord, ModType};
 
 /// The changes of one output record.
@@ -23,8 +23,18 @@ pub(crate) struct RecordChanges {
     /// Every column of the table, as the record describes them.
     pub(crate) columns: std::sync::Arc<[ColumnType]>,
     changes: Vec<Change>,
-    /// The newest commit timestamp among them (RFC 3339).
+    /// The record's commit timestamp.
     pub(crate) commit_timestamp: crate::Timestamp,
+    /// The record's transaction (`server_transaction_id`).
+    pub(crate) transaction: String,
+}
+
+/// The last transaction a replica applied, in the order of `--ordering transactions`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Position {
+    /// Nanoseconds since the epoch (PostgreSQL's timestamps keep microseconds only).
+    pub(crate) commit_nanos: i64,
+    pub(crate) transaction: String,
 }
 
 /// Columns with their replica types.
@@ -53,7 +63,7 @@ impl RecordChanges {
     }
 
     fn of(record: &DataChangeRecord) -> Result<Self, String> {
-        if record.table_name == TOMBSTONES || record.table_name.is_empty() {
+        if [TOMBSTONES, POSITION, ""].contains(&record.table_name.as_str()) {
             return Err(format!(
                 "table {:?}: not a name a replica table can have",
                 record.table_name
@@ -101,7 +111,17 @@ impl RecordChanges {
             columns: record.column_types.clone(),
             changes,
             commit_timestamp: record.commit_timestamp,
+            transaction: record.server_transaction_id.clone(),
         })
+    }
+
+    /// Where the record stands in the order of `--ordering transactions`: commit
+    /// timestamp, then transaction.
+    pub(crate) fn position(&self) -> Position {
+        Position {
+            commit_nanos: self.commit_timestamp.unix_nanos() as i64,
+            transaction: self.transaction.clone(),
+        }
     }
 
     /// How many rows the record changes.

@@ -18,6 +18,9 @@ pub(crate) const COMMIT_TIMESTAMP: &str = "_screamer_commit_timestamp";
 pub(crate) const RECORD_SEQUENCE: &str = "_screamer_record_sequence";
 /// The table, in the replica's schema, of deleted rows' versions.
 pub(crate) const TOMBSTONES: &str = "_screamer_tombstones";
+/// The replica's position with `--ordering transactions`: one row, the last transaction
+/// applied.
+pub(crate) const POSITION: &str = "_screamer_position";
 
 /// A PostgreSQL base type a Spanner type maps to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -325,6 +328,42 @@ pub(crate) fn create_tombstones(schema: &str) -> [String; 2] {
             ident(&format!("{TOMBSTONES}_commit_timestamp"))
         ),
     ]
+}
+
+/// The position table and its one row (before any transaction), if missing.
+pub(crate) fn create_position(schema: &str) -> [String; 2] {
+    let table = qualified(schema, POSITION);
+    [
+        format!(
+            "CREATE TABLE IF NOT EXISTS {table} (replica text PRIMARY KEY, \
+             commit_nanos bigint NOT NULL, commit_timestamp text NOT NULL, \
+             transaction_id text NOT NULL)"
+        ),
+        format!(
+            "INSERT INTO {table} VALUES ('stream', -9223372036854775808, '', '') \
+             ON CONFLICT (replica) DO NOTHING"
+        ),
+    ]
+}
+
+/// The position, locked until the transaction ends: a second writer (a runner that lost
+/// its lease) waits, then sees what the first applied.
+pub(crate) fn read_position(schema: &str) -> String {
+    format!(
+        "SELECT commit_nanos, transaction_id FROM {} WHERE replica = 'stream' FOR UPDATE",
+        qualified(schema, POSITION)
+    )
+}
+
+/// Sets the position to `$1` (nanos), `$2` (the timestamp's text) and `$3` (transaction).
+pub(crate) fn write_position(schema: &str) -> String {
+    format!(
+        "INSERT INTO {} (replica, commit_nanos, commit_timestamp, transaction_id) \
+         VALUES ('stream', $1, $2, $3) ON CONFLICT (replica) DO UPDATE SET \
+         commit_nanos = EXCLUDED.commit_nanos, commit_timestamp = EXCLUDED.commit_timestamp, \
+         transaction_id = EXCLUDED.transaction_id",
+        qualified(schema, POSITION)
+    )
 }
 
 /// Removes tombstones older than `$1` (a timestamptz).
