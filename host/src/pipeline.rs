@@ -26,7 +26,8 @@ use serde_json::{Map, Value};
 
 use crate::consumer::{Consumer, ConsumerError, Origin};
 use crate::destination::{
-    Attributes, Batch, Destination, DestinationError, Envelope, Layout, Mods, Reporter, row_key,
+    Attributes, Batch, Destination, DestinationError, Envelope, Layout, Mods, Reporter,
+    Transactions, row_key,
 };
 use crate::observe::{Event, NoObserver, Observer};
 use crate::plugin::{Chain, DeadLetter, Input, Output, OutputRecord};
@@ -285,12 +286,26 @@ impl Pipeline {
     ) -> Result<(), ConsumerError> {
         let mut main = Batch::with_capacity(outputs.len().min(MAX_PREALLOCATED));
         let mut side: HashMap<&str, Batch> = HashMap::new();
+        // With whole transactions, a large batch is sent early only where a transaction
+        // begins: a replica applies each one atomically, and groups need all of it.
+        let mut transaction: Option<(Timestamp, String)> = None;
         for out in outputs {
             let origin = &inputs[out.origin];
             let (record, extra) = match &out.record {
                 OutputRecord::Unchanged => (origin.record, origin.extra),
                 OutputRecord::Changed { record, extra } => (&**record, extra.as_ref()),
             };
+            let this = (
+                record.commit_timestamp,
+                record.server_transaction_id.as_str(),
+            );
+            let boundary = !self.transactions
+                || transaction
+                    .as_ref()
+                    .is_none_or(|(t, id)| (*t, id.as_str()) != this);
+            if boundary && self.transactions {
+                transaction = Some((this.0, this.1.to_owned()));
+            }
             let (output, destination, batch, tag) = match out.output.as_deref() {
                 Some(name) => match self.side_outputs.get_key_value(name) {
                     Some((name, d)) => (
@@ -312,11 +327,11 @@ impl Pipeline {
                 partition,
                 output: tag,
             };
-            push_output(batch, destination.layout(), line)?;
-            if batch.as_ndjson().len() >= FLUSH_BYTES {
+            if boundary && batch.as_ndjson().len() >= FLUSH_BYTES {
                 self.send(output, destination, std::mem::take(batch))
                     .await?;
             }
+            push_output(batch, destination.layout(), line)?;
         }
         for (name, batch) in side {
             self.send(name, &*self.side_outputs[name], batch).await?;
@@ -354,6 +369,11 @@ impl Pipeline {
         if batch.is_empty() {
             return Ok(());
         }
+        let batch =
+            match self.transactions && destination.layout().transactions == Transactions::Grouped {
+                true => batch.grouped_by_transaction(),
+                false => batch,
+            };
         let (records, bytes) = (batch.len(), batch.payload_bytes());
         let started = std::time::Instant::now();
         self.observer.observe(Event::Sending { output, bytes });

@@ -309,6 +309,17 @@ async fn bad_input_gets_one_clear_line_and_exit_2() -> anyhow::Result<()> {
             ]),
             "\"lots\" is not a size like 64MiB",
         ),
+        (
+            strings(&[
+                "--dsn",
+                &dsn,
+                "--stream",
+                "Changes",
+                "--output",
+                "kafka://127.0.0.1:1/t?transactions=grouped",
+            ]),
+            "error: kafka://127.0.0.1:1/t: transactions=grouped needs --ordering transactions",
+        ),
     ];
     for (args, message) in cases {
         let (code, stderr) = run_to_exit(db.host(), &args).await?;

@@ -2,7 +2,8 @@
 //! merge every few seconds: a bounded re-read to stdout is whole transactions in commit
 //! order, each once, as many as committed; a graceful stop and restart mid-stream repeats
 //! and loses none; a bank replicated into PostgreSQL by two runners, the active one killed
-//! midway, never shows a reader half a transfer and ends equal to Spanner. (On the emulator every transaction lands in one partition; the
+//! midway, never shows a reader half a transfer and ends equal to Spanner; with
+//! `transactions=grouped` Kafka gets one message per transaction, in order. (On the emulator every transaction lands in one partition; the
 //! cross-partition cases are the unit tests of `ordering` against a scripted source.)
 
 use std::collections::{BTreeMap, HashSet};
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use screamer::Timestamp;
 use screamer_tests::bank::{Bank, replay, transaction_ids, whole_transactions_in_order};
+use screamer_tests::kafka::{KafkaBroker, poll};
 use screamer_tests::libc::{SIGINT, SIGKILL};
 use screamer_tests::postgres::PostgresServer;
 use screamer_tests::{Emulator, EmulatorOptions, Screamer, eventually, run_args};
@@ -249,4 +251,58 @@ async fn a_bank_replica_kept_by_two_runners_never_shows_half_a_transfer() {
         "the standby took over: {}",
         standby.stderr()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grouped_transactions_reach_kafka_one_message_each_in_commit_order() {
+    screamer_tests::init_tracing();
+    let emulator = churning_emulator().await;
+    let kafka = KafkaBroker::start().await.unwrap();
+    kafka.topic("bank", 3).await.unwrap();
+    let mut bank = Bank::open(&emulator, 4).await.unwrap();
+    for _ in 0..100 {
+        bank.transfer().await.unwrap();
+    }
+    let (start, end) = (
+        bank.commits[0].to_string(),
+        bank.commits.last().unwrap().to_string(),
+    );
+    let output = kafka.uri("bank", "?transactions=grouped");
+    let args = [
+        "--start",
+        &start,
+        "--end",
+        &end,
+        "--ordering",
+        "transactions",
+        "--output",
+        &output,
+    ];
+    let mut screamer = Screamer::spawn(bank.db.host(), &run_args(&bank.db, &args)).unwrap();
+    let status = screamer.wait(Duration::from_secs(120)).await.unwrap();
+    assert_eq!(status.code(), Some(0), "{}", screamer.stderr());
+
+    let consumer = kafka.consumer("bank", 3).unwrap();
+    let messages =
+        tokio::task::block_in_place(|| poll(&consumer, Duration::from_secs(30))).unwrap();
+    assert_eq!(
+        messages.len(),
+        bank.commits.len(),
+        "one message per transaction"
+    );
+    let mut lines = Vec::new();
+    for m in &messages {
+        assert_eq!(m.key, "transactions", "one key: one partition, in order");
+        let group: serde_json::Value = serde_json::from_str(&m.data).unwrap();
+        let records = group["records"].as_array().unwrap();
+        for r in records {
+            assert_eq!(r["server_transaction_id"], group["server_transaction_id"]);
+            assert_eq!(r["commit_timestamp"], group["commit_timestamp"]);
+            lines.push(r.to_string());
+        }
+    }
+    let transactions = whole_transactions_in_order(&lines);
+    let commits: Vec<Timestamp> = transactions.iter().map(|t| t.commit).collect();
+    assert_eq!(commits, bank.commits);
+    assert_eq!(replay(&transactions), expected_balances(&bank));
 }

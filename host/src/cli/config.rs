@@ -296,6 +296,14 @@ impl PipelineConfig {
         };
         let partition_metadata = args.partition_metadata || file.partition_metadata;
         let (ordering, ordering_buffer) = ordering(args, &file, partition_metadata)?;
+        let grouped = std::iter::once(&output)
+            .chain(side_outputs.values())
+            .find(|uri| uri.groups_transactions());
+        if let Some(uri) = grouped.filter(|_| ordering != Ordering::Transactions) {
+            return Err(ConfigError(format!(
+                "{uri}: transactions=grouped needs --ordering transactions"
+            )));
+        }
         Ok(PipelineConfig {
             partition_metadata,
             ordering,

@@ -15,7 +15,36 @@ pub struct Layout {
     /// Each message carries an [`Envelope`] (message systems); NDJSON destinations do not
     /// need one.
     pub envelopes: bool,
+    /// With `--ordering transactions`: a message per record, or per transaction.
+    pub transactions: Transactions,
 }
+
+/// `transactions=records` (default) or `transactions=grouped`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Transactions {
+    /// A message per record (or per mod).
+    #[default]
+    Records,
+    /// With `--ordering transactions`, a message per transaction:
+    /// `{"commit_timestamp", "server_transaction_id", "records": [...]}`, keyed by
+    /// [`GROUP_KEY`] so that a partitioned system keeps them in order.
+    Grouped,
+}
+
+impl Transactions {
+    /// `records` or `grouped`, as URIs and the pipeline file spell it.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "records" => Some(Transactions::Records),
+            "grouped" => Some(Transactions::Grouped),
+            _ => None,
+        }
+    }
+}
+
+/// The key of every grouped transaction: one Kafka partition, one Pub/Sub ordering key, so
+/// transactions stay in commit order.
+pub const GROUP_KEY: &str = "transactions";
 
 /// One message per record, or one per row change.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -100,6 +129,15 @@ impl Envelope {
             attributes: Attributes::of(record),
             key: Some(row_key(&record.table_name, row)),
         }
+    }
+}
+
+/// The envelope of a transaction's message: the attributes of its first record, and
+/// [`GROUP_KEY`].
+pub fn group_envelope(first: &Envelope) -> Envelope {
+    Envelope {
+        attributes: first.attributes.clone(),
+        key: Some(GROUP_KEY.to_owned()),
     }
 }
 

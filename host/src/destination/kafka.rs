@@ -84,6 +84,7 @@ impl Kafka {
             layout: Layout {
                 mods: options.mods,
                 envelopes: true,
+                transactions: options.transactions,
             },
             producer,
         };

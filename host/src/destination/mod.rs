@@ -39,7 +39,7 @@ mod pubsub;
 mod refusals;
 mod uri;
 
-pub use envelope::{Attributes, Envelope, Layout, Mods, row_key};
+pub use envelope::{Attributes, Envelope, GROUP_KEY, Layout, Mods, Transactions, row_key};
 #[cfg(feature = "http")]
 pub use http::{HTTP_HEADERS_ENV, Http, HttpError};
 #[cfg(feature = "kafka")]
@@ -109,6 +109,50 @@ impl Batch {
         self.push_line(value)?;
         self.envelopes.push(envelope);
         Ok(())
+    }
+
+    /// The batch as one message per transaction (`transactions=grouped`): consecutive
+    /// messages whose envelopes name the same commit timestamp and transaction become
+    /// `{"commit_timestamp", "server_transaction_id", "records": [...]}`, the records'
+    /// lines as they were. A batch without envelopes is returned as it is.
+    pub fn grouped_by_transaction(&self) -> Batch {
+        if self.envelopes.is_empty() {
+            return self.clone();
+        }
+        let messages: Vec<Message<'_>> = self.messages().collect();
+        let same = |a: &Message<'_>, b: &Message<'_>| {
+            let (a, b) = (
+                &a.envelope.expect("enveloped").attributes,
+                &b.envelope.expect("enveloped").attributes,
+            );
+            a.commit_timestamp == b.commit_timestamp
+                && a.server_transaction_id == b.server_transaction_id
+        };
+        let mut grouped = Batch::with_capacity(self.len());
+        for group in messages.chunk_by(same) {
+            let first = group[0].envelope.expect("enveloped");
+            let start = grouped.bytes.len();
+            let text = |s: &str| serde_json::to_string(s).expect("a string serializes");
+            grouped.bytes.extend_from_slice(
+                format!(
+                    "{{\"commit_timestamp\":{},\"server_transaction_id\":{},\"records\":[",
+                    text(&first.attributes.commit_timestamp),
+                    text(&first.attributes.server_transaction_id)
+                )
+                .as_bytes(),
+            );
+            for (i, m) in group.iter().enumerate() {
+                if i > 0 {
+                    grouped.bytes.push(b',');
+                }
+                grouped.bytes.extend_from_slice(m.payload);
+            }
+            grouped.bytes.extend_from_slice(b"]}\n");
+            debug_assert!(grouped.bytes.len() > start);
+            grouped.ends.push(grouped.bytes.len());
+            grouped.envelopes.push(envelope::group_envelope(first));
+        }
+        grouped
     }
 
     fn push_line(&mut self, value: &impl serde::Serialize) -> serde_json::Result<()> {
@@ -302,6 +346,55 @@ impl std::fmt::Debug for Reporter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grouping_makes_one_message_per_transaction_of_the_lines_as_they_were() {
+        let line = |t: &str, id: &str, n: u32| {
+            let record =
+                serde_json::json!({"commit_timestamp": t, "server_transaction_id": id, "n": n});
+            let envelope = Envelope {
+                attributes: Attributes {
+                    table_name: "T".into(),
+                    mod_type: "INSERT",
+                    commit_timestamp: t.into(),
+                    partition_token: "p".into(),
+                    server_transaction_id: id.into(),
+                    record_sequence: n.to_string(),
+                },
+                key: None,
+            };
+            (record, envelope)
+        };
+        let mut batch = Batch::default();
+        for (t, id, n) in [("1", "a", 0), ("1", "a", 1), ("1", "b", 0), ("2", "a", 0)] {
+            let (record, envelope) = line(t, id, n);
+            batch.push_message(&record, envelope).unwrap();
+        }
+        let grouped = batch.grouped_by_transaction();
+        let messages: Vec<Message<'_>> = grouped.messages().collect();
+        assert_eq!(messages.len(), 3);
+        let first: serde_json::Value = serde_json::from_slice(messages[0].payload).unwrap();
+        assert_eq!(
+            first,
+            serde_json::json!({"commit_timestamp": "1", "server_transaction_id": "a", "records": [
+                {"commit_timestamp": "1", "server_transaction_id": "a", "n": 0},
+                {"commit_timestamp": "1", "server_transaction_id": "a", "n": 1},
+            ]})
+        );
+        assert!(
+            messages
+                .iter()
+                .all(|m| m.envelope.unwrap().key.as_deref() == Some(GROUP_KEY))
+        );
+        assert_eq!(
+            messages[2].envelope.unwrap().attributes.commit_timestamp,
+            "2"
+        );
+        // NDJSON batches (no envelopes) stay as they are.
+        let mut plain = Batch::default();
+        plain.push(&serde_json::json!({"a": 1})).unwrap();
+        assert_eq!(plain.grouped_by_transaction(), plain);
+    }
 
     #[test]
     fn a_batch_is_ndjson_and_its_payloads_are_the_lines() {

@@ -263,6 +263,7 @@ impl Nats {
             layout: Layout {
                 mods: options.mods,
                 envelopes: true,
+                transactions: options.transactions,
             },
             jetstream,
             reporter: Reporter::default(),

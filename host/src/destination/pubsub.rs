@@ -113,6 +113,7 @@ impl PubSub {
             layout: Layout {
                 mods: options.mods,
                 envelopes: true,
+                transactions: options.transactions,
             },
             connections,
             reporter: Reporter::default(),

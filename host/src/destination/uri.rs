@@ -17,7 +17,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use super::envelope::Mods;
+use super::envelope::{Mods, Transactions};
 
 /// Where one output goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -222,6 +222,9 @@ fn host_and_port(text: &str) -> Option<(String, u16)> {
 pub struct MessageOptions {
     /// `mods=whole` (default) or `mods=split`.
     pub mods: Mods,
+    /// `transactions=records` (default) or `transactions=grouped` (with `--ordering
+    /// transactions`, one message per transaction).
+    pub transactions: Transactions,
     /// Client properties: for Kafka passed through to librdkafka as given (any key with a
     /// dot: `compression.type=zstd`, `security.protocol=SASL_SSL`, `sasl.username=…`); for
     /// NATS its authentication and TLS (`user`, `password`, `token`, `nkey`, `creds`, `tls`,
@@ -288,6 +291,19 @@ impl DestinationUri {
     }
 }
 
+impl DestinationUri {
+    /// Whether the destination asks for one message per transaction
+    /// (`transactions=grouped`).
+    pub fn groups_transactions(&self) -> bool {
+        match self {
+            DestinationUri::PubSub { options, .. }
+            | DestinationUri::Kafka { options, .. }
+            | DestinationUri::Nats { options, .. } => options.transactions == Transactions::Grouped,
+            _ => false,
+        }
+    }
+}
+
 impl FromStr for DestinationUri {
     type Err = UriError;
 
@@ -334,7 +350,17 @@ fn message_system(scheme: &str, rest: &str) -> Result<DestinationUri, String> {
     };
     let (server, name) = server_and_path(location).ok_or(shape)?;
     let options = options(query, scheme)?;
-    let template = |name: &str| Template::parse(name).map_err(str::to_owned);
+    let template = |name: &str| {
+        let t = Template::parse(name).map_err(str::to_owned)?;
+        if options.transactions == Transactions::Grouped && !t.is_fixed() {
+            return Err(
+                "transactions=grouped needs a fixed topic or subject: a transaction \
+                        spans tables"
+                    .to_owned(),
+            );
+        }
+        Ok(t)
+    };
     match scheme {
         "pubsub" => match (server, &name.split('/').collect::<Vec<_>>()[..]) {
             ("projects", [project, "topics", topic])
@@ -392,12 +418,17 @@ fn options(query: &str, scheme: &str) -> Result<MessageOptions, String> {
                 options.mods = Mods::parse(&value)
                     .ok_or_else(|| format!("option mods={value}: expected whole or split"))?;
             }
+            "transactions" => {
+                options.transactions = Transactions::parse(&value).ok_or_else(|| {
+                    format!("option transactions={value}: expected records or grouped")
+                })?;
+            }
             _ if properties && key.contains('.') => {
                 options.properties.insert(key.to_owned(), value);
             }
             _ if properties => {
                 return Err(format!(
-                    "unknown option {key:?}; expected mods or a librdkafka property (a.b=...)"
+                    "unknown option {key:?}; expected mods, transactions or a librdkafka property (a.b=...)"
                 ));
             }
             _ if scheme == "nats" && NATS_OPTIONS.contains(&key) => {
@@ -405,11 +436,15 @@ fn options(query: &str, scheme: &str) -> Result<MessageOptions, String> {
             }
             _ if scheme == "nats" => {
                 return Err(format!(
-                    "unknown option {key:?}; expected mods, {}",
+                    "unknown option {key:?}; expected mods, transactions, {}",
                     NATS_OPTIONS.join(", ")
                 ));
             }
-            _ => return Err(format!("unknown option {key:?}; expected mods")),
+            _ => {
+                return Err(format!(
+                    "unknown option {key:?}; expected mods or transactions"
+                ));
+            }
         }
     }
     Ok(options)
@@ -542,12 +577,26 @@ mod tests {
         assert!(e("pubsub://projects/p/topics/t?mods=all").ends_with("expected whole or split"));
         assert!(
             e("pubsub://projects/p/topics/t?acks=1")
-                .ends_with("unknown option \"acks\"; expected mods")
+                .ends_with("unknown option \"acks\"; expected mods or transactions")
         );
         assert!(
             e("nats://h:1/{table}")
                 .ends_with("the only placeholder a name may hold is {table_name}")
         );
+        assert!(e("kafka://h:1/t?transactions=all").ends_with("expected records or grouped"));
+        assert!(
+            e("kafka://h:1/cdc.{table_name}?transactions=grouped").ends_with(
+                "transactions=grouped needs a fixed topic or subject: a transaction spans tables"
+            )
+        );
+    }
+
+    #[test]
+    fn transactions_are_records_unless_grouped() {
+        assert!(!uri("kafka://h:1/t").groups_transactions());
+        assert!(uri("kafka://h:1/t?transactions=grouped").groups_transactions());
+        assert!(uri("nats://h:1/s?transactions=grouped").groups_transactions());
+        assert!(!uri("nats://h:1/s?transactions=records").groups_transactions());
     }
 
     #[test]
