@@ -100,9 +100,10 @@ async fn live(metrics: Arc<Metrics>, end: Timestamp, bar: ProgressBar) {
             None => "no partition held".to_owned(),
         };
         bar.set_message(format!(
-            "partitions {} finished of {} known · {to_go} · {:.0} records/s · {} records · {} dead letters",
+            "partitions {} finished of {} known · {to_go} · released {:.1}s behind · {:.0} records/s · {} records · {} dead letters",
             p.partitions_finished,
             p.partitions_finished + p.partitions_held as u64,
+            p.low_watermark_lag.as_secs_f64(),
             rate.next(&p),
             p.records,
             p.dead_letters,
@@ -122,6 +123,7 @@ async fn periodic(metrics: Arc<Metrics>, interval: Duration) {
             records_per_second = format!("{:.1}", rate.next(&p)),
             records = p.records,
             lag_seconds = format!("{:.1}", p.lag.as_secs_f64()),
+            low_watermark_lag_seconds = format!("{:.1}", p.low_watermark_lag.as_secs_f64()),
             partitions_held = p.partitions_held,
             partitions_finished = p.partitions_finished,
             dead_letters = p.dead_letters,

@@ -16,6 +16,8 @@
 
 mod buffer;
 #[cfg(test)]
+pub(crate) mod testing;
+#[cfg(test)]
 mod tests;
 
 use std::future::Future;

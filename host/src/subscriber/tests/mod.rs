@@ -7,6 +7,8 @@ use std::collections::BTreeSet;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+mod transactions;
+
 use super::*;
 use crate::partition::{MemoryStore, PartitionState};
 use crate::source::{ScriptedSource, ScriptedTransaction};
