@@ -1,6 +1,6 @@
 //! Test support shared by the unit tests of the reader, the runner and the stages behind
-//! them: times, and a consumer that keeps what it is given (and can be told to fail or to
-//! hold a batch).
+//! them: times, a consumer that keeps what it is given (and can be told to fail or to hold
+//! a batch), and a store whose heartbeats can be frozen.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -8,6 +8,10 @@ use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::consumer::{Consumer, ConsumerError};
+use crate::partition::{
+    Claim, Lease, Load, MemoryStore, NewPartition, PartitionStore, RunnerId, StoreError,
+    StoreStatus,
+};
 use crate::record::{ChangeRecord, DataChangeRecord};
 use crate::timestamp::Timestamp;
 
@@ -106,5 +110,117 @@ pub(crate) async fn until(what: &str, condition: impl Fn() -> bool) {
             "gave up waiting: {what}"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A [`MemoryStore`] whose heartbeats of chosen runners hang until thawed: the runner looks
+/// paused or cut off to the others, and to itself (its heartbeat lapses).
+pub(crate) struct FreezableStore {
+    store: MemoryStore,
+    frozen: tokio::sync::watch::Sender<Vec<RunnerId>>,
+}
+
+impl FreezableStore {
+    pub(crate) fn new() -> Self {
+        Self {
+            store: MemoryStore::new(),
+            frozen: tokio::sync::watch::Sender::new(Vec::new()),
+        }
+    }
+
+    /// `runner`'s heartbeats hang from now on.
+    pub(crate) fn freeze(&self, runner: &str) {
+        self.frozen
+            .send_modify(|f| f.push(RunnerId::from(runner.to_owned())));
+    }
+
+    /// Every partition row (see [`MemoryStore::snapshot`]).
+    pub(crate) fn snapshot(&self) -> Vec<crate::partition::PartitionMetadata> {
+        self.store.snapshot()
+    }
+
+    /// `runner`'s heartbeats land again.
+    pub(crate) fn thaw(&self, runner: &str) {
+        self.frozen
+            .send_modify(|f| f.retain(|r| r.as_str() != runner));
+    }
+}
+
+#[async_trait::async_trait]
+impl PartitionStore for FreezableStore {
+    async fn prepare(&self) -> Result<(), StoreError> {
+        self.store.prepare().await
+    }
+    async fn seed(&self, root: NewPartition) -> Result<bool, StoreError> {
+        self.store.seed(root).await
+    }
+    async fn heartbeat(&self, runner: &RunnerId, capacity: usize) -> Result<(), StoreError> {
+        let mut frozen = self.frozen.subscribe();
+        let _ = frozen.wait_for(|f| !f.contains(runner)).await;
+        self.store.heartbeat(runner, capacity).await
+    }
+    async fn reset(&self, runner: &RunnerId) -> Result<(), StoreError> {
+        self.store.reset(runner).await
+    }
+    async fn deregister(&self, runner: &RunnerId) -> Result<(), StoreError> {
+        self.store.deregister(runner).await
+    }
+    async fn claim(
+        &self,
+        runner: &RunnerId,
+        room: usize,
+        lease_duration: Duration,
+    ) -> Result<Vec<Claim>, StoreError> {
+        self.store.claim(runner, room, lease_duration).await
+    }
+    async fn mark_running(
+        &self,
+        runner: &RunnerId,
+        lease: &Lease,
+    ) -> Result<Timestamp, StoreError> {
+        self.store.mark_running(runner, lease).await
+    }
+    async fn add_children(&self, children: &[NewPartition]) -> Result<usize, StoreError> {
+        self.store.add_children(children).await
+    }
+    async fn update_watermarks(
+        &self,
+        runner: &RunnerId,
+        marks: &[(Lease, Timestamp)],
+    ) -> Result<Vec<Lease>, StoreError> {
+        self.store.update_watermarks(runner, marks).await
+    }
+    async fn finish(
+        &self,
+        runner: &RunnerId,
+        lease: &Lease,
+        watermark: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.store.finish(runner, lease, watermark).await
+    }
+    async fn release(&self, runner: &RunnerId, leases: &[Lease]) -> Result<(), StoreError> {
+        self.store.release(runner, leases).await
+    }
+    async fn owned(&self, runner: &RunnerId) -> Result<Vec<Lease>, StoreError> {
+        self.store.owned(runner).await
+    }
+    async fn load(&self, lease_duration: Duration) -> Result<Load, StoreError> {
+        self.store.load(lease_duration).await
+    }
+    async fn unfinished(&self) -> Result<usize, StoreError> {
+        self.store.unfinished().await
+    }
+    async fn activate(
+        &self,
+        runner: &RunnerId,
+        lease_duration: Duration,
+    ) -> Result<RunnerId, StoreError> {
+        self.store.activate(runner, lease_duration).await
+    }
+    async fn status(&self, lease_duration: Duration) -> Result<StoreStatus, StoreError> {
+        self.store.status(lease_duration).await
+    }
+    fn writes(&self) -> u64 {
+        self.store.writes()
     }
 }

@@ -108,9 +108,17 @@ impl Ordered {
         }
     }
 
+    /// Applies `change`, releases what it lets go, and wakes whoever waits on the buffer
+    /// (a reader held back may have become the slowest).
+    fn update<T>(&self, change: impl FnOnce(&mut Buffer) -> T) -> T {
+        let out = self.locked(change);
+        self.shared.changed.notify_waiters();
+        out
+    }
+
     /// Applies `change` and releases what it lets go, under one lock so that releases are
     /// sent in order.
-    fn update<T>(&self, change: impl FnOnce(&mut Buffer) -> T) -> T {
+    fn locked<T>(&self, change: impl FnOnce(&mut Buffer) -> T) -> T {
         let mut buffer = self.shared.buffer.lock().expect("ordering buffer");
         let out = change(&mut buffer);
         let released = buffer.release();
@@ -136,13 +144,19 @@ impl Ordered {
             .map(|f| format!("delivering released transactions failed: {f}").into())
     }
 
-    /// Waits until `done` holds for the buffer or the consumer failed.
+    /// Waits until `done` holds for the buffer or the consumer failed. Checking wakes no
+    /// one (waiters would wake each other in turn for ever); `done` holding does, as it may
+    /// have changed the buffer.
     async fn wait_until(&self, mut done: impl FnMut(&mut Buffer) -> bool) {
         loop {
             let changed = self.shared.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            if self.failure().is_some() || self.update(&mut done) {
+            if self.failure().is_some() {
+                return;
+            }
+            if self.locked(&mut done) {
+                self.shared.changed.notify_waiters();
                 return;
             }
             changed.await;

@@ -2,7 +2,8 @@
 //! a file, Pub/Sub, Kafka, JetStream, HTTP and a PostgreSQL replica, side by side (and a
 //! `COPY` of the same rows into PostgreSQL as the replica's floor); commit-to-consumer
 //! latency per destination under a steady writer; screamer's memory while a broker is
-//! stalled. See BENCHMARKS.md for the command and results.
+//! stalled. `BENCH_ORDERINGS=key,transactions` runs every phase in each `--ordering`, side
+//! by side (default: `key` only). See BENCHMARKS.md for the command and results.
 
 use std::collections::HashMap;
 use std::io::{Read, Seek};
@@ -176,7 +177,11 @@ impl Servers {
         // JetStream drops a message it has seen (by `Nats-Msg-Id`): every run of the same
         // range needs its own stream, and so gets its own topics.
         let rounds = (0..=ROUNDS).map(throughput_phase);
-        for phase in rounds.chain(["latency".into(), "stall".into()]) {
+        let phases: Vec<String> = rounds.chain(["latency".into(), "stall".into()]).collect();
+        let all = orderings()
+            .into_iter()
+            .flat_map(|o| phases.iter().map(move |p| in_ordering(p, o)));
+        for phase in all {
             let phase = phase.as_str();
             servers.pubsub.topic(phase).await?;
             servers.kafka.topic(phase, 3).await?;
@@ -229,6 +234,22 @@ fn throughput_phase(round: usize) -> String {
     format!("throughput{round}")
 }
 
+/// The `--ordering` values to run (`BENCH_ORDERINGS`, default `key`).
+fn orderings() -> Vec<&'static str> {
+    ["key", "transactions"]
+        .into_iter()
+        .filter(|o| match std::env::var("BENCH_ORDERINGS") {
+            Ok(v) => v.split(',').any(|w| w.trim() == *o),
+            Err(_) => *o == "key",
+        })
+        .collect()
+}
+
+/// A phase's name in one ordering: each run gets its own topics and streams.
+fn in_ordering(phase: &str, ordering: &str) -> String {
+    format!("{phase}_{ordering}")
+}
+
 /// Whether `item` is in the comma-separated list of the environment variable `list`
 /// (case-insensitive; all when it is not set).
 fn wanted(list: &str, item: &str) -> bool {
@@ -237,18 +258,33 @@ fn wanted(list: &str, item: &str) -> bool {
     })
 }
 
-/// The screamer binary reading the bench stream into `sink`, with its own metadata table.
-fn screamer(db: &TestDatabase, sink: &Sink<'_>, extra: &[&str]) -> anyhow::Result<Child> {
+/// The screamer binary reading the bench stream into `sink` in `ordering`, with its own
+/// metadata table.
+fn screamer(
+    db: &TestDatabase,
+    sink: &Sink<'_>,
+    ordering: &str,
+    extra: &[&str],
+) -> anyhow::Result<Child> {
     let table = format!("DestBench{}", Timestamp::now().unix_nanos());
     std::process::Command::new(screamer_bin())
         .args(["--dsn", &db.name.to_string(), "--stream", "BenchStream"])
         .args(["--metadata-table", &table, "--heartbeat-interval", "1s"])
-        .args(["--output", &sink.uri()])
+        .args(["--output", &sink.uri(), "--ordering", ordering])
         .args(extra)
         .env("SPANNER_EMULATOR_HOST", db.host())
         .envs(sink.env())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(match std::env::var_os("BENCH_SCREAMER_LOG") {
+            // For diagnosis: every run's log appended to one file.
+            Some(path) => Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            ),
+            None => Stdio::null(),
+        })
         .spawn()
         .context("screamer binary (cargo build --release -p screamer)")
 }
@@ -261,7 +297,7 @@ struct Throughput {
 /// Reads [start, end] into `sink` with `--end`: from spawn to exit, every record acknowledged.
 async fn throughput(
     db: &TestDatabase,
-    sink: &mut Sink<'_>,
+    (sink, ordering): (&mut Sink<'_>, &str),
     (start, end): (Timestamp, Timestamp),
     expected: usize,
 ) -> anyhow::Result<Throughput> {
@@ -269,6 +305,7 @@ async fn throughput(
     let mut child = screamer(
         db,
         sink,
+        ordering,
         &["--start", &start.to_string(), "--end", &end.to_string()],
     )?;
     let (pid, mut peak) = (child.id(), 0);
@@ -302,11 +339,11 @@ async fn throughput(
 /// milliseconds from each commit's return to the bench's consumer seeing the row.
 async fn latency(
     db: &Arc<TestDatabase>,
-    sink: &mut Sink<'_>,
+    (sink, ordering): (&mut Sink<'_>, &str),
     first: i64,
 ) -> anyhow::Result<Vec<f64>> {
     let start = Timestamp::now().to_string();
-    let mut child = screamer(db, sink, &["--start", &start])?;
+    let mut child = screamer(db, sink, ordering, &["--start", &start])?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let ids = first..first + 500;
     let writer = {
@@ -331,11 +368,11 @@ async fn latency(
 /// after a 30 s stall of the broker (SIGSTOP).
 async fn stall(
     db: &Arc<TestDatabase>,
-    sink: &mut Sink<'_>,
+    (sink, ordering): (&mut Sink<'_>, &str),
     first: i64,
 ) -> anyhow::Result<[u64; 3]> {
     let start = Timestamp::now().to_string();
-    let mut child = screamer(db, sink, &["--start", &start])?;
+    let mut child = screamer(db, sink, ordering, &["--start", &start])?;
     let pid = child.id();
     let writer = {
         let db = db.clone();
@@ -415,51 +452,79 @@ async fn throughput_table(
         "## Throughput: {COMMITS} single-row commits (1.7 KB rows), read with --end, median of {ROUNDS}\n"
     );
     println!(
-        "| destination | seconds | records/s | vs file | fixed cost s | records/s without it | vs file | peak RSS |"
+        "| destination | ordering | seconds | records/s | vs file | vs key | fixed cost s | records/s without it | vs file | peak RSS |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     // The fixed cost of a run into each destination (process, connections, topic checks,
     // the partition lifecycle): an empty range, best of three. Then one untimed run of the
     // range each (the Pub/Sub emulator is a JVM: a cold one is several times slower than a
-    // long-running service), and ROUNDS timed rounds through all destinations in turn, so
-    // that the machine's drift hits them alike; the median of each.
-    let empty_at = Timestamp::now();
+    // long-running service), and ROUNDS timed rounds through all destinations and
+    // orderings in turn, so that the machine's drift hits them alike; the median of each.
+    // Just after the last commit: the emulator's commit timestamps run ahead of the local
+    // clock, so "now" could still catch the range's last commits (and a replica with
+    // `--ordering transactions` would then rightly skip the older ones of the next run).
+    let empty_at = end.saturating_add(Duration::from_millis(1));
     let empty = (empty_at, empty_at.saturating_add(Duration::from_millis(1)));
+    let orderings = orderings();
     let phases: Vec<String> = (0..=ROUNDS).map(throughput_phase).collect();
-    let mut sinks = servers.sinks(&phases[0])?;
-    let mut fixed = vec![f64::INFINITY; sinks.len()];
-    for (sink, fixed) in sinks.iter_mut().zip(&mut fixed) {
-        for _ in 0..3 {
-            *fixed = fixed.min(throughput(db, sink, empty, 0).await?.seconds);
+    let names: Vec<String> = orderings
+        .iter()
+        .map(|o| in_ordering(&phases[0], o))
+        .collect();
+    let mut warm: Vec<Vec<Sink<'_>>> = names
+        .iter()
+        .map(|n| servers.sinks(n))
+        .collect::<anyhow::Result<_>>()?;
+    let kinds = warm[0].len();
+    // runs[sink][ordering]; fixed[sink][ordering]
+    let mut fixed = vec![vec![f64::INFINITY; orderings.len()]; kinds];
+    for (o, sinks) in warm.iter_mut().enumerate() {
+        for (k, sink) in sinks.iter_mut().enumerate() {
+            for _ in 0..3 {
+                let t = throughput(db, (sink, orderings[o]), empty, 0).await?;
+                fixed[k][o] = fixed[k][o].min(t.seconds);
+            }
+            throughput(db, (sink, orderings[o]), (start, end), COMMITS as usize).await?;
         }
-        throughput(db, sink, (start, end), COMMITS as usize).await?;
     }
-    let mut runs: Vec<Vec<Throughput>> = sinks.iter().map(|_| Vec::new()).collect();
+    let mut runs: Vec<Vec<Vec<Throughput>>> = (0..kinds)
+        .map(|_| orderings.iter().map(|_| Vec::new()).collect())
+        .collect();
     for phase in &phases[1..] {
-        for (sink, runs) in servers.sinks(phase)?.iter_mut().zip(&mut runs) {
-            runs.push(throughput(db, sink, (start, end), COMMITS as usize).await?);
+        for (o, ordering) in orderings.iter().enumerate() {
+            let name = in_ordering(phase, ordering);
+            for (k, sink) in servers.sinks(&name)?.iter_mut().enumerate() {
+                let t = throughput(db, (sink, ordering), (start, end), COMMITS as usize).await?;
+                runs[k][o].push(t);
+            }
         }
     }
     let mut file_rates = None;
     let copy_seconds = copy_floor(&servers.client).await?;
-    for ((sink, fixed), runs) in sinks.iter().zip(fixed).zip(&mut runs) {
-        runs.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
-        let seconds = runs[runs.len() / 2].seconds;
-        let peak_rss_kb = runs.iter().map(|r| r.peak_rss_kb).max().unwrap_or(0);
-        let rate = COMMITS as f64 / seconds;
-        let steady = COMMITS as f64 / (seconds - fixed).max(1e-3);
-        let (base, steady_base) = *file_rates.get_or_insert((rate, steady));
-        println!(
-            "| {} | {seconds:.2} | {rate:.0} | {:.2} | {fixed:.2} | {steady:.0} | {:.2} | {} MB |",
-            sink.name(),
-            rate / base,
-            steady / steady_base,
-            peak_rss_kb / 1024
-        );
+    for (k, sink) in warm[0].iter().enumerate() {
+        let mut key_rate = None;
+        for (o, ordering) in orderings.iter().enumerate() {
+            let runs = &mut runs[k][o];
+            runs.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
+            let seconds = runs[runs.len() / 2].seconds;
+            let peak_rss_kb = runs.iter().map(|r| r.peak_rss_kb).max().unwrap_or(0);
+            let rate = COMMITS as f64 / seconds;
+            let steady = COMMITS as f64 / (seconds - fixed[k][o]).max(1e-3);
+            let (base, steady_base) = *file_rates.get_or_insert((rate, steady));
+            let vs_key = rate / *key_rate.get_or_insert(rate);
+            println!(
+                "| {} | {ordering} | {seconds:.2} | {rate:.0} | {:.2} | {vs_key:.2} | {:.2} | {steady:.0} | {:.2} | {} MB |",
+                sink.name(),
+                rate / base,
+                fixed[k][o],
+                steady / steady_base,
+                peak_rss_kb / 1024
+            );
+        }
     }
     let rate = COMMITS as f64 / copy_seconds;
     println!(
-        "| `COPY` into PostgreSQL (the replica's floor: the same rows, no stream) | {copy_seconds:.2} | {rate:.0} | {:.2} | | | | |",
+        "| `COPY` into PostgreSQL (the replica's floor: the same rows, no stream) | | {copy_seconds:.2} | {rate:.0} | {:.2} | | | | | |",
         rate / file_rates.map_or(rate, |(base, _)| base)
     );
     Ok(())
@@ -499,21 +564,23 @@ async fn copy_floor(client: &tokio_postgres::Client) -> anyhow::Result<f64> {
 
 async fn latency_table(servers: &Servers) -> anyhow::Result<()> {
     println!("\n## Latency: 500 commits at 50/s, commit return to the bench's consumer\n");
-    println!("| destination | p50 ms | p99 ms | rows seen |");
-    println!("|---|---|---|---|");
+    println!("| destination | ordering | p50 ms | p99 ms | rows seen |");
+    println!("|---|---|---|---|---|");
     // A fresh Spanner emulator per run: one that has served earlier runs polls its change
     // streams more and more slowly (measured: p50 from 0.2 s to 5 s over five runs).
-    for mut sink in servers.sinks("latency")? {
-        let emulator = Emulator::start(EmulatorOptions::default()).await?;
-        let db = Arc::new(emulator.database(Dialect::GoogleSql, &BENCH_SCHEMA).await?);
-        let l = latency(&db, &mut sink, 0).await?;
-        println!(
-            "| {} | {:.0} | {:.0} | {} |",
-            sink.name(),
-            percentile(&l, 0.5),
-            percentile(&l, 0.99),
-            l.len()
-        );
+    for ordering in orderings() {
+        for mut sink in servers.sinks(&in_ordering("latency", ordering))? {
+            let emulator = Emulator::start(EmulatorOptions::default()).await?;
+            let db = Arc::new(emulator.database(Dialect::GoogleSql, &BENCH_SCHEMA).await?);
+            let l = latency(&db, (&mut sink, ordering), 0).await?;
+            println!(
+                "| {} | {ordering} | {:.0} | {:.0} | {} |",
+                sink.name(),
+                percentile(&l, 0.5),
+                percentile(&l, 0.99),
+                l.len()
+            );
+        }
     }
 
     Ok(())
@@ -521,22 +588,24 @@ async fn latency_table(servers: &Servers) -> anyhow::Result<()> {
 
 async fn stall_table(servers: &Servers) -> anyhow::Result<()> {
     println!("\n## Memory under a 30 s stall: 100 commits/s, the broker SIGSTOPped\n");
-    println!("| destination | RSS before | RSS during the stall (peak) | RSS after |");
-    println!("|---|---|---|---|");
-    for mut sink in servers.sinks("stall")? {
-        if matches!(sink, Sink::File { .. } | Sink::Http { .. }) {
-            continue;
+    println!("| destination | ordering | RSS before | RSS during the stall (peak) | RSS after |");
+    println!("|---|---|---|---|---|");
+    for ordering in orderings() {
+        for mut sink in servers.sinks(&in_ordering("stall", ordering))? {
+            if matches!(sink, Sink::File { .. } | Sink::Http { .. }) {
+                continue;
+            }
+            let emulator = Emulator::start(EmulatorOptions::default()).await?;
+            let db = Arc::new(emulator.database(Dialect::GoogleSql, &BENCH_SCHEMA).await?);
+            let [before, during, after] = stall(&db, (&mut sink, ordering), 0).await?;
+            println!(
+                "| {} | {ordering} | {} MB | {} MB | {} MB |",
+                sink.name(),
+                before / 1024,
+                during / 1024,
+                after / 1024
+            );
         }
-        let emulator = Emulator::start(EmulatorOptions::default()).await?;
-        let db = Arc::new(emulator.database(Dialect::GoogleSql, &BENCH_SCHEMA).await?);
-        let [before, during, after] = stall(&db, &mut sink, 0).await?;
-        println!(
-            "| {} | {} MB | {} MB | {} MB |",
-            sink.name(),
-            before / 1024,
-            during / 1024,
-            after / 1024
-        );
     }
     Ok(())
 }

@@ -9,23 +9,23 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ordering::Ordering;
 use crate::ordering::testing::{assert_whole_in_order, p, spread};
-use crate::partition::{MemoryStore, PartitionState, PartitionStore, PartitionToken, RunnerId};
+use crate::partition::{PartitionState, PartitionStore, PartitionToken, RunnerId};
 use crate::record::DataChangeRecord;
 use crate::source::ScriptedSource;
 use crate::subscriber::{RunSummary, SubscribeError, Subscriber, SubscriberOptions};
-use crate::testing::{Collect, at, until};
+use crate::testing::{Collect, FreezableStore, at, until};
 
 /// Runs of one subscriber over a scripted stream read until `at(100)`.
 struct Run {
     source: ScriptedSource,
-    store: Arc<MemoryStore>,
+    store: Arc<FreezableStore>,
 }
 
 impl Run {
     fn new() -> Self {
         Self {
             source: ScriptedSource::new(),
-            store: Arc::new(MemoryStore::new()),
+            store: Arc::new(FreezableStore::new()),
         }
     }
 
@@ -309,4 +309,94 @@ async fn a_tiny_buffer_with_a_hot_partition_and_a_huge_transaction_still_progres
     let mut expected = vec!["early", "huge"];
     expected.extend(small.iter().map(String::as_str));
     assert_whole_in_order(&consumer.records(), &expected);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lapsed_active_runner_stands_by_and_the_other_becomes_active() {
+    let run = Run::new();
+    let (p1, p2) = (p("p1"), p("p2"));
+    run.source.end_with_children(
+        &PartitionToken::root(),
+        at(1),
+        &[p1.clone(), p2.clone()],
+        &[],
+    );
+    let (_, t1) = spread("t1", 2, &[&p1, &p2]);
+    run.push(&t1);
+    run.heartbeat(&[&p1, &p2], 5);
+    let (first, second) = (Arc::new(Collect::default()), Arc::new(Collect::default()));
+    let stop_second = CancellationToken::new();
+    let running_first = run.start(
+        "first",
+        Ordering::Transactions,
+        &first,
+        &CancellationToken::new(),
+    );
+    until("t1 released", || first.records().len() == 2).await;
+    let running_second = run.start("second", Ordering::Transactions, &second, &stop_second);
+    // The active runner is cut off: the other becomes active and reads on.
+    run.store.freeze("first");
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let (_, t2) = spread("t2", 7, &[&p2, &p1]);
+    run.push(&t2);
+    run.heartbeat(&[&p1, &p2], 9);
+    until("t2 released by the second", || second.records().len() == 2).await;
+    // Back, the first stands by...
+    run.store.thaw("first");
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let active = |name: &str| Some(RunnerId::from(name.to_owned()));
+    let status = run.store.status(Duration::from_secs(6)).await.unwrap();
+    assert_eq!(status.active, active("second"));
+    // ...until the second stops: then it is active again, from the second's checkpoints.
+    stop_second.cancel();
+    ended(running_second).await;
+    let (_, t3) = spread("t3", 11, &[&p1]);
+    run.push(&t3);
+    run.heartbeat(&[&p1, &p2], 12);
+    until("t3 released by the first", || first.records().len() == 3).await;
+    let status = run.store.status(Duration::from_secs(6)).await.unwrap();
+    assert_eq!(status.active, active("first"));
+    run.heartbeat(&[&p1, &p2], 101);
+    ended(running_first).await;
+    assert_whole_in_order(&first.records(), &["t1", "t3"]);
+    assert_whole_in_order(&second.records(), &["t2"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiting_reader_proceeds_once_it_becomes_the_slowest() {
+    let run = Run::new();
+    let (hot, quiet) = (p("hot"), p("quiet"));
+    run.source.end_with_children(
+        &PartitionToken::root(),
+        at(1),
+        &[hot.clone(), quiet.clone()],
+        &[],
+    );
+    let consumer = Arc::new(Collect::default());
+    let options = SubscriberOptions {
+        runner_id: RunnerId::from("r".to_owned()),
+        start: Some(at(0)),
+        end: Some(at(100)),
+        ordering: Ordering::Transactions,
+        ordering_buffer: 1,
+        ..SubscriberOptions::default()
+    };
+    let subscriber = Subscriber::new(run.source.clone(), run.store.clone(), options);
+    let c = Arc::clone(&consumer);
+    let running =
+        tokio::spawn(async move { subscriber.subscribe(c, CancellationToken::new()).await });
+    until("both queried", || run.source.queries().len() == 3).await;
+    // `hot` fills the buffer while `quiet` shows nothing: its next batch waits...
+    run.push(&spread("a", 5, &[&hot]).1);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    run.push(&spread("b", 6, &[&hot]).1);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // ...until `quiet` moves past it (and goes on: an ending partition would wake everyone
+    // anyway): then `hot` is the slowest and must get in, though nothing was released.
+    run.heartbeat(&[&quiet], 50);
+    run.heartbeat(&[&hot], 50);
+    until("a and b released", || consumer.records().len() == 2).await;
+    run.heartbeat(&[&quiet, &hot], 101);
+    ended(running).await;
+    assert_whole_in_order(&consumer.records(), &["a", "b"]);
 }
