@@ -876,6 +876,29 @@ mod tests {
     }
 
     #[test]
+    fn the_low_watermark_lag_follows_releases_with_transactions_and_the_lag_without() {
+        let m = Metrics::new();
+        let a = PartitionToken::from("a".to_owned());
+        let now = Timestamp::now();
+        m.observe(Event::Reading {
+            partition: &a,
+            from: now.saturating_sub(Duration::from_secs(60)),
+        });
+        // `key`: nothing released, the low watermark is the slowest partition's.
+        let p = m.progress();
+        assert_eq!(p.low_watermark_lag, p.lag);
+        m.observe(Event::TransactionsReleased {
+            through: now.saturating_sub(Duration::from_secs(3600)),
+            incomplete: 2,
+        });
+        assert!(m.progress().low_watermark_lag >= Duration::from_secs(3600));
+        assert!(m.progress().lag < Duration::from_secs(3600));
+        let text = m.encode();
+        assert!(text.contains("screamer_low_watermark_lag_seconds 36"), "{text}");
+        assert!(text.contains("screamer_ordering_incomplete_transactions_total 2"), "{text}");
+    }
+
+    #[test]
     fn lag_is_the_slowest_held_partition_and_zero_when_none_is_held() {
         let m = Metrics::new();
         let (a, b) = (
