@@ -1,10 +1,12 @@
 //! The consumer boundary: where records leave screamer's hands.
 //!
-//! Place in the flow: after decoding (and, later, the plugin chain). A consumer receives the
-//! data change records of one partition in commit order, a batch at a time; returning `Ok`
-//! acknowledges the whole batch, and only acknowledged records let the partition's watermark
-//! move past them. Calls for different partitions may run concurrently; calls for one
-//! partition never overlap.
+//! Place in the flow: after the readers and their ordering; for the CLI the consumer is the
+//! pipeline (plugin chain, then destinations). With `key` ordering a consumer receives the
+//! data change records of one partition in commit order, a batch at a time; calls for
+//! different partitions may run concurrently, calls for one partition never overlap. With
+//! `transactions` ordering it receives whole transactions in commit order across every
+//! partition, one call at a time. Returning `Ok` acknowledges the whole batch, and only
+//! acknowledged records let a partition's checkpoint move past them.
 
 use std::future::Future;
 
@@ -27,7 +29,8 @@ pub struct Origin<'a> {
 
 /// Receives data change records. See the module docs for ordering and acknowledgement.
 pub trait Consumer: Send + Sync + 'static {
-    /// Handles `records` (non-empty, one partition, commit order); `Ok` acknowledges them.
+    /// Handles `records` (non-empty, in commit order: one partition's, or whole transactions
+    /// with `--ordering transactions`); `Ok` acknowledges them.
     fn consume(
         &self,
         records: &[DataChangeRecord],

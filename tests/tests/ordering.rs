@@ -1,6 +1,6 @@
 //! `--ordering transactions` against the Spanner emulator, with partitions that split and
-//! merge every few seconds: a bounded re-read to stdout is whole transactions in commit
-//! order, each once, as many as committed; a graceful stop and restart mid-stream repeats
+//! merge every few seconds: a bounded re-read to stdout through a plugin is whole
+//! transactions in commit order, each once, as many as committed; a graceful stop and restart mid-stream repeats
 //! and loses none; a bank replicated into PostgreSQL by two runners, the active one killed
 //! midway, never shows a reader half a transfer and ends equal to Spanner; with
 //! `transactions=grouped` Kafka gets one message per transaction, in order. (On the emulator every transaction lands in one partition; the
@@ -15,6 +15,7 @@ use screamer::Timestamp;
 use screamer_tests::bank::{Bank, replay, transaction_ids, whole_transactions_in_order};
 use screamer_tests::kafka::{KafkaBroker, poll};
 use screamer_tests::libc::{SIGINT, SIGKILL};
+use screamer_tests::plugins::plugin;
 use screamer_tests::postgres::PostgresServer;
 use screamer_tests::{Emulator, EmulatorOptions, Screamer, eventually, run_args};
 
@@ -36,7 +37,7 @@ async fn churning_emulator() -> Emulator {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bounded_reread_is_whole_transactions_in_commit_order_each_once() {
+async fn a_bounded_reread_through_a_plugin_is_whole_transactions_in_commit_order_each_once() {
     screamer_tests::init_tracing();
     let emulator = churning_emulator().await;
     let mut bank = Bank::open(&emulator, 6).await.unwrap();

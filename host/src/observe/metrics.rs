@@ -894,8 +894,14 @@ mod tests {
         assert!(m.progress().low_watermark_lag >= Duration::from_secs(3600));
         assert!(m.progress().lag < Duration::from_secs(3600));
         let text = m.encode();
-        assert!(text.contains("screamer_low_watermark_lag_seconds 36"), "{text}");
-        assert!(text.contains("screamer_ordering_incomplete_transactions_total 2"), "{text}");
+        assert!(
+            text.contains("screamer_low_watermark_lag_seconds 36"),
+            "{text}"
+        );
+        assert!(
+            text.contains("screamer_ordering_incomplete_transactions_total 2"),
+            "{text}"
+        );
     }
 
     #[test]
