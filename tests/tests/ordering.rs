@@ -47,6 +47,8 @@ async fn a_bounded_reread_through_a_plugin_is_whole_transactions_in_commit_order
         bank.transfer().await.unwrap();
     }
     let end = bank.commits.last().unwrap().to_string();
+    // Through the plugin chain: plugins get whole transactions, batch by batch.
+    let identity = plugin("identity").display().to_string();
     let args = run_args(
         &bank.db,
         &[
@@ -56,6 +58,8 @@ async fn a_bounded_reread_through_a_plugin_is_whole_transactions_in_commit_order
             &end,
             "--ordering",
             "transactions",
+            "--plugin",
+            &identity,
         ],
     );
     let mut screamer = Screamer::spawn(bank.db.host(), &args).unwrap();
