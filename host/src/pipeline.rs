@@ -124,7 +124,8 @@ struct RefusedLine<'a> {
 struct DeadLetterLine<'a> {
     plugin: &'a str,
     plugin_sha256: &'a str,
-    error: &'a str,
+    /// [`PluginFailure`](crate::plugin::PluginFailure)'s one line.
+    error: String,
     record: OutputLine<'a>,
 }
 
@@ -253,7 +254,7 @@ impl Pipeline {
             let line = DeadLetterLine {
                 plugin: d.plugin.tag(),
                 plugin_sha256: &d.plugin.sha256,
-                error: &d.error,
+                error: d.error.to_string(),
                 record: OutputLine {
                     record: input.record,
                     extra: input.extra,
@@ -268,10 +269,14 @@ impl Pipeline {
             }
         }
         self.send_dead_letters(batch).await?;
-        for plugin in dead_letters.chunk_by(|a, b| a.plugin.name == b.plugin.name) {
+        let same = |a: &DeadLetter, b: &DeadLetter| {
+            a.plugin.name == b.plugin.name && a.error.kind() == b.error.kind()
+        };
+        for plugin in dead_letters.chunk_by(same) {
             self.observer.observe(Event::DeadLetters {
                 plugin: &plugin[0].plugin.name,
                 records: plugin.len(),
+                kind: plugin[0].error.kind(),
             });
         }
         Ok(())

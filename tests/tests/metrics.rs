@@ -231,6 +231,14 @@ async fn dead_letter_and_plugin_counters_match_the_dead_letter_file() -> anyhow:
         ),
         5.0
     );
+    // The chaos plugin fails those records itself: counted by why.
+    assert_eq!(
+        s.sum_where(
+            "screamer_plugin_failures_total",
+            &[("plugin", "chaos"), ("kind", "failed")]
+        ),
+        5.0
+    );
     assert_eq!(
         s.sum_where(
             "screamer_plugin_records_total",

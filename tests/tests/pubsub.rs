@@ -195,7 +195,7 @@ async fn a_topic_that_does_not_exist_or_a_bad_option_is_one_line_and_exit_2() {
         (
             vec!["--output".to_owned(), pubsub.uri("there", "?ordering=on")],
             "error: --output: \"pubsub://projects/test-project/topics/there?ordering=on\": \
-             unknown option \"ordering\"; expected mods",
+             unknown option \"ordering\"; expected mods or transactions",
         ),
     ];
     for (flags, want) in cases {

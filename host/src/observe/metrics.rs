@@ -69,6 +69,13 @@ struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailureLabels {
+    plugin: String,
+    /// [`PluginFailureKind::as_str`].
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabels {
     class: &'static str,
 }
@@ -122,6 +129,7 @@ pub struct Metrics {
     replica_seconds: Family<OutputLabels, Histogram>,
     plugin_calls: Family<PluginLabels, Counter>,
     plugin_failed_calls: Family<PluginLabels, Counter>,
+    plugin_failures: Family<FailureLabels, Counter>,
     plugin_instances: Family<PluginLabels, Counter>,
     plugin_call_seconds: Family<PluginLabels, Histogram>,
     plugin_records: Family<OutcomeLabels, Counter>,
@@ -228,6 +236,7 @@ impl Metrics {
             dead_letters: Family::default(),
             plugin_calls: Family::default(),
             plugin_failed_calls: Family::default(),
+            plugin_failures: Family::default(),
             plugin_instances: Family::default(),
             plugin_call_seconds: Family::new_with_constructor(call_histogram),
             plugin_records: Family::default(),
@@ -398,6 +407,12 @@ impl Metrics {
             "plugin_failed_calls",
             "Calls that trapped, ran out of time or memory (the records are retried alone)",
             self.plugin_failed_calls.clone(),
+        );
+        r.register(
+            "plugin_failures",
+            "Records a plugin failed, by why: failed (its own fail), deadline, limit (memory, \
+             bytes of outcomes), trap, refused (what it returned)",
+            self.plugin_failures.clone(),
         );
         r.register(
             "plugin_instances_started",
@@ -706,9 +721,19 @@ impl Observer for Metrics {
                     .dec_by(bytes as i64);
                 self.output_failures.get_or_create(&labels).inc();
             }
-            Event::DeadLetters { plugin, records } => {
+            Event::DeadLetters {
+                plugin,
+                records,
+                kind,
+            } => {
                 self.dead_lettered
                     .fetch_add(records as u64, Ordering::Relaxed);
+                self.plugin_failures
+                    .get_or_create(&FailureLabels {
+                        plugin: plugin.to_owned(),
+                        kind: kind.as_str(),
+                    })
+                    .inc_by(records as u64);
                 self.dead_letters
                     .get_or_create(&DeadLetterLabels {
                         plugin: plugin.to_owned(),
@@ -729,12 +754,12 @@ impl Observer for Metrics {
                 self.plugin_call_seconds
                     .get_or_create(&labels)
                     .observe(took.as_secs_f64());
-                if failed {
+                if failed.is_some() {
                     self.plugin_failed_calls.get_or_create(&labels).inc();
                 }
                 self.with_plugin(plugin, |t| {
                     t.calls += 1;
-                    t.failed_calls += u64::from(failed);
+                    t.failed_calls += u64::from(failed.is_some());
                     t.busy += took;
                 });
             }

@@ -113,15 +113,19 @@ pub enum Event<'a> {
     },
     /// Sending a batch of `bytes` to `output` failed; the batch is not acknowledged.
     OutputFailed { output: &'a str, bytes: usize },
-    /// Records a plugin (`name@version`) failed went to the dead letters.
-    DeadLetters { plugin: &'a str, records: usize },
+    /// Records a plugin (`name@version`) failed went to the dead letters, for `kind`.
+    DeadLetters {
+        plugin: &'a str,
+        records: usize,
+        kind: PluginFailureKind,
+    },
     /// One call of plugin `plugin` (its name, without version) over `records` records; a
-    /// call that `failed` (trapped, ran out of time or memory) dropped its instance.
+    /// call that `failed` (trapped, ran out of time or memory: why) dropped its instance.
     PluginCall {
         plugin: &'a str,
         records: usize,
         took: Duration,
-        failed: bool,
+        failed: Option<PluginFailureKind>,
     },
     /// A plugin instance was started (the first call of a worker, or after a failed call).
     PluginStarted { plugin: &'a str },
@@ -130,6 +134,29 @@ pub enum Event<'a> {
         plugin: &'a str,
         outcomes: &'a OutcomeCounts,
     },
+}
+
+/// Why a plugin call or record failed (`plugin::PluginFailure::kind`), as metrics label it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PluginFailureKind {
+    Failed,
+    Deadline,
+    Limit,
+    Trap,
+    Refused,
+}
+
+impl PluginFailureKind {
+    /// The label value: `failed`, `deadline`, `limit`, `trap`, `refused`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PluginFailureKind::Failed => "failed",
+            PluginFailureKind::Deadline => "deadline",
+            PluginFailureKind::Limit => "limit",
+            PluginFailureKind::Trap => "trap",
+            PluginFailureKind::Refused => "refused",
+        }
+    }
 }
 
 /// What a replica did with the row changes of one batch.

@@ -24,6 +24,7 @@ use tokio::time::Instant;
 
 use super::bindings::{ChangeRecordParam, ChangeRecordResult, Outcome, RowChangeParam};
 use super::convert::{Staged, extra_text, origin, to_host};
+use super::failure::PluginFailure;
 use super::instance::Instance;
 use super::version::PluginVersion;
 use crate::observe::{Event, NoObserver, Observer, OutcomeCounts};
@@ -75,7 +76,7 @@ pub struct DeadLetter {
     pub origin: usize,
     /// The plugin version that failed it.
     pub plugin: Arc<PluginVersion>,
-    pub error: String,
+    pub error: PluginFailure,
 }
 
 #[derive(Debug, Default)]
@@ -241,18 +242,18 @@ impl Turn<'_> {
         &mut self,
         records: &[Staged<'_>],
         batch_size: usize,
-    ) -> Vec<Result<Outcome, String>> {
+    ) -> Vec<Result<Outcome, PluginFailure>> {
         let timeout = self.version.spec.limits.timeout;
         let mut outcomes = Vec::with_capacity(records.len());
         for batch in records.chunks(batch_size) {
             match self.call(batch, Instant::now() + timeout).await {
                 Ok(out) if out.len() == batch.len() => outcomes.extend(out.into_iter().map(Ok)),
                 Ok(out) => {
-                    let e = format!(
+                    let e = PluginFailure::Refused(format!(
                         "returned {} outcomes for {} records",
                         out.len(),
                         batch.len()
-                    );
+                    ));
                     outcomes.extend(batch.iter().map(|_| Err(e.clone())));
                 }
                 Err(_) => {
@@ -268,12 +269,14 @@ impl Turn<'_> {
     /// The outcome of a record that failed in company: called alone, and failed only when
     /// it also fails alone on a fresh instance (an instance that ran other records first
     /// may have been broken by them).
-    async fn call_alone(&mut self, record: &[Staged<'_>]) -> Result<Outcome, String> {
+    async fn call_alone(&mut self, record: &[Staged<'_>]) -> Result<Outcome, PluginFailure> {
         let timeout = self.version.spec.limits.timeout;
         loop {
             let fresh = self.instance.is_none();
             match self.call_one(record, Instant::now() + timeout).await {
-                Err(_) if !fresh => continue, // the failure dropped the instance
+                // The failure dropped an instance that had run other records: once more on a
+                // fresh one.
+                Err(e) if e.dropped_instance() && !fresh => continue,
                 outcome => return outcome,
             }
         }
@@ -283,10 +286,13 @@ impl Turn<'_> {
         &mut self,
         record: &[Staged<'_>],
         deadline: Instant,
-    ) -> Result<Outcome, String> {
+    ) -> Result<Outcome, PluginFailure> {
         match self.call(record, deadline).await {
             Ok(mut out) if out.len() == 1 => Ok(out.pop().expect("one outcome")),
-            Ok(out) => Err(format!("returned {} outcomes for 1 record", out.len())),
+            Ok(out) => Err(PluginFailure::Refused(format!(
+                "returned {} outcomes for 1 record",
+                out.len()
+            ))),
             Err(e) => Err(e),
         }
     }
@@ -296,14 +302,14 @@ impl Turn<'_> {
         &mut self,
         records: &[Staged<'_>],
         deadline: Instant,
-    ) -> Result<Vec<Outcome>, String> {
+    ) -> Result<Vec<Outcome>, PluginFailure> {
         let plugin = self.version.name.as_str();
         let began = std::time::Instant::now();
         if self.instance.is_none() {
             self.observer.observe(Event::PluginStarted { plugin });
             let started = Instance::start(self.version, deadline)
                 .await
-                .inspect_err(|_| self.report_call(records.len(), began, true))?;
+                .inspect_err(|e| self.report_call(records.len(), began, Some(e)))?;
             *self.instance = Some((self.version.clone(), started));
         }
         let mut rows: Vec<RowChangeParam<'_>> =
@@ -327,19 +333,24 @@ impl Turn<'_> {
         };
         let (_, live) = self.instance.as_mut().expect("instance started above");
         let result = live.process(&params, origins, deadline).await;
-        self.report_call(records.len(), began, result.is_err());
+        self.report_call(records.len(), began, result.as_ref().err());
         if result.is_err() {
             *self.instance = None;
         }
         result
     }
 
-    fn report_call(&self, records: usize, began: std::time::Instant, failed: bool) {
+    fn report_call(
+        &self,
+        records: usize,
+        began: std::time::Instant,
+        failed: Option<&PluginFailure>,
+    ) {
         self.observer.observe(Event::PluginCall {
             plugin: &self.version.name,
             records,
             took: began.elapsed(),
-            failed,
+            failed: failed.map(PluginFailure::kind),
         });
     }
 
@@ -348,7 +359,7 @@ impl Turn<'_> {
     fn advance<'a>(
         &self,
         stage: Stage<'a>,
-        outcomes: Vec<Result<Outcome, String>>,
+        outcomes: Vec<Result<Outcome, PluginFailure>>,
         sorted: &mut Sorted<'_, 'a>,
     ) -> Stage<'a> {
         let n = stage.records.len();
@@ -405,12 +416,13 @@ impl Turn<'_> {
                         }
                         continue;
                     }
-                    format!(
+                    PluginFailure::Refused(format!(
                         "emitted {total} records for one input record; the limit is {limit} \
                          (max_emissions)"
-                    )
+                    ))
                 }
-                Ok(Outcome::Fail(error)) | Err(error) => error,
+                Ok(Outcome::Fail(error)) => PluginFailure::Failed(error),
+                Err(failure) => failure,
             };
             counts.fail += 1;
             sorted.result.dead_letters.push(DeadLetter {
@@ -449,7 +461,7 @@ fn finish(
         Err(e) => result.dead_letters.push(DeadLetter {
             origin,
             plugin: producer.clone(),
-            error: format!("returned an invalid record: {e}"),
+            error: PluginFailure::Refused(format!("returned an invalid record: {e}")),
         }),
     }
 }

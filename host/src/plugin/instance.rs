@@ -17,6 +17,7 @@ use wasmtime::{Engine, Store, Trap};
 use super::bindings::{
     ChangeRecordParam, HostState, Origin, Outcome, Plugin, PluginInfo, PluginPre,
 };
+use super::failure::{PluginFailure, Said};
 use super::version::{EPOCH_TICK, PluginVersion};
 use super::{Limits, PluginSpec};
 
@@ -29,9 +30,9 @@ pub(super) struct Instance {
 /// Why `init` failed.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum InitError {
-    /// The call trapped or ran out of time or memory (a readable description).
-    #[error("{0}")]
-    Trapped(String),
+    /// The call trapped or ran out of time or memory.
+    #[error(transparent)]
+    Trapped(PluginFailure),
     /// The plugin refused its configuration, with its own message.
     #[error("{0}")]
     Refused(String),
@@ -39,14 +40,18 @@ pub(super) enum InitError {
 
 impl Instance {
     /// A fresh instance of `version`, initialized with its configuration by `deadline`.
-    pub async fn start(version: &PluginVersion, deadline: Instant) -> Result<Self, String> {
+    pub async fn start(version: &PluginVersion, deadline: Instant) -> Result<Self, PluginFailure> {
         let tag = version.tag.clone();
         let mut instance =
             Self::instantiate(&version.pre, &version.engine, &version.spec, tag, deadline).await?;
         instance
             .init(&version.config_text, deadline)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| match e {
+                InitError::Trapped(failure) => failure,
+                // It accepted this configuration when loaded: its own failure now.
+                InitError::Refused(message) => PluginFailure::Failed(message),
+            })?;
         Ok(instance)
     }
 
@@ -56,8 +61,11 @@ impl Instance {
         spec: &PluginSpec,
         tag: Arc<str>,
         deadline: Instant,
-    ) -> Result<Self, String> {
-        let state = HostState::new(spec, tag).map_err(|e| e.to_string())?;
+    ) -> Result<Self, PluginFailure> {
+        let state = HostState::new(spec, tag).map_err(|e| PluginFailure::Trap {
+            message: e.to_string(),
+            said: Said::default(),
+        })?;
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_trap();
@@ -76,7 +84,7 @@ impl Instance {
         self.store.data_mut().output.set_tag(tag);
     }
 
-    pub async fn info(&mut self, deadline: Instant) -> Result<PluginInfo, String> {
+    pub async fn info(&mut self, deadline: Instant) -> Result<PluginInfo, PluginFailure> {
         arm(&mut self.store, &self.limits, deadline);
         let call = self
             .plugin
@@ -105,7 +113,7 @@ impl Instance {
         batch: &[ChangeRecordParam<'_>],
         origins: Vec<Origin>,
         deadline: Instant,
-    ) -> Result<Vec<Outcome>, String> {
+    ) -> Result<Vec<Outcome>, PluginFailure> {
         arm(&mut self.store, &self.limits, deadline);
         self.store.data_mut().origins = origins;
         let call = self
@@ -132,39 +140,39 @@ fn deadline_ticks(left: Duration) -> u64 {
     (left.as_nanos() / EPOCH_TICK.as_nanos()) as u64 + 1
 }
 
-/// The call's value, or a readable one-line reason it failed, with the guest's last words.
+/// The call's value, or why it failed, with the guest's last words.
 fn settle<R>(
     result: Result<wasmtime::Result<R>, tokio::time::error::Elapsed>,
     store: &mut Store<HostState>,
     limits: &Limits,
-) -> Result<R, String> {
-    let said = store.data().output.end_call();
+) -> Result<R, PluginFailure> {
+    let said = Said::new(&store.data().output.end_call());
     let e = match result {
         Ok(Ok(value)) => return Ok(value),
         Ok(Err(e)) => e,
         Err(_) => wasmtime::Error::from(Trap::Interrupt),
     };
-    let mut message = match e.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => format!(
-            "deadline exceeded: the call ran longer than {:?}",
-            limits.timeout
-        ),
-        _ => describe_cause(&e, limits),
-    };
-    if !said.is_empty() {
-        message.push_str(&format!(" (the plugin said: {said})"));
+    if let Some(Trap::Interrupt) = e.downcast_ref::<Trap>() {
+        return Err(PluginFailure::Deadline {
+            limit: limits.timeout,
+            said,
+        });
     }
-    Err(message.replace('\n', " "))
-}
-
-fn describe_cause(e: &wasmtime::Error, limits: &Limits) -> String {
-    let cause = e.root_cause().to_string();
-    // wasmtime's error for the lift budget is private: its text is the only sign of it.
+    let cause = e.root_cause().to_string().replace('\n', " ");
+    // wasmtime's errors for the lift budget and a refused memory growth are private types
+    // (wasmtime 50): their text is the only sign of them.
     if cause.contains("fuel allocated for hostcalls has been exhausted") {
-        return format!(
+        let what = format!(
             "returned more than {} bytes of outcomes in one call (limit max_call_bytes)",
             limits.max_call_bytes
         );
+        return Err(PluginFailure::Limit { what, said });
     }
-    cause
+    if cause.contains("forcing trap when growing memory") {
+        return Err(PluginFailure::Limit { what: cause, said });
+    }
+    Err(PluginFailure::Trap {
+        message: cause,
+        said,
+    })
 }

@@ -24,6 +24,7 @@ mod bindings;
 mod cache;
 mod chain;
 mod convert;
+mod failure;
 mod grants;
 mod guest_output;
 mod instance;
@@ -36,6 +37,7 @@ use std::time::Duration;
 
 pub use bindings::{PROCESSOR_EXPORT, WORLD};
 pub use chain::{Chain, ChainResult, DeadLetter, Input, Output, OutputRecord};
+pub use failure::{PluginFailure, PluginFailureKind, Said};
 pub use grants::{GrantParseError, HostPattern, NetworkGrant, PreopenDir, WasiGrants};
 pub use runtime::{ComponentReport, PluginRuntime, RuntimeOptions};
 pub use version::PluginVersion;

@@ -19,6 +19,7 @@ use wasmtime::{Config, Engine};
 
 use super::bindings::{self, HostState, PROCESSOR_EXPORT, PluginInfo, PluginPre};
 use super::cache::ArtifactCache;
+use super::failure::PluginFailure;
 use super::instance::{InitError, Instance};
 use super::version::{EpochTicker, PluginVersion};
 use super::{PluginError, PluginSpec};
@@ -227,7 +228,10 @@ impl PluginRuntime {
             .unwrap_or_else(|| "plugin".into());
         let start_failed = |plugin: &str| {
             let plugin = plugin.to_owned();
-            move |message| PluginError::Start { plugin, message }
+            move |failure: PluginFailure| PluginError::Start {
+                plugin,
+                message: failure.to_string(),
+            }
         };
         let deadline = || Deadline::now() + spec.limits.timeout;
         let mut trial =
