@@ -20,6 +20,11 @@ fn target_dir() -> PathBuf {
 }
 
 /// `target/plugins/<name>.wasm`, built by `scripts/test.sh` (`build_plugins`).
+/// [`plugin`]'s path as a command-line argument.
+pub fn plugin_arg(name: &str) -> String {
+    plugin(name).display().to_string()
+}
+
 pub fn plugin(name: &str) -> PathBuf {
     let path = target_dir().join("plugins").join(format!("{name}.wasm"));
     assert!(

@@ -14,12 +14,8 @@ use screamer_tests::broker::{
     stream_through_restart_and_outage,
 };
 use screamer_tests::kafka::{KafkaBroker, Topic, poll};
-use screamer_tests::plugins::{named_records, plugin, record_names, scratch_dir};
+use screamer_tests::plugins::{named_records, plugin_arg, record_names, scratch_dir};
 use serde_json::Value;
-
-fn identity() -> String {
-    plugin("identity").display().to_string()
-}
 
 /// Every message of `topic` (its `partitions`), within `wait`.
 fn read(kafka: &KafkaBroker, topic: &str, partitions: i32, wait: Duration) -> Vec<Delivered> {
@@ -36,7 +32,11 @@ async fn messages_carry_the_record_its_headers_and_with_split_mods_the_row_key()
     let (input, records) = sample_records();
 
     let whole = plugin_run(
-        vec![identity(), "--output".into(), kafka.uri("whole", "")],
+        vec![
+            plugin_arg("identity"),
+            "--output".into(),
+            kafka.uri("whole", ""),
+        ],
         input.clone(),
         vec![],
     )
@@ -44,7 +44,7 @@ async fn messages_carry_the_record_its_headers_and_with_split_mods_the_row_key()
     assert_eq!(whole.code, Some(0), "{}", whole.stderr);
     assert!(whole.stdout.is_empty(), "records went to Kafka, not stdout");
     let got = read(&kafka, "whole", 1, Duration::from_secs(30));
-    let stdout = plugin_run(vec![identity()], input.clone(), vec![]).await;
+    let stdout = plugin_run(vec![plugin_arg("identity")], input.clone(), vec![]).await;
     assert_eq!(
         payloads(&got),
         stdout.stdout,
@@ -56,7 +56,7 @@ async fn messages_carry_the_record_its_headers_and_with_split_mods_the_row_key()
 
     let split = plugin_run(
         vec![
-            identity(),
+            plugin_arg("identity"),
             "--output".into(),
             kafka.uri("cdc.{table_name}", "?mods=split&compression.type=zstd"),
         ],
@@ -86,7 +86,7 @@ async fn a_message_over_the_size_limit_is_a_dead_letter_and_the_rest_arrive() {
     let names = ["a", big.as_str(), "b"];
     let run = plugin_run(
         vec![
-            identity(),
+            plugin_arg("identity"),
             "--output".into(),
             kafka.uri("sized", "?message.max.bytes=2000"),
             "--dead-letter".into(),
@@ -115,7 +115,11 @@ async fn a_message_over_the_size_limit_is_a_dead_letter_and_the_rest_arrive() {
 async fn a_topic_that_does_not_exist_is_one_line_and_exit_2() {
     let kafka = KafkaBroker::start().await.unwrap();
     let run = plugin_run(
-        vec![identity(), "--output".into(), kafka.uri("missing", "")],
+        vec![
+            plugin_arg("identity"),
+            "--output".into(),
+            kafka.uri("missing", ""),
+        ],
         String::new(),
         vec![],
     )

@@ -14,15 +14,11 @@ use screamer_tests::broker::{
 use screamer_tests::certificates::make_certificates;
 use screamer_tests::nats::{Access, NatsServer, Stream};
 use screamer_tests::nats_auth::{Operator, nkey_access, nkey_user};
-use screamer_tests::plugins::{PluginRun, plugin, record_names, scratch_dir};
-
-fn identity() -> String {
-    plugin("identity").display().to_string()
-}
+use screamer_tests::plugins::{PluginRun, plugin_arg, record_names, scratch_dir};
 
 /// `plugin run` of the identity plugin over the sample records into `output`.
 async fn run(output: String) -> PluginRun {
-    let args = vec![identity(), "--output".into(), output];
+    let args = vec![plugin_arg("identity"), "--output".into(), output];
     plugin_run(args, sample_records().0, vec![]).await
 }
 
@@ -33,7 +29,11 @@ async fn messages_carry_the_record_its_headers_and_with_split_mods_the_row_key()
     let (input, records) = sample_records();
 
     let whole = plugin_run(
-        vec![identity(), "--output".into(), nats.uri("cdc.whole", "")],
+        vec![
+            plugin_arg("identity"),
+            "--output".into(),
+            nats.uri("cdc.whole", ""),
+        ],
         input.clone(),
         vec![],
     )
@@ -41,7 +41,7 @@ async fn messages_carry_the_record_its_headers_and_with_split_mods_the_row_key()
     assert_eq!(whole.code, Some(0), "{}", whole.stderr);
     assert!(whole.stdout.is_empty(), "records went to NATS, not stdout");
     let got = nats.read("CDC", 3, Duration::from_secs(30)).await.unwrap();
-    let stdout = plugin_run(vec![identity()], input.clone(), vec![]).await;
+    let stdout = plugin_run(vec![plugin_arg("identity")], input.clone(), vec![]).await;
     assert_eq!(
         payloads(&got),
         stdout.stdout,
@@ -55,7 +55,7 @@ async fn messages_carry_the_record_its_headers_and_with_split_mods_the_row_key()
 
     let split = plugin_run(
         vec![
-            identity(),
+            plugin_arg("identity"),
             "--output".into(),
             nats.uri("cdc.{table_name}", "?mods=split"),
         ],
@@ -81,7 +81,11 @@ async fn a_subject_no_stream_takes_is_one_line_and_exit_2() {
     let nats = NatsServer::start().await.unwrap();
     nats.stream("CDC", &["cdc.>"]).await.unwrap();
     let run = plugin_run(
-        vec![identity(), "--output".into(), nats.uri("elsewhere", "")],
+        vec![
+            plugin_arg("identity"),
+            "--output".into(),
+            nats.uri("elsewhere", ""),
+        ],
         String::new(),
         vec![],
     )

@@ -15,7 +15,7 @@ use screamer::Timestamp;
 use screamer_tests::bank::{Bank, replay, transaction_ids, whole_transactions_in_order};
 use screamer_tests::kafka::{KafkaBroker, poll};
 use screamer_tests::libc::{SIGINT, SIGKILL};
-use screamer_tests::plugins::plugin;
+use screamer_tests::plugins::plugin_arg;
 use screamer_tests::postgres::PostgresServer;
 use screamer_tests::{Emulator, EmulatorOptions, Screamer, eventually, run_args};
 
@@ -48,7 +48,7 @@ async fn a_bounded_reread_through_a_plugin_is_whole_transactions_in_commit_order
     }
     let end = bank.commits.last().unwrap().to_string();
     // Through the plugin chain: plugins get whole transactions, batch by batch.
-    let identity = plugin("identity").display().to_string();
+    let identity = plugin_arg("identity");
     let args = run_args(
         &bank.db,
         &[

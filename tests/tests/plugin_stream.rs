@@ -8,7 +8,9 @@ use gcloud_spanner::key::Key;
 use gcloud_spanner::mutation::{delete, insert, insert_or_update, update};
 use screamer::{Dialect, Timestamp};
 use screamer_tests::libc::{SIGHUP, SIGINT};
-use screamer_tests::plugins::{chaos_version, plugin, plugin_cache, replace_file, scratch_dir};
+use screamer_tests::plugins::{
+    chaos_version, parse, plugin, plugin_cache, replace_file, scratch_dir,
+};
 use screamer_tests::{
     Emulator, EmulatorOptions, ITEMS_SCHEMA, Screamer, TestDatabase, eventually, run_args,
 };
@@ -17,13 +19,6 @@ use serde_json::{Value, json};
 fn base_args(db: &TestDatabase) -> Vec<String> {
     let cache = plugin_cache().display().to_string();
     run_args(db, &["--plugin-cache", &cache])
-}
-
-fn parse(lines: &[String]) -> Vec<Value> {
-    lines
-        .iter()
-        .map(|l| serde_json::from_str(l).expect("JSON line"))
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
