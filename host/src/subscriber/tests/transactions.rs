@@ -53,6 +53,21 @@ impl Run {
         tokio::spawn(async move { subscriber.subscribe(consumer, shutdown).await })
     }
 
+    /// Splits the root at `at(1)` into `p1` and `p2`, and commits `t1` at `at(2)` with a
+    /// record in each, both read through `at(5)`.
+    fn split_with_t1(&self) -> (PartitionToken, PartitionToken) {
+        let (p1, p2) = (p("p1"), p("p2"));
+        self.source.end_with_children(
+            &PartitionToken::root(),
+            at(1),
+            &[p1.clone(), p2.clone()],
+            &[],
+        );
+        self.push(&spread("t1", 2, &[&p1, &p2]).1);
+        self.heartbeat(&[&p1, &p2], 5);
+        (p1, p2)
+    }
+
     fn push(&self, records: &[(PartitionToken, DataChangeRecord)]) {
         for (partition, r) in records {
             self.source
@@ -218,16 +233,7 @@ async fn checkpoints_wait_for_held_records_and_a_restart_repeats_and_loses_nothi
 #[tokio::test(start_paused = true)]
 async fn one_runner_is_active_and_another_takes_over_when_it_stops() {
     let run = Run::new();
-    let (p1, p2) = (p("p1"), p("p2"));
-    run.source.end_with_children(
-        &PartitionToken::root(),
-        at(1),
-        &[p1.clone(), p2.clone()],
-        &[],
-    );
-    let (_, t1) = spread("t1", 2, &[&p1, &p2]);
-    run.push(&t1);
-    run.heartbeat(&[&p1, &p2], 5);
+    let (p1, p2) = run.split_with_t1();
     let (first, standby) = (Arc::new(Collect::default()), Arc::new(Collect::default()));
     let stop_first = CancellationToken::new();
     let running = run.start("first", Ordering::Transactions, &first, &stop_first);
@@ -314,16 +320,7 @@ async fn a_tiny_buffer_with_a_hot_partition_and_a_huge_transaction_still_progres
 #[tokio::test(start_paused = true)]
 async fn a_lapsed_active_runner_stands_by_and_the_other_becomes_active() {
     let run = Run::new();
-    let (p1, p2) = (p("p1"), p("p2"));
-    run.source.end_with_children(
-        &PartitionToken::root(),
-        at(1),
-        &[p1.clone(), p2.clone()],
-        &[],
-    );
-    let (_, t1) = spread("t1", 2, &[&p1, &p2]);
-    run.push(&t1);
-    run.heartbeat(&[&p1, &p2], 5);
+    let (p1, p2) = run.split_with_t1();
     let (first, second) = (Arc::new(Collect::default()), Arc::new(Collect::default()));
     let stop_second = CancellationToken::new();
     let running_first = run.start(
