@@ -31,6 +31,11 @@ pub struct Screamer {
 }
 
 impl Screamer {
+    /// The process id (for /proc).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Starts screamer against `emulator_host` with `args`.
     pub fn spawn(emulator_host: &str, args: &[String]) -> anyhow::Result<Self> {
         Self::spawn_with_env(emulator_host, args, &[])

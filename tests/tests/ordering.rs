@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use screamer::Timestamp;
 use screamer_tests::bank::{Bank, replay, transaction_ids, whole_transactions_in_order};
+use screamer_tests::bench::peak_rss_kb;
 use screamer_tests::kafka::{KafkaBroker, poll};
 use screamer_tests::libc::{SIGINT, SIGKILL};
 use screamer_tests::plugins::plugin_arg;
@@ -74,6 +75,53 @@ async fn a_bounded_reread_through_a_plugin_is_whole_transactions_in_commit_order
     let commits: Vec<Timestamp> = transactions.iter().map(|t| t.commit).collect();
     assert_eq!(commits, bank.commits, "in commit order");
     assert_eq!(replay(&transactions), expected_balances(&bank));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tiny_buffer_passes_a_transaction_larger_than_itself_in_bounded_memory() {
+    screamer_tests::init_tracing();
+    let emulator = churning_emulator().await;
+    // Opening 2 x 800 accounts: two records of 800 rows each, ~100 KB, in one transaction.
+    let mut bank = Bank::open(&emulator, 800).await.unwrap();
+    for _ in 0..150 {
+        bank.transfer().await.unwrap();
+    }
+    let (start, end) = (
+        bank.commits[0].to_string(),
+        bank.commits.last().unwrap().to_string(),
+    );
+    let args = [
+        "--start",
+        &start,
+        "--end",
+        &end,
+        "--ordering",
+        "transactions",
+        "--ordering-buffer",
+        "1KiB",
+    ];
+    let mut screamer = Screamer::spawn(bank.db.host(), &run_args(&bank.db, &args)).unwrap();
+    let pid = screamer.pid();
+    let sampling = tokio::spawn(async move {
+        let mut peak = 0;
+        loop {
+            let now = peak_rss_kb(pid);
+            if now == 0 {
+                return peak; // exited
+            }
+            peak = peak.max(now);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let status = screamer.wait(Duration::from_secs(120)).await.unwrap();
+    assert_eq!(status.code(), Some(0), "{}", screamer.stderr());
+    let peak_kb = sampling.await.unwrap();
+    let transactions = whole_transactions_in_order(&screamer.lines());
+    let commits: Vec<Timestamp> = transactions.iter().map(|t| t.commit).collect();
+    assert_eq!(commits, bank.commits);
+    assert_eq!(replay(&transactions), expected_balances(&bank));
+    // A loose bound (the process alone is ~40 MB): nothing piles up behind the buffer.
+    assert!(peak_kb < 200 * 1024, "peak RSS {peak_kb} KiB");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,6 +189,24 @@ async fn a_graceful_stop_and_restart_mid_stream_repeats_and_loses_no_transaction
         "every transaction once, in commit order"
     );
     assert_eq!(replay(&all), expected_balances(&bank));
+}
+
+/// Spanner's balances, read with Google's client.
+async fn spanner_balances(bank: &Bank) -> BTreeMap<(String, i64), i64> {
+    let mut balances = BTreeMap::new();
+    for table in ["Checking", "Savings"] {
+        let mut tx = bank.db.client.single().await.unwrap();
+        let sql = format!("SELECT Id, Balance FROM {table}");
+        let mut rows = tx
+            .query(gcloud_spanner::statement::Statement::new(sql))
+            .await
+            .unwrap();
+        while let Some(row) = rows.next().await.unwrap() {
+            let (id, balance): (i64, i64) = (row.column(0).unwrap(), row.column(1).unwrap());
+            balances.insert((table.to_owned(), id), balance);
+        }
+    }
+    balances
 }
 
 /// The replica's balances, by table and id; tables not there yet read as empty.
@@ -230,6 +296,11 @@ async fn a_bank_replica_kept_by_two_runners_never_shows_half_a_transfer() {
     )
     .await
     .unwrap_or_else(|e| panic!("{e}: {}", standby.stderr()));
+    assert_eq!(
+        spanner_balances(&bank).await,
+        expected,
+        "the writer's view is Spanner's"
+    );
     stop.store(true, Ordering::Relaxed);
     let totals = watcher.await.unwrap();
     assert_eq!(
