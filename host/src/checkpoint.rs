@@ -7,7 +7,7 @@
 //! moves a stored watermark backwards, and never touches a partition once it has finished
 //! (finishing takes the same lock as flushing). Every write names the partition's lease:
 //! the store refuses the writes of leases this runner lost, and the flush reports them so
-//! their readers stop. With a [`Floor`] (the transactions buffer), a written watermark never
+//! their readers stop. With a `Floor` (the transactions buffer), a written watermark never
 //! passes a record the floor still holds, whatever the reader acknowledged.
 
 use std::collections::HashMap;

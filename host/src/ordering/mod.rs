@@ -3,13 +3,13 @@
 //! Place in the flow: readers -> **ordering** -> consumer (for the CLI: plugin chain, then
 //! destinations) -> acknowledgement -> checkpoint. In [`Ordering::Key`] readers hand each
 //! batch straight to the consumer: per-key commit order, partitions in parallel. In
-//! [`Ordering::Transactions`] readers hand their records to [`Ordered`], which reassembles
+//! [`Ordering::Transactions`] readers hand their records to `Ordered`, which reassembles
 //! transactions across partitions (`buffer`) and releases them whole, in commit-timestamp
 //! order, to one task that calls the consumer batch after batch.
 //!
 //! Invariants of `transactions`: a batch holds whole transactions, batches follow each other
 //! in commit order, and each transaction is handed on once per run; a partition's checkpoint
-//! never passes a record the buffer still holds (its [`Floor`]), and a partition is marked
+//! never passes a record the buffer still holds (its `Floor`), and a partition is marked
 //! finished only once nothing of it is held, so a restart re-reads what was not delivered.
 //! Memory: the buffer admits records while under its budget, and always from the partition
 //! the low watermark waits for, so the slowest partition proceeds and none deadlocks.
