@@ -209,27 +209,84 @@ impl PipelineConfig {
             Some(path) => read_file(path)?,
             None => (FileConfig::default(), PathBuf::new()),
         };
-        let mut specs = Vec::new();
-        let mut declared = Vec::new();
-        for (i, p) in std::mem::take(&mut file.plugins).into_iter().enumerate() {
-            let place = format!(
-                "--config {}: plugins[{i}]",
-                args.config.as_deref().unwrap_or(Path::new("")).display()
-            );
-            declared.extend(p.side_outputs.iter().map(|o| (place.clone(), o.clone())));
-            specs.push(
-                p.into_spec(&base, args)
-                    .map_err(|e| ConfigError(format!("{place}: {e}")))?,
-            );
-        }
-        for path in plugins {
-            let mut spec = PluginSpec::new(path.clone());
-            spec.limits = args.limits();
-            specs.push(spec);
-        }
-        for entry in &args.plugin_config {
-            apply_plugin_config(&mut specs, entry)?;
-        }
+        let (specs, declared) = plugin_specs(plugins, args, &mut file, &base)?;
+        let outputs = Outputs::resolve(args, &file, &base)?;
+        outputs.receive(&declared)?;
+        let batch_size = match (args.plugin_batch_size, file.batch_size) {
+            (Some(n), _) => n as usize,
+            (None, Some(0)) => {
+                return Err(ConfigError(
+                    "--config: batch_size must be at least 1".into(),
+                ));
+            }
+            (None, Some(n)) => n,
+            (None, None) => DEFAULT_BATCH_SIZE,
+        };
+        let partition_metadata = args.partition_metadata || file.partition_metadata;
+        let (ordering, ordering_buffer) = ordering(args, &file, partition_metadata)?;
+        outputs.fit(ordering)?;
+        Ok(PipelineConfig {
+            partition_metadata,
+            ordering,
+            ordering_buffer,
+            plugins: specs,
+            batch_size,
+            output: outputs.output,
+            dead_letter: outputs.dead_letter,
+            side_outputs: outputs.side_outputs,
+            cache_dir: args
+                .plugin_cache
+                .clone()
+                .or(file.cache_dir.map(|d| base.join(d))),
+            perf_map: args.plugin_perf_map,
+        })
+    }
+}
+
+/// A side output a file plugin declares: where (`--config F: plugins[i]`) and its name.
+type Declared = (String, String);
+
+/// The file's `[[plugins]]` (taken out of `file`), then `plugins`, with `--plugin-config`
+/// applied; and the side outputs each file plugin declares, with where it declares them.
+fn plugin_specs(
+    plugins: &[PathBuf],
+    args: &PipelineArgs,
+    file: &mut FileConfig,
+    base: &Path,
+) -> Result<(Vec<PluginSpec>, Vec<Declared>), ConfigError> {
+    let mut specs = Vec::new();
+    let mut declared = Vec::new();
+    for (i, p) in std::mem::take(&mut file.plugins).into_iter().enumerate() {
+        let place = format!(
+            "--config {}: plugins[{i}]",
+            args.config.as_deref().unwrap_or(Path::new("")).display()
+        );
+        declared.extend(p.side_outputs.iter().map(|o| (place.clone(), o.clone())));
+        specs.push(
+            p.into_spec(base, args)
+                .map_err(|e| ConfigError(format!("{place}: {e}")))?,
+        );
+    }
+    for path in plugins {
+        let mut spec = PluginSpec::new(path.clone());
+        spec.limits = args.limits();
+        specs.push(spec);
+    }
+    for entry in &args.plugin_config {
+        apply_plugin_config(&mut specs, entry)?;
+    }
+    Ok((specs, declared))
+}
+
+/// Where records go: the flags over the file.
+struct Outputs {
+    output: DestinationUri,
+    dead_letter: Option<DestinationUri>,
+    side_outputs: BTreeMap<String, DestinationUri>,
+}
+
+impl Outputs {
+    fn resolve(args: &PipelineArgs, file: &FileConfig, base: &Path) -> Result<Self, ConfigError> {
         let place = || {
             format!(
                 "--config {}",
@@ -238,7 +295,7 @@ impl PipelineConfig {
         };
         let in_file = |key: &str, text: &str| {
             destination(text)
-                .map(|d| d.relative_to(&base))
+                .map(|d| d.relative_to(base))
                 .map_err(|e| ConfigError(format!("{}: {key}: {e}", place())))
         };
         let flag = |name: &str, text: &str| {
@@ -261,17 +318,6 @@ impl PipelineConfig {
                 flag(&format!("--side-output {name}"), uri)?,
             );
         }
-        // A side output a plugin emits to and nothing receives is a mistake found now, not
-        // records found later in the main output.
-        if let Some((place, name)) = declared
-            .iter()
-            .find(|(_, name)| !side_outputs.contains_key(name))
-        {
-            return Err(ConfigError(format!(
-                "{place}: side output {name:?} has no destination: define it under \
-                 [side_outputs] or with --side-output {name}=URI"
-            )));
-        }
         let output = match (&args.output, &file.output) {
             (Some(uri), _) => flag("--output", uri)?,
             (None, Some(uri)) => in_file("output", &uri.to_uri())?,
@@ -284,41 +330,39 @@ impl PipelineConfig {
         }
         .map(takes_dead_letters)
         .transpose()?;
-        let batch_size = match (args.plugin_batch_size, file.batch_size) {
-            (Some(n), _) => n as usize,
-            (None, Some(0)) => {
-                return Err(ConfigError(
-                    "--config: batch_size must be at least 1".into(),
-                ));
-            }
-            (None, Some(n)) => n,
-            (None, None) => DEFAULT_BATCH_SIZE,
-        };
-        let partition_metadata = args.partition_metadata || file.partition_metadata;
-        let (ordering, ordering_buffer) = ordering(args, &file, partition_metadata)?;
-        let grouped = std::iter::once(&output)
-            .chain(side_outputs.values())
-            .find(|uri| uri.groups_transactions());
-        if let Some(uri) = grouped.filter(|_| ordering != Ordering::Transactions) {
-            return Err(ConfigError(format!(
-                "{uri}: transactions=grouped needs --ordering transactions"
-            )));
-        }
-        Ok(PipelineConfig {
-            partition_metadata,
-            ordering,
-            ordering_buffer,
-            plugins: specs,
-            batch_size,
+        Ok(Outputs {
             output,
             dead_letter,
             side_outputs,
-            cache_dir: args
-                .plugin_cache
-                .clone()
-                .or(file.cache_dir.map(|d| base.join(d))),
-            perf_map: args.plugin_perf_map,
         })
+    }
+
+    /// A side output a plugin emits to and nothing receives is a mistake found now, not
+    /// records found later in the main output.
+    fn receive(&self, declared: &[Declared]) -> Result<(), ConfigError> {
+        match declared
+            .iter()
+            .find(|(_, name)| !self.side_outputs.contains_key(name))
+        {
+            Some((place, name)) => Err(ConfigError(format!(
+                "{place}: side output {name:?} has no destination: define it under \
+                 [side_outputs] or with --side-output {name}=URI"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// One message per transaction needs whole transactions.
+    fn fit(&self, ordering: Ordering) -> Result<(), ConfigError> {
+        let grouped = std::iter::once(&self.output)
+            .chain(self.side_outputs.values())
+            .find(|uri| uri.groups_transactions());
+        match grouped.filter(|_| ordering != Ordering::Transactions) {
+            Some(uri) => Err(ConfigError(format!(
+                "{uri}: transactions=grouped needs --ordering transactions"
+            ))),
+            None => Ok(()),
+        }
     }
 }
 

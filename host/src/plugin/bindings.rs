@@ -27,8 +27,8 @@ wasmtime::component::bindgen!({
 
 pub use self::screamer::plugin::log::Level;
 pub use self::screamer::plugin::types::{
-    ChangeRecordParam, ChangeRecordResult, ModType, Origin, Outcome, PluginInfo, RowChangeParam,
-    Timestamp,
+    ChangeRecordParam, ChangeRecordResult, Emission, ModType, Origin, Outcome, PluginInfo,
+    RowChangeParam, Timestamp,
 };
 
 /// The world this host runs, and the export every plugin must have.

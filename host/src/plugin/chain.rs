@@ -22,7 +22,7 @@ use serde_json::{Map, Value};
 
 use tokio::time::Instant;
 
-use super::bindings::{ChangeRecordParam, ChangeRecordResult, Outcome, RowChangeParam};
+use super::bindings::{ChangeRecordParam, ChangeRecordResult, Emission, Outcome, RowChangeParam};
 use super::convert::{Staged, extra_text, origin, to_host};
 use super::failure::PluginFailure;
 use super::instance::Instance;
@@ -396,30 +396,13 @@ impl Turn<'_> {
                     continue;
                 }
                 Ok(Outcome::Emit(emissions)) => {
-                    let limit = self.version.spec.limits.max_emissions;
-                    let total = sorted.emitted[origin].saturating_add(emissions.len());
-                    if total <= limit {
-                        counts.emit += 1;
-                        sorted.emitted[origin] = total;
-                        for e in emissions {
-                            match e.output {
-                                None => next.push(origin, changed(e.record, origin)),
-                                Some(name) => finish(
-                                    sorted.result,
-                                    origin,
-                                    Some(name),
-                                    e.record,
-                                    self.version,
-                                    sorted.inputs,
-                                ),
-                            }
+                    match self.emit(origin, emissions, sorted, &mut next) {
+                        Ok(()) => {
+                            counts.emit += 1;
+                            continue;
                         }
-                        continue;
+                        Err(failure) => failure,
                     }
-                    PluginFailure::Refused(format!(
-                        "emitted {total} records for one input record; the limit is {limit} \
-                         (max_emissions)"
-                    ))
                 }
                 Ok(Outcome::Fail(error)) => PluginFailure::Failed(error),
                 Err(failure) => failure,
@@ -436,6 +419,49 @@ impl Turn<'_> {
             outcomes: &counts,
         });
         next
+    }
+}
+
+impl Turn<'_> {
+    /// Sends what a plugin emitted for the record `origin` on: to the next plugin, or out
+    /// of the chain to a side output; refused past the emissions limit.
+    fn emit<'a>(
+        &self,
+        origin: usize,
+        emissions: Vec<Emission>,
+        sorted: &mut Sorted<'_, 'a>,
+        next: &mut Stage<'a>,
+    ) -> Result<(), PluginFailure> {
+        let limit = self.version.spec.limits.max_emissions;
+        let total = sorted.emitted[origin].saturating_add(emissions.len());
+        if total > limit {
+            return Err(PluginFailure::Refused(format!(
+                "emitted {total} records for one input record; the limit is {limit} \
+                 (max_emissions)"
+            )));
+        }
+        sorted.emitted[origin] = total;
+        for e in emissions {
+            match e.output {
+                None => next.push(
+                    origin,
+                    Staged::Changed {
+                        record: e.record,
+                        by: self.slot,
+                        origin: sorted.inputs[origin].record,
+                    },
+                ),
+                Some(name) => finish(
+                    sorted.result,
+                    origin,
+                    Some(name),
+                    e.record,
+                    self.version,
+                    sorted.inputs,
+                ),
+            }
+        }
+        Ok(())
     }
 }
 

@@ -203,16 +203,12 @@ pub(crate) async fn run<S: Sink>(
     let mut partition = partition;
     let token = partition.token.clone();
     let _reading = Reading::start(&ctx.observer, token.clone(), partition.watermark);
-    let store_err = |source| ReaderError::Store {
-        partition: token.clone(),
-        source,
-    };
     if partition.state != PartitionState::Running {
         let running_at = ctx
             .store
             .mark_running(&ctx.runner, &lease)
             .await
-            .map_err(store_err)?;
+            .map_err(|e| ReadError::Store(e).of(&token))?;
         partition.state = PartitionState::Running;
         partition.times.running_at = Some(running_at);
     }
@@ -254,38 +250,34 @@ pub(crate) async fn run<S: Sink>(
                     _ = tokio::time::sleep(delay) => {}
                 }
             }
-            Err(ReadError::Source(source)) => {
-                return Err(ReaderError::Source {
-                    partition: token,
-                    source,
-                });
-            }
-            Err(ReadError::Store(source)) => return Err(store_err(source)),
-            Err(ReadError::Consumer(source)) => {
-                return Err(ReaderError::Consumer {
-                    partition: token,
-                    source,
-                });
-            }
+            Err(e) => return Err(e.of(&token)),
         }
     }
     let last = partition
         .end
         .map_or(pos.watermark, |end| pos.watermark.max(end));
-    ctx.sink
-        .ended(&token, last)
-        .await
-        .map_err(|source| ReaderError::Consumer {
-            partition: token.clone(),
-            source,
-        })?;
-    ctx.checkpoints
-        .finish(&token, last)
-        .await
-        .map_err(store_err)?;
-    tracing::debug!(partition = ?token, watermark = %last, "partition finished");
-    ctx.observer.observe(Event::Finished { partition: &token });
+    finish(&ctx, &token, last).await.map_err(|e| e.of(&token))?;
     Ok(ReaderOutcome::Finished)
+}
+
+/// Marks a partition whose query ended FINISHED at `last`, once the sink holds none of its
+/// records.
+async fn finish<S: Sink>(
+    ctx: &ReaderContext<S>,
+    token: &PartitionToken,
+    last: Timestamp,
+) -> Result<(), ReadError> {
+    ctx.sink
+        .ended(token, last)
+        .await
+        .map_err(ReadError::Consumer)?;
+    ctx.checkpoints
+        .finish(token, last)
+        .await
+        .map_err(ReadError::Store)?;
+    tracing::debug!(partition = ?token, watermark = %last, "partition finished");
+    ctx.observer.observe(Event::Finished { partition: token });
+    Ok(())
 }
 
 /// Reports [`Event::Reading`] when made and [`Event::StoppedReading`] when dropped, so
@@ -320,6 +312,18 @@ enum ReadError {
     Source(SourceError),
     Store(StoreError),
     Consumer(ConsumerError),
+}
+
+impl ReadError {
+    /// The reader's error, naming `partition`.
+    fn of(self, partition: &PartitionToken) -> ReaderError {
+        let partition = partition.clone();
+        match self {
+            ReadError::Source(source) => ReaderError::Source { partition, source },
+            ReadError::Store(source) => ReaderError::Store { partition, source },
+            ReadError::Consumer(source) => ReaderError::Consumer { partition, source },
+        }
+    }
 }
 
 /// One streaming query from the current position to its end, a stop, or an error.
@@ -448,6 +452,77 @@ enum BatchEnd {
     Stop,
 }
 
+/// A batch sorted for delivery.
+struct Sorted {
+    data: Vec<DataChangeRecord>,
+    /// Child partitions announced in the batch, recorded in one write.
+    children: Vec<NewPartition>,
+    /// What came after the last data record of the batch.
+    after: Option<After>,
+    /// The last timestamp handled: everything up to it is acknowledged once delivered.
+    through: Option<Timestamp>,
+    end: BatchEnd,
+}
+
+impl Sorted {
+    /// Splits `records` into data, children and what followed; a draining reader
+    /// (`AtWatermarkOnly`) takes only what shares the watermark's time.
+    fn of(
+        records: Vec<ChangeRecord>,
+        partition: &PartitionMetadata,
+        pos: &Position,
+        scope: Deliver,
+    ) -> Self {
+        let mut sorted = Sorted {
+            data: Vec::new(),
+            children: Vec::new(),
+            after: None,
+            through: None,
+            end: BatchEnd::Continue,
+        };
+        for record in records {
+            let t = record.timestamp();
+            let shown = match record {
+                ChangeRecord::Heartbeat(_) => After::Heartbeat(t),
+                _ => After::Record(t),
+            };
+            if scope == Deliver::AtWatermarkOnly && t > pos.watermark {
+                sorted.after = Some(shown);
+                sorted.end = BatchEnd::Stop;
+                break;
+            }
+            sorted.through = Some(t);
+            match record {
+                ChangeRecord::Data(r) => {
+                    sorted.after = None;
+                    sorted.data.push(r);
+                }
+                ChangeRecord::Heartbeat(_) => sorted.after = Some(shown),
+                ChangeRecord::ChildPartitions(r) => {
+                    sorted.children.extend(child_partitions(partition, &r));
+                    sorted.after = Some(shown);
+                }
+            }
+        }
+        sorted
+    }
+
+    /// Moves `pos` past what the batch showed after its data; returns the time the
+    /// partition has now shown every record up to (see [`Sink::read_through`]).
+    fn advance(&self, pos: &mut Position) -> Option<Timestamp> {
+        match self.after {
+            Some(After::Record(t)) => pos.reached(t),
+            Some(After::Heartbeat(t)) if t > pos.watermark => pos.heartbeat(t),
+            _ => {}
+        }
+        match self.after {
+            Some(After::Heartbeat(h)) => Some(h),
+            Some(After::Record(t)) => Some(just_before(t)),
+            None => self.data.last().map(|r| just_before(r.commit_timestamp)),
+        }
+    }
+}
+
 /// Delivers one batch and advances the position.
 async fn handle_batch<S: Sink>(
     ctx: &ReaderContext<S>,
@@ -456,85 +531,45 @@ async fn handle_batch<S: Sink>(
     records: Vec<ChangeRecord>,
     scope: Deliver,
 ) -> Result<BatchEnd, ReadError> {
-    let mut data: Vec<DataChangeRecord> = Vec::new();
-    // Child partitions announced in this batch, recorded in one write.
-    let mut children: Vec<NewPartition> = Vec::new();
-    // What came after the last data record of the batch.
-    let mut after: Option<After> = None;
-    // The last timestamp handled: everything up to it is acknowledged once this returns.
-    let mut through: Option<Timestamp> = None;
-    let mut end = BatchEnd::Continue;
-    for record in records {
-        let t = record.timestamp();
-        let shown = match record {
-            ChangeRecord::Heartbeat(_) => After::Heartbeat(t),
-            _ => After::Record(t),
-        };
-        // A draining reader delivers only what shares the watermark's time.
-        if scope == Deliver::AtWatermarkOnly && t > pos.watermark {
-            after = Some(shown);
-            end = BatchEnd::Stop;
-            break;
-        }
-        through = Some(t);
-        match record {
-            ChangeRecord::Data(r) => {
-                after = None;
-                data.push(r);
-            }
-            ChangeRecord::Heartbeat(_) => after = Some(shown),
-            ChangeRecord::ChildPartitions(r) => {
-                children.extend(child_partitions(partition, &r));
-                after = Some(shown);
-            }
-        }
-    }
+    let sorted = Sorted::of(records, partition, pos, scope);
+    let children = &sorted.children;
     if !children.is_empty() {
         let inserted = ctx
             .store
-            .add_children(&children)
+            .add_children(children)
             .await
             .map_err(ReadError::Store)?;
         tracing::debug!(partition = ?partition.token, announced = children.len(), inserted, "child partitions");
-        ctx.sink.announced(&children);
+        ctx.sink.announced(children);
     }
+    let data = &sorted.data;
     if let Some(last) = data.last().map(|r| r.commit_timestamp) {
         ctx.observer.observe(Event::Read {
             partition: &partition.token,
-            records: &data,
+            records: data,
         });
         let origin = Origin {
             partition,
             watermark: pos.watermark,
         };
         ctx.sink
-            .deliver(origin, &data)
+            .deliver(origin, data)
             .await
             .map_err(ReadError::Consumer)?;
         pos.reached(last);
         pos.acked_at_watermark = true;
     }
-    let shown_through = match after {
-        Some(After::Heartbeat(h)) => Some(h),
-        Some(After::Record(t)) => Some(just_before(t)),
-        None => data.last().map(|r| just_before(r.commit_timestamp)),
-    };
-    match after {
-        Some(After::Record(t)) => pos.reached(t),
-        Some(After::Heartbeat(t)) if t > pos.watermark => pos.heartbeat(t),
-        _ => {}
-    }
-    if let Some(t) = shown_through {
+    if let Some(t) = sorted.advance(pos) {
         ctx.sink.read_through(&partition.token, t);
     }
-    if let Some(through) = through {
+    if let Some(through) = sorted.through {
         ctx.observer.observe(Event::Acknowledged {
             partition: &partition.token,
             through,
-            records: &data,
+            records: data,
         });
     }
-    Ok(end)
+    Ok(sorted.end)
 }
 
 /// The last instant before `t`: a partition that showed a record at `t` may show more at `t`.
