@@ -320,6 +320,28 @@ async fn bad_input_gets_one_clear_line_and_exit_2() -> anyhow::Result<()> {
             ]),
             "error: kafka://127.0.0.1:1/t: transactions=grouped needs --ordering transactions",
         ),
+        (
+            strings(&[
+                "--dsn",
+                &dsn,
+                "--stream",
+                "Changes",
+                "--plugin-timeout",
+                "0s",
+            ]),
+            "\"0s\" is outside 1ms..1h",
+        ),
+        (
+            strings(&[
+                "--dsn",
+                &dsn,
+                "--stream",
+                "Changes",
+                "--plugin-timeout",
+                "18446744073709551615s",
+            ]),
+            "\"18446744073709551615s\" is outside 1ms..1h",
+        ),
     ];
     for (args, message) in cases {
         let (code, stderr) = run_to_exit(db.host(), &args).await?;

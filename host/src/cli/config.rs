@@ -84,8 +84,8 @@ pub struct PipelineArgs {
     /// ahead of the slowest partition wait, e.g. 64MiB (the default).
     #[arg(long, allow_negative_numbers = true, env = "ORDERING_BUFFER", value_name = "SIZE", value_parser = parse_size)]
     pub ordering_buffer: Option<usize>,
-    /// Per-call deadline of every plugin (default 1s).
-    #[arg(long, allow_negative_numbers = true, value_name = "DURATION", value_parser = parse_duration)]
+    /// Per-call deadline of every plugin, 1ms to 1h (default 1s).
+    #[arg(long, allow_negative_numbers = true, value_name = "DURATION", value_parser = parse_plugin_timeout)]
     pub plugin_timeout: Option<Duration>,
     /// Memory cap of every plugin instance, e.g. 64MiB (default 128MiB).
     #[arg(long, allow_negative_numbers = true, value_name = "SIZE", value_parser = parse_size)]
@@ -454,7 +454,7 @@ impl FilePlugin {
         let flags = args.limits();
         Ok(Limits {
             timeout: match &self.timeout {
-                Some(t) => parse_duration(t).map_err(|e| format!("timeout {e}"))?,
+                Some(t) => parse_plugin_timeout(t).map_err(|e| format!("timeout {e}"))?,
                 None => flags.timeout,
             },
             memory_bytes: match &self.memory {
@@ -554,6 +554,20 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("{s:?} is not a duration like 500ms, 3s or 1m ({e})"))
 }
 
+/// The deadlines a plugin call may have: a zero deadline fails every call, and one past
+/// an hour overflows the clock's arithmetic.
+pub const PLUGIN_TIMEOUTS: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(1)..=Duration::from_secs(3600);
+
+/// A plugin call's deadline, within [`PLUGIN_TIMEOUTS`].
+pub fn parse_plugin_timeout(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if !PLUGIN_TIMEOUTS.contains(&d) {
+        return Err(format!("{s:?} is outside 1ms..1h"));
+    }
+    Ok(d)
+}
+
 /// `64MiB`, `512KiB`, `1GiB`, `1000000` (bytes); `MB`/`KB`/`GB` are decimal.
 pub fn parse_size(s: &str) -> Result<usize, String> {
     let t = s.trim();
@@ -647,6 +661,14 @@ env = ["TZ"]
             serde_json::json!({"columns": ["Email"]})
         );
         assert_eq!(c.plugins[0].limits.timeout, Duration::from_millis(250));
+        assert_eq!(
+            parse_plugin_timeout("0s").unwrap_err(),
+            "\"0s\" is outside 1ms..1h"
+        );
+        assert_eq!(
+            parse_plugin_timeout("18446744073709551615s").unwrap_err(),
+            "\"18446744073709551615s\" is outside 1ms..1h"
+        );
         assert_eq!(c.plugins[0].limits.memory_bytes, 1 << 20);
         assert_eq!(c.plugins[0].grants.env, ["TZ"]);
         assert_eq!(c.plugins[1].config, serde_json::json!({"tables": ["T"]}));

@@ -24,7 +24,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
-use super::{Event, Observer, OutcomeCounts, ReplicaRows};
+use super::{Event, Observer, OutcomeCounts, PluginFailureKind, ReplicaRows};
 use crate::partition::PartitionToken;
 use crate::record::DataChangeRecord;
 use crate::source::SourceError;
@@ -472,6 +472,11 @@ impl Metrics {
             drop(self.output_retries.get_or_create(&labels));
             drop(self.output_in_flight.get_or_create(&labels));
             drop(self.output_seconds.get_or_create(&labels));
+            // Destinations dead-letter what they refuse, plugins or not.
+            drop(self.dead_letters.get_or_create(&DeadLetterLabels {
+                plugin: String::new(),
+                output: output.to_owned(),
+            }));
         }
         for plugin in plugins {
             let labels = PluginLabels {
@@ -485,6 +490,12 @@ impl Metrics {
                 plugin: plugin.to_owned(),
                 output: String::new(),
             }));
+            for kind in PluginFailureKind::ALL {
+                drop(self.plugin_failures.get_or_create(&FailureLabels {
+                    plugin: plugin.to_owned(),
+                    kind: kind.as_str(),
+                }));
+            }
             for outcome in OUTCOMES {
                 drop(self.plugin_records.get_or_create(&OutcomeLabels {
                     plugin: plugin.to_owned(),
@@ -969,6 +980,8 @@ mod tests {
             "screamer_output_failures_total{output=\"main\"} 0",
             "screamer_plugin_records_total{plugin=\"redact\",outcome=\"fail\"} 0",
             "screamer_dead_letters_total{plugin=\"redact\",output=\"\"} 0",
+            "screamer_dead_letters_total{plugin=\"\",output=\"main\"} 0",
+            "screamer_plugin_failures_total{plugin=\"redact\",kind=\"deadline\"} 0",
             "screamer_query_restarts_total{class=\"unavailable\"} 0",
             "screamer_watermark_lag_seconds 0.0",
         ] {

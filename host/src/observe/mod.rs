@@ -147,6 +147,15 @@ pub enum PluginFailureKind {
 }
 
 impl PluginFailureKind {
+    /// Every kind, in label order.
+    pub const ALL: [PluginFailureKind; 5] = [
+        PluginFailureKind::Failed,
+        PluginFailureKind::Deadline,
+        PluginFailureKind::Limit,
+        PluginFailureKind::Trap,
+        PluginFailureKind::Refused,
+    ];
+
     /// The label value: `failed`, `deadline`, `limit`, `trap`, `refused`.
     pub fn as_str(self) -> &'static str {
         match self {
