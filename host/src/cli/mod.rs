@@ -161,6 +161,22 @@ fn parse_heartbeat(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// clap's message on one line: its first line, with the indented lines right under it
+/// (the arguments it lists: `the following required arguments were not provided:`); usage
+/// and tips follow only on `--help`.
+fn one_line(rendered: &str) -> String {
+    let mut lines = rendered.lines();
+    let mut line = lines
+        .next()
+        .unwrap_or("error: invalid arguments")
+        .to_owned();
+    for listed in lines.take_while(|l| l.starts_with(' ')) {
+        line.push(' ');
+        line.push_str(listed.trim());
+    }
+    line
+}
+
 /// Exit code 2: the user's input is wrong.
 const INVALID_INPUT: u8 = 2;
 
@@ -169,12 +185,7 @@ pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(a) => a,
         Err(e) if e.use_stderr() => {
-            // One line: clap's first; its usage and tips follow only on `--help`.
-            let text = e.render().to_string();
-            eprintln!(
-                "{}",
-                text.lines().next().unwrap_or("error: invalid arguments")
-            );
+            eprintln!("{}", one_line(&e.render().to_string()));
             return ExitCode::from(INVALID_INPUT);
         }
         Err(e) => {
@@ -464,4 +475,32 @@ async fn forward_signals(shutdown: CancellationToken) {
     tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
     tracing::warn!("second signal: exiting without draining");
     std::process::exit(130);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clap_error_is_one_line_with_the_arguments_it_lists() {
+        let e = Cli::try_parse_from(["screamer"]).unwrap_err();
+        assert_eq!(
+            one_line(&e.render().to_string()),
+            "error: the following required arguments were not provided: --dsn <DSN> --stream <STREAM>"
+        );
+        let e = Cli::try_parse_from([
+            "screamer",
+            "--dsn",
+            "projects/p/instances/i/databases/d",
+            "--stream",
+            "S",
+            "--ordering",
+            "x",
+        ])
+        .unwrap_err();
+        assert_eq!(
+            one_line(&e.render().to_string()),
+            "error: invalid value 'x' for '--ordering <key|transactions>': unknown ordering \"x\": expected key or transactions"
+        );
+    }
 }
