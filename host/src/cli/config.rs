@@ -214,10 +214,10 @@ impl PipelineConfig {
         outputs.receive(&declared)?;
         let batch_size = match (args.plugin_batch_size, file.batch_size) {
             (Some(n), _) => n as usize,
-            (None, Some(0)) => {
-                return Err(ConfigError(
-                    "--config: batch_size must be at least 1".into(),
-                ));
+            (None, Some(n)) if !(1..=MAX_BATCH_SIZE).contains(&n) => {
+                return Err(ConfigError(format!(
+                    "--config: batch_size {n} is outside 1..{MAX_BATCH_SIZE}"
+                )));
             }
             (None, Some(n)) => n,
             (None, None) => DEFAULT_BATCH_SIZE,
@@ -433,6 +433,12 @@ impl FilePlugin {
             .map(|g| g.parse::<NetworkGrant>())
             .collect::<Result<_, _>>()
             .map_err(|e| format!("network: {e}"))?;
+        if let Some(bad) = self.env.iter().find(|name| !is_env_name(name)) {
+            return Err(format!(
+                "env: {bad:?} is not a variable name (letters, digits and underscores, not \
+                 starting with a digit; a grant names each variable)"
+            ));
+        }
         let config = match self.config {
             Some(table) => serde_json::to_value(table).map_err(|e| format!("config: {e}"))?,
             None => Value::Object(Default::default()),
@@ -554,6 +560,18 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("{s:?} is not a duration like 500ms, 3s or 1m ({e})"))
 }
 
+/// A name a grant can give: `TZ`, `MY_VAR`; not `""`, `*` or `PATH=evil`.
+fn is_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Records per plugin call at most (the flag's range, and the file's).
+const MAX_BATCH_SIZE: usize = 65536;
+
 /// The deadlines a plugin call may have: a zero deadline fails every call, and one past
 /// an hour overflows the clock's arithmetic.
 pub const PLUGIN_TIMEOUTS: std::ops::RangeInclusive<Duration> =
@@ -628,6 +646,45 @@ mod tests {
     }
 
     #[test]
+    fn timeouts_batch_sizes_and_env_grants_out_of_range_are_refused() {
+        assert_eq!(
+            parse_plugin_timeout("0s").unwrap_err(),
+            "\"0s\" is outside 1ms..1h"
+        );
+        assert_eq!(
+            parse_plugin_timeout("18446744073709551615s").unwrap_err(),
+            "\"18446744073709551615s\" is outside 1ms..1h"
+        );
+        for name in ["", "*", "PATH=evil", "1X"] {
+            assert!(!is_env_name(name), "{name:?}");
+        }
+        assert!(is_env_name("TZ") && is_env_name("_MY_VAR2"));
+        let dir = std::env::temp_dir().join(format!("screamer-limits-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("pipeline.toml");
+        let args = PipelineArgs {
+            config: Some(file.clone()),
+            ..Default::default()
+        };
+        let refused = |toml: &str| {
+            std::fs::write(&file, toml).unwrap();
+            PipelineConfig::resolve(&[], &args).unwrap_err().to_string()
+        };
+        assert_eq!(
+            refused("batch_size = 10000000"),
+            "--config: batch_size 10000000 is outside 1..65536"
+        );
+        assert!(
+            refused("[[plugins]]\npath = 'a.wasm'\nenv = ['PATH=evil']")
+                .ends_with("plugins[0]: env: \"PATH=evil\" is not a variable name (letters, digits and underscores, not starting with a digit; a grant names each variable)")
+        );
+        assert!(
+            refused("[[plugins]]\npath = 'a.wasm'\ntimeout = '0s'")
+                .ends_with("timeout \"0s\" is outside 1ms..1h")
+        );
+    }
+
+    #[test]
     fn file_then_flags() {
         let dir = std::env::temp_dir().join(format!("screamer-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -661,14 +718,6 @@ env = ["TZ"]
             serde_json::json!({"columns": ["Email"]})
         );
         assert_eq!(c.plugins[0].limits.timeout, Duration::from_millis(250));
-        assert_eq!(
-            parse_plugin_timeout("0s").unwrap_err(),
-            "\"0s\" is outside 1ms..1h"
-        );
-        assert_eq!(
-            parse_plugin_timeout("18446744073709551615s").unwrap_err(),
-            "\"18446744073709551615s\" is outside 1ms..1h"
-        );
         assert_eq!(c.plugins[0].limits.memory_bytes, 1 << 20);
         assert_eq!(c.plugins[0].grants.env, ["TZ"]);
         assert_eq!(c.plugins[1].config, serde_json::json!({"tables": ["T"]}));
