@@ -93,6 +93,19 @@ impl Bank {
         Ok(at)
     }
 
+    /// `screamer` arguments reading the bank's stream with `--ordering transactions` from
+    /// its opening transaction, through its last commit so far when `bounded`, then `extra`.
+    pub fn ordered_args(&self, bounded: bool, extra: &[&str]) -> Vec<String> {
+        let start = self.commits[0].to_string();
+        let end = self.commits.last().expect("opened").to_string();
+        let mut args = vec!["--start", &start, "--ordering", "transactions"];
+        if bounded {
+            args.extend(["--end", &end]);
+        }
+        args.extend(extra);
+        crate::run_args(&self.db, &args)
+    }
+
     fn next(&mut self) -> usize {
         self.seed = self
             .seed

@@ -18,7 +18,7 @@ use screamer_tests::kafka::{KafkaBroker, poll};
 use screamer_tests::libc::{SIGINT, SIGKILL};
 use screamer_tests::plugins::plugin_arg;
 use screamer_tests::postgres::PostgresServer;
-use screamer_tests::{Emulator, EmulatorOptions, Screamer, eventually, run_args};
+use screamer_tests::{Emulator, EmulatorOptions, Screamer, eventually};
 
 /// The writer's balances keyed as [`replay`] keys them.
 fn expected_balances(bank: &Bank) -> BTreeMap<(String, i64), i64> {
@@ -42,27 +42,12 @@ async fn a_bounded_reread_through_a_plugin_is_whole_transactions_in_commit_order
     screamer_tests::init_tracing();
     let emulator = churning_emulator().await;
     let mut bank = Bank::open(&emulator, 6).await.unwrap();
-    // The opening transaction is the first to read (the start is inclusive).
-    let start = bank.commits[0];
     for _ in 0..300 {
         bank.transfer().await.unwrap();
     }
-    let end = bank.commits.last().unwrap().to_string();
     // Through the plugin chain: plugins get whole transactions, batch by batch.
     let identity = plugin_arg("identity");
-    let args = run_args(
-        &bank.db,
-        &[
-            "--start",
-            &start.to_string(),
-            "--end",
-            &end,
-            "--ordering",
-            "transactions",
-            "--plugin",
-            &identity,
-        ],
-    );
+    let args = bank.ordered_args(true, &["--plugin", &identity]);
     let mut screamer = Screamer::spawn(bank.db.host(), &args).unwrap();
     let status = screamer.wait(Duration::from_secs(120)).await.unwrap();
     assert_eq!(status.code(), Some(0), "{}", screamer.stderr());
@@ -86,21 +71,8 @@ async fn a_tiny_buffer_passes_a_transaction_larger_than_itself_in_bounded_memory
     for _ in 0..150 {
         bank.transfer().await.unwrap();
     }
-    let (start, end) = (
-        bank.commits[0].to_string(),
-        bank.commits.last().unwrap().to_string(),
-    );
-    let args = [
-        "--start",
-        &start,
-        "--end",
-        &end,
-        "--ordering",
-        "transactions",
-        "--ordering-buffer",
-        "1KiB",
-    ];
-    let mut screamer = Screamer::spawn(bank.db.host(), &run_args(&bank.db, &args)).unwrap();
+    let args = bank.ordered_args(true, &["--ordering-buffer", "1KiB"]);
+    let mut screamer = Screamer::spawn(bank.db.host(), &args).unwrap();
     let pid = screamer.pid();
     let sampling = tokio::spawn(async move {
         let mut peak = 0;
@@ -129,16 +101,8 @@ async fn a_graceful_stop_and_restart_mid_stream_repeats_and_loses_no_transaction
     screamer_tests::init_tracing();
     let emulator = churning_emulator().await;
     let mut bank = Bank::open(&emulator, 4).await.unwrap();
-    let start = bank.commits[0].to_string();
-    let base = [
-        "--start",
-        &start,
-        "--ordering",
-        "transactions",
-        "--metadata-table",
-        "Partitions",
-    ];
-    let mut first = Screamer::spawn(bank.db.host(), &run_args(&bank.db, &base)).unwrap();
+    let args = bank.ordered_args(false, &["--metadata-table", "Partitions"]);
+    let mut first = Screamer::spawn(bank.db.host(), &args).unwrap();
     for _ in 0..150 {
         bank.transfer().await.unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -157,7 +121,7 @@ async fn a_graceful_stop_and_restart_mid_stream_repeats_and_loses_no_transaction
     // The partitions were created without an end: the second run is stopped too, once
     // everything is out.
     let before = whole_transactions_in_order(&first.lines());
-    let mut second = Screamer::spawn(bank.db.host(), &run_args(&bank.db, &base)).unwrap();
+    let mut second = Screamer::spawn(bank.db.host(), &args).unwrap();
     let committed = bank.commits.len();
     eventually(
         Duration::from_secs(120),
@@ -249,14 +213,9 @@ async fn a_bank_replica_kept_by_two_runners_never_shows_half_a_transfer() {
     let mut bank = Bank::open(&emulator, 5).await.unwrap();
     let pg = PostgresServer::start().await.unwrap();
     let client = Arc::new(pg.client("postgres").await.unwrap());
-    let start = bank.commits[0].to_string();
     let output = pg.uri("postgres", "");
     let runner = |id: &str| {
-        let args = [
-            "--start",
-            &start,
-            "--ordering",
-            "transactions",
+        let extra = [
             "--metadata-table",
             "Partitions",
             "--lease-duration",
@@ -266,7 +225,7 @@ async fn a_bank_replica_kept_by_two_runners_never_shows_half_a_transfer() {
             "--runner-id",
             id,
         ];
-        Screamer::spawn(bank.db.host(), &run_args(&bank.db, &args)).unwrap()
+        Screamer::spawn(bank.db.host(), &bank.ordered_args(false, &extra)).unwrap()
     };
     let active = runner("first");
     eventually(
@@ -339,22 +298,9 @@ async fn grouped_transactions_reach_kafka_one_message_each_in_commit_order() {
     for _ in 0..100 {
         bank.transfer().await.unwrap();
     }
-    let (start, end) = (
-        bank.commits[0].to_string(),
-        bank.commits.last().unwrap().to_string(),
-    );
     let output = kafka.uri("bank", "?transactions=grouped");
-    let args = [
-        "--start",
-        &start,
-        "--end",
-        &end,
-        "--ordering",
-        "transactions",
-        "--output",
-        &output,
-    ];
-    let mut screamer = Screamer::spawn(bank.db.host(), &run_args(&bank.db, &args)).unwrap();
+    let args = bank.ordered_args(true, &["--output", &output]);
+    let mut screamer = Screamer::spawn(bank.db.host(), &args).unwrap();
     let status = screamer.wait(Duration::from_secs(120)).await.unwrap();
     assert_eq!(status.code(), Some(0), "{}", screamer.stderr());
 
