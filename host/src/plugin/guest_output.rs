@@ -158,20 +158,34 @@ impl Said {
 }
 
 /// The line as text: at most [`MAX_LINE`] bytes, invalid UTF-8 replaced, control characters
-/// escaped (`\n`, `\u{1b}`), a trailing `\r` dropped.
+/// and what could disguise a line escaped (`\n`, `\u{1b}`, `\u{202e}`), a trailing `\r`
+/// dropped.
 fn escape(bytes: &[u8]) -> String {
     let bytes = &bytes[..bytes.len().min(MAX_LINE)];
     let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
     let text = String::from_utf8_lossy(bytes);
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
-        if c.is_control() {
+        if disguises(c) {
             let _ = write!(out, "{}", c.escape_default());
         } else {
             out.push(c);
         }
     }
     out
+}
+
+/// Whether `c` could make a log line read as something else: control characters, the
+/// line and paragraph separators (a new line to some readers), and the bidirectional
+/// overrides and isolates (which reorder what a terminal shows).
+fn disguises(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}' | '\u{061c}'
+        )
+        || ('\u{202a}'..='\u{202e}').contains(&c)
+        || ('\u{2066}'..='\u{2069}').contains(&c)
 }
 
 /// A WASI stdout or stderr that feeds a [`GuestOutput`].
@@ -272,6 +286,15 @@ impl tokio::io::AsyncWrite for GuestStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn separators_and_bidirectional_overrides_are_escaped() {
+        assert_eq!(
+            escape("a\u{202e}gnp.exe\u{2028}ERROR host\u{2066}x".as_bytes()),
+            "a\\u{202e}gnp.exe\\u{2028}ERROR host\\u{2066}x"
+        );
+        assert_eq!(escape("café ü 日本".as_bytes()), "café ü 日本");
+    }
 
     #[test]
     fn lines_are_escaped_cut_and_kept_in_a_bounded_tail() {
