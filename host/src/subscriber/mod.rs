@@ -17,6 +17,13 @@
 //! partitions by now) halts every reader after the batch it is delivering, writes (fenced)
 //! what they acknowledged, and gives up the leases nobody took; it claims again once a fresh
 //! heartbeat lands.
+//!
+//! With `--ordering transactions` the readers' sink is the reassembly buffer
+//! (`ordering::Ordered`) and the runner claims only while it is the stream's active runner
+//! (`PartitionStore::activate`), then claims every partition; before its first claim the
+//! buffer learns every unfinished partition of the store, a lapse makes it forget what it
+//! held and stand by, and the drain waits for released batches to be acknowledged before
+//! the last checkpoint.
 
 mod liveness;
 mod readers;
