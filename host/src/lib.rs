@@ -58,6 +58,7 @@ pub mod pipeline;
 pub mod plugin;
 pub mod reader;
 pub mod record;
+pub mod snapshot;
 pub mod source;
 pub mod subscriber;
 #[cfg(test)]
@@ -77,6 +78,7 @@ pub use partition::{
 #[cfg(feature = "plugins")]
 pub use pipeline::Pipeline;
 pub use record::{ChangeRecord, DataChangeRecord, JsonObject, ModType, ValueCaptureType};
+pub use snapshot::SnapshotMode;
 pub use source::{ChangeQuery, ChangeSource, Dialect, ScriptedSource, SourceError, SpannerSource};
 pub use subscriber::{RunSummary, SubscribeError, Subscriber, SubscriberOptions};
 pub use timestamp::Timestamp;

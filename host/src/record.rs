@@ -59,12 +59,16 @@ pub struct DataChangeRecord {
     pub transaction_tag: String,
     #[serde(default)]
     pub is_system_transaction: bool,
+    /// A row of the snapshot (`--snapshot`), not a change: written only when true, so change
+    /// records keep the stream's shape.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub snapshot: bool,
 }
 
 impl DataChangeRecord {
     /// The top-level names an output line reserves: the record's own fields, the side
     /// output's name, and the partition metadata fields (`--partition-metadata`).
-    pub const FIELDS: [&'static str; 20] = [
+    pub const FIELDS: [&'static str; 21] = [
         "partition_token",
         "commit_timestamp",
         "record_sequence",
@@ -79,6 +83,7 @@ impl DataChangeRecord {
         "number_of_partitions_in_transaction",
         "transaction_tag",
         "is_system_transaction",
+        "snapshot",
         // Not fields of the record, but of an output line: the side output's name and
         // the partition's metadata.
         "output",

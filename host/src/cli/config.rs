@@ -42,6 +42,7 @@ use serde_json::Value;
 use screamer::destination::DestinationUri;
 use screamer::ordering::{DEFAULT_ORDERING_BUFFER, Ordering};
 use screamer::plugin::{Limits, NetworkGrant, PluginSpec, PreopenDir, WasiGrants};
+use screamer::snapshot::SnapshotMode;
 
 /// Default number of records per plugin call: most of the batching gain, small latency.
 pub const DEFAULT_BATCH_SIZE: usize = 64;
@@ -80,6 +81,11 @@ pub struct PipelineArgs {
     /// runner of the stream is active, the others stand by.
     #[arg(long, env = "ORDERING", value_name = "key|transactions", value_parser = str::parse::<Ordering>)]
     pub ordering: Option<Ordering>,
+    /// `never` (default): changes after the start only. `initial`: the first run on the
+    /// metadata table delivers every row the stream watches as it was at --start (`"snapshot":
+    /// true`), then every change after it. `only`: the snapshot, then exit.
+    #[arg(long, env = "SNAPSHOT", value_name = "never|initial|only", value_parser = str::parse::<SnapshotMode>)]
+    pub snapshot: Option<SnapshotMode>,
     /// With --ordering transactions: bytes of records held for reassembly before readers
     /// ahead of the slowest partition wait, e.g. 64MiB (the default).
     #[arg(long, allow_negative_numbers = true, env = "ORDERING_BUFFER", value_name = "SIZE", value_parser = parse_size)]
@@ -123,6 +129,7 @@ pub struct PipelineConfig {
     pub ordering: Ordering,
     /// Bytes of the transactions buffer (`--ordering-buffer`).
     pub ordering_buffer: usize,
+    pub snapshot: SnapshotMode,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -140,6 +147,7 @@ struct FileConfig {
     partition_metadata: bool,
     ordering: Option<String>,
     ordering_buffer: Option<String>,
+    snapshot: Option<String>,
 }
 
 /// A destination in the file: a URI, or a table of `uri` and its options.
@@ -225,7 +233,13 @@ impl PipelineConfig {
         let partition_metadata = args.partition_metadata || file.partition_metadata;
         let (ordering, ordering_buffer) = ordering(args, &file, partition_metadata)?;
         outputs.fit(ordering)?;
+        let snapshot = match (args.snapshot, &file.snapshot) {
+            (Some(mode), _) => mode,
+            (None, Some(text)) => text.parse().map_err(|e| in_file(args, "snapshot", e))?,
+            (None, None) => SnapshotMode::Never,
+        };
         Ok(PipelineConfig {
+            snapshot,
             partition_metadata,
             ordering,
             ordering_buffer,
@@ -366,6 +380,12 @@ impl Outputs {
     }
 }
 
+/// A bad value of `key` in the TOML file, as one line naming the file.
+fn in_file(args: &PipelineArgs, key: &str, e: String) -> ConfigError {
+    let path = args.config.as_deref().unwrap_or(Path::new("")).display();
+    ConfigError(format!("--config {path}: {key}: {e}"))
+}
+
 /// The ordering and its buffer, from the flags or else the file. Partition metadata cannot
 /// go beside transactions: a batch of whole transactions spans partitions.
 fn ordering(
@@ -373,18 +393,14 @@ fn ordering(
     file: &FileConfig,
     partition_metadata: bool,
 ) -> Result<(Ordering, usize), ConfigError> {
-    let in_file = |key: &str, e: String| {
-        let path = args.config.as_deref().unwrap_or(Path::new("")).display();
-        ConfigError(format!("--config {path}: {key}: {e}"))
-    };
     let ordering = match (args.ordering, &file.ordering) {
         (Some(o), _) => o,
-        (None, Some(text)) => text.parse().map_err(|e| in_file("ordering", e))?,
+        (None, Some(text)) => text.parse().map_err(|e| in_file(args, "ordering", e))?,
         (None, None) => Ordering::Key,
     };
     let buffer = match (args.ordering_buffer, &file.ordering_buffer) {
         (Some(n), _) => n,
-        (None, Some(text)) => parse_size(text).map_err(|e| in_file("ordering_buffer", e))?,
+        (None, Some(text)) => parse_size(text).map_err(|e| in_file(args, "ordering_buffer", e))?,
         (None, None) => DEFAULT_ORDERING_BUFFER,
     };
     if buffer == 0 {

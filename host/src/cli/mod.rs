@@ -304,7 +304,11 @@ async fn run(args: Args) -> Result<(), RunError> {
     }
     // Plugins first: a bad plugin is an input error found before touching Spanner.
     let pipeline = PipelineConfig::resolve(&args.plugins, &args.pipeline)?;
-    let (ordering, ordering_buffer) = (pipeline.ordering, pipeline.ordering_buffer);
+    let (ordering, ordering_buffer, snapshot) = (
+        pipeline.ordering,
+        pipeline.ordering_buffer,
+        pipeline.snapshot,
+    );
     let built = build_pipeline(&pipeline, metrics.clone()).await?;
     let hot_swap = match &built.plugins {
         Some((runtime, chain)) => Some(screamer::plugin::watch(
@@ -350,6 +354,7 @@ async fn run(args: Args) -> Result<(), RunError> {
         rebalancing_interval: Some(args.rebalancing_interval).filter(|d| !d.is_zero()),
         ordering,
         ordering_buffer,
+        snapshot,
         ..defaults
     };
     let subscriber = Subscriber::new(source.clone(), store, options).with_observer(metrics.clone());

@@ -165,12 +165,23 @@ impl PartitionStore for MemoryStore {
         Ok(())
     }
 
-    async fn seed(&self, root: NewPartition) -> Result<bool, StoreError> {
+    async fn seeded(&self) -> Result<bool, StoreError> {
+        Ok(!self
+            .state
+            .lock()
+            .expect("memory store lock")
+            .rows
+            .is_empty())
+    }
+
+    async fn seed(&self, partitions: Vec<NewPartition>) -> Result<bool, StoreError> {
         self.write(|s| {
             if !s.rows.is_empty() {
                 return Ok(false);
             }
-            s.rows.insert(root.token.clone(), created(root));
+            for p in partitions {
+                s.rows.insert(p.token.clone(), created(p));
+            }
             Ok(true)
         })
     }

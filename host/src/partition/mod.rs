@@ -444,9 +444,13 @@ pub trait PartitionStore: Send + Sync + 'static {
     /// Runs migrations and checks the schema; call once before anything else.
     async fn prepare(&self) -> Result<(), StoreError>;
 
-    /// Inserts `root` if the store holds no partition yet; returns whether it did. A store
-    /// that already has rows resumes where it stopped.
-    async fn seed(&self, root: NewPartition) -> Result<bool, StoreError>;
+    /// Whether the store holds partitions already: a run on it resumes, and seeds nothing.
+    async fn seeded(&self) -> Result<bool, StoreError>;
+
+    /// Inserts `partitions` (the root; or a snapshot's chunks and the root that waits for
+    /// them) if the store holds no partition yet, all in one transaction; returns whether
+    /// it did. A store that already has rows resumes where it stopped.
+    async fn seed(&self, partitions: Vec<NewPartition>) -> Result<bool, StoreError>;
 
     /// Registers `runner` (with how many partitions it may hold) or renews its liveness: one
     /// write per runner, whatever it holds.

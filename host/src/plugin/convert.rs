@@ -225,6 +225,7 @@ fn metadata_of(origin: &DataChangeRecord) -> DataChangeRecord {
         number_of_partitions_in_transaction: origin.number_of_partitions_in_transaction,
         transaction_tag: origin.transaction_tag.clone(),
         is_system_transaction: origin.is_system_transaction,
+        snapshot: origin.snapshot,
     }
 }
 

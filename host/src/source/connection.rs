@@ -9,10 +9,13 @@ use prost_types::value::Kind;
 use super::decode::{Dialect, RowAssembler};
 use super::query::{PartitionQuery, QueryRange, QueryTarget};
 use super::session::{SessionPool, single_use_strong};
+use super::snapshot::{SnapshotQuery, SnapshotReads};
 use super::{ChangeQuery, ChangeSource, SourceError};
 use crate::client::{Endpoint, Priority};
 use crate::dsn::{DatabaseName, is_identifier};
 use crate::partition::PartitionToken;
+use crate::snapshot::Chunk;
+use crate::timestamp::Timestamp;
 
 /// A change stream in one database, ready to be queried partition by partition.
 #[derive(Clone)]
@@ -26,6 +29,7 @@ struct Inner {
     dialect: Dialect,
     sessions: Arc<SessionPool>,
     priority: Option<Priority>,
+    snapshot: Arc<SnapshotReads>,
 }
 
 impl SpannerSource {
@@ -51,6 +55,7 @@ impl SpannerSource {
                 database: database.clone(),
                 stream: stream.to_owned(),
                 dialect,
+                snapshot: Arc::new(SnapshotReads::new(Arc::clone(&sessions), dialect, None)),
                 sessions,
                 priority: None,
             }),
@@ -67,6 +72,11 @@ impl SpannerSource {
                 dialect: i.dialect,
                 sessions: i.sessions.clone(),
                 priority: Some(priority),
+                snapshot: Arc::new(SnapshotReads::new(
+                    i.sessions.clone(),
+                    i.dialect,
+                    Some(priority),
+                )),
             }),
         }
     }
@@ -91,12 +101,16 @@ impl ChangeSource for SpannerSource {
         &self.inner.stream
     }
 
-    /// Opens the change stream query of one partition over `range`.
+    /// Opens the change stream query of one partition over `range`, or the read of a
+    /// snapshot chunk at `range.start`.
     async fn query(
         &self,
         partition: &PartitionToken,
         range: QueryRange,
     ) -> Result<Box<dyn ChangeQuery>, SourceError> {
+        if Chunk::is_chunk(partition) {
+            return self.snapshot_query(partition, range.start).await;
+        }
         let session = SessionPool::acquire(&self.inner.sessions).await?;
         let query = PartitionQuery::open(
             session,
@@ -110,6 +124,41 @@ impl ChangeSource for SpannerSource {
         )
         .await?;
         Ok(Box::new(query))
+    }
+
+    async fn plan_snapshot(&self, at: Timestamp) -> Result<Vec<Chunk>, SourceError> {
+        self.inner.snapshot.plan(&self.inner.stream, at).await
+    }
+}
+
+impl SpannerSource {
+    async fn snapshot_query(
+        &self,
+        partition: &PartitionToken,
+        at: Timestamp,
+    ) -> Result<Box<dyn ChangeQuery>, SourceError> {
+        let chunk = Chunk::parse(partition).ok_or_else(|| SourceError::UnknownChunk {
+            token: partition.to_string(),
+            problem: "not a snapshot chunk this version can read".to_owned(),
+        })?;
+        let reads = &self.inner.snapshot;
+        let table = reads
+            .watched(&self.inner.stream)
+            .await?
+            .iter()
+            .find(|t| t.name == chunk.table)
+            .cloned()
+            .ok_or_else(|| SourceError::UnknownChunk {
+                token: partition.to_string(),
+                problem: format!("the stream no longer watches table {}", chunk.table),
+            })?;
+        Ok(Box::new(SnapshotQuery::new(
+            Arc::clone(reads),
+            table,
+            chunk,
+            partition.clone(),
+            at,
+        )))
     }
 }
 
@@ -150,8 +199,9 @@ async fn list_streams(sessions: &Arc<SessionPool>) -> Result<Vec<String>, Source
     Ok(names)
 }
 
-/// Runs a small query whose columns are all strings (information schema look-ups).
-async fn run_query(
+/// Runs a small query (information schema look-ups); every value as text (`true`/`false`
+/// for booleans, empty for NULL).
+pub(super) async fn run_query(
     sessions: &Arc<SessionPool>,
     sql: &str,
 ) -> Result<Vec<Vec<String>>, SourceError> {
@@ -176,6 +226,8 @@ async fn run_query(
                 row.into_iter()
                     .map(|v| match v.kind {
                         Some(Kind::StringValue(s)) => s,
+                        Some(Kind::BoolValue(b)) => b.to_string(),
+                        Some(Kind::NumberValue(n)) => n.to_string(),
                         _ => String::new(),
                     })
                     .collect(),

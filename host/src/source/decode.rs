@@ -263,6 +263,7 @@ fn data_change(
             .map(boolean)
             .transpose()?
             .unwrap_or_default(),
+        snapshot: false,
     })
 }
 

@@ -16,11 +16,13 @@ mod decode;
 mod query;
 mod scripted;
 mod session;
+mod snapshot;
 
 pub use connection::SpannerSource;
 pub use decode::{DecodeError, Dialect};
 pub use query::QueryRange;
 pub use scripted::{ScriptedSource, ScriptedTransaction};
+pub use snapshot::{CHUNK_ROWS, SNAPSHOT_READS};
 
 use gcloud_gax::grpc::Status;
 
@@ -28,6 +30,8 @@ use crate::client::{ConnectError, is_transient};
 use crate::error::FailureKind;
 use crate::partition::PartitionToken;
 use crate::record::ChangeRecord;
+use crate::snapshot::Chunk;
+use crate::timestamp::Timestamp;
 
 /// A change stream, read partition by partition.
 #[async_trait::async_trait]
@@ -42,6 +46,10 @@ pub trait ChangeSource: Send + Sync + 'static {
         partition: &PartitionToken,
         range: QueryRange,
     ) -> Result<Box<dyn ChangeQuery>, SourceError>;
+
+    /// The chunks of a snapshot at `at` of every row the stream watches (`--snapshot`);
+    /// querying a chunk's token from `at` reads its rows as snapshot records.
+    async fn plan_snapshot(&self, at: Timestamp) -> Result<Vec<Chunk>, SourceError>;
 }
 
 /// One open partition query.
@@ -71,6 +79,12 @@ pub enum SourceError {
         "start {start} is outside the change stream's retention period or before the stream was created: {message}"
     )]
     StartOutOfRange { start: String, message: String },
+    #[error(
+        "the snapshot at {at} is older than the database keeps versions (version_retention_period, 1 hour by default; raise it with ALTER DATABASE ... SET OPTIONS): {message}"
+    )]
+    SnapshotTooOld { at: String, message: String },
+    #[error("snapshot chunk {token:?}: {problem}")]
+    UnknownChunk { token: String, problem: String },
     #[error("cannot connect to Spanner: {0}")]
     Connect(#[from] ConnectError),
     #[error("spanner: {0}")]
@@ -85,7 +99,8 @@ impl SourceError {
         match self {
             SourceError::DatabaseNotFound { .. }
             | SourceError::StreamNotFound { .. }
-            | SourceError::StartOutOfRange { .. } => FailureKind::Input,
+            | SourceError::StartOutOfRange { .. }
+            | SourceError::SnapshotTooOld { .. } => FailureKind::Input,
             _ => FailureKind::Runtime,
         }
     }

@@ -17,6 +17,7 @@ use crate::partition::PartitionToken;
 use crate::record::{
     ChangeRecord, ChildPartition, ChildPartitionsRecord, DataChangeRecord, HeartbeatRecord,
 };
+use crate::snapshot::Chunk;
 use crate::timestamp::Timestamp;
 
 /// A scripted change stream; clones share the script, so a test keeps one to write to
@@ -31,6 +32,8 @@ struct Script {
     partitions: HashMap<PartitionToken, Partition>,
     /// Every query opened: the partition and its start.
     queries: Vec<(PartitionToken, Timestamp)>,
+    /// What `plan_snapshot` answers.
+    snapshot: Vec<Chunk>,
 }
 
 #[derive(Default)]
@@ -126,6 +129,12 @@ impl ScriptedSource {
         });
     }
 
+    /// Makes `plan_snapshot` answer `chunks`; a test pushes each chunk's rows to its token
+    /// and closes it, as for a partition.
+    pub fn plan(&self, chunks: Vec<Chunk>) {
+        self.script.send_modify(|s| s.snapshot = chunks);
+    }
+
     /// Every query opened so far: the partition and the start it was opened at.
     pub fn queries(&self) -> Vec<(PartitionToken, Timestamp)> {
         self.script.borrow().queries.clone()
@@ -153,6 +162,10 @@ impl ChangeSource for ScriptedSource {
             next: 0,
             done: false,
         }))
+    }
+
+    async fn plan_snapshot(&self, _at: Timestamp) -> Result<Vec<Chunk>, SourceError> {
+        Ok(self.script.borrow().snapshot.clone())
     }
 }
 

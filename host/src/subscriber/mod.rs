@@ -45,7 +45,8 @@ use crate::partition::{
     StoreError,
 };
 use crate::reader::{Direct, ReaderContext, ReaderError, ReaderOutcome, Sink, StopMode};
-use crate::source::ChangeSource;
+use crate::snapshot::{self, SnapshotMode};
+use crate::source::{ChangeSource, SourceError};
 use crate::timestamp::Timestamp;
 use liveness::{Heartbeat, Liveness};
 use readers::{AfterStop, Ended, ReaderSet};
@@ -88,6 +89,9 @@ pub struct SubscriberOptions {
     /// With [`Ordering::Transactions`]: bytes of records the reassembly buffer admits
     /// before readers ahead of the slowest partition wait.
     pub ordering_buffer: usize,
+    /// Whether the first run on an empty store reads the existing rows at `start` first
+    /// (and, with [`SnapshotMode::Only`], only them).
+    pub snapshot: SnapshotMode,
 }
 
 impl Default for SubscriberOptions {
@@ -105,6 +109,7 @@ impl Default for SubscriberOptions {
             rebalancing_interval: None,
             ordering: Ordering::Key,
             ordering_buffer: DEFAULT_ORDERING_BUFFER,
+            snapshot: SnapshotMode::Never,
         }
     }
 }
@@ -121,6 +126,8 @@ pub enum SubscribeError {
     Reader(#[from] ReaderError),
     #[error("--end {end} must be after --start {start}")]
     EmptyRange { start: Timestamp, end: Timestamp },
+    #[error("planning the snapshot: {0}")]
+    Snapshot(#[source] SourceError),
 }
 
 impl SubscribeError {
@@ -129,6 +136,7 @@ impl SubscribeError {
             SubscribeError::Store(e) => e.kind(),
             SubscribeError::Reader(e) => e.kind(),
             SubscribeError::EmptyRange { .. } => FailureKind::Input,
+            SubscribeError::Snapshot(e) => e.kind(),
         }
     }
 }
@@ -248,6 +256,41 @@ impl Subscriber {
     }
 }
 
+/// Seeds an empty store: the root partition from `start`; with a snapshot, the chunks of
+/// the watched rows at `start` first (and, unless `only`, the root waiting for them).
+/// Returns whether this run seeded (else it resumes).
+async fn seed(subscriber: &Subscriber, start: Timestamp) -> Result<bool, SubscribeError> {
+    let (store, options) = (&subscriber.store, &subscriber.options);
+    let root = NewPartition {
+        token: PartitionToken::root(),
+        parents: vec![],
+        start,
+        end: options.end,
+        heartbeat_millis: options
+            .heartbeat_interval
+            .clamp(*HEARTBEAT_INTERVALS.start(), *HEARTBEAT_INTERVALS.end())
+            .as_millis() as i64,
+    };
+    if options.snapshot == SnapshotMode::Never {
+        return Ok(store.seed(vec![root]).await?);
+    }
+    if store.seeded().await? {
+        return Ok(false);
+    }
+    let chunks = subscriber
+        .source
+        .plan_snapshot(start)
+        .await
+        .map_err(SubscribeError::Snapshot)?;
+    let seeded = store
+        .seed(snapshot::seeds(options.snapshot, start, &chunks, root))
+        .await?;
+    if seeded {
+        tracing::info!(at = %start, chunks = chunks.len(), mode = %options.snapshot, "snapshot planned");
+    }
+    Ok(seeded)
+}
+
 /// What wakes the runner.
 enum Event {
     Shutdown,
@@ -319,23 +362,12 @@ impl<'s, S: Sink> Runner<'s, S> {
         subscriber: &'s Subscriber,
         sink: S,
         start: Timestamp,
-    ) -> Result<Self, StoreError> {
+    ) -> Result<Self, SubscribeError> {
         let (store, options) = (&subscriber.store, &subscriber.options);
         let runner = &options.runner_id;
         store.prepare().await?;
         tracing::debug!("partition store ready");
-        let seeded = store
-            .seed(NewPartition {
-                token: PartitionToken::root(),
-                parents: vec![],
-                start,
-                end: options.end,
-                heartbeat_millis: options
-                    .heartbeat_interval
-                    .clamp(*HEARTBEAT_INTERVALS.start(), *HEARTBEAT_INTERVALS.end())
-                    .as_millis() as i64,
-            })
-            .await?;
+        let seeded = seed(subscriber, start).await?;
         store.reset(runner).await?;
         store.heartbeat(runner, options.max_connections).await?;
         let heartbeat = Heartbeat::start(
@@ -436,7 +468,8 @@ impl<'s, S: Sink> Runner<'s, S> {
 
     /// With `end`: whether nothing is left to read, by this runner or any other.
     async fn reached_end(&self) -> Result<bool, StoreError> {
-        if self.options.end.is_none() || !self.readers.is_empty() {
+        let ends = self.options.end.is_some() || self.options.snapshot == SnapshotMode::Only;
+        if !ends || !self.readers.is_empty() {
             return Ok(false);
         }
         Ok(self.store.unfinished().await? == 0)

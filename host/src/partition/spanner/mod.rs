@@ -379,18 +379,47 @@ impl PartitionStore for SpannerStore {
         Ok(())
     }
 
-    async fn seed(&self, root: NewPartition) -> Result<bool, StoreError> {
+    async fn seeded(&self) -> Result<bool, StoreError> {
         let existing = self
             .query(Statement::new(format!(
                 "SELECT PartitionToken FROM {} LIMIT 1",
                 self.table
             )))
             .await?;
-        if !existing.is_empty() {
-            return Ok(false);
-        }
-        let inserted = self.add_children(std::slice::from_ref(&root)).await?;
-        Ok(inserted == 1)
+        Ok(!existing.is_empty())
+    }
+
+    /// Reads whether the table is empty and inserts in the same read-write transaction, so
+    /// of two runners seeding at once, one seeds and the other resumes from its rows.
+    async fn seed(&self, partitions: Vec<NewPartition>) -> Result<bool, StoreError> {
+        let sql = Arc::new(format!("SELECT PartitionToken FROM {} LIMIT 1", self.table));
+        let inserts: Arc<Vec<Mutation>> = Arc::new(
+            partitions
+                .iter()
+                .map(|p| insert_partition(&self.table, p))
+                .collect(),
+        );
+        let (_, seeded) = self
+            .retrying(|| {
+                self.client.read_write_transaction_with_option(
+                    |tx| {
+                        let (sql, inserts) = (sql.clone(), inserts.clone());
+                        Box::pin(async move {
+                            let existing =
+                                read_all(tx.query(Statement::new(sql.as_str())).await?).await?;
+                            if !existing.is_empty() {
+                                return Ok::<_, ClientError>(false);
+                            }
+                            tx.buffer_write(inserts.to_vec());
+                            Ok(true)
+                        })
+                    },
+                    self.transaction("screamer-seed"),
+                )
+            })
+            .await?;
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        Ok(seeded)
     }
 
     async fn heartbeat(&self, runner: &RunnerId, capacity: usize) -> Result<(), StoreError> {
