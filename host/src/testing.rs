@@ -151,8 +151,11 @@ impl PartitionStore for FreezableStore {
     async fn prepare(&self) -> Result<(), StoreError> {
         self.store.prepare().await
     }
-    async fn seed(&self, root: NewPartition) -> Result<bool, StoreError> {
-        self.store.seed(root).await
+    async fn seeded(&self) -> Result<bool, StoreError> {
+        self.store.seeded().await
+    }
+    async fn seed(&self, partitions: Vec<NewPartition>) -> Result<bool, StoreError> {
+        self.store.seed(partitions).await
     }
     async fn heartbeat(&self, runner: &RunnerId, capacity: usize) -> Result<(), StoreError> {
         let mut frozen = self.frozen.subscribe();

@@ -63,8 +63,11 @@ async fn three_partitions_two_runners(store: &dyn PartitionStore) -> anyhow::Res
 
 async fn merged_child_waits_for_every_parent(store: &dyn PartitionStore) -> anyhow::Result<()> {
     store.heartbeat(&"r".into(), 10).await?;
-    ensure!(store.seed(partition("a", &[], 0)).await?);
-    ensure!(!store.seed(partition("x", &[], 0)).await?, "seeded twice");
+    ensure!(store.seed(vec![partition("a", &[], 0)]).await?);
+    ensure!(
+        !store.seed(vec![partition("x", &[], 0)]).await?,
+        "seeded twice"
+    );
     store.add_children(&[partition("b", &[], 1)]).await?;
     let child = partition("c", &["a", "b"], 2);
     // Both parents announce the merged child; it is inserted once.
@@ -93,6 +96,30 @@ async fn merged_child_waits_for_every_parent(store: &dyn PartitionStore) -> anyh
     Ok(())
 }
 
+/// Two runners seed at once, each a plan of its own (a snapshot's chunks and a root): one
+/// plan is stored whole, the other not at all.
+async fn concurrent_seeds_store_one_plan_whole(store: &dyn PartitionStore) -> anyhow::Result<()> {
+    ensure!(!store.seeded().await?);
+    let plan = |name: &str| -> Vec<NewPartition> {
+        let chunks: Vec<String> = (0..20).map(|i| format!("{name}-{i}")).collect();
+        let parents: Vec<&str> = chunks.iter().map(String::as_str).collect();
+        let mut plan: Vec<NewPartition> = parents.iter().map(|c| partition(c, &[], 0)).collect();
+        plan.push(partition(&format!("{name}-root"), &parents, 1));
+        plan
+    };
+    let (a, b) = tokio::join!(store.seed(plan("a")), store.seed(plan("b")));
+    ensure!(a? != b?, "exactly one seed wins");
+    ensure!(store.seeded().await?);
+    let status = store.status(LEASE).await?;
+    let names: Vec<&str> = status.partitions.iter().map(|p| p.token.as_str()).collect();
+    let from_a = names.iter().filter(|t| t.starts_with("a-")).count();
+    ensure!(
+        names.len() == 21 && (from_a == 0 || from_a == 21),
+        "one whole plan: {names:?}"
+    );
+    Ok(())
+}
+
 async fn claims_skip_live_owners_and_own_partitions(
     store: &dyn PartitionStore,
 ) -> anyhow::Result<()> {
@@ -117,7 +144,7 @@ async fn claims_skip_live_owners_and_own_partitions(
 }
 
 async fn writes_are_fenced_by_owner_and_epoch(store: &dyn PartitionStore) -> anyhow::Result<()> {
-    store.seed(partition("a", &[], 0)).await?;
+    store.seed(vec![partition("a", &[], 0)]).await?;
     store.heartbeat(&"r1".into(), 10).await?;
     let old = store.claim(&"r1".into(), 1, LEASE).await?.remove(0).lease;
     store.mark_running(&"r1".into(), &old).await?;
@@ -236,6 +263,9 @@ fn scenarios() -> Vec<(&'static str, Scenario)> {
     vec![
         ("merged_child_waits_for_every_parent", |s| {
             Box::pin(merged_child_waits_for_every_parent(s))
+        }),
+        ("concurrent_seeds_store_one_plan_whole", |s| {
+            Box::pin(concurrent_seeds_store_one_plan_whole(s))
         }),
         ("claims_skip_live_owners_and_own_partitions", |s| {
             Box::pin(claims_skip_live_owners_and_own_partitions(s))

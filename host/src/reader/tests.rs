@@ -67,7 +67,7 @@ impl Fixture {
             end,
             heartbeat_millis: 1000,
         };
-        self.store.seed(root).await.unwrap();
+        self.store.seed(vec![root]).await.unwrap();
         self.store.heartbeat(&self.ctx.runner, 1).await.unwrap();
         let claim = self
             .store
