@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::task::JoinHandle;
 
-use screamer::observe::{Metrics, Progress};
+use screamer::observe::{Metrics, Progress, SnapshotProgress};
 use screamer::timestamp::Timestamp;
 
 /// How often the live line is redrawn.
@@ -100,7 +100,8 @@ async fn live(metrics: Arc<Metrics>, end: Timestamp, bar: ProgressBar) {
             None => "no partition held".to_owned(),
         };
         bar.set_message(format!(
-            "partitions {} finished of {} known · {to_go} · released {:.1}s behind · {:.0} records/s · {} records · {} dead letters",
+            "{}partitions {} finished of {} known · {to_go} · released {:.1}s behind · {:.0} records/s · {} records · {} dead letters",
+            snapshot_text(p.snapshot),
             p.partitions_finished,
             p.partitions_finished + p.partitions_held as u64,
             p.low_watermark_lag.as_secs_f64(),
@@ -129,6 +130,26 @@ async fn periodic(metrics: Arc<Metrics>, interval: Duration) {
             dead_letters = p.dead_letters,
             "progress"
         );
+        if let Some(s) = p.snapshot.filter(|s| s.chunks_finished < s.chunks) {
+            tracing::info!(
+                rows = s.rows,
+                rows_planned = s.rows_planned,
+                chunks_finished = s.chunks_finished,
+                chunks = s.chunks,
+                "snapshot progress"
+            );
+        }
+    }
+}
+
+/// The snapshot's part of the live line, while it is not done.
+fn snapshot_text(snapshot: Option<SnapshotProgress>) -> String {
+    match snapshot.filter(|s| s.chunks_finished < s.chunks) {
+        Some(s) => format!(
+            "snapshot {} of {} rows, {} of {} chunks · ",
+            s.rows, s.rows_planned, s.chunks_finished, s.chunks
+        ),
+        None => String::new(),
     }
 }
 

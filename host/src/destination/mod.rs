@@ -58,6 +58,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use crate::observe::{Event, NoObserver, Observer, ReplicaRows};
+use crate::snapshot::SNAPSHOT_TRANSACTION;
 
 /// Output records of one batch, in order: one JSON object per record, each followed by a
 /// newline (so the whole batch is NDJSON text as it is), and for message destinations an
@@ -114,7 +115,8 @@ impl Batch {
     /// The batch as one message per transaction (`transactions=grouped`): consecutive
     /// messages whose envelopes name the same commit timestamp and transaction become
     /// `{"commit_timestamp", "server_transaction_id", "records": [...]}`, the records'
-    /// lines as they were. A batch without envelopes is returned as it is.
+    /// lines as they were; a snapshot row is a group of its own. A batch without
+    /// envelopes is returned as it is.
     pub fn grouped_by_transaction(&self) -> Batch {
         if self.envelopes.is_empty() {
             return self.clone();
@@ -125,8 +127,10 @@ impl Batch {
                 &a.envelope.expect("enveloped").attributes,
                 &b.envelope.expect("enveloped").attributes,
             );
+            // Snapshot rows are no transaction's: each is a message of its own.
             a.commit_timestamp == b.commit_timestamp
                 && a.server_transaction_id == b.server_transaction_id
+                && a.server_transaction_id != SNAPSHOT_TRANSACTION
         };
         let mut grouped = Batch::with_capacity(self.len());
         for group in messages.chunk_by(same) {

@@ -24,6 +24,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
+use super::snapshot::{SnapshotMetrics, SnapshotProgress};
 use super::{Event, Observer, OutcomeCounts, PluginFailureKind, ReplicaRows};
 use crate::partition::PartitionToken;
 use crate::record::DataChangeRecord;
@@ -134,6 +135,7 @@ pub struct Metrics {
     plugin_call_seconds: Family<PluginLabels, Histogram>,
     plugin_records: Family<OutcomeLabels, Counter>,
     ready: Gauge,
+    snapshot: SnapshotMetrics,
     /// Totals over the labelled families above, which cannot be summed back.
     records_read: AtomicU64,
     dead_lettered: AtomicU64,
@@ -196,6 +198,8 @@ pub struct Progress {
     /// the latest commit timestamp released once every partition was read past it; with
     /// `key`, [`Progress::lag`].
     pub low_watermark_lag: Duration,
+    /// With a snapshot in the store: how far it is.
+    pub snapshot: Option<SnapshotProgress>,
 }
 
 impl Default for Metrics {
@@ -241,6 +245,7 @@ impl Metrics {
             plugin_call_seconds: Family::new_with_constructor(call_histogram),
             plugin_records: Family::default(),
             ready: Gauge::default(),
+            snapshot: SnapshotMetrics::default(),
             records_read: AtomicU64::new(0),
             dead_lettered: AtomicU64::new(0),
             state: Mutex::new(State::default()),
@@ -254,6 +259,7 @@ impl Metrics {
 
     fn register(&mut self) {
         let r = &mut self.registry;
+        self.snapshot.register(r);
         r.register(
             "build",
             "The screamer build",
@@ -548,6 +554,7 @@ impl Metrics {
             slowest,
             lag,
             low_watermark_lag,
+            snapshot: self.snapshot.progress(),
         }
     }
 
@@ -617,7 +624,10 @@ impl Metrics {
 impl Observer for Metrics {
     fn observe(&self, event: Event<'_>) {
         match event {
-            Event::Read { records, .. } => self.read(records),
+            Event::Read { records, .. } => {
+                self.read(records);
+                self.snapshot.read(records);
+            }
             Event::Acknowledged {
                 partition,
                 through,
@@ -640,9 +650,18 @@ impl Observer for Metrics {
                     })
                     .inc();
             }
-            Event::Finished { .. } => {
+            Event::Finished { partition } => {
                 self.partitions_finished.inc();
+                self.snapshot.finished(partition);
             }
+            Event::SnapshotPlanned {
+                chunks,
+                chunks_finished,
+                rows,
+                rows_finished,
+            } => self
+                .snapshot
+                .planned(chunks, chunks_finished, rows, rows_finished),
             Event::Subscribed { lease, .. } => {
                 let mut s = self.state.lock().expect("metrics state");
                 s.lease = Some(lease);

@@ -13,6 +13,8 @@
 mod metrics;
 #[cfg(feature = "metrics")]
 mod serve;
+#[cfg(feature = "metrics")]
+mod snapshot;
 
 use std::time::Duration;
 
@@ -20,6 +22,8 @@ use std::time::Duration;
 pub use metrics::{Health, Metrics, PluginTotals, Progress};
 #[cfg(feature = "metrics")]
 pub use serve::{ServeError, serve};
+#[cfg(feature = "metrics")]
+pub use snapshot::SnapshotProgress;
 
 use crate::partition::{PartitionToken, RunnerId};
 use crate::record::DataChangeRecord;
@@ -56,8 +60,16 @@ pub enum Event<'a> {
         partition: &'a PartitionToken,
         error: &'a SourceError,
     },
-    /// A partition was read to its end and marked FINISHED.
+    /// A partition (or a snapshot chunk) was read to its end and marked FINISHED.
     Finished { partition: &'a PartitionToken },
+    /// The store holds a snapshot (`--snapshot`): its chunks and rows, and how many of them
+    /// were finished when this runner started.
+    SnapshotPlanned {
+        chunks: usize,
+        chunks_finished: usize,
+        rows: u64,
+        rows_finished: u64,
+    },
     /// The store is prepared and `runner` registered with a heartbeat: it claims and reads
     /// from now on, while its heartbeats land within `lease`.
     Subscribed {

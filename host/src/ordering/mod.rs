@@ -13,6 +13,10 @@
 //! finished only once nothing of it is held, so a restart re-reads what was not delivered.
 //! Memory: the buffer admits records while under its budget, and always from the partition
 //! the low watermark waits for, so the slowest partition proceeds and none deadlocks.
+//!
+//! Snapshot chunks (`--snapshot`) pass the buffer by: their rows are no transactions, the
+//! stream starts only once every chunk is acknowledged, and holding a whole snapshot for a
+//! low watermark would not fit any budget. Their readers call the consumer directly.
 
 mod buffer;
 #[cfg(test)]
@@ -32,6 +36,7 @@ use crate::observe::{Event, Observer};
 use crate::partition::{NewPartition, PartitionToken};
 use crate::reader::Sink;
 use crate::record::DataChangeRecord;
+use crate::snapshot::Chunk;
 use crate::timestamp::Timestamp;
 use buffer::Buffer;
 
@@ -75,7 +80,9 @@ impl std::fmt::Display for Ordering {
 pub const DEFAULT_ORDERING_BUFFER: usize = 64 << 20;
 
 /// The transactions buffer as the readers' sink; see the module docs.
-pub(crate) struct Ordered {
+pub(crate) struct Ordered<C> {
+    /// Snapshot chunks deliver to it directly; the release task shares it.
+    consumer: Arc<C>,
     shared: Arc<Shared>,
     releases: mpsc::UnboundedSender<Vec<DataChangeRecord>>,
     _task: AbortOnDropHandle<()>,
@@ -90,9 +97,10 @@ struct Shared {
     observer: Arc<dyn Observer>,
 }
 
-impl Ordered {
+impl<C: Consumer> Ordered<C> {
     /// A buffer of `budget` bytes delivering to `consumer` from a task of its own.
-    pub fn start<C: Consumer>(consumer: C, budget: usize, observer: Arc<dyn Observer>) -> Self {
+    pub fn start(consumer: C, budget: usize, observer: Arc<dyn Observer>) -> Self {
+        let consumer = Arc::new(consumer);
         let shared = Arc::new(Shared {
             buffer: Mutex::new(Buffer::new(budget)),
             changed: Notify::new(),
@@ -100,8 +108,13 @@ impl Ordered {
             observer,
         });
         let (releases, released) = mpsc::unbounded_channel();
-        let task = tokio::spawn(deliver(consumer, released, Arc::clone(&shared)));
+        let task = tokio::spawn(deliver(
+            Arc::clone(&consumer),
+            released,
+            Arc::clone(&shared),
+        ));
         Self {
+            consumer,
             shared,
             releases,
             _task: AbortOnDropHandle::new(task),
@@ -164,16 +177,19 @@ impl Ordered {
     }
 }
 
-impl Sink for Ordered {
+impl<C: Consumer> Sink for Ordered<C> {
     async fn deliver(
         &self,
-        _origin: Origin<'_>,
+        origin: Origin<'_>,
         records: &[DataChangeRecord],
     ) -> Result<(), ConsumerError> {
         let Some(first) = records.first() else {
             return Ok(());
         };
         let partition = &first.partition_token;
+        if Chunk::is_chunk(partition) {
+            return self.consumer.consume_from(origin, records).await;
+        }
         let bytes = records.iter().map(buffer::size).sum();
         self.wait_until(|b| {
             let admitted = b.admits(partition, bytes);
@@ -190,7 +206,9 @@ impl Sink for Ordered {
     }
 
     fn started(&self, partition: &PartitionToken, watermark: Timestamp) {
-        self.update(|b| b.started(partition, watermark));
+        if !Chunk::is_chunk(partition) {
+            self.update(|b| b.started(partition, watermark));
+        }
     }
 
     fn announced(&self, children: &[NewPartition]) {
@@ -202,7 +220,9 @@ impl Sink for Ordered {
     }
 
     fn read_through(&self, partition: &PartitionToken, t: Timestamp) {
-        self.update(|b| b.read_through(partition, t));
+        if !Chunk::is_chunk(partition) {
+            self.update(|b| b.read_through(partition, t));
+        }
     }
 
     fn ended(
@@ -210,9 +230,14 @@ impl Sink for Ordered {
         partition: &PartitionToken,
         end: Timestamp,
     ) -> impl Future<Output = Result<(), ConsumerError>> + Send {
-        self.update(|b| b.ended(partition, end));
+        let chunk = Chunk::is_chunk(partition);
+        if !chunk {
+            self.update(|b| b.ended(partition, end));
+        }
         async move {
-            self.wait_until(|b| b.drained(partition)).await;
+            if !chunk {
+                self.wait_until(|b| b.drained(partition)).await;
+            }
             match self.failure() {
                 Some(e) => Err(e),
                 None => Ok(()),
@@ -225,7 +250,9 @@ impl Sink for Ordered {
     fn resume(&self, partitions: &[(PartitionToken, Timestamp)]) {
         self.update(|b| {
             for (token, watermark) in partitions {
-                b.resume(token, *watermark);
+                if !Chunk::is_chunk(token) {
+                    b.resume(token, *watermark);
+                }
             }
         });
     }
@@ -240,7 +267,7 @@ impl Sink for Ordered {
     }
 }
 
-impl Floor for Ordered {
+impl<C: Consumer> Floor for Ordered<C> {
     fn floor(&self, partition: &PartitionToken) -> Option<Timestamp> {
         self.shared
             .buffer
@@ -253,7 +280,7 @@ impl Floor for Ordered {
 /// The release task: hands each released batch to the consumer, in order, then lets the
 /// buffer forget it.
 async fn deliver<C: Consumer>(
-    consumer: C,
+    consumer: Arc<C>,
     mut released: mpsc::UnboundedReceiver<Vec<DataChangeRecord>>,
     shared: Arc<Shared>,
 ) {

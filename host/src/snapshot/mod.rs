@@ -71,14 +71,17 @@ pub const SNAPSHOT_TRANSACTION: &str = "snapshot";
 /// One part of the snapshot: the rows of `table` whose primary key is in `[start, end)`
 /// (`None`: unbounded on that side), as a partition of the store.
 ///
-/// The token spells it out (`snapshot/Singers/3 [["1000"],["2000"]]`): the key bounds as
-/// Spanner's JSON values of the key columns, in key order. Change stream tokens never start
-/// with `snapshot/`, and a token needs no other table to be read.
+/// The token spells it out (`snapshot/Singers/3 5000 [["1000"],["2000"]]`): table, index,
+/// rows, and the key bounds as Spanner's JSON values of the key columns, in key order.
+/// Change stream tokens never start with `snapshot/`, and a token needs no other table to be
+/// read.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Chunk {
     pub table: String,
     /// Its place among the table's chunks, for people reading tokens.
     pub index: usize,
+    /// How many rows it had at the snapshot's time, for progress.
+    pub rows: u64,
     pub start: Option<Vec<Value>>,
     pub end: Option<Vec<Value>>,
 }
@@ -96,14 +99,19 @@ impl Chunk {
             self.start.clone().map_or(Value::Null, Value::Array),
             self.end.clone().map_or(Value::Null, Value::Array),
         ]);
-        format!("{PREFIX}{}/{} {bounds}", self.table, self.index).into()
+        format!(
+            "{PREFIX}{}/{} {} {bounds}",
+            self.table, self.index, self.rows
+        )
+        .into()
     }
 
     /// The chunk a token names; `None` for a change stream partition or a token this
     /// version cannot read.
     pub fn parse(token: &PartitionToken) -> Option<Chunk> {
         let rest = token.as_str().strip_prefix(PREFIX)?;
-        let (name, bounds) = rest.split_once(' ')?;
+        let (name, rest) = rest.split_once(' ')?;
+        let (rows, bounds) = rest.split_once(' ')?;
         let (table, index) = name.rsplit_once('/')?;
         let bound = |v: &Value| match v {
             Value::Null => Some(None),
@@ -114,6 +122,7 @@ impl Chunk {
             Value::Array(b) if b.len() == 2 => Some(Chunk {
                 table: table.to_owned(),
                 index: index.parse().ok()?,
+                rows: rows.parse().ok()?,
                 start: bound(&b[0])?,
                 end: bound(&b[1])?,
             }),
@@ -156,6 +165,36 @@ pub fn seeds(
     }
 }
 
+/// A snapshot's size and how much of it is done, from the store's partitions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub chunks: usize,
+    pub chunks_finished: usize,
+    pub rows: u64,
+    pub rows_finished: u64,
+}
+
+impl Plan {
+    /// The plan among `partitions` (token and whether finished); `None` without chunks.
+    pub fn of<'a>(
+        partitions: impl IntoIterator<Item = (&'a PartitionToken, bool)>,
+    ) -> Option<Plan> {
+        let mut plan = Plan::default();
+        for (token, finished) in partitions {
+            let Some(chunk) = Chunk::parse(token) else {
+                continue;
+            };
+            plan.chunks += 1;
+            plan.rows += chunk.rows;
+            if finished {
+                plan.chunks_finished += 1;
+                plan.rows_finished += chunk.rows;
+            }
+        }
+        (plan.chunks > 0).then_some(plan)
+    }
+}
+
 /// Where the stream starts after a snapshot at `at`: change stream starts are inclusive, and
 /// the snapshot holds every commit at or before `at`.
 pub fn after(at: Timestamp) -> Timestamp {
@@ -173,17 +212,22 @@ mod tests {
         let chunk = Chunk {
             table: "Singers".into(),
             index: 3,
+            rows: 5000,
             start: Some(vec![json!("1000"), Value::Null]),
             end: None,
         };
         let token = chunk.token();
-        assert_eq!(token.as_str(), r#"snapshot/Singers/3 [["1000",null],null]"#);
+        assert_eq!(
+            token.as_str(),
+            r#"snapshot/Singers/3 5000 [["1000",null],null]"#
+        );
         assert!(Chunk::is_chunk(&token));
         assert_eq!(Chunk::parse(&token), Some(chunk));
         let stream = PartitionToken::from("__8BAYEGGhU=");
         assert!(!Chunk::is_chunk(&stream));
         assert_eq!(Chunk::parse(&stream), None);
-        assert_eq!(Chunk::parse(&"snapshot/T/x [null,null]".into()), None);
+        assert_eq!(Chunk::parse(&"snapshot/T/x 1 [null,null]".into()), None);
+        assert_eq!(Chunk::parse(&"snapshot/T/1 [null,null]".into()), None);
     }
 
     #[test]
@@ -193,6 +237,7 @@ mod tests {
             .map(|index| Chunk {
                 table: "T".into(),
                 index,
+                rows: 1,
                 start: None,
                 end: None,
             })

@@ -69,6 +69,14 @@ pub struct WatchedTable {
     pub ordinals: HashMap<String, i64>,
 }
 
+/// A table cut into chunks: the keys that start the second and later ones, the table's
+/// rows, and the rows of every chunk but the last.
+struct Cut {
+    bounds: Vec<Vec<Value>>,
+    rows: u64,
+    every: u64,
+}
+
 /// What the snapshot reads need of their source.
 pub(super) struct SnapshotReads {
     pub sessions: Arc<SessionPool>,
@@ -104,12 +112,15 @@ impl SnapshotReads {
         let tables = self.watched(stream).await?;
         let most = (MAX_CHUNKS / tables.len().max(1)).max(1);
         for table in tables {
-            let bounds = self.boundaries(table, at, most).await?;
+            let cut = self.boundaries(table, at, most).await?;
+            let last_rows = cut.rows - cut.every * cut.bounds.len() as u64;
             let mut start = None;
-            for (index, end) in bounds.into_iter().map(Some).chain([None]).enumerate() {
+            let ends = cut.bounds.into_iter().map(Some).chain([None]);
+            for (index, end) in ends.enumerate() {
                 chunks.push(Chunk {
                     table: table.name.clone(),
                     index,
+                    rows: if end.is_some() { cut.every } else { last_rows },
                     start: start.take(),
                     end: end.clone(),
                 });
@@ -126,11 +137,11 @@ impl SnapshotReads {
         table: &WatchedTable,
         at: Timestamp,
         most: usize,
-    ) -> Result<Vec<Vec<Value>>, SourceError> {
+    ) -> Result<Cut, SourceError> {
         let mut session = SessionPool::acquire(&self.sessions).await?;
         let request = self.request(&session, table, table.keys.clone(), full_range(), at);
         let mut stream = open(&mut session, request).await?;
-        let (mut rows, mut every) = (0usize, CHUNK_ROWS);
+        let (mut rows, mut every) = (0u64, CHUNK_ROWS as u64);
         let mut bounds = Vec::new();
         let mut assembler = RowAssembler::default();
         while let Some(prs) = stream.message().await.map_err(|s| session.observe(s))? {
@@ -146,7 +157,11 @@ impl SnapshotReads {
             }
         }
         tracing::debug!(table = %table.name, rows, chunks = bounds.len() + 1, "snapshot planned");
-        Ok(bounds)
+        Ok(Cut {
+            bounds,
+            rows,
+            every,
+        })
     }
 
     fn request(
@@ -665,6 +680,7 @@ mod tests {
         let chunk = Chunk {
             table: "T".into(),
             index: 1,
+            rows: 10,
             start: Some(vec![json!("10")]),
             end: Some(vec![json!("20")]),
         };

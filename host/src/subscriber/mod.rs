@@ -291,6 +291,27 @@ async fn seed(subscriber: &Subscriber, start: Timestamp) -> Result<bool, Subscri
     Ok(seeded)
 }
 
+/// Tells the observer how large the store's snapshot is and how much of it is done.
+async fn report_snapshot(subscriber: &Subscriber) -> Result<(), StoreError> {
+    let status = subscriber
+        .store
+        .status(subscriber.options.lease_duration)
+        .await?;
+    let partitions = status
+        .partitions
+        .iter()
+        .map(|p| (&p.token, p.state == PartitionState::Finished));
+    if let Some(plan) = snapshot::Plan::of(partitions) {
+        subscriber.observer.observe(ObserverEvent::SnapshotPlanned {
+            chunks: plan.chunks,
+            chunks_finished: plan.chunks_finished,
+            rows: plan.rows,
+            rows_finished: plan.rows_finished,
+        });
+    }
+    Ok(())
+}
+
 /// What wakes the runner.
 enum Event {
     Shutdown,
@@ -368,6 +389,9 @@ impl<'s, S: Sink> Runner<'s, S> {
         store.prepare().await?;
         tracing::debug!("partition store ready");
         let seeded = seed(subscriber, start).await?;
+        if options.snapshot != SnapshotMode::Never {
+            report_snapshot(subscriber).await?;
+        }
         store.reset(runner).await?;
         store.heartbeat(runner, options.max_connections).await?;
         let heartbeat = Heartbeat::start(

@@ -240,7 +240,10 @@ impl Postgres {
     ) -> Result<(ReplicaRows, Refusals), tokio_postgres::Error> {
         let Connection { client, statements } = connection;
         let mut tx = client.transaction().await?;
-        let skip = match self.transactions {
+        // Snapshot rows come before the stream and are not its transactions: the per-row
+        // guard keeps them once, and they neither read nor move the position.
+        let ordered = self.transactions && !records.iter().any(|r| r.snapshot);
+        let skip = match ordered {
             true => self.applied_already(&tx, records).await?,
             false => 0,
         };
@@ -254,9 +257,7 @@ impl Postgres {
             ),
             Isolation::Record => run_each(&mut tx, statements, schema, fresh).await?,
         };
-        if self.transactions
-            && let Some(last) = fresh.last()
-        {
+        if ordered && let Some(last) = fresh.last() {
             let p = last.position();
             let text = last.commit_timestamp.to_string();
             tx.execute(
@@ -267,7 +268,7 @@ impl Postgres {
         }
         tx.commit().await?;
         self.tables.learn(learned);
-        if self.transactions {
+        if ordered {
             self.position_table.store(true, Ordering::Relaxed);
         }
         rows.stale += records[..skip].iter().map(|r| r.len() as u64).sum::<u64>();

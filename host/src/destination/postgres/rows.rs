@@ -27,6 +27,8 @@ pub(crate) struct RecordChanges {
     pub(crate) commit_timestamp: crate::Timestamp,
     /// The record's transaction (`server_transaction_id`).
     pub(crate) transaction: String,
+    /// A snapshot row: no transaction of the stream, so no position of the replica.
+    pub(crate) snapshot: bool,
 }
 
 /// The last transaction a replica applied, in the order of `--ordering transactions`.
@@ -112,6 +114,7 @@ impl RecordChanges {
             changes,
             commit_timestamp: record.commit_timestamp,
             transaction: record.server_transaction_id.clone(),
+            snapshot: record.snapshot,
         })
     }
 
