@@ -42,7 +42,7 @@ use serde_json::Value;
 use screamer::destination::DestinationUri;
 use screamer::ordering::{DEFAULT_ORDERING_BUFFER, Ordering};
 use screamer::plugin::{Limits, NetworkGrant, PluginSpec, PreopenDir, WasiGrants};
-use screamer::snapshot::SnapshotMode;
+use screamer::snapshot::{DEFAULT_CHUNK_ROWS, SnapshotMode};
 
 /// Default number of records per plugin call: most of the batching gain, small latency.
 pub const DEFAULT_BATCH_SIZE: usize = 64;
@@ -81,11 +81,6 @@ pub struct PipelineArgs {
     /// runner of the stream is active, the others stand by.
     #[arg(long, env = "ORDERING", value_name = "key|transactions", value_parser = str::parse::<Ordering>)]
     pub ordering: Option<Ordering>,
-    /// `never` (default): changes after the start only. `initial`: the first run on the
-    /// metadata table delivers every row the stream watches as it was at --start (`"snapshot":
-    /// true`), then every change after it. `only`: the snapshot, then exit.
-    #[arg(long, env = "SNAPSHOT", value_name = "never|initial|only", value_parser = str::parse::<SnapshotMode>)]
-    pub snapshot: Option<SnapshotMode>,
     /// With --ordering transactions: bytes of records held for reassembly before readers
     /// ahead of the slowest partition wait, e.g. 64MiB (the default).
     #[arg(long, allow_negative_numbers = true, env = "ORDERING_BUFFER", value_name = "SIZE", value_parser = parse_size)]
@@ -129,7 +124,33 @@ pub struct PipelineConfig {
     pub ordering: Ordering,
     /// Bytes of the transactions buffer (`--ordering-buffer`).
     pub ordering_buffer: usize,
-    pub snapshot: SnapshotMode,
+    /// The file's `snapshot` and `snapshot_chunk_rows` (the stream run's flags override them).
+    pub snapshot: SnapshotArgs,
+}
+
+/// `--snapshot` and its chunk size: flags of a stream run, keys of the TOML file.
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
+pub struct SnapshotArgs {
+    /// `never` (default): changes after the start only. `initial`: the first run on the
+    /// metadata table delivers every row the stream watches as it was at --start (`"snapshot":
+    /// true`), then every change after it. `only`: the snapshot, then exit.
+    #[arg(long, env = "SNAPSHOT", value_name = "never|initial|only", value_parser = str::parse::<SnapshotMode>)]
+    pub snapshot: Option<SnapshotMode>,
+    /// Rows per snapshot chunk, the unit runners share and a crash repeats (default 5000).
+    #[arg(long, allow_negative_numbers = true, env = "SNAPSHOT_CHUNK_ROWS", value_name = "N", value_parser = parse_count)]
+    pub snapshot_chunk_rows: Option<usize>,
+}
+
+impl SnapshotArgs {
+    /// These flags over `file`'s.
+    pub fn or(self, file: SnapshotArgs) -> (SnapshotMode, usize) {
+        (
+            self.snapshot.or(file.snapshot).unwrap_or_default(),
+            self.snapshot_chunk_rows
+                .or(file.snapshot_chunk_rows)
+                .unwrap_or(DEFAULT_CHUNK_ROWS),
+        )
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -148,6 +169,7 @@ struct FileConfig {
     ordering: Option<String>,
     ordering_buffer: Option<String>,
     snapshot: Option<String>,
+    snapshot_chunk_rows: Option<usize>,
 }
 
 /// A destination in the file: a URI, or a table of `uri` and its options.
@@ -233,10 +255,19 @@ impl PipelineConfig {
         let partition_metadata = args.partition_metadata || file.partition_metadata;
         let (ordering, ordering_buffer) = ordering(args, &file, partition_metadata)?;
         outputs.fit(ordering)?;
-        let snapshot = match (args.snapshot, &file.snapshot) {
-            (Some(mode), _) => mode,
-            (None, Some(text)) => text.parse().map_err(|e| in_file(args, "snapshot", e))?,
-            (None, None) => SnapshotMode::Never,
+        let snapshot = SnapshotArgs {
+            snapshot: file
+                .snapshot
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .map_err(|e| in_file(args, "snapshot", e))?,
+            snapshot_chunk_rows: match file.snapshot_chunk_rows {
+                Some(0) => {
+                    return Err(in_file(args, "snapshot_chunk_rows", "must be at least 1".into()));
+                }
+                n => n,
+            },
         };
         Ok(PipelineConfig {
             snapshot,

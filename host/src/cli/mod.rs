@@ -21,7 +21,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-use config::{ConfigError, PipelineArgs, PipelineConfig, parse_duration};
+use config::{ConfigError, PipelineArgs, PipelineConfig, SnapshotArgs, parse_duration};
 use screamer::FailureKind;
 use screamer::client::{Endpoint, Priority};
 use screamer::destination::{Destination, DestinationUri, Ndjson};
@@ -132,6 +132,8 @@ pub struct Args {
     pub plugins: Vec<PathBuf>,
     #[command(flatten)]
     pub pipeline: PipelineArgs,
+    #[command(flatten)]
+    pub snapshot: SnapshotArgs,
 }
 
 fn parse_lease(s: &str) -> Result<Duration, String> {
@@ -304,11 +306,8 @@ async fn run(args: Args) -> Result<(), RunError> {
     }
     // Plugins first: a bad plugin is an input error found before touching Spanner.
     let pipeline = PipelineConfig::resolve(&args.plugins, &args.pipeline)?;
-    let (ordering, ordering_buffer, snapshot) = (
-        pipeline.ordering,
-        pipeline.ordering_buffer,
-        pipeline.snapshot,
-    );
+    let (ordering, ordering_buffer) = (pipeline.ordering, pipeline.ordering_buffer);
+    let (snapshot, snapshot_chunk_rows) = args.snapshot.or(pipeline.snapshot);
     let built = build_pipeline(&pipeline, metrics.clone()).await?;
     let hot_swap = match &built.plugins {
         Some((runtime, chain)) => Some(screamer::plugin::watch(
@@ -355,6 +354,7 @@ async fn run(args: Args) -> Result<(), RunError> {
         ordering,
         ordering_buffer,
         snapshot,
+        snapshot_chunk_rows,
         ..defaults
     };
     let subscriber = Subscriber::new(source.clone(), store, options).with_observer(metrics.clone());

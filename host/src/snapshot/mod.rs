@@ -64,6 +64,11 @@ impl fmt::Display for SnapshotMode {
     }
 }
 
+/// Rows per chunk by default (`--snapshot-chunk-rows`): a chunk reads in well under a
+/// second, so a stopping reader finishes it within its drain timeout, and a crash repeats
+/// little.
+pub const DEFAULT_CHUNK_ROWS: usize = 5_000;
+
 /// The `server_transaction_id` of every snapshot record: no transaction wrote it, the
 /// snapshot read it.
 pub const SNAPSHOT_TRANSACTION: &str = "snapshot";

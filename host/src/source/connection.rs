@@ -126,8 +126,15 @@ impl ChangeSource for SpannerSource {
         Ok(Box::new(query))
     }
 
-    async fn plan_snapshot(&self, at: Timestamp) -> Result<Vec<Chunk>, SourceError> {
-        self.inner.snapshot.plan(&self.inner.stream, at).await
+    async fn plan_snapshot(
+        &self,
+        at: Timestamp,
+        chunk_rows: usize,
+    ) -> Result<Vec<Chunk>, SourceError> {
+        self.inner
+            .snapshot
+            .plan(&self.inner.stream, at, chunk_rows)
+            .await
     }
 }
 

@@ -22,7 +22,7 @@ pub use connection::SpannerSource;
 pub use decode::{DecodeError, Dialect};
 pub use query::QueryRange;
 pub use scripted::{ScriptedSource, ScriptedTransaction};
-pub use snapshot::{CHUNK_ROWS, SNAPSHOT_READS};
+pub use snapshot::SNAPSHOT_READS;
 
 use gcloud_gax::grpc::Status;
 
@@ -49,7 +49,12 @@ pub trait ChangeSource: Send + Sync + 'static {
 
     /// The chunks of a snapshot at `at` of every row the stream watches (`--snapshot`);
     /// querying a chunk's token from `at` reads its rows as snapshot records.
-    async fn plan_snapshot(&self, at: Timestamp) -> Result<Vec<Chunk>, SourceError>;
+    /// `chunk_rows`: rows per chunk (a table is cut every so many keys).
+    async fn plan_snapshot(
+        &self,
+        at: Timestamp,
+        chunk_rows: usize,
+    ) -> Result<Vec<Chunk>, SourceError>;
 }
 
 /// One open partition query.

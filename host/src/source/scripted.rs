@@ -164,7 +164,11 @@ impl ChangeSource for ScriptedSource {
         }))
     }
 
-    async fn plan_snapshot(&self, _at: Timestamp) -> Result<Vec<Chunk>, SourceError> {
+    async fn plan_snapshot(
+        &self,
+        _at: Timestamp,
+        _chunk_rows: usize,
+    ) -> Result<Vec<Chunk>, SourceError> {
         Ok(self.script.borrow().snapshot.clone())
     }
 }

@@ -38,10 +38,6 @@ use crate::record::{
 use crate::snapshot::{Chunk, SNAPSHOT_TRANSACTION};
 use crate::timestamp::Timestamp;
 
-/// Rows per chunk when a table is cut: a chunk reads in well under a second, so a stopping
-/// reader finishes it within its drain timeout, and a crash repeats little.
-pub const CHUNK_ROWS: usize = 5_000;
-
 /// Most chunks of a snapshot, shared among its tables: past it, chunks grow instead. The
 /// plan is seeded in one commit (Spanner allows 80,000 mutations: about 9 per chunk).
 const MAX_CHUNKS: usize = 4_000;
@@ -106,13 +102,18 @@ impl SnapshotReads {
             .map(Vec::as_slice)
     }
 
-    /// Cuts every watched table, as it was at `at`, into chunks of about [`CHUNK_ROWS`].
-    pub async fn plan(&self, stream: &str, at: Timestamp) -> Result<Vec<Chunk>, SourceError> {
+    /// Cuts every watched table, as it was at `at`, into chunks of `chunk_rows` rows.
+    pub async fn plan(
+        &self,
+        stream: &str,
+        at: Timestamp,
+        chunk_rows: usize,
+    ) -> Result<Vec<Chunk>, SourceError> {
         let mut chunks = Vec::new();
         let tables = self.watched(stream).await?;
         let most = (MAX_CHUNKS / tables.len().max(1)).max(1);
         for table in tables {
-            let cut = self.boundaries(table, at, most).await?;
+            let cut = self.boundaries(table, at, chunk_rows, most).await?;
             let last_rows = cut.rows - cut.every * cut.bounds.len() as u64;
             let mut start = None;
             let ends = cut.bounds.into_iter().map(Some).chain([None]);
@@ -130,18 +131,19 @@ impl SnapshotReads {
         Ok(chunks)
     }
 
-    /// The keys that start the second and later chunks of `table`: every
-    /// [`CHUNK_ROWS`]th key, or further apart to make at most `most` chunks.
+    /// The keys that start the second and later chunks of `table`: every `chunk_rows`th
+    /// key, or further apart to make at most `most` chunks.
     async fn boundaries(
         &self,
         table: &WatchedTable,
         at: Timestamp,
+        chunk_rows: usize,
         most: usize,
     ) -> Result<Cut, SourceError> {
         let mut session = SessionPool::acquire(&self.sessions).await?;
         let request = self.request(&session, table, table.keys.clone(), full_range(), at);
         let mut stream = open(&mut session, request).await?;
-        let (mut rows, mut every) = (0u64, CHUNK_ROWS as u64);
+        let (mut rows, mut every) = (0u64, chunk_rows.max(1) as u64);
         let mut bounds = Vec::new();
         let mut assembler = RowAssembler::default();
         while let Some(prs) = stream.message().await.map_err(|s| session.observe(s))? {

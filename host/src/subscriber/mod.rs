@@ -92,6 +92,8 @@ pub struct SubscriberOptions {
     /// Whether the first run on an empty store reads the existing rows at `start` first
     /// (and, with [`SnapshotMode::Only`], only them).
     pub snapshot: SnapshotMode,
+    /// Rows per snapshot chunk.
+    pub snapshot_chunk_rows: usize,
 }
 
 impl Default for SubscriberOptions {
@@ -110,6 +112,7 @@ impl Default for SubscriberOptions {
             ordering: Ordering::Key,
             ordering_buffer: DEFAULT_ORDERING_BUFFER,
             snapshot: SnapshotMode::Never,
+            snapshot_chunk_rows: snapshot::DEFAULT_CHUNK_ROWS,
         }
     }
 }
@@ -279,7 +282,7 @@ async fn seed(subscriber: &Subscriber, start: Timestamp) -> Result<bool, Subscri
     }
     let chunks = subscriber
         .source
-        .plan_snapshot(start)
+        .plan_snapshot(start, options.snapshot_chunk_rows)
         .await
         .map_err(SubscribeError::Snapshot)?;
     let seeded = store
