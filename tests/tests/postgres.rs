@@ -930,3 +930,74 @@ async fn replicate_one(
     }
     last
 }
+
+/// `--snapshot initial` into the replica with whole transactions: the rows that exist
+/// (snapshot, upserted at the snapshot's timestamp), then every change; a graceful restart
+/// midway through the snapshot; the replica ends equal to Spanner, and the position it keeps
+/// is the stream's last transaction (the snapshot never moves it).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_snapshot_then_the_stream_make_the_replica_equal_spanner() {
+    screamer_tests::init_tracing();
+    let emulator = Emulator::start(EmulatorOptions::default()).await.unwrap();
+    let db = std::sync::Arc::new(emulator.items_database().await.unwrap());
+    // 2,000 rows exist (key i: Seq i).
+    write_existing(&db, 2_000).await.unwrap();
+    let pg = PostgresServer::start().await.unwrap();
+    let client = pg.client("postgres").await.unwrap();
+    let output = pg.uri("postgres", "");
+    let args = output_args(&db, &output, &[
+        "--metadata-table",
+        "Partitions",
+        "--snapshot",
+        "initial",
+        "--snapshot-chunk-rows",
+        "250",
+        "--ordering",
+        "transactions",
+    ]);
+    let writing = tokio::spawn({
+        let db = db.clone();
+        async move { write_items(&db, 2_001..=2_600, 2_000, Some(5), Duration::from_millis(5)).await }
+    });
+    let mut first = Screamer::spawn(db.host(), &args).unwrap();
+    eventually(Duration::from_secs(60), "snapshot rows in the replica", async || {
+        (replica_items(&client).await.ok()?.len() >= 500).then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {}", first.stderr()));
+    first.signal(SIGINT).unwrap();
+    let status = first.wait(Duration::from_secs(60)).await.unwrap();
+    assert_eq!(status.code(), Some(0), "{}", first.stderr());
+
+    let mut second = Screamer::spawn(db.host(), &args).unwrap();
+    let last = writing.await.unwrap().unwrap();
+    replica_equals_spanner(&db, &client, Duration::from_secs(120))
+        .await
+        .unwrap_or_else(|e| panic!("{e}: {}", second.stderr()));
+    let position = eventually(Duration::from_secs(30), "the last transaction's position", async || {
+        let row = client
+            .query_one("SELECT commit_nanos FROM public._screamer_position", &[])
+            .await
+            .ok()?;
+        let nanos: i64 = row.get(0);
+        (nanos == last.unix_nanos() as i64).then_some(nanos)
+    })
+    .await;
+    second.signal(SIGINT).unwrap();
+    let status = second.wait(Duration::from_secs(60)).await.unwrap();
+    assert_eq!(status.code(), Some(0), "{}", second.stderr());
+    position.unwrap();
+}
+
+/// Inserts keys `0..rows` with `Seq` = key, a thousand per commit.
+async fn write_existing(db: &TestDatabase, rows: i64) -> anyhow::Result<()> {
+    let ids: Vec<i64> = (0..rows).collect();
+    for chunk in ids.chunks(1_000) {
+        let mutations = chunk
+            .iter()
+            .map(|id| insert_or_update("Items", &["Id", "Seq"], &[id, id]))
+            .collect();
+        db.apply(mutations).await?;
+    }
+    Ok(())
+}
