@@ -945,24 +945,30 @@ async fn a_snapshot_then_the_stream_make_the_replica_equal_spanner() {
     let pg = PostgresServer::start().await.unwrap();
     let client = pg.client("postgres").await.unwrap();
     let output = pg.uri("postgres", "");
-    let args = output_args(&db, &output, &[
-        "--metadata-table",
-        "Partitions",
-        "--snapshot",
-        "initial",
-        "--snapshot-chunk-rows",
-        "250",
-        "--ordering",
-        "transactions",
-    ]);
+    let args = output_args(
+        &db,
+        &output,
+        &[
+            "--metadata-table",
+            "Partitions",
+            "--snapshot",
+            "initial",
+            "--snapshot-chunk-rows",
+            "250",
+            "--ordering",
+            "transactions",
+        ],
+    );
     let writing = tokio::spawn({
         let db = db.clone();
         async move { write_items(&db, 2_001..=2_600, 2_000, Some(5), Duration::from_millis(5)).await }
     });
     let mut first = Screamer::spawn(db.host(), &args).unwrap();
-    eventually(Duration::from_secs(60), "snapshot rows in the replica", async || {
-        (replica_items(&client).await.ok()?.len() >= 500).then_some(())
-    })
+    eventually(
+        Duration::from_secs(60),
+        "snapshot rows in the replica",
+        async || (replica_items(&client).await.ok()?.len() >= 500).then_some(()),
+    )
     .await
     .unwrap_or_else(|e| panic!("{e}: {}", first.stderr()));
     first.signal(SIGINT).unwrap();
@@ -974,14 +980,18 @@ async fn a_snapshot_then_the_stream_make_the_replica_equal_spanner() {
     replica_equals_spanner(&db, &client, Duration::from_secs(120))
         .await
         .unwrap_or_else(|e| panic!("{e}: {}", second.stderr()));
-    let position = eventually(Duration::from_secs(30), "the last transaction's position", async || {
-        let row = client
-            .query_one("SELECT commit_nanos FROM public._screamer_position", &[])
-            .await
-            .ok()?;
-        let nanos: i64 = row.get(0);
-        (nanos == last.unix_nanos() as i64).then_some(nanos)
-    })
+    let position = eventually(
+        Duration::from_secs(30),
+        "the last transaction's position",
+        async || {
+            let row = client
+                .query_one("SELECT commit_nanos FROM public._screamer_position", &[])
+                .await
+                .ok()?;
+            let nanos: i64 = row.get(0);
+            (nanos == last.unix_nanos() as i64).then_some(nanos)
+        },
+    )
     .await;
     second.signal(SIGINT).unwrap();
     let status = second.wait(Duration::from_secs(60)).await.unwrap();

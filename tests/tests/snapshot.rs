@@ -44,7 +44,11 @@ fn is_snapshot(record: &Value) -> bool {
 fn item(record: &Value) -> (i64, i64) {
     let m = &record["mods"][0];
     let id = m["keys"]["Id"].as_str().expect("Id").parse().expect("Id");
-    let seq = m["new_values"]["Seq"].as_str().expect("Seq").parse().expect("Seq");
+    let seq = m["new_values"]["Seq"]
+        .as_str()
+        .expect("Seq")
+        .parse()
+        .expect("Seq");
     (id, seq)
 }
 
@@ -86,36 +90,61 @@ async fn existing_rows_then_every_change_once_through_a_graceful_restart_while_a
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let args = run_args(&db, &[
-        "--metadata-table",
-        "Meta",
-        "--snapshot",
-        "initial",
-        "--snapshot-chunk-rows",
-        "400",
-    ]);
+    let args = run_args(
+        &db,
+        &[
+            "--metadata-table",
+            "Meta",
+            "--snapshot",
+            "initial",
+            "--snapshot-chunk-rows",
+            "400",
+        ],
+    );
     let mut first = Screamer::spawn(db.host(), &args).unwrap();
-    lines_at_least(&first, 1_000, Duration::from_secs(60)).await.unwrap();
+    lines_at_least(&first, 1_000, Duration::from_secs(60))
+        .await
+        .unwrap();
     first.signal(SIGTERM).unwrap();
     let status = first.wait(Duration::from_secs(30)).await.unwrap();
-    assert!(status.success(), "graceful stop: {status:?}\n{}", first.stderr());
+    assert!(
+        status.success(),
+        "graceful stop: {status:?}\n{}",
+        first.stderr()
+    );
     let mut lines = first.lines();
     let snapshot_before = parse(&lines).iter().filter(|r| is_snapshot(r)).count();
-    assert!(snapshot_before < 3_000, "the restart came midway: {snapshot_before}");
+    assert!(
+        snapshot_before < 3_000,
+        "the restart came midway: {snapshot_before}"
+    );
 
     let writes = writer.await.unwrap();
     let mut second = Screamer::spawn(db.host(), &args).unwrap();
     let at = {
         let records = parse(&lines);
-        commit(records.iter().find(|r| is_snapshot(r)).expect("a snapshot record"))
+        commit(
+            records
+                .iter()
+                .find(|r| is_snapshot(r))
+                .expect("a snapshot record"),
+        )
     };
     let after: Vec<&(Timestamp, i64, i64)> = writes.iter().filter(|(t, ..)| *t > at).collect();
     let want = 3_000 + after.len();
-    eventually(Duration::from_secs(120), "every row and change", async || {
-        (lines.len() + second.line_count() >= want).then_some(())
-    })
+    eventually(
+        Duration::from_secs(120),
+        "every row and change",
+        async || (lines.len() + second.line_count() >= want).then_some(()),
+    )
     .await
-    .unwrap_or_else(|e| panic!("{e}: {}\n{}", lines.len() + second.line_count(), second.stderr()));
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}\n{}",
+            lines.len() + second.line_count(),
+            second.stderr()
+        )
+    });
     // Anything more would come within a heartbeat or two.
     tokio::time::sleep(Duration::from_secs(3)).await;
     second.signal(SIGTERM).unwrap();
@@ -131,12 +160,18 @@ async fn existing_rows_then_every_change_once_through_a_graceful_restart_while_a
         }
     }
     let snapshot: Vec<&Value> = records.iter().filter(|r| is_snapshot(r)).collect();
-    assert!(snapshot.iter().all(|r| commit(r) == at), "one snapshot timestamp");
+    assert!(
+        snapshot.iter().all(|r| commit(r) == at),
+        "one snapshot timestamp"
+    );
     let mut seen: BTreeMap<i64, i64> = BTreeMap::new();
     for r in &snapshot {
         let (id, seq) = item(r);
         assert_eq!(r["mod_type"], "INSERT");
-        assert!(seen.insert(id, seq).is_none(), "row {id} twice in the snapshot");
+        assert!(
+            seen.insert(id, seq).is_none(),
+            "row {id} twice in the snapshot"
+        );
     }
     assert_eq!(seen.len(), 3_000, "every existing row");
     for (id, seq) in &seen {
@@ -185,20 +220,29 @@ async fn an_export_survives_kill_9_and_two_runners_share_one() {
     };
     let killed_args = args("Killed", &["--snapshot-chunk-rows", "1000"]);
     let mut killed = Screamer::spawn(db.host(), &killed_args).unwrap();
-    lines_at_least(&killed, 3_000, Duration::from_secs(60)).await.unwrap();
+    lines_at_least(&killed, 3_000, Duration::from_secs(60))
+        .await
+        .unwrap();
     killed.signal(SIGKILL).unwrap();
     let _ = killed.wait(Duration::from_secs(10)).await;
     let mut all = ids(&killed.lines());
     let mut restarted = Screamer::spawn(db.host(), &killed_args).unwrap();
     let status = restarted.wait(Duration::from_secs(120)).await.unwrap();
-    assert!(status.success(), "the export ends with 0: {status:?}\n{}", restarted.stderr());
+    assert!(
+        status.success(),
+        "the export ends with 0: {status:?}\n{}",
+        restarted.stderr()
+    );
     all.extend(ids(&restarted.lines()));
     let distinct: std::collections::BTreeSet<i64> = all.iter().copied().collect();
     assert_eq!(distinct.len(), 20_000, "every row at least once");
     assert!(distinct.iter().all(|id| (0..20_000).contains(id)));
 
     // Two runners on one export: every row exactly once between them, both read some.
-    let shared = args("Shared", &["--snapshot-chunk-rows", "1000", "--max-connections", "2"]);
+    let shared = args(
+        "Shared",
+        &["--snapshot-chunk-rows", "1000", "--max-connections", "2"],
+    );
     let mut a = Screamer::spawn(db.host(), &shared).unwrap();
     let mut b = Screamer::spawn(db.host(), &shared).unwrap();
     for runner in [&mut a, &mut b] {
@@ -206,10 +250,19 @@ async fn an_export_survives_kill_9_and_two_runners_share_one() {
         assert!(status.success(), "{status:?}\n{}", runner.stderr());
     }
     let (from_a, from_b) = (ids(&a.lines()), ids(&b.lines()));
-    assert!(!from_a.is_empty() && !from_b.is_empty(), "both runners read chunks: {} and {}", from_a.len(), from_b.len());
+    assert!(
+        !from_a.is_empty() && !from_b.is_empty(),
+        "both runners read chunks: {} and {}",
+        from_a.len(),
+        from_b.len()
+    );
     let mut both: Vec<i64> = from_a.into_iter().chain(from_b).collect();
     both.sort_unstable();
-    assert_eq!(both, (0..20_000).collect::<Vec<_>>(), "every row exactly once");
+    assert_eq!(
+        both,
+        (0..20_000).collect::<Vec<_>>(),
+        "every row exactly once"
+    );
 }
 
 /// The snapshot records of `stream` (`--snapshot only`), and the records the stream gives
@@ -270,14 +323,17 @@ async fn column_lists_and_for_all_streams_read_what_they_watch_in_both_dialects(
     screamer_tests::init_tracing();
     let emulator = Emulator::start(EmulatorOptions::default()).await.unwrap();
     let google = emulator
-        .database(Dialect::GoogleSql, &[
-            "CREATE TABLE Singers (SingerId INT64 NOT NULL, Name STRING(MAX), Score FLOAT64, \
+        .database(
+            Dialect::GoogleSql,
+            &[
+                "CREATE TABLE Singers (SingerId INT64 NOT NULL, Name STRING(MAX), Score FLOAT64, \
              Tags ARRAY<STRING(MAX)>, Born DATE, Active BOOL) PRIMARY KEY (SingerId)",
-            "CREATE TABLE Albums (SingerId INT64 NOT NULL, AlbumId STRING(MAX) NOT NULL, \
+                "CREATE TABLE Albums (SingerId INT64 NOT NULL, AlbumId STRING(MAX) NOT NULL, \
              Price NUMERIC, Info JSON) PRIMARY KEY (SingerId, AlbumId)",
-            "CREATE CHANGE STREAM SomeColumns FOR Singers(Name, Score)",
-            "CREATE CHANGE STREAM Everything FOR ALL OPTIONS (value_capture_type = 'NEW_ROW')",
-        ])
+                "CREATE CHANGE STREAM SomeColumns FOR Singers(Name, Score)",
+                "CREATE CHANGE STREAM Everything FOR ALL OPTIONS (value_capture_type = 'NEW_ROW')",
+            ],
+        )
         .await
         .unwrap();
     let postgres = emulator.database(Dialect::PostgreSql, &[]).await.unwrap();
@@ -294,7 +350,10 @@ async fn column_lists_and_for_all_streams_read_what_they_watch_in_both_dialects(
         .unwrap();
     for (db, [singers, albums, some, everything]) in [
         (&google, ["Singers", "Albums", "SomeColumns", "Everything"]),
-        (&postgres, ["singers", "albums", "somecolumns", "everything"]),
+        (
+            &postgres,
+            ["singers", "albums", "somecolumns", "everything"],
+        ),
     ] {
         let from = Timestamp::now();
         let pg = db.name == postgres.name;
@@ -329,7 +388,12 @@ async fn column_lists_and_for_all_streams_read_what_they_watch_in_both_dialects(
         let (snapshot, stream) = snapshot_and_stream(db, everything, from, to).await.unwrap();
         assert_eq!(snapshot.len(), 6, "{snapshot:#?}");
         assert!(snapshot.iter().all(is_snapshot));
-        assert_eq!(by_key(&snapshot), by_key(&stream), "snapshot vs stream in {}", db.name);
+        assert_eq!(
+            by_key(&snapshot),
+            by_key(&stream),
+            "snapshot vs stream in {}",
+            db.name
+        );
 
         // Some columns of one table: the key and those columns only.
         let (snapshot, _) = snapshot_and_stream(db, some, from, to).await.unwrap();

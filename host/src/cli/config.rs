@@ -264,7 +264,11 @@ impl PipelineConfig {
                 .map_err(|e| in_file(args, "snapshot", e))?,
             snapshot_chunk_rows: match file.snapshot_chunk_rows {
                 Some(0) => {
-                    return Err(in_file(args, "snapshot_chunk_rows", "must be at least 1".into()));
+                    return Err(in_file(
+                        args,
+                        "snapshot_chunk_rows",
+                        "must be at least 1".into(),
+                    ));
                 }
                 n => n,
             },

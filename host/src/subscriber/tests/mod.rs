@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+mod snapshot;
 mod transactions;
 
 use super::*;
