@@ -292,6 +292,28 @@ async fn bad_input_gets_one_clear_line_and_exit_2() -> anyhow::Result<()> {
                 &dsn,
                 "--stream",
                 "Changes",
+                "--snapshot",
+                "sometimes",
+            ]),
+            "unknown snapshot mode \"sometimes\": expected never, initial or only",
+        ),
+        (
+            strings(&[
+                "--dsn",
+                &dsn,
+                "--stream",
+                "Changes",
+                "--snapshot-chunk-rows",
+                "0",
+            ]),
+            "\"0\" is not a whole number of at least 1",
+        ),
+        (
+            strings(&[
+                "--dsn",
+                &dsn,
+                "--stream",
+                "Changes",
                 "--ordering",
                 "transactions",
                 "--partition-metadata",

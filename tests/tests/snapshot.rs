@@ -250,16 +250,31 @@ async fn an_export_survives_kill_9_and_two_runners_share_one() {
         assert!(status.success(), "{status:?}\n{}", runner.stderr());
     }
     let (from_a, from_b) = (ids(&a.lines()), ids(&b.lines()));
+    assert_once(from_a.iter().chain(&from_b).copied());
     assert!(
         !from_a.is_empty() && !from_b.is_empty(),
         "both runners read chunks: {} and {}",
         from_a.len(),
         from_b.len()
     );
-    let mut both: Vec<i64> = from_a.into_iter().chain(from_b).collect();
-    both.sort_unstable();
+
+    // On Data Boost (partitioned reads of each chunk): every row exactly once too.
+    let boosted = args(
+        "Boosted",
+        &["--data-boost", "--snapshot-chunk-rows", "5000"],
+    );
+    let mut c = Screamer::spawn(db.host(), &boosted).unwrap();
+    let status = c.wait(Duration::from_secs(120)).await.unwrap();
+    assert!(status.success(), "{status:?}\n{}", c.stderr());
+    assert_once(ids(&c.lines()).into_iter());
+}
+
+/// Asserts that `ids` are the 20,000 Items, each once.
+fn assert_once(ids: impl Iterator<Item = i64>) {
+    let mut ids: Vec<i64> = ids.collect();
+    ids.sort_unstable();
     assert_eq!(
-        both,
+        ids,
         (0..20_000).collect::<Vec<_>>(),
         "every row exactly once"
     );

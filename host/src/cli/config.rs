@@ -124,13 +124,15 @@ pub struct PipelineConfig {
     pub ordering: Ordering,
     /// Bytes of the transactions buffer (`--ordering-buffer`).
     pub ordering_buffer: usize,
-    /// The file's `snapshot` and `snapshot_chunk_rows` (the stream run's flags override them).
-    pub snapshot: SnapshotArgs,
+    /// The file's `snapshot`, `snapshot_chunk_rows`, `data_boost` and `database_role` (the
+    /// stream run's flags override them).
+    pub reads: ReadArgs,
 }
 
-/// `--snapshot` and its chunk size: flags of a stream run, keys of the TOML file.
-#[derive(Debug, Clone, Copy, Default, clap::Args)]
-pub struct SnapshotArgs {
+/// How a stream run reads Spanner: the snapshot, its chunks, Data Boost, the database role.
+/// Flags of a stream run, keys of the TOML file.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ReadArgs {
     /// `never` (default): changes after the start only. `initial`: the first run on the
     /// metadata table delivers every row the stream watches as it was at --start (`"snapshot":
     /// true`), then every change after it. `only`: the snapshot, then exit.
@@ -139,17 +141,37 @@ pub struct SnapshotArgs {
     /// Rows per snapshot chunk, the unit runners share and a crash repeats (default 5000).
     #[arg(long, allow_negative_numbers = true, env = "SNAPSHOT_CHUNK_ROWS", value_name = "N", value_parser = parse_count)]
     pub snapshot_chunk_rows: Option<usize>,
+    /// Read the snapshot on Data Boost, Spanner's independent compute (partitioned reads,
+    /// billed apart; not on the emulator).
+    #[arg(long, env = "DATA_BOOST")]
+    pub data_boost: bool,
+    /// Read as this fine-grained access control role: the change stream, the information
+    /// schema and the snapshot (not the metadata table).
+    #[arg(long, env = "DATABASE_ROLE", value_name = "ROLE")]
+    pub database_role: Option<String>,
 }
 
-impl SnapshotArgs {
+/// [`ReadArgs`] resolved: flags over the file's keys over the defaults.
+#[derive(Debug, Clone)]
+pub struct Reads {
+    pub snapshot: SnapshotMode,
+    pub snapshot_chunk_rows: usize,
+    pub data_boost: bool,
+    pub database_role: Option<String>,
+}
+
+impl ReadArgs {
     /// These flags over `file`'s.
-    pub fn or(self, file: SnapshotArgs) -> (SnapshotMode, usize) {
-        (
-            self.snapshot.or(file.snapshot).unwrap_or_default(),
-            self.snapshot_chunk_rows
+    pub fn over(self, file: ReadArgs) -> Reads {
+        Reads {
+            snapshot: self.snapshot.or(file.snapshot).unwrap_or_default(),
+            snapshot_chunk_rows: self
+                .snapshot_chunk_rows
                 .or(file.snapshot_chunk_rows)
                 .unwrap_or(DEFAULT_CHUNK_ROWS),
-        )
+            data_boost: self.data_boost || file.data_boost,
+            database_role: self.database_role.or(file.database_role),
+        }
     }
 }
 
@@ -170,6 +192,9 @@ struct FileConfig {
     ordering_buffer: Option<String>,
     snapshot: Option<String>,
     snapshot_chunk_rows: Option<usize>,
+    #[serde(default)]
+    data_boost: bool,
+    database_role: Option<String>,
 }
 
 /// A destination in the file: a URI, or a table of `uri` and its options.
@@ -255,7 +280,7 @@ impl PipelineConfig {
         let partition_metadata = args.partition_metadata || file.partition_metadata;
         let (ordering, ordering_buffer) = ordering(args, &file, partition_metadata)?;
         outputs.fit(ordering)?;
-        let snapshot = SnapshotArgs {
+        let reads = ReadArgs {
             snapshot: file
                 .snapshot
                 .as_deref()
@@ -272,9 +297,11 @@ impl PipelineConfig {
                 }
                 n => n,
             },
+            data_boost: file.data_boost,
+            database_role: file.database_role.clone(),
         };
         Ok(PipelineConfig {
-            snapshot,
+            reads,
             partition_metadata,
             ordering,
             ordering_buffer,

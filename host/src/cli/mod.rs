@@ -21,7 +21,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-use config::{ConfigError, PipelineArgs, PipelineConfig, SnapshotArgs, parse_duration};
+use config::{ConfigError, PipelineArgs, PipelineConfig, ReadArgs, parse_duration};
 use screamer::FailureKind;
 use screamer::client::{Endpoint, Priority};
 use screamer::destination::{Destination, DestinationUri, Ndjson};
@@ -31,7 +31,7 @@ use screamer::ordering::Ordering;
 use screamer::partition::{MemoryStore, PartitionStore, RunnerId, SpannerStore, StoreError};
 use screamer::pipeline::Pipeline;
 use screamer::plugin::{Chain, PluginError, PluginRuntime, RuntimeOptions};
-use screamer::source::{SourceError, SpannerSource};
+use screamer::source::{SourceError, SourceOptions, SpannerSource};
 use screamer::subscriber::{HEARTBEAT_INTERVALS, SubscribeError, Subscriber, SubscriberOptions};
 use screamer::timestamp::Timestamp;
 
@@ -133,7 +133,7 @@ pub struct Args {
     #[command(flatten)]
     pub pipeline: PipelineArgs,
     #[command(flatten)]
-    pub snapshot: SnapshotArgs,
+    pub reads: ReadArgs,
 }
 
 fn parse_lease(s: &str) -> Result<Duration, String> {
@@ -307,7 +307,7 @@ async fn run(args: Args) -> Result<(), RunError> {
     // Plugins first: a bad plugin is an input error found before touching Spanner.
     let pipeline = PipelineConfig::resolve(&args.plugins, &args.pipeline)?;
     let (ordering, ordering_buffer) = (pipeline.ordering, pipeline.ordering_buffer);
-    let (snapshot, snapshot_chunk_rows) = args.snapshot.or(pipeline.snapshot);
+    let reads = args.reads.clone().over(pipeline.reads.clone());
     let built = build_pipeline(&pipeline, metrics.clone()).await?;
     let hot_swap = match &built.plugins {
         Some((runtime, chain)) => Some(screamer::plugin::watch(
@@ -322,10 +322,12 @@ async fn run(args: Args) -> Result<(), RunError> {
         return Ok(());
     }
     let endpoint = Endpoint::from_env();
-    let mut source = SpannerSource::connect(&endpoint, &dsn, &stream).await?;
-    if let Some(priority) = args.priority {
-        source = source.with_priority(priority);
-    }
+    let options = SourceOptions {
+        priority: args.priority,
+        database_role: reads.database_role.clone(),
+        data_boost: reads.data_boost,
+    };
+    let source = SpannerSource::connect_with(&endpoint, &dsn, &stream, options).await?;
     tracing::debug!(dialect = ?source.dialect(), "change stream found");
     let store: Arc<dyn PartitionStore> = match &args.metadata_table {
         Some(table) => {
@@ -353,8 +355,8 @@ async fn run(args: Args) -> Result<(), RunError> {
         rebalancing_interval: Some(args.rebalancing_interval).filter(|d| !d.is_zero()),
         ordering,
         ordering_buffer,
-        snapshot,
-        snapshot_chunk_rows,
+        snapshot: reads.snapshot,
+        snapshot_chunk_rows: reads.snapshot_chunk_rows,
         ..defaults
     };
     let subscriber = Subscriber::new(source.clone(), store, options).with_observer(metrics.clone());

@@ -32,14 +32,39 @@ struct Inner {
     snapshot: Arc<SnapshotReads>,
 }
 
+/// How a [`SpannerSource`] reads; `Default`: as the principal itself, default priority,
+/// no Data Boost.
+#[derive(Debug, Clone, Default)]
+pub struct SourceOptions {
+    /// The priority of every query and read (`--priority`).
+    pub priority: Option<Priority>,
+    /// The fine-grained access control role every session reads as (`--database-role`).
+    pub database_role: Option<String>,
+    /// Snapshot reads run on Data Boost, Spanner's independent compute (`--data-boost`).
+    pub data_boost: bool,
+}
+
 impl SpannerSource {
-    /// Connects, detects the dialect and checks that `stream` exists.
+    /// Connects with the default [`SourceOptions`]; see [`SpannerSource::connect_with`].
     pub async fn connect(
         endpoint: &Endpoint,
         database: &DatabaseName,
         stream: &str,
     ) -> Result<Self, SourceError> {
-        let sessions = Arc::new(SessionPool::connect(endpoint, database).await?);
+        Self::connect_with(endpoint, database, stream, SourceOptions::default()).await
+    }
+
+    /// Connects, detects the dialect and checks that `stream` exists, reading as `options`
+    /// say.
+    pub async fn connect_with(
+        endpoint: &Endpoint,
+        database: &DatabaseName,
+        stream: &str,
+        options: SourceOptions,
+    ) -> Result<Self, SourceError> {
+        let sessions = Arc::new(
+            SessionPool::connect(endpoint, database, options.database_role.clone()).await?,
+        );
         let dialect = detect_dialect(&sessions, database).await?;
         let existing = list_streams(&sessions).await?;
         // Stream names are spliced into the query's function name.
@@ -50,35 +75,17 @@ impl SpannerSource {
                 existing,
             });
         }
+        let snapshot = SnapshotReads::new(Arc::clone(&sessions), dialect, &options);
         Ok(Self {
             inner: Arc::new(Inner {
                 database: database.clone(),
                 stream: stream.to_owned(),
                 dialect,
-                snapshot: Arc::new(SnapshotReads::new(Arc::clone(&sessions), dialect, None)),
+                snapshot: Arc::new(snapshot),
                 sessions,
-                priority: None,
+                priority: options.priority,
             }),
         })
-    }
-
-    /// Sends the partition queries with `priority`.
-    pub fn with_priority(self, priority: Priority) -> Self {
-        let i = &self.inner;
-        Self {
-            inner: Arc::new(Inner {
-                database: i.database.clone(),
-                stream: i.stream.clone(),
-                dialect: i.dialect,
-                sessions: i.sessions.clone(),
-                priority: Some(priority),
-                snapshot: Arc::new(SnapshotReads::new(
-                    i.sessions.clone(),
-                    i.dialect,
-                    Some(priority),
-                )),
-            }),
-        }
     }
 
     pub fn database(&self) -> &DatabaseName {

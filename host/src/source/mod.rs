@@ -18,7 +18,7 @@ mod scripted;
 mod session;
 mod snapshot;
 
-pub use connection::SpannerSource;
+pub use connection::{SourceOptions, SpannerSource};
 pub use decode::{DecodeError, Dialect};
 pub use query::QueryRange;
 pub use scripted::{ScriptedSource, ScriptedTransaction};

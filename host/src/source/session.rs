@@ -13,7 +13,7 @@ use gcloud_gax::grpc::Status;
 use gcloud_googleapis::spanner::v1::transaction_options::{Mode, ReadOnly, read_only};
 use gcloud_googleapis::spanner::v1::transaction_selector::Selector;
 use gcloud_googleapis::spanner::v1::{
-    CreateSessionRequest, DeleteSessionRequest, TransactionOptions, TransactionSelector,
+    CreateSessionRequest, DeleteSessionRequest, Session, TransactionOptions, TransactionSelector,
 };
 use gcloud_spanner::apiv1::conn_pool::{ConnectionManager, SPANNER};
 
@@ -37,6 +37,8 @@ pub(super) fn single_use_strong() -> TransactionSelector {
 /// Sessions for streaming queries: each open partition query holds one; they are reused.
 pub(super) struct SessionPool {
     database: String,
+    /// The fine-grained access control role sessions are created with.
+    role: Option<String>,
     conn: ConnectionManager,
     idle: Mutex<Vec<String>>,
 }
@@ -45,6 +47,7 @@ impl SessionPool {
     pub(super) async fn connect(
         endpoint: &Endpoint,
         database: &DatabaseName,
+        role: Option<String>,
     ) -> Result<Self, SourceError> {
         let env = endpoint.environment().await?;
         let conn = ConnectionManager::new(4, &env, SPANNER, &ConnectionOptions::default())
@@ -55,6 +58,7 @@ impl SessionPool {
             })?;
         Ok(Self {
             database: database.to_string(),
+            role,
             conn,
             idle: Mutex::new(Vec::new()),
         })
@@ -67,7 +71,10 @@ impl SessionPool {
             None => {
                 let request = CreateSessionRequest {
                     database: pool.database.clone(),
-                    session: None,
+                    session: pool.role.as_ref().map(|role| Session {
+                        creator_role: role.clone(),
+                        ..Default::default()
+                    }),
                 };
                 pool.conn
                     .conn()

@@ -5,10 +5,13 @@
 //! chunks, whoever reads them and whenever, see the database as it was at that instant. A
 //! chunk is read with Spanner's `StreamingRead` over its primary-key range, in key order;
 //! a transient error resumes after the last row handed on, so it repeats nothing.
-//! Partitioned reads (`PartitionRead`) are not used: their tokens belong to one session and
-//! transaction, and cannot be kept in the metadata table for another runner or a restart.
+//! Chunks, not Spanner's partitions, are what the metadata table keeps and runners share:
+//! partition tokens (`PartitionRead`) belong to one session and transaction and cannot be
+//! kept for another runner or a restart. With `--data-boost` a chunk's reader partitions its
+//! own key range and reads the parts on Data Boost (which takes partitioned reads only);
+//! those parts come in no key order, so a transient error there repeats the chunk.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,8 +21,8 @@ use gcloud_googleapis::spanner::v1::key_range::{EndKeyType, StartKeyType};
 use gcloud_googleapis::spanner::v1::transaction_options::{Mode, ReadOnly, read_only};
 use gcloud_googleapis::spanner::v1::transaction_selector::Selector;
 use gcloud_googleapis::spanner::v1::{
-    KeyRange, KeySet, PartialResultSet, ReadRequest, RequestOptions, StructType,
-    TransactionOptions, TransactionSelector, TypeCode,
+    KeyRange, KeySet, PartialResultSet, PartitionReadRequest, ReadRequest, RequestOptions,
+    StructType, TransactionOptions, TransactionSelector, TypeCode,
 };
 use prost_types::value::Kind;
 use prost_types::{ListValue, Value as ProtoValue};
@@ -28,7 +31,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::decode::{Dialect, RowAssembler};
 use super::session::{PooledSession, SessionPool};
-use super::{ChangeQuery, SourceError};
+use super::{ChangeQuery, SourceError, SourceOptions};
 use crate::client::{Backoff, Priority};
 use crate::partition::PartitionToken;
 use crate::record::{
@@ -78,17 +81,19 @@ pub(super) struct SnapshotReads {
     pub sessions: Arc<SessionPool>,
     pub dialect: Dialect,
     pub priority: Option<Priority>,
+    pub data_boost: bool,
     /// The stream's tables, looked up once.
     pub watched: tokio::sync::OnceCell<Vec<WatchedTable>>,
     pub turns: Arc<Semaphore>,
 }
 
 impl SnapshotReads {
-    pub fn new(sessions: Arc<SessionPool>, dialect: Dialect, priority: Option<Priority>) -> Self {
+    pub fn new(sessions: Arc<SessionPool>, dialect: Dialect, options: &SourceOptions) -> Self {
         Self {
             sessions,
             dialect,
-            priority,
+            priority: options.priority,
+            data_boost: options.data_boost,
             watched: tokio::sync::OnceCell::new(),
             turns: Arc::new(Semaphore::new(SNAPSHOT_READS)),
         }
@@ -195,21 +200,68 @@ impl SnapshotReads {
 
 /// A read-only, single-use transaction that reads at exactly `at`.
 fn read_at(at: Timestamp) -> TransactionSelector {
-    let nanos = at.unix_nanos();
     TransactionSelector {
-        selector: Some(Selector::SingleUse(TransactionOptions {
-            mode: Some(Mode::ReadOnly(ReadOnly {
-                timestamp_bound: Some(read_only::TimestampBound::ReadTimestamp(
-                    prost_types::Timestamp {
-                        seconds: nanos.div_euclid(1_000_000_000) as i64,
-                        nanos: nanos.rem_euclid(1_000_000_000) as i32,
-                    },
-                )),
-                return_read_timestamp: false,
-            })),
-            ..Default::default()
-        })),
+        selector: Some(Selector::SingleUse(read_only_at(at))),
     }
+}
+
+/// A read-only transaction at exactly `at`, begun to be shared by partitioned reads.
+fn begin_at(at: Timestamp) -> TransactionSelector {
+    TransactionSelector {
+        selector: Some(Selector::Begin(read_only_at(at))),
+    }
+}
+
+fn read_only_at(at: Timestamp) -> TransactionOptions {
+    let nanos = at.unix_nanos();
+    TransactionOptions {
+        mode: Some(Mode::ReadOnly(ReadOnly {
+            timestamp_bound: Some(read_only::TimestampBound::ReadTimestamp(
+                prost_types::Timestamp {
+                    seconds: nanos.div_euclid(1_000_000_000) as i64,
+                    nanos: nanos.rem_euclid(1_000_000_000) as i32,
+                },
+            )),
+            return_read_timestamp: false,
+        })),
+        ..Default::default()
+    }
+}
+
+/// Splits `request`'s range into Spanner's partitions, in a transaction at `at`; returns
+/// one read per partition, on Data Boost.
+async fn partitioned(
+    session: &mut PooledSession,
+    request: ReadRequest,
+    at: Timestamp,
+) -> Result<VecDeque<ReadRequest>, SourceError> {
+    let partition = PartitionReadRequest {
+        session: request.session.clone(),
+        transaction: Some(begin_at(at)),
+        table: request.table.clone(),
+        columns: request.columns.clone(),
+        key_set: request.key_set.clone(),
+        ..Default::default()
+    };
+    let response = session
+        .client()
+        .partition_read(partition, true, None)
+        .await
+        .map_err(|s| session.observe(s))?
+        .into_inner();
+    let transaction = TransactionSelector {
+        selector: response.transaction.map(|t| Selector::Id(t.id)),
+    };
+    Ok(response
+        .partitions
+        .into_iter()
+        .map(|p| ReadRequest {
+            transaction: Some(transaction.clone()),
+            partition_token: p.partition_token,
+            data_boost_enabled: true,
+            ..request.clone()
+        })
+        .collect())
 }
 
 async fn open(
@@ -416,6 +468,8 @@ pub(crate) struct SnapshotQuery {
 struct OpenRead {
     session: PooledSession,
     stream: Streaming<PartialResultSet>,
+    /// With Data Boost: the reads of the chunk's other partitions, in turn.
+    parts: VecDeque<ReadRequest>,
     assembler: RowAssembler,
     shape: Option<Shape>,
     _turn: OwnedSemaphorePermit,
@@ -468,12 +522,21 @@ impl SnapshotQuery {
         let request = self
             .reads
             .request(&session, &self.table, columns, range, self.at);
-        let stream = open(&mut session, request)
+        let mut parts = match self.reads.data_boost {
+            true => partitioned(&mut session, request, self.at).await?,
+            false => VecDeque::from([request]),
+        };
+        let Some(first) = parts.pop_front() else {
+            self.done = true;
+            return Ok(());
+        };
+        let stream = open(&mut session, first)
             .await
             .map_err(|e| too_old(e, self.at))?;
         self.open = Some(OpenRead {
             session,
             stream,
+            parts,
             assembler: RowAssembler::default(),
             shape: None,
             _turn: turn,
@@ -512,12 +575,29 @@ impl SnapshotQuery {
         Ok(())
     }
 
+    /// One part of the read ended: opens the next, or the chunk is done.
+    async fn next_part(&mut self) -> Result<(), SourceError> {
+        let read = self.open.as_mut().expect("a part was open");
+        match read.parts.pop_front() {
+            Some(request) => {
+                read.stream = open(&mut read.session, request)
+                    .await
+                    .map_err(|e| too_old(e, self.at))?;
+                // A part's result set starts with its own metadata: decode it afresh.
+                read.assembler = RowAssembler::default();
+            }
+            None => self.done = true,
+        }
+        Ok(())
+    }
+
     /// Handles a failed read: a transient error after some rows resumes after the last of
     /// them (at most [`RESUMES`] times); anything else goes to the reader.
     async fn failed(&mut self, status: gcloud_gax::grpc::Status) -> Result<(), SourceError> {
         let mut read = self.open.take().expect("a failed read was open");
         let error = too_old(read.session.observe(status), self.at);
-        if !error.is_transient() || self.resumes >= RESUMES {
+        // Partitioned reads come in no key order: there is no row to resume after.
+        if !error.is_transient() || self.resumes >= RESUMES || self.reads.data_boost {
             return Err(error);
         }
         self.resumes += 1;
@@ -543,11 +623,14 @@ impl ChangeQuery for SnapshotQuery {
             }
             if self.open.is_none() {
                 self.open().await?;
+                if self.done {
+                    return Ok(None);
+                }
             }
             let read = self.open.as_mut().expect("just opened");
             match read.stream.message().await {
                 Ok(Some(prs)) => self.decode(prs, &mut records)?,
-                Ok(None) => self.done = true,
+                Ok(None) => self.next_part().await?,
                 Err(status) => self.failed(status).await?,
             }
         }
@@ -558,6 +641,8 @@ impl ChangeQuery for SnapshotQuery {
             match read.stream.message().now_or_never() {
                 None => break,
                 Some(Ok(Some(prs))) => self.decode(prs, &mut records)?,
+                // The next part opens with the next call.
+                Some(Ok(None)) if !read.parts.is_empty() => break,
                 Some(Ok(None)) => self.done = true,
                 // Handled with the next call, after this batch.
                 Some(Err(status)) => {
