@@ -52,6 +52,13 @@ pub fn set_for_tests(origins: Vec<Origin>) {
 }
 
 impl Origin {
+    /// Whether the record is a row of the host's snapshot (`--snapshot`), read as it was
+    /// at the snapshot's time, rather than a change: its partition token names a snapshot
+    /// chunk (`snapshot/TABLE/N ...`).
+    pub fn is_snapshot(&self) -> bool {
+        self.partition_token.starts_with("snapshot/")
+    }
+
     /// An origin committed at `commit_timestamp`, its other fields as for a record of a
     /// one-record transaction in one partition (for tests).
     pub fn at(commit_timestamp: Timestamp) -> Self {
@@ -67,5 +74,21 @@ impl Origin {
             transaction_tag: String::new(),
             is_system_transaction: false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_rows_are_told_by_their_chunk() {
+        let mut origin = Origin::at(Timestamp {
+            seconds: 0,
+            nanos: 0,
+        });
+        assert!(!origin.is_snapshot());
+        origin.partition_token = r#"snapshot/Singers/0 12 [null,null]"#.into();
+        assert!(origin.is_snapshot());
     }
 }

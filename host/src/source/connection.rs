@@ -3,14 +3,13 @@
 use std::sync::Arc;
 
 use gcloud_gax::grpc::Code;
-use gcloud_googleapis::spanner::v1::ExecuteSqlRequest;
-use prost_types::value::Kind;
 
-use super::decode::{Dialect, RowAssembler};
+use super::decode::Dialect;
 use super::query::{PartitionQuery, QueryRange, QueryTarget};
-use super::session::{SessionPool, single_use_strong};
+use super::session::SessionPool;
+use super::session::run_query;
 use super::snapshot::{SnapshotQuery, SnapshotReads};
-use super::{ChangeQuery, ChangeSource, SourceError};
+use super::{ChangeQuery, ChangeSource, SourceError, SourceOptions};
 use crate::client::{Endpoint, Priority};
 use crate::dsn::{DatabaseName, is_identifier};
 use crate::partition::PartitionToken;
@@ -30,18 +29,6 @@ struct Inner {
     sessions: Arc<SessionPool>,
     priority: Option<Priority>,
     snapshot: Arc<SnapshotReads>,
-}
-
-/// How a [`SpannerSource`] reads; `Default`: as the principal itself, default priority,
-/// no Data Boost.
-#[derive(Debug, Clone, Default)]
-pub struct SourceOptions {
-    /// The priority of every query and read (`--priority`).
-    pub priority: Option<Priority>,
-    /// The fine-grained access control role every session reads as (`--database-role`).
-    pub database_role: Option<String>,
-    /// Snapshot reads run on Data Boost, Spanner's independent compute (`--data-boost`).
-    pub data_boost: bool,
 }
 
 impl SpannerSource {
@@ -211,42 +198,4 @@ async fn list_streams(sessions: &Arc<SessionPool>) -> Result<Vec<String>, Source
         .collect();
     names.sort();
     Ok(names)
-}
-
-/// Runs a small query (information schema look-ups); every value as text (`true`/`false`
-/// for booleans, empty for NULL).
-pub(super) async fn run_query(
-    sessions: &Arc<SessionPool>,
-    sql: &str,
-) -> Result<Vec<Vec<String>>, SourceError> {
-    let mut session = SessionPool::acquire(sessions).await?;
-    let request = ExecuteSqlRequest {
-        session: session.name().to_owned(),
-        transaction: Some(single_use_strong()),
-        sql: sql.to_owned(),
-        ..Default::default()
-    };
-    let mut stream = session
-        .client()
-        .execute_streaming_sql(request, true, None)
-        .await
-        .map_err(|s| session.observe(s))?
-        .into_inner();
-    let mut assembler = RowAssembler::default();
-    let mut out = Vec::new();
-    while let Some(prs) = stream.message().await.map_err(|s| session.observe(s))? {
-        for row in assembler.push(prs)? {
-            out.push(
-                row.into_iter()
-                    .map(|v| match v.kind {
-                        Some(Kind::StringValue(s)) => s,
-                        Some(Kind::BoolValue(b)) => b.to_string(),
-                        Some(Kind::NumberValue(n)) => n.to_string(),
-                        _ => String::new(),
-                    })
-                    .collect(),
-            );
-        }
-    }
-    Ok(out)
 }

@@ -18,7 +18,7 @@ mod scripted;
 mod session;
 mod snapshot;
 
-pub use connection::{SourceOptions, SpannerSource};
+pub use connection::SpannerSource;
 pub use decode::{DecodeError, Dialect};
 pub use query::QueryRange;
 pub use scripted::{ScriptedSource, ScriptedTransaction};
@@ -26,12 +26,24 @@ pub use snapshot::SNAPSHOT_READS;
 
 use gcloud_gax::grpc::Status;
 
-use crate::client::{ConnectError, is_transient};
+use crate::client::{ConnectError, Priority, is_transient};
 use crate::error::FailureKind;
 use crate::partition::PartitionToken;
 use crate::record::ChangeRecord;
 use crate::snapshot::Chunk;
 use crate::timestamp::Timestamp;
+
+/// How a [`SpannerSource`] reads; `Default`: as the principal itself, default priority,
+/// no Data Boost.
+#[derive(Debug, Clone, Default)]
+pub struct SourceOptions {
+    /// The priority of every query and read (`--priority`).
+    pub priority: Option<Priority>,
+    /// The fine-grained access control role every session reads as (`--database-role`).
+    pub database_role: Option<String>,
+    /// Snapshot reads run on Data Boost, Spanner's independent compute (`--data-boost`).
+    pub data_boost: bool,
+}
 
 /// A change stream, read partition by partition.
 #[async_trait::async_trait]
@@ -99,13 +111,17 @@ pub enum SourceError {
 }
 
 impl SourceError {
-    /// A database, stream or start the user named that is not there.
+    /// A database, stream or start the user named that is not there, a snapshot older than
+    /// the database keeps, or a read the principal (or `--database-role`) is not granted.
     pub fn kind(&self) -> FailureKind {
         match self {
             SourceError::DatabaseNotFound { .. }
             | SourceError::StreamNotFound { .. }
             | SourceError::StartOutOfRange { .. }
             | SourceError::SnapshotTooOld { .. } => FailureKind::Input,
+            SourceError::Grpc(s) if s.code() == gcloud_gax::grpc::Code::PermissionDenied => {
+                FailureKind::Input
+            }
             _ => FailureKind::Runtime,
         }
     }
@@ -117,5 +133,24 @@ impl SourceError {
             SourceError::Connect(_) => true,
             _ => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use gcloud_gax::grpc::Code;
+
+    use super::*;
+
+    #[test]
+    fn reads_the_role_is_not_granted_are_input_errors() {
+        let denied = SourceError::Grpc(Status::new(
+            Code::PermissionDenied,
+            "Role reader does not have required privileges on table Singers",
+        ));
+        assert_eq!(denied.kind(), FailureKind::Input);
+        assert!(!denied.is_transient());
+        let unavailable = SourceError::Grpc(Status::new(Code::Unavailable, "later"));
+        assert_eq!(unavailable.kind(), FailureKind::Runtime);
     }
 }

@@ -1,4 +1,5 @@
-//! Sessions for the change stream queries, pooled by hand.
+//! Sessions for the change stream queries and the snapshot's reads, pooled by hand, created
+//! with `--database-role` when given; and `run_query` for the information schema.
 //!
 //! The queries run over the client's low-level gRPC API (see the [source](super) docs).
 //! gcloud-spanner's own `SessionManager` is crate-private (`pub(crate)` in its `session`
@@ -17,7 +18,11 @@ use gcloud_googleapis::spanner::v1::{
 };
 use gcloud_spanner::apiv1::conn_pool::{ConnectionManager, SPANNER};
 
+use gcloud_googleapis::spanner::v1::ExecuteSqlRequest;
+use prost_types::value::Kind;
+
 use super::SourceError;
+use super::decode::RowAssembler;
 use crate::client::{ConnectError, Endpoint};
 use crate::dsn::DatabaseName;
 
@@ -152,4 +157,42 @@ impl Drop for PooledSession {
             });
         }
     }
+}
+
+/// Runs a small query (information schema look-ups); every value as text (`true`/`false`
+/// for booleans, empty for NULL).
+pub(super) async fn run_query(
+    sessions: &Arc<SessionPool>,
+    sql: &str,
+) -> Result<Vec<Vec<String>>, SourceError> {
+    let mut session = SessionPool::acquire(sessions).await?;
+    let request = ExecuteSqlRequest {
+        session: session.name().to_owned(),
+        transaction: Some(single_use_strong()),
+        sql: sql.to_owned(),
+        ..Default::default()
+    };
+    let mut stream = session
+        .client()
+        .execute_streaming_sql(request, true, None)
+        .await
+        .map_err(|s| session.observe(s))?
+        .into_inner();
+    let mut assembler = RowAssembler::default();
+    let mut out = Vec::new();
+    while let Some(prs) = stream.message().await.map_err(|s| session.observe(s))? {
+        for row in assembler.push(prs)? {
+            out.push(
+                row.into_iter()
+                    .map(|v| match v.kind {
+                        Some(Kind::StringValue(s)) => s,
+                        Some(Kind::BoolValue(b)) => b.to_string(),
+                        Some(Kind::NumberValue(n)) => n.to_string(),
+                        _ => String::new(),
+                    })
+                    .collect(),
+            );
+        }
+    }
+    Ok(out)
 }

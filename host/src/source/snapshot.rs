@@ -30,7 +30,7 @@ use serde_json::{Map, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::decode::{Dialect, RowAssembler};
-use super::session::{PooledSession, SessionPool};
+use super::session::{PooledSession, SessionPool, run_query};
 use super::{ChangeQuery, SourceError, SourceOptions};
 use crate::client::{Backoff, Priority};
 use crate::partition::PartitionToken;
@@ -349,7 +349,7 @@ async fn watched_tables(
         Dialect::PostgreSql => "public",
     };
     // `stream` is an identifier (checked at connect): safe to splice.
-    let all = super::connection::run_query(
+    let all = run_query(
         sessions,
         &format!(
             "SELECT * FROM information_schema.change_streams WHERE change_stream_name = '{stream}'"
@@ -359,7 +359,7 @@ async fn watched_tables(
     let for_all = all.first().and_then(|r| r.get(3)).is_some_and(|v| flag(v));
     // (table, every column?) and the named columns.
     let tables: Vec<(String, bool)> = if for_all {
-        super::connection::run_query(
+        run_query(
             sessions,
             &format!(
                 "SELECT table_name FROM information_schema.tables \
@@ -371,7 +371,7 @@ async fn watched_tables(
         .map(|r| (r[0].clone(), true))
         .collect()
     } else {
-        super::connection::run_query(
+        run_query(
             sessions,
             &format!(
                 "SELECT table_name, all_columns FROM information_schema.change_stream_tables \
@@ -383,7 +383,7 @@ async fn watched_tables(
         .map(|r| (r[0].clone(), flag(&r[1])))
         .collect()
     };
-    let named = super::connection::run_query(
+    let named = run_query(
         sessions,
         &format!(
             "SELECT table_name, column_name FROM information_schema.change_stream_columns \
@@ -391,7 +391,7 @@ async fn watched_tables(
         ),
     )
     .await?;
-    let columns = super::connection::run_query(
+    let columns = run_query(
         sessions,
         &format!(
             "SELECT table_name, column_name, ordinal_position FROM information_schema.columns \
@@ -399,7 +399,7 @@ async fn watched_tables(
         ),
     )
     .await?;
-    let keys = super::connection::run_query(
+    let keys = run_query(
         sessions,
         &format!(
             "SELECT table_name, column_name FROM information_schema.index_columns \

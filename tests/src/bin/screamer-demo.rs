@@ -2,8 +2,10 @@
 //! the plugin chain of `examples/pipeline.toml` while rows are written, its NDJSON on this
 //! terminal's stdout. Run it with `scripts/demo.sh` (which builds the plugins first).
 //!
-//! With `--replica` (`scripts/demo-replica.sh`): a throwaway PostgreSQL too, screamer runs
-//! `examples/replica.toml` into it, and the replica is printed and compared with Spanner.
+//! With `--replica` (`scripts/demo-replica.sh`): a throwaway PostgreSQL too, twenty rows
+//! exist before the run, screamer runs `examples/replica.toml` into it with `--snapshot
+//! initial --ordering transactions` (the rows that exist, then every change, whole
+//! transactions in commit order), and the replica is printed and compared with Spanner.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -58,6 +60,20 @@ async fn main() -> anyhow::Result<()> {
         db.name
     );
     let start = Timestamp::now();
+    if postgres.is_some() {
+        // Rows that exist before the run: the replica starts from them (`--snapshot`).
+        let existing = (100..120i64)
+            .map(|id| {
+                let name = format!("Existing {id}");
+                insert_or_update(
+                    "Singers",
+                    &["SingerId", "Name", "Plays"],
+                    &[&id, &name, &0i64],
+                )
+            })
+            .collect();
+        db.apply(existing).await?;
+    }
     let mut args = vec![
         "--dsn".to_owned(),
         db.name.to_string(),
@@ -75,7 +91,19 @@ async fn main() -> anyhow::Result<()> {
     if let Some(pg) = &postgres {
         *args.last_mut().expect("the config path") =
             concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/replica.toml").into();
-        args.extend(["--output".into(), pg.uri("postgres", "?schema=spanner")]);
+        // The rows that exist, then every change, whole transactions in commit order.
+        args.retain(|a| *a != "--start" && *a != start.to_string());
+        args.extend(
+            [
+                "--snapshot",
+                "initial",
+                "--ordering",
+                "transactions",
+                "--output",
+            ]
+            .map(String::from),
+        );
+        args.push(pg.uri("postgres", "?schema=spanner"));
     }
     eprintln!("demo: {} {}", screamer_bin().display(), args.join(" "));
     let mut screamer = Command::new(screamer_bin())
