@@ -69,6 +69,11 @@ impl fmt::Display for SnapshotMode {
 /// little.
 pub const DEFAULT_CHUNK_ROWS: usize = 5_000;
 
+/// Chunks one runner reads at once: it claims no more while the snapshot lasts, so memory
+/// and the load on Spanner stay bounded whatever `--max-connections` allows, and runners
+/// that start later find chunks left to share.
+pub const CHUNKS_AT_ONCE: usize = 4;
+
 /// The `server_transaction_id` of every snapshot record: no transaction wrote it, the
 /// snapshot read it.
 pub const SNAPSHOT_TRANSACTION: &str = "snapshot";

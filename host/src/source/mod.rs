@@ -22,7 +22,6 @@ pub use connection::SpannerSource;
 pub use decode::{DecodeError, Dialect};
 pub use query::QueryRange;
 pub use scripted::{ScriptedSource, ScriptedTransaction};
-pub use snapshot::SNAPSHOT_READS;
 
 use gcloud_gax::grpc::Status;
 

@@ -27,7 +27,6 @@ use gcloud_googleapis::spanner::v1::{
 use prost_types::value::Kind;
 use prost_types::{ListValue, Value as ProtoValue};
 use serde_json::{Map, Value};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::decode::{Dialect, RowAssembler};
 use super::session::{PooledSession, SessionPool, run_query};
@@ -44,10 +43,6 @@ use crate::timestamp::Timestamp;
 /// Most chunks of a snapshot, shared among its tables: past it, chunks grow instead. The
 /// plan is seeded in one commit (Spanner allows 80,000 mutations: about 9 per chunk).
 const MAX_CHUNKS: usize = 4_000;
-
-/// Chunk reads one runner runs at once; the others wait for a turn. Bounds memory and the
-/// load on Spanner, whatever `--max-connections` lets a runner claim.
-pub const SNAPSHOT_READS: usize = 4;
 
 /// How often a chunk read resumes after transient errors before the reader's own retry
 /// (from the chunk's start) takes over.
@@ -84,7 +79,6 @@ pub(super) struct SnapshotReads {
     pub data_boost: bool,
     /// The stream's tables, looked up once.
     pub watched: tokio::sync::OnceCell<Vec<WatchedTable>>,
-    pub turns: Arc<Semaphore>,
 }
 
 impl SnapshotReads {
@@ -95,7 +89,6 @@ impl SnapshotReads {
             priority: options.priority,
             data_boost: options.data_boost,
             watched: tokio::sync::OnceCell::new(),
-            turns: Arc::new(Semaphore::new(SNAPSHOT_READS)),
         }
     }
 
@@ -447,8 +440,7 @@ fn flag(v: &str) -> bool {
 }
 
 /// One chunk of the snapshot, read as a query that ends: its rows in key order, each a
-/// snapshot record. Opens its read on the first batch asked for, once it has a turn
-/// ([`SNAPSHOT_READS`]), so a reader stopped while it waits has read nothing.
+/// snapshot record. Opens its read on the first batch asked for.
 pub(crate) struct SnapshotQuery {
     reads: Arc<SnapshotReads>,
     table: WatchedTable,
@@ -472,7 +464,6 @@ struct OpenRead {
     parts: VecDeque<ReadRequest>,
     assembler: RowAssembler,
     shape: Option<Shape>,
-    _turn: OwnedSemaphorePermit,
 }
 
 /// How a read's rows become records: its columns' types, and which are keys.
@@ -506,10 +497,6 @@ impl SnapshotQuery {
     }
 
     async fn open(&mut self) -> Result<(), SourceError> {
-        let turn = Arc::clone(&self.reads.turns)
-            .acquire_owned()
-            .await
-            .expect("the snapshot semaphore is never closed");
         let mut session = SessionPool::acquire(&self.reads.sessions).await?;
         let columns = self
             .table
@@ -539,7 +526,6 @@ impl SnapshotQuery {
             parts,
             assembler: RowAssembler::default(),
             shape: None,
-            _turn: turn,
         });
         Ok(())
     }

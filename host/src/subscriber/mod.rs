@@ -45,7 +45,7 @@ use crate::partition::{
     StoreError,
 };
 use crate::reader::{Direct, ReaderContext, ReaderError, ReaderOutcome, Sink, StopMode};
-use crate::snapshot::{self, SnapshotMode};
+use crate::snapshot::{self, Chunk, SnapshotMode};
 use crate::source::{ChangeSource, SourceError};
 use crate::timestamp::Timestamp;
 use liveness::{Heartbeat, Liveness};
@@ -294,8 +294,9 @@ async fn seed(subscriber: &Subscriber, start: Timestamp) -> Result<bool, Subscri
     Ok(seeded)
 }
 
-/// Tells the observer how large the store's snapshot is and how much of it is done.
-async fn report_snapshot(subscriber: &Subscriber) -> Result<(), StoreError> {
+/// Tells the observer how large the store's snapshot is and how much of it is done; returns
+/// whether some chunk is unfinished.
+async fn report_snapshot(subscriber: &Subscriber) -> Result<bool, StoreError> {
     let status = subscriber
         .store
         .status(subscriber.options.lease_duration)
@@ -304,15 +305,16 @@ async fn report_snapshot(subscriber: &Subscriber) -> Result<(), StoreError> {
         .partitions
         .iter()
         .map(|p| (&p.token, p.state == PartitionState::Finished));
-    if let Some(plan) = snapshot::Plan::of(partitions) {
-        subscriber.observer.observe(ObserverEvent::SnapshotPlanned {
-            chunks: plan.chunks,
-            chunks_finished: plan.chunks_finished,
-            rows: plan.rows,
-            rows_finished: plan.rows_finished,
-        });
-    }
-    Ok(())
+    let Some(plan) = snapshot::Plan::of(partitions) else {
+        return Ok(false);
+    };
+    subscriber.observer.observe(ObserverEvent::SnapshotPlanned {
+        chunks: plan.chunks,
+        chunks_finished: plan.chunks_finished,
+        rows: plan.rows,
+        rows_finished: plan.rows_finished,
+    });
+    Ok(plan.chunks_finished < plan.chunks)
 }
 
 /// What wakes the runner.
@@ -371,6 +373,9 @@ struct Runner<'s, S> {
     sink: Arc<S>,
     /// With `--ordering transactions`: whether this runner is the stream's active one.
     active: bool,
+    /// The store holds snapshot chunks not known to be finished: claims take at most
+    /// [`snapshot::CHUNKS_AT_ONCE`] of them at a time.
+    snapshot_pending: bool,
     timers: Timers,
     want_claim: bool,
     /// Set when this runner gave a partition up for an underloaded one (see [`share`]).
@@ -392,9 +397,10 @@ impl<'s, S: Sink> Runner<'s, S> {
         store.prepare().await?;
         tracing::debug!("partition store ready");
         let seeded = seed(subscriber, start).await?;
-        if options.snapshot != SnapshotMode::Never {
-            report_snapshot(subscriber).await?;
-        }
+        let snapshot_pending = match options.snapshot {
+            SnapshotMode::Never => false,
+            _ => report_snapshot(subscriber).await?,
+        };
         store.reset(runner).await?;
         store.heartbeat(runner, options.max_connections).await?;
         let heartbeat = Heartbeat::start(
@@ -438,6 +444,7 @@ impl<'s, S: Sink> Runner<'s, S> {
             readers: ReaderSet::new(ctx),
             sink,
             active: options.ordering == Ordering::Key,
+            snapshot_pending,
             timers: Timers::new(options).await,
             want_claim: true,
             yielding: false,
@@ -527,6 +534,9 @@ impl<'s, S: Sink> Runner<'s, S> {
                 "claim"
             );
         }
+        if self.snapshot_pending {
+            room = room.min(snapshot::CHUNKS_AT_ONCE.saturating_sub(self.readers.chunks()));
+        }
         if room == 0 {
             return Ok(false);
         }
@@ -534,6 +544,10 @@ impl<'s, S: Sink> Runner<'s, S> {
             .store
             .claim(self.runner(), room, self.options.lease_duration)
             .await?;
+        // A claim of a stream partition means every chunk is done.
+        if claims.iter().any(|c| !Chunk::is_chunk(&c.lease.token)) {
+            self.snapshot_pending = false;
+        }
         let more = claims.len() == CLAIM_BATCH && room > CLAIM_BATCH;
         if !claims.is_empty() {
             self.observer.observe(ObserverEvent::Claimed {

@@ -6,6 +6,7 @@
 //! partition. A reader task that panics ends as [`ReaderError::Panicked`], an error like any
 //! other: the runner drains, it does not unwind.
 
+use crate::snapshot::Chunk;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -67,6 +68,11 @@ impl<S: Sink> ReaderSet<S> {
 
     pub fn is_empty(&self) -> bool {
         self.readers.is_empty()
+    }
+
+    /// Snapshot chunks with a reader.
+    pub fn chunks(&self) -> usize {
+        self.readers.keys().filter(|t| Chunk::is_chunk(t)).count()
     }
 
     /// Partitions with a reader that this runner keeps.

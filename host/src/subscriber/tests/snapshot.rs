@@ -141,3 +141,34 @@ async fn with_whole_transactions_chunks_pass_the_buffer_by_and_the_stream_follow
     rows.sort();
     assert_eq!(got, rows);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_runner_reads_a_few_chunks_at_a_time_whatever_it_may_hold() {
+    let s = Stream::new();
+    let chunks: Vec<Chunk> = (0..6).map(chunk).collect();
+    s.source.plan(chunks.clone());
+    let mut written = Vec::new();
+    for (i, c) in chunks.iter().enumerate() {
+        written.extend(rows(&s, c, 10 * i as i64));
+    }
+    let consumer = Arc::new(Collect::default());
+    let options = SubscriberOptions {
+        end: None,
+        ..with_snapshot(SnapshotMode::Only)
+    };
+    let run = s.run(options, &consumer, &CancellationToken::new());
+    until("the first chunks read", || consumer.records().len() >= 2).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let opened = |s: &Stream| s.source.queries().len();
+    assert_eq!(
+        opened(&s),
+        crate::snapshot::CHUNKS_AT_ONCE,
+        "four of six, not ten"
+    );
+    for c in &chunks {
+        s.source.close(&c.token());
+    }
+    let summary = ended(run).await.unwrap();
+    assert_eq!(summary.partitions_finished, 6);
+    assert_eq!(sorted(consumer.ids()), sorted(written));
+}
