@@ -115,3 +115,74 @@ impl SnapshotMetrics {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::observe::{Event, Metrics, Observer};
+    use crate::partition::PartitionToken;
+    use crate::record::DataChangeRecord;
+    use crate::snapshot::Chunk;
+
+    fn row(table: &str, snapshot: bool) -> DataChangeRecord {
+        let mut r: DataChangeRecord = serde_json::from_value(serde_json::json!({
+            "commit_timestamp": "2026-12-07T00:00:00Z",
+            "record_sequence": "00000000",
+            "server_transaction_id": "snapshot",
+            "is_last_record_in_transaction_in_partition": true,
+            "table_name": table,
+            "column_types": [],
+            "mods": [],
+            "mod_type": "INSERT",
+            "value_capture_type": "NEW_ROW",
+            "number_of_records_in_transaction": 1,
+            "number_of_partitions_in_transaction": 1
+        }))
+        .unwrap();
+        r.snapshot = snapshot;
+        r
+    }
+
+    #[test]
+    fn rows_and_chunks_count_from_the_plan_on() {
+        let m = Metrics::new();
+        assert_eq!(m.progress().snapshot, None, "no snapshot, no progress");
+        m.observe(Event::SnapshotPlanned {
+            chunks: 4,
+            chunks_finished: 1,
+            rows: 40,
+            rows_finished: 10,
+        });
+        let chunk = Chunk {
+            table: "T".into(),
+            index: 1,
+            rows: 10,
+            start: None,
+            end: None,
+        }
+        .token();
+        m.observe(Event::Read {
+            partition: &chunk,
+            records: &[row("T", true), row("T", true)],
+        });
+        // Changes are not snapshot rows.
+        let stream = PartitionToken::from("stream");
+        m.observe(Event::Read {
+            partition: &stream,
+            records: &[row("T", false)],
+        });
+        m.observe(Event::Finished { partition: &chunk });
+        m.observe(Event::Finished { partition: &stream });
+        let p = m.progress().snapshot.expect("a snapshot");
+        assert_eq!((p.rows, p.rows_planned), (12, 40));
+        assert_eq!((p.chunks_finished, p.chunks), (2, 4));
+        let text = m.encode();
+        for line in [
+            "screamer_snapshot_rows_total{table=\"T\"} 2",
+            "screamer_snapshot_rows_planned 40",
+            "screamer_snapshot_chunks 4",
+            "screamer_snapshot_chunks_finished 2",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+    }
+}

@@ -147,9 +147,8 @@ fn python(db: &TestDatabase, at: Timestamp) -> anyhow::Result<usize> {
 }
 
 /// `runners` screamers sharing one `--snapshot only` on metadata table `table` (in memory
-/// without one), each into a file; returns the rows written and the largest peak RSS (KiB). One runner reads four
-/// chunks at a time (its default); two hold two chunks each (`--max-connections 2`), so
-/// both share the work with as many reads in flight.
+/// without one), each into a file; returns the rows written and the largest peak RSS (KiB).
+/// A runner claims four chunks at a time, so two share the chunks.
 fn screamer(
     db: &TestDatabase,
     at: Timestamp,
@@ -166,10 +165,6 @@ fn screamer(
             .args(table.map(|t| ["--metadata-table", t]).into_iter().flatten())
             .args(["--snapshot", "only", "--start"])
             .arg(at.to_string())
-            .args(match runners {
-                1 => vec![],
-                _ => vec!["--max-connections", "2"],
-            })
             .arg("--output")
             .arg(&out)
             .env("SPANNER_EMULATOR_HOST", db.host())
