@@ -571,12 +571,26 @@ async fn a_postgresql_dialect_database_replicates_with_its_own_types() {
     let mut screamer = Screamer::spawn(db.host(), &args).unwrap();
     let status = screamer.wait(Duration::from_secs(120)).await.unwrap();
     assert_eq!(status.code(), Some(0), "{}", screamer.stderr());
-    let got = rows_as_text(
-        &client,
-        "SELECT id::text, f::text, r::text, n::text, s, b::text, d::text, t::text, j::text, \
-         ai::text, ok::text FROM mirror.items ORDER BY id",
-    )
-    .await;
+    let select = |schema: &str| {
+        format!(
+            "SELECT id::text, f::text, r::text, n::text, s, b::text, d::text, t::text, \
+             j::text, ai::text, ok::text FROM {schema}.items ORDER BY id"
+        )
+    };
+    let got = rows_as_text(&client, &select("mirror")).await;
+    // The same rows read as a snapshot (`--snapshot only`) into another schema: equal.
+    let snapshot_output = pg.uri("postgres", "?schema=snapshot");
+    let mut snapshot_args = args[..8].to_vec();
+    snapshot_args[7] = snapshot_output;
+    snapshot_args.extend(["--snapshot".to_owned(), "only".to_owned()]);
+    let mut snapshot = Screamer::spawn(db.host(), &snapshot_args).unwrap();
+    let status = snapshot.wait(Duration::from_secs(120)).await.unwrap();
+    assert_eq!(status.code(), Some(0), "{}", snapshot.stderr());
+    assert_eq!(
+        rows_as_text(&client, &select("snapshot")).await,
+        got,
+        "a snapshot of the rows equals their changes applied"
+    );
     assert_eq!(
         got,
         [
