@@ -63,13 +63,51 @@ pub struct WatchedTable {
     pub ordinals: HashMap<String, i64>,
 }
 
-/// A table cut into chunks: the keys that start the second and later ones, the table's
-/// rows, and the rows of every chunk but the last.
+/// A table cut into chunks as its keys stream by: the keys that start the second and later
+/// chunks, each with the rows before it, and the table's rows.
 struct Cut {
-    bounds: Vec<Vec<Value>>,
+    bounds: Vec<(Vec<Value>, u64)>,
     rows: u64,
+    /// A bound every so many rows: `chunk_rows`, doubled while there would be too many.
     every: u64,
+    most: usize,
 }
+
+impl Cut {
+    fn new(chunk_rows: usize, most: usize) -> Self {
+        Cut {
+            bounds: Vec::new(),
+            rows: 0,
+            every: chunk_rows.max(1) as u64,
+            most,
+        }
+    }
+
+    /// The next row's key (made only when it is a bound).
+    fn push(&mut self, key: impl FnOnce() -> Vec<Value>) {
+        self.rows += 1;
+        if self.rows.is_multiple_of(self.every) {
+            let key = key();
+            // A huge key would make a huge token (a metadata table's key is at most 8 KiB):
+            // the chunk grows past it instead.
+            if Value::from(key.clone()).to_string().len() <= MAX_BOUND_BYTES {
+                // The first key of the next chunk, with the rows before it.
+                self.bounds.push((key, self.rows - 1));
+            }
+        }
+        if self.bounds.len() >= self.most {
+            self.bounds = std::mem::take(&mut self.bounds)
+                .into_iter()
+                .skip(1)
+                .step_by(2)
+                .collect();
+            self.every *= 2;
+        }
+    }
+}
+
+/// The longest chunk bound, as JSON: tokens stay far below Spanner's 8 KiB for a key.
+const MAX_BOUND_BYTES: usize = 1024;
 
 /// What the snapshot reads need of their source.
 pub(super) struct SnapshotReads {
@@ -112,18 +150,21 @@ impl SnapshotReads {
         let most = (MAX_CHUNKS / tables.len().max(1)).max(1);
         for table in tables {
             let cut = self.boundaries(table, at, chunk_rows, most).await?;
-            let last_rows = cut.rows - cut.every * cut.bounds.len() as u64;
-            let mut start = None;
+            let (mut start, mut before) = (None, 0);
             let ends = cut.bounds.into_iter().map(Some).chain([None]);
             for (index, end) in ends.enumerate() {
+                let (end, at_row) = match end {
+                    Some((key, row)) => (Some(key), row),
+                    None => (None, cut.rows),
+                };
                 chunks.push(Chunk {
                     table: table.name.clone(),
                     index,
-                    rows: if end.is_some() { cut.every } else { last_rows },
+                    rows: at_row - before,
                     start: start.take(),
                     end: end.clone(),
                 });
-                start = end;
+                (start, before) = (end, at_row);
             }
         }
         Ok(chunks)
@@ -141,27 +182,15 @@ impl SnapshotReads {
         let mut session = SessionPool::acquire(&self.sessions).await?;
         let request = self.request(&session, table, table.keys.clone(), full_range(), at);
         let mut stream = open(&mut session, request).await?;
-        let (mut rows, mut every) = (0u64, chunk_rows.max(1) as u64);
-        let mut bounds = Vec::new();
+        let mut cut = Cut::new(chunk_rows, most);
         let mut assembler = RowAssembler::default();
         while let Some(prs) = stream.message().await.map_err(|s| session.observe(s))? {
             for key in assembler.push(prs)? {
-                rows += 1;
-                if rows.is_multiple_of(every) {
-                    bounds.push(key.into_iter().map(to_json).collect());
-                }
-                if bounds.len() >= most {
-                    bounds = bounds.into_iter().skip(1).step_by(2).collect();
-                    every *= 2;
-                }
+                cut.push(|| key.into_iter().map(to_json).collect());
             }
         }
-        tracing::debug!(table = %table.name, rows, chunks = bounds.len() + 1, "snapshot planned");
-        Ok(Cut {
-            bounds,
-            rows,
-            every,
-        })
+        tracing::debug!(table = %table.name, rows = cut.rows, chunks = cut.bounds.len() + 1, "snapshot planned");
+        Ok(cut)
     }
 
     fn request(
@@ -741,6 +770,37 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn tables_are_cut_every_so_many_rows_into_at_most_so_many_chunks() {
+        let cut = |rows: i64, chunk_rows, most| {
+            let mut cut = Cut::new(chunk_rows, most);
+            for id in 0..rows {
+                cut.push(|| vec![json!(id.to_string())]);
+            }
+            let starts: Vec<(String, u64)> = cut
+                .bounds
+                .iter()
+                .map(|(k, before)| (k[0].as_str().unwrap().to_owned(), *before))
+                .collect();
+            (starts, cut.rows)
+        };
+        // Keys "0".."9", a bound every third row: chunks [.."2") ["2".."5") ["5".."8") ["8"..).
+        let three = |k: &str, before| (k.to_owned(), before);
+        assert_eq!(
+            cut(10, 3, 100),
+            (vec![three("2", 2), three("5", 5), three("8", 8)], 10)
+        );
+        // At most two chunks: the bounds thin out and grow apart.
+        let (bounds, rows) = cut(10, 3, 2);
+        assert_eq!((bounds.len(), rows), (1, 10));
+        // A key too long for a token is no bound: its chunk grows.
+        let mut long = Cut::new(1, 100);
+        long.push(|| vec![json!("x".repeat(MAX_BOUND_BYTES))]);
+        long.push(|| vec![json!("short")]);
+        assert_eq!(long.bounds.len(), 1);
+        assert_eq!(long.bounds[0].1, 1);
+    }
 
     #[test]
     fn json_and_protobuf_values_round_trip() {
