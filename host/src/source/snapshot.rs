@@ -366,101 +366,125 @@ async fn watched_tables(
     dialect: Dialect,
     stream: &str,
 ) -> Result<Vec<WatchedTable>, SourceError> {
-    let schema = match dialect {
-        Dialect::GoogleSql => "",
-        Dialect::PostgreSql => "public",
-    };
-    // `stream` is an identifier (checked at connect): safe to splice.
-    let all = run_query(
-        sessions,
-        &format!(
+    Ok(Described::read(sessions, dialect, stream).await?.watched())
+}
+
+/// What the information schema says of a stream and the tables it may watch, as text rows.
+#[derive(Debug, Default)]
+struct Described {
+    /// Tables the stream watches, and whether it watches all their columns.
+    tables: Vec<(String, bool)>,
+    /// (table, column) the stream names.
+    named: Vec<(String, String)>,
+    /// (table, column, ordinal position) of every column.
+    columns: Vec<(String, String, i64)>,
+    /// (table, column) of every primary key column, in key order.
+    keys: Vec<(String, String)>,
+}
+
+impl Described {
+    async fn read(
+        sessions: &Arc<SessionPool>,
+        dialect: Dialect,
+        stream: &str,
+    ) -> Result<Self, SourceError> {
+        let schema = match dialect {
+            Dialect::GoogleSql => "",
+            Dialect::PostgreSql => "public",
+        };
+        // `stream` is an identifier (checked at connect): safe to splice. The fourth
+        // column of CHANGE_STREAMS is `ALL`, a keyword in both dialects.
+        let query = async |sql: String| run_query(sessions, &sql).await;
+        let streams = query(format!(
             "SELECT * FROM information_schema.change_streams WHERE change_stream_name = '{stream}'"
-        ),
-    )
-    .await?;
-    let for_all = all.first().and_then(|r| r.get(3)).is_some_and(|v| flag(v));
-    // (table, every column?) and the named columns.
-    let tables: Vec<(String, bool)> = if for_all {
-        run_query(
-            sessions,
-            &format!(
-                "SELECT table_name FROM information_schema.tables \
+        ))
+        .await?;
+        let for_all = streams
+            .first()
+            .and_then(|r| r.get(3))
+            .is_some_and(|v| flag(v));
+        let tables = match for_all {
+            true => query(format!(
+                "SELECT table_name, 'YES' FROM information_schema.tables \
                  WHERE table_schema = '{schema}' AND table_type = 'BASE TABLE'"
-            ),
-        )
-        .await?
-        .into_iter()
-        .map(|r| (r[0].clone(), true))
-        .collect()
-    } else {
-        run_query(
-            sessions,
-            &format!(
+            )),
+            false => query(format!(
                 "SELECT table_name, all_columns FROM information_schema.change_stream_tables \
                  WHERE change_stream_name = '{stream}'"
-            ),
-        )
-        .await?
-        .into_iter()
-        .map(|r| (r[0].clone(), flag(&r[1])))
-        .collect()
-    };
-    let named = run_query(
-        sessions,
-        &format!(
+            )),
+        }
+        .await?;
+        let named = query(format!(
             "SELECT table_name, column_name FROM information_schema.change_stream_columns \
              WHERE change_stream_name = '{stream}'"
-        ),
-    )
-    .await?;
-    let columns = run_query(
-        sessions,
-        &format!(
+        ))
+        .await?;
+        let columns = query(format!(
             "SELECT table_name, column_name, ordinal_position FROM information_schema.columns \
-             WHERE table_schema = '{schema}' ORDER BY table_name, ordinal_position"
-        ),
-    )
-    .await?;
-    let keys = run_query(
-        sessions,
-        &format!(
+             WHERE table_schema = '{schema}'"
+        ))
+        .await?;
+        let keys = query(format!(
             "SELECT table_name, column_name FROM information_schema.index_columns \
              WHERE table_schema = '{schema}' AND index_name = 'PRIMARY_KEY' \
              ORDER BY table_name, ordinal_position"
-        ),
-    )
-    .await?;
-    let mut watched: Vec<WatchedTable> = tables
-        .into_iter()
-        .map(|(name, every)| {
-            let keys: Vec<String> = keys
-                .iter()
-                .filter(|r| r[0] == name)
-                .map(|r| r[1].clone())
-                .collect();
-            let ordinals: HashMap<String, i64> = columns
-                .iter()
-                .filter(|r| r[0] == name)
-                .filter(|r| {
-                    every
-                        || keys.contains(&r[1])
-                        || named.iter().any(|n| n[0] == name && n[1] == r[1])
-                })
-                .map(|r| (r[1].clone(), r[2].parse().unwrap_or_default()))
-                .collect();
-            let mut others: Vec<&String> = ordinals.keys().filter(|c| !keys.contains(c)).collect();
-            others.sort_by_key(|c| ordinals[*c]);
-            let columns = others.into_iter().cloned().collect();
-            WatchedTable {
-                name,
-                keys,
-                columns,
-                ordinals,
-            }
+        ))
+        .await?;
+        let pair = |r: Vec<String>| (r[0].clone(), r[1].clone());
+        Ok(Described {
+            tables: tables
+                .into_iter()
+                .map(|r| (r[0].clone(), flag(&r[1])))
+                .collect(),
+            named: named.into_iter().map(pair).collect(),
+            columns: columns
+                .into_iter()
+                .map(|r| (r[0].clone(), r[1].clone(), r[2].parse().unwrap_or_default()))
+                .collect(),
+            keys: keys.into_iter().map(pair).collect(),
         })
-        .collect();
-    watched.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(watched)
+    }
+
+    /// The watched tables, by name: their keys, and their other watched columns in table
+    /// order.
+    fn watched(self) -> Vec<WatchedTable> {
+        let mut watched: Vec<WatchedTable> = self
+            .tables
+            .iter()
+            .map(|(name, every)| {
+                let keys: Vec<String> = self
+                    .keys
+                    .iter()
+                    .filter(|(t, _)| t == name)
+                    .map(|(_, c)| c.clone())
+                    .collect();
+                let watches = |c: &String| {
+                    *every
+                        || keys.contains(c)
+                        || self.named.iter().any(|(t, n)| t == name && n == c)
+                };
+                let mut columns: Vec<(i64, String)> = self
+                    .columns
+                    .iter()
+                    .filter(|(t, c, _)| t == name && watches(c))
+                    .map(|(_, c, ordinal)| (*ordinal, c.clone()))
+                    .collect();
+                columns.sort();
+                WatchedTable {
+                    name: name.clone(),
+                    ordinals: columns.iter().map(|(o, c)| (c.clone(), *o)).collect(),
+                    columns: columns
+                        .into_iter()
+                        .map(|(_, c)| c)
+                        .filter(|c| !keys.contains(c))
+                        .collect(),
+                    keys,
+                }
+            })
+            .collect();
+        watched.sort_by(|a, b| a.name.cmp(&b.name));
+        watched
+    }
 }
 
 /// An information schema yes: GoogleSQL says `true`, PostgreSQL `YES`.
@@ -800,6 +824,53 @@ mod tests {
         long.push(|| vec![json!("short")]);
         assert_eq!(long.bounds.len(), 1);
         assert_eq!(long.bounds[0].1, 1);
+    }
+
+    #[test]
+    fn a_stream_watches_its_tables_keys_and_named_columns_in_table_order() {
+        let text = |s: &[(&str, &str)]| -> Vec<(String, String)> {
+            s.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect()
+        };
+        let described = Described {
+            tables: vec![("Albums".into(), true), ("Singers".into(), false)],
+            named: text(&[("Singers", "Score"), ("Singers", "Name")]),
+            columns: [
+                ("Singers", "Name", 2),
+                ("Singers", "SingerId", 1),
+                ("Singers", "Score", 4),
+                ("Singers", "Bio", 3),
+                ("Albums", "AlbumId", 2),
+                ("Albums", "SingerId", 1),
+                ("Albums", "Title", 3),
+                ("Other", "X", 1),
+            ]
+            .map(|(t, c, o)| (t.to_owned(), c.to_owned(), o))
+            .to_vec(),
+            keys: text(&[
+                ("Albums", "SingerId"),
+                ("Albums", "AlbumId"),
+                ("Singers", "SingerId"),
+            ]),
+        };
+        let watched = described.watched();
+        fn names(v: &[String]) -> Vec<&str> {
+            v.iter().map(String::as_str).collect()
+        }
+        let shape: Vec<(&str, Vec<&str>, Vec<&str>)> = watched
+            .iter()
+            .map(|t| (t.name.as_str(), names(&t.keys), names(&t.columns)))
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                ("Albums", vec!["SingerId", "AlbumId"], vec!["Title"]),
+                ("Singers", vec!["SingerId"], vec!["Name", "Score"]),
+            ]
+        );
+        assert_eq!(watched[1].ordinals["Score"], 4);
+        assert!(!watched[1].ordinals.contains_key("Bio"));
     }
 
     #[test]
