@@ -13,17 +13,13 @@
 mod metrics;
 #[cfg(feature = "metrics")]
 mod serve;
-#[cfg(feature = "metrics")]
-mod snapshot;
 
 use std::time::Duration;
 
 #[cfg(feature = "metrics")]
-pub use metrics::{Health, Metrics, PluginTotals, Progress};
+pub use metrics::{Health, Metrics, PluginTotals, Progress, SnapshotProgress};
 #[cfg(feature = "metrics")]
 pub use serve::{ServeError, serve};
-#[cfg(feature = "metrics")]
-pub use snapshot::SnapshotProgress;
 
 use crate::partition::{PartitionToken, RunnerId};
 use crate::record::DataChangeRecord;

@@ -1,4 +1,4 @@
-//! The snapshot's metrics (`--snapshot`), declared, registered and updated in this one place.
+//! The snapshot (`--snapshot`): rows read, the plan's size, chunks finished.
 //!
 //! Rows are counted as this runner reads them; the plan's size and what was finished come
 //! from the store when the runner starts (`Event::SnapshotPlanned`), and the chunks this
@@ -13,7 +13,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::partition::PartitionToken;
+use super::registered;
+use crate::observe::Event;
 use crate::record::DataChangeRecord;
 use crate::snapshot::Chunk;
 
@@ -33,7 +34,7 @@ pub struct SnapshotProgress {
     pub chunks: u64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct SnapshotMetrics {
     rows: Family<SnapshotLabels, Counter>,
     rows_planned: Gauge,
@@ -46,44 +47,61 @@ pub(super) struct SnapshotMetrics {
 }
 
 impl SnapshotMetrics {
-    pub(super) fn register(&self, r: &mut Registry) {
-        r.register(
-            "snapshot_rows",
-            "Snapshot rows read by this runner, by table",
-            self.rows.clone(),
-        );
-        r.register(
-            "snapshot_rows_planned",
-            "Rows of the whole snapshot, as planned at its timestamp",
-            self.rows_planned.clone(),
-        );
-        r.register(
-            "snapshot_chunks",
-            "Chunks of the whole snapshot",
-            self.chunks.clone(),
-        );
-        r.register(
-            "snapshot_chunks_finished",
-            "Chunks finished: those done when this runner started and those it finished since",
-            self.chunks_finished.clone(),
-        );
+    pub(super) fn new(r: &mut Registry) -> Self {
+        Self {
+            rows: registered(
+                r,
+                "snapshot_rows",
+                "Snapshot rows read by this runner, by table",
+                Family::default(),
+            ),
+            rows_planned: registered(
+                r,
+                "snapshot_rows_planned",
+                "Rows of the whole snapshot, as planned at its timestamp",
+                Gauge::default(),
+            ),
+            chunks: registered(
+                r,
+                "snapshot_chunks",
+                "Chunks of the whole snapshot",
+                Gauge::default(),
+            ),
+            chunks_finished: registered(
+                r,
+                "snapshot_chunks_finished",
+                "Chunks finished: those done when this runner started and those it finished \
+                 since",
+                Gauge::default(),
+            ),
+            rows_before: AtomicU64::new(0),
+            rows_read: AtomicU64::new(0),
+        }
     }
 
-    pub(super) fn planned(
-        &self,
-        chunks: usize,
-        chunks_finished: usize,
-        rows: u64,
-        rows_finished: u64,
-    ) {
-        self.chunks.set(chunks as i64);
-        self.chunks_finished.set(chunks_finished as i64);
-        self.rows_planned.set(rows as i64);
-        self.rows_before.store(rows_finished, Ordering::Relaxed);
+    pub(super) fn observe(&self, event: &Event<'_>) {
+        match *event {
+            Event::SnapshotPlanned {
+                chunks,
+                chunks_finished,
+                rows,
+                rows_finished,
+            } => {
+                self.chunks.set(chunks as i64);
+                self.chunks_finished.set(chunks_finished as i64);
+                self.rows_planned.set(rows as i64);
+                self.rows_before.store(rows_finished, Ordering::Relaxed);
+            }
+            Event::Read { records, .. } => self.read(records),
+            Event::Finished { partition } if Chunk::is_chunk(partition) => {
+                self.chunks_finished.inc();
+            }
+            _ => {}
+        }
     }
 
     /// Counts `records` if they are snapshot rows.
-    pub(super) fn read(&self, records: &[DataChangeRecord]) {
+    fn read(&self, records: &[DataChangeRecord]) {
         let Some(first) = records.first().filter(|r| r.snapshot) else {
             return;
         };
@@ -96,12 +114,6 @@ impl SnapshotMetrics {
             .inc_by(records.len() as u64);
         self.rows_read
             .fetch_add(records.len() as u64, Ordering::Relaxed);
-    }
-
-    pub(super) fn finished(&self, partition: &PartitionToken) {
-        if Chunk::is_chunk(partition) {
-            self.chunks_finished.inc();
-        }
     }
 
     /// `None` when no snapshot was planned.
