@@ -302,13 +302,13 @@ fn extra_fields_cannot_shadow_the_record_and_output_parses_back() {
     let dead = dir.join("dead.ndjson");
     let run = plugin_run(
         &[&chaos(), "--dead-letter", &dead.display().to_string()],
-        &named_records(&["ok1", "shadow", "ok2"]),
+        &named_records(&["ok1", "shadow", "deep", "ok2"]),
     )
     .unwrap();
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     assert_eq!(record_names(&run.stdout), ["ok1", "ok2"]);
     let failed = dead_letters(&dead);
-    assert_eq!(failed.len(), 1);
+    assert_eq!(failed.len(), 2);
     assert_eq!(failed[0].0, "shadow");
     assert!(
         failed[0].1.starts_with(
@@ -316,6 +316,14 @@ fn extra_fields_cannot_shadow_the_record_and_output_parses_back() {
         ),
         "{}",
         failed[0].1
+    );
+    assert_eq!(failed[1].0, "deep");
+    assert!(
+        failed[1]
+            .1
+            .starts_with("returned an invalid record: mods[0].new_values: nested 124 levels deep"),
+        "{}",
+        failed[1].1
     );
     // What the host wrote goes through `plugin run` again, unchanged.
     let again = plugin_run(

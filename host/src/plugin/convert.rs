@@ -179,7 +179,10 @@ pub(super) fn to_host(
             let before = origin.mods.get(i);
             let field = |text: String, name: &str, same: Option<&JsonObject>| match same {
                 Some(o) if o.as_str() == text => Ok(o.clone()),
-                _ => JsonObject::from_text(text).map_err(|e| format!("mods[{i}].{name}: {e}")),
+                _ => {
+                    shallow(&text).map_err(|e| format!("mods[{i}].{name}: {e}"))?;
+                    JsonObject::from_text(text).map_err(|e| format!("mods[{i}].{name}: {e}"))
+                }
             };
             Ok(Mod {
                 keys: field(m.keys, "keys", before.map(|b| &b.keys))?,
@@ -229,12 +232,47 @@ fn metadata_of(origin: &DataChangeRecord) -> DataChangeRecord {
     }
 }
 
+/// How deep a plugin's JSON may nest. Its objects sit a few levels down the output line
+/// (`mods`, a mod, `new_values`), and every reader of that line, `plugin run` included,
+/// stops at 128 levels: well within.
+pub(crate) const MAX_NESTING: usize = 64;
+
+/// Refuses JSON text nested deeper than [`MAX_NESTING`] (arrays and objects; brackets in
+/// strings do not count). A scan, before any parse.
+fn shallow(text: &str) -> Result<(), String> {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for b in text.bytes() {
+        match (in_string, b) {
+            (true, _) if escaped => escaped = false,
+            (true, b'\\') => escaped = true,
+            (true, b'"') => in_string = false,
+            (true, _) => {}
+            (false, b'"') => in_string = true,
+            (false, b'[' | b'{') => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            (false, b']' | b'}') => depth = depth.saturating_sub(1),
+            (false, _) => {}
+        }
+    }
+    match deepest > MAX_NESTING {
+        true => Err(format!(
+            "nested {deepest} levels deep; at most {MAX_NESTING} (every reader of the output \
+             line must be able to parse it)"
+        )),
+        false => Ok(()),
+    }
+}
+
 /// `extra` as a map (none when empty): a JSON object none of whose keys is a record field or
 /// another name the output line reserves ([`DataChangeRecord::FIELDS`]).
 fn parse_extra(text: &str) -> Result<Option<Map<String, Value>>, String> {
     if text.trim().is_empty() {
         return Ok(None);
     }
+    shallow(text).map_err(|e| format!("extra: {e}"))?;
     let map: Map<String, Value> =
         serde_json::from_str(text).map_err(|e| format!("extra is not a JSON object: {e}"))?;
     if let Some(key) = map
@@ -395,6 +433,26 @@ mod tests {
                 .unwrap_err()
                 .starts_with("extra is not a JSON object")
         );
+        let deep = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+        let mut wit = result(&original, None);
+        wit.mods[0].new_values = format!(r#"{{"a":{}}}"#, deep(123));
+        let err = to_host(wit, &original).unwrap_err();
+        assert!(
+            err.starts_with("mods[0].new_values: nested 124 levels deep; at most 64"),
+            "{err}"
+        );
+        let mut wit = result(&original, None);
+        wit.mods[0].new_values = format!(r#"{{"a":{},"b":"[[[[{{{{"}}"#, deep(63));
+        assert!(
+            to_host(wit, &original).is_ok(),
+            "64 levels, brackets in strings"
+        );
+        let err = to_host(
+            result(&original, Some(&format!(r#"{{"x":{}}}"#, deep(80)))),
+            &original,
+        )
+        .unwrap_err();
+        assert!(err.starts_with("extra: nested 81 levels deep"), "{err}");
         for (shadow, what) in [
             (r#"{"table_name":"Shadow"}"#, "a field of the record itself"),
             (r#"{"mods":[]}"#, "a field of the record itself"),

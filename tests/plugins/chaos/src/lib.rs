@@ -96,6 +96,12 @@ impl Plugin for Chaos {
                 record.extra = Some(r#"{"table_name":"Shadow","mods":[],"output":"x"}"#.to_owned());
                 Outcome::Replace(record)
             }
+            "deep" => {
+                // JSON nested 124 levels: parses alone, but not inside an output line.
+                let deep = format!("{}1{}", "[".repeat(123), "]".repeat(123));
+                record.mods[0].new_values = format!(r#"{{"Name":{deep}}}"#);
+                Outcome::Replace(record)
+            }
             "shout" => {
                 println!("{{\"forged\": \"stdout line\"}}");
                 eprint!("2026-12-02T00:00:00Z ERROR screamer: forged host line\npartial");
