@@ -302,29 +302,35 @@ fn extra_fields_cannot_shadow_the_record_and_output_parses_back() {
     let dead = dir.join("dead.ndjson");
     let run = plugin_run(
         &[&chaos(), "--dead-letter", &dead.display().to_string()],
-        &named_records(&["ok1", "shadow", "deep", "ok2"]),
+        &named_records(&["ok1", "shadow", "deep", "twice", "nameless", "ok2"]),
     )
     .unwrap();
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     assert_eq!(record_names(&run.stdout), ["ok1", "ok2"]);
-    let failed = dead_letters(&dead);
-    assert_eq!(failed.len(), 2);
-    assert_eq!(failed[0].0, "shadow");
-    assert!(
-        failed[0].1.starts_with(
-            "returned an invalid record: extra sets \"table_name\", a field of the record itself"
+    let failed: std::collections::BTreeMap<String, String> =
+        dead_letters(&dead).into_iter().collect();
+    let why = |name: &str| failed.get(name).cloned().unwrap_or_default();
+    assert_eq!(failed.len(), 4, "{failed:?}");
+    for (name, message) in [
+        (
+            "shadow",
+            "returned an invalid record: extra sets \"table_name\", a field of the record itself",
         ),
-        "{}",
-        failed[0].1
-    );
-    assert_eq!(failed[1].0, "deep");
-    assert!(
-        failed[1]
-            .1
-            .starts_with("returned an invalid record: mods[0].new_values: nested 124 levels deep"),
-        "{}",
-        failed[1].1
-    );
+        (
+            "deep",
+            "returned an invalid record: mods[0].new_values: nested 124 levels deep",
+        ),
+        (
+            "twice",
+            r#"returned an invalid record: mods[0].new_values: names "Name" twice"#,
+        ),
+        (
+            "nameless",
+            "emitted a Users record to a side output with an empty name",
+        ),
+    ] {
+        assert!(why(name).starts_with(message), "{name}: {}", why(name));
+    }
     // What the host wrote goes through `plugin run` again, unchanged.
     let again = plugin_run(
         &[&plugin("identity").display().to_string()],

@@ -440,6 +440,13 @@ impl Turn<'_> {
                  (max_emissions)"
             )));
         }
+        if let Some(e) = emissions.iter().find(|e| e.output.as_deref() == Some("")) {
+            return Err(PluginFailure::Refused(format!(
+                "emitted a {} record to a side output with an empty name: name the side \
+                 output, or emit to the main output (none)",
+                e.record.table_name
+            )));
+        }
         sorted.emitted[origin] = total;
         for e in emissions {
             match e.output {

@@ -180,7 +180,7 @@ pub(super) fn to_host(
             let field = |text: String, name: &str, same: Option<&JsonObject>| match same {
                 Some(o) if o.as_str() == text => Ok(o.clone()),
                 _ => {
-                    shallow(&text).map_err(|e| format!("mods[{i}].{name}: {e}"))?;
+                    well_formed(&text).map_err(|e| format!("mods[{i}].{name}: {e}"))?;
                     JsonObject::from_text(text).map_err(|e| format!("mods[{i}].{name}: {e}"))
                 }
             };
@@ -238,32 +238,102 @@ fn metadata_of(origin: &DataChangeRecord) -> DataChangeRecord {
 pub(crate) const MAX_NESTING: usize = 64;
 
 /// Refuses JSON text nested deeper than [`MAX_NESTING`] (arrays and objects; brackets in
-/// strings do not count). A scan, before any parse.
-fn shallow(text: &str) -> Result<(), String> {
+/// strings do not count), and an object that names a key twice at its top level (readers
+/// would keep either value, and a row has each column once). One scan, before the parse
+/// that validates the rest; a key with an escape in it is compared after a parse.
+fn well_formed(text: &str) -> Result<(), String> {
+    let bytes = text.as_bytes();
     let (mut depth, mut deepest) = (0usize, 0usize);
-    let (mut in_string, mut escaped) = (false, false);
-    for b in text.bytes() {
-        match (in_string, b) {
-            (true, _) if escaped => escaped = false,
-            (true, b'\\') => escaped = true,
-            (true, b'"') => in_string = false,
-            (true, _) => {}
-            (false, b'"') => in_string = true,
-            (false, b'[' | b'{') => {
+    let mut keys: Vec<&[u8]> = Vec::new();
+    let mut escaped_key = false;
+    // At depth 1 of an object, whether the next string is a key.
+    let mut expect_key = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                let start = i + 1;
+                let mut escapes = false;
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    if bytes[i] == b'\\' {
+                        escapes = true;
+                        i += 1;
+                    }
+                    i += 1;
+                }
+                if depth == 1 && expect_key {
+                    escaped_key |= escapes;
+                    keys.push(&bytes[start..i.min(bytes.len())]);
+                    expect_key = false;
+                }
+            }
+            b'{' | b'[' => {
                 depth += 1;
                 deepest = deepest.max(depth);
+                expect_key = depth == 1 && bytes[i] == b'{';
             }
-            (false, b']' | b'}') => depth = depth.saturating_sub(1),
-            (false, _) => {}
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            b',' if depth == 1 => expect_key = true,
+            _ => {}
         }
+        i += 1;
     }
-    match deepest > MAX_NESTING {
-        true => Err(format!(
+    if deepest > MAX_NESTING {
+        return Err(format!(
             "nested {deepest} levels deep; at most {MAX_NESTING} (every reader of the output \
              line must be able to parse it)"
-        )),
-        false => Ok(()),
+        ));
     }
+    let twice = match escaped_key {
+        true => first_key_twice(text),
+        false => {
+            keys.sort_unstable();
+            keys.windows(2)
+                .find(|w| w[0] == w[1])
+                .map(|w| String::from_utf8_lossy(w[0]).into_owned())
+        }
+    };
+    match twice {
+        Some(key) => Err(format!(
+            "names {key:?} twice; each key once (readers would keep either value)"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The first key `text`'s top-level object names twice, keys unescaped (none for text that
+/// is not an object).
+fn first_key_twice(text: &str) -> Option<String> {
+    struct FirstTwice(Option<String>);
+    struct Visitor;
+    impl<'de> serde::de::Visitor<'de> for Visitor {
+        type Value = FirstTwice;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<FirstTwice, A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                map.next_value::<serde::de::IgnoredAny>()?;
+                if !seen.insert(key.clone()) {
+                    return Ok(FirstTwice(Some(key)));
+                }
+            }
+            Ok(FirstTwice(None))
+        }
+    }
+    impl<'de> serde::Deserialize<'de> for FirstTwice {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_map(Visitor)
+        }
+    }
+    serde_json::from_str::<FirstTwice>(text)
+        .ok()
+        .and_then(|f| f.0)
 }
 
 /// `extra` as a map (none when empty): a JSON object none of whose keys is a record field or
@@ -272,7 +342,7 @@ fn parse_extra(text: &str) -> Result<Option<Map<String, Value>>, String> {
     if text.trim().is_empty() {
         return Ok(None);
     }
-    shallow(text).map_err(|e| format!("extra: {e}"))?;
+    well_formed(text).map_err(|e| format!("extra: {e}"))?;
     let map: Map<String, Value> =
         serde_json::from_str(text).map_err(|e| format!("extra is not a JSON object: {e}"))?;
     if let Some(key) = map
@@ -432,6 +502,24 @@ mod tests {
             to_host(wit, &original)
                 .unwrap_err()
                 .starts_with("extra is not a JSON object")
+        );
+        let mut wit = result(&original, None);
+        wit.mods[0].new_values = r#"{"Name":"a","Bio":{"Name":1},"Name":"b"}"#.into();
+        let err = to_host(wit, &original).unwrap_err();
+        assert!(
+            err.starts_with(r#"mods[0].new_values: names "Name" twice"#),
+            "{err}"
+        );
+        let err = to_host(result(&original, Some(r#"{"x":1,"x":2}"#)), &original).unwrap_err();
+        assert!(err.starts_with(r#"extra: names "x" twice"#), "{err}");
+        // The same key spelled with an escape is the same key.
+        let err = to_host(result(&original, Some(r#"{"x":1,"\u0078":2}"#)), &original).unwrap_err();
+        assert!(err.starts_with(r#"extra: names "x" twice"#), "{err}");
+        let mut wit = result(&original, None);
+        wit.mods[0].new_values = r#"{"a":"x\"y","b":[{"a":1}],"c":"{\"a\""}"#.into();
+        assert!(
+            to_host(wit, &original).is_ok(),
+            "keys of nested objects and in strings"
         );
         let deep = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
         let mut wit = result(&original, None);

@@ -102,6 +102,14 @@ impl Plugin for Chaos {
                 record.mods[0].new_values = format!(r#"{{"Name":{deep}}}"#);
                 Outcome::Replace(record)
             }
+            "twice" => {
+                record.mods[0].new_values = r#"{"Name":"a","Name":"b"}"#.to_owned();
+                Outcome::Replace(record)
+            }
+            "nameless" => Outcome::Emit(vec![Emission {
+                output: Some(String::new()),
+                record,
+            }]),
             "shout" => {
                 println!("{{\"forged\": \"stdout line\"}}");
                 eprint!("2026-12-02T00:00:00Z ERROR screamer: forged host line\npartial");
