@@ -35,6 +35,24 @@ pub async fn write(
     Ok((seq, last))
 }
 
+/// Inserts Items `0..rows` that exist before a run (`--snapshot`), a thousand per commit,
+/// each with `Seq` = `seq(id)`.
+pub async fn existing(
+    db: &TestDatabase,
+    rows: i64,
+    seq: impl Fn(i64) -> i64,
+) -> anyhow::Result<()> {
+    let ids: Vec<i64> = (0..rows).collect();
+    for chunk in ids.chunks(1_000) {
+        let mutations = chunk
+            .iter()
+            .map(|id| insert_or_update("Items", &["Id", "Seq"], &[id, &seq(*id)]))
+            .collect();
+        db.apply(mutations).await?;
+    }
+    Ok(())
+}
+
 /// (key, seq) of every mod in NDJSON lines, in output order.
 pub fn mods(lines: &[String]) -> anyhow::Result<Vec<(i64, i64)>> {
     let mut out = Vec::new();

@@ -955,7 +955,9 @@ async fn a_snapshot_then_the_stream_make_the_replica_equal_spanner() {
     let emulator = Emulator::start(EmulatorOptions::default()).await.unwrap();
     let db = std::sync::Arc::new(emulator.items_database().await.unwrap());
     // 2,000 rows exist (key i: Seq i).
-    write_existing(&db, 2_000).await.unwrap();
+    screamer_tests::items::existing(&db, 2_000, |id| id)
+        .await
+        .unwrap();
     let pg = PostgresServer::start().await.unwrap();
     let client = pg.client("postgres").await.unwrap();
     let output = pg.uri("postgres", "");
@@ -1011,17 +1013,4 @@ async fn a_snapshot_then_the_stream_make_the_replica_equal_spanner() {
     let status = second.wait(Duration::from_secs(60)).await.unwrap();
     assert_eq!(status.code(), Some(0), "{}", second.stderr());
     position.unwrap();
-}
-
-/// Inserts keys `0..rows` with `Seq` = key, a thousand per commit.
-async fn write_existing(db: &TestDatabase, rows: i64) -> anyhow::Result<()> {
-    let ids: Vec<i64> = (0..rows).collect();
-    for chunk in ids.chunks(1_000) {
-        let mutations = chunk
-            .iter()
-            .map(|id| insert_or_update("Items", &["Id", "Seq"], &[id, id]))
-            .collect();
-        db.apply(mutations).await?;
-    }
-    Ok(())
 }

@@ -9,25 +9,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use gcloud_spanner::mutation::{insert, insert_or_update};
+use gcloud_spanner::mutation::insert_or_update;
 use gcloud_spanner::statement::Statement;
 use screamer::{Dialect, Timestamp};
 use screamer_tests::libc::{SIGKILL, SIGTERM};
-use screamer_tests::{Emulator, EmulatorOptions, Screamer, TestDatabase, eventually, run_args};
+use screamer_tests::{
+    Emulator, EmulatorOptions, Screamer, TestDatabase, eventually, items, run_args,
+};
 use serde_json::{Value, json};
-
-/// Inserts `rows` Items (Id 0.., Seq 0), a thousand per commit.
-async fn existing_items(db: &TestDatabase, rows: i64) -> anyhow::Result<()> {
-    let ids: Vec<i64> = (0..rows).collect();
-    for chunk in ids.chunks(1000) {
-        let mutations = chunk
-            .iter()
-            .map(|id| insert("Items", &["Id", "Seq"], &[id, &0i64]))
-            .collect();
-        db.apply(mutations).await?;
-    }
-    Ok(())
-}
 
 fn parse(lines: &[String]) -> Vec<Value> {
     lines
@@ -73,7 +62,7 @@ async fn existing_rows_then_every_change_once_through_a_graceful_restart_while_a
     screamer_tests::init_tracing();
     let emulator = Emulator::start(EmulatorOptions::default()).await.unwrap();
     let db = std::sync::Arc::new(emulator.items_database().await.unwrap());
-    existing_items(&db, 3_000).await.unwrap();
+    items::existing(&db, 3_000, |_| 0).await.unwrap();
 
     // The writer: single-row updates over every key, each remembered with its commit.
     let writer_db = std::sync::Arc::clone(&db);
@@ -209,7 +198,7 @@ async fn an_export_survives_kill_9_and_two_runners_share_one() {
     screamer_tests::init_tracing();
     let emulator = Emulator::start(EmulatorOptions::default()).await.unwrap();
     let db = emulator.items_database().await.unwrap();
-    existing_items(&db, 20_000).await.unwrap();
+    items::existing(&db, 20_000, |_| 0).await.unwrap();
     let ids = |lines: &[String]| -> Vec<i64> { parse(lines).iter().map(|r| item(r).0).collect() };
 
     // kill -9 midway, then a restart: every row at least once, exit 0.
