@@ -252,19 +252,33 @@ fn well_formed(text: &str) -> Result<(), String> {
     while i < bytes.len() {
         match bytes[i] {
             b'"' => {
+                // Strings are most of the text: skip to their end by memchr.
                 let start = i + 1;
                 let mut escapes = false;
-                i += 1;
-                while i < bytes.len() && bytes[i] != b'"' {
-                    if bytes[i] == b'\\' {
-                        escapes = true;
-                        i += 1;
+                i = start;
+                loop {
+                    let rest = bytes.get(i..).unwrap_or_default();
+                    match memchr::memchr2(b'"', b'\\', rest) {
+                        Some(at) if rest[at] == b'"' => {
+                            i += at;
+                            break;
+                        }
+                        // An escape: skip it and the character it escapes.
+                        Some(at) => {
+                            escapes = true;
+                            i += at + 2;
+                        }
+                        // Unterminated: the parse after this scan refuses it.
+                        None => {
+                            i = bytes.len();
+                            break;
+                        }
                     }
-                    i += 1;
                 }
+                let end = i.min(bytes.len());
                 if depth == 1 && expect_key {
                     escaped_key |= escapes;
-                    keys.push(&bytes[start..i.min(bytes.len())]);
+                    keys.push(&bytes[start..end]);
                     expect_key = false;
                 }
             }
@@ -521,6 +535,10 @@ mod tests {
             to_host(wit, &original).is_ok(),
             "keys of nested objects and in strings"
         );
+        // Broken text is the parse's to refuse; the scan never reads past the end.
+        for broken in [r#"{"a":"\"#, r#"{"a"#, r#"\"#] {
+            assert!(well_formed(broken).is_ok(), "{broken:?}");
+        }
         let deep = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
         let mut wit = result(&original, None);
         wit.mods[0].new_values = format!(r#"{{"a":{}}}"#, deep(123));
