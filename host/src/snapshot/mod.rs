@@ -87,12 +87,15 @@ pub const SNAPSHOT_TRANSACTION: &str = "snapshot";
 /// read.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Chunk {
+    /// The table, as the information schema names it.
     pub table: String,
     /// Its place among the table's chunks, for people reading tokens.
     pub index: usize,
     /// How many rows it had at the snapshot's time, for progress.
     pub rows: u64,
+    /// The first key of the chunk (inclusive); `None`: from the table's first.
     pub start: Option<Vec<Value>>,
+    /// The first key past the chunk (exclusive); `None`: to the table's last.
     pub end: Option<Vec<Value>>,
 }
 
@@ -104,6 +107,7 @@ impl Chunk {
         token.as_str().starts_with(PREFIX)
     }
 
+    /// The partition token that names this chunk in a store.
     pub fn token(&self) -> PartitionToken {
         let bounds = Value::Array(vec![
             self.start.clone().map_or(Value::Null, Value::Array),
@@ -178,9 +182,13 @@ pub fn seeds(
 /// A snapshot's size and how much of it is done, from the store's partitions.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Plan {
+    /// Chunks in the store.
     pub chunks: usize,
+    /// Of those, the ones FINISHED.
     pub chunks_finished: usize,
+    /// Rows of every chunk, as planned.
     pub rows: u64,
+    /// Rows of the finished chunks.
     pub rows_finished: u64,
 }
 

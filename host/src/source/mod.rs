@@ -98,7 +98,9 @@ pub enum SourceError {
     #[error(
         "the snapshot at {at} is older than the database keeps versions (version_retention_period, 1 hour by default; raise it with ALTER DATABASE ... SET OPTIONS): {message}"
     )]
+    /// A read at the snapshot's timestamp that the database no longer keeps versions for.
     SnapshotTooOld { at: String, message: String },
+    /// A chunk token this version cannot read, or of a table the stream no longer watches.
     #[error("snapshot chunk {token:?}: {problem}")]
     UnknownChunk { token: String, problem: String },
     #[error("cannot connect to Spanner: {0}")]

@@ -30,7 +30,9 @@ pub struct SnapshotProgress {
     pub rows: u64,
     /// Rows of the whole snapshot as planned.
     pub rows_planned: u64,
+    /// Chunks finished when this runner started, plus those it finished since.
     pub chunks_finished: u64,
+    /// Chunks of the whole snapshot.
     pub chunks: u64,
 }
 
