@@ -292,7 +292,7 @@ impl RunError {
 }
 
 async fn run(args: Args) -> Result<(), RunError> {
-    let (Some(dsn), Some(stream)) = (args.dsn, args.stream) else {
+    let (Some(dsn), Some(stream)) = (args.dsn.clone(), args.stream.clone()) else {
         unreachable!("clap requires --dsn and --stream without a subcommand")
     };
     let shutdown = CancellationToken::new();
@@ -329,17 +329,7 @@ async fn run(args: Args) -> Result<(), RunError> {
     };
     let source = SpannerSource::connect_with(&endpoint, &dsn, &stream, options).await?;
     tracing::debug!(dialect = ?source.dialect(), "change stream found");
-    let store: Arc<dyn PartitionStore> = match &args.metadata_table {
-        Some(table) => {
-            let db = args.partition_dsn.as_ref().unwrap_or(&dsn);
-            let store = SpannerStore::connect(&endpoint, db, table).await?;
-            Arc::new(match args.priority {
-                Some(priority) => store.with_priority(priority),
-                None => store,
-            })
-        }
-        None => Arc::new(MemoryStore::new()),
-    };
+    let store = open_store(&args, &dsn, &endpoint).await?;
     let defaults = SubscriberOptions::default();
     let options = SubscriberOptions {
         runner_id: args
@@ -374,6 +364,23 @@ async fn run(args: Args) -> Result<(), RunError> {
         "done"
     );
     Ok(())
+}
+
+/// The partition store: the metadata table (in `--partition-dsn`, else `dsn`), or memory.
+async fn open_store(
+    args: &Args,
+    dsn: &DatabaseName,
+    endpoint: &Endpoint,
+) -> Result<Arc<dyn PartitionStore>, RunError> {
+    let Some(table) = &args.metadata_table else {
+        return Ok(Arc::new(MemoryStore::new()));
+    };
+    let db = args.partition_dsn.as_ref().unwrap_or(dsn);
+    let store = SpannerStore::connect(endpoint, db, table).await?;
+    Ok(Arc::new(match args.priority {
+        Some(priority) => store.with_priority(priority),
+        None => store,
+    }))
 }
 
 /// A pipeline ready to run, with its plugin runtime and chain (when it has plugins) for a
