@@ -18,13 +18,18 @@ use gcloud_spanner::client::ClientConfig;
 /// Why no connection could be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
+    /// Google's application default credentials cannot be loaded.
     #[error("application default credentials: {0}")]
     Credentials(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// `SPANNER_EMULATOR_HOST` is set to nothing.
     #[error("SPANNER_EMULATOR_HOST is set but empty")]
     EmptyEmulatorHost,
+    /// The channel to the endpoint cannot be opened.
     #[error("cannot connect to {endpoint}: {source}")]
     Transport {
+        /// The address.
         endpoint: String,
+        /// Why.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
@@ -81,12 +86,16 @@ impl Endpoint {
 /// operations (as the Go screamer's `--priority`); without one, Spanner's default (high).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Priority {
+    /// Below other work.
     Low,
+    /// Between low and high.
     Medium,
+    /// Before other work (Spanner's default).
     High,
 }
 
 impl Priority {
+    /// The request option Spanner's API takes.
     pub fn proto(self) -> gcloud_googleapis::spanner::v1::request_options::Priority {
         use gcloud_googleapis::spanner::v1::request_options::Priority as P;
         match self {

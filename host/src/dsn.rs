@@ -34,14 +34,17 @@ impl DatabaseName {
         }
     }
 
+    /// The project id.
     pub fn project(&self) -> &str {
         &self.project
     }
 
+    /// The instance id.
     pub fn instance(&self) -> &str {
         &self.instance
     }
 
+    /// The database id.
     pub fn database(&self) -> &str {
         &self.database
     }

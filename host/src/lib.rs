@@ -11,9 +11,13 @@
 //! every stage -> observe (typed events for metrics and progress)
 //! ```
 //!
-//! The CLI's consumer is a `Pipeline` (feature `plugins`): a `plugin::Chain` of components
-//! loaded by a `plugin::PluginRuntime`, then [`Destination`]s. Without default features the
-//! library builds without wasmtime and clap.
+//! The API has one path per item. The reading core (records, sources, stores, the
+//! subscriber, timestamps, errors) is at the crate root. The layers above it are modules:
+//! [`destination`] (where records go; [`destination::DestinationUri::open`] opens any of
+//! them), `plugin` (feature `plugins`: the wasm runtime and chain) and [`observe`] (events,
+//! metrics, the HTTP endpoint). The CLI's consumer is a `Pipeline` (feature `plugins`): a
+//! `plugin::Chain` of components loaded by a `plugin::PluginRuntime`, then destinations.
+//! Without default features the library builds without wasmtime and clap.
 //!
 //! Use [`Subscriber`] with a [`ChangeSource`] ([`SpannerSource`]; [`ScriptedSource`] replays a
 //! script in tests), a [`PartitionStore`] ([`SpannerStore`] to
@@ -43,42 +47,57 @@
 //! # Ok(()) }
 //! ```
 
-pub mod checkpoint;
-pub mod client;
-pub mod consumer;
-pub mod destination;
-pub mod dsn;
-pub mod error;
-pub mod observe;
-pub mod ordering;
-pub mod partition;
-#[cfg(feature = "plugins")]
-pub mod pipeline;
-#[cfg(feature = "plugins")]
-pub mod plugin;
-pub mod reader;
-pub mod record;
-pub mod snapshot;
-pub mod source;
-pub mod subscriber;
+#![deny(missing_docs)]
+
+// The reading core's modules are private: their public items are re-exported below.
+mod checkpoint;
+mod client;
+mod consumer;
+mod dsn;
+mod error;
+mod ordering;
+mod partition;
+mod reader;
+mod record;
+mod snapshot;
+mod source;
+mod subscriber;
 #[cfg(test)]
 mod testing;
-pub mod timestamp;
+mod timestamp;
 
-pub use client::Endpoint;
+// The layers above the core are namespaces: `screamer::destination::Kafka`,
+// `screamer::plugin::Chain`, `screamer::observe::Metrics`.
+pub mod destination;
+pub mod observe;
+#[cfg(feature = "plugins")]
+mod pipeline;
+#[cfg(feature = "plugins")]
+pub mod plugin;
+
+pub use client::{ConnectError, Endpoint, Priority};
 pub use consumer::{Consumer, ConsumerError, Origin};
-pub use destination::{Batch, Destination, DestinationError, Ndjson};
-pub use dsn::DatabaseName;
+pub use dsn::{DatabaseName, DatabaseNameError};
 pub use error::FailureKind;
-pub use observe::{NoObserver, Observer};
+pub use ordering::{DEFAULT_ORDERING_BUFFER, Ordering};
 pub use partition::{
-    Epoch, MemoryStore, PartitionMetadata, PartitionState, PartitionStore, PartitionTimes,
-    PartitionToken, RunnerId, SpannerStore, StoreError,
+    CLAIM_BATCH, Claim, Epoch, Lease, Load, MemoryStore, NewPartition, PartitionMetadata,
+    PartitionState, PartitionStatus, PartitionStore, PartitionTimes, PartitionToken, RunnerId,
+    RunnerLoad, RunnerStatus, SpannerStore, StoreError, StoreStatus,
 };
 #[cfg(feature = "plugins")]
 pub use pipeline::Pipeline;
-pub use record::{ChangeRecord, DataChangeRecord, JsonObject, ModType, ValueCaptureType};
-pub use snapshot::SnapshotMode;
-pub use source::{ChangeQuery, ChangeSource, Dialect, ScriptedSource, SourceError, SpannerSource};
-pub use subscriber::{RunSummary, SubscribeError, Subscriber, SubscriberOptions};
-pub use timestamp::Timestamp;
+pub use reader::ReaderError;
+pub use record::{
+    ChangeRecord, ChildPartition, ChildPartitionsRecord, ColumnType, DataChangeRecord,
+    HeartbeatRecord, JsonObject, Mod, ModType, NotAnObject, SpannerType, ValueCaptureType,
+};
+pub use snapshot::{DEFAULT_CHUNK_ROWS, SnapshotMode};
+pub use source::{
+    ChangeQuery, ChangeSource, DecodeError, Dialect, QueryRange, ScriptedSource,
+    ScriptedTransaction, SourceError, SourceOptions, SpannerSource,
+};
+pub use subscriber::{
+    HEARTBEAT_INTERVALS, RunSummary, SubscribeError, Subscriber, SubscriberOptions, check_range,
+};
+pub use timestamp::{Timestamp, TimestampParseError};

@@ -157,7 +157,8 @@ impl Pipeline {
         self
     }
 
-    /// Puts each record's partition metadata ([`PartitionFields`]) beside it in every
+    /// Puts each record's partition metadata (its start, watermark and the times of its
+    /// steps, as `--partition-metadata` names them) beside it in every
     /// output and dead letter, as the Go screamer prints it.
     pub fn with_partition_metadata(mut self) -> Self {
         self.partition_metadata = true;
@@ -198,7 +199,7 @@ impl Pipeline {
         self
     }
 
-    /// The names of the outputs in [`Event`]s: [`MAIN`], [`DEAD_LETTERS`] and every side
+    /// The names of the outputs in [`Event`]s: `main`, `dead_letters` and every side
     /// output with a destination of its own.
     pub fn outputs(&self) -> impl Iterator<Item = &str> {
         [MAIN, DEAD_LETTERS]

@@ -21,8 +21,11 @@ use crate::timestamp::Timestamp;
 /// One item of a change stream partition query.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ChangeRecord {
+    /// Row changes of one transaction.
     Data(DataChangeRecord),
+    /// The partition has no changes up to this time.
     Heartbeat(HeartbeatRecord),
+    /// The partition ends here; these partitions continue it.
     ChildPartitions(ChildPartitionsRecord),
 }
 
@@ -43,20 +46,32 @@ pub struct DataChangeRecord {
     /// The partition this record was read from (not part of Spanner's record).
     #[serde(default)]
     pub partition_token: PartitionToken,
+    /// When the transaction committed.
     pub commit_timestamp: Timestamp,
+    /// Orders the records of one transaction within a partition.
     pub record_sequence: String,
+    /// The transaction's id, unique with the commit timestamp.
     pub server_transaction_id: String,
+    /// Whether the transaction has no more records in this partition.
     pub is_last_record_in_transaction_in_partition: bool,
+    /// The table the mods change.
     pub table_name: String,
     /// Shared: every record a plugin makes of this one carries the same column types.
     pub column_types: std::sync::Arc<[ColumnType]>,
+    /// The changed rows.
     pub mods: Vec<Mod>,
+    /// What the mods do.
     pub mod_type: ModType,
+    /// What the stream captures of each row.
     pub value_capture_type: ValueCaptureType,
+    /// Records of the transaction across all partitions.
     pub number_of_records_in_transaction: i64,
+    /// Partitions the transaction has records in.
     pub number_of_partitions_in_transaction: i64,
+    /// The transaction's tag, if it had one.
     #[serde(default)]
     pub transaction_tag: String,
+    /// Whether Spanner itself made the transaction (TTL deletes).
     #[serde(default)]
     pub is_system_transaction: bool,
     /// A row of the snapshot (`--snapshot`), not a change: written only when true, so change
@@ -98,10 +113,14 @@ impl DataChangeRecord {
 /// A column of the changed table as the change stream describes it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ColumnType {
+    /// The column's name.
     pub name: String,
+    /// Its type.
     #[serde(rename = "type")]
     pub column_type: SpannerType,
+    /// Whether it is part of the primary key.
     pub is_primary_key: bool,
+    /// Its position in the table, from 1.
     pub ordinal_position: i64,
 }
 
@@ -111,7 +130,9 @@ pub struct ColumnType {
 /// the output flattens the element to its code, as the Go screamer does.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SpannerType {
+    /// The type code (`INT64`, `STRING`, `ARRAY`...).
     pub code: String,
+    /// For an array, its elements' type code.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub array_element_type: Option<String>,
 }
@@ -149,10 +170,13 @@ impl<'de> Deserialize<'de> for SpannerType {
 /// (in GoogleSQL, INT64 values are strings; a JSON column is a string holding JSON).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Mod {
+    /// The row's primary key, by column.
     #[serde(default)]
     pub keys: JsonObject,
+    /// The watched columns after the change (what the value capture type includes).
     #[serde(default)]
     pub new_values: JsonObject,
+    /// The changed columns before the change (empty unless the capture type keeps old values).
     #[serde(default)]
     pub old_values: JsonObject,
 }
@@ -258,8 +282,11 @@ impl<'de> Deserialize<'de> for JsonObject {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum ModType {
+    /// A row was inserted.
     Insert,
+    /// A row was updated.
     Update,
+    /// A row was deleted.
     Delete,
 }
 
@@ -277,15 +304,20 @@ impl ModType {
 /// What a change stream captures of each row; see Spanner's `value_capture_type` option.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ValueCaptureType {
+    /// `OLD_AND_NEW_VALUES`: changed columns, before and after.
     OldAndNewValues,
+    /// `NEW_VALUES`: changed columns, after.
     NewValues,
+    /// `NEW_ROW`: every watched column, after.
     NewRow,
+    /// `NEW_ROW_AND_OLD_VALUES`: every watched column after, changed columns before.
     NewRowAndOldValues,
     /// A capture type newer than this build; kept verbatim so output loses nothing.
     Other(String),
 }
 
 impl ValueCaptureType {
+    /// The name Spanner and the output JSON use.
     pub fn as_str(&self) -> &str {
         match self {
             Self::OldAndNewValues => "OLD_AND_NEW_VALUES",
@@ -331,21 +363,27 @@ impl<'de> Deserialize<'de> for ValueCaptureType {
 /// Says that the partition has no records up to `timestamp`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HeartbeatRecord {
+    /// No change before this time remains to be reported.
     pub timestamp: Timestamp,
 }
 
 /// Announces the partitions that continue this one from `start_timestamp`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChildPartitionsRecord {
+    /// The children's start: the parent ends here.
     pub start_timestamp: Timestamp,
+    /// Orders the record among the partition's records.
     pub record_sequence: String,
+    /// The partitions that continue this one.
     pub child_partitions: Vec<ChildPartition>,
 }
 
 /// One child partition and all of its parents (more than one for a merge).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChildPartition {
+    /// The child's token.
     pub token: PartitionToken,
+    /// Every partition it continues (more than one at a merge).
     #[serde(default)]
     pub parent_partition_tokens: Vec<PartitionToken>,
 }

@@ -61,6 +61,8 @@
 //! `crate-type = ["cdylib"]`; the `.wasm` file is the component the host loads. See
 //! `docs/write-a-plugin.md` in the repository for the whole walk-through.
 
+#![deny(missing_docs)]
+
 extern crate self as screamer_plugin_sdk;
 
 use std::any::Any;
@@ -212,14 +214,17 @@ impl RowChange {
         get_as(&self.old_values, "old_values", column)
     }
 
+    /// Replaces the mod's keys.
     pub fn set_keys(&mut self, keys: Map<String, Value>) {
         self.keys = Value::Object(keys).to_string();
     }
 
+    /// Replaces the mod's new values.
     pub fn set_new_values(&mut self, values: Map<String, Value>) {
         self.new_values = Value::Object(values).to_string();
     }
 
+    /// Replaces the mod's old values.
     pub fn set_old_values(&mut self, values: Map<String, Value>) {
         self.old_values = Value::Object(values).to_string();
     }
@@ -267,18 +272,23 @@ pub mod log {
         eprintln!("[{level:?}] {message}");
     }
 
+    /// Logs at trace level (the host's log, tagged with the plugin).
     pub fn trace(message: impl AsRef<str>) {
         emit(Level::Trace, message.as_ref());
     }
+    /// Logs at debug level.
     pub fn debug(message: impl AsRef<str>) {
         emit(Level::Debug, message.as_ref());
     }
+    /// Logs at info level.
     pub fn info(message: impl AsRef<str>) {
         emit(Level::Info, message.as_ref());
     }
+    /// Logs at warn level.
     pub fn warn(message: impl AsRef<str>) {
         emit(Level::Warn, message.as_ref());
     }
+    /// Logs at error level.
     pub fn error(message: impl AsRef<str>) {
         emit(Level::Error, message.as_ref());
     }

@@ -135,7 +135,7 @@ pub async fn read_range(
 }
 
 /// An INT64 member of a mods object (GoogleSQL sends INT64 as a string).
-pub fn int_member(object: &screamer::record::JsonObject, key: &str) -> Option<i64> {
+pub fn int_member(object: &screamer::JsonObject, key: &str) -> Option<i64> {
     match object.get(key)? {
         serde_json::Value::String(s) => s.parse().ok(),
         serde_json::Value::Number(n) => n.as_i64(),

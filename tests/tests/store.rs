@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use screamer::partition::{
+use screamer::{
     Claim, Lease, NewPartition, PartitionState, PartitionStore, PartitionToken, SpannerStore,
     StoreError,
 };

@@ -40,9 +40,9 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use screamer::destination::DestinationUri;
-use screamer::ordering::{DEFAULT_ORDERING_BUFFER, Ordering};
 use screamer::plugin::{Limits, NetworkGrant, PluginSpec, PreopenDir, WasiGrants};
-use screamer::snapshot::{DEFAULT_CHUNK_ROWS, SnapshotMode};
+use screamer::{DEFAULT_CHUNK_ROWS, SnapshotMode};
+use screamer::{DEFAULT_ORDERING_BUFFER, Ordering};
 
 /// Default number of records per plugin call: most of the batching gain, small latency.
 pub const DEFAULT_BATCH_SIZE: usize = 64;

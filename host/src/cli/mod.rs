@@ -22,18 +22,18 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 use config::{ConfigError, PipelineArgs, PipelineConfig, ReadArgs, parse_duration};
+use screamer::DatabaseName;
 use screamer::FailureKind;
-use screamer::client::{Endpoint, Priority};
+use screamer::Ordering;
+use screamer::Pipeline;
+use screamer::Timestamp;
 use screamer::destination::{Destination, DestinationUri, Ndjson};
-use screamer::dsn::DatabaseName;
 use screamer::observe::{Metrics, Observer};
-use screamer::ordering::Ordering;
-use screamer::partition::{MemoryStore, PartitionStore, RunnerId, SpannerStore, StoreError};
-use screamer::pipeline::Pipeline;
 use screamer::plugin::{Chain, PluginError, PluginRuntime, RuntimeOptions};
-use screamer::source::{SourceError, SourceOptions, SpannerSource};
-use screamer::subscriber::{HEARTBEAT_INTERVALS, SubscribeError, Subscriber, SubscriberOptions};
-use screamer::timestamp::Timestamp;
+use screamer::{Endpoint, Priority};
+use screamer::{HEARTBEAT_INTERVALS, SubscribeError, Subscriber, SubscriberOptions};
+use screamer::{MemoryStore, PartitionStore, RunnerId, SpannerStore, StoreError};
+use screamer::{SourceError, SourceOptions, SpannerSource};
 
 /// Reads a Spanner change stream, passes every data change record through a chain of
 /// WebAssembly plugins, and prints the results as NDJSON on stdout.
@@ -242,7 +242,7 @@ fn main_command(runtime: &tokio::runtime::Runtime, args: Args) -> Result<(), Run
 /// default start, now).
 fn check_range(args: &Args) -> Result<(), RunError> {
     match args.start {
-        Some(start) => Ok(screamer::subscriber::check_range(start, args.end)?),
+        Some(start) => Ok(screamer::check_range(start, args.end)?),
         None => Ok(()),
     }
 }

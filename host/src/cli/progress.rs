@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::task::JoinHandle;
 
+use screamer::Timestamp;
 use screamer::observe::{Metrics, Progress, SnapshotProgress};
-use screamer::timestamp::Timestamp;
 
 /// How often the live line is redrawn.
 const REDRAW: Duration = Duration::from_millis(500);

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use super::RunError;
 use super::config::parse_duration;
-use screamer::client::Endpoint;
-use screamer::dsn::DatabaseName;
-use screamer::partition::{PartitionStore, RunnerId, SpannerStore};
-use screamer::timestamp::Timestamp;
+use screamer::DatabaseName;
+use screamer::Endpoint;
+use screamer::Timestamp;
+use screamer::{PartitionStore, RunnerId, SpannerStore};
 
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {

@@ -11,6 +11,7 @@ use crate::record::{DataChangeRecord, Mod};
 /// How the pipeline lays out records for one destination.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Layout {
+    /// One message per record, or per mod.
     pub mods: Mods,
     /// Each message carries an [`Envelope`] (message systems); NDJSON destinations do not
     /// need one.
@@ -71,16 +72,22 @@ impl Mods {
 /// The record fields every message carries as attributes or headers, by these names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attributes {
+    /// The table the record changes.
     pub table_name: String,
+    /// `INSERT`, `UPDATE` or `DELETE`.
     pub mod_type: &'static str,
     /// RFC 3339, as in the payload.
     pub commit_timestamp: String,
+    /// The partition the record was read from.
     pub partition_token: String,
+    /// The transaction's id.
     pub server_transaction_id: String,
+    /// The record's sequence within its transaction and partition.
     pub record_sequence: String,
 }
 
 impl Attributes {
+    /// The attributes of a record.
     pub fn of(record: &DataChangeRecord) -> Self {
         Attributes {
             table_name: record.table_name.clone(),
@@ -108,6 +115,7 @@ impl Attributes {
 /// Attributes and key of one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {
+    /// The record's fields as attributes.
     pub attributes: Attributes,
     /// `TABLE/KEYS` (the mod's primary key as Spanner's JSON object) for a message of
     /// one mod; none for a whole record.

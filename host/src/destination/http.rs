@@ -40,14 +40,22 @@ pub struct Http {
 /// Why an HTTP destination cannot be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
+    /// The URL cannot be parsed.
     #[error("{url:?}: not a URL: {source}")]
     Url {
+        /// The URL given.
         url: String,
+        /// Why.
         #[source]
         source: url::ParseError,
     },
+    /// A header line has no name or value.
     #[error("{HTTP_HEADERS_ENV}: {line:?}: expected `Name: value`")]
-    Header { line: String },
+    Header {
+        /// The line.
+        line: String,
+    },
+    /// reqwest refused the client's settings.
     #[error("cannot start an HTTP client: {0}")]
     Client(#[source] reqwest::Error),
 }

@@ -45,13 +45,18 @@ pub struct Kafka {
 /// Why a Kafka destination cannot be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaSetupError {
+    /// rdkafka refused the producer's settings.
     #[error("cannot create a Kafka producer: {0}")]
     Producer(#[source] KafkaError),
+    /// The broker does not know the topic.
     #[error("topic {0:?} does not exist")]
     NoTopic(String),
+    /// The broker answered the topic's metadata with an error.
     #[error("topic {topic:?}: {error}")]
     Topic {
+        /// The topic.
         topic: String,
+        /// The broker's error.
         error: RDKafkaErrorCode,
     },
 }

@@ -1,6 +1,6 @@
 //! Destinations: where output records go once the plugin chain is done with them.
 //!
-//! Place in the flow: last stage, fed by the [`pipeline`](crate::pipeline) (or by any
+//! Place in the flow: last stage, fed by the [`Pipeline`](crate::Pipeline) (or by any
 //! [`Consumer`](crate::Consumer) of the library). A [`Batch`] holds one partition's output
 //! records, each already serialized as one JSON line, in order. [`Destination::send`] returns
 //! only once the destination has durably accepted the whole batch (for NDJSON: written and
@@ -77,7 +77,9 @@ pub struct Batch {
 /// and its envelope, where the batch has them.
 #[derive(Debug, Clone, Copy)]
 pub struct Message<'a> {
+    /// The JSON line, without its newline.
     pub payload: &'a [u8],
+    /// Attributes and key, for destinations that take them.
     pub envelope: Option<&'a Envelope>,
 }
 
@@ -175,6 +177,7 @@ impl Batch {
         self.ends.len()
     }
 
+    /// Whether the batch holds no record.
     pub fn is_empty(&self) -> bool {
         self.ends.is_empty()
     }
@@ -256,6 +259,7 @@ pub enum DestinationError {
     Failed {
         /// The destination, as [`Destination::name`] gives it.
         destination: String,
+        /// What went wrong.
         #[source]
         source: std::io::Error,
     },
@@ -263,7 +267,9 @@ pub enum DestinationError {
     /// destination refuses for good, each for its reason in `reasons`.
     #[error("output {destination}: refused {} records: {}", refused.len(), reasons.first().map_or("", String::as_str))]
     Refused {
+        /// The destination, as [`Destination::name`] gives it.
         destination: String,
+        /// The refused records, in order.
         refused: Batch,
         /// One per refused record, in order.
         reasons: Vec<String>,
@@ -308,6 +314,7 @@ pub struct Reporter {
 }
 
 impl Reporter {
+    /// A reporter of `output`'s events to `observer`.
     pub fn new(observer: Arc<dyn Observer>, output: &str) -> Self {
         Reporter {
             observer,

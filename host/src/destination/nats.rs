@@ -217,28 +217,38 @@ pub struct Nats {
 /// Why a NATS destination cannot be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum NatsError {
+    /// The server cannot be reached.
     #[error("cannot connect to {server}: {source}")]
     Connect {
+        /// The server's URL.
         server: String,
+        /// Why.
         #[source]
         source: async_nats::ConnectError,
     },
     /// The server refused this client: wrong credentials, or TLS it cannot do.
     #[error("{server} refused the connection: {reason}")]
     Refused {
+        /// The server's URL.
         server: String,
+        /// What it said.
         reason: String,
+        /// The client's error.
         #[source]
         source: async_nats::ConnectError,
     },
     /// Options that do not go together, or a file they name that cannot be read.
     #[error("{0}")]
     Options(String),
+    /// No JetStream stream is bound to the subject.
     #[error("no JetStream stream takes subject {0:?}")]
     NoStream(String),
+    /// Looking up the subject's stream failed.
     #[error("subject {subject:?}: {source}")]
     Subject {
+        /// The subject.
         subject: String,
+        /// Why.
         #[source]
         source: async_nats::jetstream::context::GetStreamByNameError,
     },

@@ -44,10 +44,12 @@ impl Ndjson {
         }
     }
 
+    /// Lines to standard output.
     pub fn stdout() -> Self {
         Self::new("stdout", std::io::stdout())
     }
 
+    /// Lines to standard error.
     pub fn stderr() -> Self {
         Self::new("stderr", std::io::stderr())
     }

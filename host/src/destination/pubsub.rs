@@ -54,15 +54,21 @@ pub struct PubSub {
 /// Why a Pub/Sub destination cannot be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum PubSubError {
+    /// Google's application default credentials cannot be loaded.
     #[error("application default credentials: {0}")]
     Credentials(#[source] gcloud_pubsub::client::google_cloud_auth::error::Error),
+    /// The channel to Pub/Sub cannot be opened.
     #[error("cannot connect to Pub/Sub: {0}")]
     Connect(#[source] gcloud_gax::conn::Error),
+    /// The project has no such topic.
     #[error("topic {0} does not exist")]
     NoTopic(String),
+    /// Looking up the topic failed.
     #[error("cannot look up topic {topic}: {source}")]
     Lookup {
+        /// The topic.
         topic: String,
+        /// Pub/Sub's answer.
         #[source]
         source: Status,
     },

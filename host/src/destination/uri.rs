@@ -22,24 +22,40 @@ use super::envelope::{Mods, Transactions};
 /// Where one output goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DestinationUri {
+    /// `-`: standard output.
     Stdout,
+    /// `file:PATH`: lines appended to a file.
     File(PathBuf),
+    /// `http://` or `https://`: a POST per batch.
     Http(String),
+    /// `pubsub://PROJECT/TOPIC`: Google Cloud Pub/Sub.
     PubSub {
+        /// The project.
         project: String,
+        /// The topic (may name the table).
         topic: Template,
+        /// How records become messages.
         options: MessageOptions,
     },
+    /// `kafka://BROKERS/TOPIC`: a Kafka-protocol broker.
     Kafka {
+        /// The bootstrap brokers.
         brokers: Vec<String>,
+        /// The topic (may name the table).
         topic: Template,
+        /// How records become messages.
         options: MessageOptions,
     },
+    /// `nats://SERVER/SUBJECT`: NATS JetStream.
     Nats {
+        /// The server.
         server: String,
+        /// The subject (may name the table).
         subject: Template,
+        /// How records become messages.
         options: MessageOptions,
     },
+    /// `postgres://`: a PostgreSQL replica.
     Postgres(PostgresUri),
 }
 
@@ -49,16 +65,23 @@ pub enum DestinationUri {
 /// `schema` (default `public`) for where the replica's tables go.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PostgresUri {
+    /// The user to connect as.
     pub user: String,
     /// From the URI; `None` leaves it to `PGPASSWORD`.
     pub password: Option<String>,
+    /// The server's host.
     pub host: String,
+    /// The server's port (default 5432).
     pub port: u16,
+    /// The database.
     pub database: String,
+    /// Where the replica's tables go (default `public`).
     pub schema: String,
+    /// Whether and how the connection is encrypted.
     pub sslmode: SslMode,
     /// A PEM file of the certificate authorities that may sign the server's certificate.
     pub sslrootcert: Option<PathBuf>,
+    /// The name the server shows for the connection.
     pub application_name: Option<String>,
     /// Seconds a connection attempt may take.
     pub connect_timeout: Option<u64>,
@@ -68,6 +91,7 @@ pub struct PostgresUri {
 /// certificate is checked.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum SslMode {
+    /// No TLS.
     Disable,
     /// TLS when the server offers it (libpq's default).
     #[default]
@@ -261,6 +285,7 @@ impl Template {
         !self.0.contains(Self::TABLE)
     }
 
+    /// The template as written.
     pub fn as_str(&self) -> &str {
         &self.0
     }

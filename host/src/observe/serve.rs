@@ -26,7 +26,9 @@ use super::Metrics;
 #[derive(Debug, thiserror::Error)]
 #[error("cannot listen on {addr}: {source}")]
 pub struct ServeError {
+    /// The address asked for.
     pub addr: SocketAddr,
+    /// Why it could not be bound.
     #[source]
     pub source: std::io::Error,
 }

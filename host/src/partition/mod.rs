@@ -30,14 +30,17 @@ impl PartitionToken {
     /// The token under which the root query is recorded.
     pub const ROOT: &'static str = "Parent0";
 
+    /// The root partition's token.
     pub fn root() -> Self {
         Self(Self::ROOT.to_owned())
     }
 
+    /// Whether this is the root partition.
     pub fn is_root(&self) -> bool {
         self.0 == Self::ROOT
     }
 
+    /// The token as Spanner spells it.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -89,6 +92,7 @@ impl RunnerId {
         Self(format!("runner-{:08x}", fastrand::u32(..)))
     }
 
+    /// The runner's id as stored.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -133,10 +137,12 @@ impl fmt::Debug for RunnerId {
 pub struct Epoch(i64);
 
 impl Epoch {
+    /// The epoch numbered `n`.
     pub fn new(n: i64) -> Self {
         Self(n)
     }
 
+    /// Its number.
     pub fn get(self) -> i64 {
         self.0
     }
@@ -167,6 +173,7 @@ pub enum PartitionState {
 }
 
 impl PartitionState {
+    /// The state as the metadata table stores it.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Created => "CREATED",
@@ -176,6 +183,7 @@ impl PartitionState {
         }
     }
 
+    /// The state the metadata table's text names, if any.
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "CREATED" => Self::Created,
@@ -231,22 +239,32 @@ impl fmt::Display for PartitionState {
 /// A partition to insert: the root, or a child announced by a parent.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewPartition {
+    /// The new partition's token.
     pub token: PartitionToken,
+    /// The partitions it continues.
     pub parents: Vec<PartitionToken>,
+    /// Where its query starts.
     pub start: Timestamp,
+    /// Where its query ends (`None`: at the partition's end).
     pub end: Option<Timestamp>,
+    /// The heartbeat interval its query asks for.
     pub heartbeat_millis: i64,
 }
 
 /// One row of the partition metadata table.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PartitionMetadata {
+    /// The partition's token.
     pub token: PartitionToken,
+    /// The partitions it continues (empty for the root).
     pub parents: Vec<PartitionToken>,
+    /// Where its query starts.
     pub start: Timestamp,
     /// `None`: read until the partition ends.
     pub end: Option<Timestamp>,
+    /// The heartbeat interval its query asks for.
     pub heartbeat_millis: i64,
+    /// Where it is in its life.
     pub state: PartitionState,
     /// Every record committed before this time has been acknowledged.
     pub watermark: Timestamp,
@@ -259,8 +277,11 @@ pub struct PartitionMetadata {
 /// before the step.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PartitionTimes {
+    /// When the partition was recorded.
     pub created_at: Option<Timestamp>,
+    /// When a runner claimed it from CREATED.
     pub scheduled_at: Option<Timestamp>,
+    /// When its query started.
     pub running_at: Option<Timestamp>,
 }
 
@@ -283,21 +304,27 @@ impl From<NewPartition> for PartitionMetadata {
 /// duration and nobody claimed the partition since (the epoch counts claims).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Lease {
+    /// The partition.
     pub token: PartitionToken,
+    /// Which claim of it this is.
     pub epoch: Epoch,
 }
 
 /// A partition a runner just claimed, with its lease.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Claim {
+    /// Its row as claimed.
     pub partition: PartitionMetadata,
+    /// The runner's lease on it.
     pub lease: Lease,
 }
 
 /// One live runner's capacity (`--max-connections`) and how many partitions it holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RunnerLoad {
+    /// Partitions the runner may read at once.
     pub capacity: usize,
+    /// Partitions it holds.
     pub held: usize,
 }
 
@@ -305,13 +332,16 @@ pub struct RunnerLoad {
 /// claiming divide.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Load {
+    /// The live runners.
     pub runners: Vec<RunnerLoad>,
+    /// Partitions not yet finished.
     pub active_partitions: usize,
     /// Active partitions without a live owner: what claims can take now.
     pub unowned_partitions: usize,
 }
 
 impl Load {
+    /// Runners whose heartbeat is within the lease.
     pub fn live_runners(&self) -> usize {
         self.runners.len()
     }
@@ -346,26 +376,37 @@ impl Load {
 /// One registered runner, as `screamer status` shows it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct RunnerStatus {
+    /// The runner.
     pub runner_id: RunnerId,
+    /// Its last heartbeat.
     pub heartbeat_at: Timestamp,
+    /// Whether that is within the lease.
     pub alive: bool,
+    /// Partitions it holds.
     pub partitions: usize,
 }
 
 /// One partition, as `screamer status` shows it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct PartitionStatus {
+    /// The partition.
     pub token: PartitionToken,
+    /// Its state.
     pub state: PartitionState,
+    /// The runner that holds it, if any.
     pub owner: Option<RunnerId>,
+    /// That runner's claim, if any.
     pub epoch: Option<Epoch>,
+    /// Every record committed before this time has been acknowledged.
     pub watermark: Timestamp,
 }
 
 /// Everything `screamer status` shows.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct StoreStatus {
+    /// Every registered runner.
     pub runners: Vec<RunnerStatus>,
+    /// Every partition.
     pub partitions: Vec<PartitionStatus>,
     /// The live active runner of `--ordering transactions`, if there is one.
     pub active: Option<RunnerId>,
@@ -374,33 +415,65 @@ pub struct StoreStatus {
 /// Errors of a partition store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The metadata table's name is not an identifier.
     #[error("invalid metadata table name {0:?}: expected letters, digits and underscores")]
     InvalidTableName(String),
+    /// The metadata table exists with another schema.
     #[error("metadata table {table} does not match the partition metadata schema: {problem}")]
-    SchemaMismatch { table: String, problem: String },
+    SchemaMismatch {
+        /// The table.
+        table: String,
+        /// What differs.
+        problem: String,
+    },
     #[error(
         "metadata table {table} is in a PostgreSQL-dialect database; use --partition-dsn to keep it in a GoogleSQL database"
     )]
-    UnsupportedDialect { table: String },
+    /// The metadata table is in a PostgreSQL-dialect database, which the store does not support.
+    UnsupportedDialect {
+        /// The table.
+        table: String,
+    },
+    /// A write named a partition the table does not hold.
     #[error("partition {token:?} is not in the metadata table")]
-    UnknownPartition { token: PartitionToken },
+    UnknownPartition {
+        /// The partition asked for.
+        token: PartitionToken,
+    },
     /// The write was refused: another runner holds the partition now (or the lease expired).
     #[error("partition {token:?}: lease lost (epoch {epoch} is no longer this runner's)")]
-    LeaseLost { token: PartitionToken, epoch: Epoch },
+    LeaseLost {
+        /// The partition.
+        token: PartitionToken,
+        /// The claim this runner held.
+        epoch: Epoch,
+    },
+    /// Spanner refused or failed a read or write.
     #[error("metadata table {table}: {source}")]
     Spanner {
+        /// The table.
         table: String,
+        /// Spanner's error.
         #[source]
         source: gcloud_spanner::client::Error,
     },
+    /// The store could not connect.
     #[error("metadata table {table}: {source}")]
     Connect {
+        /// The table.
         table: String,
+        /// Why.
         #[source]
         source: ConnectError,
     },
+    /// A row cannot be read back (an unknown state, a bad value).
     #[error("metadata table {table}: corrupt row: {message}")]
-    Corrupt { table: String, message: String },
+    Corrupt {
+        /// The table.
+        table: String,
+        /// What is wrong with the row.
+        message: String,
+    },
 }
 
 impl StoreError {

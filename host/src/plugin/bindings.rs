@@ -33,6 +33,7 @@ pub use self::screamer::plugin::types::{
 
 /// The world this host runs, and the export every plugin must have.
 pub const WORLD: &str = "screamer:plugin@0.2.0";
+/// The interface a plugin exports: `processor`, of [`WORLD`].
 pub const PROCESSOR_EXPORT: &str = "screamer:plugin/processor@0.2.0";
 /// The import through which a plugin reads its records' origins.
 pub const BATCH_IMPORT: &str = "screamer:plugin/batch@0.2.0";

@@ -33,7 +33,9 @@ use crate::record::DataChangeRecord;
 /// One record entering the chain, with the extra top-level fields it already carries.
 #[derive(Debug, Clone, Copy)]
 pub struct Input<'a> {
+    /// The record.
     pub record: &'a DataChangeRecord,
+    /// Top-level fields beside the record's own (from an earlier chain), if any.
     pub extra: Option<&'a Map<String, Value>>,
 }
 
@@ -54,6 +56,7 @@ pub struct Output {
     pub origin: usize,
     /// `None`: the main output; otherwise the side output the plugin named.
     pub output: Option<String>,
+    /// The record.
     pub record: OutputRecord,
 }
 
@@ -62,8 +65,11 @@ pub struct Output {
 pub enum OutputRecord {
     /// Every plugin kept it: the input record as it came (nothing is converted back).
     Unchanged,
+    /// A plugin replaced it or emitted it.
     Changed {
+        /// The record as the plugin left it.
         record: Box<DataChangeRecord>,
+        /// Top-level fields the plugin added.
         extra: Option<Map<String, Value>>,
     },
 }
@@ -76,12 +82,16 @@ pub struct DeadLetter {
     pub origin: usize,
     /// The plugin version that failed it.
     pub plugin: Arc<PluginVersion>,
+    /// Why.
     pub error: PluginFailure,
 }
 
+/// What a chain run produced from one batch.
 #[derive(Debug, Default)]
 pub struct ChainResult {
+    /// The records that leave the chain, in input order.
     pub outputs: Vec<Output>,
+    /// The records that failed, in input order.
     pub dead_letters: Vec<DeadLetter>,
 }
 
@@ -121,10 +131,12 @@ impl Chain {
         self
     }
 
+    /// The number of plugins.
     pub fn len(&self) -> usize {
         self.slots.len()
     }
 
+    /// Whether the chain has no plugin.
     pub fn is_empty(&self) -> bool {
         self.slots.is_empty()
     }

@@ -18,15 +18,30 @@ pub enum PluginFailure {
     Failed(String),
     /// The call ran longer than the plugin's deadline.
     #[error("deadline exceeded: the call ran longer than {limit:?}{said}")]
-    Deadline { limit: Duration, said: Said },
+    Deadline {
+        /// The plugin's deadline.
+        limit: Duration,
+        /// What the guest logged.
+        said: Said,
+    },
     /// The call hit a cap: the plugin's memory, or the bytes of outcomes lifted out of one
     /// call.
     #[error("{what}{said}")]
-    Limit { what: String, said: Said },
+    Limit {
+        /// Which cap, and by how much.
+        what: String,
+        /// What the guest logged.
+        said: Said,
+    },
     /// The instance trapped (a panic, an out-of-bounds access, `unreachable`), or could not
     /// start.
     #[error("{message}{said}")]
-    Trap { message: String, said: Said },
+    Trap {
+        /// The trap's message.
+        message: String,
+        /// What the guest logged.
+        said: Said,
+    },
     /// What the plugin returned is refused: not one outcome per record, an invalid record,
     /// more emissions than allowed.
     #[error("{0}")]
@@ -34,6 +49,7 @@ pub enum PluginFailure {
 }
 
 impl PluginFailure {
+    /// The metric label for this failure.
     pub fn kind(&self) -> PluginFailureKind {
         match self {
             PluginFailure::Failed(_) => PluginFailureKind::Failed,
@@ -61,6 +77,7 @@ impl PluginFailure {
 pub struct Said(String);
 
 impl Said {
+    /// Guest log text, on one line.
     pub fn new(text: &str) -> Self {
         Said(text.replace('\n', " "))
     }

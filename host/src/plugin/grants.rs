@@ -30,7 +30,9 @@ pub struct WasiGrants {
 /// A host directory visible to the plugin (read-only) under `guest`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PreopenDir {
+    /// The host directory.
     pub host: PathBuf,
+    /// The path the plugin sees it under.
     pub guest: String,
 }
 
@@ -39,6 +41,7 @@ pub struct PreopenDir {
 /// when the plugin connects), and PORT a number or `*`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetworkGrant {
+    /// Which hosts.
     pub host: HostPattern,
     /// `None`: any port.
     pub port: Option<u16>,
@@ -47,7 +50,14 @@ pub struct NetworkGrant {
 /// The host part of a [`NetworkGrant`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HostPattern {
-    Net { addr: IpAddr, prefix: u8 },
+    /// An address or a CIDR block.
+    Net {
+        /// The address.
+        addr: IpAddr,
+        /// The prefix length (32 or 128 for one address).
+        prefix: u8,
+    },
+    /// A host name, resolved when the plugin connects.
     Name(String),
 }
 

@@ -2,7 +2,7 @@
 //! transform or emit data change records.
 //!
 //! Place in the flow: between the reader's acknowledged-batch boundary (the consumer) and
-//! the sink. The [`pipeline`](crate::pipeline) hands each batch to a [`Chain`]; the chain
+//! the sink. The [`Pipeline`](crate::Pipeline) hands each batch to a [`Chain`]; the chain
 //! runs it through every plugin in order, in calls of at most `batch_size` records, and
 //! returns the records that leave it (main and side outputs) and the dead letters.
 //!
@@ -46,10 +46,13 @@ pub use watch::{HotSwap, watch};
 /// One plugin of a chain: where it is and how it runs.
 #[derive(Debug, Clone)]
 pub struct PluginSpec {
+    /// The component file.
     pub path: PathBuf,
     /// Passed to the plugin's `init` as JSON text; must be an object.
     pub config: serde_json::Value,
+    /// Deadline, memory and output caps.
     pub limits: Limits,
+    /// What of the host the plugin may reach.
     pub grants: WasiGrants,
 }
 
@@ -94,45 +97,102 @@ impl Default for Limits {
 /// Why a plugin cannot be loaded or run. Each names the file or the plugin.
 #[derive(Debug, thiserror::Error)]
 pub enum PluginError {
+    /// The file cannot be read.
     #[error("plugin {}: cannot read: {source}", path.display())]
     Read {
+        /// The file.
         path: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
+    /// The file is not WebAssembly.
     #[error("plugin {}: not a WebAssembly file", path.display())]
-    NotWasm { path: PathBuf },
+    NotWasm {
+        /// The file.
+        path: PathBuf,
+    },
     #[error(
         "plugin {}: a core WebAssembly module, not a component: build it for wasm32-wasip2 \
          (or wrap it with `wasm-tools component new`)",
         path.display()
     )]
-    CoreModule { path: PathBuf },
+    /// The file is a core module, not a component.
+    CoreModule {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The component does not validate.
     #[error("plugin {}: invalid component: {message}", path.display())]
-    Invalid { path: PathBuf, message: String },
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What wasmtime said.
+        message: String,
+    },
     #[error(
         "plugin {}: not a {WORLD} plugin: it exports {exports}; expected an export {PROCESSOR_EXPORT}",
         path.display()
     )]
-    WrongWorld { path: PathBuf, exports: String },
+    /// The component does not export the plugin interface.
+    WrongWorld {
+        /// The file.
+        path: PathBuf,
+        /// What it exports.
+        exports: String,
+    },
     #[error(
         "plugin {}: built for {found}; this host runs {WORLD} (rebuild it with \
          screamer-plugin-sdk 0.2, or for this world: docs/write-a-plugin.md)",
         path.display()
     )]
-    WrongVersion { path: PathBuf, found: String },
+    /// The component targets another version of the world.
+    WrongVersion {
+        /// The file.
+        path: PathBuf,
+        /// The world it targets.
+        found: String,
+    },
+    /// The component imports something the host does not provide.
     #[error("plugin {}: imports what the host does not provide: {message}", path.display())]
-    Imports { path: PathBuf, message: String },
+    Imports {
+        /// The file.
+        path: PathBuf,
+        /// What is missing.
+        message: String,
+    },
+    /// The plugin's grants cannot be applied.
     #[error("plugin {}: {message}", path.display())]
-    Grant { path: PathBuf, message: String },
+    Grant {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// The plugin's instance could not start.
     #[error("plugin {plugin}: start-up failed: {message}")]
-    Start { plugin: String, message: String },
+    Start {
+        /// The plugin's name.
+        plugin: String,
+        /// Why.
+        message: String,
+    },
+    /// The plugin's `init` refused its configuration.
     #[error("plugin {plugin}: configuration refused: {message}")]
-    Config { plugin: String, message: String },
+    Config {
+        /// The plugin's name.
+        plugin: String,
+        /// What it said.
+        message: String,
+    },
+    /// The compiled-component cache cannot be used.
     #[error("plugin cache {}: {source}", dir.display())]
     Cache {
+        /// The cache directory.
         dir: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
+    /// wasmtime's engine cannot be set up.
     #[error("plugin engine: {0}")]
     Engine(String),
 }

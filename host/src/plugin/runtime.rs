@@ -36,13 +36,21 @@ pub struct PluginRuntime {
 /// What `screamer plugin check` reports about a component.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ComponentReport {
+    /// The component file.
     pub path: PathBuf,
+    /// The plugin's name, from its `info`.
     pub name: String,
+    /// The plugin's version, from its `info`.
     pub version: String,
+    /// SHA-256 of the file, hex.
     pub sha256: String,
+    /// The world it targets.
     pub world: &'static str,
+    /// The interfaces it exports.
     pub exports: Vec<String>,
+    /// The interfaces it imports.
     pub imports: Vec<String>,
+    /// How long compiling or loading from the cache took.
     pub load_millis: f64,
     /// What `init` answered for the configuration tried: `None` when it accepted it, else
     /// its refusal (a plugin that needs configuration refuses the empty one).

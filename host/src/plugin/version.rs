@@ -37,10 +37,13 @@ impl EpochTicker {
 
 /// One loaded, validated and configured version of a plugin file.
 pub struct PluginVersion {
+    /// The plugin's name, from its `info`.
     pub name: String,
+    /// The plugin's version, from its `info`.
     pub version: String,
     /// SHA-256 of the wasm file, hex.
     pub sha256: String,
+    /// The spec it was loaded from.
     pub spec: PluginSpec,
     pub(super) pre: PluginPre<HostState>,
     pub(super) engine: Engine,
@@ -51,6 +54,7 @@ pub struct PluginVersion {
     pub(super) _ticker: Arc<EpochTicker>,
     /// How long loading took, and whether the compiled artifact came from the cache.
     pub load_time: Duration,
+    /// Whether the compiled component came from the cache.
     pub from_cache: bool,
 }
 

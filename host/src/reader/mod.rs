@@ -95,30 +95,42 @@ pub enum ReaderOutcome {
 /// Why a reader failed (non-transient).
 #[derive(Debug, thiserror::Error)]
 pub enum ReaderError {
+    /// The change source failed for good.
     #[error("partition {partition:?}: {source}")]
     Source {
+        /// The partition.
         partition: PartitionToken,
+        /// Its error.
         source: SourceError,
     },
+    /// The partition store failed.
     #[error("partition {partition:?}: {source}")]
     Store {
+        /// The partition.
         partition: PartitionToken,
+        /// Its error.
         source: StoreError,
     },
+    /// The consumer failed a batch.
     #[error("partition {partition:?}: consumer failed: {source}")]
     Consumer {
+        /// The partition.
         partition: PartitionToken,
+        /// Its error.
         source: ConsumerError,
     },
     /// A bug: the reader's task panicked. The runner stops through its drain.
     #[error("partition {partition:?}: the reader panicked: {message}")]
     Panicked {
+        /// The partition.
         partition: PartitionToken,
+        /// The panic's message.
         message: String,
     },
 }
 
 impl ReaderError {
+    /// Whether the user can fix it.
     pub fn kind(&self) -> FailureKind {
         match self {
             ReaderError::Source { source, .. } => source.kind(),

@@ -75,10 +75,12 @@ impl SpannerSource {
         })
     }
 
+    /// The database this source reads.
     pub fn database(&self) -> &DatabaseName {
         &self.inner.database
     }
 
+    /// The database's SQL dialect.
     pub fn dialect(&self) -> Dialect {
         self.inner.dialect
     }

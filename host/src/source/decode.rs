@@ -22,7 +22,9 @@ use crate::timestamp::Timestamp;
 /// Which SQL dialect the database speaks; it decides the query and the row shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
+    /// GoogleSQL.
     GoogleSql,
+    /// PostgreSQL.
     PostgreSql,
 }
 

@@ -81,32 +81,59 @@ pub trait ChangeQuery: Send {
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error("database {database} does not exist")]
-    DatabaseNotFound { database: String },
+    /// The database named does not exist.
+    DatabaseNotFound {
+        /// The database's name.
+        database: String,
+    },
     #[error(
         "change stream {stream:?} does not exist in {database} (streams there: {})",
         if existing.is_empty() { "none".to_owned() } else { existing.join(", ") }
     )]
+    /// The change stream named does not exist in the database.
     StreamNotFound {
+        /// The stream asked for.
         stream: String,
+        /// The database.
         database: String,
+        /// The streams it has.
         existing: Vec<String>,
     },
     #[error(
         "start {start} is outside the change stream's retention period or before the stream was created: {message}"
     )]
-    StartOutOfRange { start: String, message: String },
+    /// The query's start is outside the stream's retention, or before the stream existed.
+    StartOutOfRange {
+        /// The start asked for.
+        start: String,
+        /// Spanner's words.
+        message: String,
+    },
     #[error(
         "the snapshot at {at} is older than the database keeps versions (version_retention_period, 1 hour by default; raise it with ALTER DATABASE ... SET OPTIONS): {message}"
     )]
     /// A read at the snapshot's timestamp that the database no longer keeps versions for.
-    SnapshotTooOld { at: String, message: String },
+    SnapshotTooOld {
+        /// The snapshot's timestamp.
+        at: String,
+        /// Spanner's words.
+        message: String,
+    },
     /// A chunk token this version cannot read, or of a table the stream no longer watches.
     #[error("snapshot chunk {token:?}: {problem}")]
-    UnknownChunk { token: String, problem: String },
+    UnknownChunk {
+        /// The chunk's partition token.
+        token: String,
+        /// What cannot be read.
+        problem: String,
+    },
+    /// No connection could be set up.
     #[error("cannot connect to Spanner: {0}")]
     Connect(#[from] ConnectError),
+    /// Spanner answered a call with an error.
     #[error("spanner: {0}")]
     Grpc(#[from] Status),
+    /// A row of the stream's answer cannot be read.
     #[error(transparent)]
     Decode(#[from] DecodeError),
 }

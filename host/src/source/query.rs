@@ -24,6 +24,7 @@ pub struct QueryRange {
     pub start: Timestamp,
     /// Inclusive end; `None` reads until the partition ends.
     pub end: Option<Timestamp>,
+    /// How often the query reports a heartbeat when nothing changes.
     pub heartbeat_millis: i64,
 }
 

@@ -123,17 +123,27 @@ const TRANSACTIONS_CAPACITY: usize = 100_000;
 /// Why a subscription failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SubscribeError {
+    /// The partition store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A partition reader failed for good.
     #[error(transparent)]
     Reader(#[from] ReaderError),
+    /// The range asked for holds no time.
     #[error("--end {end} must be after --start {start}")]
-    EmptyRange { start: Timestamp, end: Timestamp },
+    EmptyRange {
+        /// Where reading would start.
+        start: Timestamp,
+        /// Where it would end, at or before the start.
+        end: Timestamp,
+    },
+    /// The snapshot could not be planned.
     #[error("planning the snapshot: {0}")]
     Snapshot(#[source] SourceError),
 }
 
 impl SubscribeError {
+    /// Whether the user can fix it.
     pub fn kind(&self) -> FailureKind {
         match self {
             SubscribeError::Store(e) => e.kind(),
@@ -202,6 +212,7 @@ impl Subscriber {
         self
     }
 
+    /// The options it runs with.
     pub fn options(&self) -> &SubscriberOptions {
         &self.options
     }

@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use screamer::record::ChangeRecord;
-use screamer::source::QueryRange;
+use screamer::ChangeRecord;
+use screamer::QueryRange;
 use screamer::{ChangeSource, Dialect, PartitionToken, SpannerSource, Timestamp};
 use screamer_tests::bench::{
     BENCH_SCHEMA, env_usize, latencies, peak_rss_kb, percentile, row, steady_writer,
@@ -21,6 +21,8 @@ use screamer_tests::bench::{
 use screamer_tests::{Emulator, EmulatorOptions, TestDatabase, int_member, screamer_bin};
 use tokio::task::JoinSet;
 
+/// The batch the bare reader asks for: the same as the library's reader (its `MAX_BATCH`).
+const READER_BATCH: usize = 1024;
 const PY_VENV: &str = "target/bench-venv";
 #[derive(Debug, Clone, Copy, Default)]
 struct Throughput {
@@ -240,7 +242,7 @@ async fn follow(
                         },
                     )
                     .await?;
-                while let Some(batch) = q.next_batch(screamer::reader::MAX_BATCH).await? {
+                while let Some(batch) = q.next_batch(READER_BATCH).await? {
                     if tx.send(batch).await.is_err() {
                         break;
                     }

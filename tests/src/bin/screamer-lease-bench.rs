@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use screamer::partition::{
+use screamer::{
     CLAIM_BATCH, Lease, NewPartition, PartitionStore, RunnerId, SpannerStore, StoreError,
 };
 use screamer::{Dialect, Timestamp};

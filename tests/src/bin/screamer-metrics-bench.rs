@@ -13,10 +13,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use screamer::destination::Ndjson;
 use screamer::observe::{Event, Metrics, NoObserver, Observer};
 use screamer::{
-    Consumer, DataChangeRecord, Dialect, MemoryStore, Ndjson, PartitionToken, Pipeline,
-    SpannerSource, Subscriber, SubscriberOptions, Timestamp,
+    Consumer, DataChangeRecord, Dialect, MemoryStore, PartitionToken, Pipeline, SpannerSource,
+    Subscriber, SubscriberOptions, Timestamp,
 };
 use screamer_tests::bench::{BENCH_SCHEMA, env_usize, row};
 use screamer_tests::{Emulator, EmulatorOptions, TestDatabase};

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use screamer::plugin::{Chain, Input, PluginRuntime, PluginSpec, PluginVersion, RuntimeOptions};
-use screamer::record::{DataChangeRecord, JsonObject};
+use screamer::{DataChangeRecord, JsonObject};
 use screamer_tests::bench::env_usize;
 use screamer_tests::plugins::plugin;
 use serde_json::json;

@@ -33,8 +33,8 @@ use serde_json::{Map, Value};
 use super::input::InputLine;
 use crate::cli::RunError;
 use crate::cli::config::DEFAULT_BATCH_SIZE;
+use screamer::Pipeline;
 use screamer::destination::{Batch, Destination, DestinationError};
-use screamer::pipeline::Pipeline;
 use screamer::plugin::{Chain, Input, PluginError, PluginRuntime, PluginSpec, RuntimeOptions};
 
 /// Where a project keeps its fixtures.

@@ -6,8 +6,8 @@
 
 use serde_json::{Map, Value};
 
+use screamer::DataChangeRecord;
 use screamer::plugin::Input;
-use screamer::record::DataChangeRecord;
 
 /// A record line; fields beyond the record's own are kept as its extra fields.
 pub struct InputLine {

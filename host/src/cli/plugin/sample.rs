@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 
 use super::input::InputLine;
 use crate::cli::RunError;
-use screamer::timestamp::Timestamp;
+use screamer::Timestamp;
 
 #[derive(Debug, clap::Args)]
 pub struct SampleArgs {

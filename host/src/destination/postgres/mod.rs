@@ -89,8 +89,10 @@ pub struct Postgres {
 /// Why a PostgreSQL replica cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum PostgresError {
+    /// The TLS settings cannot be used (a certificate that cannot be read, a mode not supported).
     #[error("{0}")]
     Tls(String),
+    /// The server refused the replica's connection or schema.
     #[error("{0}")]
     Refused(String),
 }

@@ -101,7 +101,9 @@ pub struct Progress {
     pub records: u64,
     /// Records sent to the dead letters so far.
     pub dead_letters: u64,
+    /// Partitions this runner holds now.
     pub partitions_held: usize,
+    /// Partitions this runner finished.
     pub partitions_finished: u64,
     /// The slowest held partition's acknowledged position.
     pub slowest: Option<Timestamp>,
@@ -122,6 +124,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Metrics with every contract family registered, all zero.
     pub fn new() -> Self {
         let mut r = Registry::with_prefix("screamer");
         r.register(
@@ -167,10 +170,12 @@ impl Metrics {
         text
     }
 
+    /// The runner's health, for `/health`.
     pub fn health(&self) -> Health {
         self.runner.health()
     }
 
+    /// What the live progress line shows.
     pub fn progress(&self) -> Progress {
         let reading = self.reading.progress();
         Progress {

@@ -48,9 +48,13 @@ fn call_histogram() -> Histogram {
 /// One plugin's totals, for summaries.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct PluginTotals {
+    /// Calls made.
     pub calls: u64,
+    /// Calls that failed (and dropped their instance).
     pub failed_calls: u64,
+    /// Instances started.
     pub instances_started: u64,
+    /// Outcomes by kind.
     pub outcomes: OutcomeCounts,
     /// Time spent in calls.
     pub busy: Duration,
