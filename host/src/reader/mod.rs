@@ -13,18 +13,21 @@
 //! repeats nor loses a record. Past the drain deadline it stops anyway and a restart may
 //! repeat the records at the watermark (at least once, never loss). A reader told to halt
 //! (its runner may have lost the lease) stops after the batch it is delivering and reads
-//! nothing more; a resume may repeat the records at the watermark. Heartbeats close the
-//! watermark but never move it to their own time (see `Position::heartbeat`).
+//! nothing more; a resume may repeat the records at the watermark. The types of that path, in
+//! order, are in `stop`. Heartbeats close the watermark but never move it to their own time
+//! (see `Position::heartbeat`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
-use tokio::time::Instant;
+use tokio::sync::mpsc;
 use tokio_util::task::AbortOnDropHandle;
 
 mod sink;
+mod stop;
 pub(crate) use sink::{Direct, Sink};
+use stop::{Phase, QueryEnd};
+pub(crate) use stop::{ReaderOutcome, StopMode, StopSignal};
 
 use crate::checkpoint::Checkpointer;
 use crate::client::Backoff;
@@ -38,59 +41,6 @@ use crate::partition::{
 use crate::record::{ChangeRecord, ChildPartitionsRecord, DataChangeRecord};
 use crate::source::{ChangeQuery, ChangeSource, QueryRange, SourceError};
 use crate::timestamp::Timestamp;
-
-/// What the runner wants of a reader; it only ever moves down this list.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum StopMode {
-    /// Keep reading.
-    Run,
-    /// Stop at a clean position: first deliver whatever else shares the watermark's commit
-    /// timestamp (up to the drain timeout), so a resume repeats nothing. Graceful stop and
-    /// rebalancing.
-    Drain,
-    /// Stop after the batch being delivered and read nothing more: this runner may have
-    /// lost the lease (its heartbeat lapsed). A resume may repeat the records at the
-    /// watermark's timestamp.
-    Halt,
-}
-
-/// The reader's end of its runner's [`StopMode`] channel. A runner that dropped its end
-/// wants nothing more from the reader: that reads as [`StopMode::Halt`].
-pub(crate) struct StopSignal(watch::Receiver<StopMode>);
-
-impl StopSignal {
-    /// A signal and the runner's end of it, starting at [`StopMode::Run`].
-    pub(crate) fn new() -> (watch::Sender<StopMode>, Self) {
-        let (tx, rx) = watch::channel(StopMode::Run);
-        (tx, Self(rx))
-    }
-
-    fn mode(&self) -> StopMode {
-        if self.0.has_changed().is_err() {
-            StopMode::Halt
-        } else {
-            *self.0.borrow()
-        }
-    }
-
-    /// Resolves once the mode is at least `mode`.
-    async fn reached(&mut self, mode: StopMode) {
-        // An error means the runner is gone: that is Halt, past any mode.
-        let _ = self.0.wait_for(|m| *m >= mode).await;
-    }
-}
-
-/// How a reader ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReaderOutcome {
-    /// The partition was read to its end and marked FINISHED.
-    Finished,
-    /// Stopped on request; the watermark is checkpointed and the partition stays unfinished.
-    Stopped,
-    /// Stopped at once because this runner lost the partition's lease: nothing more was
-    /// written for it.
-    Lost,
-}
 
 /// Why a reader failed (non-transient).
 #[derive(Debug, thiserror::Error)]
@@ -197,13 +147,6 @@ const HEARTBEAT_LAG: Duration = Duration::from_secs(600);
 enum After {
     Heartbeat(Timestamp),
     Record(Timestamp),
-}
-
-enum QueryEnd {
-    /// The query ran to its end.
-    Complete,
-    /// Stop was requested and the position is final.
-    Stopped,
 }
 
 pub(crate) async fn run<S: Sink>(
@@ -358,28 +301,21 @@ async fn read_once<S: Sink>(
     // Fetching and decoding the next batches overlaps with delivering this one. Dropping
     // the handle (any return below) aborts the fetch and abandons the query.
     let (mut batches, _fetch) = prefetch(query);
-    let mut drain_deadline: Option<Instant> = None;
+    let mut phase = Phase::Reading;
     loop {
-        let mode = stop.mode();
-        if mode == StopMode::Halt {
-            return Ok(QueryEnd::Stopped);
+        if let Some(end) = phase.apply(stop.mode(), pos.acked_at_watermark, ctx.drain_timeout) {
+            return Ok(end);
         }
-        if drain_deadline.is_none() && mode == StopMode::Drain {
-            if !pos.acked_at_watermark {
-                return Ok(QueryEnd::Stopped);
-            }
-            drain_deadline = Some(Instant::now() + ctx.drain_timeout);
-        }
-        let next = match drain_deadline {
-            None => tokio::select! {
+        let next = match phase {
+            Phase::Reading => tokio::select! {
                 biased;
                 _ = stop.reached(StopMode::Drain) => continue,
                 batch = batches.recv() => batch,
             },
-            Some(deadline) => tokio::select! {
+            Phase::Draining { until } => tokio::select! {
                 biased;
                 _ = stop.reached(StopMode::Halt) => continue,
-                batch = tokio::time::timeout_at(deadline, batches.recv()) => match batch {
+                batch = tokio::time::timeout_at(until, batches.recv()) => match batch {
                     Ok(batch) => batch,
                     Err(_) => {
                         tracing::warn!(partition = ?partition.token, watermark = %pos.watermark,
@@ -393,12 +329,8 @@ async fn read_once<S: Sink>(
         let Some(records) = next.transpose().map_err(ReadError::Source)? else {
             return Ok(QueryEnd::Complete);
         };
-        let scope = match drain_deadline {
-            None => Deliver::Everything,
-            Some(_) => Deliver::AtWatermarkOnly,
-        };
-        if handle_batch(ctx, partition, pos, records, scope).await? == BatchEnd::Stop {
-            return Ok(QueryEnd::Stopped);
+        if let Some(end) = handle_batch(ctx, partition, pos, records, phase).await? {
+            return Ok(end);
         }
         ctx.checkpoints.advance(&partition.token, pos.watermark);
     }
@@ -448,22 +380,6 @@ fn prefetch(mut query: Box<dyn ChangeQuery>) -> (Batches, AbortOnDropHandle<()>)
     (rx, AbortOnDropHandle::new(fetch))
 }
 
-/// Which records of a batch a reader delivers.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Deliver {
-    Everything,
-    /// Draining: only what shares the watermark's commit timestamp.
-    AtWatermarkOnly,
-}
-
-/// Whether the reader goes on after a batch.
-#[derive(Debug, PartialEq, Eq)]
-enum BatchEnd {
-    Continue,
-    /// A draining reader reached a later timestamp: its position is final.
-    Stop,
-}
-
 /// A batch sorted for delivery.
 struct Sorted {
     data: Vec<DataChangeRecord>,
@@ -473,24 +389,26 @@ struct Sorted {
     after: Option<After>,
     /// The last timestamp handled: everything up to it is acknowledged once delivered.
     through: Option<Timestamp>,
-    end: BatchEnd,
+    /// `Some(Stopped)`: a draining reader reached a later timestamp, its position is final.
+    end: Option<QueryEnd>,
 }
 
 impl Sorted {
-    /// Splits `records` into data, children and what followed; a draining reader
-    /// (`AtWatermarkOnly`) takes only what shares the watermark's time.
+    /// Splits `records` into data, children and what followed; a draining reader takes
+    /// only what shares the watermark's time.
     fn of(
         records: Vec<ChangeRecord>,
         partition: &PartitionMetadata,
         pos: &Position,
-        scope: Deliver,
+        phase: Phase,
     ) -> Self {
+        let draining = matches!(phase, Phase::Draining { .. });
         let mut sorted = Sorted {
             data: Vec::new(),
             children: Vec::new(),
             after: None,
             through: None,
-            end: BatchEnd::Continue,
+            end: None,
         };
         for record in records {
             let t = record.timestamp();
@@ -498,9 +416,9 @@ impl Sorted {
                 ChangeRecord::Heartbeat(_) => After::Heartbeat(t),
                 _ => After::Record(t),
             };
-            if scope == Deliver::AtWatermarkOnly && t > pos.watermark {
+            if draining && t > pos.watermark {
                 sorted.after = Some(shown);
-                sorted.end = BatchEnd::Stop;
+                sorted.end = Some(QueryEnd::Stopped);
                 break;
             }
             sorted.through = Some(t);
@@ -535,15 +453,15 @@ impl Sorted {
     }
 }
 
-/// Delivers one batch and advances the position.
+/// Delivers one batch and advances the position; `Some` ends the query.
 async fn handle_batch<S: Sink>(
     ctx: &ReaderContext<S>,
     partition: &PartitionMetadata,
     pos: &mut Position,
     records: Vec<ChangeRecord>,
-    scope: Deliver,
-) -> Result<BatchEnd, ReadError> {
-    let sorted = Sorted::of(records, partition, pos, scope);
+    phase: Phase,
+) -> Result<Option<QueryEnd>, ReadError> {
+    let sorted = Sorted::of(records, partition, pos, phase);
     let children = &sorted.children;
     if !children.is_empty() {
         let inserted = ctx

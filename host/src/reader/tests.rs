@@ -2,7 +2,9 @@
 //! restarts, drain, halt and failures, with tokio's paused time.
 
 use gcloud_gax::grpc::{Code, Status};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use super::*;
 use crate::observe::NoObserver;
