@@ -10,7 +10,7 @@ use screamer::Timestamp;
 use serde_json::Value;
 
 use crate::items::{assert_ordered_per_key, counts, expected, mods, write};
-use crate::plugins::{PluginRun, named_records, screamer_with_env};
+use crate::plugins::named_records;
 use crate::{Emulator, EmulatorOptions, Screamer, eventually, run_args};
 
 /// One message as the test's consumer got it.
@@ -35,24 +35,6 @@ pub trait Broker {
     fn signal(&self, signal: libc::c_int) -> anyhow::Result<()>;
     /// The messages that arrived since the last call, waiting up to `wait` for some.
     fn drain(&mut self, wait: Duration) -> impl Future<Output = anyhow::Result<Vec<Delivered>>>;
-}
-
-/// `screamer plugin run ARGS` with `input` on stdin and `env`, off the async runtime.
-pub async fn plugin_run(
-    args: Vec<String>,
-    input: String,
-    env: Vec<(&'static str, String)>,
-) -> PluginRun {
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = ["plugin", "run"]
-            .into_iter()
-            .chain(args.iter().map(String::as_str))
-            .collect();
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        screamer_with_env(&args, &input, &env).expect("screamer plugin run")
-    })
-    .await
-    .expect("plugin run task")
 }
 
 /// Three records for the message tests, as NDJSON and parsed: `a` (Users, Id 0); `b`

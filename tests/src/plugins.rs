@@ -4,12 +4,12 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use anyhow::Context;
 use serde_json::{Value, json};
 
-use crate::process::screamer_bin;
+use crate::process::command;
 
 /// The workspace's `target/` directory.
 fn target_dir() -> PathBuf {
@@ -111,6 +111,24 @@ pub fn plugin_run(args: &[&str], input: &str) -> anyhow::Result<PluginRun> {
     screamer(&[&["plugin", "run"], args].concat(), input)
 }
 
+/// `screamer plugin run ARGS` with `input` on stdin and `env`, off the async runtime.
+pub async fn plugin_run_async(
+    args: Vec<String>,
+    input: String,
+    env: Vec<(&'static str, String)>,
+) -> PluginRun {
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = ["plugin", "run"]
+            .into_iter()
+            .chain(args.iter().map(String::as_str))
+            .collect();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        screamer_with_env(&args, &input, &env).expect("screamer plugin run")
+    })
+    .await
+    .expect("plugin run task")
+}
+
 /// Runs `screamer <args>` with `input` on stdin, to completion.
 pub fn screamer(args: &[&str], input: &str) -> anyhow::Result<PluginRun> {
     screamer_with_env(args, input, &[])
@@ -123,10 +141,7 @@ pub fn screamer_with_env(
     input: &str,
     env: &[(&str, &str)],
 ) -> anyhow::Result<PluginRun> {
-    let mut child = Command::new(screamer_bin())
-        .args(args)
-        .env("SCREAMER_PLUGIN_CACHE", plugin_cache())
-        .env("LOG_LEVEL", "info")
+    let mut child = command(args)
         .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -160,12 +175,10 @@ pub fn author(dir: &Path, args: &[&str]) -> anyhow::Result<PluginRun> {
 
 /// [`author`] with `PATH` as given (to show what happens without a toolchain).
 pub fn author_with_path(dir: &Path, args: &[&str], path: &str) -> anyhow::Result<PluginRun> {
-    let child = Command::new(screamer_bin())
-        .args(args)
+    let child = command(args)
         .current_dir(dir)
         .env("PATH", path)
         .env("CARGO_TARGET_DIR", target_dir().join("authoring"))
-        .env("SCREAMER_PLUGIN_CACHE", plugin_cache())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -1,5 +1,9 @@
-//! The `screamer` binary as a child process: its NDJSON stdout collected line by line.
+//! The `screamer` binary as a child process. Every test runs it through [`command`]: a
+//! stream run as a [`Screamer`] (stdout collected line by line while it runs), a command to
+//! completion with `plugins::screamer` (and `plugins::plugin_run`, `plugins::author` built
+//! on it).
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -21,6 +25,19 @@ pub fn screamer_bin() -> PathBuf {
         dir = dir.parent().expect("profile directory");
     }
     dir.join("screamer")
+}
+
+/// `screamer ARGS` as tests run it: this build's binary, the tests' shared plugin cache,
+/// `LOG_LEVEL=info`, and no `DSN` or `STREAM` from the environment. Stdio is the caller's
+/// to set.
+pub fn command<S: AsRef<OsStr>>(args: impl IntoIterator<Item = S>) -> Command {
+    let mut cmd = Command::new(screamer_bin());
+    cmd.args(args)
+        .env("SCREAMER_PLUGIN_CACHE", crate::plugins::plugin_cache())
+        .env("LOG_LEVEL", "info")
+        .env_remove("DSN")
+        .env_remove("STREAM");
+    cmd
 }
 
 /// A running screamer process.
@@ -54,11 +71,8 @@ impl Screamer {
             "{} is missing: build it first (cargo build -p screamer)",
             bin.display()
         );
-        let mut child = Command::new(&bin)
-            .args(args)
+        let mut child = command(args)
             .env("SPANNER_EMULATOR_HOST", emulator_host)
-            .env_remove("DSN")
-            .env_remove("STREAM")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -1,13 +1,13 @@
 //! The `screamer` binary as a user runs it: exit codes, error lines, `--end`, graceful stop
 //! and restart, `kill -9` and restart.
 
-use screamer_tests::items::{
-    assert_ordered_per_key, assert_ordered_per_partition, counts, expected, mods, write,
-};
 use std::sync::Arc;
 use std::time::Duration;
 
 use screamer::{Dialect, Timestamp};
+use screamer_tests::items::{
+    assert_ordered_per_key, assert_ordered_per_partition, counts, expected, mods, write,
+};
 use screamer_tests::libc::{SIGINT, SIGKILL, SIGTERM};
 use screamer_tests::{
     Emulator, EmulatorOptions, ITEMS_SCHEMA, Screamer, TestDatabase, eventually, run_args,
@@ -187,254 +187,151 @@ async fn bad_input_gets_one_clear_line_and_exit_2() -> anyhow::Result<()> {
             ],
         )
         .await?;
-    let dsn = db.name.to_string();
-    let missing = emulator.unused_database().to_string();
-    let missing_message = format!("error: database {missing} does not exist");
     let occupied = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let taken = occupied.local_addr()?;
-    let taken_message = format!("error: --metrics-addr {taken}: cannot listen on {taken}: ");
-    let cases: Vec<(Vec<String>, &str)> = vec![
-        (
-            strings(&["--dsn", "projects/p/instances/i", "--stream", "Changes"]),
-            "invalid database name \"projects/p/instances/i\": expected projects/PROJECT/instances/INSTANCE/databases/DATABASE",
-        ),
-        (
-            strings(&["--dsn", &missing, "--stream", "Changes"]),
-            &missing_message,
-        ),
-        (
-            strings(&["--dsn", &dsn, "--stream", "Nope"]),
-            "change stream \"Nope\" does not exist",
-        ),
-        (
-            strings(&["--dsn", &dsn, "--stream", "Changes", "--start", "yesterday"]),
-            "\"yesterday\" is not an RFC 3339 timestamp",
-        ),
-        (
-            strings(&[
-                "--dsn",
-                &dsn,
-                "--stream",
-                "Changes",
-                "--start",
-                "2026-01-02T00:00:00Z",
-                "--end",
-                "2026-01-01T00:00:00Z",
-            ]),
-            "error: --end 2026-01-01T00:00:00Z must be after --start 2026-01-02T00:00:00Z",
-        ),
-        (
-            strings(&[
-                "--dsn",
-                &dsn,
-                "--stream",
-                "Changes",
-                "--start",
-                "2001-01-01T00:00:00Z",
-            ]),
-            "start 2001-01-01T00:00:00Z is outside the change stream's retention period",
-        ),
-        (
-            strings(&[
-                "--dsn",
-                &dsn,
-                "--stream",
-                "Changes",
-                "--metadata-table",
-                "Wrong",
-            ]),
-            "metadata table Wrong does not match the partition metadata schema: column ParentTokens ARRAY<STRING(MAX)> is missing",
-        ),
-        (
-            strings(&[
-                "--dsn",
-                &dsn,
-                "--stream",
-                "Changes",
-                "--heartbeat-interval",
-                "5 parsecs",
-            ]),
-            "\"5 parsecs\" is not a duration",
-        ),
-        (
-            strings(&["--dsn", &dsn, "--stream", "Changes", "--priority", "urgent"]),
-            "\"urgent\" is not a priority: expected low, medium or high",
-        ),
-        (
-            strings(&[
-                "--dsn",
-                &dsn,
-                "--stream",
-                "Changes",
-                "--metrics-addr",
-                "nowhere",
-            ]),
-            "\"nowhere\": expected HOST:PORT, e.g. 0.0.0.0:9464",
-        ),
-        (
-            strings(&[
-                "--dsn",
-                &dsn,
-                "--stream",
-                "Changes",
-                "--metrics-addr",
-                &taken.to_string(),
-            ]),
-            &taken_message,
-        ),
-        (
-            strings(&["--dsn", &dsn, "--stream", "Changes", "--ordering", "global"]),
-            "unknown ordering \"global\": expected key or transactions",
-        ),
-        (
-            strings(&[
-                "--dsn",
-                &dsn,
-                "--stream",
-                "Changes",
-                "--snapshot",
-                "sometimes",
-            ]),
-            "unknown snapshot mode \"sometimes\": expected never, initial or only",
-        ),
-        (
-            strings(&[
-                "--dsn",
-                &dsn,
-                "--stream",
-                "Changes",
-                "--snapshot-chunk-rows",
-                "0",
-            ]),
-            "\"0\" is not a whole number of at least 1",
-        ),
-        (
-            strings(&[
-                "--dsn",
-                &dsn,
-                "--stream",
-                "Changes",
-                "--ordering",
-                "transactions",
-                "--partition-metadata",
-            ]),
-            "error: --partition-metadata cannot be used with --ordering transactions",
-        ),
-        (
-            strings(&[
-                "--dsn",
-                &dsn,
-                "--stream",
-                "Changes",
-                "--ordering-buffer",
-                "lots",
-            ]),
-            "\"lots\" is not a size like 64MiB",
-        ),
-        (
-            strings(&[
-                "--dsn",
-                &dsn,
-                "--stream",
-                "Changes",
-                "--output",
-                "kafka://127.0.0.1:1/t?transactions=grouped",
-            ]),
-            "error: kafka://127.0.0.1:1/t: transactions=grouped needs --ordering transactions",
-        ),
-        (
-            strings(&[
-                "--dsn",
-                &dsn,
-                "--stream",
-                "Changes",
-                "--plugin-timeout",
-                "0s",
-            ]),
-            "\"0s\" is outside 1ms..1h",
-        ),
-        (
-            strings(&[
-                "--dsn",
-                &dsn,
-                "--stream",
-                "Changes",
-                "--plugin-timeout",
-                "18446744073709551615s",
-            ]),
-            "\"18446744073709551615s\" is outside 1ms..1h",
-        ),
-    ];
-    for (args, message) in cases {
-        let (code, stderr) = run_to_exit(db.host(), &args).await?;
-        assert_eq!(code, 2, "{args:?}: {stderr}");
-        let error_lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error")).collect();
-        assert_eq!(
-            error_lines.len(),
-            1,
-            "{args:?}: one error line expected in {stderr}"
-        );
-        assert!(error_lines[0].contains(message), "{args:?}: {stderr}");
+    for (args, message) in bad_runs(&db, &emulator, occupied.local_addr()?) {
+        let stderr = refused(db.host(), &args).await?;
+        assert!(stderr.contains(&message), "{args:?}: {stderr}");
     }
     // The unknown stream's message lists the streams that exist.
-    let (_, stderr) =
-        run_to_exit(db.host(), &strings(&["--dsn", &dsn, "--stream", "Nope"])).await?;
+    let stderr = refused(db.host(), &run(&db.name.to_string(), &["--stream", "Nope"])).await?;
     assert!(
         stderr.contains("(streams there: Changes, Other)"),
         "{stderr}"
     );
+    a_metadata_table_needs_a_googlesql_database(&emulator, &db).await
+}
 
-    // A metadata table in a PostgreSQL-dialect database is refused with the way out.
+/// `--dsn DSN --stream Changes` then `flags`; a later `--stream` replaces the first.
+fn run(dsn: &str, flags: &[&str]) -> Vec<String> {
+    let mut args = strings(&["--dsn", dsn, "--stream", "Changes"]);
+    if flags.first() == Some(&"--stream") {
+        args.truncate(2);
+    }
+    args.extend(strings(flags));
+    args
+}
+
+/// Runs that a user can fix, each with what its one error line says. `taken`: an address
+/// something already listens on.
+fn bad_runs(
+    db: &TestDatabase,
+    emulator: &Emulator,
+    taken: std::net::SocketAddr,
+) -> Vec<(Vec<String>, String)> {
+    let dsn = db.name.to_string();
+    let missing = emulator.unused_database().to_string();
+    let taken = taken.to_string();
+    let cases: Vec<(Vec<String>, String)> = vec![
+        (
+            run("projects/p/instances/i", &[]),
+            "invalid database name \"projects/p/instances/i\": expected projects/PROJECT/instances/INSTANCE/databases/DATABASE".into(),
+        ),
+        (run(&missing, &[]), format!("error: database {missing} does not exist")),
+        (run(&dsn, &["--stream", "Nope"]), "change stream \"Nope\" does not exist".into()),
+        (run(&dsn, &["--start", "yesterday"]), "\"yesterday\" is not an RFC 3339 timestamp".into()),
+        (
+            run(&dsn, &["--start", "2026-01-02T00:00:00Z", "--end", "2026-01-01T00:00:00Z"]),
+            "error: --end 2026-01-01T00:00:00Z must be after --start 2026-01-02T00:00:00Z".into(),
+        ),
+        (
+            run(&dsn, &["--start", "2001-01-01T00:00:00Z"]),
+            "start 2001-01-01T00:00:00Z is outside the change stream's retention period".into(),
+        ),
+        (
+            run(&dsn, &["--metadata-table", "Wrong"]),
+            "metadata table Wrong does not match the partition metadata schema: column ParentTokens ARRAY<STRING(MAX)> is missing".into(),
+        ),
+        (run(&dsn, &["--heartbeat-interval", "5 parsecs"]), "\"5 parsecs\" is not a duration".into()),
+        (
+            run(&dsn, &["--priority", "urgent"]),
+            "\"urgent\" is not a priority: expected low, medium or high".into(),
+        ),
+        (
+            run(&dsn, &["--metrics-addr", "nowhere"]),
+            "\"nowhere\": expected HOST:PORT, e.g. 0.0.0.0:9464".into(),
+        ),
+        (
+            run(&dsn, &["--metrics-addr", &taken]),
+            format!("error: --metrics-addr {taken}: cannot listen on {taken}: "),
+        ),
+        (
+            run(&dsn, &["--ordering", "global"]),
+            "unknown ordering \"global\": expected key or transactions".into(),
+        ),
+        (
+            run(&dsn, &["--snapshot", "sometimes"]),
+            "unknown snapshot mode \"sometimes\": expected never, initial or only".into(),
+        ),
+        (
+            run(&dsn, &["--snapshot-chunk-rows", "0"]),
+            "\"0\" is not a whole number of at least 1".into(),
+        ),
+        (
+            run(&dsn, &["--ordering", "transactions", "--partition-metadata"]),
+            "error: --partition-metadata cannot be used with --ordering transactions".into(),
+        ),
+        (run(&dsn, &["--ordering-buffer", "lots"]), "\"lots\" is not a size like 64MiB".into()),
+        (
+            run(&dsn, &["--output", "kafka://127.0.0.1:1/t?transactions=grouped"]),
+            "error: kafka://127.0.0.1:1/t: transactions=grouped needs --ordering transactions".into(),
+        ),
+        (run(&dsn, &["--plugin-timeout", "0s"]), "\"0s\" is outside 1ms..1h".into()),
+        (
+            run(&dsn, &["--plugin-timeout", "18446744073709551615s"]),
+            "\"18446744073709551615s\" is outside 1ms..1h".into(),
+        ),
+    ];
+    cases
+}
+
+/// Runs screamer, which must refuse `args`: exit 2 and exactly one `error` line. Returns
+/// its stderr.
+async fn refused(host: &str, args: &[String]) -> anyhow::Result<String> {
+    let (code, stderr) = run_to_exit(host, args).await?;
+    assert_eq!(code, 2, "{args:?}: {stderr}");
+    let errors = stderr.lines().filter(|l| l.starts_with("error")).count();
+    assert_eq!(errors, 1, "{args:?}: one error line expected in {stderr}");
+    Ok(stderr)
+}
+
+/// A metadata table in a PostgreSQL-dialect database is refused with the way out, and
+/// `--partition-dsn` naming the GoogleSQL database `db` is that way.
+async fn a_metadata_table_needs_a_googlesql_database(
+    emulator: &Emulator,
+    db: &TestDatabase,
+) -> anyhow::Result<()> {
     let pg = emulator.database(Dialect::PostgreSql, &[]).await?;
     pg.ddl(&[
         "CREATE TABLE items (id bigint NOT NULL, PRIMARY KEY (id))",
         "CREATE CHANGE STREAM changes FOR items",
     ])
     .await?;
-    let pg_dsn = pg.name.to_string();
-    let (code, stderr) = run_to_exit(
-        pg.host(),
-        &strings(&[
-            "--dsn",
-            &pg_dsn,
-            "--stream",
-            "changes",
-            "--metadata-table",
-            "Partitions",
-        ]),
-    )
-    .await?;
-    assert_eq!(code, 2, "{stderr}");
+    let pg_run = |flags: &[&str]| {
+        let mut args = strings(&["--dsn", &pg.name.to_string(), "--stream", "changes"]);
+        args.extend(strings(flags));
+        args
+    };
+    let stderr = refused(pg.host(), &pg_run(&["--metadata-table", "Partitions"])).await?;
     assert!(
         stderr.contains(
             "metadata table Partitions is in a PostgreSQL-dialect database; use --partition-dsn"
         ),
         "{stderr}"
     );
-    // With --partition-dsn pointing at a GoogleSQL database it runs (and stops at --end).
-    let now = Timestamp::now();
-    let (start, end) = (
-        now.to_string(),
-        now.saturating_add(Duration::from_millis(1)).to_string(),
-    );
-    let (code, stderr) = run_to_exit(
-        pg.host(),
-        &strings(&[
-            "--dsn",
-            &pg_dsn,
-            "--stream",
-            "changes",
-            "--metadata-table",
-            "PgPartitions",
-            "--partition-dsn",
-            &dsn,
-            "--start",
-            &start,
-            "--end",
-            &end,
-        ]),
-    )
-    .await?;
+    // With --partition-dsn it runs (and stops at --end).
+    let start = Timestamp::now();
+    let end = start.saturating_add(Duration::from_millis(1));
+    let args = pg_run(&[
+        "--metadata-table",
+        "PgPartitions",
+        "--partition-dsn",
+        &db.name.to_string(),
+        "--start",
+        &start.to_string(),
+        "--end",
+        &end.to_string(),
+    ]);
+    let (code, stderr) = run_to_exit(pg.host(), &args).await?;
     assert_eq!(code, 0, "{stderr}");
     Ok(())
 }

@@ -6,13 +6,13 @@
 //! destination, one clear line for bad input, and retries of a trapped one-record call.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use screamer_tests::plugins::{
     named_records, parse, plugin, plugin_run, record_names, scratch_dir, screamer,
 };
-use screamer_tests::process::screamer_bin;
+use screamer_tests::process::command;
 use serde_json::Value;
 
 fn chaos() -> String {
@@ -39,8 +39,7 @@ fn dead_letters(file: &Path) -> Vec<(String, String)> {
 /// memory (VmHWM) until it exits.
 fn plugin_run_measured(args: &[&str], input: &str, cache: &Path) -> (i32, Vec<String>, u64) {
     use std::io::Write;
-    let mut child = Command::new(screamer_bin())
-        .args(["plugin", "run"])
+    let mut child = command(["plugin", "run"])
         .args(args)
         .env("SCREAMER_PLUGIN_CACHE", cache)
         .stdin(Stdio::piped())
@@ -245,8 +244,7 @@ fn a_trapped_one_record_call_is_retried_once_on_a_fresh_instance() {
 fn a_cached_artifact_copied_over_another_plugins_is_not_loaded() {
     let cache = scratch_dir("cache").join("plugins");
     let check = |name: &str| {
-        let run = Command::new(screamer_bin())
-            .args(["plugin", "check", "--json"])
+        let run = command(["plugin", "check", "--json"])
             .arg(plugin(name))
             .env("SCREAMER_PLUGIN_CACHE", &cache)
             .output()
@@ -284,8 +282,7 @@ fn a_cached_artifact_copied_over_another_plugins_is_not_loaded() {
     // A cache others can write is refused, with one line.
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let run = Command::new(screamer_bin())
-        .args(["plugin", "check"])
+    let run = command(["plugin", "check"])
         .arg(plugin("identity"))
         .env("SCREAMER_PLUGIN_CACHE", &cache)
         .output()
@@ -607,12 +604,7 @@ fn fixable_input_exits_2_with_one_line_naming_it() {
 /// `screamer ARGS` with raw bytes on stdin: (exit code, stderr).
 fn screamer_raw(args: &[&str], stdin: &[u8]) -> (Option<i32>, String) {
     use std::io::Write;
-    let mut child = Command::new(screamer_bin())
-        .args(args)
-        .env(
-            "SCREAMER_PLUGIN_CACHE",
-            screamer_tests::plugins::plugin_cache(),
-        )
+    let mut child = command(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -10,10 +10,11 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use screamer_tests::broker::{
-    Delivered, SAMPLE_KEYS, assert_whole_record, payloads, plugin_run, sample_records,
+    Delivered, SAMPLE_KEYS, assert_whole_record, payloads, sample_records,
     stream_through_restart_and_outage,
 };
 use screamer_tests::kafka::{KafkaBroker, Topic, poll};
+use screamer_tests::plugins::plugin_run_async;
 use screamer_tests::plugins::{named_records, plugin_arg, record_names, scratch_dir};
 use serde_json::Value;
 
@@ -31,7 +32,7 @@ async fn messages_carry_the_record_its_headers_and_with_split_mods_the_row_key()
     }
     let (input, records) = sample_records();
 
-    let whole = plugin_run(
+    let whole = plugin_run_async(
         vec![
             plugin_arg("identity"),
             "--output".into(),
@@ -44,7 +45,7 @@ async fn messages_carry_the_record_its_headers_and_with_split_mods_the_row_key()
     assert_eq!(whole.code, Some(0), "{}", whole.stderr);
     assert!(whole.stdout.is_empty(), "records went to Kafka, not stdout");
     let got = read(&kafka, "whole", 1, Duration::from_secs(30));
-    let stdout = plugin_run(vec![plugin_arg("identity")], input.clone(), vec![]).await;
+    let stdout = plugin_run_async(vec![plugin_arg("identity")], input.clone(), vec![]).await;
     assert_eq!(
         payloads(&got),
         stdout.stdout,
@@ -54,7 +55,7 @@ async fn messages_carry_the_record_its_headers_and_with_split_mods_the_row_key()
         assert_whole_record(m, record, &[]);
     }
 
-    let split = plugin_run(
+    let split = plugin_run_async(
         vec![
             plugin_arg("identity"),
             "--output".into(),
@@ -84,7 +85,7 @@ async fn a_message_over_the_size_limit_is_a_dead_letter_and_the_rest_arrive() {
     let dead = scratch_dir("kafka-refused").join("dead.ndjson");
     let big = "x".repeat(5000);
     let names = ["a", big.as_str(), "b"];
-    let run = plugin_run(
+    let run = plugin_run_async(
         vec![
             plugin_arg("identity"),
             "--output".into(),
@@ -114,7 +115,7 @@ async fn a_message_over_the_size_limit_is_a_dead_letter_and_the_rest_arrive() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_topic_that_does_not_exist_is_one_line_and_exit_2() {
     let kafka = KafkaBroker::start().await.unwrap();
-    let run = plugin_run(
+    let run = plugin_run_async(
         vec![
             plugin_arg("identity"),
             "--output".into(),

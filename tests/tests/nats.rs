@@ -8,18 +8,18 @@
 use std::time::Duration;
 
 use screamer_tests::broker::{
-    SAMPLE_KEYS, assert_whole_record, payloads, plugin_run, sample_records,
-    stream_through_restart_and_outage,
+    SAMPLE_KEYS, assert_whole_record, payloads, sample_records, stream_through_restart_and_outage,
 };
 use screamer_tests::certificates::make_certificates;
 use screamer_tests::nats::{Access, NatsServer, Stream};
 use screamer_tests::nats_auth::{Operator, nkey_access, nkey_user};
+use screamer_tests::plugins::plugin_run_async;
 use screamer_tests::plugins::{PluginRun, plugin_arg, record_names, scratch_dir};
 
 /// `plugin run` of the identity plugin over the sample records into `output`.
 async fn run(output: String) -> PluginRun {
     let args = vec![plugin_arg("identity"), "--output".into(), output];
-    plugin_run(args, sample_records().0, vec![]).await
+    plugin_run_async(args, sample_records().0, vec![]).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -28,7 +28,7 @@ async fn messages_carry_the_record_its_headers_and_with_split_mods_the_row_key()
     nats.stream("CDC", &["cdc.>"]).await.unwrap();
     let (input, records) = sample_records();
 
-    let whole = plugin_run(
+    let whole = plugin_run_async(
         vec![
             plugin_arg("identity"),
             "--output".into(),
@@ -41,7 +41,7 @@ async fn messages_carry_the_record_its_headers_and_with_split_mods_the_row_key()
     assert_eq!(whole.code, Some(0), "{}", whole.stderr);
     assert!(whole.stdout.is_empty(), "records went to NATS, not stdout");
     let got = nats.read("CDC", 3, Duration::from_secs(30)).await.unwrap();
-    let stdout = plugin_run(vec![plugin_arg("identity")], input.clone(), vec![]).await;
+    let stdout = plugin_run_async(vec![plugin_arg("identity")], input.clone(), vec![]).await;
     assert_eq!(
         payloads(&got),
         stdout.stdout,
@@ -53,7 +53,7 @@ async fn messages_carry_the_record_its_headers_and_with_split_mods_the_row_key()
         assert_whole_record(m, record, &["Nats-Msg-Id"]);
     }
 
-    let split = plugin_run(
+    let split = plugin_run_async(
         vec![
             plugin_arg("identity"),
             "--output".into(),
@@ -80,7 +80,7 @@ async fn messages_carry_the_record_its_headers_and_with_split_mods_the_row_key()
 async fn a_subject_no_stream_takes_is_one_line_and_exit_2() {
     let nats = NatsServer::start().await.unwrap();
     nats.stream("CDC", &["cdc.>"]).await.unwrap();
-    let run = plugin_run(
+    let run = plugin_run_async(
         vec![
             plugin_arg("identity"),
             "--output".into(),

@@ -11,8 +11,8 @@ use screamer_tests::items::{assert_ordered_per_partition, counts, expected, mods
 use screamer_tests::libc::SIGINT;
 use screamer_tests::{Emulator, EmulatorOptions, Screamer, eventually, run_args};
 
-use screamer_tests::broker::plugin_run;
 use screamer_tests::http::{Behaviour, HttpSink};
+use screamer_tests::plugins::plugin_run_async;
 use screamer_tests::plugins::{named_records, parse, plugin_arg, record_names, scratch_dir};
 use serde_json::Value;
 
@@ -26,7 +26,7 @@ async fn every_record_reaches_an_http_endpoint_in_order_through_its_failures() {
     .unwrap();
     // 600 records: three plugin-run batches, the first retried three times.
     let sent: Vec<String> = (0..600).map(|i| format!("n{i}")).collect();
-    let run = plugin_run(
+    let run = plugin_run_async(
         vec![plugin_arg("identity"), "--output".into(), sink.url()],
         named_records(&sent),
         vec![(
@@ -87,7 +87,7 @@ async fn records_an_endpoint_refuses_become_dead_letters_and_the_rest_arrive() {
             }
         })
         .collect();
-    let run = plugin_run(
+    let run = plugin_run_async(
         vec![
             plugin_arg("identity"),
             "--output".into(),
@@ -162,7 +162,7 @@ async fn a_destination_that_is_wrong_or_not_available_is_one_line_and_exit_2() {
     for (flags, expected) in cases {
         let mut args = vec![plugin_arg("identity")];
         args.extend(flags.iter().map(|s| s.to_string()));
-        let run = plugin_run(args, String::new(), vec![]).await;
+        let run = plugin_run_async(args, String::new(), vec![]).await;
         assert_eq!(run.code, Some(2), "{flags:?}: {}", run.stderr);
         assert_eq!(
             run.stderr.lines().last().unwrap(),

@@ -5,6 +5,7 @@ use screamer_tests::plugins::{
     chaos_version, named_records, parse, plugin, plugin_cache, plugin_run, record_line as record,
     record_names, replace_file, scratch_dir, screamer,
 };
+use screamer_tests::process::command;
 use serde_json::{Value, json};
 
 fn lines(records: &[String]) -> String {
@@ -672,9 +673,7 @@ struct PipedRun {
 impl PipedRun {
     fn start(args: &[&str]) -> Self {
         use std::io::BufRead;
-        let mut child = std::process::Command::new(screamer_tests::screamer_bin())
-            .args([&["plugin", "run"], args].concat())
-            .env("SCREAMER_PLUGIN_CACHE", plugin_cache())
+        let mut child = command([&["plugin", "run"], args].concat())
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())

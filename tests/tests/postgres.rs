@@ -634,7 +634,7 @@ async fn records_spanner_sends_arrive_as_documented() {
     let identity = screamer_tests::plugins::plugin("identity")
         .display()
         .to_string();
-    let run = screamer_tests::broker::plugin_run(
+    let run = screamer_tests::plugins::plugin_run_async(
         vec![
             identity,
             "--output".into(),
@@ -920,7 +920,7 @@ async fn replicate_one(
     let identity = screamer_tests::plugins::plugin("identity")
         .display()
         .to_string();
-    let run = screamer_tests::broker::plugin_run(
+    let run = screamer_tests::plugins::plugin_run_async(
         vec![identity, "--output".into(), uri.to_owned()],
         format!("{}\n", SPANNER_RECORDS[0]),
         env,

@@ -8,9 +8,9 @@
 use std::time::Duration;
 
 use screamer_tests::broker::{
-    SAMPLE_KEYS, assert_whole_record, payloads, plugin_run, sample_records,
-    stream_through_restart_and_outage,
+    SAMPLE_KEYS, assert_whole_record, payloads, sample_records, stream_through_restart_and_outage,
 };
+use screamer_tests::plugins::plugin_run_async;
 use screamer_tests::plugins::{PluginRun, named_records, plugin, record_names};
 use screamer_tests::pubsub::{PubSubEmulator, Topic};
 use serde_json::Value;
@@ -18,7 +18,7 @@ use serde_json::Value;
 /// `screamer plugin run ARGS` with `input` on stdin, publishing to `pubsub`.
 async fn publish(pubsub: &PubSubEmulator, args: Vec<String>, input: String) -> PluginRun {
     let env = vec![("PUBSUB_EMULATOR_HOST", pubsub.host().to_owned())];
-    plugin_run(args, input, env).await
+    plugin_run_async(args, input, env).await
 }
 
 fn path(name: &str) -> String {

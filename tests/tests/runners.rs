@@ -15,6 +15,7 @@ use screamer_tests::items::{
     record_mods, write,
 };
 use screamer_tests::libc::{SIGCONT, SIGINT, SIGKILL, SIGSTOP};
+use screamer_tests::process::command;
 use screamer_tests::{Emulator, EmulatorOptions, Screamer, TestDatabase, eventually};
 use serde_json::Value;
 
@@ -113,18 +114,17 @@ async fn first_to_deliver(
 /// `screamer status --json` for the test's metadata table.
 fn status(db: &TestDatabase, lease: &str) -> anyhow::Result<Value> {
     let dsn = db.name.to_string();
-    let run = std::process::Command::new(screamer_tests::screamer_bin())
-        .args([
-            "status",
-            "--dsn",
-            &dsn,
-            "--metadata-table",
-            "Partitions",
-            "--json",
-        ])
-        .args(["--lease-duration", lease])
-        .env("SPANNER_EMULATOR_HOST", db.host())
-        .output()?;
+    let run = command([
+        "status",
+        "--dsn",
+        &dsn,
+        "--metadata-table",
+        "Partitions",
+        "--json",
+    ])
+    .args(["--lease-duration", lease])
+    .env("SPANNER_EMULATOR_HOST", db.host())
+    .output()?;
     anyhow::ensure!(
         run.status.success(),
         "status failed: {}",
@@ -514,16 +514,15 @@ async fn status_shows_runners_and_partitions() -> anyhow::Result<()> {
     // The root ends at once on the emulator: between it and its children's claim no
     // partition has an owner for a moment, so the table is read until one has.
     let status_table = || -> anyhow::Result<String> {
-        let out = std::process::Command::new(screamer_tests::screamer_bin())
-            .args([
-                "status",
-                "--dsn",
-                &db.name.to_string(),
-                "--metadata-table",
-                "Partitions",
-            ])
-            .env("SPANNER_EMULATOR_HOST", db.host())
-            .output()?;
+        let out = command([
+            "status",
+            "--dsn",
+            &db.name.to_string(),
+            "--metadata-table",
+            "Partitions",
+        ])
+        .env("SPANNER_EMULATOR_HOST", db.host())
+        .output()?;
         Ok(String::from_utf8(out.stdout)?)
     };
     let table = eventually(
