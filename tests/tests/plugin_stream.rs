@@ -1,7 +1,8 @@
 //! The plugin stage on a real change stream: every example plugin in one chain, and hot
 //! swaps (with an invalid file among them) while thousands of records flow.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
 use std::time::Duration;
 
 use gcloud_spanner::key::Key;
@@ -34,6 +35,44 @@ async fn every_example_plugin_in_one_chain_on_the_stream() -> anyhow::Result<()>
             ],
         )
         .await?;
+    let (start, end) = write_users_and_orders(&db).await?;
+    let dir = scratch_dir("example-chain");
+    let (audit, dead) = (dir.join("audit.ndjson"), dir.join("dead.ndjson"));
+    let mut args = base_args(&db);
+    args.extend(example_chain(start, end, &audit, &dead));
+    let mut screamer = Screamer::spawn(db.host(), &args)?;
+    let status = screamer.wait(Duration::from_secs(90)).await?;
+    assert_eq!(status.code(), Some(0), "stderr: {}", screamer.stderr());
+
+    let out = parse(&screamer.lines());
+    let (users, orders): (Vec<&Value>, Vec<&Value>) =
+        out.iter().partition(|v| v["table_name"] == "Users");
+    assert_eq!(orders.len(), 5);
+    assert!(
+        out.iter()
+            .all(|v| v["mod_type"] != "DELETE" && v["source"] == "e2e")
+    );
+    assert_users_went_through_every_plugin(&users)?;
+    let audit = parse(
+        &std::fs::read_to_string(&audit)?
+            .lines()
+            .map(str::to_owned)
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(audit.len(), 10);
+    assert!(
+        audit
+            .iter()
+            .all(|a| a["mod_type"] == "UPDATE" && a["source"] == "e2e")
+    );
+    assert!(!dead.exists() || std::fs::read_to_string(&dead)?.is_empty());
+    std::fs::remove_dir_all(dir)?;
+    Ok(())
+}
+
+/// 20 users inserted, 10 renamed, 5 deleted, then 5 orders: one commit each. Returns the
+/// range that holds them.
+async fn write_users_and_orders(db: &TestDatabase) -> anyhow::Result<(Timestamp, Timestamp)> {
     let start = Timestamp::now();
     let cols = ["Id", "Email", "Name", "Bio"];
     for id in 1..=20i64 {
@@ -66,61 +105,50 @@ async fn every_example_plugin_in_one_chain_on_the_stream() -> anyhow::Result<()>
             )])
             .await?;
     }
-    let dir = scratch_dir("example-chain");
-    let (audit, dead) = (dir.join("audit.ndjson"), dir.join("dead.ndjson"));
-    let mut args = base_args(&db);
-    for a in [
-        "--start",
-        &start.to_string(),
-        "--end",
-        &end.to_string(),
-        "--plugin",
-        &plugin("filter").display().to_string(),
-        "--plugin",
-        &plugin("redact").display().to_string(),
-        "--plugin",
-        &plugin("enrich").display().to_string(),
-        "--plugin",
-        &plugin("fanout").display().to_string(),
-        "--plugin",
-        &plugin("drop_columns").display().to_string(),
-        "--plugin-config",
-        r#"filter={"mod_types":["INSERT","UPDATE"]}"#,
-        "--plugin-config",
-        r#"redact={"columns":["Email"],"mode":"hash","salt":"pepper"}"#,
-        "--plugin-config",
-        r#"enrich={"source":"e2e"}"#,
-        "--plugin-config",
-        r#"fanout={"tables":["Users"],"mod_types":["UPDATE"]}"#,
-        "--plugin-config",
-        r#"drop_columns={"columns":["Bio"]}"#,
-        "--side-output",
-        &format!("audit={}", audit.display()),
-        "--dead-letter",
-        &dead.display().to_string(),
-    ] {
-        args.push(a.to_owned());
-    }
-    let mut screamer = Screamer::spawn(db.host(), &args)?;
-    let status = screamer.wait(Duration::from_secs(90)).await?;
-    assert_eq!(status.code(), Some(0), "stderr: {}", screamer.stderr());
+    Ok((start, end))
+}
 
-    let out = parse(&screamer.lines());
-    let users: Vec<&Value> = out.iter().filter(|v| v["table_name"] == "Users").collect();
-    let orders: Vec<&Value> = out.iter().filter(|v| v["table_name"] == "Orders").collect();
+/// The flags of a bounded run through every example plugin: filter (no deletes), redact
+/// (hashed emails), enrich, fanout (user updates to `audit`), drop_columns (no Bio).
+fn example_chain(start: Timestamp, end: Timestamp, audit: &Path, dead: &Path) -> Vec<String> {
+    let mut args = vec![
+        "--start".to_owned(),
+        start.to_string(),
+        "--end".to_owned(),
+        end.to_string(),
+    ];
+    for name in ["filter", "redact", "enrich", "fanout", "drop_columns"] {
+        args.extend(["--plugin".to_owned(), plugin(name).display().to_string()]);
+    }
+    for config in [
+        r#"filter={"mod_types":["INSERT","UPDATE"]}"#,
+        r#"redact={"columns":["Email"],"mode":"hash","salt":"pepper"}"#,
+        r#"enrich={"source":"e2e"}"#,
+        r#"fanout={"tables":["Users"],"mod_types":["UPDATE"]}"#,
+        r#"drop_columns={"columns":["Bio"]}"#,
+    ] {
+        args.extend(["--plugin-config".to_owned(), config.to_owned()]);
+    }
+    args.extend([
+        "--side-output".to_owned(),
+        format!("audit={}", audit.display()),
+        "--dead-letter".to_owned(),
+        dead.display().to_string(),
+    ]);
+    args
+}
+
+/// The 20 inserts and 10 updates of [`write_users_and_orders`], per user in commit order,
+/// each changed by every plugin of [`example_chain`].
+fn assert_users_went_through_every_plugin(users: &[&Value]) -> anyhow::Result<()> {
     assert_eq!(
         users.len(),
         30,
         "20 inserts + 10 updates; the deletes are filtered out"
     );
-    assert_eq!(orders.len(), 5);
-    assert!(
-        out.iter()
-            .all(|v| v["mod_type"] != "DELETE" && v["source"] == "e2e")
-    );
-    let mut emails = HashMap::new();
+    let mut emails = HashSet::new();
     let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for u in &users {
+    for u in users {
         let m = &u["mods"][0];
         let id = m["keys"]["Id"].as_str().unwrap().to_owned();
         assert!(
@@ -134,7 +162,7 @@ async fn every_example_plugin_in_one_chain_on_the_stream() -> anyhow::Result<()>
             let email = m["new_values"]["Email"].as_str().unwrap();
             assert_eq!(email.len(), 64, "hashed: {email}");
             assert_ne!(email, format!("u{id}@x.io"));
-            emails.insert(id, email.to_owned());
+            emails.insert(email.to_owned());
             // enrich runs before drop_columns: it still saw Bio.
             assert_eq!(u["changed_columns"], json!(["Bio", "Email", "Name"]));
         } else {
@@ -152,14 +180,7 @@ async fn every_example_plugin_in_one_chain_on_the_stream() -> anyhow::Result<()>
             "column types re-attached"
         );
     }
-    assert_eq!(emails.len(), 20);
-    assert_eq!(
-        emails
-            .values()
-            .collect::<std::collections::HashSet<_>>()
-            .len(),
-        20
-    );
+    assert_eq!(emails.len(), 20, "20 distinct hashes");
     // Per key, in commit order.
     for (id, kinds) in &seen {
         let n: i64 = id.parse()?;
@@ -170,19 +191,6 @@ async fn every_example_plugin_in_one_chain_on_the_stream() -> anyhow::Result<()>
         };
         assert_eq!(kinds, expected, "user {id}");
     }
-    let audit: Vec<String> = std::fs::read_to_string(&audit)?
-        .lines()
-        .map(str::to_owned)
-        .collect();
-    let audit = parse(&audit);
-    assert_eq!(audit.len(), 10);
-    assert!(
-        audit
-            .iter()
-            .all(|a| a["mod_type"] == "UPDATE" && a["source"] == "e2e")
-    );
-    assert!(!dead.exists() || std::fs::read_to_string(&dead)?.is_empty());
-    std::fs::remove_dir_all(dir)?;
     Ok(())
 }
 
@@ -236,85 +244,100 @@ async fn hot_swaps_while_records_flow_process_each_record_exactly_once() -> anyh
         screamer.stderr().contains("subscribing").then_some(())
     })
     .await?;
-    let swaps = |s: &Screamer| s.stderr().matches("plugin swapped").count();
+    let total = swap_while_writing(&screamer, &db, &file, &dead).await?;
+    screamer.signal(SIGINT)?;
+    let status = screamer.wait(Duration::from_secs(30)).await?;
+    assert_eq!(status.code(), Some(0), "stderr: {}", screamer.stderr());
+    assert_eq!(swaps(&screamer), 3);
+    let dead = std::fs::read_to_string(&dead)?.lines().count();
+    assert_each_record_once_by_one_version(&parse(&screamer.lines()), dead, total)?;
+    std::fs::remove_dir_all(dir)?;
+    Ok(())
+}
+
+/// Hot swaps that took effect, as the host logs them.
+fn swaps(s: &Screamer) -> usize {
+    s.stderr().matches("plugin swapped").count()
+}
+
+/// Writes 5 steps of items while the plugin file changes under the running `screamer`:
+/// v001, v002, an invalid file (refused: v002 stays), v003, v004, then a SIGHUP that keeps
+/// the unchanged file. Returns once every record written is out or dead-lettered: how
+/// many there were.
+async fn swap_while_writing(
+    screamer: &Screamer,
+    db: &TestDatabase,
+    file: &Path,
+    dead: &Path,
+) -> anyhow::Result<i64> {
     const STEP: i64 = 600;
     let dead_lines = || {
-        std::fs::read_to_string(&dead)
+        std::fs::read_to_string(dead)
             .map(|t| t.lines().count())
             .unwrap_or(0)
     };
     // Each version must see records: swap once the first record of its step is out, while
     // the rest of the step still flows.
-    let out_or_dead = |n: i64| {
-        let (screamer, dead_lines) = (&screamer, &dead_lines);
-        async move {
-            eventually(Duration::from_secs(60), "written records out", async || {
-                (screamer.line_count() + dead_lines() >= n as usize).then_some(())
-            })
-            .await
-        }
+    let out_or_dead = async |n: i64| {
+        eventually(Duration::from_secs(60), "written records out", async || {
+            (screamer.line_count() + dead_lines() >= n as usize).then_some(())
+        })
+        .await
     };
-    write_items(&db, 0, STEP).await?;
+    let logged = async |what: &str, line: &str| {
+        eventually(Duration::from_secs(30), what, async || {
+            screamer.stderr().contains(line).then_some(())
+        })
+        .await
+    };
+    let swapped = async |n: usize| {
+        eventually(Duration::from_secs(30), "swap", async || {
+            (swaps(screamer) == n).then_some(())
+        })
+        .await
+    };
+    write_items(db, 0, STEP).await?;
     out_or_dead(1).await?;
-    replace_file(&file, &chaos_version("v002"))?;
-    eventually(Duration::from_secs(30), "swap to v002", async || {
-        (swaps(&screamer) == 1).then_some(())
-    })
-    .await?;
-    write_items(&db, STEP, 2 * STEP).await?;
-    replace_file(&file, b"\0asm\x0d\0\x01\0 not really a component")?;
-    eventually(
-        Duration::from_secs(30),
-        "invalid file refused",
-        async || {
-            screamer
-                .stderr()
-                .contains("new plugin file refused")
-                .then_some(())
-        },
-    )
-    .await?;
-    write_items(&db, 2 * STEP, 3 * STEP).await?;
+    replace_file(file, &chaos_version("v002"))?;
+    swapped(1).await?;
+    write_items(db, STEP, 2 * STEP).await?;
+    replace_file(file, b"\0asm\x0d\0\x01\0 not really a component")?;
+    logged("invalid file refused", "new plugin file refused").await?;
+    write_items(db, 2 * STEP, 3 * STEP).await?;
     out_or_dead(2 * STEP + 1).await?;
-    replace_file(&file, &chaos_version("v003"))?;
-    eventually(Duration::from_secs(30), "swap to v003", async || {
-        (swaps(&screamer) == 2).then_some(())
-    })
-    .await?;
-    write_items(&db, 3 * STEP, 4 * STEP).await?;
+    replace_file(file, &chaos_version("v003"))?;
+    swapped(2).await?;
+    write_items(db, 3 * STEP, 4 * STEP).await?;
     out_or_dead(3 * STEP + 1).await?;
-    replace_file(&file, &chaos_version("v004"))?;
-    eventually(Duration::from_secs(30), "swap to v004", async || {
-        (swaps(&screamer) == 3).then_some(())
-    })
-    .await?;
-    write_items(&db, 4 * STEP, 5 * STEP).await?;
+    replace_file(file, &chaos_version("v004"))?;
+    swapped(3).await?;
+    write_items(db, 4 * STEP, 5 * STEP).await?;
     // SIGHUP reloads every plugin; an unchanged file is kept as it is.
     screamer.signal(SIGHUP)?;
-    eventually(Duration::from_secs(30), "SIGHUP reload", async || {
-        screamer
-            .stderr()
-            .contains("plugin file unchanged")
-            .then_some(())
-    })
-    .await?;
+    logged("SIGHUP reload", "plugin file unchanged").await?;
     let total = 5 * STEP;
-    let failing = (0..total).filter(|i| i % 97 == 0).count();
     eventually(
         Duration::from_secs(60),
         "every record out or dead-lettered",
         async || (screamer.line_count() + dead_lines() >= total as usize).then_some(()),
     )
     .await?;
-    screamer.signal(SIGINT)?;
-    let status = screamer.wait(Duration::from_secs(30)).await?;
-    assert_eq!(status.code(), Some(0), "stderr: {}", screamer.stderr());
+    Ok(total)
+}
 
-    let out = parse(&screamer.lines());
+/// Of the `total` items written, every one not failing (every 97th) came out exactly once,
+/// the failing ones as `dead` dead letters; each partition's records went through versions
+/// v001..v004 in order, never back.
+fn assert_each_record_once_by_one_version(
+    out: &[Value],
+    dead: usize,
+    total: i64,
+) -> anyhow::Result<()> {
+    let failing = (0..total).filter(|i| i % 97 == 0).count();
     let mut per_seq: BTreeMap<i64, usize> = BTreeMap::new();
     let mut versions_per_partition: HashMap<String, Vec<String>> = HashMap::new();
     let mut per_version: BTreeMap<String, usize> = BTreeMap::new();
-    for v in &out {
+    for v in out {
         let seq: i64 = v["mods"][0]["new_values"]["Seq"]
             .as_str()
             .unwrap()
@@ -337,16 +360,12 @@ async fn hot_swaps_while_records_flow_process_each_record_exactly_once() -> anyh
             .filter(|i| i % 97 != 0)
             .all(|i| per_seq.contains_key(&i))
     );
-    let dead: Vec<String> = std::fs::read_to_string(&dead)?
-        .lines()
-        .map(str::to_owned)
-        .collect();
-    assert_eq!(dead.len(), failing);
+    assert_eq!(dead, failing);
     // Versions only move forward within a partition: each batch saw exactly one version.
     for tags in versions_per_partition.values() {
         assert!(tags.windows(2).all(|w| w[0] <= w[1]), "{tags:?}");
     }
-    let expected: Vec<&str> = vec![
+    let expected = [
         "chaos-tag:v001",
         "chaos-tag:v002",
         "chaos-tag:v003",
@@ -357,8 +376,6 @@ async fn hot_swaps_while_records_flow_process_each_record_exactly_once() -> anyh
         expected,
         "{per_version:?}"
     );
-    assert_eq!(swaps(&screamer), 3);
-    std::fs::remove_dir_all(dir)?;
     Ok(())
 }
 
