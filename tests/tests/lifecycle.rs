@@ -41,35 +41,15 @@ async fn churning_partitions_deliver_every_mutation_in_order() -> anyhow::Result
     );
     let collector = Collector::default();
     let stop = CancellationToken::new();
-    let run = tokio::spawn({
+    let mut run = tokio::spawn({
         let (collector, stop) = (collector.clone(), stop.clone());
         async move { subscriber.subscribe(collector, stop).await }
     });
 
-    // Writer: single-row transactions, and every fifth a five-row one.
-    let mut seq: HashMap<i64, i64> = HashMap::new();
-    let mut commits = 0u32;
-    let mut multi = 0u32;
-    let began = std::time::Instant::now();
-    let mut next_key = 0i64;
-    while began.elapsed() < WRITE_FOR {
-        let width = if commits % 5 == 4 { 5 } else { 1 };
-        let mut mutations = Vec::new();
-        for _ in 0..width {
-            let key = next_key % KEYS;
-            next_key += 1;
-            let s = seq.entry(key).or_default();
-            *s += 1;
-            mutations.push(insert_or_update("Items", &["Id", "Seq"], &[&key, &*s]));
-        }
-        db.apply(mutations).await?;
-        commits += 1;
-        multi += u32::from(width > 1);
-    }
-    let expected: usize = seq.values().sum::<i64>() as usize;
-    assert!(commits > 2000, "only {commits} commits");
-    assert!(multi > 400);
-
+    let written = write_for(&db, WRITE_FOR).await?;
+    assert!(written.commits > 2000, "only {} commits", written.commits);
+    assert!(written.multi > 400);
+    let expected: usize = written.seq.values().sum::<i64>() as usize;
     let waiting = eventually(
         Duration::from_secs(60),
         "every mutation delivered",
@@ -78,18 +58,64 @@ async fn churning_partitions_deliver_every_mutation_in_order() -> anyhow::Result
             (n >= expected).then_some(n)
         },
     );
-    let mut run = run;
     let delivered = tokio::select! {
         delivered = waiting => match delivered {
             Ok(n) => n,
-            Err(e) => return Err(e.context(explain(&db, start, &seq, &collector).await)),
+            Err(e) => return Err(e.context(explain(&db, start, &written.seq, &collector).await)),
         },
         ended = &mut run => anyhow::bail!("subscriber ended early: {:?}", ended?),
     };
     stop.cancel();
     let summary = run.await??;
 
-    // Exactly once, in order per key.
+    assert_eq!(delivered, expected, "mods delivered vs written");
+    assert_once_in_order_per_key(&collector, &written.seq);
+    let partitions = partitions(&db).await?;
+    println!(
+        "commits={} multi={} mods={expected} metadata_writes={}",
+        written.commits, written.multi, summary.metadata_writes
+    );
+    assert_children_scheduled_after_their_parents_finished(&partitions);
+    Ok(())
+}
+
+/// What the writer committed.
+struct Written {
+    /// Per key, the last `Seq` written (they run 1..=n).
+    seq: HashMap<i64, i64>,
+    commits: u32,
+    /// Commits of five rows.
+    multi: u32,
+}
+
+/// Single-row transactions, and every fifth a five-row one, over [`KEYS`] keys for `time`.
+async fn write_for(db: &TestDatabase, time: Duration) -> anyhow::Result<Written> {
+    let mut written = Written {
+        seq: HashMap::new(),
+        commits: 0,
+        multi: 0,
+    };
+    let began = std::time::Instant::now();
+    let mut next_key = 0i64;
+    while began.elapsed() < time {
+        let width = if written.commits % 5 == 4 { 5 } else { 1 };
+        let mut mutations = Vec::new();
+        for _ in 0..width {
+            let key = next_key % KEYS;
+            next_key += 1;
+            let s = written.seq.entry(key).or_default();
+            *s += 1;
+            mutations.push(insert_or_update("Items", &["Id", "Seq"], &[&key, &*s]));
+        }
+        db.apply(mutations).await?;
+        written.commits += 1;
+        written.multi += u32::from(width > 1);
+    }
+    Ok(written)
+}
+
+/// Every `Seq` of every key exactly once, in order.
+fn assert_once_in_order_per_key(collector: &Collector, seq: &HashMap<i64, i64>) {
     let mut seen: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
     for r in collector.records() {
         for m in &r.mods {
@@ -98,14 +124,22 @@ async fn churning_partitions_deliver_every_mutation_in_order() -> anyhow::Result
             seen.entry(key).or_default().push(s);
         }
     }
-    assert_eq!(delivered, expected, "mods delivered vs written");
-    for (key, n) in &seq {
+    for (key, n) in seq {
         let want: Vec<i64> = (1..=*n).collect();
         assert_eq!(seen.get(key), Some(&want), "key {key}");
     }
+}
 
-    // Lifecycle: many partitions, merges among them, children scheduled after every parent
-    // finished (commit timestamps of the metadata writes).
+/// A row of the metadata table: parents, state, ScheduledAt, FinishedAt.
+type Row = (
+    Vec<String>,
+    String,
+    Option<OffsetDateTime>,
+    Option<OffsetDateTime>,
+);
+
+/// The metadata table, by token.
+async fn partitions(db: &TestDatabase) -> anyhow::Result<HashMap<String, Row>> {
     let mut tx = db.client.single().await?;
     let mut rows = tx
         .query(Statement::new(
@@ -115,12 +149,22 @@ async fn churning_partitions_deliver_every_mutation_in_order() -> anyhow::Result
     let mut partitions = HashMap::new();
     while let Some(row) = rows.next().await? {
         let token: String = row.column(0)?;
-        let parents: Vec<String> = row.column(1)?;
-        let state: String = row.column(2)?;
-        let scheduled: Option<OffsetDateTime> = row.column(3)?;
-        let finished: Option<OffsetDateTime> = row.column(4)?;
-        partitions.insert(token, (parents, state, scheduled, finished));
+        partitions.insert(
+            token,
+            (
+                row.column(1)?,
+                row.column(2)?,
+                row.column(3)?,
+                row.column(4)?,
+            ),
+        );
     }
+    Ok(partitions)
+}
+
+/// Many partitions, merges or splits among them, and every child scheduled after every
+/// parent finished (commit timestamps of the metadata writes).
+fn assert_children_scheduled_after_their_parents_finished(partitions: &HashMap<String, Row>) {
     let merges = partitions.values().filter(|p| p.0.len() > 1).count();
     let mut children: HashMap<&str, usize> = HashMap::new();
     for (parents, ..) in partitions.values() {
@@ -133,9 +177,8 @@ async fn churning_partitions_deliver_every_mutation_in_order() -> anyhow::Result
         .filter(|(parent, n)| **n > 1 && **parent != "Parent0")
         .count();
     println!(
-        "commits={commits} multi={multi} mods={expected} partitions={} merges={merges} splits={splits} metadata_writes={}",
-        partitions.len(),
-        summary.metadata_writes
+        "partitions={} merges={merges} splits={splits}",
+        partitions.len()
     );
     // Partitions live 2 to 4 s here: a lineage goes through about ten generations.
     // (11 to 16 is usual; the emulator's churn varies with load, 7 was seen once.)
@@ -145,7 +188,7 @@ async fn churning_partitions_deliver_every_mutation_in_order() -> anyhow::Result
         partitions.len()
     );
     assert!(merges + splits > 0, "no split or merge happened");
-    for (token, (parents, _, scheduled, _)) in &partitions {
+    for (token, (parents, _, scheduled, _)) in partitions {
         let Some(scheduled) = scheduled else { continue };
         for parent in parents {
             let (_, state, _, finished) = &partitions[parent];
@@ -157,7 +200,6 @@ async fn churning_partitions_deliver_every_mutation_in_order() -> anyhow::Result
             );
         }
     }
-    Ok(())
 }
 
 /// For a failed run: the missing mutations, and for each where the stream has it.

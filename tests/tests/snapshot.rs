@@ -57,26 +57,16 @@ async fn lines_at_least(screamer: &Screamer, n: usize, timeout: Duration) -> any
     .await
 }
 
+/// A commit of the writer: when, and the (Id, Seq) it wrote.
+type Write = (Timestamp, i64, i64);
+
 #[tokio::test(flavor = "multi_thread")]
 async fn existing_rows_then_every_change_once_through_a_graceful_restart_while_a_writer_runs() {
     screamer_tests::init_tracing();
     let emulator = Emulator::start(EmulatorOptions::default()).await.unwrap();
     let db = std::sync::Arc::new(emulator.items_database().await.unwrap());
     items::existing(&db, 3_000, |_| 0).await.unwrap();
-
-    // The writer: single-row updates over every key, each remembered with its commit.
-    let writer_db = std::sync::Arc::clone(&db);
-    let writer = tokio::spawn(async move {
-        let mut writes: Vec<(Timestamp, i64, i64)> = Vec::new();
-        for i in 1..=300i64 {
-            let (id, seq) = ((i * 7) % 3_000, i);
-            let mutation = insert_or_update("Items", &["Id", "Seq"], &[&id, &seq]);
-            let at = writer_db.apply(vec![mutation]).await.expect("write");
-            writes.push((at, id, seq));
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        writes
-    });
+    let writer = tokio::spawn(update_rows(std::sync::Arc::clone(&db)));
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let args = run_args(
@@ -90,7 +80,39 @@ async fn existing_rows_then_every_change_once_through_a_graceful_restart_while_a
             "400",
         ],
     );
-    let mut first = Screamer::spawn(db.host(), &args).unwrap();
+    let mut lines = stop_midway(&db, &args).await;
+    let writes = writer.await.unwrap();
+    let at = commit(
+        parse(&lines)
+            .iter()
+            .find(|r| is_snapshot(r))
+            .expect("a snapshot record"),
+    );
+    let after: Vec<Write> = writes.iter().filter(|(t, ..)| *t > at).copied().collect();
+    lines.extend(restart_until(&db, &args, 3_000 + after.len() - lines.len()).await);
+    let records = parse(&lines);
+
+    assert_every_row_once_as_of(&records, at, &writes);
+    assert_every_later_change_once_in_order(&records, &after);
+}
+
+/// 300 single-row updates over every key, 10 ms apart; returns each with its commit.
+async fn update_rows(db: std::sync::Arc<TestDatabase>) -> Vec<Write> {
+    let mut writes = Vec::new();
+    for i in 1..=300i64 {
+        let (id, seq) = ((i * 7) % 3_000, i);
+        let mutation = insert_or_update("Items", &["Id", "Seq"], &[&id, &seq]);
+        let at = db.apply(vec![mutation]).await.expect("write");
+        writes.push((at, id, seq));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    writes
+}
+
+/// Runs screamer with `args` until 1,000 lines are out, then stops it with SIGTERM (which
+/// must succeed) before the snapshot is done. Returns its lines.
+async fn stop_midway(db: &TestDatabase, args: &[String]) -> Vec<String> {
+    let mut first = Screamer::spawn(db.host(), args).unwrap();
     lines_at_least(&first, 1_000, Duration::from_secs(60))
         .await
         .unwrap();
@@ -101,49 +123,34 @@ async fn existing_rows_then_every_change_once_through_a_graceful_restart_while_a
         "graceful stop: {status:?}\n{}",
         first.stderr()
     );
-    let mut lines = first.lines();
+    let lines = first.lines();
     let snapshot_before = parse(&lines).iter().filter(|r| is_snapshot(r)).count();
     assert!(
         snapshot_before < 3_000,
         "the restart came midway: {snapshot_before}"
     );
+    lines
+}
 
-    let writes = writer.await.unwrap();
-    let mut second = Screamer::spawn(db.host(), &args).unwrap();
-    let at = {
-        let records = parse(&lines);
-        commit(
-            records
-                .iter()
-                .find(|r| is_snapshot(r))
-                .expect("a snapshot record"),
-        )
-    };
-    let after: Vec<&(Timestamp, i64, i64)> = writes.iter().filter(|(t, ..)| *t > at).collect();
-    let want = 3_000 + after.len();
-    eventually(
-        Duration::from_secs(120),
-        "every row and change",
-        async || (lines.len() + second.line_count() >= want).then_some(()),
-    )
-    .await
-    .unwrap_or_else(|e| {
-        panic!(
-            "{e}: {}\n{}",
-            lines.len() + second.line_count(),
-            second.stderr()
-        )
-    });
+/// Runs screamer with `args` again until `want` lines are out, and a few seconds more for
+/// anything extra to show; stops it with SIGTERM. Returns its lines.
+async fn restart_until(db: &TestDatabase, args: &[String], want: usize) -> Vec<String> {
+    let mut second = Screamer::spawn(db.host(), args).unwrap();
+    lines_at_least(&second, want, Duration::from_secs(120))
+        .await
+        .unwrap_or_else(|e| panic!("{e}: {}\n{}", second.line_count(), second.stderr()));
     // Anything more would come within a heartbeat or two.
     tokio::time::sleep(Duration::from_secs(3)).await;
     second.signal(SIGTERM).unwrap();
     second.wait(Duration::from_secs(30)).await.unwrap();
-    lines.extend(second.lines());
-    let records = parse(&lines);
+    second.lines()
+}
 
-    // Every existing row once, with its value at the snapshot's timestamp.
+/// Every one of the 3,000 existing rows once as a snapshot record at `at`, with its value
+/// as of `at` (0, or the last of `writes` at or before it).
+fn assert_every_row_once_as_of(records: &[Value], at: Timestamp, writes: &[Write]) {
     let mut at_snapshot: HashMap<i64, i64> = (0..3_000).map(|id| (id, 0)).collect();
-    for (t, id, seq) in &writes {
+    for (t, id, seq) in writes {
         if *t <= at {
             at_snapshot.insert(*id, *seq);
         }
@@ -166,9 +173,12 @@ async fn existing_rows_then_every_change_once_through_a_graceful_restart_while_a
     for (id, seq) in &seen {
         assert_eq!(at_snapshot[id], *seq, "row {id}'s value at the snapshot");
     }
+}
 
-    // Then every change after it once, none before it, in order per key, after the row.
-    let changes: Vec<(Timestamp, i64, i64)> = records
+/// The changes are exactly `after` (each once, none before the snapshot), all after the
+/// last snapshot record, in order per key.
+fn assert_every_later_change_once_in_order(records: &[Value], after: &[Write]) {
+    let changes: Vec<Write> = records
         .iter()
         .filter(|r| !is_snapshot(r))
         .map(|r| {
@@ -176,10 +186,9 @@ async fn existing_rows_then_every_change_once_through_a_graceful_restart_while_a
             (commit(r), id, seq)
         })
         .collect();
-    let expected: Vec<(Timestamp, i64, i64)> = after.iter().map(|w| **w).collect();
     let mut sorted = changes.clone();
     sorted.sort();
-    assert_eq!(sorted, expected, "every change after the snapshot, once");
+    assert_eq!(sorted, after, "every change after the snapshot, once");
     let first_change = records.iter().position(|r| !is_snapshot(r));
     let last_snapshot = records.iter().rposition(is_snapshot);
     assert!(
