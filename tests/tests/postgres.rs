@@ -416,7 +416,18 @@ async fn every_type_arrives_as_documented_through_inserts_updates_and_deletes() 
     let mut screamer = Screamer::spawn(db.host(), &args).unwrap();
     let status = screamer.wait(Duration::from_secs(120)).await.unwrap();
     assert_eq!(status.code(), Some(0), "{}", screamer.stderr());
-    let want = BTreeMap::from([
+    assert_eq!(replica_types(&client).await, types_rows());
+    let types: Vec<(String, String)> = replica_column_types(&client, "Types").await;
+    let want: Vec<(String, String)> = TYPES_REPLICA_COLUMNS
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    assert_eq!(types, want);
+}
+
+/// The replica's rows of `Types` after [`TYPES_WRITES`], by Id, as PostgreSQL's text.
+fn types_rows() -> BTreeMap<i64, Vec<Option<String>>> {
+    BTreeMap::from([
         (
             1,
             texts(&[
@@ -470,50 +481,47 @@ async fn every_type_arrives_as_documented_through_inserts_updates_and_deletes() 
             row[1] = Some("5".to_owned());
             row
         }),
-    ]);
-    assert_eq!(replica_types(&client).await, want);
-    let types = client
-        .query(
-            "SELECT column_name::text, format_type(atttypid, atttypmod) FROM information_schema.columns c \
-             JOIN pg_attribute a ON a.attrelid = 'public.\"Types\"'::regclass AND a.attname = c.column_name \
-             WHERE c.table_name = 'Types' ORDER BY c.ordinal_position",
-            &[],
-        )
-        .await
-        .unwrap();
-    let types: Vec<(String, String)> = types.iter().map(|r| (r.get(0), r.get(1))).collect();
-    let names = |ts: &[(&str, &str)]| -> Vec<(String, String)> {
-        ts.iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect()
-    };
-    assert_eq!(
-        types,
-        names(&[
-            ("Id", "bigint"),
-            ("B", "boolean"),
-            ("I", "bigint"),
-            ("F32", "real"),
-            ("F64", "double precision"),
-            ("N", "numeric"),
-            ("S", "text"),
-            ("Y", "bytea"),
-            ("D", "date"),
-            ("T", "timestamp with time zone"),
-            ("J", "jsonb"),
-            ("AI", "bigint[]"),
-            ("AD", "date[]"),
-            ("ASTR", "text[]"),
-            ("AJ", "jsonb[]"),
-            ("AF", "double precision[]"),
-            ("AY", "bytea[]"),
-            ("AN", "numeric[]"),
-            ("AB", "boolean[]"),
-            ("ATS", "timestamp with time zone[]"),
-            ("_screamer_commit_timestamp", "timestamp with time zone"),
-            ("_screamer_record_sequence", "bigint"),
-        ])
+    ])
+}
+
+/// The replica's columns of `Types` and their PostgreSQL types, in order.
+const TYPES_REPLICA_COLUMNS: [(&str, &str); 22] = [
+    ("Id", "bigint"),
+    ("B", "boolean"),
+    ("I", "bigint"),
+    ("F32", "real"),
+    ("F64", "double precision"),
+    ("N", "numeric"),
+    ("S", "text"),
+    ("Y", "bytea"),
+    ("D", "date"),
+    ("T", "timestamp with time zone"),
+    ("J", "jsonb"),
+    ("AI", "bigint[]"),
+    ("AD", "date[]"),
+    ("ASTR", "text[]"),
+    ("AJ", "jsonb[]"),
+    ("AF", "double precision[]"),
+    ("AY", "bytea[]"),
+    ("AN", "numeric[]"),
+    ("AB", "boolean[]"),
+    ("ATS", "timestamp with time zone[]"),
+    ("_screamer_commit_timestamp", "timestamp with time zone"),
+    ("_screamer_record_sequence", "bigint"),
+];
+
+/// `table`'s columns in the replica and their types (`format_type`), in order.
+async fn replica_column_types(
+    client: &tokio_postgres::Client,
+    table: &str,
+) -> Vec<(String, String)> {
+    let sql = format!(
+        "SELECT column_name::text, format_type(atttypid, atttypmod) FROM information_schema.columns c \
+         JOIN pg_attribute a ON a.attrelid = 'public.\"{table}\"'::regclass AND a.attname = c.column_name \
+         WHERE c.table_name = '{table}' ORDER BY c.ordinal_position"
     );
+    let rows = client.query(&sql, &[]).await.unwrap();
+    rows.iter().map(|r| (r.get(0), r.get(1))).collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
