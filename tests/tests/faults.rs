@@ -10,7 +10,9 @@ use gcloud_spanner::mutation::insert_or_update;
 use screamer::{
     DatabaseName, Endpoint, SpannerSource, SpannerStore, Subscriber, SubscriberOptions, Timestamp,
 };
-use screamer_tests::{ChaosProxy, Collector, Emulator, EmulatorOptions, eventually, int_member};
+use screamer_tests::{
+    ChaosProxy, Collector, Emulator, EmulatorOptions, TestDatabase, eventually, int_member,
+};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -46,19 +48,40 @@ async fn cut_connections_are_retried_from_the_watermark() -> anyhow::Result<()> 
         async move { subscriber.subscribe(collector, stop).await }
     });
 
-    let cutter = tokio::spawn({
-        let proxy = Arc::new(proxy);
-        async move {
-            let mut cuts = 0;
-            for _ in 0..12 {
-                tokio::time::sleep(Duration::from_millis(1200)).await;
-                cuts += proxy.cut();
-            }
-            (cuts, proxy)
-        }
-    });
+    let cutter = tokio::spawn(cut_every(Arc::new(proxy), Duration::from_millis(1200), 12));
+    let wanted = write_items(&db).await?;
+    let (cuts, _proxy) = cutter.await?;
+    let complete = || (last_seq_per_key(&collector) == wanted).then_some(());
+    tokio::select! {
+        done = eventually(Duration::from_secs(180), "every mutation after the cuts", async || complete()) => done?,
+        ended = &mut run => anyhow::bail!("subscriber stopped: {:?}", ended?),
+    }
+    stop.cancel();
+    run.await??;
+    assert_nothing_lost_each_partition_in_order(&collector, &wanted);
+    assert!(cuts >= 6, "only {cuts} connections were cut");
+    Ok(())
+}
 
-    let mut seq: HashMap<i64, i64> = HashMap::new();
+/// Cuts every connection through `proxy`, `times` times, `every` apart; returns how many
+/// it cut (and the proxy, which must outlive the cuts).
+async fn cut_every(
+    proxy: Arc<ChaosProxy>,
+    every: Duration,
+    times: usize,
+) -> (usize, Arc<ChaosProxy>) {
+    let mut cuts = 0;
+    for _ in 0..times {
+        tokio::time::sleep(every).await;
+        cuts += proxy.cut();
+    }
+    (cuts, proxy)
+}
+
+/// 2,500 single-row commits over 17 keys, `Seq` counting up per key, with short pauses.
+/// Returns each key's last `Seq`.
+async fn write_items(db: &TestDatabase) -> anyhow::Result<BTreeMap<i64, i64>> {
+    let mut seq: BTreeMap<i64, i64> = BTreeMap::new();
     for i in 0..2500i64 {
         let key = i % 17;
         let s = {
@@ -72,31 +95,29 @@ async fn cut_connections_are_retried_from_the_watermark() -> anyhow::Result<()> 
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    let (cuts, _proxy) = cutter.await?;
+    Ok(seq)
+}
 
-    let wanted: BTreeMap<i64, i64> = seq.into_iter().collect();
-    let complete = || {
-        let mut last: BTreeMap<i64, i64> = BTreeMap::new();
-        for r in collector.records() {
-            for m in &r.mods {
-                let k = int_member(&m.keys, "Id")?;
-                let s = int_member(&m.new_values, "Seq")?;
-                let e = last.entry(k).or_default();
-                *e = (*e).max(s);
-            }
+/// The highest `Seq` collected per key.
+fn last_seq_per_key(collector: &Collector) -> BTreeMap<i64, i64> {
+    let mut last: BTreeMap<i64, i64> = BTreeMap::new();
+    for r in collector.records() {
+        for m in &r.mods {
+            let (Some(k), Some(s)) = (int_member(&m.keys, "Id"), int_member(&m.new_values, "Seq"))
+            else {
+                continue;
+            };
+            let e = last.entry(k).or_default();
+            *e = (*e).max(s);
         }
-        (last == wanted).then_some(())
-    };
-    tokio::select! {
-        done = eventually(Duration::from_secs(180), "every mutation after the cuts", async || complete()) => done?,
-        ended = &mut run => anyhow::bail!("subscriber stopped: {:?}", ended?),
     }
-    stop.cancel();
-    run.await??;
+    last
+}
 
-    // Nothing lost, nothing invented. Within each partition, commit order. (Across
-    // partitions the emulator moves a key between unrelated lineages, so per-key order is
-    // asserted by the tests whose readers keep up, not here, where readers lag in backoff.)
+/// Nothing lost, nothing invented; within each partition, commit order. (Across partitions
+/// the emulator moves a key between unrelated lineages, so per-key order is asserted by the
+/// tests whose readers keep up, not here, where readers lag in backoff.)
+fn assert_nothing_lost_each_partition_in_order(collector: &Collector, wanted: &BTreeMap<i64, i64>) {
     let mut per_key: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
     let mut per_partition: HashMap<String, Vec<Timestamp>> = HashMap::new();
     for r in collector.records() {
@@ -117,14 +138,12 @@ async fn cut_connections_are_retried_from_the_watermark() -> anyhow::Result<()> 
             "partition {partition} out of commit order"
         );
     }
-    for (key, n) in &wanted {
+    for (key, n) in wanted {
         let mut got = per_key[key].clone();
         got.sort_unstable();
         got.dedup();
         assert_eq!(got, (1..=*n).collect::<Vec<_>>(), "key {key}");
     }
-    assert!(cuts >= 6, "only {cuts} connections were cut");
-    Ok(())
 }
 
 /// Panics on the batch after the first one it accepted.

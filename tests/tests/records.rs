@@ -7,7 +7,7 @@ use gcloud_spanner::key::Key;
 use gcloud_spanner::mutation::{delete, update};
 use gcloud_spanner::statement::Statement;
 use screamer::{DataChangeRecord, Dialect, ModType, Timestamp};
-use screamer_tests::{Emulator, EmulatorOptions, read_range};
+use screamer_tests::{Emulator, EmulatorOptions, TestDatabase, read_range};
 use serde_json::{Value, json};
 
 const CAPTURE_TYPES: [&str; 4] = [
@@ -65,6 +65,60 @@ fn record(table: &str, mod_type: &str, capture: &str, column_types: Value, mods:
 #[tokio::test(flavor = "multi_thread")]
 async fn every_mod_type_and_value_capture_type_has_exact_fields() -> anyhow::Result<()> {
     let emulator = Emulator::start(EmulatorOptions::exact()).await?;
+    for capture in CAPTURE_TYPES {
+        // Spanner allows at most three change streams per table: a database per type.
+        let db = emulator
+            .database(
+                Dialect::GoogleSql,
+                &[
+                    "CREATE TABLE Singers (SingerId INT64 NOT NULL, Name STRING(MAX), \
+                     Score FLOAT64, Tags ARRAY<STRING(MAX)>, Info JSON) PRIMARY KEY (SingerId)",
+                    &format!(
+                        "CREATE CHANGE STREAM S FOR Singers OPTIONS (value_capture_type = '{capture}')"
+                    ),
+                ],
+            )
+            .await?;
+        let start = Timestamp::now();
+        let commits = insert_update_delete(&db).await?;
+        let (records, summary) =
+            read_range(&db, "S", start, commits[2].saturating_add(one_ns())).await?;
+        assert!(summary.reached_end);
+        let got: Vec<Value> = records.iter().map(stable).collect();
+        assert_eq!(got, singer_records(capture), "value capture type {capture}");
+        let times: Vec<Timestamp> = records.iter().map(|r| r.commit_timestamp).collect();
+        assert_eq!(times, commits, "{capture}");
+        assert_eq!(
+            records.iter().map(|r| r.mod_type).collect::<Vec<_>>(),
+            vec![ModType::Insert, ModType::Update, ModType::Delete]
+        );
+    }
+    Ok(())
+}
+
+/// Singer 1 inserted (DML), renamed A -> B, deleted: one commit each, returned in order.
+async fn insert_update_delete(db: &TestDatabase) -> anyhow::Result<Vec<Timestamp>> {
+    let inserted = db
+        .dml(vec![Statement::new(
+            r#"INSERT INTO Singers (SingerId, Name, Score, Tags, Info)
+               VALUES (1, 'A', 1.5, ['a', 'b'], JSON '{"x":1}')"#,
+        )])
+        .await?;
+    let updated = db
+        .apply(vec![update(
+            "Singers",
+            &["SingerId", "Name"],
+            &[&1i64, &"B"],
+        )])
+        .await?;
+    let deleted = db.apply(vec![delete("Singers", Key::new(&1i64))]).await?;
+    assert!(inserted < updated && updated < deleted);
+    Ok(vec![inserted, updated, deleted])
+}
+
+/// The three records of [`insert_update_delete`] under `capture`, without the fields that
+/// vary from run to run: what each capture type includes of the columns and the values.
+fn singer_records(capture: &str) -> Vec<Value> {
     let key = json!({"SingerId": "1"});
     let full_a = json!({"Info": "{\"x\":1}", "Name": "A", "Score": 1.5, "Tags": ["a", "b"]});
     let full_b = json!({"Info": "{\"x\":1}", "Name": "B", "Score": 1.5, "Tags": ["a", "b"]});
@@ -85,102 +139,49 @@ async fn every_mod_type_and_value_capture_type_has_exact_fields() -> anyhow::Res
         ("Name", json!({"code": "STRING"}), false, 2),
     ]);
     let empty = json!({});
-
-    for capture in CAPTURE_TYPES {
-        // Spanner allows at most three change streams per table: a database per type.
-        let db = emulator
-            .database(
-                Dialect::GoogleSql,
-                &[
-                    "CREATE TABLE Singers (SingerId INT64 NOT NULL, Name STRING(MAX), \
-                     Score FLOAT64, Tags ARRAY<STRING(MAX)>, Info JSON) PRIMARY KEY (SingerId)",
-                    &format!(
-                        "CREATE CHANGE STREAM S FOR Singers OPTIONS (value_capture_type = '{capture}')"
-                    ),
-                ],
-            )
-            .await?;
-        let start = Timestamp::now();
-        let inserted = db
-            .dml(vec![Statement::new(
-                r#"INSERT INTO Singers (SingerId, Name, Score, Tags, Info)
-                   VALUES (1, 'A', 1.5, ['a', 'b'], JSON '{"x":1}')"#,
-            )])
-            .await?;
-        let updated = db
-            .apply(vec![update(
-                "Singers",
-                &["SingerId", "Name"],
-                &[&1i64, &"B"],
-            )])
-            .await?;
-        let deleted = db.apply(vec![delete("Singers", Key::new(&1i64))]).await?;
-        assert!(inserted < updated && updated < deleted);
-        let (records, summary) =
-            read_range(&db, "S", start, deleted.saturating_add(one_ns())).await?;
-        assert!(summary.reached_end);
-        let got: Vec<Value> = records.iter().map(stable).collect();
-        let m =
-            |new: &Value, old: &Value| json!([{"keys": key, "new_values": new, "old_values": old}]);
-        let (update_columns, update_mods, delete_columns, delete_mods) = match capture {
-            "OLD_AND_NEW_VALUES" => (
-                &key_and_name,
-                m(&json!({"Name": "B"}), &json!({"Name": "A"})),
-                &all_columns,
-                m(&empty, &full_b),
-            ),
-            "NEW_VALUES" => (
-                &key_and_name,
-                m(&json!({"Name": "B"}), &empty),
-                &all_columns,
-                m(&empty, &empty),
-            ),
-            "NEW_ROW" => (
-                &all_columns,
-                m(&full_b, &empty),
-                &all_columns,
-                m(&empty, &empty),
-            ),
-            "NEW_ROW_AND_OLD_VALUES" => (
-                &all_columns,
-                m(&full_b, &json!({"Name": "A"})),
-                &all_columns,
-                m(&empty, &full_b),
-            ),
-            _ => unreachable!(),
-        };
-        let want = vec![
-            record(
-                "Singers",
-                "INSERT",
-                capture,
-                all_columns.clone(),
-                m(&full_a, &empty),
-            ),
-            record(
-                "Singers",
-                "UPDATE",
-                capture,
-                update_columns.clone(),
-                update_mods,
-            ),
-            record(
-                "Singers",
-                "DELETE",
-                capture,
-                delete_columns.clone(),
-                delete_mods,
-            ),
-        ];
-        assert_eq!(got, want, "value capture type {capture}");
-        let times: Vec<Timestamp> = records.iter().map(|r| r.commit_timestamp).collect();
-        assert_eq!(times, vec![inserted, updated, deleted], "{capture}");
-        assert_eq!(
-            records.iter().map(|r| r.mod_type).collect::<Vec<_>>(),
-            vec![ModType::Insert, ModType::Update, ModType::Delete]
-        );
-    }
-    Ok(())
+    let m = |new: &Value, old: &Value| json!([{"keys": key, "new_values": new, "old_values": old}]);
+    let (update_columns, update_mods, delete_mods) = match capture {
+        "OLD_AND_NEW_VALUES" => (
+            &key_and_name,
+            m(&json!({"Name": "B"}), &json!({"Name": "A"})),
+            m(&empty, &full_b),
+        ),
+        "NEW_VALUES" => (
+            &key_and_name,
+            m(&json!({"Name": "B"}), &empty),
+            m(&empty, &empty),
+        ),
+        "NEW_ROW" => (&all_columns, m(&full_b, &empty), m(&empty, &empty)),
+        "NEW_ROW_AND_OLD_VALUES" => (
+            &all_columns,
+            m(&full_b, &json!({"Name": "A"})),
+            m(&empty, &full_b),
+        ),
+        _ => unreachable!(),
+    };
+    vec![
+        record(
+            "Singers",
+            "INSERT",
+            capture,
+            all_columns.clone(),
+            m(&full_a, &empty),
+        ),
+        record(
+            "Singers",
+            "UPDATE",
+            capture,
+            update_columns.clone(),
+            update_mods,
+        ),
+        record(
+            "Singers",
+            "DELETE",
+            capture,
+            all_columns.clone(),
+            delete_mods,
+        ),
+    ]
 }
 
 #[tokio::test(flavor = "multi_thread")]
