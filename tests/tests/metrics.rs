@@ -96,48 +96,8 @@ async fn counters_lag_and_health_follow_the_stream_through_an_emulator_pause() -
         s.sum("screamer_output_records_total") >= 60.0 && lag(s) < 5.0
     })
     .await?;
-    assert_eq!(s.sum("screamer_records_total"), 60.0);
-    assert_eq!(s.sum("screamer_mods_total"), 60.0);
-    assert_eq!(
-        s.sum_where(
-            "screamer_records_total",
-            &[("table", "Items"), ("mod_type", "INSERT")]
-        ),
-        4.0,
-        "the first commit of each of the 4 keys inserts"
-    );
-    assert_eq!(
-        s.sum_where("screamer_output_records_total", &[("output", "main")]),
-        screamer.line_count() as f64
-    );
-    assert_eq!(s.sum("screamer_commit_to_output_seconds_count"), 60.0);
-    assert_eq!(s.sum("screamer_dead_letters_total"), 0.0);
-    assert!(s.sum("screamer_partitions_held") >= 1.0);
-    assert_eq!(s.sum("screamer_ready"), 1.0);
-    assert_eq!(
-        s.sum_where(
-            "screamer_build_info",
-            &[("version", env!("CARGO_PKG_VERSION"))]
-        ),
-        1.0
-    );
-
-    // Paused: nothing is read or acknowledged, the lag grows; the heartbeat cannot land, the
-    // runner lapses.
-    emulator.signal(SIGSTOP)?;
-    let paused = scrape_until(addr, Duration::from_secs(20), "the lag to grow", |s| {
-        lag(s) > 3.0
-    })
-    .await;
-    let lapsed = eventually(Duration::from_secs(30), "/healthz 503", async || {
-        (status(addr, "/healthz").await == 503).then_some(())
-    })
-    .await;
-    let not_ready = status(addr, "/readyz").await;
-    emulator.signal(SIGCONT)?;
-    paused?;
-    lapsed?;
-    assert_eq!(not_ready, 503, "a lapsed runner is not ready");
+    assert_counts_of_60_records(&s, screamer.line_count());
+    a_paused_emulator_raises_the_lag_and_lapses_the_runner(&emulator, addr).await?;
 
     // Resumed: the heartbeat lands again, the partitions are read again and the lag falls.
     eventually(Duration::from_secs(60), "/healthz 200 again", async || {
@@ -166,6 +126,58 @@ async fn counters_lag_and_health_follow_the_stream_through_an_emulator_pause() -
             .any(|l| l.contains("progress") && l.contains("records_per_second")),
         "the periodic progress line: {stderr}"
     );
+    Ok(())
+}
+
+/// The counters after 60 single-row commits over 4 keys, all on stdout (`stdout_lines`).
+fn assert_counts_of_60_records(s: &Scrape, stdout_lines: usize) {
+    assert_eq!(s.sum("screamer_records_total"), 60.0);
+    assert_eq!(s.sum("screamer_mods_total"), 60.0);
+    assert_eq!(
+        s.sum_where(
+            "screamer_records_total",
+            &[("table", "Items"), ("mod_type", "INSERT")]
+        ),
+        4.0,
+        "the first commit of each of the 4 keys inserts"
+    );
+    assert_eq!(
+        s.sum_where("screamer_output_records_total", &[("output", "main")]),
+        stdout_lines as f64
+    );
+    assert_eq!(s.sum("screamer_commit_to_output_seconds_count"), 60.0);
+    assert_eq!(s.sum("screamer_dead_letters_total"), 0.0);
+    assert!(s.sum("screamer_partitions_held") >= 1.0);
+    assert_eq!(s.sum("screamer_ready"), 1.0);
+    assert_eq!(
+        s.sum_where(
+            "screamer_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        1.0
+    );
+}
+
+/// Pauses the emulator (SIGSTOP): nothing is read or acknowledged, the lag grows; the
+/// heartbeat cannot land, the runner lapses and is not ready. Then resumes it.
+async fn a_paused_emulator_raises_the_lag_and_lapses_the_runner(
+    emulator: &Emulator,
+    addr: std::net::SocketAddr,
+) -> anyhow::Result<()> {
+    emulator.signal(SIGSTOP)?;
+    let paused = scrape_until(addr, Duration::from_secs(20), "the lag to grow", |s| {
+        lag(s) > 3.0
+    })
+    .await;
+    let lapsed = eventually(Duration::from_secs(30), "/healthz 503", async || {
+        (status(addr, "/healthz").await == 503).then_some(())
+    })
+    .await;
+    let not_ready = status(addr, "/readyz").await;
+    emulator.signal(SIGCONT)?;
+    paused?;
+    lapsed?;
+    assert_eq!(not_ready, 503, "a lapsed runner is not ready");
     Ok(())
 }
 
