@@ -114,11 +114,10 @@ async fn a_stream_reaches_jetstream_exactly_once_in_order_per_key_across_a_resta
     stream_through_restart_and_outage(&mut stream).await
 }
 
-/// Credentials and TLS are options of the URI: with the right ones every record arrives;
+/// A user and password are options of the URI: with the right ones every record arrives;
 /// with wrong or missing ones screamer does not start (one line naming the server, exit 2).
 #[tokio::test(flavor = "multi_thread")]
-async fn credentials_and_tls_are_uri_options_and_a_refusal_is_one_line() {
-    // User and password.
+async fn a_user_and_password_are_uri_options_and_a_refusal_is_one_line() {
     let nats = NatsServer::start_with(Access {
         server_args: ["--user", "cdc", "--pass", "s3cret"]
             .map(String::from)
@@ -156,9 +155,13 @@ async fn credentials_and_tls_are_uri_options_and_a_refusal_is_one_line() {
         "{}",
         half.stderr
     );
-    drop(nats);
+}
 
-    // TLS: a server certificate signed by a CA of the test's own, the CA as the root.
+/// TLS is an option of the URI: a server certificate signed by a CA of the test's own,
+/// the CA as the root, passes every record; an untrusted server, a wrong root or a missing
+/// file is one line, exit 2.
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_is_a_uri_option_and_an_untrusted_server_is_one_line() {
     let dir = scratch_dir("nats-tls");
     let (ca, cert, key) = (
         dir.join("ca.pem"),

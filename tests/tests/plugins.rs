@@ -112,7 +112,7 @@ fn redact_hashes_new_and_old_values_and_leaves_keys() {
 }
 
 #[test]
-fn fanout_copies_to_a_side_output_file_and_tags_unmapped_outputs() {
+fn fanout_copies_to_a_side_output_file() {
     let dir = scratch_dir("fanout");
     let audit = dir.join("audit.ndjson");
     let run = plugin_run(
@@ -138,9 +138,13 @@ fn fanout_copies_to_a_side_output_file_and_tags_unmapped_outputs() {
     assert_eq!(copies[0]["mod_type"], "UPDATE");
     assert_eq!(copies[1]["mod_type"], "DELETE");
     assert!(copies.iter().all(|c| c.get("output").is_none()));
+    std::fs::remove_dir_all(dir).unwrap();
+}
 
-    // Without a destination, copies go to stdout tagged with their output's name, with one
-    // warning however many there are.
+/// Without a destination, copies go to stdout tagged with their output's name, with one
+/// warning however many there are.
+#[test]
+fn a_side_output_without_a_destination_goes_to_stdout_tagged() {
     let run = plugin_run(
         &[
             &path("fanout"),
@@ -166,9 +170,13 @@ fn fanout_copies_to_a_side_output_file_and_tags_unmapped_outputs() {
         "{}",
         run.stderr
     );
+}
 
-    // A plugin that declares its side output in the pipeline file gets a destination or
-    // screamer does not start.
+/// A plugin that declares its side output in the pipeline file gets a destination or
+/// screamer does not start.
+#[test]
+fn a_declared_side_output_needs_a_destination() {
+    let dir = scratch_dir("fanout-declared");
     let pipeline = dir.join("pipeline.toml");
     std::fs::write(
         &pipeline,
