@@ -146,6 +146,11 @@ fn assert_counts_of_60_records(s: &Scrape, stdout_lines: usize) {
         stdout_lines as f64
     );
     assert_eq!(s.sum("screamer_commit_to_output_seconds_count"), 60.0);
+    assert_eq!(
+        s.sum("screamer_read_batch_records_sum"),
+        60.0,
+        "every record in one read batch"
+    );
     assert_eq!(s.sum("screamer_dead_letters_total"), 0.0);
     assert!(s.sum("screamer_partitions_held") >= 1.0);
     assert_eq!(s.sum("screamer_ready"), 1.0);

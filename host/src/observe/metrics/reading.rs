@@ -10,7 +10,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
 use super::{FloatGauge, latency_histogram, registered, registered_in};
@@ -42,6 +42,7 @@ pub(super) struct ReadingMetrics {
     partitions_held: Gauge,
     partitions_finished: Counter,
     query_restarts: Family<ErrorLabels, Counter>,
+    read_batch: Histogram,
     /// The total over `records`, which cannot be summed back.
     records_read: AtomicU64,
     state: Mutex<Positions>,
@@ -130,6 +131,12 @@ impl ReadingMetrics {
                 "Partition queries restarted from their watermark after a transient error, by class",
                 Family::default(),
             ),
+            read_batch: registered(
+                r,
+                "read_batch_records",
+                "Records per batch a reader hands on; batches grow while the consumer is busy",
+                Histogram::new(exponential_buckets(1.0, 2.0, 11)),
+            ),
             records_read: AtomicU64::new(0),
             state: Mutex::new(Positions::default()),
         };
@@ -179,6 +186,7 @@ impl ReadingMetrics {
     }
 
     fn read(&self, records: &[DataChangeRecord]) {
+        self.read_batch.observe(records.len() as f64);
         self.records_read
             .fetch_add(records.len() as u64, Ordering::Relaxed);
         // One label lookup per (table, mod type) run, not per record.
