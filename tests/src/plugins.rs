@@ -167,8 +167,8 @@ pub fn sdk_dir() -> PathBuf {
 
 /// Runs `screamer <args>` in `dir` as a plugin author would, to completion: the guest
 /// toolchains `scripts/test.sh` installs under `target/` (componentize-py, jco) on `PATH`,
-/// and Rust projects built in a target directory of their own (`cargo test` holds the
-/// workspace's while tests run).
+/// and Rust projects built offline in a target directory of their own (`cargo test` holds
+/// the workspace's while tests run).
 pub fn author(dir: &Path, args: &[&str]) -> anyhow::Result<PluginRun> {
     author_with_path(dir, args, &toolchain_path())
 }
@@ -179,6 +179,8 @@ pub fn author_with_path(dir: &Path, args: &[&str], path: &str) -> anyhow::Result
         .current_dir(dir)
         .env("PATH", path)
         .env("CARGO_TARGET_DIR", target_dir().join("authoring"))
+        // Rust projects build from what `plugin new` wrote and Cargo's cache alone.
+        .env("CARGO_NET_OFFLINE", "true")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -116,10 +116,11 @@ fn new_project_passes_its_tests(
     Ok((project, tested))
 }
 
+/// Built from the SDK `plugin new` vendors into the project, with Cargo offline: nothing
+/// but crates already in Cargo's cache.
 #[test]
 fn a_rust_project_from_plugin_new_passes_plugin_test() -> anyhow::Result<()> {
-    let sdk = sdk_dir().display().to_string();
-    let (project, tested) = new_project_passes_its_tests("rust", &["--sdk", &sdk])?;
+    let (project, tested) = new_project_passes_its_tests("rust", &[])?;
     // Its native unit tests ran first.
     assert!(
         tested
@@ -131,9 +132,48 @@ fn a_rust_project_from_plugin_new_passes_plugin_test() -> anyhow::Result<()> {
     );
     let cargo_toml = std::fs::read_to_string(project.join("Cargo.toml"))?;
     assert!(
+        cargo_toml.contains(
+            r#"screamer-plugin-sdk = { path = "vendor/screamer-plugin-sdk", version = "0.2" }"#
+        ),
+        "{cargo_toml}"
+    );
+    // The SDK's own sources, and a manifest that stands alone.
+    let vendored = project.join("vendor/screamer-plugin-sdk");
+    for file in [
+        "src/lib.rs",
+        "src/json.rs",
+        "src/origin.rs",
+        "wit/plugin.wit",
+    ] {
+        assert_eq!(
+            std::fs::read(vendored.join(file))?,
+            std::fs::read(sdk_dir().join(file))?,
+            "{file}"
+        );
+    }
+    let manifest = std::fs::read_to_string(vendored.join("Cargo.toml"))?;
+    assert!(!manifest.contains("workspace"), "{manifest}");
+    Ok(())
+}
+
+/// `--sdk DIR` depends on a checkout instead, and vendors nothing.
+#[test]
+fn a_rust_project_can_use_a_local_sdk() -> anyhow::Result<()> {
+    let dir = outside_workspace("author-rust-sdk");
+    let sdk = sdk_dir().display().to_string();
+    let created = author(
+        &dir,
+        &["plugin", "new", "local", "--lang", "rust", "--sdk", &sdk],
+    )?;
+    assert_ok("plugin new", &created);
+    let project = dir.join("local");
+    let cargo_toml = std::fs::read_to_string(project.join("Cargo.toml"))?;
+    assert!(
         cargo_toml.contains(&format!("path = {}", Value::from(sdk))),
         "{cargo_toml}"
     );
+    assert!(!project.join("vendor").exists());
+    remove_scratch(&project);
     Ok(())
 }
 

@@ -11,6 +11,7 @@ mod input;
 mod project;
 mod run;
 mod sample;
+mod sdk;
 
 use std::path::PathBuf;
 

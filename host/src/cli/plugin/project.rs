@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use serde_json::Value;
 
+use super::sdk::Sdk;
 use crate::cli::RunError;
 
 /// The languages `plugin new` writes and `plugin build` builds.
@@ -129,8 +130,8 @@ impl Project {
             )));
         }
         let sdk = match (sdk, language) {
-            (None, _) => sdk_from_repository(),
-            (Some(path), Language::Rust) => sdk_at(path)?,
+            (None, _) => Sdk::Vendored,
+            (Some(path), Language::Rust) => Sdk::local(path)?,
             (Some(_), _) => {
                 return Err(RunError::Input(
                     "plugin new: --sdk is for --lang rust only".to_owned(),
@@ -138,11 +139,21 @@ impl Project {
             }
         };
         let type_name = camel_case(name);
-        for (path, text) in template(language) {
-            let text = text
-                .replace("{{name}}", name)
-                .replace("{{type}}", &type_name)
-                .replace("{{sdk}}", &sdk);
+        let dependency = sdk.dependency(&sdk_version());
+        let mut files: Vec<(String, String)> = template(language)
+            .into_iter()
+            .map(|(path, text)| {
+                let text = text
+                    .replace("{{name}}", name)
+                    .replace("{{type}}", &type_name)
+                    .replace("{{sdk}}", &dependency);
+                (path.to_owned(), text)
+            })
+            .collect();
+        if language == Language::Rust {
+            files.extend(sdk.files());
+        }
+        for (path, text) in files {
             let file = dir.join(path);
             let written = file
                 .parent()
@@ -371,32 +382,6 @@ fn camel_case(name: &str) -> String {
             })
         })
         .collect()
-}
-
-/// The SDK as published with the host: the repository, at this host's version.
-fn sdk_from_repository() -> String {
-    format!(
-        "{{ git = \"{}\", version = \"{}\" }}",
-        env!("CARGO_PKG_REPOSITORY"),
-        sdk_version()
-    )
-}
-
-/// A local SDK: the crate's directory, checked to be one.
-fn sdk_at(path: &Path) -> Result<String, RunError> {
-    let dir = std::path::absolute(path)?;
-    let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap_or_default();
-    if !manifest.contains("name = \"screamer-plugin-sdk\"") {
-        return Err(RunError::Input(format!(
-            "--sdk {}: expected the directory of the screamer-plugin-sdk crate",
-            path.display()
-        )));
-    }
-    Ok(format!(
-        "{{ path = {}, version = \"{}\" }}",
-        Value::from(dir.display().to_string()),
-        sdk_version()
-    ))
 }
 
 /// The SDK versions that speak this host's plugin world: the world's major and minor.
