@@ -829,3 +829,17 @@ fn plugin_perf_map_names_the_plugins_compiled_code_for_perf() {
     assert!(functions > 10, "{functions} plugin functions in:\n{map}");
     assert_eq!(perf_map_of_run(&[]), None, "no perf map unless asked");
 }
+
+/// A component of another world is told how to rebuild in its own language: the language
+/// is recognized from what its toolchain left in the real components.
+#[test]
+fn the_language_of_a_component_is_recognized() {
+    use screamer::plugin::GuestLanguage;
+    let of = |name: &str| GuestLanguage::of(&std::fs::read(plugin(name)).unwrap());
+    assert_eq!(of("filter"), Some(GuestLanguage::Rust));
+    assert_eq!(of("drop_columns"), Some(GuestLanguage::Python));
+    assert_eq!(of("py_raise"), Some(GuestLanguage::Python));
+    assert_eq!(of("js_throw"), Some(GuestLanguage::JavaScript));
+    assert_eq!(of("tag_table"), Some(GuestLanguage::JavaScript));
+    assert_eq!(of("enrich"), Some(GuestLanguage::Rust));
+}

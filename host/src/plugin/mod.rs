@@ -43,6 +43,54 @@ pub use runtime::{ComponentReport, PluginRuntime, RuntimeOptions};
 pub use version::PluginVersion;
 pub use watch::{HotSwap, watch};
 
+/// The language a component was written in, as its toolchain marks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestLanguage {
+    /// `wit-bindgen-rust` (the SDK).
+    Rust,
+    /// componentize-py.
+    Python,
+    /// jco's componentize (QuickJS or StarlingMonkey).
+    JavaScript,
+}
+
+impl GuestLanguage {
+    /// The language whose toolchain left its name in `component` (its `producers`
+    /// sections, or the runtime it embeds), if one did.
+    pub fn of(component: &[u8]) -> Option<Self> {
+        let has = |marker: &str| memchr::memmem::find(component, marker.as_bytes()).is_some();
+        if has("componentize-py") || has("componentize_py") {
+            Some(GuestLanguage::Python)
+        } else if has("componentize-qjs") || has("componentize-js") || has("StarlingMonkey") {
+            Some(GuestLanguage::JavaScript)
+        } else if has("wit-bindgen-rust") {
+            Some(GuestLanguage::Rust)
+        } else {
+            None
+        }
+    }
+}
+
+/// How to rebuild a component of another world for this one, in its language.
+fn rebuild_for_this_world(language: Option<GuestLanguage>) -> String {
+    let template = |lang: &str| {
+        format!(
+            "rebuild it with the wit/plugin.wit of this world, which \
+             `screamer plugin new NAME --lang {lang}` writes"
+        )
+    };
+    match language {
+        Some(GuestLanguage::Rust) => {
+            "a Rust component: rebuild it with screamer-plugin-sdk 0.2".to_owned()
+        }
+        Some(GuestLanguage::Python) => format!("a Python component: {}", template("python")),
+        Some(GuestLanguage::JavaScript) => {
+            format!("a JavaScript component: {}", template("javascript"))
+        }
+        None => "rebuild it for this world: docs/write-a-plugin.md".to_owned(),
+    }
+}
+
 /// One plugin of a chain: where it is and how it runs.
 #[derive(Debug, Clone)]
 pub struct PluginSpec {
@@ -141,9 +189,9 @@ pub enum PluginError {
         exports: String,
     },
     #[error(
-        "plugin {}: built for {found}; this host runs {WORLD} (rebuild it with \
-         screamer-plugin-sdk 0.2, or for this world: docs/write-a-plugin.md)",
-        path.display()
+        "plugin {}: built for {found}; this host runs {WORLD} ({})",
+        path.display(),
+        rebuild_for_this_world(*built_with)
     )]
     /// The component targets another version of the world.
     WrongVersion {
@@ -151,6 +199,8 @@ pub enum PluginError {
         path: PathBuf,
         /// The world it targets.
         found: String,
+        /// The language it was written in, when its toolchain left a mark.
+        built_with: Option<GuestLanguage>,
     },
     /// The component imports something the host does not provide.
     #[error("plugin {}: imports what the host does not provide: {message}", path.display())]

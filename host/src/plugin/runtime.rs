@@ -198,7 +198,7 @@ impl PluginRuntime {
             .imports(&self.engine)
             .map(|(n, _)| n.to_owned())
             .collect();
-        check_world(path, &exports)?;
+        check_world(path, &exports, &bytes)?;
         let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| {
             // A cached artifact skipped the check before compiling: name them now.
             check_imports(path, &imports)
@@ -370,7 +370,8 @@ fn top_level_imports(bytes: &[u8]) -> Result<Vec<String>, wasmtime::wasmparser::
     Ok(names)
 }
 
-fn check_world(path: &Path, exports: &[String]) -> Result<(), PluginError> {
+/// Whether `exports` (of `component`) hold this world's processor.
+fn check_world(path: &Path, exports: &[String], component: &[u8]) -> Result<(), PluginError> {
     if exports.iter().any(|e| e == PROCESSOR_EXPORT) {
         return Ok(());
     }
@@ -381,6 +382,7 @@ fn check_world(path: &Path, exports: &[String]) -> Result<(), PluginError> {
         return Err(PluginError::WrongVersion {
             path: path.to_owned(),
             found: other.replace("/processor", ""),
+            built_with: super::GuestLanguage::of(component),
         });
     }
     Err(PluginError::WrongWorld {
@@ -424,17 +426,29 @@ mod tests {
     #[test]
     fn world_errors_say_what_the_component_exports() {
         let p = Path::new("x.wasm");
-        let err = check_world(p, &["wasi:cli/run@0.2.6".to_owned()]).unwrap_err();
+        let err = check_world(p, &["wasi:cli/run@0.2.6".to_owned()], b"").unwrap_err();
         assert_eq!(
             err.to_string(),
             "plugin x.wasm: not a screamer:plugin@0.2.0 plugin: it exports wasi:cli/run@0.2.6; \
              expected an export screamer:plugin/processor@0.2.0"
         );
-        let err = check_world(p, &["screamer:plugin/processor@0.1.0".to_owned()]).unwrap_err();
+        let old = ["screamer:plugin/processor@0.1.0".to_owned()];
+        let err = check_world(p, &old, b"").unwrap_err();
         assert_eq!(
             err.to_string(),
             "plugin x.wasm: built for screamer:plugin@0.1.0; this host runs screamer:plugin@0.2.0 \
-             (rebuild it with screamer-plugin-sdk 0.2, or for this world: docs/write-a-plugin.md)"
+             (rebuild it for this world: docs/write-a-plugin.md)"
         );
+        // The fix in the component's own language, named by what its toolchain left.
+        let said = |component: &[u8]| check_world(p, &old, component).unwrap_err().to_string();
+        assert!(
+            said(b"\x0cprocessed-by\x03\rwit-component\x10wit-bindgen-rust")
+                .ends_with("(a Rust component: rebuild it with screamer-plugin-sdk 0.2)")
+        );
+        assert!(said(b"libcomponentize_py_runtime.so").ends_with(
+            "(a Python component: rebuild it with the wit/plugin.wit of this world, which \
+             `screamer plugin new NAME --lang python` writes)"
+        ));
+        assert!(said(b"componentize-qjs:shim.js").contains("a JavaScript component"));
     }
 }
