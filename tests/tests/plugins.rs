@@ -843,3 +843,27 @@ fn the_language_of_a_component_is_recognized() {
     assert_eq!(of("tag_table"), Some(GuestLanguage::JavaScript));
     assert_eq!(of("enrich"), Some(GuestLanguage::Rust));
 }
+
+/// `init` runs in a trial instance (at load) and again in the running one: what it logs is
+/// logged once.
+#[test]
+fn what_init_logs_is_logged_once() {
+    let run = plugin_run(
+        &[
+            &path("drop_columns"),
+            "--plugin-config",
+            r#"drop_columns={"columns":["Email"]}"#,
+            "--log-level",
+            "debug",
+        ],
+        &lines(&sample()),
+    )
+    .unwrap();
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(
+        run.stderr.matches("dropping columns ['Email']").count(),
+        1,
+        "{}",
+        run.stderr
+    );
+}

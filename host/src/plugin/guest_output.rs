@@ -47,6 +47,9 @@ struct Said {
     tail: VecDeque<String>,
     logged: u32,
     suppressed: u64,
+    /// Lines are kept for the tail only, never logged: a trial instance, whose `init` the
+    /// running instances repeat (and log) right after.
+    quiet: bool,
 }
 
 /// Which stream a line came from.
@@ -64,6 +67,7 @@ impl GuestOutput {
             tail: VecDeque::new(),
             logged: 0,
             suppressed: 0,
+            quiet: false,
         })))
     }
 
@@ -73,6 +77,11 @@ impl GuestOutput {
 
     pub(super) fn set_tag(&self, tag: Arc<str>) {
         self.said().tag = tag;
+    }
+
+    /// From now on lines only reach the tail (a failed call's dead letter or error).
+    pub(super) fn quiet(&self) {
+        self.said().quiet = true;
     }
 
     /// Starts a call: its budget of lines and its tail begin empty.
@@ -140,6 +149,9 @@ impl Said {
                 self.tail.pop_front();
             }
             self.tail.push_back(text.clone());
+        }
+        if self.quiet {
+            return;
         }
         if self.logged >= LINES_PER_CALL {
             self.suppressed += 1;
@@ -326,5 +338,16 @@ mod tests {
         out.begin_call();
         out.log(Level::Info, "quiet");
         assert_eq!(out.end_call(), "");
+    }
+
+    #[test]
+    fn a_quiet_instance_logs_nothing_and_keeps_its_tail() {
+        let out = GuestOutput::new("p@1".into());
+        out.quiet();
+        out.begin_call();
+        out.log(Level::Info, "configured");
+        out.log(Level::Error, "refused");
+        assert_eq!(out.said().logged, 0);
+        assert_eq!(out.end_call(), "refused");
     }
 }

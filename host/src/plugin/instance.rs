@@ -84,6 +84,11 @@ impl Instance {
         self.store.data_mut().output.set_tag(tag);
     }
 
+    /// What the guest says is no longer logged, only kept for a failure's message.
+    pub fn quiet(&mut self) {
+        self.store.data_mut().output.quiet();
+    }
+
     pub async fn info(&mut self, deadline: Instant) -> Result<PluginInfo, PluginFailure> {
         arm(&mut self.store, &self.limits, deadline);
         let call = self

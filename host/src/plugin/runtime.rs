@@ -246,6 +246,8 @@ impl PluginRuntime {
             Instance::instantiate(pre, &self.engine, spec, file_tag.clone(), deadline())
                 .await
                 .map_err(start_failed(&file_tag))?;
+        // The running instances call `init` again, and their lines are the ones logged.
+        trial.quiet();
         let info = trial
             .info(deadline())
             .await
