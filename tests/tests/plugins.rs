@@ -684,7 +684,7 @@ impl PipedRun {
         let mut child = command([&["plugin", "run"], args].concat())
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
         let stdin = child.stdin.take();
@@ -716,9 +716,13 @@ impl PipedRun {
             .unwrap_or_else(|_| panic!("no output for {line} while stdin is open"))
     }
 
-    fn finish(mut self) {
+    /// Closes stdin and waits for a successful exit; returns what it logged.
+    fn finish(mut self) -> String {
         drop(self.stdin.take());
-        assert!(self.child.wait().unwrap().success());
+        let out = self.child.wait_with_output().unwrap();
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(out.status.success(), "{stderr}");
+        stderr
     }
 }
 
@@ -761,7 +765,14 @@ fn plugin_run_watch_swaps_in_a_rebuilt_plugin() {
     for _ in 0..3 {
         assert_eq!(tag(&run.send(record.trim_end())), "chaos-tag:v002");
     }
-    run.finish();
+    // While the new version compiled, the log said so (and who takes records meanwhile).
+    let stderr = run.finish();
+    let loading = stderr.find("reloading the plugin file");
+    let swapped = stderr.find("plugin swapped");
+    assert!(
+        loading.is_some_and(|l| swapped.is_some_and(|s| l < s)),
+        "{stderr}"
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 

@@ -94,6 +94,12 @@ pub fn watch(
 /// Loads the slot's file again and switches to it when it is a new, valid version.
 async fn reload(runtime: &Arc<PluginRuntime>, chain: &Arc<Chain>, slot: usize) {
     let current = chain.versions().swap_remove(slot);
+    // Compiling a new version can take seconds (a JavaScript one, 7 s).
+    tracing::info!(
+        plugin = current.tag(),
+        file = %current.spec.path.display(),
+        "reloading the plugin file; the running version takes records until the new one is ready"
+    );
     match runtime.load(&current.spec).await {
         Ok(new) if new.sha256 == current.sha256 => {
             tracing::info!(
