@@ -878,3 +878,24 @@ fn what_init_logs_is_logged_once() {
         run.stderr
     );
 }
+
+/// `plugin check` shows the world's exports as the plugin's, and what a toolchain exports
+/// for itself apart.
+#[test]
+fn plugin_check_sets_toolchain_exports_apart() {
+    let run = screamer(&["plugin", "check", &path("js_throw")], "").unwrap();
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let exports: Vec<&str> = run
+        .stdout
+        .iter()
+        .map(|l| l.trim())
+        .filter(|l| l.starts_with("exports:") || l.starts_with("(and"))
+        .collect();
+    assert_eq!(
+        exports,
+        [
+            "exports: screamer:plugin/processor@0.2.0",
+            "(and the toolchain's own, never called: init)"
+        ]
+    );
+}

@@ -160,7 +160,19 @@ async fn check(
         println!("{}: ok", report.path.display());
         println!("  plugin:  {} {}", report.name, report.version);
         println!("  world:   {}", report.world);
-        println!("  exports: {}", report.exports.join(", "));
+        // Toolchains export what they need themselves (jco `init`, componentize-py
+        // `exports`): the host never calls those.
+        let (world, toolchain): (Vec<&String>, Vec<&String>) = report
+            .exports
+            .iter()
+            .partition(|e| e.starts_with("screamer:plugin/"));
+        println!("  exports: {}", join(&world));
+        if !toolchain.is_empty() {
+            println!(
+                "           (and the toolchain's own, never called: {})",
+                join(&toolchain)
+            );
+        }
         println!("  imports: {}", report.imports.join(", "));
         println!("  sha256:  {}", report.sha256);
         println!("  load:    {:.1} ms", report.load_millis);
@@ -170,4 +182,12 @@ async fn check(
         }
     }
     Ok(())
+}
+
+fn join(names: &[&String]) -> String {
+    names
+        .iter()
+        .map(|n| n.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
