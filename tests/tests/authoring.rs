@@ -153,6 +153,27 @@ fn a_rust_project_from_plugin_new_passes_plugin_test() -> anyhow::Result<()> {
     }
     let manifest = std::fs::read_to_string(vendored.join("Cargo.toml"))?;
     assert!(!manifest.contains("workspace"), "{manifest}");
+
+    // Without fixtures the native tests still run.
+    std::fs::remove_dir_all(project.join("fixtures"))?;
+    let native = author(&project, &["plugin", "test"])?;
+    assert_ok("plugin test without fixtures", &native);
+    assert!(
+        native
+            .stdout
+            .iter()
+            .any(|l| l.starts_with("test result: ok. 2 passed")),
+        "{:?}",
+        native.stdout
+    );
+    assert!(
+        native
+            .stdout
+            .last()
+            .is_some_and(|l| l.starts_with("no fixtures in fixtures/")),
+        "{:?}",
+        native.stdout
+    );
     Ok(())
 }
 
@@ -231,6 +252,47 @@ fn a_javascript_project_from_plugin_new_passes_plugin_test_and_a_changed_expecta
     assert_eq!(
         failed.stderr.lines().last(),
         Some("error: 1 of 1 fixtures failed")
+    );
+    // Only a fixture changed: the component was not built again.
+    assert!(
+        failed
+            .stderr
+            .contains("hello-javascript.wasm is up to date"),
+        "{}",
+        failed.stderr
+    );
+
+    // --bless takes what the component makes as the expectation: then the test passes.
+    let blessed = author(&project, &["plugin", "test", "--bless"])?;
+    assert_ok("plugin test --bless", &blessed);
+    assert_eq!(
+        blessed.stdout[blessed.stdout.len() - 2..],
+        [
+            "fixture fixtures/basic.json ... blessed".to_owned(),
+            "1 fixtures: 1 blessed, 0 failed".to_owned()
+        ]
+    );
+    let passed = author(&project, &["plugin", "test"])?;
+    assert_ok("plugin test after --bless", &passed);
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&fixture)?)?;
+    assert_eq!(
+        doc["output"][0]["changed_columns"],
+        serde_json::json!(["Email", "Name"])
+    );
+    assert!(
+        doc["description"].is_string(),
+        "the rest of the fixture stays: {doc}"
+    );
+
+    // A changed source is built again.
+    let app = project.join("app.js");
+    std::fs::write(&app, std::fs::read_to_string(&app)? + "\n// edited\n")?;
+    let rebuilt = author(&project, &["plugin", "test"])?;
+    assert_ok("plugin test after an edit", &rebuilt);
+    assert!(
+        rebuilt.stderr.contains("built hello-javascript.wasm ("),
+        "{}",
+        rebuilt.stderr
     );
     Ok(())
 }
@@ -357,5 +419,76 @@ fn plugin_sample_feeds_plugin_run() -> anyhow::Result<()> {
         "{}",
         bad.stderr
     );
+    Ok(())
+}
+
+/// `plugin test --wasm` tests a component built anywhere against a directory that holds only
+/// fixtures; `--fixture` picks some; no fixtures is no failure; `--no-build` needs a
+/// component built before.
+#[test]
+fn plugin_test_takes_a_component_built_elsewhere_and_picks_fixtures() -> anyhow::Result<()> {
+    let dir = scratch_dir("test-wasm");
+    let wasm = plugin("identity").display().to_string();
+    let test = |extra: &[&str]| -> anyhow::Result<PluginRun> {
+        let at = dir.display().to_string();
+        author(
+            &dir,
+            &[&["plugin", "test", &at, "--wasm", &wasm], extra].concat(),
+        )
+    };
+    let none = test(&[])?;
+    assert_ok("no fixtures", &none);
+    assert!(
+        none.stdout[0].starts_with("no fixtures in fixtures/"),
+        "{:?}",
+        none.stdout
+    );
+
+    std::fs::create_dir_all(dir.join("fixtures"))?;
+    let record =
+        json!({"table_name": "Users", "mod_type": "INSERT", "mods": [{"keys": {"Id": "1"}}]});
+    let same = json!({"input": [record], "output": [record]});
+    let wrong = json!({"input": [record], "output": []});
+    std::fs::write(dir.join("fixtures/same.json"), same.to_string())?;
+    std::fs::write(dir.join("fixtures/wrong.json"), wrong.to_string())?;
+    let picked = test(&["--fixture", "same"])?;
+    assert_ok("--fixture same", &picked);
+    assert_eq!(
+        picked.stdout,
+        [
+            format!("fixture {}/fixtures/same.json ... ok", dir.display()),
+            "1 fixtures: 1 passed, 0 failed".to_owned()
+        ]
+    );
+    let all = test(&[])?;
+    assert_eq!(all.code, Some(1), "{all:?}");
+    assert_eq!(
+        all.stdout.last().map(String::as_str),
+        Some("2 fixtures: 1 passed, 1 failed")
+    );
+    let unknown = test(&["--fixture", "nope.json"])?;
+    assert_eq!(unknown.code, Some(2));
+    assert_eq!(
+        unknown.stderr.trim(),
+        format!(
+            "error: --fixture nope.json: no such fixture in {}/fixtures (there: same, wrong)",
+            dir.display()
+        )
+    );
+
+    // A JavaScript project never built: --no-build says how to build it.
+    std::fs::write(dir.join("app.js"), "")?;
+    std::fs::write(dir.join("package.json"), r#"{"name": "unbuilt"}"#)?;
+    let at = dir.display().to_string();
+    let unbuilt = author(&dir, &["plugin", "test", &at, "--no-build"])?;
+    assert_eq!(unbuilt.code, Some(2), "{unbuilt:?}");
+    assert_eq!(
+        unbuilt.stderr.trim(),
+        format!(
+            "error: {}/unbuilt.wasm is not built: run `screamer plugin build` (or test without --no-build)",
+            dir.display()
+        )
+    );
+    std::fs::remove_dir_all(dir)?;
     Ok(())
 }

@@ -67,10 +67,33 @@ struct ExpectedDeadLetter {
 /// A project's fixtures, read and checked.
 pub struct Fixtures(Vec<(PathBuf, Fixture)>);
 
+/// What a fixture run does with what the component makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Compare it with the fixture's expectations; exit 1 when any differs.
+    Check,
+    /// Write it into the fixture as its expectations (`--bless`).
+    Bless,
+}
+
 impl Fixtures {
-    /// Every `*.json` in `dir`, in name order; a mistake in one names the file and where.
-    pub fn read(dir: &Path) -> Result<Self, RunError> {
-        let files = fixture_files(dir)?;
+    /// Every `*.json` in `dir` (none when there is no `dir`), in name order, or those named
+    /// in `only` (a file name, with or without `.json`). A mistake in one names the file and
+    /// where; a name that matches no file is a mistake too.
+    pub fn read(dir: &Path, only: &[String]) -> Result<Self, RunError> {
+        let mut files = fixture_files(dir)?;
+        if !only.is_empty() {
+            for name in only {
+                if !files.iter().any(|f| is_named(f, name)) {
+                    return Err(RunError::Input(format!(
+                        "--fixture {name}: no such fixture in {} (there: {})",
+                        dir.display(),
+                        names(&files)
+                    )));
+                }
+            }
+            files.retain(|f| only.iter().any(|name| is_named(f, name)));
+        }
         let fixtures = files
             .into_iter()
             .map(|file| read(&file).map(|fixture| (file, fixture)))
@@ -78,62 +101,87 @@ impl Fixtures {
         Ok(Fixtures(fixtures))
     }
 
-    /// Runs every fixture against `wasm`; prints one line per fixture and the diff of each
-    /// that fails. Exit 1 when any fails.
-    pub async fn run(&self, wasm: &Path, cache: Option<PathBuf>) -> Result<(), RunError> {
-        run_all(&self.0, wasm, cache).await
+    /// Runs every fixture against `wasm`; prints one line per fixture, and the diff of each
+    /// that fails (`Check`, exit 1 when any fails) or the file it rewrote (`Bless`).
+    pub async fn run(
+        &self,
+        wasm: &Path,
+        cache: Option<PathBuf>,
+        mode: Mode,
+    ) -> Result<(), RunError> {
+        if self.0.is_empty() {
+            println!(
+                "no fixtures in {DIR}/: nothing to compare (add one like `{DIR}/basic.json` of `screamer plugin new`)"
+            );
+            return Ok(());
+        }
+        let runtime = PluginRuntime::new(RuntimeOptions::cached(
+            cache.or_else(PluginRuntime::default_cache_dir),
+        ))?;
+        let mut failed = 0;
+        for (file, fixture) in &self.0 {
+            let verdict = match (run_one(&runtime, wasm, fixture).await?, mode) {
+                (Ok(made), Mode::Check) => made.verdict(fixture),
+                (Ok(made), Mode::Bless) => {
+                    made.bless(file)?;
+                    Verdict::Blessed
+                }
+                (Err(refused), _) => Verdict::Fail(refused),
+            };
+            failed += usize::from(verdict.report(file, fixture));
+        }
+        let total = self.0.len();
+        let done = match mode {
+            Mode::Check => "passed",
+            Mode::Bless => "blessed",
+        };
+        println!(
+            "{total} fixtures: {} {done}, {failed} failed",
+            total - failed
+        );
+        if failed > 0 {
+            return Err(RunError::Failed(format!(
+                "{failed} of {total} fixtures failed"
+            )));
+        }
+        Ok(())
     }
 }
 
-async fn run_all(
-    fixtures: &[(PathBuf, Fixture)],
-    wasm: &Path,
-    cache: Option<PathBuf>,
-) -> Result<(), RunError> {
-    let runtime = PluginRuntime::new(RuntimeOptions::cached(
-        cache.or_else(PluginRuntime::default_cache_dir),
-    ))?;
-    let mut failed = 0;
-    for (file, fixture) in fixtures {
-        match run_one(&runtime, wasm, fixture).await? {
-            Verdict::Pass => println!("fixture {} ... ok", file.display()),
-            Verdict::Fail(report) => {
-                failed += 1;
-                println!("fixture {} ... FAILED", file.display());
-                if let Some(description) = &fixture.description {
-                    println!("  ({description})");
-                }
-                println!("{report}");
-            }
-        }
+/// Whether `file` is the fixture `name` (`basic` or `basic.json`).
+fn is_named(file: &Path, name: &str) -> bool {
+    let name = name.strip_suffix(".json").unwrap_or(name);
+    file.file_stem().is_some_and(|stem| stem == name)
+}
+
+fn names(files: &[PathBuf]) -> String {
+    let names: Vec<String> = files
+        .iter()
+        .filter_map(|f| f.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .collect();
+    if names.is_empty() {
+        "none".to_owned()
+    } else {
+        names.join(", ")
     }
-    let total = fixtures.len();
-    println!(
-        "{total} fixtures: {} passed, {failed} failed",
-        total - failed
-    );
-    if failed > 0 {
-        return Err(RunError::Failed(format!(
-            "{failed} of {total} fixtures failed"
-        )));
-    }
-    Ok(())
 }
 
 fn fixture_files(dir: &Path) -> Result<Vec<PathBuf>, RunError> {
-    let entries = std::fs::read_dir(dir)
-        .map_err(|e| RunError::Input(format!("{}: cannot list fixtures: {e}", dir.display())))?;
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(RunError::Input(format!(
+                "{}: cannot list fixtures: {e}",
+                dir.display()
+            )));
+        }
+    };
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
         .collect();
     files.sort();
-    if files.is_empty() {
-        return Err(RunError::Input(format!(
-            "{}: no fixtures (*.json): add one (see `fixtures/basic.json` of `screamer plugin new`)",
-            dir.display()
-        )));
-    }
     Ok(files)
 }
 
@@ -167,13 +215,98 @@ enum Verdict {
     Pass,
     /// What differs, readable.
     Fail(String),
+    /// The fixture now expects what the component made.
+    Blessed,
 }
 
+impl Verdict {
+    /// Prints the fixture's line (and what failed); whether it failed.
+    fn report(&self, file: &Path, fixture: &Fixture) -> bool {
+        match self {
+            Verdict::Pass => println!("fixture {} ... ok", file.display()),
+            Verdict::Blessed => println!("fixture {} ... blessed", file.display()),
+            Verdict::Fail(report) => {
+                println!("fixture {} ... FAILED", file.display());
+                if let Some(description) = &fixture.description {
+                    println!("  ({description})");
+                }
+                println!("{report}");
+            }
+        }
+        matches!(self, Verdict::Fail(_))
+    }
+}
+
+/// What the component made of a fixture's input.
+struct Made {
+    main: Vec<Value>,
+    /// By the side outputs the fixture names.
+    side: BTreeMap<String, Vec<Value>>,
+    dead_letters: Vec<Value>,
+}
+
+impl Made {
+    fn verdict(&self, fixture: &Fixture) -> Verdict {
+        let mut report = String::new();
+        compare(&mut report, "main output", &fixture.output, &self.main);
+        for (name, made) in &self.side {
+            compare(
+                &mut report,
+                &format!("side output {name:?}"),
+                &fixture.side_outputs[name],
+                made,
+            );
+        }
+        compare_dead_letters(&mut report, &fixture.dead_letters, &self.dead_letters);
+        if report.is_empty() {
+            Verdict::Pass
+        } else {
+            Verdict::Fail(report)
+        }
+    }
+
+    /// Rewrites `file` with these as its expectations, its other fields as they were;
+    /// records without the fields that hold their defaults.
+    fn bless(&self, file: &Path) -> Result<(), RunError> {
+        let defaults = InputLine::defaults();
+        let shown = |records: &[Value]| -> Value {
+            records.iter().map(|r| readable(r, &defaults)).collect()
+        };
+        let text = std::fs::read_to_string(file)?;
+        let mut doc: Map<String, Value> = serde_json::from_str(&text)
+            .map_err(|e| RunError::Input(format!("{}: {e}", file.display())))?;
+        doc.insert("output".to_owned(), shown(&self.main));
+        if !self.side.is_empty() {
+            let side = self
+                .side
+                .iter()
+                .map(|(name, made)| (name.clone(), shown(made)))
+                .collect();
+            doc.insert("side_outputs".to_owned(), Value::Object(side));
+        }
+        let dead: Vec<Value> = self
+            .dead_letters
+            .iter()
+            .map(|d| serde_json::json!({"error": d["error"], "record": d["record"]}))
+            .collect();
+        if dead.is_empty() {
+            doc.remove("dead_letters");
+        } else {
+            doc.insert("dead_letters".to_owned(), shown(&dead));
+        }
+        let text = serde_json::to_string_pretty(&doc).expect("values serialize") + "\n";
+        std::fs::write(file, text)?;
+        Ok(())
+    }
+}
+
+/// Runs a fixture's input through `wasm` with its configuration: what came out, or why
+/// `init` refused the configuration.
 async fn run_one(
     runtime: &Arc<PluginRuntime>,
     wasm: &Path,
     fixture: &Fixture,
-) -> Result<Verdict, RunError> {
+) -> Result<Result<Made, String>, RunError> {
     let mut spec = PluginSpec::new(wasm);
     if let Some(config) = &fixture.config {
         spec.config = Value::Object(config.clone());
@@ -181,7 +314,7 @@ async fn run_one(
     let version = match runtime.load(&spec).await {
         Ok(v) => v,
         Err(PluginError::Config { message, .. }) => {
-            return Ok(Verdict::Fail(format!(
+            return Ok(Err(format!(
                 "  init refused the fixture's configuration: {message}"
             )));
         }
@@ -204,23 +337,11 @@ async fn run_one(
         .process(&inputs, None)
         .await
         .map_err(|e| RunError::Io(std::io::Error::other(e)))?;
-
-    let mut report = String::new();
-    compare(&mut report, "main output", &fixture.output, &main.take());
-    for (name, collected) in &side {
-        compare(
-            &mut report,
-            &format!("side output {name:?}"),
-            &fixture.side_outputs[name],
-            &collected.take(),
-        );
-    }
-    compare_dead_letters(&mut report, &fixture.dead_letters, &dead_letters.take());
-    Ok(if report.is_empty() {
-        Verdict::Pass
-    } else {
-        Verdict::Fail(report)
-    })
+    Ok(Ok(Made {
+        main: main.take(),
+        side: side.into_iter().map(|(k, c)| (k, c.take())).collect(),
+        dead_letters: dead_letters.take(),
+    }))
 }
 
 /// A record of a fixture, checked by [`read`].

@@ -31,7 +31,7 @@ pub enum PluginCommand {
         /// The language to write it in.
         #[arg(long, value_enum)]
         lang: Language,
-        /// Rust: depend on the SDK at this path instead of the screamer repository.
+        /// Rust: depend on the SDK at this path instead of vendoring it into the project.
         #[arg(long, value_name = "DIR")]
         sdk: Option<PathBuf>,
     },
@@ -42,13 +42,7 @@ pub enum PluginCommand {
     },
     /// Build the project in DIR (default: here), run its native tests (Rust) and every
     /// fixture in DIR/fixtures against the component.
-    Test {
-        #[arg(default_value = ".")]
-        dir: PathBuf,
-        /// Directory for compiled plugins (default ~/.cache/screamer/plugins).
-        #[arg(long, value_name = "DIR", env = "SCREAMER_PLUGIN_CACHE")]
-        plugin_cache: Option<PathBuf>,
-    },
+    Test(TestArgs),
     /// Validate a component against the plugin world and print what it is and exports.
     Check {
         /// The `.wasm` component.
@@ -98,14 +92,7 @@ pub async fn run(command: PluginCommand) -> Result<(), RunError> {
             Project::open(&dir)?.build()?;
             Ok(())
         }
-        PluginCommand::Test { dir, plugin_cache } => {
-            let project = Project::open(&dir)?;
-            // Fixtures first: a mistake in one is found before a build.
-            let fixtures = fixture::Fixtures::read(&project.path(fixture::DIR))?;
-            let wasm = project.build()?;
-            project.native_tests()?;
-            fixtures.run(&wasm, plugin_cache).await
-        }
+        PluginCommand::Test(args) => test(args).await,
         PluginCommand::Check {
             file,
             plugin_config,
@@ -120,6 +107,54 @@ pub async fn run(command: PluginCommand) -> Result<(), RunError> {
         } => run::run_stdin(&files, &pipeline, run::RunOptions { stats, watch }).await,
         PluginCommand::Sample(args) => sample::print(&args),
     }
+}
+
+/// `plugin test`'s options.
+#[derive(Debug, clap::Args)]
+pub struct TestArgs {
+    #[arg(default_value = ".")]
+    dir: PathBuf,
+    /// Test this component, built anywhere: DIR needs only its fixtures, nothing is built.
+    #[arg(long, value_name = "FILE", conflicts_with = "no_build")]
+    wasm: Option<PathBuf>,
+    /// Run only this fixture (its file name, `.json` optional); repeatable.
+    #[arg(long = "fixture", value_name = "NAME")]
+    fixtures: Vec<String>,
+    /// Test the component built last (DIR/NAME.wasm) as it is: no build, no native tests.
+    #[arg(long)]
+    no_build: bool,
+    /// Write what the component makes into the fixtures as what they expect.
+    #[arg(long)]
+    bless: bool,
+    /// Directory for compiled plugins (default ~/.cache/screamer/plugins).
+    #[arg(long, value_name = "DIR", env = "SCREAMER_PLUGIN_CACHE")]
+    plugin_cache: Option<PathBuf>,
+}
+
+/// Fixtures first (a mistake in one is found before a build), then the component: the one
+/// given, the one built last, or a build and the native tests; then every fixture.
+async fn test(args: TestArgs) -> Result<(), RunError> {
+    let fixtures =
+        fixture::Fixtures::read(&project::in_dir(&args.dir, fixture::DIR), &args.fixtures)?;
+    let wasm = match args.wasm {
+        Some(wasm) => wasm,
+        None => {
+            let project = Project::open(&args.dir)?;
+            if args.no_build {
+                project.built()?
+            } else {
+                let wasm = project.build()?;
+                project.native_tests()?;
+                wasm
+            }
+        }
+    };
+    let mode = if args.bless {
+        fixture::Mode::Bless
+    } else {
+        fixture::Mode::Check
+    };
+    fixtures.run(&wasm, args.plugin_cache, mode).await
 }
 
 async fn check(

@@ -214,11 +214,7 @@ impl Project {
 
     /// `relative` in the project, as the author names it (no `./` when it is here).
     pub fn path(&self, relative: &str) -> PathBuf {
-        if self.dir == Path::new(".") {
-            PathBuf::from(relative)
-        } else {
-            self.dir.join(relative)
-        }
+        in_dir(&self.dir, relative)
     }
 
     /// Where `build` leaves the component.
@@ -226,10 +222,39 @@ impl Project {
         self.path(&format!("{}.wasm", self.name))
     }
 
-    /// Builds the component into [`Project::wasm`] and says so on stderr.
+    /// The component built last, which must exist (`plugin test --no-build`).
+    pub fn built(&self) -> Result<PathBuf, RunError> {
+        let wasm = self.wasm();
+        if !wasm.is_file() {
+            return Err(RunError::Input(format!(
+                "{} is not built: run `screamer plugin build` (or test without --no-build)",
+                wasm.display()
+            )));
+        }
+        Ok(wasm)
+    }
+
+    /// Builds the component into [`Project::wasm`] and says so on stderr. A Python or
+    /// JavaScript build is skipped when the sources are those of the last build: their
+    /// toolchains rebuild everything every time, in seconds (cargo decides for Rust).
     pub fn build(&self) -> Result<PathBuf, RunError> {
         let started = Instant::now();
         let out = self.wasm();
+        let sources = match self.language {
+            Language::Rust => None,
+            Language::Python | Language::Javascript => Some(sources_digest(&self.dir)?),
+        };
+        let stamp = self.path(SOURCES_STAMP);
+        if let Some(digest) = &sources
+            && out.is_file()
+            && std::fs::read_to_string(&stamp).is_ok_and(|last| last == *digest)
+        {
+            eprintln!(
+                "{} is up to date (its sources did not change)",
+                out.display()
+            );
+            return Ok(out);
+        }
         eprintln!("building {} ({})", out.display(), self.language);
         match self.language {
             Language::Rust => self.build_rust(&out)?,
@@ -243,6 +268,9 @@ impl Project {
             size.div_ceil(1024),
             started.elapsed().as_secs_f64()
         );
+        if let Some(digest) = sources {
+            std::fs::write(&stamp, digest)?;
+        }
         Ok(out)
     }
 
@@ -382,6 +410,65 @@ fn camel_case(name: &str) -> String {
             })
         })
         .collect()
+}
+
+/// `relative` in `dir`, as an author names it (no `./` when `dir` is here).
+pub fn in_dir(dir: &Path, relative: &str) -> PathBuf {
+    if dir == Path::new(".") {
+        PathBuf::from(relative)
+    } else {
+        dir.join(relative)
+    }
+}
+
+/// Where a Python or JavaScript project keeps the digest of the sources its component was
+/// built from.
+const SOURCES_STAMP: &str = ".screamer-sources";
+
+/// What a build reads and does not make: every file of the project but its toolchains,
+/// outputs and fixtures.
+const NOT_SOURCES: [&str; 7] = [
+    ".venv",
+    "node_modules",
+    "target",
+    "fixtures",
+    ".git",
+    "__pycache__",
+    SOURCES_STAMP,
+];
+
+/// SHA-256 over the project's source files, by path and contents, in path order.
+fn sources_digest(dir: &Path) -> Result<String, RunError> {
+    use sha2::{Digest, Sha256};
+    let mut files = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let entry = entry?;
+            let path = entry.path();
+            let name = entry.file_name();
+            if NOT_SOURCES.iter().any(|n| name == *n)
+                || path.extension().is_some_and(|x| x == "wasm")
+            {
+                continue;
+            }
+            if entry.file_type()?.is_dir() {
+                dirs.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    let mut hash = Sha256::new();
+    for file in files {
+        let relative = file.strip_prefix(dir).unwrap_or(&file);
+        hash.update(relative.to_string_lossy().as_bytes());
+        hash.update([0]);
+        hash.update(std::fs::read(&file)?);
+        hash.update([0]);
+    }
+    Ok(hash.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// The SDK versions that speak this host's plugin world: the world's major and minor.
