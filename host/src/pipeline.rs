@@ -248,10 +248,14 @@ impl Pipeline {
         }
         let mut batch = Batch::with_capacity(dead_letters.len());
         let envelopes = self.dead_letters.layout().envelopes;
+        // One line per dead letter at most on stderr: the default destination writes the
+        // dead letter itself there; any other gets a count per batch.
+        if self.dead_letters.name() != "stderr" {
+            tracing::warn!(records = dead_letters.len(), to = self.dead_letters.name(),
+                first_error = %dead_letters[0].error, "records sent to the dead letters");
+        }
         for d in dead_letters {
             let input = &inputs[d.origin];
-            tracing::warn!(plugin = d.plugin.tag(), error = %d.error, table = %input.record.table_name,
-                commit_timestamp = %input.record.commit_timestamp, "record sent to the dead letters");
             let line = DeadLetterLine {
                 plugin: d.plugin.tag(),
                 plugin_sha256: &d.plugin.sha256,

@@ -4,9 +4,11 @@
 //! Invariants: a guest never writes to the host's streams. Every line it produces is one
 //! tracing event tagged `plugin=name@version`, with control characters (newlines included)
 //! escaped, so no guest text forges a host line or breaks the NDJSON on stdout or in the
-//! dead letters. At most [`LINES_PER_CALL`] lines per call are logged (the rest are counted
-//! and reported once), a line is cut at [`MAX_LINE`] bytes, and the host holds at most
-//! [`TAIL_LINES`] lines per instance: memory stays bounded whatever the guest writes.
+//! dead letters. A call's lines are logged when it returns; a call that fails logs none of
+//! them: its warnings and errors (the last [`TAIL_LINES`]) go into its failure, which names
+//! the guest's own error when a language runtime reported one (`guest_error`). At most
+//! [`LINES_PER_CALL`] lines per call are kept (the rest are counted and reported once), a
+//! line is cut at [`MAX_LINE`] bytes: memory stays bounded whatever the guest writes.
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
@@ -32,8 +34,18 @@ pub(super) enum Level {
 pub(super) const LINES_PER_CALL: u32 = 100;
 /// Longest line kept, in bytes (longer ones are cut).
 pub(super) const MAX_LINE: usize = 2048;
-/// Lines kept for a failed call's dead letter.
-pub(super) const TAIL_LINES: usize = 5;
+/// Warnings and errors kept for a failed call's dead letter: a Python traceback and the
+/// runtime's panic around it fit.
+pub(super) const TAIL_LINES: usize = 32;
+
+/// How a call ended, for what becomes of its lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum CallEnd {
+    /// Its lines are logged.
+    Returned,
+    /// Its lines are left to the failure's message.
+    Failed,
+}
 
 /// The output of one instance; clones share it (the WASI streams and the `log` import).
 #[derive(Clone)]
@@ -43,8 +55,10 @@ struct Said {
     tag: Arc<str>,
     /// Bytes of the current, unfinished stdout and stderr line.
     partial: [Vec<u8>; 2],
-    /// The last lines of the current call.
+    /// The last warnings and errors of the current call.
     tail: VecDeque<String>,
+    /// The current call's lines, logged when it returns.
+    pending: Vec<(Level, String)>,
     logged: u32,
     suppressed: u64,
     /// Lines are kept for the tail only, never logged: a trial instance, whose `init` the
@@ -65,6 +79,7 @@ impl GuestOutput {
             tag,
             partial: [Vec::new(), Vec::new()],
             tail: VecDeque::new(),
+            pending: Vec::new(),
             logged: 0,
             suppressed: 0,
             quiet: false,
@@ -88,13 +103,15 @@ impl GuestOutput {
     pub(super) fn begin_call(&self) {
         let mut said = self.said();
         said.tail.clear();
+        said.pending.clear();
         said.logged = 0;
         said.suppressed = 0;
     }
 
-    /// Ends a call: unfinished lines are logged, suppressed ones reported. Returns the call's
-    /// last lines, oldest first, joined with " | " (empty when it said nothing).
-    pub(super) fn end_call(&self) -> String {
+    /// Ends a call: unfinished lines are finished; a call that returned has its lines
+    /// logged (and the count of those over the limit). Returns the call's last warnings and
+    /// errors, oldest first.
+    pub(super) fn end_call(&self, end: CallEnd) -> Vec<String> {
         let mut said = self.said();
         for source in [Source::Stdout, Source::Stderr] {
             let rest = std::mem::take(&mut said.partial[source as usize]);
@@ -102,17 +119,20 @@ impl GuestOutput {
                 said.line(source_level(source), &rest);
             }
         }
-        if said.suppressed > 0 {
-            let (plugin, n) = (said.tag.clone(), said.suppressed);
-            tracing::warn!(target: "screamer::plugin", plugin = &*plugin,
-                "{n} more lines from the plugin in this call were not logged (limit {LINES_PER_CALL})");
-            said.suppressed = 0;
+        let pending = std::mem::take(&mut said.pending);
+        if end == CallEnd::Returned {
+            let plugin = &*said.tag;
+            for (level, text) in pending {
+                log(plugin, level, &text);
+            }
+            if said.suppressed > 0 {
+                let n = said.suppressed;
+                tracing::warn!(target: "screamer::plugin", plugin,
+                    "{n} more lines from the plugin in this call were not logged (limit {LINES_PER_CALL})");
+            }
         }
-        said.tail
-            .iter()
-            .map(String::as_str)
-            .collect::<Vec<_>>()
-            .join(" | ")
+        said.suppressed = 0;
+        said.tail.drain(..).collect()
     }
 
     /// A `log` call from the guest.
@@ -158,14 +178,17 @@ impl Said {
             return;
         }
         self.logged += 1;
-        let plugin = &*self.tag;
-        match level {
-            Level::Trace => tracing::trace!(target: "screamer::plugin", plugin, "{text}"),
-            Level::Debug => tracing::debug!(target: "screamer::plugin", plugin, "{text}"),
-            Level::Info => tracing::info!(target: "screamer::plugin", plugin, "{text}"),
-            Level::Warn => tracing::warn!(target: "screamer::plugin", plugin, "{text}"),
-            Level::Error => tracing::error!(target: "screamer::plugin", plugin, "{text}"),
-        }
+        self.pending.push((level, text));
+    }
+}
+
+fn log(plugin: &str, level: Level, text: &str) {
+    match level {
+        Level::Trace => tracing::trace!(target: "screamer::plugin", plugin, "{text}"),
+        Level::Debug => tracing::debug!(target: "screamer::plugin", plugin, "{text}"),
+        Level::Info => tracing::info!(target: "screamer::plugin", plugin, "{text}"),
+        Level::Warn => tracing::warn!(target: "screamer::plugin", plugin, "{text}"),
+        Level::Error => tracing::error!(target: "screamer::plugin", plugin, "{text}"),
     }
 }
 
@@ -314,15 +337,15 @@ mod tests {
         out.begin_call();
         out.write(Source::Stderr, b"first\nforged\x1b[31m line");
         out.write(Source::Stderr, b" ends\r\n");
-        for i in 0..10 {
+        for i in 0..40 {
             out.write(Source::Stderr, format!("line {i}\n").as_bytes());
         }
         out.write(Source::Stderr, &vec![b'x'; 10 * MAX_LINE]);
-        let tail = out.end_call();
-        let lines: Vec<&str> = tail.split(" | ").collect();
+        let lines = out.end_call(CallEnd::Failed);
         assert_eq!(lines.len(), TAIL_LINES);
-        assert_eq!(lines[..4], ["line 6", "line 7", "line 8", "line 9"]);
-        assert_eq!(lines[4].len(), MAX_LINE);
+        assert_eq!(lines[..2], ["line 9", "line 10"]);
+        assert_eq!(lines[TAIL_LINES - 2], "line 39");
+        assert_eq!(lines[TAIL_LINES - 1].len(), MAX_LINE);
         assert_eq!(escape(b"forged\x1b[31m\nx"), "forged\\u{1b}[31m\\nx");
     }
 
@@ -334,10 +357,21 @@ mod tests {
             out.log(Level::Error, "again");
         }
         assert_eq!(out.said().suppressed, 50);
-        out.end_call();
+        out.end_call(CallEnd::Returned);
         out.begin_call();
         out.log(Level::Info, "quiet");
-        assert_eq!(out.end_call(), "");
+        assert!(out.end_call(CallEnd::Returned).is_empty());
+    }
+
+    #[test]
+    fn a_failed_call_logs_nothing_and_hands_its_lines_on() {
+        let out = GuestOutput::new("p@1".into());
+        out.begin_call();
+        out.log(Level::Info, "working");
+        out.log(Level::Error, "boom");
+        assert_eq!(out.said().pending.len(), 2);
+        assert_eq!(out.end_call(CallEnd::Failed), ["boom"]);
+        assert!(out.said().pending.is_empty());
     }
 
     #[test]
@@ -348,6 +382,6 @@ mod tests {
         out.log(Level::Info, "configured");
         out.log(Level::Error, "refused");
         assert_eq!(out.said().logged, 0);
-        assert_eq!(out.end_call(), "refused");
+        assert_eq!(out.end_call(CallEnd::Returned), ["refused"]);
     }
 }

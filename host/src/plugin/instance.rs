@@ -18,6 +18,8 @@ use super::bindings::{
     ChangeRecordParam, HostState, Origin, Outcome, Plugin, PluginInfo, PluginPre,
 };
 use super::failure::{PluginFailure, Said};
+use super::guest_error::guest_error;
+use super::guest_output::CallEnd;
 use super::version::{EPOCH_TICK, PluginVersion};
 use super::{Limits, PluginSpec};
 
@@ -151,12 +153,17 @@ fn settle<R>(
     store: &mut Store<HostState>,
     limits: &Limits,
 ) -> Result<R, PluginFailure> {
-    let said = Said::new(&store.data().output.end_call());
+    let output = &store.data().output;
     let e = match result {
-        Ok(Ok(value)) => return Ok(value),
+        Ok(Ok(value)) => {
+            output.end_call(CallEnd::Returned);
+            return Ok(value);
+        }
         Ok(Err(e)) => e,
         Err(_) => wasmtime::Error::from(Trap::Interrupt),
     };
+    let tail = output.end_call(CallEnd::Failed);
+    let said = Said::new(&tail.join(" | "));
     if let Some(Trap::Interrupt) = e.downcast_ref::<Trap>() {
         return Err(PluginFailure::Deadline {
             limit: limits.timeout,
@@ -176,8 +183,25 @@ fn settle<R>(
     if cause.contains("forcing trap when growing memory") {
         return Err(PluginFailure::Limit { what: cause, said });
     }
-    Err(PluginFailure::Trap {
-        message: cause,
-        said,
+    // A language runtime's report of an uncaught error says it better than the trap.
+    Err(match guest_error(&tail) {
+        Some(own) => PluginFailure::Trap {
+            message: own.message,
+            said: Said::new(&said_before(&tail[..own.report_at])),
+        },
+        None => PluginFailure::Trap {
+            message: cause,
+            said,
+        },
     })
+}
+
+/// What the guest said before its runtime's report of an error: its own lines, non-empty.
+fn said_before(lines: &[String]) -> String {
+    let own: Vec<&str> = lines
+        .iter()
+        .map(String::as_str)
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    own.join(" | ")
 }

@@ -26,6 +26,7 @@ mod chain;
 mod convert;
 mod failure;
 mod grants;
+mod guest_error;
 mod guest_output;
 mod instance;
 mod runtime;
