@@ -170,14 +170,28 @@ pub fn sdk_dir() -> PathBuf {
 /// and Rust projects built offline in a target directory of their own (`cargo test` holds
 /// the workspace's while tests run).
 pub fn author(dir: &Path, args: &[&str]) -> anyhow::Result<PluginRun> {
-    author_with_path(dir, args, &toolchain_path())
+    author_with_env(dir, args, &[])
 }
 
 /// [`author`] with `PATH` as given (to show what happens without a toolchain).
 pub fn author_with_path(dir: &Path, args: &[&str], path: &str) -> anyhow::Result<PluginRun> {
+    author_with_env(dir, args, &[("PATH", path)])
+}
+
+/// [`author`] with more environment (`PATH`, `SCREAMER_TOOL_CACHE`). Tools `plugin build`
+/// installs go to `target/tool-cache-tests` unless `env` says otherwise, never to the
+/// user's cache.
+pub fn author_with_env(
+    dir: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> anyhow::Result<PluginRun> {
+    let path = toolchain_path();
     let child = command(args)
         .current_dir(dir)
         .env("PATH", path)
+        .env("SCREAMER_TOOL_CACHE", target_dir().join("tool-cache-tests"))
+        .envs(env.iter().copied())
         .env("CARGO_TARGET_DIR", target_dir().join("authoring"))
         // Rust projects build from what `plugin new` wrote and Cargo's cache alone.
         .env("CARGO_NET_OFFLINE", "true")

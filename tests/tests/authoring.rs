@@ -7,7 +7,8 @@
 use std::path::{Path, PathBuf};
 
 use screamer_tests::plugins::{
-    PluginRun, author, author_with_path, parse, plugin, plugin_run, scratch_dir, screamer, sdk_dir,
+    PluginRun, author, author_with_env, author_with_path, parse, plugin, plugin_run, scratch_dir,
+    screamer, sdk_dir,
 };
 use serde_json::{Value, json};
 
@@ -53,15 +54,11 @@ fn new_project_passes_its_tests(
         &[&["plugin", "new", &name, "--lang", lang], extra].concat(),
     )?;
     assert_ok("plugin new", &created);
-    let setup = match lang {
-        "python" => "python3 -m venv .venv && .venv/bin/pip install componentize-py==0.25.1 && ",
-        "javascript" => "npm install && ",
-        _ => "",
-    };
+    // Nothing to set up first: `plugin build` installs a missing toolchain.
     assert_eq!(
         created.stdout,
         [format!(
-            "created {name}/ ({}): next, `cd {name} && {setup}screamer plugin test`",
+            "created {name}/ ({}): next, `cd {name} && screamer plugin test`",
             match lang {
                 "rust" => "Rust",
                 "python" => "Python",
@@ -340,9 +337,14 @@ fn an_author_s_mistakes_are_one_line_each() -> anyhow::Result<()> {
     );
     assert!(!dir.join("twice/app.js").exists());
 
-    // Without componentize-py anywhere, the build says how to get it.
+    // Without componentize-py anywhere and told not to install it, the build says how to
+    // get it.
     let project = dir.join("twice");
-    let missing = author_with_path(&project, &["plugin", "build"], "/usr/bin:/bin")?;
+    let missing = author_with_path(
+        &project,
+        &["plugin", "build", "--no-install"],
+        "/usr/bin:/bin",
+    )?;
     assert_eq!(missing.code, Some(2), "{missing:?}");
     assert_eq!(
         missing.stderr.lines().last().unwrap_or_default(),
@@ -356,7 +358,11 @@ fn an_author_s_mistakes_are_one_line_each() -> anyhow::Result<()> {
         project.join("fixtures/basic.json"),
         json!({"input": [{"table_name": "Users"}], "output": []}).to_string(),
     )?;
-    let bad = author_with_path(&project, &["plugin", "test"], "/usr/bin:/bin")?;
+    let bad = author_with_path(
+        &project,
+        &["plugin", "test", "--no-install"],
+        "/usr/bin:/bin",
+    )?;
     assert_eq!(bad.code, Some(2), "{bad:?}");
     assert_eq!(
         bad.stderr.trim(),
@@ -367,7 +373,11 @@ fn an_author_s_mistakes_are_one_line_each() -> anyhow::Result<()> {
         project.join("fixtures/basic.json"),
         r#"{"input": [], "outputs": []}"#,
     )?;
-    let typo = author_with_path(&project, &["plugin", "test"], "/usr/bin:/bin")?;
+    let typo = author_with_path(
+        &project,
+        &["plugin", "test", "--no-install"],
+        "/usr/bin:/bin",
+    )?;
     assert_eq!(typo.code, Some(2), "{typo:?}");
     assert!(
         typo.stderr
@@ -490,5 +500,49 @@ fn plugin_test_takes_a_component_built_elsewhere_and_picks_fixtures() -> anyhow:
         )
     );
     std::fs::remove_dir_all(dir)?;
+    Ok(())
+}
+
+/// With no componentize-py or jco anywhere, `plugin build` installs the version the project
+/// pins into the tool cache, says so, builds, and finds it there the next time.
+#[test]
+fn plugin_build_installs_a_missing_guest_toolchain_once() -> anyhow::Result<()> {
+    let dir = outside_workspace("author-install");
+    let cache = dir.join("tools");
+    let cache_env = cache.display().to_string();
+    // The system's python3 and node, without the tools scripts/test.sh put on PATH.
+    let env = [
+        ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        ("SCREAMER_TOOL_CACHE", &cache_env),
+    ];
+    for (lang, installs) in [
+        (
+            "python",
+            "componentize-py not found: installing componentize-py==0.25.1 into ",
+        ),
+        (
+            "javascript",
+            "jco not found: installing @bytecodealliance/jco@1.35.0 and \
+             @bytecodealliance/componentize-js@0.23.0 into ",
+        ),
+    ] {
+        let name = format!("fresh-{lang}");
+        assert_ok(
+            "plugin new",
+            &author(&dir, &["plugin", "new", &name, "--lang", lang])?,
+        );
+        let project = dir.join(&name);
+        let first = author_with_env(&project, &["plugin", "build"], &env)?;
+        assert_ok("plugin build", &first);
+        assert!(first.stderr.contains(installs), "{}", first.stderr);
+        assert!(first.stderr.contains(&cache_env), "{}", first.stderr);
+        assert!(project.join(format!("{name}.wasm")).is_file());
+        // The next project finds the tool in the cache.
+        std::fs::remove_file(project.join(format!("{name}.wasm")))?;
+        let again = author_with_env(&project, &["plugin", "build"], &env)?;
+        assert_ok("plugin build again", &again);
+        assert!(!again.stderr.contains("installing"), "{}", again.stderr);
+    }
+    let _ = std::fs::remove_dir_all(dir);
     Ok(())
 }

@@ -12,6 +12,7 @@ mod project;
 mod run;
 mod sample;
 mod sdk;
+mod toolchain;
 
 use std::path::PathBuf;
 
@@ -21,6 +22,7 @@ use super::RunError;
 use super::config::PipelineArgs;
 use project::{Language, Project};
 use screamer::plugin::{PluginError, PluginRuntime, PluginSpec, RuntimeOptions};
+use toolchain::ToolOptions;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum PluginCommand {
@@ -39,6 +41,8 @@ pub enum PluginCommand {
     Build {
         #[arg(default_value = ".")]
         dir: PathBuf,
+        #[command(flatten)]
+        tools: ToolOptions,
     },
     /// Build the project in DIR (default: here), run its native tests (Rust) and every
     /// fixture in DIR/fixtures against the component.
@@ -79,17 +83,17 @@ pub async fn run(command: PluginCommand) -> Result<(), RunError> {
     match command {
         PluginCommand::New { name, lang, sdk } => {
             let project = Project::create(&name, lang, sdk.as_deref())?;
+            // `plugin build` installs a missing toolchain: nothing to set up first.
             println!(
-                "created {}/ ({}): next, `cd {} && {}screamer plugin test`",
+                "created {}/ ({}): next, `cd {} && screamer plugin test`",
                 project.dir.display(),
                 project.language,
                 project.dir.display(),
-                project.setup()
             );
             Ok(())
         }
-        PluginCommand::Build { dir } => {
-            Project::open(&dir)?.build()?;
+        PluginCommand::Build { dir, tools } => {
+            Project::open(&dir)?.build(tools.install())?;
             Ok(())
         }
         PluginCommand::Test(args) => test(args).await,
@@ -126,6 +130,8 @@ pub struct TestArgs {
     /// Write what the component makes into the fixtures as what they expect.
     #[arg(long)]
     bless: bool,
+    #[command(flatten)]
+    tools: ToolOptions,
     /// Directory for compiled plugins (default ~/.cache/screamer/plugins).
     #[arg(long, value_name = "DIR", env = "SCREAMER_PLUGIN_CACHE")]
     plugin_cache: Option<PathBuf>,
@@ -143,7 +149,7 @@ async fn test(args: TestArgs) -> Result<(), RunError> {
             if args.no_build {
                 project.built()?
             } else {
-                let wasm = project.build()?;
+                let wasm = project.build(args.tools.install())?;
                 project.native_tests()?;
                 wasm
             }

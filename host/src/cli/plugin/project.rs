@@ -19,6 +19,7 @@ use std::time::Instant;
 use serde_json::Value;
 
 use super::sdk::Sdk;
+use super::toolchain::{self, Install, Pinned};
 use crate::cli::RunError;
 
 /// The languages `plugin new` writes and `plugin build` builds.
@@ -199,19 +200,6 @@ impl Project {
         })
     }
 
-    /// The commands that set up the project's toolchain, each followed by ` && ` (none for
-    /// Rust: cargo fetches what it needs).
-    pub fn setup(&self) -> String {
-        match self.language {
-            Language::Rust => String::new(),
-            Language::Python => format!(
-                "python3 -m venv .venv && .venv/bin/pip install {} && ",
-                self.python_pin()
-            ),
-            Language::Javascript => "npm install && ".to_owned(),
-        }
-    }
-
     /// `relative` in the project, as the author names it (no `./` when it is here).
     pub fn path(&self, relative: &str) -> PathBuf {
         in_dir(&self.dir, relative)
@@ -237,7 +225,7 @@ impl Project {
     /// Builds the component into [`Project::wasm`] and says so on stderr. A Python or
     /// JavaScript build is skipped when the sources are those of the last build: their
     /// toolchains rebuild everything every time, in seconds (cargo decides for Rust).
-    pub fn build(&self) -> Result<PathBuf, RunError> {
+    pub fn build(&self, install: Install) -> Result<PathBuf, RunError> {
         let started = Instant::now();
         let out = self.wasm();
         let sources = match self.language {
@@ -257,9 +245,9 @@ impl Project {
         }
         eprintln!("building {} ({})", out.display(), self.language);
         match self.language {
-            Language::Rust => self.build_rust(&out)?,
-            Language::Python => self.build_python(&out)?,
-            Language::Javascript => self.build_javascript(&out)?,
+            Language::Rust => self.build_rust(&out, install)?,
+            Language::Python => self.build_python(&out, install)?,
+            Language::Javascript => self.build_javascript(&out, install)?,
         }
         let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
         eprintln!(
@@ -279,14 +267,14 @@ impl Project {
         if self.language != Language::Rust {
             return Ok(());
         }
-        let mut cargo = Command::new(tool("cargo", RUST_HINT)?);
+        let mut cargo = Command::new(toolchain::on_path("cargo", RUST_HINT)?);
         cargo.arg("test").arg("--quiet").current_dir(&self.dir);
         run(&mut cargo, "cargo test")
     }
 
-    fn build_rust(&self, out: &Path) -> Result<(), RunError> {
-        let cargo = tool("cargo", RUST_HINT)?;
-        require_wasm_target()?;
+    fn build_rust(&self, out: &Path, install: Install) -> Result<(), RunError> {
+        let cargo = toolchain::on_path("cargo", RUST_HINT)?;
+        toolchain::require_wasm_target(install)?;
         let mut build = Command::new(cargo);
         build
             .args(["build", "--release", "--target", "wasm32-wasip2"])
@@ -319,13 +307,11 @@ impl Project {
         Ok(())
     }
 
-    fn build_python(&self, out: &Path) -> Result<(), RunError> {
-        let hint = format!(
-            "install it with `pip install {}` (into {} or onto PATH)",
-            self.python_pin(),
-            self.path(".venv").display()
-        );
-        let componentize = tool_in(&self.dir, "componentize-py", &[".venv/bin"], &hint)?;
+    fn build_python(&self, out: &Path, install: Install) -> Result<(), RunError> {
+        let pinned = Pinned::ComponentizePy {
+            requirement: self.python_pin(),
+        };
+        let componentize = toolchain::find(&self.dir, &pinned, install)?;
         let mut build = Command::new(componentize);
         build
             .arg("-d")
@@ -337,6 +323,19 @@ impl Project {
             .arg(out)
             .stdout(Stdio::null());
         run(&mut build, "componentize-py")
+    }
+
+    /// jco and componentize-js as the project's `package.json` pins them (`NAME@VERSION`).
+    fn javascript_pins(&self) -> Vec<String> {
+        let text = std::fs::read_to_string(self.path("package.json")).unwrap_or_default();
+        let doc: Value = serde_json::from_str(&text).unwrap_or_default();
+        ["@bytecodealliance/jco", "@bytecodealliance/componentize-js"]
+            .iter()
+            .map(|name| match doc["devDependencies"][name].as_str() {
+                Some(version) => format!("{name}@{version}"),
+                None => (*name).to_owned(),
+            })
+            .collect()
     }
 
     /// The componentize-py requirement the project's `pyproject.toml` pins for builds.
@@ -355,12 +354,11 @@ impl Project {
             .to_owned()
     }
 
-    fn build_javascript(&self, out: &Path) -> Result<(), RunError> {
-        let hint = format!(
-            "run `npm install` in {} (package.json pins jco and componentize-js)",
-            self.dir.display()
-        );
-        let jco = tool_in(&self.dir, "jco", &["node_modules/.bin"], &hint)?;
+    fn build_javascript(&self, out: &Path, install: Install) -> Result<(), RunError> {
+        let pinned = Pinned::Jco {
+            packages: self.javascript_pins(),
+        };
+        let jco = toolchain::find(&self.dir, &pinned, install)?;
         // jco resolves relative paths against the source's directory: absolute ones.
         let dir = std::path::absolute(&self.dir)?;
         let mut build = Command::new(jco);
@@ -531,49 +529,6 @@ fn wasm_artifact(line: &str) -> Option<PathBuf> {
 }
 
 /// Fails with the fix when rustup knows the wasm target is not installed.
-fn require_wasm_target() -> Result<(), RunError> {
-    let Ok(listed) = Command::new("rustup")
-        .args(["target", "list", "--installed"])
-        .stderr(Stdio::null())
-        .output()
-    else {
-        return Ok(()); // no rustup: cargo says what is missing
-    };
-    let installed = String::from_utf8_lossy(&listed.stdout);
-    if !listed.status.success() || installed.lines().any(|t| t.trim() == "wasm32-wasip2") {
-        return Ok(());
-    }
-    Err(RunError::Input(
-        "the Rust target wasm32-wasip2 is not installed: run `rustup target add wasm32-wasip2`"
-            .to_owned(),
-    ))
-}
-
-/// A program on PATH, or one line naming it and how to install it.
-fn tool(program: &str, hint: &str) -> Result<PathBuf, RunError> {
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|dir| dir.join(program))
-        .find(|path| is_executable(path))
-        .ok_or_else(|| RunError::Input(format!("{program} not found: {hint}")))
-}
-
-/// A program in one of the project's own tool directories, else on PATH.
-fn tool_in(project: &Path, program: &str, local: &[&str], hint: &str) -> Result<PathBuf, RunError> {
-    local
-        .iter()
-        .map(|dir| project.join(dir).join(program))
-        .find(|path| is_executable(path))
-        .map_or_else(|| tool(program, hint), Ok)
-}
-
-fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    path.metadata()
-        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
-
 /// Runs a toolchain command with its messages on the terminal; exit 1 when it fails.
 fn run(command: &mut Command, what: &str) -> Result<(), RunError> {
     let status = command
