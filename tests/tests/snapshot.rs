@@ -12,7 +12,7 @@ use std::time::Duration;
 use gcloud_spanner::mutation::insert_or_update;
 use gcloud_spanner::statement::Statement;
 use screamer::{Dialect, Timestamp};
-use screamer_tests::libc::{SIGKILL, SIGTERM};
+use screamer_tests::libc::{SIGCONT, SIGKILL, SIGSTOP, SIGTERM};
 use screamer_tests::{
     Emulator, EmulatorOptions, Screamer, TestDatabase, eventually, items, run_args,
 };
@@ -236,11 +236,22 @@ async fn an_export_survives_kill_9_and_two_runners_share_one() {
     assert_eq!(distinct.len(), 20_000, "every row at least once");
     assert!(distinct.iter().all(|id| (0..20_000).contains(id)));
 
-    // Two runners on one export: every row exactly once between them, both read some.
-    // A runner claims four chunks at a time: the second finds chunks left to share.
-    let shared = args("Shared", &["--snapshot-chunk-rows", "1000"]);
+    // Two runners on one export: every row exactly once between them, both read some. A
+    // runner claims four chunks at a time; the first is paused (well within its lease)
+    // after its first rows, so the second surely finds chunks left, however fast the first.
+    let shared = args(
+        "Shared",
+        &["--snapshot-chunk-rows", "1000", "--lease-duration", "60s"],
+    );
     let mut a = Screamer::spawn(db.host(), &shared).unwrap();
+    lines_at_least(&a, 1, Duration::from_secs(60))
+        .await
+        .unwrap();
+    a.signal(SIGSTOP).unwrap();
     let mut b = Screamer::spawn(db.host(), &shared).unwrap();
+    let second_reads = lines_at_least(&b, 1, Duration::from_secs(60)).await;
+    a.signal(SIGCONT).unwrap();
+    second_reads.unwrap();
     for runner in [&mut a, &mut b] {
         let status = runner.wait(Duration::from_secs(120)).await.unwrap();
         assert!(status.success(), "{status:?}\n{}", runner.stderr());
