@@ -30,7 +30,7 @@ use crate::destination::{
     Transactions, row_key,
 };
 use crate::observe::{Event, NoObserver, Observer};
-use crate::plugin::{Chain, DeadLetter, Input, Output, OutputRecord};
+use crate::plugin::{Budget, Chain, DeadLetter, Input, Output, OutputRecord};
 use crate::record::DataChangeRecord;
 use crate::timestamp::Timestamp;
 
@@ -228,9 +228,39 @@ impl Pipeline {
             }
             return self.send(MAIN, &*self.main, batch).await;
         };
-        let result = {
+        self.run_chain(chain, inputs, partition).await
+    }
+
+    /// Runs `inputs` through the chain and writes what comes out. A run whose plugins
+    /// return more than its budget is run again in halves, the first written before the
+    /// second runs, so what a batch amplifies into is never held whole. Not when messages
+    /// group transactions: a group must come from one run.
+    async fn run_chain(
+        &self,
+        chain: &Chain,
+        inputs: &[Input<'_>],
+        partition: Option<&PartitionFields>,
+    ) -> Result<(), ConsumerError> {
+        let grouped = std::iter::once(&self.main)
+            .chain(self.side_outputs.values())
+            .any(|d| d.layout().transactions == Transactions::Grouped);
+        let budget = if grouped {
+            Budget::Unbounded
+        } else {
+            Budget::Bounded
+        };
+        let ran = {
             let _slot = self.running.acquire().await?;
-            off_the_workers(chain.run(inputs)).await
+            off_the_workers(chain.run(inputs, budget)).await
+        };
+        let Ok(result) = ran else {
+            let (first, second) = inputs.split_at(inputs.len() / 2);
+            tracing::debug!(
+                records = inputs.len(),
+                "chain run over budget; running it in halves"
+            );
+            Box::pin(self.run_chain(chain, first, partition)).await?;
+            return Box::pin(self.run_chain(chain, second, partition)).await;
         };
         self.write_dead_letters(inputs, &result.dead_letters, partition)
             .await?;

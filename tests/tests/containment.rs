@@ -635,3 +635,48 @@ fn screamer_raw(args: &[&str], stdin: &[u8]) -> (Option<i32>, String) {
     let out = child.wait_with_output().unwrap();
     (out.status.code(), String::from_utf8(out.stderr).unwrap())
 }
+
+/// 64 records that each become 10,000 records of 1 KiB, within every default limit (640 MB
+/// of output): the host runs the batch in parts when what it holds passes its budget, so
+/// every record arrives, in order, and peak memory stays at the guest's cap plus the host's
+/// bound (before the budget: about 1 GB).
+#[test]
+fn a_batch_that_amplifies_within_the_limits_arrives_whole_in_bounded_memory() {
+    let dir = scratch_dir("amplify-within");
+    let out = dir.join("out.ndjson");
+    let input: String = (0..64)
+        .map(|id| {
+            let values = serde_json::json!({"Name": "fan:10000", "Pad": "x".repeat(1000)});
+            screamer_tests::plugins::record_line(
+                "Users",
+                "INSERT",
+                id,
+                values,
+                serde_json::json!({}),
+            ) + "\n"
+        })
+        .collect();
+    let (code, _, peak_kib) = plugin_run_measured(
+        &[&chaos(), "--output", &format!("file:{}", out.display())],
+        &input,
+        &screamer_tests::plugins::plugin_cache(),
+    );
+    assert_eq!(code, 0);
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(text.lines().count(), 640_000, "every emission arrives");
+    let id = |line: &str| -> Value {
+        serde_json::from_str::<Value>(line).unwrap()["mods"][0]["keys"]["Id"].clone()
+    };
+    assert_eq!(id(text.lines().next().unwrap()), "0");
+    assert_eq!(id(text.lines().nth(9_999).unwrap()), "0");
+    assert_eq!(id(text.lines().nth(10_000).unwrap()), "1", "in input order");
+    assert_eq!(id(text.lines().last().unwrap()), "63");
+    println!("peak RSS, 640 MB of emissions: {} MiB", peak_kib / 1024);
+    // The guest's cap (128 MiB), one call's outcomes and the run's budget (16 + 4 x 16 MiB),
+    // and the host's own tens of MiB.
+    assert!(
+        peak_kib < (128 + 80 + 128) * 1024,
+        "peak RSS {peak_kib} KiB: past the guest's cap plus the host's bound"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}

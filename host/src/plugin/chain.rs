@@ -12,6 +12,10 @@
 //!   beyond that it fails, naming the limit.
 //! - One `run` uses one version of each plugin (a snapshot taken at its start), so a hot
 //!   swap lands between batches and every record is processed by exactly one version.
+//! - A run holds at most [`RUN_BUDGET_CALLS`] × the largest `max_call_bytes` of what its
+//!   plugins return (counted as the host holds it) when asked to ([`Budget::Bounded`]): past
+//!   that it stops and says so ([`OverBudget`]), and the caller runs fewer records at a time.
+//!   One record alone is never over budget: `max_emissions` bounds it.
 //! - Workers (a store per plugin each) are pooled: concurrent batches (different
 //!   partitions) run on different stores; an instance whose call failed is dropped and the
 //!   next call starts a fresh one.
@@ -156,8 +160,28 @@ impl Chain {
 
     /// Runs `inputs` through every plugin. Plugin calls are CPU work between their awaits
     /// (the awaits are WASI calls and deadlines): run it where blocking a thread is fine.
-    pub async fn run(&self, inputs: &[Input<'_>]) -> ChainResult {
+    /// With [`Budget::Bounded`] and more than one input, a run whose plugins return more
+    /// than its budget stops early: nothing of it counts, run the inputs in parts.
+    pub async fn run(
+        &self,
+        inputs: &[Input<'_>],
+        budget: Budget,
+    ) -> Result<ChainResult, OverBudget> {
         let versions = self.versions();
+        let mut held = Held {
+            bytes: 0,
+            budget: match budget {
+                Budget::Bounded if inputs.len() > 1 => Some(
+                    RUN_BUDGET_CALLS
+                        * versions
+                            .iter()
+                            .map(|v| v.spec.limits.max_call_bytes)
+                            .max()
+                            .unwrap_or(0),
+                ),
+                _ => None,
+            },
+        };
         let mut worker = self
             .workers
             .lock()
@@ -196,8 +220,12 @@ impl Chain {
                 version,
                 instance,
                 observer: &*self.observer,
+                held: &mut held,
             };
-            let outcomes = turn.outcomes(&stage.records, self.batch_size).await;
+            let Some(outcomes) = turn.outcomes(&stage.records, self.batch_size).await else {
+                self.workers.lock().expect("worker pool").push(worker);
+                return Err(OverBudget);
+            };
             let mut sorted = Sorted {
                 result: &mut result,
                 inputs,
@@ -218,7 +246,57 @@ impl Chain {
             }
         }
         self.workers.lock().expect("worker pool").push(worker);
-        result
+        Ok(result)
+    }
+}
+
+/// Whether a run may stop when what its plugins return passes its budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Budget {
+    /// It may: the caller runs the inputs in parts then.
+    Bounded,
+    /// It may not (the outputs must come from one run: messages grouped by transaction).
+    Unbounded,
+}
+
+/// A run stopped because what its plugins returned passed its budget: run fewer records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a chain run returned more than its budget")]
+pub struct OverBudget;
+
+/// A run's budget, in multiples of the largest `max_call_bytes` of the chain's plugins.
+pub const RUN_BUDGET_CALLS: usize = 4;
+
+/// What a run holds of what its plugins returned.
+struct Held {
+    bytes: usize,
+    budget: Option<usize>,
+}
+
+impl Held {
+    /// Counts `outcomes`; whether the run is still within its budget.
+    fn add(&mut self, outcomes: &[Outcome]) -> bool {
+        self.bytes += outcomes.iter().map(outcome_bytes).sum::<usize>();
+        self.budget.is_none_or(|b| self.bytes <= b)
+    }
+}
+
+/// About what the host holds for an outcome once it is a host record: the record's own
+/// size and its text.
+fn outcome_bytes(outcome: &Outcome) -> usize {
+    let record = |r: &ChangeRecordResult| {
+        std::mem::size_of::<DataChangeRecord>()
+            + r.table_name.len()
+            + r.extra.as_ref().map_or(0, String::len)
+            + r.mods
+                .iter()
+                .map(|m| 64 + m.keys.len() + m.new_values.len() + m.old_values.len())
+                .sum::<usize>()
+    };
+    match outcome {
+        Outcome::Replace(r) => record(r),
+        Outcome::Emit(emissions) => emissions.iter().map(|e| record(&e.record)).sum(),
+        Outcome::Keep | Outcome::Drop | Outcome::Fail(_) => 0,
     }
 }
 
@@ -244,22 +322,29 @@ struct Turn<'a> {
     version: &'a Arc<PluginVersion>,
     instance: &'a mut Option<(Arc<PluginVersion>, Instance)>,
     observer: &'a dyn Observer,
+    held: &'a mut Held,
 }
 
 impl Turn<'_> {
     /// One outcome per record (or why it failed), calling the plugin `batch_size` records at
     /// a time; the records of a call that failed are retried one by one on fresh instances,
-    /// so only those that fail alone fail.
+    /// so only those that fail alone fail. `None` when what came back passed the run's
+    /// budget.
     async fn outcomes(
         &mut self,
         records: &[Staged<'_>],
         batch_size: usize,
-    ) -> Vec<Result<Outcome, PluginFailure>> {
+    ) -> Option<Vec<Result<Outcome, PluginFailure>>> {
         let timeout = self.version.spec.limits.timeout;
         let mut outcomes = Vec::with_capacity(records.len());
         for batch in records.chunks(batch_size) {
             match self.call(batch, Instant::now() + timeout).await {
-                Ok(out) if out.len() == batch.len() => outcomes.extend(out.into_iter().map(Ok)),
+                Ok(out) if out.len() == batch.len() => {
+                    if !self.held.add(&out) {
+                        return None;
+                    }
+                    outcomes.extend(out.into_iter().map(Ok));
+                }
                 Ok(out) => {
                     let e = PluginFailure::Refused(format!(
                         "returned {} outcomes for {} records",
@@ -270,12 +355,19 @@ impl Turn<'_> {
                 }
                 Err(_) => {
                     for i in 0..batch.len() {
-                        outcomes.push(self.call_alone(&batch[i..=i]).await);
+                        let outcome = self.call_alone(&batch[i..=i]).await;
+                        if !self
+                            .held
+                            .add(outcome.as_ref().map_or(&[], std::slice::from_ref))
+                        {
+                            return None;
+                        }
+                        outcomes.push(outcome);
                     }
                 }
             }
         }
-        outcomes
+        Some(outcomes)
     }
 
     /// The outcome of a record that failed in company: called alone, and failed only when

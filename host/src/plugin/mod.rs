@@ -37,7 +37,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use bindings::{PROCESSOR_EXPORT, WORLD};
-pub use chain::{Chain, ChainResult, DeadLetter, Input, Output, OutputRecord};
+pub use chain::{
+    Budget, Chain, ChainResult, DeadLetter, Input, Output, OutputRecord, OverBudget,
+    RUN_BUDGET_CALLS,
+};
 pub use failure::{PluginFailure, PluginFailureKind, Said};
 pub use grants::{GrantParseError, HostPattern, NetworkGrant, PreopenDir, WasiGrants};
 pub use runtime::{ComponentReport, PluginRuntime, RuntimeOptions};

@@ -158,7 +158,8 @@ fn block<F: std::future::Future>(work: F) -> F::Output {
 
 fn run_chain(chain: &Chain, records: &[DataChangeRecord]) -> usize {
     let inputs: Vec<Input<'_>> = records.iter().map(Input::from).collect();
-    let result = block(chain.run(&inputs));
+    let result =
+        block(chain.run(&inputs, screamer::plugin::Budget::Unbounded)).expect("an unbounded run");
     assert!(
         result.dead_letters.is_empty(),
         "{:?}",

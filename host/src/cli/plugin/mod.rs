@@ -141,7 +141,7 @@ pub struct TestArgs {
 /// given, the one built last, or a build and the native tests; then every fixture.
 async fn test(args: TestArgs) -> Result<(), RunError> {
     let fixtures =
-        fixture::Fixtures::read(&project::in_dir(&args.dir, fixture::DIR), &args.fixtures)?;
+        fixture::Fixtures::read(&toolchain::in_dir(&args.dir, fixture::DIR), &args.fixtures)?;
     let wasm = match args.wasm {
         Some(wasm) => wasm,
         None => {

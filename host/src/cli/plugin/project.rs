@@ -202,7 +202,7 @@ impl Project {
 
     /// `relative` in the project, as the author names it (no `./` when it is here).
     pub fn path(&self, relative: &str) -> PathBuf {
-        in_dir(&self.dir, relative)
+        toolchain::in_dir(&self.dir, relative)
     }
 
     /// Where `build` leaves the component.
@@ -408,15 +408,6 @@ fn camel_case(name: &str) -> String {
             })
         })
         .collect()
-}
-
-/// `relative` in `dir`, as an author names it (no `./` when `dir` is here).
-pub fn in_dir(dir: &Path, relative: &str) -> PathBuf {
-    if dir == Path::new(".") {
-        PathBuf::from(relative)
-    } else {
-        dir.join(relative)
-    }
 }
 
 /// Where a Python or JavaScript project keeps the digest of the sources its component was

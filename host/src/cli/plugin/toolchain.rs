@@ -101,7 +101,7 @@ impl Pinned {
         match self {
             Pinned::ComponentizePy { requirement } => format!(
                 "install it with `pip install {requirement}` (into {} or onto PATH)",
-                super::project::in_dir(project, ".venv").display()
+                in_dir(project, ".venv").display()
             ),
             Pinned::Jco { .. } => format!(
                 "run `npm install` in {} (package.json pins jco and componentize-js)",
@@ -195,6 +195,15 @@ pub fn find(dir: &Path, pinned: &Pinned, install: Install) -> Result<PathBuf, Ru
             pinned.program(),
             pinned.hint(dir)
         ))),
+    }
+}
+
+/// `relative` in `dir`, as an author names it (no `./` when `dir` is here).
+pub fn in_dir(dir: &Path, relative: &str) -> PathBuf {
+    if dir == Path::new(".") {
+        PathBuf::from(relative)
+    } else {
+        dir.join(relative)
     }
 }
 
