@@ -62,6 +62,7 @@ fn new_project_passes_its_tests(
             match lang {
                 "rust" => "Rust",
                 "python" => "Python",
+                "typescript" => "TypeScript",
                 _ => "JavaScript",
             }
         )]
@@ -195,6 +196,32 @@ fn a_rust_project_can_use_a_local_sdk() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// TypeScript: tsc checks the plugin against the world's types (`plugin.d.ts`) before jco
+/// builds it; a wrong type in an outcome is tsc's error, naming the file, line and column.
+#[test]
+fn a_typescript_project_from_plugin_new_passes_plugin_test_and_a_type_error_names_its_place()
+-> anyhow::Result<()> {
+    let (project, _) = new_project_passes_its_tests("typescript", &[])?;
+    let app = project.join("app.ts");
+    let text = std::fs::read_to_string(&app)?;
+    let wrong = text.replacen("extra: JSON.stringify(extra)", "extra: 5", 1);
+    assert_ne!(text, wrong, "the template replaces the record's extra");
+    std::fs::write(&app, wrong)?;
+    let failed = author(&project, &["plugin", "test"])?;
+    assert_eq!(failed.code, Some(1), "{failed:?}");
+    assert!(
+        failed.stdout.iter().any(|l| l.starts_with("app.ts(")
+            && l.ends_with("error TS2322: Type 'number' is not assignable to type 'string'.")),
+        "{failed:?}"
+    );
+    assert_eq!(
+        failed.stderr.lines().last(),
+        Some("error: tsc failed (exit status: 1)")
+    );
+    remove_scratch(&project);
+    Ok(())
+}
+
 #[test]
 fn a_python_project_from_plugin_new_passes_plugin_test() -> anyhow::Result<()> {
     let (project, _) = new_project_passes_its_tests("python", &[])?;
@@ -312,7 +339,7 @@ fn an_author_s_mistakes_are_one_line_each() -> anyhow::Result<()> {
         ),
         (
             &["plugin", "build"],
-            "error: .: not a plugin project: expected Cargo.toml, app.py with pyproject.toml, or app.js with package.json (start one with `screamer plugin new NAME --lang rust|python|javascript`)",
+            "error: .: not a plugin project: expected Cargo.toml, app.py with pyproject.toml, or app.js or app.ts with package.json (start one with `screamer plugin new NAME --lang rust|python|javascript|typescript`, or test a component built elsewhere with `plugin test --wasm FILE`)",
         ),
     ];
     for (args, expected) in cases {
@@ -524,6 +551,11 @@ fn plugin_build_installs_a_missing_guest_toolchain_once() -> anyhow::Result<()> 
             "javascript",
             "jco not found: installing @bytecodealliance/jco@1.35.0 and \
              @bytecodealliance/componentize-js@0.23.0 into ",
+        ),
+        // jco is in the cache now: only tsc is installed.
+        (
+            "typescript",
+            "tsc not found: installing typescript@5.9.3 into ",
         ),
     ] {
         let name = format!("fresh-{lang}");

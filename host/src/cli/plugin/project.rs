@@ -29,6 +29,8 @@ pub enum Language {
     Python,
     #[value(alias = "js")]
     Javascript,
+    #[value(alias = "ts")]
+    Typescript,
 }
 
 impl fmt::Display for Language {
@@ -37,6 +39,7 @@ impl fmt::Display for Language {
             Language::Rust => "Rust",
             Language::Python => "Python",
             Language::Javascript => "JavaScript",
+            Language::Typescript => "TypeScript",
         })
     }
 }
@@ -103,6 +106,37 @@ fn template(language: Language) -> Vec<(&'static str, &'static str)> {
             (
                 ".gitignore",
                 include_str!("../../../templates/javascript/gitignore"),
+            ),
+            ("wit/plugin.wit", WIT),
+        ],
+        Language::Typescript => vec![
+            (
+                "app.ts",
+                include_str!("../../../templates/typescript/app.ts"),
+            ),
+            (
+                "plugin.d.ts",
+                include_str!("../../../templates/typescript/plugin.d.ts"),
+            ),
+            (
+                "imports.d.ts",
+                include_str!("../../../templates/typescript/imports.d.ts"),
+            ),
+            (
+                "tsconfig.json",
+                include_str!("../../../templates/typescript/tsconfig.json"),
+            ),
+            (
+                "package.json",
+                include_str!("../../../templates/typescript/package.json"),
+            ),
+            (
+                "README.md",
+                include_str!("../../../templates/typescript/README.md"),
+            ),
+            (
+                ".gitignore",
+                include_str!("../../../templates/typescript/gitignore"),
             ),
             ("wit/plugin.wit", WIT),
         ],
@@ -176,8 +210,9 @@ impl Project {
         let not_a_project = || {
             RunError::Input(format!(
                 "{}: not a plugin project: expected Cargo.toml, app.py with pyproject.toml, or \
-                 app.js with package.json (start one with `screamer plugin new NAME --lang \
-                 rust|python|javascript`)",
+                 app.js or app.ts with package.json (start one with `screamer plugin new NAME \
+                 --lang rust|python|javascript|typescript`, or test a component built \
+                 elsewhere with `plugin test --wasm FILE`)",
                 dir.display()
             ))
         };
@@ -185,6 +220,9 @@ impl Project {
             (Language::Rust, "Cargo.toml")
         } else if dir.join("app.py").is_file() && dir.join("pyproject.toml").is_file() {
             (Language::Python, "pyproject.toml")
+        } else if dir.join("app.ts").is_file() && dir.join("package.json").is_file() {
+            // Before JavaScript: a TypeScript project's build leaves an app.js beside it.
+            (Language::Typescript, "package.json")
         } else if dir.join("app.js").is_file() && dir.join("package.json").is_file() {
             (Language::Javascript, "package.json")
         } else {
@@ -230,7 +268,9 @@ impl Project {
         let out = self.wasm();
         let sources = match self.language {
             Language::Rust => None,
-            Language::Python | Language::Javascript => Some(sources_digest(&self.dir)?),
+            Language::Python | Language::Javascript | Language::Typescript => {
+                Some(sources_digest(&self.dir, self.language)?)
+            }
         };
         let stamp = self.path(SOURCES_STAMP);
         if let Some(digest) = &sources
@@ -248,6 +288,7 @@ impl Project {
             Language::Rust => self.build_rust(&out, install)?,
             Language::Python => self.build_python(&out, install)?,
             Language::Javascript => self.build_javascript(&out, install)?,
+            Language::Typescript => self.build_typescript(&out, install)?,
         }
         let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
         eprintln!(
@@ -325,11 +366,11 @@ impl Project {
         run(&mut build, "componentize-py")
     }
 
-    /// jco and componentize-js as the project's `package.json` pins them (`NAME@VERSION`).
-    fn javascript_pins(&self) -> Vec<String> {
+    /// `packages` as the project's `package.json` pins them (`NAME@VERSION`).
+    fn npm_pins(&self, packages: &[&str]) -> Vec<String> {
         let text = std::fs::read_to_string(self.path("package.json")).unwrap_or_default();
         let doc: Value = serde_json::from_str(&text).unwrap_or_default();
-        ["@bytecodealliance/jco", "@bytecodealliance/componentize-js"]
+        packages
             .iter()
             .map(|name| match doc["devDependencies"][name].as_str() {
                 Some(version) => format!("{name}@{version}"),
@@ -354,9 +395,25 @@ impl Project {
             .to_owned()
     }
 
+    /// tsc type-checks `app.ts` and writes `app.js` beside it (`tsconfig.json`), which jco
+    /// then builds.
+    fn build_typescript(&self, out: &Path, install: Install) -> Result<(), RunError> {
+        let pinned = Pinned::Npm {
+            program: "tsc",
+            packages: self.npm_pins(&["typescript"]),
+        };
+        let tsc = toolchain::find(&self.dir, &pinned, install)?;
+        let mut compile = Command::new(tsc);
+        compile.arg("-p").arg(self.path("tsconfig.json"));
+        run(&mut compile, "tsc")?;
+        self.build_javascript(out, install)
+    }
+
     fn build_javascript(&self, out: &Path, install: Install) -> Result<(), RunError> {
-        let pinned = Pinned::Jco {
-            packages: self.javascript_pins(),
+        let pinned = Pinned::Npm {
+            program: "jco",
+            packages: self
+                .npm_pins(&["@bytecodealliance/jco", "@bytecodealliance/componentize-js"]),
         };
         let jco = toolchain::find(&self.dir, &pinned, install)?;
         // jco resolves relative paths against the source's directory: absolute ones.
@@ -426,8 +483,9 @@ const NOT_SOURCES: [&str; 7] = [
     SOURCES_STAMP,
 ];
 
-/// SHA-256 over the project's source files, by path and contents, in path order.
-fn sources_digest(dir: &Path) -> Result<String, RunError> {
+/// SHA-256 over the project's source files, by path and contents, in path order (for
+/// TypeScript, the `app.js` tsc writes is no source).
+fn sources_digest(dir: &Path, language: Language) -> Result<String, RunError> {
     use sha2::{Digest, Sha256};
     let mut files = Vec::new();
     let mut dirs = vec![dir.to_path_buf()];
@@ -438,6 +496,7 @@ fn sources_digest(dir: &Path) -> Result<String, RunError> {
             let name = entry.file_name();
             if NOT_SOURCES.iter().any(|n| name == *n)
                 || path.extension().is_some_and(|x| x == "wasm")
+                || (language == Language::Typescript && d == dir && name == "app.js")
             {
                 continue;
             }
@@ -487,7 +546,7 @@ fn manifest_name(path: &Path, language: Language) -> Result<String, String> {
                 .map(str::to_owned)
                 .ok_or_else(|| format!("expected a name in [{table}]"))?
         }
-        Language::Javascript => {
+        Language::Javascript | Language::Typescript => {
             let doc: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
             doc.get("name")
                 .and_then(Value::as_str)

@@ -48,15 +48,18 @@ impl ToolOptions {
 pub enum Pinned {
     /// `componentize-py==X`, from PyPI.
     ComponentizePy { requirement: String },
-    /// `@bytecodealliance/jco@X` and `@bytecodealliance/componentize-js@Y`, from npm.
-    Jco { packages: Vec<String> },
+    /// npm packages (`NAME@VERSION`) that give `program`: jco with componentize-js, tsc.
+    Npm {
+        program: &'static str,
+        packages: Vec<String>,
+    },
 }
 
 impl Pinned {
     fn program(&self) -> &'static str {
         match self {
             Pinned::ComponentizePy { .. } => "componentize-py",
-            Pinned::Jco { .. } => "jco",
+            Pinned::Npm { program, .. } => program,
         }
     }
 
@@ -64,7 +67,7 @@ impl Pinned {
     fn local_dirs(&self) -> &'static [&'static str] {
         match self {
             Pinned::ComponentizePy { .. } => &[".venv/bin"],
-            Pinned::Jco { .. } => &["node_modules/.bin"],
+            Pinned::Npm { .. } => &["node_modules/.bin"],
         }
     }
 
@@ -72,7 +75,7 @@ impl Pinned {
     fn cache_slot(&self) -> PathBuf {
         let name = match self {
             Pinned::ComponentizePy { requirement } => requirement.clone(),
-            Pinned::Jco { packages } => packages.join("+"),
+            Pinned::Npm { packages, .. } => packages.join("+"),
         };
         let name: String = name
             .chars()
@@ -92,7 +95,7 @@ impl Pinned {
         let slot = self.cache_slot();
         match self {
             Pinned::ComponentizePy { .. } => slot.join("bin").join(self.program()),
-            Pinned::Jco { .. } => slot.join("node_modules/.bin").join(self.program()),
+            Pinned::Npm { .. } => slot.join("node_modules/.bin").join(self.program()),
         }
     }
 
@@ -103,9 +106,10 @@ impl Pinned {
                 "install it with `pip install {requirement}` (into {} or onto PATH)",
                 in_dir(project, ".venv").display()
             ),
-            Pinned::Jco { .. } => format!(
-                "run `npm install` in {} (package.json pins jco and componentize-js)",
-                project.display()
+            Pinned::Npm { packages, .. } => format!(
+                "run `npm install` in {} (package.json pins {})",
+                project.display(),
+                packages.join(" and ")
             ),
         }
     }
@@ -139,12 +143,11 @@ impl Pinned {
                     "pip install",
                 )?;
             }
-            Pinned::Jco { packages } => {
+            Pinned::Npm { program, packages } => {
                 let npm = find_on_path("npm").ok_or_else(|| {
-                    RunError::Input(
-                        "jco not found, and no npm to install it with: install Node.js and npm"
-                            .to_owned(),
-                    )
+                    RunError::Input(format!(
+                        "{program} not found, and no npm to install it with: install Node.js and npm"
+                    ))
                 })?;
                 quiet(
                     Command::new(npm)
@@ -171,7 +174,7 @@ impl Pinned {
     fn describe(&self) -> String {
         match self {
             Pinned::ComponentizePy { requirement } => requirement.clone(),
-            Pinned::Jco { packages } => packages.join(" and "),
+            Pinned::Npm { packages, .. } => packages.join(" and "),
         }
     }
 }
@@ -293,7 +296,8 @@ mod tests {
         let py = Pinned::ComponentizePy {
             requirement: "componentize-py==0.25.1".to_owned(),
         };
-        let js = Pinned::Jco {
+        let js = Pinned::Npm {
+            program: "jco",
             packages: vec![
                 "@bytecodealliance/jco@1.35.0".to_owned(),
                 "@bytecodealliance/componentize-js@0.23.0".to_owned(),
