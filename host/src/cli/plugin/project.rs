@@ -19,7 +19,7 @@ use std::time::Instant;
 use serde_json::Value;
 
 use super::sdk::Sdk;
-use super::toolchain::{self, Install, Pinned};
+use super::toolchain::{self, Install, Pinned, run};
 use crate::cli::RunError;
 
 /// The languages `plugin new` writes and `plugin build` builds.
@@ -576,19 +576,6 @@ fn wasm_artifact(line: &str) -> Option<PathBuf> {
         .filter_map(Value::as_str)
         .find(|f| f.ends_with(".wasm"))
         .map(PathBuf::from)
-}
-
-/// Fails with the fix when rustup knows the wasm target is not installed.
-/// Runs a toolchain command with its messages on the terminal; exit 1 when it fails.
-fn run(command: &mut Command, what: &str) -> Result<(), RunError> {
-    let status = command
-        .status()
-        .map_err(|e| RunError::Input(format!("{what}: cannot start: {e}")))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(RunError::Failed(format!("{what} failed ({status})")))
-    }
 }
 
 #[cfg(test)]

@@ -274,10 +274,9 @@ pub fn is_executable(path: &Path) -> bool {
         .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-/// Runs an installer; its output goes to stderr, and a failure names it (exit 1).
-fn quiet(command: &mut Command, what: &str) -> Result<(), RunError> {
+/// Runs a toolchain command with its messages on the terminal; exit 1 when it fails.
+pub fn run(command: &mut Command, what: &str) -> Result<(), RunError> {
     let status = command
-        .stdout(Stdio::null())
         .status()
         .map_err(|e| RunError::Input(format!("{what}: cannot start: {e}")))?;
     if status.success() {
@@ -285,6 +284,11 @@ fn quiet(command: &mut Command, what: &str) -> Result<(), RunError> {
     } else {
         Err(RunError::Failed(format!("{what} failed ({status})")))
     }
+}
+
+/// Runs an installer: [`run`], its output on stderr only.
+fn quiet(command: &mut Command, what: &str) -> Result<(), RunError> {
+    run(command.stdout(Stdio::null()), what)
 }
 
 #[cfg(test)]
