@@ -318,6 +318,22 @@ fn a_javascript_project_from_plugin_new_passes_plugin_test_and_a_changed_expecta
         "{}",
         rebuilt.stderr
     );
+
+    // A value of the wrong type in an outcome: the dead letter says what was expected.
+    let text = std::fs::read_to_string(&app)?;
+    let wrong = text.replacen("extra: JSON.stringify(extra)", "extra: 5", 1);
+    assert_ne!(text, wrong);
+    std::fs::write(&app, wrong)?;
+    let failed = author(&project, &["plugin", "test"])?;
+    assert_eq!(failed.code, Some(1), "{failed:?}");
+    assert!(
+        failed.stdout.iter().any(|l| l.contains(
+            "\"error\": \"JavaScript value of the wrong type in what the plugin returned: \
+             expected string, got int"
+        )),
+        "{:?}",
+        failed.stdout
+    );
     Ok(())
 }
 

@@ -25,6 +25,7 @@ pub(super) struct GuestError {
 pub(super) fn guest_error(lines: &[String]) -> Option<GuestError> {
     python(lines)
         .or_else(|| javascript(lines))
+        .or_else(|| javascript_value(lines))
         .or_else(|| rust(lines))
 }
 
@@ -89,6 +90,22 @@ fn javascript(lines: &[String]) -> Option<GuestError> {
     Some(GuestError {
         message,
         report_at: panic_line(&lines[..at]).unwrap_or(at),
+    })
+}
+
+/// jco's runtime refusing a value the plugin returned: `expected string: FromJs { from:
+/// "int", to: "string", .. }`. It does not say which field; TypeScript's types do, at build.
+fn javascript_value(lines: &[String]) -> Option<GuestError> {
+    let at = lines.iter().rposition(|l| l.contains("FromJs { from: "))?;
+    let from = debug_string_after(&lines[at], "from: ")?;
+    let to = debug_string_after(&lines[at], "to: ")?;
+    Some(GuestError {
+        message: format!(
+            "JavaScript value of the wrong type in what the plugin returned: expected {to}, \
+             got {from} (TypeScript names the field at build: `screamer plugin new --lang \
+             typescript`)"
+        ),
+        report_at: panic_line(&lines[..=at]).unwrap_or(at),
     })
 }
 
@@ -220,5 +237,23 @@ mod tests {
             "Rust panic: chaos: shouted (src/lib.rs:117:17)"
         );
         assert_eq!(guest_error(&lines("just a warning")), None);
+    }
+
+    #[test]
+    fn a_javascript_value_of_the_wrong_type_says_what_was_expected() {
+        let said = lines(
+            "\nthread '<unnamed>' (1) panicked at crates/runtime/src/call.rs:119:33:\n\
+             expected string: FromJs { from: \"int\", to: \"string\", message: None }",
+        );
+        let error = guest_error(&said).unwrap();
+        assert!(
+            error.message.starts_with(
+                "JavaScript value of the wrong type in what the plugin returned: \
+                 expected string, got int"
+            ),
+            "{}",
+            error.message
+        );
+        assert_eq!(error.report_at, 0);
     }
 }
