@@ -158,6 +158,17 @@ impl Chain {
         std::mem::replace(&mut *self.slots[slot].write().expect("slot lock"), version)
     }
 
+    /// A worker from the pool, or a new one without instances.
+    fn worker(&self) -> Worker {
+        self.workers
+            .lock()
+            .expect("worker pool")
+            .pop()
+            .unwrap_or_else(|| Worker {
+                instances: (0..self.slots.len()).map(|_| None).collect(),
+            })
+    }
+
     /// Runs `inputs` through every plugin. Plugin calls are CPU work between their awaits
     /// (the awaits are WASI calls and deadlines): run it where blocking a thread is fine.
     /// With [`Budget::Bounded`] and more than one input, a run whose plugins return more
@@ -168,28 +179,8 @@ impl Chain {
         budget: Budget,
     ) -> Result<ChainResult, OverBudget> {
         let versions = self.versions();
-        let mut held = Held {
-            bytes: 0,
-            budget: match budget {
-                Budget::Bounded if inputs.len() > 1 => Some(
-                    RUN_BUDGET_CALLS
-                        * versions
-                            .iter()
-                            .map(|v| v.spec.limits.max_call_bytes)
-                            .max()
-                            .unwrap_or(0),
-                ),
-                _ => None,
-            },
-        };
-        let mut worker = self
-            .workers
-            .lock()
-            .expect("worker pool")
-            .pop()
-            .unwrap_or_else(|| Worker {
-                instances: (0..self.slots.len()).map(|_| None).collect(),
-            });
+        let mut held = Held::for_run(&versions, inputs.len(), budget);
+        let mut worker = self.worker();
         let mut result = ChainResult::default();
         let extras: Vec<Option<String>> = inputs.iter().map(|i| extra_text(i.extra)).collect();
         let mut emitted = vec![0usize; inputs.len()];
@@ -274,6 +265,18 @@ struct Held {
 }
 
 impl Held {
+    /// Nothing held yet; a budget when the run may stop and has more than one input.
+    fn for_run(versions: &[Arc<PluginVersion>], inputs: usize, budget: Budget) -> Self {
+        let largest_call = versions.iter().map(|v| v.spec.limits.max_call_bytes).max();
+        Held {
+            bytes: 0,
+            budget: match budget {
+                Budget::Bounded if inputs > 1 => largest_call.map(|c| RUN_BUDGET_CALLS * c),
+                _ => None,
+            },
+        }
+    }
+
     /// Counts `outcomes`; whether the run is still within its budget.
     fn add(&mut self, outcomes: &[Outcome]) -> bool {
         self.bytes += outcomes.iter().map(outcome_bytes).sum::<usize>();

@@ -51,99 +51,108 @@ const FIXTURE: &str = include_str!("../../../templates/fixtures/basic.json");
 /// A template's files: path in the project, contents with `{{name}}`, `{{type}}` and
 /// `{{sdk}}` to fill in.
 fn template(language: Language) -> Vec<(&'static str, &'static str)> {
-    let mut files = match language {
-        Language::Rust => vec![
-            (
-                "Cargo.toml",
-                include_str!("../../../templates/rust/Cargo.toml"),
-            ),
-            (
-                "src/lib.rs",
-                include_str!("../../../templates/rust/src/lib.rs"),
-            ),
-            (
-                "README.md",
-                include_str!("../../../templates/rust/README.md"),
-            ),
-            (
-                ".gitignore",
-                include_str!("../../../templates/rust/gitignore"),
-            ),
-            (
-                ".cargo/config.toml",
-                include_str!("../../../templates/rust/cargo-config.toml"),
-            ),
-        ],
-        Language::Python => vec![
-            ("app.py", include_str!("../../../templates/python/app.py")),
-            (
-                "pyproject.toml",
-                include_str!("../../../templates/python/pyproject.toml"),
-            ),
-            (
-                "README.md",
-                include_str!("../../../templates/python/README.md"),
-            ),
-            (
-                ".gitignore",
-                include_str!("../../../templates/python/gitignore"),
-            ),
-            ("wit/plugin.wit", WIT),
-        ],
-        Language::Javascript => vec![
-            (
-                "app.js",
-                include_str!("../../../templates/javascript/app.js"),
-            ),
-            (
-                "package.json",
-                include_str!("../../../templates/javascript/package.json"),
-            ),
-            (
-                "README.md",
-                include_str!("../../../templates/javascript/README.md"),
-            ),
-            (
-                ".gitignore",
-                include_str!("../../../templates/javascript/gitignore"),
-            ),
-            ("wit/plugin.wit", WIT),
-        ],
-        Language::Typescript => vec![
-            (
-                "app.ts",
-                include_str!("../../../templates/typescript/app.ts"),
-            ),
-            (
-                "plugin.d.ts",
-                include_str!("../../../templates/typescript/plugin.d.ts"),
-            ),
-            (
-                "imports.d.ts",
-                include_str!("../../../templates/typescript/imports.d.ts"),
-            ),
-            (
-                "tsconfig.json",
-                include_str!("../../../templates/typescript/tsconfig.json"),
-            ),
-            (
-                "package.json",
-                include_str!("../../../templates/typescript/package.json"),
-            ),
-            (
-                "README.md",
-                include_str!("../../../templates/typescript/README.md"),
-            ),
-            (
-                ".gitignore",
-                include_str!("../../../templates/typescript/gitignore"),
-            ),
-            ("wit/plugin.wit", WIT),
-        ],
+    let files = match language {
+        Language::Rust => RUST,
+        Language::Python => PYTHON,
+        Language::Javascript => JAVASCRIPT,
+        Language::Typescript => TYPESCRIPT,
     };
+    let mut files = files.to_vec();
     files.push(("fixtures/basic.json", FIXTURE));
     files
 }
+
+const RUST: &[(&str, &str)] = &[
+    (
+        "Cargo.toml",
+        include_str!("../../../templates/rust/Cargo.toml"),
+    ),
+    (
+        "src/lib.rs",
+        include_str!("../../../templates/rust/src/lib.rs"),
+    ),
+    (
+        "README.md",
+        include_str!("../../../templates/rust/README.md"),
+    ),
+    (
+        ".gitignore",
+        include_str!("../../../templates/rust/gitignore"),
+    ),
+    (
+        ".cargo/config.toml",
+        include_str!("../../../templates/rust/cargo-config.toml"),
+    ),
+];
+
+const PYTHON: &[(&str, &str)] = &[
+    ("app.py", include_str!("../../../templates/python/app.py")),
+    (
+        "pyproject.toml",
+        include_str!("../../../templates/python/pyproject.toml"),
+    ),
+    (
+        "README.md",
+        include_str!("../../../templates/python/README.md"),
+    ),
+    (
+        ".gitignore",
+        include_str!("../../../templates/python/gitignore"),
+    ),
+    ("wit/plugin.wit", WIT),
+];
+
+const JAVASCRIPT: &[(&str, &str)] = &[
+    (
+        "app.js",
+        include_str!("../../../templates/javascript/app.js"),
+    ),
+    (
+        "package.json",
+        include_str!("../../../templates/javascript/package.json"),
+    ),
+    (
+        "README.md",
+        include_str!("../../../templates/javascript/README.md"),
+    ),
+    (
+        ".gitignore",
+        include_str!("../../../templates/javascript/gitignore"),
+    ),
+    ("wit/plugin.wit", WIT),
+];
+
+const TYPESCRIPT: &[(&str, &str)] = &[
+    (
+        "app.ts",
+        include_str!("../../../templates/typescript/app.ts"),
+    ),
+    (
+        "plugin.d.ts",
+        include_str!("../../../templates/typescript/plugin.d.ts"),
+    ),
+    (
+        "imports.d.ts",
+        include_str!("../../../templates/typescript/imports.d.ts"),
+    ),
+    (
+        "tsconfig.json",
+        include_str!("../../../templates/typescript/tsconfig.json"),
+    ),
+    (
+        "package.json",
+        include_str!("../../../templates/typescript/package.json"),
+    ),
+    (
+        "README.md",
+        include_str!("../../../templates/typescript/README.md"),
+    ),
+    (
+        ".gitignore",
+        include_str!("../../../templates/typescript/gitignore"),
+    ),
+    ("wit/plugin.wit", WIT),
+];
 
 /// A plugin project on disk.
 #[derive(Debug)]
