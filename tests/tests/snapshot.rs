@@ -57,6 +57,10 @@ async fn lines_at_least(screamer: &Screamer, n: usize, timeout: Duration) -> any
     .await
 }
 
+/// The rows that exist before the graceful-restart scenario: enough that the snapshot is
+/// still under way however long the stop takes to land on a loaded machine.
+const ROWS: i64 = 12_000;
+
 /// A commit of the writer: when, and the (Id, Seq) it wrote.
 type Write = (Timestamp, i64, i64);
 
@@ -65,7 +69,7 @@ async fn existing_rows_then_every_change_once_through_a_graceful_restart_while_a
     screamer_tests::init_tracing();
     let emulator = Emulator::start(EmulatorOptions::default()).await.unwrap();
     let db = std::sync::Arc::new(emulator.items_database().await.unwrap());
-    items::existing(&db, 3_000, |_| 0).await.unwrap();
+    items::existing(&db, ROWS, |_| 0).await.unwrap();
     let writer = tokio::spawn(update_rows(std::sync::Arc::clone(&db)));
     tokio::time::sleep(Duration::from_millis(300)).await;
 
@@ -89,7 +93,8 @@ async fn existing_rows_then_every_change_once_through_a_graceful_restart_while_a
             .expect("a snapshot record"),
     );
     let after: Vec<Write> = writes.iter().filter(|(t, ..)| *t > at).copied().collect();
-    lines.extend(restart_until(&db, &args, 3_000 + after.len() - lines.len()).await);
+    let want = ROWS as usize + after.len() - lines.len();
+    lines.extend(restart_until(&db, &args, want).await);
     let records = parse(&lines);
 
     assert_every_row_once_as_of(&records, at, &writes);
@@ -100,7 +105,7 @@ async fn existing_rows_then_every_change_once_through_a_graceful_restart_while_a
 async fn update_rows(db: std::sync::Arc<TestDatabase>) -> Vec<Write> {
     let mut writes = Vec::new();
     for i in 1..=300i64 {
-        let (id, seq) = ((i * 7) % 3_000, i);
+        let (id, seq) = ((i * 7) % ROWS, i);
         let mutation = insert_or_update("Items", &["Id", "Seq"], &[&id, &seq]);
         let at = db.apply(vec![mutation]).await.expect("write");
         writes.push((at, id, seq));
@@ -130,7 +135,7 @@ async fn stop_midway(db: &TestDatabase, args: &[String]) -> Vec<String> {
     let lines = first.lines();
     let snapshot_before = parse(&lines).iter().filter(|r| is_snapshot(r)).count();
     assert!(
-        snapshot_before < 3_000,
+        snapshot_before < ROWS as usize,
         "the restart came midway: {snapshot_before}"
     );
     lines
@@ -150,10 +155,10 @@ async fn restart_until(db: &TestDatabase, args: &[String], want: usize) -> Vec<S
     second.lines()
 }
 
-/// Every one of the 3,000 existing rows once as a snapshot record at `at`, with its value
+/// Every one of the [`ROWS`] existing rows once as a snapshot record at `at`, with its value
 /// as of `at` (0, or the last of `writes` at or before it).
 fn assert_every_row_once_as_of(records: &[Value], at: Timestamp, writes: &[Write]) {
-    let mut at_snapshot: HashMap<i64, i64> = (0..3_000).map(|id| (id, 0)).collect();
+    let mut at_snapshot: HashMap<i64, i64> = (0..ROWS).map(|id| (id, 0)).collect();
     for (t, id, seq) in writes {
         if *t <= at {
             at_snapshot.insert(*id, *seq);
@@ -173,7 +178,7 @@ fn assert_every_row_once_as_of(records: &[Value], at: Timestamp, writes: &[Write
             "row {id} twice in the snapshot"
         );
     }
-    assert_eq!(seen.len(), 3_000, "every existing row");
+    assert_eq!(seen.len(), ROWS as usize, "every existing row");
     for (id, seq) in &seen {
         assert_eq!(at_snapshot[id], *seq, "row {id}'s value at the snapshot");
     }
