@@ -181,6 +181,9 @@ impl Chain {
         let versions = self.versions();
         let mut held = Held::for_run(&versions, inputs.len(), budget);
         let mut worker = self.worker();
+        // What each plugin decided, reported once the run is whole: a run over budget is
+        // run again in parts, and its records' outcomes are those of the parts.
+        let mut decided: Vec<(&str, OutcomeCounts)> = Vec::with_capacity(versions.len());
         let mut result = ChainResult::default();
         let extras: Vec<Option<String>> = inputs.iter().map(|i| extra_text(i.extra)).collect();
         let mut emitted = vec![0usize; inputs.len()];
@@ -222,7 +225,9 @@ impl Chain {
                 inputs,
                 emitted: &mut emitted,
             };
-            stage = turn.advance(stage, outcomes, &mut sorted);
+            let counts;
+            (stage, counts) = turn.advance(stage, outcomes, &mut sorted);
+            decided.push((&version.name, counts));
         }
         for (origin, record) in stage.origins.into_iter().zip(stage.records) {
             match record {
@@ -237,6 +242,10 @@ impl Chain {
             }
         }
         self.workers.lock().expect("worker pool").push(worker);
+        for (plugin, outcomes) in &decided {
+            self.observer
+                .observe(Event::PluginOutcomes { plugin, outcomes });
+        }
         Ok(result)
     }
 }
@@ -462,13 +471,14 @@ impl Turn<'_> {
     }
 
     /// Applies the plugin's outcomes: what goes on to the next plugin is the next stage; side
-    /// outputs and failures leave the chain into `sorted`.
+    /// outputs and failures leave the chain into `sorted`. Returns the stage and the
+    /// outcomes counted.
     fn advance<'a>(
         &self,
         stage: Stage<'a>,
         outcomes: Vec<Result<Outcome, PluginFailure>>,
         sorted: &mut Sorted<'_, 'a>,
-    ) -> Stage<'a> {
+    ) -> (Stage<'a>, OutcomeCounts) {
         let n = stage.records.len();
         let mut next = Stage {
             origins: Vec::with_capacity(n),
@@ -521,11 +531,7 @@ impl Turn<'_> {
                 error: failure,
             });
         }
-        self.observer.observe(Event::PluginOutcomes {
-            plugin: &self.version.name,
-            outcomes: &counts,
-        });
-        next
+        (next, counts)
     }
 }
 
