@@ -30,6 +30,7 @@ mod guest_error;
 mod guest_output;
 mod instance;
 mod runtime;
+mod shape;
 mod version;
 mod watch;
 

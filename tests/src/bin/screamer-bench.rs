@@ -34,51 +34,84 @@ struct Throughput {
 }
 
 impl Throughput {
-    fn records_per_s(&self) -> f64 {
-        self.records as f64 / self.seconds
-    }
     fn mods_per_s(&self) -> f64 {
         self.mods as f64 / self.seconds
     }
 }
 
+/// One round of a workload: each reader once, one right after the other, and the fixed
+/// cost of a screamer run (an empty range) in the same round. Ratios are taken within a
+/// round, so a machine or emulator that slows down for a while slows every reader of it.
+struct Round {
+    bare: Throughput,
+    screamer: Throughput,
+    plugged: Throughput,
+    python: Throughput,
+    fixed: f64,
+}
+
+impl Round {
+    /// `reader`'s rate over the bare reader's in this round, end to end.
+    fn ratio(&self, reader: &Throughput) -> f64 {
+        reader.mods_per_s() / self.bare.mods_per_s()
+    }
+
+    /// The same without this round's fixed cost of a screamer run.
+    fn ratio_without_fixed(&self, reader: &Throughput) -> f64 {
+        self.bare.seconds / (reader.seconds - self.fixed).max(1e-9)
+    }
+}
+
+/// The median and the spread of `values`.
+struct Spread {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Spread {
+    fn of(values: impl IntoIterator<Item = f64>) -> Spread {
+        let mut v: Vec<f64> = values.into_iter().collect();
+        v.sort_by(f64::total_cmp);
+        Spread {
+            median: percentile(&v, 0.5),
+            min: v[0],
+            max: v[v.len() - 1],
+        }
+    }
+}
+
+impl std::fmt::Display for Spread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.2} ({:.2}-{:.2})", self.median, self.min, self.max)
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let repeats = env_usize("BENCH_REPEATS", 3);
+    let repeats = env_usize("BENCH_REPEATS", 7);
     let python = python_env()?;
     let emulator = Emulator::start(EmulatorOptions::default()).await?;
     let db = emulator.database(Dialect::GoogleSql, &BENCH_SCHEMA).await?;
     println!(
-        "# screamer reader benchmark (emulator {}, {repeats} runs each, best shown)\n",
+        "# screamer reader benchmark (emulator {}, {repeats} interleaved rounds: median, with min-max)\n",
         emulator.host()
     );
-
-    // The fixed cost of a screamer run (process start, connection, metadata table check,
-    // root and first partitions), measured on a range without records. The first run, not
-    // counted, creates the metadata table.
+    // The first run, not counted, creates the metadata table: a one-time migration.
+    // The same range also gives each round's fixed cost: 1 ms without records, in the past
+    // (a range still to come would make the run wait for its end).
     let empty_at = Timestamp::now();
-    let empty_end = empty_at.saturating_add(Duration::from_millis(1));
-    screamer_read(&db, empty_at, empty_end, &[]).await?;
-    let mut fixed = Vec::new();
-    for _ in 0..repeats {
-        clear_metadata(&db).await?;
-        fixed.push(screamer_read(&db, empty_at, empty_end, &[]).await?.seconds);
-    }
-    let fixed = fixed.iter().copied().fold(f64::INFINITY, f64::min);
-    println!(
-        "screamer fixed cost per run (empty range, best of {repeats}): {:.3} s\n",
-        fixed
-    );
+    let empty = (empty_at, empty_at.saturating_add(Duration::from_millis(1)));
+    screamer_read(&db, empty.0, empty.1, &[]).await?;
+    stream_live(&db).await?;
 
     let mut next_id = 0i64;
-
     let workloads = [
         ("(a) 20,000 rows in 40 commits", 40, 500),
         ("(b) 3,000 single-row commits", 3000, 1),
     ];
     // BENCH_ONLY=a, b or latency runs just that part.
     let only = std::env::var("BENCH_ONLY").ok();
-    let pass_through = pass_through_args();
     let runs = |part: &str| only.as_deref().is_none_or(|o| o == part);
     for (name, commits, rows_per_commit) in
         workloads.into_iter().filter(|(name, ..)| runs(&name[1..2]))
@@ -86,82 +119,31 @@ async fn main() -> anyhow::Result<()> {
         let start = Timestamp::now();
         let mut end = start;
         for _ in 0..commits {
-            let mut mutations = Vec::with_capacity(rows_per_commit);
-            for _ in 0..rows_per_commit {
-                mutations.push(row(next_id));
-                next_id += 1;
-            }
+            let mutations = (0..rows_per_commit)
+                .map(|_| {
+                    next_id += 1;
+                    row(next_id - 1)
+                })
+                .collect();
             end = db.apply(mutations).await?;
         }
-        let expected_mods = (commits * rows_per_commit) as u64;
-        let mut bare = Vec::new();
-        let mut screamer = Vec::new();
-        let mut plugged = Vec::new();
-        let mut py = Vec::new();
+        let expected = (commits * rows_per_commit) as u64;
+        settle(end).await;
+        let mut rounds = Vec::with_capacity(repeats);
         for _ in 0..repeats {
-            bare.push(bare_read(&db, start, end).await?);
-            clear_metadata(&db).await?;
-            screamer.push(screamer_read(&db, start, end, &[]).await?);
-            clear_metadata(&db).await?;
-            plugged.push(screamer_read(&db, start, end, &pass_through).await?);
-            py.push(python_read(&python, &db, start, end)?);
-        }
-        let best = |v: &[Throughput]| {
-            v.iter()
-                .copied()
-                .max_by(|a, b| a.mods_per_s().total_cmp(&b.mods_per_s()))
-                .expect("runs")
-        };
-        let (b, s, w, p) = (best(&bare), best(&screamer), best(&plugged), best(&py));
-        for (who, t) in [
-            ("bare", &b),
-            ("screamer", &s),
-            ("screamer+plugin", &w),
-            ("python", &p),
-        ] {
-            if t.mods != expected_mods {
-                bail!("{who} read {} mods of {expected_mods} in {name}", t.mods);
+            let round = workload_round(&db, &python, (start, end), empty).await?;
+            for (who, t) in round.readers() {
+                if t.mods != expected {
+                    bail!("{who} read {} mods of {expected} in {name}", t.mods);
+                }
             }
+            rounds.push(round);
         }
-        println!("## {name}\n");
-        println!("| reader | records | mods | seconds | records/s | mods/s | vs bare | peak RSS |");
-        println!("|---|---|---|---|---|---|---|---|");
-        for (who, t) in [
-            ("bare reader (Rust, low-level query)", b),
-            ("screamer CLI (NDJSON to file)", s),
-            ("screamer CLI + pass-through plugin", w),
-            ("Python google-cloud-spanner", p),
-        ] {
-            println!(
-                "| {who} | {} | {} | {:.3} | {:.0} | {:.0} | {:.2} | {} |",
-                t.records,
-                t.mods,
-                t.seconds,
-                t.records_per_s(),
-                t.mods_per_s(),
-                t.mods_per_s() / b.mods_per_s(),
-                if t.peak_rss_kb > 0 {
-                    format!("{} MB", t.peak_rss_kb / 1024)
-                } else {
-                    "-".into()
-                },
-            );
-        }
-        println!(
-            "\nscreamer / bare: {:.2} end to end, {:.2} without the fixed cost; screamer / python: {:.2}; \
-             metadata writes: {} ({:.1} per 10,000 records)\n\
-             with the pass-through plugin: {:.2} of bare end to end, {:.2} without the fixed cost; {:.2}x python\n",
-            s.mods_per_s() / b.mods_per_s(),
-            (s.mods as f64 / (s.seconds - fixed).max(1e-9)) / b.mods_per_s(),
-            s.mods_per_s() / p.mods_per_s(),
-            s.metadata_writes.unwrap_or(0),
-            s.metadata_writes.unwrap_or(0) as f64 * 10_000.0 / s.records as f64,
-            w.mods_per_s() / b.mods_per_s(),
-            (w.mods as f64 / (w.seconds - fixed).max(1e-9)) / b.mods_per_s(),
-            w.mods_per_s() / p.mods_per_s(),
-        );
+        report(name, &rounds);
     }
-
+    if !runs("latency") {
+        return Ok(());
+    }
     println!(
         "## commit-to-output latency, steady writer (50 commits/s for 10 s), both readers at once (screamer with the pass-through plugin)\n"
     );
@@ -190,6 +172,128 @@ async fn main() -> anyhow::Result<()> {
         percentile(&screamer, 0.99) - percentile(&bare, 0.99)
     );
     Ok(())
+}
+
+impl Round {
+    fn readers(&self) -> [(&'static str, &Throughput); 4] {
+        [
+            ("bare reader (Rust, low-level query)", &self.bare),
+            ("screamer CLI (NDJSON to file)", &self.screamer),
+            ("screamer CLI + pass-through plugin", &self.plugged),
+            ("Python google-cloud-spanner", &self.python),
+        ]
+    }
+}
+
+/// One round over [start, end]: every reader, then screamer and the bare reader over the
+/// `empty` range: the difference is screamer's fixed cost (process start, connection,
+/// metadata check and seeding, scheduling the partitions, stop).
+async fn workload_round(
+    db: &TestDatabase,
+    python: &std::path::Path,
+    (start, end): (Timestamp, Timestamp),
+    empty: (Timestamp, Timestamp),
+) -> anyhow::Result<Round> {
+    let bare = bare_read(db, start, end).await?;
+    clear_metadata(db).await?;
+    let screamer = screamer_read(db, start, end, &[]).await?;
+    clear_metadata(db).await?;
+    let plugged = screamer_read(db, start, end, &pass_through_args()).await?;
+    let python = python_read(python, db, start, end)?;
+    clear_metadata(db).await?;
+    // What a screamer process costs beyond reading: the empty range with each reader, the
+    // difference (the partition queries of an empty range take both about 0.1 s).
+    let fixed = screamer_read(db, empty.0, empty.1, &[]).await?.seconds
+        - bare_read(db, empty.0, empty.1).await?.seconds;
+    Ok(Round {
+        bare,
+        screamer,
+        plugged,
+        python,
+        fixed,
+    })
+}
+
+/// Prints a workload's table (each reader's median run) and the ratios to the bare reader,
+/// each the median of the rounds' own ratios with their spread.
+fn report(name: &str, rounds: &[Round]) {
+    println!("## {name}\n");
+    println!(
+        "| reader | records | mods | median s | best s | mods/s (median run) | vs bare (median of rounds) | peak RSS |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (i, (who, _)) in rounds[0].readers().into_iter().enumerate() {
+        let mut runs: Vec<Throughput> = rounds.iter().map(|r| *r.readers()[i].1).collect();
+        runs.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
+        let median = runs[runs.len() / 2];
+        let ratio = Spread::of(rounds.iter().map(|r| r.ratio(r.readers()[i].1)));
+        println!(
+            "| {who} | {} | {} | {:.3} | {:.3} | {:.0} | {ratio} | {} |",
+            median.records,
+            median.mods,
+            median.seconds,
+            runs[0].seconds,
+            median.mods_per_s(),
+            match median.peak_rss_kb {
+                0 => "-".to_owned(),
+                kb => format!("{} MB", kb / 1024),
+            },
+        );
+    }
+    let fixed = Spread::of(rounds.iter().map(|r| r.fixed));
+    let without = |pick: fn(&Round) -> &Throughput| {
+        Spread::of(rounds.iter().map(|r| r.ratio_without_fixed(pick(r))))
+    };
+    let vs_python = |pick: fn(&Round) -> &Throughput| {
+        Spread::of(
+            rounds
+                .iter()
+                .map(|r| pick(r).mods_per_s() / r.python.mods_per_s()),
+        )
+    };
+    let writes = rounds[0].screamer.metadata_writes.unwrap_or(0);
+    println!(
+        "\nscreamer fixed cost per run (empty range, screamer minus bare, each round): {:.3} s ({:.3}-{:.3})\n\
+         screamer / bare without the fixed cost: {}; screamer / python: {}\n\
+         with the pass-through plugin, / bare without the fixed cost: {}; / python: {}\n\
+         metadata writes: {writes} ({:.1} per 10,000 records)\n",
+        fixed.median,
+        fixed.min,
+        fixed.max,
+        without(|r| &r.screamer),
+        vs_python(|r| &r.screamer),
+        without(|r| &r.plugged),
+        vs_python(|r| &r.plugged),
+        writes as f64 * 10_000.0 / rounds[0].screamer.records as f64,
+    );
+}
+
+/// Waits until the local clock is 100 ms past `end`: the emulator's commit timestamps run
+/// ahead of it, and a range read while its end is still to come can come back empty.
+async fn settle(end: Timestamp) {
+    let past = end.saturating_add(Duration::from_millis(100));
+    while Timestamp::now() < past {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until a commit shows in the change stream. The emulator leaves out of a new
+/// stream the commits of its first second or so (seen: a workload written at once read back
+/// as 0 mods of 3,000), so workloads start once a probe row is read back.
+async fn stream_live(db: &TestDatabase) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let start = Timestamp::now();
+        let end = db.apply(vec![row(-1)]).await?;
+        settle(end).await;
+        if bare_read(db, start, end).await?.mods > 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the change stream showed no commit within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Follows the partitions of [start, end] with the low-level query only: no checkpoints, no

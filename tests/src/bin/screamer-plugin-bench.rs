@@ -5,7 +5,8 @@
 //! instantiation times. Results and the command: BENCHMARKS.md.
 //!
 //! Run: `scripts/bench-plugins.sh` (release build; plugins from target/plugins/).
-//! `BENCH_RECORDS` (default 60000) records per measurement, `BENCH_REPEATS` (default 3).
+//! `BENCH_RECORDS` (default 60000) records per measurement, `BENCH_REPEATS` (default 3),
+//! `BENCH_CASE` (only the cases whose name contains it), `BENCH_PERF_MAP` (a perf map).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -194,7 +195,11 @@ fn main() -> anyhow::Result<()> {
         .collect();
     let size = serde_json::to_string(&records[0])?.len();
     let cache = std::env::temp_dir().join(format!("screamer-plugin-bench-{}", std::process::id()));
-    let runtime = PluginRuntime::new(RuntimeOptions::cached(Some(cache.clone())))?;
+    let runtime = PluginRuntime::new(RuntimeOptions {
+        // BENCH_PERF_MAP=1: guest functions by name in `perf report`.
+        perf_map: std::env::var_os("BENCH_PERF_MAP").is_some(),
+        ..RuntimeOptions::cached(Some(cache.clone()))
+    })?;
     let spec = |name: &str, config: serde_json::Value| {
         let mut s = PluginSpec::new(plugin(name));
         s.config = config;
@@ -240,16 +245,26 @@ fn main() -> anyhow::Result<()> {
             vec![&filter, &redact, &pass],
         ),
     ];
-    // BENCH_CASE=text runs only the cases whose name contains it (for profiling), and the
-    // native redact when "native Rust redact" contains it.
+    // BENCH_CASE=text runs only the cases whose name contains it (for profiling or a quick
+    // check), each alternately with the native redact, and the native redact alone when
+    // "native Rust redact" contains it.
     let only = std::env::var("BENCH_CASE").ok();
     if let Some(only) = &only {
         for (name, specs) in cases.iter().filter(|(n, _)| n.contains(only.as_str())) {
             let versions: Vec<Arc<PluginVersion>> =
                 specs.iter().map(|s| load(s)).collect::<Result<_, _>>()?;
             let chain = Chain::new(versions, 64);
-            let r = rate(&records, repeats, |c| run_chain(&chain, c));
-            println!("| {name} | batch 64: {:.0}k/s |", r / 1e3);
+            let (r, native_rate, ratio) = paired_rates(
+                &records,
+                repeats,
+                |c| run_chain(&chain, c),
+                |c| native_redact(&native, c),
+            );
+            println!(
+                "| {name} | batch 64: {:.0}k/s | native redact {:.0}k/s | ratio {ratio:.2} |",
+                r / 1e3,
+                native_rate / 1e3
+            );
         }
         if "native Rust redact".contains(only.as_str()) {
             let r = rate(&records, repeats, |c| native_redact(&native, c));
