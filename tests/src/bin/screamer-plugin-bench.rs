@@ -266,6 +266,21 @@ fn main() -> anyhow::Result<()> {
                 native_rate / 1e3
             );
         }
+        if "redact of one 200-column row".contains(only.as_str()) {
+            let wide: Vec<DataChangeRecord> = (0..n / 10).map(wide_record).collect();
+            let chain = Chain::new(vec![load(&redact)?], 64);
+            let (r, native_rate, ratio) = paired_rates(
+                &wide,
+                repeats,
+                |c| run_chain(&chain, c),
+                |c| native_redact(&native, c),
+            );
+            println!(
+                "| redact of one 200-column row | batch 64: {:.1}k/s | native {:.1}k/s | ratio {ratio:.2} |",
+                r / 1e3,
+                native_rate / 1e3
+            );
+        }
         if "native Rust redact".contains(only.as_str()) {
             let r = rate(&records, repeats, |c| native_redact(&native, c));
             println!("| native Rust redact | {:.0}k/s |", r / 1e3);
