@@ -47,6 +47,25 @@ require_destination_servers() {
   return 1
 }
 
+# The C toolchain for WebAssembly that `plugin new --lang c` projects build with (the
+# authoring tests build one): clang-14, wasm-ld, wasi-libc and its compiler runtime, all
+# Debian packages; wasm-component-ld comes with the Rust toolchain. Installed with apt-get
+# when missing and root.
+require_c_toolchain() {
+  local packages=(clang-14 lld-14 wasi-libc libclang-rt-14-dev-wasm32) missing=() p
+  for p in "${packages[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "installing ${missing[*]}" >&2
+    apt-get install -y "${missing[@]}" >&2 \
+      || { apt-get update >&2 && apt-get install -y "${missing[@]}" >&2; } && return 0
+  fi
+  echo "error: missing ${missing[*]}: install the Debian packages of those names" >&2
+  return 1
+}
+
 # PostgreSQL, which the replica tests start (a private server each, as the postgres user
 # when root): Debian's postgresql, installed with apt-get when missing and root.
 require_postgres() {

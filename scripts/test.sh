@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: unit tests (the plugins' included, natively through the SDK), and
 # end-to-end tests against real Spanner emulators (each test starts its own on free ports),
-# real plugin components and real destinations (the Pub/Sub emulator, nats-server and the
+# real plugin components, plugin projects from `plugin new` in every language (C's
+# toolchain is Debian's), and real destinations (the Pub/Sub emulator, nats-server and the
 # Kafka-protocol broker tansu, PostgreSQL, each started per test). Extra arguments go to
 # `cargo test`.
 set -euo pipefail
@@ -12,6 +13,7 @@ require_emulator
 require_destination_servers
 require_tansu
 require_postgres
+require_c_toolchain
 # The end-to-end tests spawn the screamer binary next to them in target/debug, and load the
 # plugins from target/plugins (Rust ones for wasm32-wasip2, the Python one via componentize-py).
 build_plugins

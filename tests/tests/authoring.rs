@@ -63,6 +63,7 @@ fn new_project_passes_its_tests(
                 "rust" => "Rust",
                 "python" => "Python",
                 "typescript" => "TypeScript",
+                "c" => "C",
                 _ => "JavaScript",
             }
         )]
@@ -217,6 +218,50 @@ fn a_typescript_project_from_plugin_new_passes_plugin_test_and_a_type_error_name
     assert_eq!(
         failed.stderr.lines().last(),
         Some("error: tsc failed (exit status: 1)")
+    );
+    remove_scratch(&project);
+    Ok(())
+}
+
+/// Built with Debian's clang-14 and wasi-libc and Rust's wasm-component-ld, from bindings
+/// generated ahead of time; a compile error is clang's, naming the file and line; a missing
+/// compiler is one line naming the packages.
+#[test]
+fn a_c_project_from_plugin_new_passes_plugin_test_and_a_compile_error_names_its_place()
+-> anyhow::Result<()> {
+    let (project, _) = new_project_passes_its_tests("c", &[])?;
+    for file in ["Makefile", "json.c", "bindings/plugin_component_type.o"] {
+        assert!(project.join(file).is_file(), "{file} is missing");
+    }
+    let app = project.join("app.c");
+    let text = std::fs::read_to_string(&app)?;
+    let wrong = text.replacen(
+        "out.tag = SCREAMER_PLUGIN_TYPES_OUTCOME_DROP;",
+        "out.tag = DROP;",
+        1,
+    );
+    assert_ne!(text, wrong, "the template drops other tables' records");
+    std::fs::write(&app, wrong)?;
+    let failed = author(&project, &["plugin", "test"])?;
+    assert_eq!(failed.code, Some(1), "{failed:?}");
+    assert!(
+        failed
+            .stderr
+            .lines()
+            .any(|l| l.starts_with("app.c:")
+                && l.contains("error: use of undeclared identifier 'DROP'")),
+        "{failed:?}"
+    );
+    assert_eq!(
+        failed.stderr.lines().last(),
+        Some("error: make failed (exit status: 2)")
+    );
+    let missing = author_with_env(&project, &["plugin", "build"], &[("CC", "clang-99")])?;
+    assert_eq!(missing.code, Some(2), "{missing:?}");
+    assert_eq!(
+        missing.stderr.lines().last().unwrap_or_default(),
+        "error: clang-99 not found: install the C toolchain for WebAssembly (Debian or Ubuntu: \
+         `apt-get install clang-14 lld-14 wasi-libc libclang-rt-14-dev-wasm32`)"
     );
     remove_scratch(&project);
     Ok(())

@@ -80,6 +80,12 @@ pub enum PluginCommand {
 }
 
 pub async fn run(command: PluginCommand) -> Result<(), RunError> {
+    // An author's tools end quietly when the reader of their output goes away
+    // (`plugin sample | head -3`), as Unix tools do, instead of panicking on the write.
+    // SAFETY: restoring the default action of SIGPIPE, before any thread writes.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     match command {
         PluginCommand::New { name, lang, sdk } => {
             let project = Project::create(&name, lang, sdk.as_deref())?;

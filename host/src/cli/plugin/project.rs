@@ -2,10 +2,12 @@
 //!
 //! Place in the flow: before any of it, on an author's machine. A project is a directory
 //! holding one plugin in one language, recognized by its manifest: `Cargo.toml` (Rust),
-//! `pyproject.toml` beside `app.py` (Python), `package.json` beside `app.js` (JavaScript).
-//! Its name is the manifest's, and `build` leaves the component in `NAME.wasm` beside it,
-//! calling the language's toolchain; a toolchain that is missing is one line saying how to
-//! install it (exit 2), a build that fails is the toolchain's own messages and exit 1.
+//! `pyproject.toml` beside `app.py` (Python), `package.json` beside `app.js` (JavaScript)
+//! or `app.ts` (TypeScript), a `Makefile` beside `app.c` (C). Its name is the manifest's,
+//! and `build` leaves the component in `NAME.wasm` beside it, calling the language's
+//! toolchain; a toolchain that is missing is installed when it can be (the guest
+//! toolchains pinned by the project), else one line saying how to install it (exit 2); a
+//! build that fails is the toolchain's own messages and exit 1.
 //!
 //! The templates live in `host/templates/` and are compiled into the binary, with the
 //! plugin world's WIT for the languages that need it in the project (`wit/plugin.wit`).
@@ -31,6 +33,7 @@ pub enum Language {
     Javascript,
     #[value(alias = "ts")]
     Typescript,
+    C,
 }
 
 impl fmt::Display for Language {
@@ -40,6 +43,7 @@ impl fmt::Display for Language {
             Language::Python => "Python",
             Language::Javascript => "JavaScript",
             Language::Typescript => "TypeScript",
+            Language::C => "C",
         })
     }
 }
@@ -56,6 +60,7 @@ fn template(language: Language) -> Vec<(&'static str, &'static str)> {
         Language::Python => PYTHON,
         Language::Javascript => JAVASCRIPT,
         Language::Typescript => TYPESCRIPT,
+        Language::C => C,
     };
     let mut files = files.to_vec();
     files.push(("fixtures/basic.json", FIXTURE));
@@ -154,6 +159,32 @@ const TYPESCRIPT: &[(&str, &str)] = &[
     ("wit/plugin.wit", WIT),
 ];
 
+/// The C template's bindings, generated from the world by `wit-bindgen c` (wit-bindgen-cli
+/// 0.63; CONTRIBUTING.md says when and how to regenerate them).
+const C: &[(&str, &str)] = &[
+    ("app.c", include_str!("../../../templates/c/app.c")),
+    ("json.c", include_str!("../../../templates/c/json.c")),
+    ("json.h", include_str!("../../../templates/c/json.h")),
+    ("Makefile", include_str!("../../../templates/c/Makefile")),
+    ("README.md", include_str!("../../../templates/c/README.md")),
+    (".gitignore", include_str!("../../../templates/c/gitignore")),
+    (
+        "bindings/plugin.c",
+        include_str!("../../../templates/c/bindings/plugin.c"),
+    ),
+    (
+        "bindings/plugin.h",
+        include_str!("../../../templates/c/bindings/plugin.h"),
+    ),
+    ("wit/plugin.wit", WIT),
+];
+
+/// The world's type, which `wasm-component-ld` reads from this object of the C bindings.
+const C_COMPONENT_TYPE: (&str, &[u8]) = (
+    "bindings/plugin_component_type.o",
+    include_bytes!("../../../templates/c/bindings/plugin_component_type.o"),
+);
+
 /// A plugin project on disk.
 #[derive(Debug)]
 pub struct Project {
@@ -197,6 +228,14 @@ impl Project {
         if language == Language::Rust {
             files.extend(sdk.files());
         }
+        let mut files: Vec<(String, Vec<u8>)> = files
+            .into_iter()
+            .map(|(path, text)| (path, text.into_bytes()))
+            .collect();
+        if language == Language::C {
+            let (path, bytes) = C_COMPONENT_TYPE;
+            files.push((path.to_owned(), bytes.to_vec()));
+        }
         for (path, text) in files {
             let file = dir.join(path);
             let written = file
@@ -218,10 +257,10 @@ impl Project {
     pub fn open(dir: &Path) -> Result<Self, RunError> {
         let not_a_project = || {
             RunError::Input(format!(
-                "{}: not a plugin project: expected Cargo.toml, app.py with pyproject.toml, or \
-                 app.js or app.ts with package.json (start one with `screamer plugin new NAME \
-                 --lang rust|python|javascript|typescript`, or test a component built \
-                 elsewhere with `plugin test --wasm FILE`)",
+                "{}: not a plugin project: expected Cargo.toml, app.py with pyproject.toml, \
+                 app.js or app.ts with package.json, or app.c with a Makefile (start one with \
+                 `screamer plugin new NAME --lang rust|python|javascript|typescript|c`, or \
+                 test a component built elsewhere with `plugin test --wasm FILE`)",
                 dir.display()
             ))
         };
@@ -234,6 +273,8 @@ impl Project {
             (Language::Typescript, "package.json")
         } else if dir.join("app.js").is_file() && dir.join("package.json").is_file() {
             (Language::Javascript, "package.json")
+        } else if dir.join("app.c").is_file() && dir.join("Makefile").is_file() {
+            (Language::C, "Makefile")
         } else {
             return Err(not_a_project());
         };
@@ -276,7 +317,7 @@ impl Project {
         let started = Instant::now();
         let out = self.wasm();
         let sources = match self.language {
-            Language::Rust => None,
+            Language::Rust | Language::C => None,
             Language::Python | Language::Javascript | Language::Typescript => {
                 Some(sources_digest(&self.dir, self.language)?)
             }
@@ -298,6 +339,7 @@ impl Project {
             Language::Python => self.build_python(&out, install)?,
             Language::Javascript => self.build_javascript(&out, install)?,
             Language::Typescript => self.build_typescript(&out, install)?,
+            Language::C => self.build_c()?,
         }
         let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
         eprintln!(
@@ -406,6 +448,32 @@ impl Project {
 
     /// tsc type-checks `app.ts` and writes `app.js` beside it (`tsconfig.json`), which jco
     /// then builds.
+    /// `make` with the C toolchain the Makefile names, found first: clang-14, wasm-ld and
+    /// Rust's `wasm-component-ld`. None of them is installed here (they are Debian packages
+    /// and Rust's toolchain): a missing one is one line naming the packages.
+    fn build_c(&self) -> Result<(), RunError> {
+        let make = toolchain::on_path("make", C_HINT)?;
+        // `CC` names another clang (with a wasm32-wasi target and sysroot) to use instead.
+        let cc = std::env::var("CC").unwrap_or_else(|_| "clang-14".to_owned());
+        let clang = match cc.contains('/') {
+            true if toolchain::is_executable(Path::new(&cc)) => PathBuf::from(&cc),
+            true => return Err(RunError::Input(format!("{cc} not found: {C_HINT}"))),
+            false => toolchain::on_path(&cc, C_HINT)?,
+        };
+        let wasm_ld = toolchain::on_path("wasm-ld-14", C_HINT)
+            .or_else(|_| toolchain::on_path("wasm-ld", C_HINT))?;
+        let component_ld = toolchain::wasm_component_ld()?;
+        let mut build = Command::new(make);
+        build
+            .arg("--no-print-directory")
+            .arg(format!("CC={}", clang.display()))
+            .arg(format!("WASM_LD={}", wasm_ld.display()))
+            .arg(format!("WASM_COMPONENT_LD={}", component_ld.display()))
+            .current_dir(&self.dir)
+            .stdout(Stdio::null());
+        run(&mut build, "make")
+    }
+
     fn build_typescript(&self, out: &Path, install: Install) -> Result<(), RunError> {
         let pinned = Pinned::Npm {
             program: "tsc",
@@ -443,6 +511,9 @@ impl Project {
         run(&mut build, "jco componentize")
     }
 }
+
+const C_HINT: &str = "install the C toolchain for WebAssembly (Debian or Ubuntu: \
+                      `apt-get install clang-14 lld-14 wasi-libc libclang-rt-14-dev-wasm32`)";
 
 const RUST_HINT: &str = "install Rust (https://rustup.rs), then `rustup target add wasm32-wasip2`";
 
@@ -562,6 +633,12 @@ fn manifest_name(path: &Path, language: Language) -> Result<String, String> {
                 .map(str::to_owned)
                 .ok_or_else(|| "expected a \"name\"".to_owned())?
         }
+        Language::C => text
+            .lines()
+            .find_map(|l| l.strip_prefix("NAME :="))
+            .map(|n| n.trim().to_owned())
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| "expected a line `NAME := ...`".to_owned())?,
     };
     Ok(name)
 }
@@ -590,6 +667,25 @@ fn wasm_artifact(line: &str) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The C bindings are generated ahead of time: they must be of the world the host runs
+    /// (regenerate them as CONTRIBUTING.md says when the WIT changes).
+    #[test]
+    fn the_c_bindings_are_of_the_hosts_world() {
+        let export = screamer::plugin::PROCESSOR_EXPORT;
+        let (_, bindings) = C.iter().find(|(p, _)| *p == "bindings/plugin.c").unwrap();
+        assert!(
+            bindings.contains(&format!("__export_name__(\"{export}#process\")")),
+            "bindings/plugin.c does not export {export}"
+        );
+        let (_, component_type) = C_COMPONENT_TYPE;
+        assert!(
+            component_type
+                .windows(export.len())
+                .any(|w| w == export.as_bytes()),
+            "the component type object has no {export}"
+        );
+    }
 
     #[test]
     fn names_become_types_and_bad_names_are_refused() {

@@ -215,6 +215,46 @@ pub fn on_path(program: &str, hint: &str) -> Result<PathBuf, RunError> {
     find_on_path(program).ok_or_else(|| RunError::Input(format!("{program} not found: {hint}")))
 }
 
+/// `wasm-component-ld`, which links a C plugin into a component: on `PATH`, else the one
+/// every Rust toolchain ships for its `wasm32-wasip2` target (in the sysroot's
+/// `lib/rustlib/HOST/bin`).
+pub fn wasm_component_ld() -> Result<PathBuf, RunError> {
+    const PROGRAM: &str = "wasm-component-ld";
+    if let Some(path) = find_on_path(PROGRAM) {
+        return Ok(path);
+    }
+    let rustc = |arg: &str| {
+        Command::new("rustc")
+            .arg(arg)
+            .stderr(Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    let sysroot = rustc("--print=sysroot");
+    let host = rustc("-vV").and_then(|v| {
+        v.lines()
+            .find_map(|l| l.strip_prefix("host: ").map(str::to_owned))
+    });
+    sysroot
+        .zip(host)
+        .map(|(root, host)| {
+            Path::new(root.trim())
+                .join("lib/rustlib")
+                .join(host.trim())
+                .join("bin")
+                .join(PROGRAM)
+        })
+        .filter(|path| is_executable(path))
+        .ok_or_else(|| {
+            RunError::Input(format!(
+                "{PROGRAM} not found: it comes with Rust's toolchain (https://rustup.rs), or \
+                 `cargo install {PROGRAM}`"
+            ))
+        })
+}
+
 /// Rust's `wasm32-wasip2` target, added with rustup when missing (and `install` allows).
 /// Without rustup, cargo says what is missing.
 pub fn require_wasm_target(install: Install) -> Result<(), RunError> {
