@@ -400,7 +400,7 @@ fn an_author_s_mistakes_are_one_line_each() -> anyhow::Result<()> {
         ),
         (
             &["plugin", "build"],
-            "error: .: not a plugin project: expected Cargo.toml, app.py with pyproject.toml, or app.js or app.ts with package.json (start one with `screamer plugin new NAME --lang rust|python|javascript|typescript`, or test a component built elsewhere with `plugin test --wasm FILE`)",
+            "error: .: not a plugin project: expected Cargo.toml, app.py with pyproject.toml, app.js or app.ts with package.json, or app.c with a Makefile (start one with `screamer plugin new NAME --lang rust|python|javascript|typescript|c`, or test a component built elsewhere with `plugin test --wasm FILE`)",
         ),
     ];
     for (args, expected) in cases {
