@@ -364,13 +364,33 @@ fn a_javascript_project_from_plugin_new_passes_plugin_test_and_a_changed_expecta
         rebuilt.stderr
     );
 
-    // A value of the wrong type in an outcome: the dead letter says what was expected.
+    // A value of the wrong type in an outcome: the template's check makes that record a
+    // dead letter naming the field and what was expected.
     let text = std::fs::read_to_string(&app)?;
     let wrong = text.replacen("extra: JSON.stringify(extra)", "extra: 5", 1);
     assert_ne!(text, wrong);
-    std::fs::write(&app, wrong)?;
+    std::fs::write(&app, &wrong)?;
     let failed = author(&project, &["plugin", "test"])?;
     assert_eq!(failed.code, Some(1), "{failed:?}");
+    assert!(
+        failed
+            .stdout
+            .iter()
+            .any(|l| l
+                .contains("\"error\": \"outcome[0].replace.extra: expected string, got number\"")),
+        "{:?}",
+        failed.stdout
+    );
+    // Without the check, jco's own conversion fails the call: the host still says what was
+    // expected, without the field.
+    let unchecked = wrong.replacen(
+        "const wrong = outcomeError(outcome, `outcome[${i}]`);",
+        "const wrong = null;",
+        1,
+    );
+    assert_ne!(wrong, unchecked, "the template checks its outcomes");
+    std::fs::write(&app, unchecked)?;
+    let failed = author(&project, &["plugin", "test"])?;
     assert!(
         failed.stdout.iter().any(|l| l.contains(
             "\"error\": \"JavaScript value of the wrong type in what the plugin returned: \

@@ -46,13 +46,69 @@ export const processor = {
 
   // One outcome per record, in order: { tag: "keep" | "drop" | "replace" | "emit" | "fail" }.
   process(batch) {
-    return batch.map((record) => {
+    return batch.map((record, i) => {
+      let outcome;
       try {
-        return processRecord(record);
+        outcome = processRecord(record);
       } catch (e) {
         // Values this plugin cannot read: a dead letter says why; the stream goes on.
         return { tag: "fail", val: String(e) };
       }
+      const wrong = outcomeError(outcome, `outcome[${i}]`);
+      return wrong ? { tag: "fail", val: wrong } : outcome;
     });
   },
 };
+
+// What `process` returns must have the world's types. A value of another type would fail
+// the whole batch with a message naming no field; checked here, that record alone becomes
+// a dead letter saying where: "outcome[3].replace.extra: expected string, got number".
+const kind = (v) => (v === null ? "null" : Array.isArray(v) ? "array" : typeof v);
+const expect = (v, type, path) =>
+  kind(v) === type ? null : `${path}: expected ${type}, got ${kind(v)}`;
+const optional = (v, type, path) => (v === undefined || v === null ? null : expect(v, type, path));
+const first = (list, check) => list.map(check).find((e) => e) ?? null;
+
+function outcomeError(o, path) {
+  if (kind(o) !== "object") return `${path}: expected an outcome object, got ${kind(o)}`;
+  switch (o.tag) {
+    case "keep":
+    case "drop":
+      return null;
+    case "replace":
+      return recordError(o.val, `${path}.replace`);
+    case "emit":
+      return (
+        expect(o.val, "array", `${path}.emit`) ??
+        first(o.val, (e, j) =>
+          kind(e) !== "object"
+            ? `${path}.emit[${j}]: expected an emission object, got ${kind(e)}`
+            : optional(e.output, "string", `${path}.emit[${j}].output`) ??
+              recordError(e.record, `${path}.emit[${j}].record`),
+        )
+      );
+    case "fail":
+      return expect(o.val, "string", `${path}.fail`);
+    default:
+      return `${path}.tag: expected "keep", "drop", "replace", "emit" or "fail", got ${JSON.stringify(o.tag)}`;
+  }
+}
+
+function recordError(r, path) {
+  if (kind(r) !== "object") return `${path}: expected a record object, got ${kind(r)}`;
+  if (!["insert", "update", "delete"].includes(r.modType)) {
+    return `${path}.modType: expected "insert", "update" or "delete", got ${JSON.stringify(r.modType)}`;
+  }
+  return (
+    expect(r.tableName, "string", `${path}.tableName`) ??
+    expect(r.mods, "array", `${path}.mods`) ??
+    first(r.mods, (m, i) =>
+      kind(m) !== "object"
+        ? `${path}.mods[${i}]: expected a row object, got ${kind(m)}`
+        : first(["keys", "newValues", "oldValues"], (f) =>
+            expect(m[f], "string", `${path}.mods[${i}].${f}`),
+          ),
+    ) ??
+    optional(r.extra, "string", `${path}.extra`)
+  );
+}

@@ -40,14 +40,22 @@ impl Throughput {
 }
 
 /// One round of a workload: each reader once, one right after the other, and the fixed
-/// cost of a screamer run (an empty range) in the same round. Ratios are taken within a
+/// cost of each screamer run (an empty range) in the same round. Ratios are taken within a
 /// round, so a machine or emulator that slows down for a while slows every reader of it.
 struct Round {
     bare: Throughput,
     screamer: Throughput,
     plugged: Throughput,
     python: Throughput,
-    fixed: f64,
+    fixed: Fixed,
+}
+
+/// What a screamer process costs beyond reading, without and with the plugin (whose engine
+/// start and cached load are per process).
+#[derive(Clone, Copy)]
+struct Fixed {
+    screamer: f64,
+    plugged: f64,
 }
 
 impl Round {
@@ -56,9 +64,9 @@ impl Round {
         reader.mods_per_s() / self.bare.mods_per_s()
     }
 
-    /// The same without this round's fixed cost of a screamer run.
-    fn ratio_without_fixed(&self, reader: &Throughput) -> f64 {
-        self.bare.seconds / (reader.seconds - self.fixed).max(1e-9)
+    /// The same without this round's fixed cost of that screamer run.
+    fn ratio_without_fixed(&self, reader: &Throughput, fixed: f64) -> f64 {
+        self.bare.seconds / (reader.seconds - fixed).max(1e-9)
     }
 }
 
@@ -83,7 +91,8 @@ impl Spread {
 
 impl std::fmt::Display for Spread {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{:.2} ({:.2}-{:.2})", self.median, self.min, self.max)
+        let p = f.precision().unwrap_or(2);
+        write!(f, "{:.p$} ({:.p$}-{:.p$})", self.median, self.min, self.max)
     }
 }
 
@@ -203,8 +212,15 @@ async fn workload_round(
     clear_metadata(db).await?;
     // What a screamer process costs beyond reading: the empty range with each reader, the
     // difference (the partition queries of an empty range take both about 0.1 s).
-    let fixed = screamer_read(db, empty.0, empty.1, &[]).await?.seconds
-        - bare_read(db, empty.0, empty.1).await?.seconds;
+    let empty_bare = bare_read(db, empty.0, empty.1).await?.seconds;
+    let empty_screamer = screamer_read(db, empty.0, empty.1, &[]).await?.seconds;
+    clear_metadata(db).await?;
+    let empty_plugged = screamer_read(db, empty.0, empty.1, &pass_through_args()).await?;
+    clear_metadata(db).await?;
+    let fixed = Fixed {
+        screamer: empty_screamer - empty_bare,
+        plugged: empty_plugged.seconds - empty_bare,
+    };
     Ok(Round {
         bare,
         screamer,
@@ -240,9 +256,12 @@ fn report(name: &str, rounds: &[Round]) {
             },
         );
     }
-    let fixed = Spread::of(rounds.iter().map(|r| r.fixed));
-    let without = |pick: fn(&Round) -> &Throughput| {
-        Spread::of(rounds.iter().map(|r| r.ratio_without_fixed(pick(r))))
+    let fixed = |pick: fn(&Fixed) -> f64| Spread::of(rounds.iter().map(|r| pick(&r.fixed)));
+    let without = |pick: fn(&Round) -> (&Throughput, f64)| {
+        Spread::of(rounds.iter().map(|r| {
+            let (reader, fixed) = pick(r);
+            r.ratio_without_fixed(reader, fixed)
+        }))
     };
     let vs_python = |pick: fn(&Round) -> &Throughput| {
         Spread::of(
@@ -253,16 +272,16 @@ fn report(name: &str, rounds: &[Round]) {
     };
     let writes = rounds[0].screamer.metadata_writes.unwrap_or(0);
     println!(
-        "\nscreamer fixed cost per run (empty range, screamer minus bare, each round): {:.3} s ({:.3}-{:.3})\n\
+        "\nscreamer fixed cost per run (empty range, screamer minus bare, each round): {:.3} s, \
+         with the plugin {:.3} s\n\
          screamer / bare without the fixed cost: {}; screamer / python: {}\n\
          with the pass-through plugin, / bare without the fixed cost: {}; / python: {}\n\
          metadata writes: {writes} ({:.1} per 10,000 records)\n",
-        fixed.median,
-        fixed.min,
-        fixed.max,
-        without(|r| &r.screamer),
+        fixed(|f| f.screamer),
+        fixed(|f| f.plugged),
+        without(|r| (&r.screamer, r.fixed.screamer)),
         vs_python(|r| &r.screamer),
-        without(|r| &r.plugged),
+        without(|r| (&r.plugged, r.fixed.plugged)),
         vs_python(|r| &r.plugged),
         writes as f64 * 10_000.0 / rounds[0].screamer.records as f64,
     );
