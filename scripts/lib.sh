@@ -37,13 +37,18 @@ require_destination_servers() {
   [ -x /usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator ] \
     || [ -n "${PUBSUB_EMULATOR_DIR:-}" ] || command -v cloud-pubsub-emulator >/dev/null 2>&1 \
     || missing+=(google-cloud-cli-pubsub-emulator)
-  [ ${#missing[@]} -eq 0 ] && return 0
+  [ ${#missing[@]} -eq 0 ] || install_debian_packages "${missing[@]}"
+}
+
+# Installs the Debian packages named, when root and apt-get is there (updating the package
+# lists once if the first try fails); else one line naming them, and failure.
+install_debian_packages() {
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-    echo "installing ${missing[*]}" >&2
-    apt-get install -y "${missing[@]}" >&2 \
-      || { apt-get update >&2 && apt-get install -y "${missing[@]}" >&2; } && return 0
+    echo "installing $*" >&2
+    apt-get install -y "$@" >&2 || { apt-get update >&2 && apt-get install -y "$@" >&2; } \
+      && return 0
   fi
-  echo "error: missing ${missing[*]}: install the Debian packages of those names" >&2
+  echo "error: missing $*: install the Debian packages of those names" >&2
   return 1
 }
 
@@ -56,14 +61,7 @@ require_c_toolchain() {
   for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
   done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-    echo "installing ${missing[*]}" >&2
-    apt-get install -y "${missing[@]}" >&2 \
-      || { apt-get update >&2 && apt-get install -y "${missing[@]}" >&2; } && return 0
-  fi
-  echo "error: missing ${missing[*]}: install the Debian packages of those names" >&2
-  return 1
+  [ ${#missing[@]} -eq 0 ] || install_debian_packages "${missing[@]}"
 }
 
 # PostgreSQL, which the replica tests start (a private server each, as the postgres user
@@ -72,14 +70,8 @@ require_postgres() {
   if [ -n "${PG_BIN:-}" ] || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
     return 0
   fi
-  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-    echo "installing postgresql" >&2
-    apt-get install -y postgresql >&2 \
-      || { apt-get update >&2 && apt-get install -y postgresql >&2; } && return 0
-  fi
-  echo "error: PostgreSQL is not installed: install the Debian package postgresql, or set" \
-    "PG_BIN to the directory holding initdb and pg_ctl" >&2
-  return 1
+  install_debian_packages postgresql \
+    || { echo "error: or set PG_BIN to the directory holding initdb and pg_ctl" >&2; return 1; }
 }
 
 # tansu, the Kafka-protocol broker the Kafka tests start (in memory): not packaged by

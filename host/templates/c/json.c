@@ -74,6 +74,16 @@ static int next_item(json_iter *it, char close) {
   return 1;
 }
 
+/* The value at the iterator into `value`, and the iterator past it: 1, or -1 when broken. */
+static int take_value(json_iter *it, json_span *value) {
+  const char *value_end = skip_value(it->p, it->end);
+  if (!value_end || value_end == it->p) return -1;
+  value->ptr = it->p;
+  value->len = (size_t)(value_end - it->p);
+  it->p = value_end;
+  return 1;
+}
+
 int json_next_member(json_iter *it, json_span *name, json_span *value) {
   int more = next_item(it, '}');
   if (more <= 0) return more;
@@ -85,27 +95,11 @@ int json_next_member(json_iter *it, json_span *name, json_span *value) {
   it->p = skip_space(after, it->end);
   if (it->p == it->end || *it->p != ':') return -1;
   it->p = skip_space(it->p + 1, it->end);
-  const char *value_end = skip_value(it->p, it->end);
-  if (!value_end || value_end == it->p) return -1;
-  value->ptr = it->p;
-  value->len = (size_t)(value_end - it->p);
-  it->p = value_end;
-  return 1;
+  return take_value(it, value);
 }
 
 int json_next_element(json_iter *it, json_span *value) {
   int more = next_item(it, ']');
   if (more <= 0) return more;
-  const char *value_end = skip_value(it->p, it->end);
-  if (!value_end || value_end == it->p) return -1;
-  value->ptr = it->p;
-  value->len = (size_t)(value_end - it->p);
-  it->p = value_end;
-  return 1;
-}
-
-bool json_is_string(json_span value, const char *s) {
-  size_t n = strlen(s);
-  return value.len == n + 2 && value.ptr[0] == '"' && memcmp(value.ptr + 1, s, n) == 0 &&
-         value.ptr[n + 1] == '"';
+  return take_value(it, value);
 }

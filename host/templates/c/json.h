@@ -1,7 +1,7 @@
 /* A JSON object's members, read in place: each name and its value's raw JSON text, with
  * nothing copied or decoded. Row fields (keys, new_values, old_values), `extra` and the
- * configuration are the text of one JSON object; this is enough to find a member, compare
- * a plain string, or copy a value through unchanged. It checks the structure it walks
+ * configuration are the text of one JSON object; this is enough to find a member, read a
+ * list, or copy a value through unchanged. It checks the structure it walks
  * (quotes, brackets, commas) but does not validate numbers or escapes: the host checks
  * every field a plugin returns and refuses broken JSON.
  *
@@ -37,8 +37,5 @@ int json_next_member(json_iter *it, json_span *name, json_span *value);
 
 /* The next element of an array: 1, 0 at its end, -1 when the text is broken. */
 int json_next_element(json_iter *it, json_span *value);
-
-/* Whether `value` is the JSON string `s` written without escapes. */
-bool json_is_string(json_span value, const char *s);
 
 #endif
