@@ -152,7 +152,8 @@ impl Keys {
         self.len += 1;
     }
 
-    /// The first key named twice, as written (it has no escapes).
+    /// A key named twice, as written (it has no escapes): the first such in the text when
+    /// the keys fit inline, else the one whose hash sorts first.
     fn first_twice(&mut self, bytes: &[u8]) -> Option<String> {
         let text = |&(_, s, e): &Key| &bytes[s as usize..e as usize];
         let same = |a: &Key, b: &Key| a.0 == b.0 && text(a) == text(b);
@@ -164,7 +165,10 @@ impl Keys {
                 .map(|(_, a)| a)
         } else {
             self.spilled.extend_from_slice(&self.inline);
-            self.spilled.sort_unstable();
+            // By hash, then text: equal keys end up side by side even among other keys
+            // whose hash collides with theirs.
+            self.spilled
+                .sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| text(a).cmp(text(b))));
             self.spilled
                 .windows(2)
                 .find(|w| same(&w[0], &w[1]))
@@ -250,6 +254,52 @@ mod tests {
         // A key among the inline ones named again past them.
         let err = twice(&wide("C005")).unwrap();
         assert!(err.starts_with(r#"names "C005" twice"#), "{err}");
+    }
+
+    #[test]
+    fn keys_whose_hashes_collide_are_still_told_apart() {
+        // Forged hashes: every key the same, as if the hash collided for all of them.
+        let text = b"xyx";
+        let mut keys = Keys::default();
+        for (n, at) in [0usize, 1, 2]
+            .into_iter()
+            .cycle()
+            .take(INLINE_KEYS + 3)
+            .enumerate()
+        {
+            let key = (7, at as u32, at as u32 + 1);
+            if n < INLINE_KEYS {
+                keys.inline[n] = key;
+            } else {
+                keys.spilled.push(key);
+            }
+            keys.len += 1;
+        }
+        assert!(keys.first_twice(text).is_some());
+        let mut distinct = Keys::default();
+        for at in [0u32, 1] {
+            distinct.inline[at as usize] = (7, at, at + 1);
+            distinct.len += 1;
+        }
+        assert_eq!(distinct.first_twice(text), None, "x and y differ");
+        // Past the inline keys: x, y and x again, all three with one hash, so that sorting
+        // by hash and position would put y between the two x.
+        let mut text = b"x y x ".to_vec();
+        let mut wide = Keys::default();
+        for n in 0..INLINE_KEYS {
+            let start = text.len();
+            text.extend_from_slice(format!("k{n:02} ").as_bytes());
+            wide.push(&text, start, start + 3);
+        }
+        for at in [0u32, 2, 4] {
+            wide.spilled.push((7, at, at + 1));
+            wide.len += 1;
+        }
+        assert_eq!(
+            wide.first_twice(&text).as_deref(),
+            Some("x"),
+            "x twice, y between them with the same hash"
+        );
     }
 
     #[test]
