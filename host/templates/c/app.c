@@ -118,7 +118,7 @@ static json_span *changed_columns(const record_t *r, size_t *count, const char *
       return NULL;
     }
   }
-  qsort(names, *count, sizeof *names, by_name);
+  if (*count > 1) qsort(names, *count, sizeof *names, by_name);
   size_t unique = 0;
   for (size_t i = 0; i < *count; i++) {
     if (unique == 0 || by_name(&names[unique - 1], &names[i]) != 0) names[unique++] = names[i];
