@@ -446,11 +446,10 @@ impl Project {
             .to_owned()
     }
 
-    /// tsc type-checks `app.ts` and writes `app.js` beside it (`tsconfig.json`), which jco
-    /// then builds.
     /// `make` with the C toolchain the Makefile names, found first: clang-14, wasm-ld and
-    /// Rust's `wasm-component-ld`. None of them is installed here (they are Debian packages
-    /// and Rust's toolchain): a missing one is one line naming the packages.
+    /// Rust's `wasm-component-ld`. `plugin build` installs none of them (Debian packages
+    /// need root; the linker comes with Rust): a missing one is one line naming the
+    /// packages.
     fn build_c(&self) -> Result<(), RunError> {
         let make = toolchain::on_path("make", C_HINT)?;
         // `CC` names another clang (with a wasm32-wasi target and sysroot) to use instead.
@@ -474,6 +473,8 @@ impl Project {
         run(&mut build, "make")
     }
 
+    /// tsc type-checks `app.ts` and writes `app.js` beside it (`tsconfig.json`), which jco
+    /// then builds.
     fn build_typescript(&self, out: &Path, install: Install) -> Result<(), RunError> {
         let pinned = Pinned::Npm {
             program: "tsc",
