@@ -1,9 +1,10 @@
 //! Reader benchmark on the emulator: screamer end to end vs a bare reader vs the Python
 //! client, in one run. See BENCHMARKS.md for the command and results.
 //!
-//! Workloads: (a) 20,000 rows in 40 commits, (b) 3,000 single-row commits, each read back
-//! over its exact time range by each reader; then commit-to-output latency under a steady
-//! writer for screamer and the bare reader.
+//! Workloads: (a) 20,000 rows in 40 commits, (b) 3,000 single-row commits, each on a stream
+//! of its own, read back over its exact time range by each reader in interleaved rounds
+//! (ratios within a round, then their median and spread); then commit-to-output latency
+//! under a steady writer for screamer and the bare reader.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
