@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+use anyhow::Context;
 use gcloud_spanner::mutation::insert_or_update;
 use gcloud_spanner::statement::Statement;
 use screamer::Timestamp;
@@ -132,22 +133,58 @@ pub fn delivered(lines: &[String]) -> Delivered {
         .collect()
 }
 
+/// Why mutations were not delivered ([`explain_missing`]).
+#[derive(Debug, Default)]
+pub struct Explanation {
+    /// For each missing (key, seq): where the stream has it and what each reader delivered.
+    pub text: String,
+    /// The missing mutations the emulator itself lost ([`at_a_slice_end`]): in the stream,
+    /// committed exactly at the end of a slice of their partition's live query.
+    pub lost_by_the_emulator: Vec<(i64, i64)>,
+}
+
+impl Explanation {
+    /// Whether every one of `missing` is the emulator's own loss, which no reader can see.
+    pub fn all_lost_by_the_emulator(&self, missing: &[(i64, i64)]) -> bool {
+        !missing.is_empty() && missing.len() == self.lost_by_the_emulator.len()
+    }
+}
+
+/// Whether a record committed at `commit` in a partition that started at `partition_start`
+/// is one the emulator loses for a live reader: a live partition query reads slices
+/// `[s, s + chop)` from the partition's start and begins the next at `s + chop + 1 µs`, so
+/// a commit exactly at a slice's end never reaches a reader that was caught up (a re-read
+/// finds it; docs/architecture.md, "Emulator facts"). Real Spanner has no slices. A query
+/// that started elsewhere (resumed from a watermark) has other slice ends: not recognized.
+pub fn at_a_slice_end(commit: Timestamp, partition_start: Timestamp, chop: Duration) -> bool {
+    let after = commit.unix_nanos() - partition_start.unix_nanos();
+    let period = chop.as_nanos() as i128 + 1_000;
+    after > 0 && (after + 1_000) % period == 0
+}
+
 /// Explains mutations that were not delivered: re-reads the stream from `start` to `end` in
 /// process and names, for each missing (key, seq), the partition and commit time the stream
-/// gives it, that partition's row in the `Partitions` metadata table, and the commit-time
-/// span each reader delivered of that partition. Only to diagnose a failed run.
+/// gives it, that partition's row in the `Partitions` metadata table, the commit-time span
+/// each reader delivered of that partition, and whether the emulator lost it at the end of a
+/// slice of `chop` (the emulator's `query_chop`). Only to diagnose a failed run.
 pub async fn explain_missing(
     db: &TestDatabase,
-    start: Timestamp,
-    end: Timestamp,
+    (start, end): (Timestamp, Timestamp),
     missing: &[(i64, i64)],
     readers: &[(&str, Delivered)],
-) -> String {
+    chop: Duration,
+) -> Explanation {
     let records = match crate::read_range(db, "Changes", start, end).await {
         Ok((records, _)) => records,
-        Err(e) => return format!("cannot re-read the stream: {e:#}"),
+        Err(e) => {
+            return Explanation {
+                text: format!("cannot re-read the stream: {e:#}"),
+                ..Explanation::default()
+            };
+        }
     };
-    let mut out = String::new();
+    let mut explained = Explanation::default();
+    let out = &mut explained.text;
     for (key, seq) in missing.iter().take(10) {
         let found = records.iter().find(|r| {
             r.mods.iter().any(|m| {
@@ -160,9 +197,19 @@ pub async fn explain_missing(
             continue;
         };
         let token = r.partition_token.as_str();
+        let lost = partition_start(db, token)
+            .await
+            .is_ok_and(|s| at_a_slice_end(r.commit_timestamp, s, chop));
+        if lost {
+            explained.lost_by_the_emulator.push((*key, *seq));
+        }
         out.push_str(&format!(
-            "({key}, {seq}): partition {token} at {}; metadata {}\n",
+            "({key}, {seq}): partition {token} at {}{}; metadata {}\n",
             r.commit_timestamp,
+            match lost {
+                true => " (the end of a slice of the emulator's live query: its own loss)",
+                false => "",
+            },
             partition_row(db, token)
                 .await
                 .unwrap_or_else(|e| format!("unreadable: {e:#}"))
@@ -182,7 +229,20 @@ pub async fn explain_missing(
             }
         }
     }
-    out
+    explained
+}
+
+/// A partition's start in the `Partitions` metadata table.
+async fn partition_start(db: &TestDatabase, token: &str) -> anyhow::Result<Timestamp> {
+    let mut stmt = Statement::new(
+        "SELECT FORMAT_TIMESTAMP('%Y-%m-%dT%H:%M:%E*SZ', StartTimestamp, 'UTC') FROM Partitions \
+         WHERE PartitionToken = @t",
+    );
+    stmt.add_param("t", &token);
+    let mut tx = db.client.single().await?;
+    let mut rows = tx.query(stmt).await?;
+    let row = rows.next().await?.context("no row")?;
+    Ok(row.column::<String>(0)?.parse()?)
 }
 
 /// A partition's row in the `Partitions` metadata table, as text.
@@ -238,4 +298,29 @@ pub fn exactly_once(
         report.push_str(&format!("  {m:?}: {}\n", c.join(" | ")));
     }
     anyhow::bail!(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_commit_at_the_end_of_a_slice_is_the_emulators_loss() {
+        // Seen in CI: a partition started at .136952; with 1 s slices the second ends at
+        // 2 s + 1 µs later, .136953, where the lost commit was.
+        let start: Timestamp = "2026-12-08T00:38:36.136952Z".parse().unwrap();
+        let chop = Duration::from_secs(1);
+        let at = |t: &str| at_a_slice_end(t.parse().unwrap(), start, chop);
+        assert!(at("2026-12-08T00:38:38.136953Z"));
+        assert!(
+            at("2026-12-08T00:38:37.136952Z"),
+            "the end of the first slice"
+        );
+        assert!(!at("2026-12-08T00:38:38.136954Z"));
+        assert!(!at("2026-12-08T00:38:38.136952Z"));
+        assert!(
+            !at("2026-12-08T00:38:36.136952Z"),
+            "the partition's start is read"
+        );
+    }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use gcloud_spanner::mutation::insert_or_update;
 use gcloud_spanner::statement::Statement;
 use screamer::{SpannerSource, SpannerStore, Subscriber, SubscriberOptions, Timestamp};
-use screamer_tests::items::{counts, expected, explain_missing};
+use screamer_tests::items::{Explanation, counts, expected, explain_missing};
 use screamer_tests::{Collector, Emulator, EmulatorOptions, TestDatabase, eventually, int_member};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -20,11 +20,11 @@ const WRITE_FOR: Duration = Duration::from_secs(32);
 #[tokio::test(flavor = "multi_thread")]
 async fn churning_partitions_deliver_every_mutation_in_order() -> anyhow::Result<()> {
     screamer_tests::init_tracing();
-    let emulator = Emulator::start(EmulatorOptions {
+    let options = EmulatorOptions {
         partition_alive_seconds: Some(2),
         ..EmulatorOptions::exact()
-    })
-    .await?;
+    };
+    let emulator = Emulator::start(options.clone()).await?;
     let db = emulator.items_database().await?;
     let start = Timestamp::now();
     let source = SpannerSource::connect(&db.endpoint(), &db.name, "Changes").await?;
@@ -58,18 +58,33 @@ async fn churning_partitions_deliver_every_mutation_in_order() -> anyhow::Result
             (n >= expected).then_some(n)
         },
     );
-    let delivered = tokio::select! {
+    // The emulator's own loss (a commit at the end of a slice of a live query, which no
+    // reader gets) is let through, named; any other missing mutation fails the test.
+    let lost = tokio::select! {
         delivered = waiting => match delivered {
-            Ok(n) => n,
-            Err(e) => return Err(e.context(explain(&db, start, &written.seq, &collector).await)),
+            Ok(_) => Vec::new(),
+            Err(e) => {
+                let chop = options.query_chop.expect("exact slices");
+                let (missing, why) = explain(&db, start, &written.seq, &collector, chop).await;
+                if !why.all_lost_by_the_emulator(&missing) {
+                    return Err(e.context(format!("missing {missing:?}\n{}", why.text)));
+                }
+                println!("lost by the emulator, not delivered: {missing:?}\n{}", why.text);
+                missing
+            }
         },
         ended = &mut run => anyhow::bail!("subscriber ended early: {:?}", ended?),
     };
     stop.cancel();
     let summary = run.await??;
 
-    assert_eq!(delivered, expected, "mods delivered vs written");
-    assert_once_in_order_per_key(&collector, &written.seq);
+    let delivered: usize = collector.records().iter().map(|r| r.mods.len()).sum();
+    assert_eq!(
+        delivered,
+        expected - lost.len(),
+        "mods delivered vs written"
+    );
+    assert_once_in_order_per_key(&collector, &written.seq, &lost);
     let partitions = partitions(&db).await?;
     println!(
         "commits={} multi={} mods={expected} metadata_writes={}",
@@ -114,8 +129,12 @@ async fn write_for(db: &TestDatabase, time: Duration) -> anyhow::Result<Written>
     Ok(written)
 }
 
-/// Every `Seq` of every key exactly once, in order.
-fn assert_once_in_order_per_key(collector: &Collector, seq: &HashMap<i64, i64>) {
+/// Every `Seq` of every key exactly once, in order, but those the emulator `lost`.
+fn assert_once_in_order_per_key(
+    collector: &Collector,
+    seq: &HashMap<i64, i64>,
+    lost: &[(i64, i64)],
+) {
     let mut seen: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
     for r in collector.records() {
         for m in &r.mods {
@@ -125,7 +144,7 @@ fn assert_once_in_order_per_key(collector: &Collector, seq: &HashMap<i64, i64>) 
         }
     }
     for (key, n) in seq {
-        let want: Vec<i64> = (1..=*n).collect();
+        let want: Vec<i64> = (1..=*n).filter(|s| !lost.contains(&(*key, *s))).collect();
         assert_eq!(seen.get(key), Some(&want), "key {key}");
     }
 }
@@ -202,13 +221,15 @@ fn assert_children_scheduled_after_their_parents_finished(partitions: &HashMap<S
     }
 }
 
-/// For a failed run: the missing mutations, and for each where the stream has it.
+/// For a run that missed mutations: which, and for each where the stream has it and whether
+/// the emulator lost it.
 async fn explain(
     db: &TestDatabase,
     start: Timestamp,
     seq: &HashMap<i64, i64>,
     collector: &Collector,
-) -> String {
+    chop: Duration,
+) -> (Vec<(i64, i64)>, Explanation) {
     let records = collector.records();
     let got: BTreeMap<(i64, i64), usize> = counts(records.iter().flat_map(|r| {
         r.mods.iter().filter_map(|m| {
@@ -229,6 +250,6 @@ async fn explain(
             .map(|r| (r.partition_token.as_str().to_owned(), r.commit_timestamp))
             .collect(),
     )];
-    let why = explain_missing(db, start, Timestamp::now(), &missing, &readers).await;
-    format!("missing {missing:?}\n{why}")
+    let why = explain_missing(db, (start, Timestamp::now()), &missing, &readers, chop).await;
+    (missing, why)
 }
