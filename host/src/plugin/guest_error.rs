@@ -26,6 +26,7 @@ pub(super) fn guest_error(lines: &[String]) -> Option<GuestError> {
     python(lines)
         .or_else(|| javascript(lines))
         .or_else(|| javascript_value(lines))
+        .or_else(|| python_value(lines))
         .or_else(|| rust(lines))
 }
 
@@ -105,6 +106,20 @@ fn javascript_value(lines: &[String]) -> Option<GuestError> {
              got {from} (TypeScript names the field at build: `screamer plugin new --lang \
              typescript`)"
         ),
+        report_at: panic_line(&lines[..=at]).unwrap_or(at),
+    })
+}
+
+/// componentize-py's runtime refusing a value the plugin returned: it unwraps the Python
+/// `TypeError` of the conversion (`PyErr { type: <class 'TypeError'>, value:
+/// TypeError("'int' object is not an instance of 'str'"), .. }`). It does not say which
+/// field either.
+fn python_value(lines: &[String]) -> Option<GuestError> {
+    const ERROR: &str = "PyErr { type: <class 'TypeError'>, value: TypeError(";
+    let at = lines.iter().rposition(|l| l.contains(ERROR))?;
+    let text = debug_string_after(&lines[at], ERROR)?;
+    Some(GuestError {
+        message: format!("Python value of the wrong type in what the plugin returned: {text}"),
         report_at: panic_line(&lines[..=at]).unwrap_or(at),
     })
 }
@@ -237,6 +252,22 @@ mod tests {
             "Rust panic: chaos: shouted (src/lib.rs:117:17)"
         );
         assert_eq!(guest_error(&lines("just a warning")), None);
+    }
+
+    #[test]
+    fn a_python_value_of_the_wrong_type_says_what_was_expected() {
+        let said = lines(
+            "\nthread '<unnamed>' panicked at runtime/src/lib.rs:1494:89:\n\
+             called `Result::unwrap()` on an `Err` value: PyErr { type: <class 'TypeError'>, \
+             value: TypeError(\"'int' object is not an instance of 'str'\"), traceback: None }",
+        );
+        let error = guest_error(&said).unwrap();
+        assert_eq!(
+            error.message,
+            "Python value of the wrong type in what the plugin returned: 'int' object is not \
+             an instance of 'str'"
+        );
+        assert_eq!(error.report_at, 0);
     }
 
     #[test]
