@@ -267,8 +267,9 @@ fn a_c_project_from_plugin_new_passes_plugin_test_and_a_compile_error_names_its_
     Ok(())
 }
 
-/// ... and a value of the wrong type in an outcome is a dead letter saying what was
-/// expected, without componentize-py's wrapping.
+/// ... and a value of the wrong type in an outcome: the template's check makes that record
+/// a dead letter naming the field; without the check, the host still says what was expected,
+/// without componentize-py's wrapping.
 #[test]
 fn a_python_project_from_plugin_new_passes_plugin_test() -> anyhow::Result<()> {
     let (project, _) = new_project_passes_its_tests("python", &[])?;
@@ -277,17 +278,32 @@ fn a_python_project_from_plugin_new_passes_plugin_test() -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&app)?;
     let wrong = text.replacen("record.extra = json.dumps(extra)", "record.extra = 5", 1);
     assert_ne!(text, wrong, "the template replaces the record's extra");
-    std::fs::write(&app, wrong)?;
-    let failed = author(&project, &["plugin", "test"])?;
-    assert_eq!(failed.code, Some(1), "{failed:?}");
-    assert!(
-        failed.stdout.iter().any(|l| l.contains(
-            "\"error\": \"Python value of the wrong type in what the plugin returned: 'int' \
-             object is not an instance of 'str'\""
-        )),
-        "{:?}",
-        failed.stdout
+    let unchecked = wrong.replacen(
+        "wrong = _wrong_type(outcome, f\"outcome[{i}]\")",
+        "wrong = None",
+        1,
     );
+    assert_ne!(wrong, unchecked, "the template checks its outcomes");
+    for (source, error) in [
+        (wrong, "outcome[0].replace.extra: expected str, got int"),
+        (
+            unchecked,
+            "Python value of the wrong type in what the plugin returned: 'int' object is not \
+             an instance of 'str'",
+        ),
+    ] {
+        std::fs::write(&app, source)?;
+        let failed = author(&project, &["plugin", "test"])?;
+        assert_eq!(failed.code, Some(1), "{failed:?}");
+        assert!(
+            failed
+                .stdout
+                .iter()
+                .any(|l| l.contains(&format!("\"error\": \"{error}\""))),
+            "{:?}",
+            failed.stdout
+        );
+    }
     remove_scratch(&project);
     Ok(())
 }

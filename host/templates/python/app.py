@@ -11,13 +11,16 @@ from componentize_py_types import Err
 from wit_world import exports
 from wit_world.imports.types import (
     ChangeRecord,
+    Emission,
     ModType,
     Outcome,
     Outcome_Drop,
+    Outcome_Emit,
     Outcome_Fail,
     Outcome_Keep,
     Outcome_Replace,
     PluginInfo,
+    RowChange,
 )
 
 NAME = "{{name}}"
@@ -59,10 +62,67 @@ class Processor(exports.Processor):
 
     def process(self, batch: list[ChangeRecord]) -> list[Outcome]:
         outcomes: list[Outcome] = []
-        for record in batch:
+        for i, record in enumerate(batch):
             try:
-                outcomes.append(_process(record))
+                outcome = _process(record)
             except Exception as e:
                 # Values this plugin cannot read: a dead letter says why; the stream goes on.
                 outcomes.append(Outcome_Fail(f"{type(e).__name__}: {e}"))
+                continue
+            wrong = _wrong_type(outcome, f"outcome[{i}]")
+            outcomes.append(Outcome_Fail(wrong) if wrong else outcome)
         return outcomes
+
+
+# What `process` returns must have the world's types. A value of another type would fail
+# the whole batch with a message naming no field; checked here, that record alone becomes
+# a dead letter saying where: "outcome[3].replace.extra: expected str, got int".
+def _expect(value: object, kind: type, path: str) -> str | None:
+    if isinstance(value, kind):
+        return None
+    return f"{path}: expected {kind.__name__}, got {type(value).__name__}"
+
+
+def _first(errors) -> str | None:
+    return next((e for e in errors if e), None)
+
+
+def _record_error(r: object, path: str) -> str | None:
+    if not isinstance(r, ChangeRecord):
+        return _expect(r, ChangeRecord, path)
+    return _first(
+        [
+            _expect(r.table_name, str, f"{path}.table_name"),
+            _expect(r.mod_type, ModType, f"{path}.mod_type"),
+            _expect(r.mods, list, f"{path}.mods"),
+            None if r.extra is None else _expect(r.extra, str, f"{path}.extra"),
+        ]
+        + [
+            _expect(m, RowChange, f"{path}.mods[{j}]")
+            or _first(
+                _expect(getattr(m, f), str, f"{path}.mods[{j}].{f}")
+                for f in ("keys", "new_values", "old_values")
+            )
+            for j, m in enumerate(r.mods if isinstance(r.mods, list) else [])
+        ]
+    )
+
+
+def _wrong_type(o: object, path: str) -> str | None:
+    if isinstance(o, (Outcome_Keep, Outcome_Drop)):
+        return None
+    if isinstance(o, Outcome_Replace):
+        return _record_error(o.value, f"{path}.replace")
+    if isinstance(o, Outcome_Fail):
+        return _expect(o.value, str, f"{path}.fail")
+    if isinstance(o, Outcome_Emit):
+        if not isinstance(o.value, list):
+            return _expect(o.value, list, f"{path}.emit")
+        return _first(
+            _expect(e, Emission, f"{path}.emit[{j}]")
+            or (None if e.output is None else _expect(e.output, str, f"{path}.emit[{j}].output"))
+            or _record_error(e.record, f"{path}.emit[{j}].record")
+            for j, e in enumerate(o.value)
+        )
+    return f"{path}: expected an Outcome, got {type(o).__name__}"
+
