@@ -90,7 +90,8 @@ pub use pipeline::Pipeline;
 pub use reader::ReaderError;
 pub use record::{
     ChangeRecord, ChildPartition, ChildPartitionsRecord, ColumnType, DataChangeRecord,
-    HeartbeatRecord, JsonObject, Mod, ModType, NotAnObject, SpannerType, ValueCaptureType,
+    HeartbeatRecord, JsonObject, JsonValue, MemberEdit, Mod, ModType, NotAValue, NotAnObject,
+    SpannerType, ValueCaptureType,
 };
 pub use snapshot::{DEFAULT_CHUNK_ROWS, SnapshotMode};
 pub use source::{

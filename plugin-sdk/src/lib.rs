@@ -2,9 +2,9 @@
 //!
 //! Place in the flow: a plugin runs inside the screamer host, between record decoding and
 //! the sink. The host hands it batches of data change records (in commit order per
-//! partition) and takes back one [`Outcome`] per record: keep it, drop it, replace it, emit
-//! several records (optionally to a named side output), or fail it to the dead-letter
-//! destination. This crate is the only guest code that touches `wit-bindgen`; plugin code
+//! partition) and takes back one [`Outcome`] per record: keep it, drop it, patch it (say
+//! which values changed: [`Patch`]), replace it, emit several records (optionally to a named
+//! side output), or fail it to the dead-letter destination. This crate is the only guest code that touches `wit-bindgen`; plugin code
 //! sees plain Rust types and is unit-testable with `cargo test` on the host target.
 //!
 //! # A filter in three lines
@@ -72,6 +72,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 pub mod json;
+pub mod patch;
 
 #[doc(hidden)]
 pub mod bindings {
@@ -87,9 +88,11 @@ pub mod bindings {
 }
 
 pub use bindings::screamer::plugin::types::{
-    ChangeRecord as Record, Emission, ModType, Origin, Outcome, PluginInfo, RowChange, Timestamp,
+    ChangeRecord as Record, Emission, MemberEdit, ModType, Origin, Outcome, PluginInfo, RowChange,
+    RowField, Timestamp,
 };
 pub use origin::{origin, origin_at};
+pub use patch::Patch;
 
 pub mod origin;
 

@@ -1,7 +1,8 @@
 """drop-columns: a screamer plugin written in Python (built with componentize-py).
 
 Removes the configured columns from the new and old values of every row change, so wide
-or sensitive columns never leave the pipeline. Key columns are left alone.
+or sensitive columns never leave the pipeline. Key columns are left alone. It returns a
+patch naming the members to remove: nothing else of the record crosses back to the host.
 
 Configuration: {"columns": ["Bio", "Avatar"], "tables": ["Users"]}
 ("tables" is optional; without it every table is processed).
@@ -16,11 +17,14 @@ from wit_world import exports
 from wit_world.imports import log
 from wit_world.imports.types import (
     ChangeRecord,
+    MemberEdit,
     Outcome,
     Outcome_Fail,
     Outcome_Keep,
-    Outcome_Replace,
+    Outcome_Patch,
     PluginInfo,
+    RecordPatch,
+    RowField,
 )
 
 NAME = "drop-columns"
@@ -30,28 +34,24 @@ _columns: list[str] = []
 _tables: set[str] = set()
 
 
-def _strip(text: str) -> str | None:
-    """The values without the configured columns, or None when none of them is there."""
+def _present(text: str) -> list[str]:
+    """The configured columns the values have."""
     if not any(f'"{c}"' in text for c in _columns):
-        return None
+        return []
     values = json.loads(text) if text else {}
-    removed = [c for c in _columns if c in values]
-    for c in removed:
-        del values[c]
-    return json.dumps(values, separators=(",", ":")) if removed else None
+    return [c for c in _columns if c in values]
 
 
 def _process(record: ChangeRecord) -> Outcome:
     if _tables and record.table_name not in _tables:
         return Outcome_Keep()
-    changed = False
-    for row in record.mods:
-        for field in ("new_values", "old_values"):
-            stripped = _strip(getattr(row, field))
-            if stripped is not None:
-                setattr(row, field, stripped)
-                changed = True
-    return Outcome_Replace(record) if changed else Outcome_Keep()
+    edits = [
+        MemberEdit(row=i, field=field, name=column, value=None)
+        for i, row in enumerate(record.mods)
+        for field, text in ((RowField.NEW_VALUES, row.new_values), (RowField.OLD_VALUES, row.old_values))
+        for column in _present(text)
+    ]
+    return Outcome_Patch(RecordPatch(edits=edits, extra=None)) if edits else Outcome_Keep()
 
 
 class Processor(exports.Processor):

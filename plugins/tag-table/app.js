@@ -30,7 +30,8 @@ export const processor = {
     failTable = c.fail_table ?? null;
   },
 
-  // One outcome per record, in order: { tag: "keep" | "drop" | "replace" | "emit" | "fail" }.
+  // One outcome per record, in order: { tag: "keep" | "drop" | "patch" | "replace" | "emit" |
+  // "fail" }. A patch that sets only `extra` sends nothing of the rows back to the host.
   process(batch) {
     return batch.map((record) => {
       if (record.tableName === failTable) {
@@ -38,7 +39,7 @@ export const processor = {
       }
       const extra = record.extra ? JSON.parse(record.extra) : {};
       extra.table_tag = prefix + record.tableName;
-      return { tag: "replace", val: { ...record, extra: JSON.stringify(extra) } };
+      return { tag: "patch", val: { edits: [], extra: JSON.stringify(extra) } };
     });
   },
 };

@@ -393,7 +393,7 @@ fn bad_plugins_and_configurations_are_refused_with_one_line() {
         (
             vec![path("wrong_world")],
             format!(
-                "error: plugin {}: not a screamer:plugin@0.2.0 plugin: it exports wasi:cli/run@0.2.",
+                "error: plugin {}: not a screamer:plugin@0.3.0 plugin: it exports wasi:cli/run@0.2.",
                 path("wrong_world")
             ),
         ),
@@ -463,10 +463,10 @@ fn plugin_check_reports_the_component() {
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     let report: Value = serde_json::from_str(&run.stdout[0]).unwrap();
     assert_eq!(report["name"], "filter");
-    assert_eq!(report["world"], "screamer:plugin@0.2.0");
+    assert_eq!(report["world"], "screamer:plugin@0.3.0");
     assert_eq!(
         report["exports"],
-        json!(["screamer:plugin/processor@0.2.0"])
+        json!(["screamer:plugin/processor@0.3.0"])
     );
     let imports = |report: &Value| -> Vec<String> {
         let imports = report["imports"].as_array().unwrap().iter();
@@ -479,7 +479,7 @@ fn plugin_check_reports_the_component() {
     );
     // Origins are imported only by a plugin that asks for them (enrich reads the commit
     // timestamp), so the others do not pay for them.
-    let batch = "screamer:plugin/batch@0.2.0".to_owned();
+    let batch = "screamer:plugin/batch@0.3.0".to_owned();
     assert!(!imports(&report).contains(&batch), "{report}");
     let run = screamer(&["plugin", "check", &path("enrich"), "--json"], "").unwrap();
     let report: Value = serde_json::from_str(&run.stdout[0]).unwrap();
@@ -894,7 +894,7 @@ fn plugin_check_sets_toolchain_exports_apart() {
     assert_eq!(
         exports,
         [
-            "exports: screamer:plugin/processor@0.2.0",
+            "exports: screamer:plugin/processor@0.3.0",
             "(and the toolchain's own, never called: init)"
         ]
     );

@@ -169,6 +169,7 @@ pub fn log_plugin_summary(metrics: &Metrics) {
             records,
             keep = t.outcomes.keep,
             drop = t.outcomes.drop,
+            patch = t.outcomes.patch,
             replace = t.outcomes.replace,
             emit = t.outcomes.emit,
             fail = t.outcomes.fail,

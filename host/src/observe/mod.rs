@@ -276,13 +276,16 @@ impl ReplicaRows {
     }
 }
 
-/// How many records a plugin kept, dropped, replaced, turned into emissions, or failed.
+/// How many records a plugin kept, dropped, patched, replaced, turned into emissions, or
+/// failed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct OutcomeCounts {
     /// Records passed on unchanged.
     pub keep: u64,
     /// Records dropped.
     pub drop: u64,
+    /// Records passed on with changes (a patch).
+    pub patch: u64,
     /// Records replaced by another record.
     pub replace: u64,
     /// Records turned into emissions (zero or more output records).
@@ -294,13 +297,14 @@ pub struct OutcomeCounts {
 impl OutcomeCounts {
     /// Every record counted, whatever its outcome.
     pub fn total(&self) -> u64 {
-        self.keep + self.drop + self.replace + self.emit + self.fail
+        self.keep + self.drop + self.patch + self.replace + self.emit + self.fail
     }
 
     /// Adds another run's counts to these.
     pub fn add(&mut self, other: &OutcomeCounts) {
         self.keep += other.keep;
         self.drop += other.drop;
+        self.patch += other.patch;
         self.replace += other.replace;
         self.emit += other.emit;
         self.fail += other.fail;

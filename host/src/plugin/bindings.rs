@@ -27,16 +27,16 @@ wasmtime::component::bindgen!({
 
 pub use self::screamer::plugin::log::Level;
 pub use self::screamer::plugin::types::{
-    ChangeRecordParam, ChangeRecordResult, Emission, ModType, Origin, Outcome, PluginInfo,
-    RowChangeParam, Timestamp,
+    ChangeRecordParam, ChangeRecordResult, Emission, MemberEdit, ModType, Origin, Outcome,
+    PluginInfo, RecordPatch, RowChangeParam, RowField, Timestamp,
 };
 
 /// The world this host runs, and the export every plugin must have.
-pub const WORLD: &str = "screamer:plugin@0.2.0";
+pub const WORLD: &str = "screamer:plugin@0.3.0";
 /// The interface a plugin exports: `processor`, of [`WORLD`].
-pub const PROCESSOR_EXPORT: &str = "screamer:plugin/processor@0.2.0";
+pub const PROCESSOR_EXPORT: &str = "screamer:plugin/processor@0.3.0";
 /// The import through which a plugin reads its records' origins.
-pub const BATCH_IMPORT: &str = "screamer:plugin/batch@0.2.0";
+pub const BATCH_IMPORT: &str = "screamer:plugin/batch@0.3.0";
 
 /// What one store carries.
 pub struct HostState {

@@ -26,10 +26,15 @@ use serde_json::{Map, Value};
 
 use tokio::time::Instant;
 
-use super::bindings::{ChangeRecordParam, ChangeRecordResult, Emission, Outcome, RowChangeParam};
-use super::convert::{Staged, extra_text, origin, to_host};
+use std::borrow::Cow;
+
+use super::bindings::{
+    ChangeRecordParam, ChangeRecordResult, Emission, Outcome, RecordPatch, RowChangeParam,
+};
+use super::convert::{Staged, extra_text, origin, parse_extra, to_host};
 use super::failure::PluginFailure;
 use super::instance::Instance;
+use super::patch;
 use super::version::PluginVersion;
 use crate::observe::{Event, NoObserver, Observer, OutcomeCounts};
 use crate::record::DataChangeRecord;
@@ -192,10 +197,7 @@ impl Chain {
             records: inputs
                 .iter()
                 .zip(&extras)
-                .map(|(i, extra)| Staged::Input {
-                    record: i.record,
-                    extra: extra.as_deref(),
-                })
+                .map(|(i, extra)| Staged::input(i.record, extra.as_deref()))
                 .collect(),
         };
         for (slot, version) in versions.iter().enumerate() {
@@ -223,6 +225,7 @@ impl Chain {
             let mut sorted = Sorted {
                 result: &mut result,
                 inputs,
+                versions: &versions,
                 emitted: &mut emitted,
             };
             let counts;
@@ -231,12 +234,23 @@ impl Chain {
         }
         for (origin, record) in stage.origins.into_iter().zip(stage.records) {
             match record {
-                Staged::Input { .. } => result.outputs.push(Output {
+                Staged::Host {
+                    patched_by: None, ..
+                } => result.outputs.push(Output {
                     origin,
                     output: None,
                     record: OutputRecord::Unchanged,
                 }),
-                Staged::Changed { record, by, .. } => {
+                Staged::Host { record, extra, .. } => result.outputs.push(Output {
+                    origin,
+                    output: None,
+                    record: OutputRecord::Changed {
+                        record: Box::new(record.into_owned()),
+                        // Checked when the patch set it.
+                        extra: extra.and_then(|text| parse_extra(&text).ok().flatten()),
+                    },
+                }),
+                Staged::Returned { record, by, .. } => {
                     finish(&mut result, origin, None, record, &versions[by], inputs)
                 }
             }
@@ -305,7 +319,16 @@ fn outcome_bytes(outcome: &Outcome) -> usize {
                 .map(|m| 64 + m.keys.len() + m.new_values.len() + m.old_values.len())
                 .sum::<usize>()
     };
+    let edits = |p: &RecordPatch| {
+        std::mem::size_of::<DataChangeRecord>()
+            + p.extra.as_ref().map_or(0, String::len)
+            + p.edits
+                .iter()
+                .map(|e| 64 + e.name.len() + e.value.as_ref().map_or(0, String::len))
+                .sum::<usize>()
+    };
     match outcome {
+        Outcome::Patch(p) => edits(p),
         Outcome::Replace(r) => record(r),
         Outcome::Emit(emissions) => emissions.iter().map(|e| record(&e.record)).sum(),
         Outcome::Keep | Outcome::Drop | Outcome::Fail(_) => 0,
@@ -323,6 +346,8 @@ impl<'a> Stage<'a> {
 struct Sorted<'r, 'i> {
     result: &'r mut ChainResult,
     inputs: &'r [Input<'i>],
+    /// The chain's versions in this run, by slot: who produced a record.
+    versions: &'r [Arc<PluginVersion>],
     /// Records each input record has turned into so far, over the whole chain.
     emitted: &'r mut [usize],
 }
@@ -485,7 +510,7 @@ impl Turn<'_> {
             records: Vec::with_capacity(n),
         };
         let inputs = sorted.inputs;
-        let changed = |record, origin: usize| Staged::Changed {
+        let changed = |record, origin: usize| Staged::Returned {
             record,
             by: self.slot,
             origin: inputs[origin].record,
@@ -503,6 +528,22 @@ impl Turn<'_> {
                     counts.drop += 1;
                     continue;
                 }
+                Ok(Outcome::Patch(patch)) => match self.patched(origin, record, patch, sorted) {
+                    Ok(patched) => {
+                        counts.patch += 1;
+                        next.push(origin, patched);
+                        continue;
+                    }
+                    Err(PatchFailed::Base(dead)) => {
+                        // The earlier plugin's dead letter; the record ends here all the same.
+                        counts.fail += 1;
+                        sorted.result.dead_letters.push(dead);
+                        continue;
+                    }
+                    Err(PatchFailed::Patch(e)) => {
+                        PluginFailure::Refused(format!("returned an invalid patch: {e}"))
+                    }
+                },
                 Ok(Outcome::Replace(r)) => {
                     counts.replace += 1;
                     if record.is_unchanged_by(&r) {
@@ -565,7 +606,7 @@ impl Turn<'_> {
             match e.output {
                 None => next.push(
                     origin,
-                    Staged::Changed {
+                    Staged::Returned {
                         record: e.record,
                         by: self.slot,
                         origin: sorted.inputs[origin].record,
@@ -582,6 +623,62 @@ impl Turn<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// Why a patch made nothing.
+enum PatchFailed {
+    /// The record it patches, returned whole by an earlier plugin, is not a valid record:
+    /// that plugin's dead letter.
+    Base(DeadLetter),
+    /// The patch is not valid for its record.
+    Patch(String),
+}
+
+impl Turn<'_> {
+    /// What `patch` makes of `record`: a host record patched by this plugin (an empty patch
+    /// leaves it as it is). A record an earlier plugin returned whole is checked first, as
+    /// it would be on leaving the chain.
+    fn patched<'a>(
+        &self,
+        origin: usize,
+        record: Staged<'a>,
+        patch: RecordPatch,
+        sorted: &Sorted<'_, 'a>,
+    ) -> Result<Staged<'a>, PatchFailed> {
+        if patch.edits.is_empty() && patch.extra.is_none() {
+            return Ok(record);
+        }
+        let input = sorted.inputs[origin].record;
+        let (base, extra) = match record {
+            Staged::Host { record, extra, .. } => (record, extra),
+            Staged::Returned { record, by, .. } => match to_host(record, input) {
+                Ok((host, extra)) => (Cow::Owned(host), extra_text(extra.as_ref()).map(Cow::Owned)),
+                Err(e) => {
+                    return Err(PatchFailed::Base(invalid_record(
+                        origin,
+                        &sorted.versions[by],
+                        e,
+                    )));
+                }
+            },
+        };
+        let patched = patch::apply(&base, extra.as_deref(), patch).map_err(PatchFailed::Patch)?;
+        Ok(Staged::Host {
+            record: Cow::Owned(patched.record),
+            extra: patched.extra.map(Cow::Owned),
+            patched_by: Some(self.slot),
+            origin: input,
+        })
+    }
+}
+
+/// The dead letter of a record `producer` returned that is not a valid record.
+fn invalid_record(origin: usize, producer: &Arc<PluginVersion>, e: String) -> DeadLetter {
+    DeadLetter {
+        origin,
+        plugin: producer.clone(),
+        error: PluginFailure::Refused(format!("returned an invalid record: {e}")),
     }
 }
 
@@ -604,10 +701,8 @@ fn finish(
                 extra,
             },
         }),
-        Err(e) => result.dead_letters.push(DeadLetter {
-            origin,
-            plugin: producer.clone(),
-            error: PluginFailure::Refused(format!("returned an invalid record: {e}")),
-        }),
+        Err(e) => result
+            .dead_letters
+            .push(invalid_record(origin, producer, e)),
     }
 }

@@ -9,6 +9,8 @@
 //! output: every row field a JSON object, `extra` a JSON object not shadowing the record's
 //! fields.
 
+use std::borrow::Cow;
+
 use serde_json::{Map, Value};
 
 use super::bindings::{
@@ -23,13 +25,19 @@ use crate::record::{DataChangeRecord, JsonObject, Mod, ModType};
 // path; stages live for one chain run.
 #[allow(clippy::large_enum_variant)]
 pub(super) enum Staged<'a> {
-    /// The input record as it came, with its extra fields as JSON text.
-    Input {
-        record: &'a DataChangeRecord,
-        extra: Option<&'a str>,
+    /// A checked host record: the input record as it came (`patched_by` none), or what the
+    /// patch of the plugin in that chain slot made of it.
+    Host {
+        record: Cow<'a, DataChangeRecord>,
+        /// Its extra fields as the WIT's `extra` text.
+        extra: Option<Cow<'a, str>>,
+        patched_by: Option<usize>,
+        /// The input record it came from: whose origin it has.
+        origin: &'a DataChangeRecord,
     },
-    /// What the plugin in chain slot `by` made of the input record `origin`.
-    Changed {
+    /// A record the plugin in chain slot `by` returned whole (`replace` or `emit`), checked
+    /// when it leaves the chain or is patched.
+    Returned {
         record: ChangeRecordResult,
         by: usize,
         origin: &'a DataChangeRecord,
@@ -44,18 +52,28 @@ pub(super) fn extra_text(extra: Option<&Map<String, Value>>) -> Option<String> {
 }
 
 impl<'a> Staged<'a> {
+    /// An input record with its extra fields (as `extra` text).
+    pub(super) fn input(record: &'a DataChangeRecord, extra: Option<&'a str>) -> Self {
+        Staged::Host {
+            record: Cow::Borrowed(record),
+            extra: extra.map(Cow::Borrowed),
+            patched_by: None,
+            origin: record,
+        }
+    }
+
     /// Appends the record's row changes, borrowed, to `rows` (one buffer for a whole call,
     /// sliced by [`Staged::param`]).
     pub(super) fn push_rows<'b>(&'b self, rows: &mut Vec<RowChangeParam<'b>>) {
         match self {
-            Staged::Input { record, .. } => {
+            Staged::Host { record, .. } => {
                 rows.extend(record.mods.iter().map(|m| RowChangeParam {
                     keys: m.keys.as_str(),
                     new_values: m.new_values.as_str(),
                     old_values: m.old_values.as_str(),
                 }))
             }
-            Staged::Changed { record, .. } => {
+            Staged::Returned { record, .. } => {
                 rows.extend(record.mods.iter().map(|m| RowChangeParam {
                     keys: &m.keys,
                     new_values: &m.new_values,
@@ -68,15 +86,15 @@ impl<'a> Staged<'a> {
     /// How many row changes [`Staged::push_rows`] appends.
     pub(super) fn row_count(&self) -> usize {
         match self {
-            Staged::Input { record, .. } => record.mods.len(),
-            Staged::Changed { record, .. } => record.mods.len(),
+            Staged::Host { record, .. } => record.mods.len(),
+            Staged::Returned { record, .. } => record.mods.len(),
         }
     }
 
     /// The record as the guest receives it, lowered straight from host memory.
     pub(super) fn param<'b>(&'b self, rows: &'b [RowChangeParam<'b>]) -> ChangeRecordParam<'b> {
         match self {
-            Staged::Input { record, extra } => ChangeRecordParam {
+            Staged::Host { record, extra, .. } => ChangeRecordParam {
                 table_name: &record.table_name,
                 mod_type: match record.mod_type {
                     ModType::Insert => WitModType::Insert,
@@ -84,9 +102,9 @@ impl<'a> Staged<'a> {
                     ModType::Delete => WitModType::Delete,
                 },
                 mods: rows,
-                extra: *extra,
+                extra: extra.as_deref(),
             },
-            Staged::Changed { record, .. } => ChangeRecordParam {
+            Staged::Returned { record, .. } => ChangeRecordParam {
                 table_name: &record.table_name,
                 mod_type: record.mod_type,
                 mods: rows,
@@ -114,7 +132,7 @@ impl<'a> Staged<'a> {
     /// Row change `i`'s keys, new values and old values.
     fn row(&self, i: usize) -> (&str, &str, &str) {
         match self {
-            Staged::Input { record, .. } => {
+            Staged::Host { record, .. } => {
                 let m = &record.mods[i];
                 (
                     m.keys.as_str(),
@@ -122,7 +140,7 @@ impl<'a> Staged<'a> {
                     m.old_values.as_str(),
                 )
             }
-            Staged::Changed { record, .. } => {
+            Staged::Returned { record, .. } => {
                 let m = &record.mods[i];
                 (&m.keys, &m.new_values, &m.old_values)
             }
@@ -132,8 +150,7 @@ impl<'a> Staged<'a> {
     /// The input record this one came from: whose origin it has.
     pub(super) fn origin(&self) -> &'a DataChangeRecord {
         match self {
-            Staged::Input { record, .. } => record,
-            Staged::Changed { origin, .. } => origin,
+            Staged::Host { origin, .. } | Staged::Returned { origin, .. } => origin,
         }
     }
 }
@@ -212,7 +229,7 @@ pub(super) fn to_host(
 }
 
 /// A record with `origin`'s column types and metadata, and nothing else.
-fn metadata_of(origin: &DataChangeRecord) -> DataChangeRecord {
+pub(super) fn metadata_of(origin: &DataChangeRecord) -> DataChangeRecord {
     DataChangeRecord {
         partition_token: origin.partition_token.clone(),
         commit_timestamp: origin.commit_timestamp,
@@ -235,7 +252,7 @@ fn metadata_of(origin: &DataChangeRecord) -> DataChangeRecord {
 
 /// `extra` as a map (none when empty): a JSON object none of whose keys is a record field or
 /// another name the output line reserves ([`DataChangeRecord::FIELDS`]).
-fn parse_extra(text: &str) -> Result<Option<Map<String, Value>>, String> {
+pub(super) fn parse_extra(text: &str) -> Result<Option<Map<String, Value>>, String> {
     if text.trim().is_empty() {
         return Ok(None);
     }
@@ -280,7 +297,7 @@ mod tests {
 
     /// What a plugin returning the record unchanged hands back.
     fn result(record: &DataChangeRecord, extra: Option<&str>) -> ChangeRecordResult {
-        let staged = Staged::Input { record, extra };
+        let staged = Staged::input(record, extra);
         let mut rows = Vec::new();
         staged.push_rows(&mut rows);
         let p = staged.param(&rows);
@@ -330,13 +347,13 @@ mod tests {
         let mut changed = result(&original, None);
         changed.table_name = "Renamed".into();
         changed.mod_type = WitModType::Delete;
-        let staged = Staged::Changed {
+        let staged = Staged::Returned {
             record: changed,
             by: 0,
             origin: &original,
         };
         assert!(std::ptr::eq(staged.origin(), &original));
-        let Staged::Changed { record, .. } = staged else {
+        let Staged::Returned { record, .. } = staged else {
             unreachable!()
         };
         let (back, _) = to_host(record, &original).unwrap();
@@ -351,10 +368,7 @@ mod tests {
     #[test]
     fn a_replacement_is_unchanged_only_when_every_field_is() {
         let original = record();
-        let input = Staged::Input {
-            record: &original,
-            extra: None,
-        };
+        let input = Staged::input(&original, None);
         assert!(input.is_unchanged_by(&result(&original, None)));
         let mut changes: Vec<fn(&mut ChangeRecordResult)> = vec![
             |r| r.table_name = "Other".into(),
@@ -374,7 +388,7 @@ mod tests {
             change(&mut changed);
             assert!(!input.is_unchanged_by(&changed));
             // A record a plugin changed is compared the same way.
-            let staged = Staged::Changed {
+            let staged = Staged::Returned {
                 record: changed.clone(),
                 by: 0,
                 origin: &original,

@@ -29,6 +29,7 @@ mod grants;
 mod guest_error;
 mod guest_output;
 mod instance;
+mod patch;
 mod runtime;
 mod shape;
 mod version;
@@ -57,6 +58,8 @@ pub enum GuestLanguage {
     Python,
     /// jco's componentize (QuickJS or StarlingMonkey).
     JavaScript,
+    /// `wit-bindgen c` (the C template's bindings).
+    C,
 }
 
 impl GuestLanguage {
@@ -70,6 +73,8 @@ impl GuestLanguage {
             Some(GuestLanguage::JavaScript)
         } else if has("wit-bindgen-rust") {
             Some(GuestLanguage::Rust)
+        } else if has("wit-bindgen-c") {
+            Some(GuestLanguage::C)
         } else {
             None
         }
@@ -86,12 +91,15 @@ fn rebuild_for_this_world(language: Option<GuestLanguage>) -> String {
     };
     match language {
         Some(GuestLanguage::Rust) => {
-            "a Rust component: rebuild it with screamer-plugin-sdk 0.2".to_owned()
+            "a Rust component: rebuild it with screamer-plugin-sdk 0.3".to_owned()
         }
         Some(GuestLanguage::Python) => format!("a Python component: {}", template("python")),
         Some(GuestLanguage::JavaScript) => {
             format!("a JavaScript component: {}", template("javascript"))
         }
+        Some(GuestLanguage::C) => "a C component: rebuild it with the bindings of this world, \
+             which `screamer plugin new NAME --lang c` writes"
+            .to_owned(),
         None => "rebuild it for this world: docs/write-a-plugin.md".to_owned(),
     }
 }

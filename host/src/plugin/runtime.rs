@@ -431,26 +431,30 @@ mod tests {
         let err = check_world(p, &["wasi:cli/run@0.2.6".to_owned()], b"").unwrap_err();
         assert_eq!(
             err.to_string(),
-            "plugin x.wasm: not a screamer:plugin@0.2.0 plugin: it exports wasi:cli/run@0.2.6; \
-             expected an export screamer:plugin/processor@0.2.0"
+            "plugin x.wasm: not a screamer:plugin@0.3.0 plugin: it exports wasi:cli/run@0.2.6; \
+             expected an export screamer:plugin/processor@0.3.0"
         );
-        let old = ["screamer:plugin/processor@0.1.0".to_owned()];
+        let old = ["screamer:plugin/processor@0.2.0".to_owned()];
         let err = check_world(p, &old, b"").unwrap_err();
         assert_eq!(
             err.to_string(),
-            "plugin x.wasm: built for screamer:plugin@0.1.0; this host runs screamer:plugin@0.2.0 \
+            "plugin x.wasm: built for screamer:plugin@0.2.0; this host runs screamer:plugin@0.3.0 \
              (rebuild it for this world: docs/write-a-plugin.md)"
         );
         // The fix in the component's own language, named by what its toolchain left.
         let said = |component: &[u8]| check_world(p, &old, component).unwrap_err().to_string();
         assert!(
             said(b"\x0cprocessed-by\x03\rwit-component\x10wit-bindgen-rust")
-                .ends_with("(a Rust component: rebuild it with screamer-plugin-sdk 0.2)")
+                .ends_with("(a Rust component: rebuild it with screamer-plugin-sdk 0.3)")
         );
         assert!(said(b"libcomponentize_py_runtime.so").ends_with(
             "(a Python component: rebuild it with the wit/plugin.wit of this world, which \
              `screamer plugin new NAME --lang python` writes)"
         ));
         assert!(said(b"componentize-qjs:shim.js").contains("a JavaScript component"));
+        assert!(said(b"\x0dwit-bindgen-c\x060.63.0").ends_with(
+            "(a C component: rebuild it with the bindings of this world, which \
+             `screamer plugin new NAME --lang c` writes)"
+        ));
     }
 }

@@ -7,6 +7,8 @@
 //! plugin changes, so it is on the hot path of every replacing plugin (the plugin bench's
 //! redact checks two 0.8 KB fields per record).
 
+use crate::record::string_end;
+
 /// How deep a plugin's JSON may nest. Its objects sit a few levels down the output line
 /// (`mods`, a mod, `new_values`), and every reader of that line, `plugin run` included,
 /// stops at 128 levels: well within.
@@ -20,12 +22,18 @@ const INLINE_KEYS: usize = 32;
 /// would keep either value, and a row has each column once). A key with an escape in it is
 /// compared after unescaping, by a parse.
 pub(super) fn check(text: &str) -> Result<(), String> {
+    check_at(text, 0)
+}
+
+/// [`check`] for text that goes `levels_above` levels down into an object (a member's new
+/// value: one level), so that it counts against the whole's nesting.
+pub(super) fn check_at(text: &str, levels_above: usize) -> Result<(), String> {
     let mut scan = Scan::of(text.as_bytes());
-    if scan.deepest > MAX_NESTING {
+    let deepest = scan.deepest + levels_above;
+    if deepest > MAX_NESTING {
         return Err(format!(
-            "nested {} levels deep; at most {MAX_NESTING} (every reader of the output line \
-             must be able to parse it)",
-            scan.deepest
+            "nested {deepest} levels deep; at most {MAX_NESTING} (every reader of the output \
+             line must be able to parse it)"
         ));
     }
     let twice = match scan.escaped_key {
@@ -82,48 +90,6 @@ impl Scan {
         }
         scan
     }
-}
-
-/// Where the string whose text starts at `start` ends (its closing quote, or the end of
-/// the text when unterminated), and whether it has escapes. Strings are most of a row's
-/// text: eight bytes at a time.
-fn string_end(bytes: &[u8], start: usize) -> (usize, bool) {
-    let mut escapes = false;
-    let mut i = start;
-    loop {
-        i = next_quote_or_backslash(bytes, i);
-        match bytes.get(i) {
-            Some(b'"') => return (i, escapes),
-            // An escape: skip it and the character it escapes.
-            Some(_) => {
-                escapes = true;
-                i += 2;
-            }
-            None => return (bytes.len(), escapes),
-        }
-    }
-}
-
-/// The index of the first `"` or `\` at or after `i`, else the text's length: a word at a
-/// time, with the classic test for a zero byte in a word (exact for the lowest match,
-/// which is the one taken), then byte by byte for the tail.
-fn next_quote_or_backslash(bytes: &[u8], mut i: usize) -> usize {
-    const ONES: u64 = u64::from_ne_bytes([1; 8]);
-    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
-    let zero_bytes = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
-    while let Some(word) = bytes.get(i..i + 8) {
-        let w = u64::from_le_bytes(word.try_into().expect("eight bytes"));
-        let found =
-            zero_bytes(w ^ (ONES * u64::from(b'"'))) | zero_bytes(w ^ (ONES * u64::from(b'\\')));
-        if found != 0 {
-            return i + (found.trailing_zeros() / 8) as usize;
-        }
-        i += 8;
-    }
-    while i < bytes.len() && bytes[i] != b'"' && bytes[i] != b'\\' {
-        i += 1;
-    }
-    i.min(bytes.len())
 }
 
 /// A top-level key: its hash, then where it is in the text.
@@ -309,23 +275,6 @@ mod tests {
         assert!(twice(&text).unwrap().starts_with(r#"names "a" twice"#));
         let text = format!(r#"{{"a":"{long}\"{{[","b":1}}"#);
         assert_eq!(twice(&text), None, "brackets inside a long string");
-    }
-
-    #[test]
-    fn the_word_at_a_time_search_finds_what_a_byte_loop_finds() {
-        let text = br#"abcdefgh"ijklmnopqrs\tuvwxyz0123456789"\"#;
-        for start in 0..text.len() + 3 {
-            for end in start.min(text.len())..=text.len() {
-                let naive = (start..end)
-                    .find(|&i| text[i] == b'"' || text[i] == b'\\')
-                    .unwrap_or(end);
-                assert_eq!(
-                    next_quote_or_backslash(&text[..end], start),
-                    naive.max(start.min(end)),
-                    "{start}..{end}"
-                );
-            }
-        }
     }
 
     #[test]

@@ -75,6 +75,8 @@ function outcomeError(o, path) {
     case "keep":
     case "drop":
       return null;
+    case "patch":
+      return patchError(o.val, `${path}.patch`);
     case "replace":
       return recordError(o.val, `${path}.replace`);
     case "emit":
@@ -90,8 +92,28 @@ function outcomeError(o, path) {
     case "fail":
       return expect(o.val, "string", `${path}.fail`);
     default:
-      return `${path}.tag: expected "keep", "drop", "replace", "emit" or "fail", got ${JSON.stringify(o.tag)}`;
+      return `${path}.tag: expected "keep", "drop", "patch", "replace", "emit" or "fail", got ${JSON.stringify(o.tag)}`;
   }
+}
+
+function patchError(p, path) {
+  if (kind(p) !== "object") return `${path}: expected a patch object, got ${kind(p)}`;
+  return (
+    expect(p.edits, "array", `${path}.edits`) ??
+    first(p.edits, (e, i) => {
+      const at = `${path}.edits[${i}]`;
+      if (kind(e) !== "object") return `${at}: expected an edit object, got ${kind(e)}`;
+      if (!["keys", "new-values", "old-values"].includes(e.field)) {
+        return `${at}.field: expected "keys", "new-values" or "old-values", got ${JSON.stringify(e.field)}`;
+      }
+      return (
+        expect(e.row, "number", `${at}.row`) ??
+        expect(e.name, "string", `${at}.name`) ??
+        optional(e.value, "string", `${at}.value`)
+      );
+    }) ??
+    optional(p.extra, "string", `${path}.extra`)
+  );
 }
 
 function recordError(r, path) {

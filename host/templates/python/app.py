@@ -12,15 +12,19 @@ from wit_world import exports
 from wit_world.imports.types import (
     ChangeRecord,
     Emission,
+    MemberEdit,
     ModType,
     Outcome,
     Outcome_Drop,
     Outcome_Emit,
     Outcome_Fail,
     Outcome_Keep,
+    Outcome_Patch,
     Outcome_Replace,
     PluginInfo,
+    RecordPatch,
     RowChange,
+    RowField,
 )
 
 NAME = "{{name}}"
@@ -108,9 +112,33 @@ def _record_error(r: object, path: str) -> str | None:
     )
 
 
+def _patch_error(p: object, path: str) -> str | None:
+    if not isinstance(p, RecordPatch):
+        return _expect(p, RecordPatch, path)
+    if not isinstance(p.edits, list):
+        return _expect(p.edits, list, f"{path}.edits")
+    return _first(
+        [
+            _expect(e, MemberEdit, f"{path}.edits[{j}]")
+            or _first(
+                [
+                    _expect(e.row, int, f"{path}.edits[{j}].row"),
+                    _expect(e.field, RowField, f"{path}.edits[{j}].field"),
+                    _expect(e.name, str, f"{path}.edits[{j}].name"),
+                    None if e.value is None else _expect(e.value, str, f"{path}.edits[{j}].value"),
+                ]
+            )
+            for j, e in enumerate(p.edits)
+        ]
+        + [None if p.extra is None else _expect(p.extra, str, f"{path}.extra")]
+    )
+
+
 def _wrong_type(o: object, path: str) -> str | None:
     if isinstance(o, (Outcome_Keep, Outcome_Drop)):
         return None
+    if isinstance(o, Outcome_Patch):
+        return _patch_error(o.value, f"{path}.patch")
     if isinstance(o, Outcome_Replace):
         return _record_error(o.value, f"{path}.replace")
     if isinstance(o, Outcome_Fail):

@@ -1,4 +1,4 @@
-// The screamer:plugin@0.2.0 world as jco maps it to JavaScript (wit/plugin.wit is the
+// The screamer:plugin@0.3.0 world as jco maps it to JavaScript (wit/plugin.wit is the
 // source): records are objects with camelCase fields, enums are strings, variants are
 // `{ tag, val }`, an option is the value or `undefined`, u32 a number, s64 a bigint.
 
@@ -44,10 +44,29 @@ export interface Emission {
   record: ChangeRecord;
 }
 
+/** Which field of a row change a member edit is in. */
+export type RowField = "keys" | "new-values" | "old-values";
+
+/** One member of one row field set (`value`: the text of a JSON value) or removed. */
+export interface MemberEdit {
+  row: number;
+  field: RowField;
+  name: string;
+  value?: string;
+}
+
+/** Changes to a record in place: only they cross back to the host. */
+export interface RecordPatch {
+  edits: MemberEdit[];
+  /** Replaces the record's extra fields (`"{}"` removes them); unset leaves them. */
+  extra?: string;
+}
+
 /** What becomes of one input record. */
 export type Outcome =
   | { tag: "keep" }
   | { tag: "drop" }
+  | { tag: "patch"; val: RecordPatch }
   | { tag: "replace"; val: ChangeRecord }
   | { tag: "emit"; val: Emission[] }
   | { tag: "fail"; val: string };

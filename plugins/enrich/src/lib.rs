@@ -8,8 +8,8 @@
 
 use std::collections::BTreeSet;
 
-use screamer_plugin_sdk::{Outcome, Plugin, Record, export_plugin, origin};
-use serde_json::Value;
+use screamer_plugin_sdk::{Outcome, Patch, Plugin, Record, export_plugin, origin};
+use serde_json::{Map, Value};
 
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -27,16 +27,21 @@ impl Plugin for Enrich {
         Ok(Enrich(config))
     }
 
-    fn process(&mut self, mut record: Record) -> Outcome {
-        match self.enrich(&mut record) {
-            Ok(()) => Outcome::Replace(record),
+    fn process(&mut self, record: Record) -> Outcome {
+        match self.extra(&record) {
+            // Only the extra fields cross back: the rows stay the host's.
+            Ok(extra) => Outcome::Patch(Patch {
+                edits: Vec::new(),
+                extra: Some(Value::Object(extra).to_string()),
+            }),
             Err(e) => Outcome::Fail(e),
         }
     }
 }
 
 impl Enrich {
-    fn enrich(&self, record: &mut Record) -> Result<(), String> {
+    /// The record's extra fields with the derived ones added.
+    fn extra(&self, record: &Record) -> Result<Map<String, Value>, String> {
         let mut changed = BTreeSet::new();
         for row in &record.mods {
             let new = row.new_values_map()?;
@@ -52,15 +57,16 @@ impl Enrich {
             .ok_or("enrich: no origin for the record")?
             .commit_timestamp;
         let millis = ts.seconds * 1000 + i64::from(ts.nanos / 1_000_000);
-        record.set_extra(
-            "changed_columns",
-            changed.into_iter().map(Value::String).collect::<Vec<_>>(),
-        )?;
-        record.set_extra("commit_unix_millis", millis)?;
+        let mut extra = record.extra_map()?;
+        extra.insert(
+            "changed_columns".into(),
+            changed.into_iter().map(Value::String).collect(),
+        );
+        extra.insert("commit_unix_millis".into(), millis.into());
         if let Some(source) = &self.0.source {
-            record.set_extra("source", source.as_str())?;
+            extra.insert("source".into(), source.as_str().into());
         }
-        Ok(())
+        Ok(extra)
     }
 }
 
@@ -85,9 +91,11 @@ mod tests {
             nanos: 123_456_789,
         })]);
         let mut p = Enrich::new(serde_json::from_str(r#"{"source": "db1"}"#).unwrap()).unwrap();
-        let Outcome::Replace(out) = p.process(record) else {
-            panic!("expected a replacement")
+        let Outcome::Patch(patch) = p.process(record.clone()) else {
+            panic!("expected a patch")
         };
+        let mut out = record;
+        patch.apply(&mut out).unwrap();
         let extra = out.extra_map().unwrap();
         assert_eq!(extra["changed_columns"], json!(["Gone", "Name"]));
         assert_eq!(extra["commit_unix_millis"], json!(1_700_000_000_123_i64));

@@ -11,9 +11,10 @@
 //!
 //! Values are read only when a configured column name occurs in the text, so records
 //! without sensitive columns pass at the cost of a substring search; then only the
-//! redacted values are decoded (`screamer_plugin_sdk::json::edit_members`).
+//! redacted values are decoded, and only they go back to the host, as a patch
+//! (`screamer_plugin_sdk::Patch`): the rest of the record never crosses back.
 
-use screamer_plugin_sdk::{Outcome, Plugin, Record, json};
+use screamer_plugin_sdk::{Outcome, Patch, Plugin, Record, RowField, json};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
@@ -60,48 +61,47 @@ impl Plugin for Redact {
         Ok(Redact { config, needles })
     }
 
-    fn process(&mut self, mut record: Record) -> Outcome {
+    fn process(&mut self, record: Record) -> Outcome {
         if !self.config.tables.is_empty() && !self.config.tables.contains(&record.table_name) {
             return Outcome::Keep;
         }
-        let mut changed = false;
-        for row in &mut record.mods {
-            for text in [&mut row.new_values, &mut row.old_values] {
-                match self.redact_text(text) {
-                    Ok(Some(redacted)) => {
-                        *text = redacted;
-                        changed = true;
-                    }
-                    Ok(None) => {}
+        let mut patch = Patch::new();
+        for (row, change) in record.mods.iter().enumerate() {
+            for (field, text) in [
+                (RowField::NewValues, &change.new_values),
+                (RowField::OldValues, &change.old_values),
+            ] {
+                if !self.may_have_columns(text) {
+                    continue;
+                }
+                let members = match json::members(text, "values") {
+                    Ok(members) => members,
                     Err(e) => return Outcome::Fail(e),
+                };
+                for (column, value) in members {
+                    if self.redacts(&column) {
+                        patch.set(row, field, &column, &self.redact_value(value));
+                    }
                 }
             }
         }
-        if changed {
-            Outcome::Replace(record)
-        } else {
-            Outcome::Keep
-        }
+        patch.into_outcome()
     }
 }
 
 impl Redact {
-    /// The redacted text, or `None` when no configured column is in it. Only the redacted
-    /// values are decoded; the other members are copied as Spanner wrote them.
-    pub fn redact_text(&self, text: &str) -> Result<Option<String>, String> {
-        if !self.needles.iter().any(|n| text.contains(n.as_str())) {
-            return Ok(None);
-        }
-        json::edit_members(text, "values", |column, value| {
-            self.config
-                .columns
-                .iter()
-                .any(|c| c == column)
-                .then(|| self.redact_value(value))
-        })
+    /// Whether a configured column may be in the object `text`: its quoted name occurs.
+    pub fn may_have_columns(&self, text: &str) -> bool {
+        self.needles.iter().any(|n| text.contains(n.as_str()))
     }
 
-    fn redact_value(&self, value: &RawValue) -> Value {
+    /// Whether `column` is one to redact.
+    pub fn redacts(&self, column: &str) -> bool {
+        self.config.columns.iter().any(|c| c == column)
+    }
+
+    /// What `value` becomes.
+    pub fn redact_value(&self, value: &RawValue) -> Value {
         match self.config.mode {
             Mode::Mask => Value::String("[REDACTED]".into()),
             Mode::Null => Value::Null,
@@ -150,11 +150,19 @@ mod tests {
         ))
     }
 
+    /// The record `plugin` makes of `record()`, its patch applied as the host would.
+    fn patched(plugin: &mut Redact) -> Record {
+        let Outcome::Patch(patch) = plugin.process(record()) else {
+            panic!("expected a patch")
+        };
+        let mut r = record();
+        patch.apply(&mut r).unwrap();
+        r
+    }
+
     #[test]
     fn masks_new_and_old_values() {
-        let Outcome::Replace(r) = redact(json!({"columns": ["Email"]})).process(record()) else {
-            panic!("expected a replacement")
-        };
+        let r = patched(&mut redact(json!({"columns": ["Email"]})));
         let row = &r.mods[0];
         assert_eq!(
             row.new_value::<String>("Email").unwrap().unwrap(),
@@ -171,12 +179,7 @@ mod tests {
     #[test]
     fn hashes_deterministically_with_the_salt() {
         let mut p = redact(json!({"columns": ["Email"], "mode": "hash", "salt": "s"}));
-        let Outcome::Replace(a) = p.process(record()) else {
-            panic!()
-        };
-        let Outcome::Replace(b) = p.process(record()) else {
-            panic!()
-        };
+        let (a, b) = (patched(&mut p), patched(&mut p));
         let hash = a.mods[0].new_value::<String>("Email").unwrap().unwrap();
         assert_eq!(hash.len(), 64);
         assert_eq!(a.mods[0].new_values, b.mods[0].new_values);

@@ -1,7 +1,7 @@
 // js-throw: a JavaScript test plugin whose `process` throws for records of table "Throw",
 // naming the record by its sequence (its origin, asked of the host), so that the tests can
 // check the exception's text reaches the dead letter.
-import { originOf } from "screamer:plugin/batch@0.2.0";
+import { originOf } from "screamer:plugin/batch@0.3.0";
 
 export const processor = {
   info() {

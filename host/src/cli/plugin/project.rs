@@ -708,7 +708,7 @@ mod tests {
             .find_map(|l| l.strip_prefix("version = \""))
             .and_then(|v| v.strip_suffix('"'))
             .expect("the SDK has its own version");
-        assert_eq!(sdk_version(), "0.2");
+        assert_eq!(sdk_version(), "0.3");
         assert!(sdk.starts_with(&format!("{}.", sdk_version())), "{sdk}");
     }
 

@@ -121,12 +121,13 @@ fn read_stdin() -> tokio::sync::mpsc::Receiver<Result<InputLine, RunError>> {
 /// Per-plugin counts and time, one row per plugin in chain order.
 fn stats_table(plugins: &[(String, PluginTotals)]) -> String {
     let mut table = format!(
-        "{:<20} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}\n",
+        "{:<20} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}\n",
         "plugin",
         "calls",
         "records",
         "keep",
         "drop",
+        "patch",
         "replace",
         "emit",
         "fail",
@@ -136,12 +137,13 @@ fn stats_table(plugins: &[(String, PluginTotals)]) -> String {
     for (name, t) in plugins {
         let o = &t.outcomes;
         table += &format!(
-            "{:<20} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10.2}\n",
+            "{:<20} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10.2}\n",
             name,
             t.calls,
             o.total(),
             o.keep,
             o.drop,
+            o.patch,
             o.replace,
             o.emit,
             o.fail,

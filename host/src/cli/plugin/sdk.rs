@@ -6,7 +6,7 @@
 //! with nothing but crates.io, offline once its dependencies are in Cargo's cache. Its
 //! manifest is the SDK's own with the workspace's inherited fields filled in, so the
 //! vendored crate is exactly the one this host was built and tested with. Once the SDK is
-//! published, the dependency becomes `screamer-plugin-sdk = "0.2"` and `vendor/` goes.
+//! published, the dependency becomes `screamer-plugin-sdk = "0.3"` and `vendor/` goes.
 
 use std::path::{Path, PathBuf};
 
@@ -18,7 +18,7 @@ use crate::cli::RunError;
 pub const VENDORED: &str = "vendor/screamer-plugin-sdk";
 
 /// The SDK's files besides its manifest, as the crate packages them.
-const FILES: [(&str, &str); 5] = [
+const FILES: [(&str, &str); 6] = [
     (
         "src/lib.rs",
         include_str!("../../../../plugin-sdk/src/lib.rs"),
@@ -26,6 +26,10 @@ const FILES: [(&str, &str); 5] = [
     (
         "src/json.rs",
         include_str!("../../../../plugin-sdk/src/json.rs"),
+    ),
+    (
+        "src/patch.rs",
+        include_str!("../../../../plugin-sdk/src/patch.rs"),
     ),
     (
         "src/origin.rs",
@@ -181,10 +185,10 @@ mod tests {
         let on_disk = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../plugin-sdk/src"))
             .unwrap()
             .count();
-        assert_eq!(on_disk, 3);
+        assert_eq!(on_disk, 4);
         assert_eq!(
-            Sdk::Vendored.dependency("0.2"),
-            r#"{ path = "vendor/screamer-plugin-sdk", version = "0.2" }"#
+            Sdk::Vendored.dependency("0.3"),
+            r#"{ path = "vendor/screamer-plugin-sdk", version = "0.3" }"#
         );
     }
 }

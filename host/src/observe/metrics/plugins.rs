@@ -38,7 +38,7 @@ struct FailureLabels {
 }
 
 /// The `outcome` label's values, in [`OutcomeCounts`] order.
-const OUTCOMES: [&str; 5] = ["keep", "drop", "replace", "emit", "fail"];
+const OUTCOMES: [&str; 6] = ["keep", "drop", "patch", "replace", "emit", "fail"];
 
 /// Plugin call buckets from 10 µs to about 5 s.
 fn call_histogram() -> Histogram {
@@ -106,7 +106,7 @@ impl PluginMetrics {
             records: registered(
                 r,
                 "plugin_records",
-                "Records each plugin decided on, by outcome (keep, drop, replace, emit, fail)",
+                "Records each plugin decided on, by outcome (keep, drop, patch, replace, emit, fail)",
                 Family::default(),
             ),
             totals: Mutex::new(Vec::new()),
@@ -176,6 +176,7 @@ impl PluginMetrics {
                 let counts = [
                     outcomes.keep,
                     outcomes.drop,
+                    outcomes.patch,
                     outcomes.replace,
                     outcomes.emit,
                     outcomes.fail,

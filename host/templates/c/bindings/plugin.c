@@ -3,19 +3,19 @@
 #include <stdlib.h>
 #include <string.h>
 
-// Imported Functions from `screamer:plugin/log@0.2.0`
+// Imported Functions from `screamer:plugin/log@0.3.0`
 
-__attribute__((__import_module__("screamer:plugin/log@0.2.0"), __import_name__("log")))
+__attribute__((__import_module__("screamer:plugin/log@0.3.0"), __import_name__("log")))
 extern void __wasm_import_screamer_plugin_log_log(int32_t, uint8_t *, size_t);
 
-// Imported Functions from `screamer:plugin/batch@0.2.0`
+// Imported Functions from `screamer:plugin/batch@0.3.0`
 
-__attribute__((__import_module__("screamer:plugin/batch@0.2.0"), __import_name__("origin-of")))
+__attribute__((__import_module__("screamer:plugin/batch@0.3.0"), __import_name__("origin-of")))
 extern void __wasm_import_screamer_plugin_batch_origin_of(int32_t, uint8_t *);
 
-// Exported Functions from `screamer:plugin/processor@0.2.0`
+// Exported Functions from `screamer:plugin/processor@0.3.0`
 
-__attribute__((__weak__, __export_name__("cabi_post_screamer:plugin/processor@0.2.0#info")))
+__attribute__((__weak__, __export_name__("cabi_post_screamer:plugin/processor@0.3.0#info")))
 void __wasm_export_exports_screamer_plugin_processor_info_post_return(uint8_t * arg0) {
   if ((*((size_t*) (arg0 + sizeof(void*)))) > 0) {
     free(*((uint8_t **) (arg0 + 0)));
@@ -25,7 +25,7 @@ void __wasm_export_exports_screamer_plugin_processor_info_post_return(uint8_t * 
   }
 }
 
-__attribute__((__weak__, __export_name__("cabi_post_screamer:plugin/processor@0.2.0#init")))
+__attribute__((__weak__, __export_name__("cabi_post_screamer:plugin/processor@0.3.0#init")))
 void __wasm_export_exports_screamer_plugin_processor_init_post_return(uint8_t * arg0) {
   switch ((int32_t) (int32_t) *((uint8_t*) (arg0 + 0))) {
     case 0: {
@@ -40,13 +40,13 @@ void __wasm_export_exports_screamer_plugin_processor_init_post_return(uint8_t * 
   }
 }
 
-__attribute__((__weak__, __export_name__("cabi_post_screamer:plugin/processor@0.2.0#process")))
+__attribute__((__weak__, __export_name__("cabi_post_screamer:plugin/processor@0.3.0#process")))
 void __wasm_export_exports_screamer_plugin_processor_process_post_return(uint8_t * arg0) {
-  size_t len6 = *((size_t*) (arg0 + sizeof(void*)));
-  if (len6 > 0) {
-    uint8_t *ptr7 = *((uint8_t **) (arg0 + 0));
-    for (size_t i8 = 0; i8 < len6; i8++) {
-      uint8_t *base = ptr7 + i8 * (9*sizeof(void*));
+  size_t len9 = *((size_t*) (arg0 + sizeof(void*)));
+  if (len9 > 0) {
+    uint8_t *ptr10 = *((uint8_t **) (arg0 + 0));
+    for (size_t i11 = 0; i11 < len9; i11++) {
+      uint8_t *base = ptr10 + i11 * (9*sizeof(void*));
       (void) base;
       switch ((int32_t) (int32_t) *((uint8_t*) (base + 0))) {
         case 0: {
@@ -56,14 +56,51 @@ void __wasm_export_exports_screamer_plugin_processor_process_post_return(uint8_t
           break;
         }
         case 2: {
+          size_t len = *((size_t*) (base + (2*sizeof(void*))));
+          if (len > 0) {
+            uint8_t *ptr = *((uint8_t **) (base + sizeof(void*)));
+            for (size_t i = 0; i < len; i++) {
+              uint8_t *base = ptr + i * (8+5*sizeof(void*));
+              (void) base;
+              if ((*((size_t*) (base + (8+1*sizeof(void*))))) > 0) {
+                free(*((uint8_t **) (base + 8)));
+              }
+              switch ((int32_t) (int32_t) *((uint8_t*) (base + (8+2*sizeof(void*))))) {
+                case 0: {
+                  break;
+                }
+                case 1: {
+                  if ((*((size_t*) (base + (8+4*sizeof(void*))))) > 0) {
+                    free(*((uint8_t **) (base + (8+3*sizeof(void*)))));
+                  }
+                  break;
+                }
+              }
+            }
+            free(ptr);
+          }
+          switch ((int32_t) (int32_t) *((uint8_t*) (base + (3*sizeof(void*))))) {
+            case 0: {
+              break;
+            }
+            case 1: {
+              if ((*((size_t*) (base + (5*sizeof(void*))))) > 0) {
+                free(*((uint8_t **) (base + (4*sizeof(void*)))));
+              }
+              break;
+            }
+          }
+          break;
+        }
+        case 3: {
           if ((*((size_t*) (base + (2*sizeof(void*))))) > 0) {
             free(*((uint8_t **) (base + sizeof(void*))));
           }
-          size_t len = *((size_t*) (base + (5*sizeof(void*))));
-          if (len > 0) {
-            uint8_t *ptr = *((uint8_t **) (base + (4*sizeof(void*))));
-            for (size_t i = 0; i < len; i++) {
-              uint8_t *base = ptr + i * (6*sizeof(void*));
+          size_t len0 = *((size_t*) (base + (5*sizeof(void*))));
+          if (len0 > 0) {
+            uint8_t *ptr1 = *((uint8_t **) (base + (4*sizeof(void*))));
+            for (size_t i2 = 0; i2 < len0; i2++) {
+              uint8_t *base = ptr1 + i2 * (6*sizeof(void*));
               (void) base;
               if ((*((size_t*) (base + sizeof(void*)))) > 0) {
                 free(*((uint8_t **) (base + 0)));
@@ -75,7 +112,7 @@ void __wasm_export_exports_screamer_plugin_processor_process_post_return(uint8_t
                 free(*((uint8_t **) (base + (4*sizeof(void*)))));
               }
             }
-            free(ptr);
+            free(ptr1);
           }
           switch ((int32_t) (int32_t) *((uint8_t*) (base + (6*sizeof(void*))))) {
             case 0: {
@@ -90,12 +127,12 @@ void __wasm_export_exports_screamer_plugin_processor_process_post_return(uint8_t
           }
           break;
         }
-        case 3: {
-          size_t len3 = *((size_t*) (base + (2*sizeof(void*))));
-          if (len3 > 0) {
-            uint8_t *ptr4 = *((uint8_t **) (base + sizeof(void*)));
-            for (size_t i5 = 0; i5 < len3; i5++) {
-              uint8_t *base = ptr4 + i5 * (11*sizeof(void*));
+        case 4: {
+          size_t len6 = *((size_t*) (base + (2*sizeof(void*))));
+          if (len6 > 0) {
+            uint8_t *ptr7 = *((uint8_t **) (base + sizeof(void*)));
+            for (size_t i8 = 0; i8 < len6; i8++) {
+              uint8_t *base = ptr7 + i8 * (11*sizeof(void*));
               (void) base;
               switch ((int32_t) (int32_t) *((uint8_t*) (base + 0))) {
                 case 0: {
@@ -111,11 +148,11 @@ void __wasm_export_exports_screamer_plugin_processor_process_post_return(uint8_t
               if ((*((size_t*) (base + (4*sizeof(void*))))) > 0) {
                 free(*((uint8_t **) (base + (3*sizeof(void*)))));
               }
-              size_t len0 = *((size_t*) (base + (7*sizeof(void*))));
-              if (len0 > 0) {
-                uint8_t *ptr1 = *((uint8_t **) (base + (6*sizeof(void*))));
-                for (size_t i2 = 0; i2 < len0; i2++) {
-                  uint8_t *base = ptr1 + i2 * (6*sizeof(void*));
+              size_t len3 = *((size_t*) (base + (7*sizeof(void*))));
+              if (len3 > 0) {
+                uint8_t *ptr4 = *((uint8_t **) (base + (6*sizeof(void*))));
+                for (size_t i5 = 0; i5 < len3; i5++) {
+                  uint8_t *base = ptr4 + i5 * (6*sizeof(void*));
                   (void) base;
                   if ((*((size_t*) (base + sizeof(void*)))) > 0) {
                     free(*((uint8_t **) (base + 0)));
@@ -127,7 +164,7 @@ void __wasm_export_exports_screamer_plugin_processor_process_post_return(uint8_t
                     free(*((uint8_t **) (base + (4*sizeof(void*)))));
                   }
                 }
-                free(ptr1);
+                free(ptr4);
               }
               switch ((int32_t) (int32_t) *((uint8_t*) (base + (8*sizeof(void*))))) {
                 case 0: {
@@ -141,11 +178,11 @@ void __wasm_export_exports_screamer_plugin_processor_process_post_return(uint8_t
                 }
               }
             }
-            free(ptr4);
+            free(ptr7);
           }
           break;
         }
-        case 4: {
+        case 5: {
           if ((*((size_t*) (base + (2*sizeof(void*))))) > 0) {
             free(*((uint8_t **) (base + sizeof(void*))));
           }
@@ -153,7 +190,7 @@ void __wasm_export_exports_screamer_plugin_processor_process_post_return(uint8_t
         }
       }
     }
-    free(ptr7);
+    free(ptr10);
   }
 }
 
@@ -215,6 +252,27 @@ void screamer_plugin_types_emission_free(screamer_plugin_types_emission_t *ptr) 
   screamer_plugin_types_change_record_free(&ptr->record);
 }
 
+void screamer_plugin_types_member_edit_free(screamer_plugin_types_member_edit_t *ptr) {
+  plugin_string_free(&ptr->name);
+  plugin_option_string_free(&ptr->value);
+}
+
+void screamer_plugin_types_list_member_edit_free(screamer_plugin_types_list_member_edit_t *ptr) {
+  size_t list_len = ptr->len;
+  if (list_len > 0) {
+    screamer_plugin_types_member_edit_t *list_ptr = ptr->ptr;
+    for (size_t i = 0; i < list_len; i++) {
+      screamer_plugin_types_member_edit_free(&list_ptr[i]);
+    }
+    free(list_ptr);
+  }
+}
+
+void screamer_plugin_types_record_patch_free(screamer_plugin_types_record_patch_t *ptr) {
+  screamer_plugin_types_list_member_edit_free(&ptr->edits);
+  plugin_option_string_free(&ptr->extra);
+}
+
 void screamer_plugin_types_list_emission_free(screamer_plugin_types_list_emission_t *ptr) {
   size_t list_len = ptr->len;
   if (list_len > 0) {
@@ -229,14 +287,18 @@ void screamer_plugin_types_list_emission_free(screamer_plugin_types_list_emissio
 void screamer_plugin_types_outcome_free(screamer_plugin_types_outcome_t *ptr) {
   switch ((int32_t) ptr->tag) {
     case 2: {
-      screamer_plugin_types_change_record_free(&ptr->val.replace);
+      screamer_plugin_types_record_patch_free(&ptr->val.patch);
       break;
     }
     case 3: {
-      screamer_plugin_types_list_emission_free(&ptr->val.emit);
+      screamer_plugin_types_change_record_free(&ptr->val.replace);
       break;
     }
     case 4: {
+      screamer_plugin_types_list_emission_free(&ptr->val.emit);
+      break;
+    }
+    case 5: {
       plugin_string_free(&ptr->val.fail);
       break;
     }
@@ -365,7 +427,7 @@ bool screamer_plugin_batch_origin_of(uint32_t index, screamer_plugin_batch_origi
   return option.is_some;
 }
 
-__attribute__((__export_name__("screamer:plugin/processor@0.2.0#info")))
+__attribute__((__export_name__("screamer:plugin/processor@0.3.0#info")))
 uint8_t * __wasm_export_exports_screamer_plugin_processor_info(void) {
   exports_screamer_plugin_processor_plugin_info_t ret;
   exports_screamer_plugin_processor_info(&ret);
@@ -377,7 +439,7 @@ uint8_t * __wasm_export_exports_screamer_plugin_processor_info(void) {
   return ptr;
 }
 
-__attribute__((__export_name__("screamer:plugin/processor@0.2.0#init")))
+__attribute__((__export_name__("screamer:plugin/processor@0.3.0#init")))
 uint8_t * __wasm_export_exports_screamer_plugin_processor_init(uint8_t * arg, size_t arg0) {
   plugin_string_t arg1 = (plugin_string_t) { (uint8_t*)(arg), (arg0) };
   exports_screamer_plugin_processor_result_void_string_t ret;
@@ -397,7 +459,7 @@ uint8_t * __wasm_export_exports_screamer_plugin_processor_init(uint8_t * arg, si
   return ptr;
 }
 
-__attribute__((__export_name__("screamer:plugin/processor@0.2.0#process")))
+__attribute__((__export_name__("screamer:plugin/processor@0.3.0#process")))
 uint8_t * __wasm_export_exports_screamer_plugin_processor_process(uint8_t * arg, size_t arg0) {
   exports_screamer_plugin_processor_list_change_record_t arg1 = (exports_screamer_plugin_processor_list_change_record_t) { (exports_screamer_plugin_processor_change_record_t*)(arg), (arg0) };
   exports_screamer_plugin_processor_list_outcome_t ret;

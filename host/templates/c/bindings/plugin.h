@@ -104,6 +104,40 @@ typedef struct screamer_plugin_types_emission_t {
   screamer_plugin_types_change_record_t   record;
 } screamer_plugin_types_emission_t;
 
+// Which field of a row change a member edit is in.
+typedef uint8_t screamer_plugin_types_row_field_t;
+
+#define SCREAMER_PLUGIN_TYPES_ROW_FIELD_KEYS 0
+#define SCREAMER_PLUGIN_TYPES_ROW_FIELD_NEW_VALUES 1
+#define SCREAMER_PLUGIN_TYPES_ROW_FIELD_OLD_VALUES 2
+
+// One member of one row field set or removed.
+typedef struct screamer_plugin_types_member_edit_t {
+  // The row change: its index (from 0) in the record's `mods`.
+  uint32_t   row;
+  screamer_plugin_types_row_field_t   field;
+  // The member's name as the plugin reads it (unescaped): a column name.
+  plugin_string_t   name;
+  // The member's new value as the text of one JSON value (`"x"`, `42`, `null`,
+  // `{"a":1}`); none removes the member. A name the field lacks is added at its end.
+  plugin_option_string_t   value;
+} screamer_plugin_types_member_edit_t;
+
+typedef struct {
+  screamer_plugin_types_member_edit_t *ptr;
+  size_t len;
+} screamer_plugin_types_list_member_edit_t;
+
+// Changes to a record in place, of which only the changes cross back: for a plugin
+// that changes a few values of wide rows, much cheaper than returning the whole record.
+typedef struct screamer_plugin_types_record_patch_t {
+  // Applied in order: of two edits of one member, the later wins.
+  screamer_plugin_types_list_member_edit_t   edits;
+  // The record's extra fields replaced by this JSON object (`{}` removes them all);
+  // none leaves them as they are.
+  plugin_option_string_t   extra;
+} screamer_plugin_types_record_patch_t;
+
 typedef struct {
   screamer_plugin_types_emission_t *ptr;
   size_t len;
@@ -113,6 +147,7 @@ typedef struct {
 typedef struct screamer_plugin_types_outcome_t {
   uint8_t tag;
   union {
+    screamer_plugin_types_record_patch_t     patch;
     screamer_plugin_types_change_record_t     replace;
     screamer_plugin_types_list_emission_t     emit;
     plugin_string_t     fail;
@@ -123,13 +158,15 @@ typedef struct screamer_plugin_types_outcome_t {
 #define SCREAMER_PLUGIN_TYPES_OUTCOME_KEEP 0
 // Filter the record out.
 #define SCREAMER_PLUGIN_TYPES_OUTCOME_DROP 1
+// Pass the record on with these changes (table name and mod type stay).
+#define SCREAMER_PLUGIN_TYPES_OUTCOME_PATCH 2
 // Pass this record on instead.
-#define SCREAMER_PLUGIN_TYPES_OUTCOME_REPLACE 2
+#define SCREAMER_PLUGIN_TYPES_OUTCOME_REPLACE 3
 // Zero or more records in its place, each to the main or a side output.
-#define SCREAMER_PLUGIN_TYPES_OUTCOME_EMIT 3
+#define SCREAMER_PLUGIN_TYPES_OUTCOME_EMIT 4
 // The record cannot be processed: it goes to the dead-letter destination with this
 // message, and processing continues with the next record.
-#define SCREAMER_PLUGIN_TYPES_OUTCOME_FAIL 4
+#define SCREAMER_PLUGIN_TYPES_OUTCOME_FAIL 5
 
 // Who the plugin is; the host tags logs and dead letters with it.
 typedef struct screamer_plugin_types_plugin_info_t {
@@ -167,16 +204,16 @@ typedef struct {
   size_t len;
 } exports_screamer_plugin_processor_list_outcome_t;
 
-// Imported Functions from `screamer:plugin/log@0.2.0`
+// Imported Functions from `screamer:plugin/log@0.3.0`
 extern void screamer_plugin_log_log(screamer_plugin_log_level_t level, plugin_string_t *message);
 
-// Imported Functions from `screamer:plugin/batch@0.2.0`
+// Imported Functions from `screamer:plugin/batch@0.3.0`
 // The origin of record `index` (from 0) of the batch `process` was handed; none for
 // an index past its end, or outside `process`. The records need not carry it: a
 // plugin that does not ask pays nothing for it.
 extern bool screamer_plugin_batch_origin_of(uint32_t index, screamer_plugin_batch_origin_t *ret);
 
-// Exported Functions from `screamer:plugin/processor@0.2.0`
+// Exported Functions from `screamer:plugin/processor@0.3.0`
 void exports_screamer_plugin_processor_info(exports_screamer_plugin_processor_plugin_info_t *ret);
 bool exports_screamer_plugin_processor_init(plugin_string_t *config, plugin_string_t *err);
 void exports_screamer_plugin_processor_process(exports_screamer_plugin_processor_list_change_record_t *batch, exports_screamer_plugin_processor_list_outcome_t *ret);
@@ -194,6 +231,12 @@ void screamer_plugin_types_change_record_free(screamer_plugin_types_change_recor
 void screamer_plugin_types_origin_free(screamer_plugin_types_origin_t *ptr);
 
 void screamer_plugin_types_emission_free(screamer_plugin_types_emission_t *ptr);
+
+void screamer_plugin_types_member_edit_free(screamer_plugin_types_member_edit_t *ptr);
+
+void screamer_plugin_types_list_member_edit_free(screamer_plugin_types_list_member_edit_t *ptr);
+
+void screamer_plugin_types_record_patch_free(screamer_plugin_types_record_patch_t *ptr);
 
 void screamer_plugin_types_list_emission_free(screamer_plugin_types_list_emission_t *ptr);
 

@@ -9,11 +9,14 @@
 
 use std::fmt;
 
-use serde::de::DeserializeOwned;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use serde_json::value::RawValue;
-use serde_json::{Map, Value};
+use serde_json::Value;
+
+mod json;
+
+pub(crate) use json::string_end;
+pub use json::{JsonObject, JsonValue, MemberEdit, NotAValue, NotAnObject};
 
 use crate::partition::PartitionToken;
 use crate::timestamp::Timestamp;
@@ -181,103 +184,6 @@ pub struct Mod {
     pub old_values: JsonObject,
 }
 
-/// A JSON object kept as the text Spanner sent. Records flow through screamer (and across
-/// the plugin boundary) without parsing and re-serializing their values; parse on demand
-/// with [`JsonObject::to_map`], [`JsonObject::get`] or [`JsonObject::parse`].
-#[derive(Clone)]
-pub struct JsonObject(Box<RawValue>);
-
-/// Text that is not a JSON object.
-#[derive(Debug, thiserror::Error)]
-#[error("not a JSON object: {0}")]
-pub struct NotAnObject(String);
-
-impl JsonObject {
-    /// Checks that `text` is one JSON object (`null` counts as `{}`), kept on one line.
-    pub fn from_text(text: String) -> Result<Self, NotAnObject> {
-        let trimmed = text.trim_start();
-        if trimmed == "null" {
-            return Ok(Self::default());
-        }
-        if !trimmed.starts_with('{') {
-            return Err(NotAnObject(text));
-        }
-        // NDJSON needs one line; Spanner's text is compact, anything else is re-encoded.
-        let text = if text.contains('\n') {
-            let v: Value = serde_json::from_str(&text).map_err(|e| NotAnObject(e.to_string()))?;
-            v.to_string()
-        } else {
-            text
-        };
-        RawValue::from_string(text)
-            .map(Self)
-            .map_err(|e| NotAnObject(e.to_string()))
-    }
-
-    /// The JSON text.
-    pub fn as_str(&self) -> &str {
-        self.0.get()
-    }
-
-    /// Whether the object has no members.
-    pub fn is_empty(&self) -> bool {
-        self.to_map().is_empty()
-    }
-
-    /// The object's members, parsed.
-    pub fn to_map(&self) -> Map<String, Value> {
-        self.parse().unwrap_or_default()
-    }
-
-    /// One member, parsed; `None` when absent.
-    pub fn get(&self, key: &str) -> Option<Value> {
-        self.to_map().remove(key)
-    }
-
-    /// The object parsed into any deserializable type.
-    pub fn parse<T: DeserializeOwned>(&self) -> serde_json::Result<T> {
-        serde_json::from_str(self.0.get())
-    }
-}
-
-impl Default for JsonObject {
-    fn default() -> Self {
-        Self(RawValue::from_string("{}".to_owned()).expect("valid JSON"))
-    }
-}
-
-impl PartialEq for JsonObject {
-    /// Equal as JSON values, whatever the spacing or member order of the text.
-    fn eq(&self, other: &Self) -> bool {
-        self.as_str() == other.as_str() || self.to_map() == other.to_map()
-    }
-}
-
-impl fmt::Debug for JsonObject {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl From<Map<String, Value>> for JsonObject {
-    fn from(map: Map<String, Value>) -> Self {
-        Self::from_text(Value::Object(map).to_string()).expect("a map is an object")
-    }
-}
-
-impl Serialize for JsonObject {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.0.serialize(s)
-    }
-}
-
-impl<'de> Deserialize<'de> for JsonObject {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let raw = Box::<RawValue>::deserialize(d)?;
-        Self::from_text(raw.get().to_owned()).map_err(D::Error::custom)
-    }
-}
-
 /// The kind of change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
@@ -431,19 +337,6 @@ mod tests {
             serde_json::from_str(r#"{"code":"ARRAY","array_element_type":{"code":"TIMESTAMP"}}"#)
                 .unwrap();
         assert_eq!(t.array_element_type.as_deref(), Some("TIMESTAMP"));
-    }
-
-    #[test]
-    fn json_objects_keep_their_text_and_compare_as_values() {
-        let a = JsonObject::from_text(r#"{"b": 1, "a": "x"}"#.to_owned()).unwrap();
-        let b = JsonObject::from_text(r#"{"a":"x","b":1}"#.to_owned()).unwrap();
-        assert_eq!(a, b);
-        assert_eq!(a.as_str(), r#"{"b": 1, "a": "x"}"#);
-        assert_eq!(a.get("a"), Some(Value::from("x")));
-        assert!(JsonObject::from_text("null".into()).unwrap().is_empty());
-        assert!(JsonObject::from_text("[1]".into()).is_err());
-        let multi_line = JsonObject::from_text("{\n\"a\": 1\n}".into()).unwrap();
-        assert_eq!(multi_line.as_str(), r#"{"a":1}"#);
     }
 
     #[test]
