@@ -28,7 +28,7 @@ pub(super) fn apply(
     base_extra: Option<&str>,
     patch: RecordPatch,
 ) -> Result<Patched, String> {
-    let edits = checked(&patch.edits, base.mods.len())?;
+    let edits = checked(patch.edits, base.mods.len())?;
     let mut mods: Vec<Mod> = Vec::with_capacity(base.mods.len());
     let mut rest = &edits[..];
     for (row, m) in base.mods.iter().enumerate() {
@@ -65,17 +65,17 @@ pub(super) fn apply(
 }
 
 /// An edit whose row is in range and whose value is checked.
-struct Checked<'a> {
+struct Checked {
     row: usize,
     field: RowField,
-    name: &'a str,
+    name: String,
     value: Option<JsonValue>,
 }
 
-impl Checked<'_> {
+impl Checked {
     fn edit(&self) -> MemberEdit<'_> {
         MemberEdit {
-            name: self.name,
+            name: &self.name,
             value: self.value.as_ref(),
         }
     }
@@ -83,9 +83,9 @@ impl Checked<'_> {
 
 /// The edits with their rows checked against `rows` and their values checked, ordered by
 /// row (edits of one row keep their order: a later edit of a member wins).
-fn checked(edits: &[WitEdit], rows: usize) -> Result<Vec<Checked<'_>>, String> {
+fn checked(edits: Vec<WitEdit>, rows: usize) -> Result<Vec<Checked>, String> {
     let mut out = Vec::with_capacity(edits.len());
-    for (i, e) in edits.iter().enumerate() {
+    for (i, e) in edits.into_iter().enumerate() {
         let row = e.row as usize;
         if row >= rows {
             return Err(format!(
@@ -94,20 +94,20 @@ fn checked(edits: &[WitEdit], rows: usize) -> Result<Vec<Checked<'_>>, String> {
             ));
         }
         let at = || format!("patch edits[{i}] ({}.{})", place(row, e.field), e.name);
-        let value = match &e.value {
+        let value = match e.value {
             None => None,
             Some(text) => {
                 // One level down: the value is a member of the row field's object.
-                shape::check_at(text, 1).map_err(|err| format!("{}: {err}", at()))?;
+                shape::check_at(&text, 1).map_err(|err| format!("{}: {err}", at()))?;
                 let value =
-                    JsonValue::from_text(text.clone()).map_err(|err| format!("{}: {err}", at()))?;
+                    JsonValue::from_text(text).map_err(|err| format!("{}: {err}", at()))?;
                 Some(value)
             }
         };
         out.push(Checked {
             row,
             field: e.field,
-            name: &e.name,
+            name: e.name,
             value,
         });
     }
@@ -257,5 +257,82 @@ mod tests {
             out.record.mods[0].new_values.as_str(),
             r#"{"Email":"a@x.io","Name":{"a":[1,2]}}"#
         );
+    }
+}
+#[cfg(test)]
+mod timing {
+    use super::*;
+    use crate::plugin::bindings::screamer::plugin::types::{ChangeRecordResult, RowChangeResult};
+    #[test]
+    #[ignore]
+    fn time_it() {
+        let row = |v: &str| serde_json::json!({
+            "Email": "customer1@example.com",
+            "FirstName": "Alexandra", "LastName": "Johnson-Whitfield",
+            "Phone": "+1-555-0100-2233", "Street": "1234 Longwood Avenue, Apt 56",
+            "City": "Springfield", "Country": "US",
+            "Status": v, "UpdatedAt": "2026-11-27T20:00:00.123456Z",
+        });
+        let mut base = tests_record();
+        base.mods.truncate(1);
+        base.mods[0].new_values = JsonObject::from_text(row("active").to_string()).unwrap();
+        base.mods[0].old_values = JsonObject::from_text(row("pending").to_string()).unwrap();
+        let e = |f, n: &str| WitEdit { row: 0, field: f, name: n.into(), value: Some("\"[REDACTED]\"".into()) };
+        let n = 200_000;
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            let p = RecordPatch { edits: vec![e(RowField::NewValues, "Email"), e(RowField::NewValues, "Phone"), e(RowField::OldValues, "Email"), e(RowField::OldValues, "Phone")], extra: None };
+            std::hint::black_box(apply(&base, None, p).unwrap());
+        }
+        eprintln!("patch apply: {:?}/record", t.elapsed() / n);
+        let edits = vec![e(RowField::NewValues, "Email"), e(RowField::NewValues, "Phone"), e(RowField::OldValues, "Email"), e(RowField::OldValues, "Phone")];
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            std::hint::black_box(checked(edits.clone(), 1).unwrap());
+        }
+        eprintln!("checked: {:?}/record", t.elapsed() / n);
+        let c = checked(edits.clone(), 1).unwrap();
+        let me: Vec<MemberEdit<'_>> = c[..2].iter().map(|e| e.edit()).collect();
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            std::hint::black_box(base.mods[0].new_values.edited(&me));
+        }
+        eprintln!("edited (one field): {:?}", t.elapsed() / n);
+
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            std::hint::black_box(JsonObject::from_text(base.mods[0].new_values.as_str().to_owned()).unwrap());
+        }
+        eprintln!("from_text (one field): {:?}", t.elapsed() / n);
+        let redacted = |v: &str| { let mut r = row(v); r["Email"] = "[REDACTED]".into(); r["Phone"] = "[REDACTED]".into(); r.to_string() };
+        let (nv, ov) = (redacted("active"), redacted("pending"));
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            let r = ChangeRecordResult { table_name: "Users".into(), mod_type: crate::plugin::bindings::ModType::Update, mods: vec![RowChangeResult { keys: base.mods[0].keys.as_str().into(), new_values: nv.clone(), old_values: ov.clone() }], extra: None };
+            std::hint::black_box(crate::plugin::convert::to_host(r, &base).unwrap());
+        }
+        eprintln!("replace to_host: {:?}/record", t.elapsed() / n);
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            std::hint::black_box(base.clone());
+        }
+        eprintln!("clone: {:?}/record", t.elapsed() / n);
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            std::hint::black_box(metadata_of(&base));
+        }
+        eprintln!("metadata_of: {:?}/record", t.elapsed() / n);
+    }
+    fn tests_record() -> DataChangeRecord {
+        serde_json::from_value(serde_json::json!({
+            "partition_token": "AUZoT0lCQ0lqbmE5RVhmOGRsM3RLU05adHBhcnRpdGlvbnRva2VuZXhhbXBsZQ", "commit_timestamp": "2026-11-27T20:00:00.123456789Z",
+            "record_sequence": "00000001", "server_transaction_id": "MTY4NzE5NjI5ODU0NjQ2MTkxMQ==",
+            "is_last_record_in_transaction_in_partition": true, "table_name": "Users",
+            "column_types": [{"name": "Id", "type": {"code": "INT64"}, "is_primary_key": true, "ordinal_position": 1}],
+            "mods": [{"keys": {"Id": "1"}, "new_values": {}, "old_values": {}}],
+            "mod_type": "UPDATE", "value_capture_type": "OLD_AND_NEW_VALUES",
+            "number_of_records_in_transaction": 2, "number_of_partitions_in_transaction": 1,
+            "transaction_tag": "app=crm", "is_system_transaction": false
+        })).unwrap()
     }
 }

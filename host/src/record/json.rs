@@ -126,6 +126,10 @@ pub struct NotAValue(String);
 impl JsonValue {
     /// Checks that `text` is one JSON value; text over several lines is re-encoded on one.
     pub fn from_text(text: String) -> Result<Self, NotAValue> {
+        if is_plain_string(&text) || matches!(text.as_str(), "null" | "true" | "false") {
+            // What a masking or hashing plugin sends; plainly valid, no parse needed.
+            return Ok(Self(valid_by_construction(text)));
+        }
         let text = if text.contains('\n') {
             let v: Value = serde_json::from_str(&text).map_err(|e| NotAValue(e.to_string()))?;
             v.to_string()
@@ -149,6 +153,31 @@ impl fmt::Debug for JsonValue {
     }
 }
 
+/// Whether `text` is a JSON string without escapes: a quote, then no quote, backslash or
+/// control character, then a quote.
+fn is_plain_string(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    bytes.len() >= 2
+        && bytes[0] == b'"'
+        && bytes[bytes.len() - 1] == b'"'
+        && !bytes[1..bytes.len() - 1]
+            .iter()
+            .any(|&b| b == b'"' || b == b'\\' || b < 0x20)
+}
+
+/// `text` as a `RawValue` without the parse that checks it: for text that is valid JSON by
+/// construction (the callers say why). Debug builds, the tests', parse it all the same.
+fn valid_by_construction(text: String) -> Box<RawValue> {
+    debug_assert!(
+        serde_json::from_str::<serde::de::IgnoredAny>(&text).is_ok(),
+        "not JSON: {text}"
+    );
+    // SAFETY: `RawValue` is `#[repr(transparent)]` over `str` (serde_json 1.x: its own
+    // `RawValue::from_owned` is this transmute), so the two boxes have one layout; the
+    // one invariant a `RawValue` has, valid JSON text, is the caller's to keep.
+    unsafe { std::mem::transmute::<Box<str>, Box<RawValue>>(text.into_boxed_str()) }
+}
+
 /// One member of an object set to a value, or removed.
 #[derive(Debug, Clone, Copy)]
 pub struct MemberEdit<'a> {
@@ -164,20 +193,13 @@ impl JsonObject {
     /// member removed goes. The members no edit names are copied as they are, and nothing is
     /// parsed: the result is one object by construction.
     pub fn edited(&self, edits: &[MemberEdit<'_>]) -> JsonObject {
-        // The edit that wins for each name, by name, for a binary search per member: a
-        // plugin may send many edits, and the host must not spend quadratic time on them.
-        let mut last: Vec<(usize, &MemberEdit<'_>)> = edits.iter().enumerate().collect();
-        last.sort_by(|(i, a), (j, b)| a.name.cmp(b.name).then(j.cmp(i)));
-        last.dedup_by(|later_in_sort, first| later_in_sort.1.name == first.1.name);
-        let mut used = vec![false; last.len()];
-        let find = |name: &str| last.binary_search_by(|(_, e)| e.name.cmp(name)).ok();
-
+        let mut winners = Winners::of(edits);
         let text = self.as_str();
-        let extra: usize = edits
+        let growth: usize = edits
             .iter()
             .map(|e| e.name.len() + e.value.map_or(0, |v| v.as_str().len()) + 8)
             .sum();
-        let mut out = String::with_capacity(text.len() + extra);
+        let mut out = String::with_capacity(text.len() + growth);
         out.push('{');
         let push_member = |out: &mut String, name: &str, value: &str| {
             if out.len() > 1 {
@@ -189,30 +211,22 @@ impl JsonObject {
         };
         for member in Members::of(text) {
             let edit = match member.name_escaped {
-                false => find(&member.quoted_name[1..member.quoted_name.len() - 1]),
+                false => winners.winner(&member.quoted_name[1..member.quoted_name.len() - 1]),
                 true => serde_json::from_str::<String>(member.quoted_name)
                     .ok()
-                    .and_then(|name| find(&name)),
+                    .and_then(|name| winners.winner(&name)),
             };
             match edit {
                 None => push_member(&mut out, member.quoted_name, member.value),
                 Some(at) => {
-                    used[at] = true;
-                    if let Some(value) = last[at].1.value {
+                    winners.found(at);
+                    if let Some(value) = edits[at].value {
                         push_member(&mut out, member.quoted_name, value.as_str());
                     }
                 }
             }
         }
-        // Names the object lacked, in the order of their edits.
-        let mut added: Vec<&(usize, &MemberEdit<'_>)> = last
-            .iter()
-            .zip(&used)
-            .filter(|((_, e), used)| !**used && e.value.is_some())
-            .map(|(edit, _)| edit)
-            .collect();
-        added.sort_by_key(|(i, _)| *i);
-        for (_, edit) in added {
+        for edit in winners.added() {
             let name = serde_json::to_string(edit.name).expect("a string encodes");
             let value = edit.value.expect("only values are added");
             push_member(&mut out, &name, value.as_str());
@@ -221,9 +235,84 @@ impl JsonObject {
         Self::spliced(out)
     }
 
-    /// Text made by [`JsonObject::edited`], one object by construction.
+    /// Text made by [`JsonObject::edited`]: one object by construction, so not parsed
+    /// again (a parse would cost as much as the edit).
     fn spliced(text: String) -> JsonObject {
-        JsonObject(RawValue::from_string(text).expect("an edit of an object is an object"))
+        JsonObject(valid_by_construction(text))
+    }
+}
+
+/// Edits with more than this many are sorted by name once; fewer are scanned per member.
+const SCANNED_EDITS: usize = 8;
+
+/// Which edit of a list wins for a name (the last edit of it), and which winners found
+/// their member in the object. A plugin may send many edits: past [`SCANNED_EDITS`] they
+/// are sorted once, so that the host spends n log n on them, not n².
+struct Winners<'e, 'v> {
+    edits: &'e [MemberEdit<'v>],
+    /// The winners' indices sorted by name, for many edits.
+    sorted: Option<Vec<usize>>,
+    /// By edit index: whether its member was in the object (a bit each, up to 64 edits).
+    found: Found,
+}
+
+enum Found {
+    Few(u64),
+    Many(Vec<bool>),
+}
+
+impl<'e, 'v> Winners<'e, 'v> {
+    fn of(edits: &'e [MemberEdit<'v>]) -> Self {
+        let sorted = (edits.len() > SCANNED_EDITS).then(|| {
+            let mut by_name: Vec<usize> = (0..edits.len()).collect();
+            // By name, the later edit first: the first of each name is its winner.
+            by_name.sort_by(|&i, &j| edits[i].name.cmp(edits[j].name).then(j.cmp(&i)));
+            by_name.dedup_by(|later, first| edits[*later].name == edits[*first].name);
+            by_name
+        });
+        let found = match edits.len() {
+            0..=64 => Found::Few(0),
+            n => Found::Many(vec![false; n]),
+        };
+        Winners {
+            edits,
+            sorted,
+            found,
+        }
+    }
+
+    /// The index of the edit that wins for `name`, if any edit names it.
+    fn winner(&self, name: &str) -> Option<usize> {
+        match &self.sorted {
+            None => self.edits.iter().rposition(|e| e.name == name),
+            Some(by_name) => by_name
+                .binary_search_by(|&i| self.edits[i].name.cmp(name))
+                .ok()
+                .map(|k| by_name[k]),
+        }
+    }
+
+    fn found(&mut self, at: usize) {
+        match &mut self.found {
+            Found::Few(bits) => *bits |= 1 << at,
+            Found::Many(flags) => flags[at] = true,
+        }
+    }
+
+    fn was_found(&self, at: usize) -> bool {
+        match &self.found {
+            Found::Few(bits) => bits & (1 << at) != 0,
+            Found::Many(flags) => flags[at],
+        }
+    }
+
+    /// The edits that add a member: winners with a value whose name the object lacked, in
+    /// the order of the edits.
+    fn added(&self) -> impl Iterator<Item = &'e MemberEdit<'v>> + '_ {
+        self.edits.iter().enumerate().filter_map(move |(i, e)| {
+            let adds = e.value.is_some() && !self.was_found(i) && self.winner(e.name) == Some(i);
+            adds.then_some(e)
+        })
     }
 }
 
@@ -530,5 +619,17 @@ mod tests {
             Some("C599"),
             "added in edit order"
         );
+    }
+
+    #[test]
+    fn plain_strings_and_literals_are_taken_without_a_parse_and_nothing_else_is() {
+        for plain in [r#""[REDACTED]""#, r#""""#, "null", "true", "false", "\"\u{e5}\""] {
+            assert_eq!(value(plain).as_str(), plain);
+            assert_eq!(value(plain).0.get(), plain, "the raw value is the text");
+        }
+        for broken in ["\"", r#""a"b""#, r#""a\""#, "\"a\u{1}\"", "nul", "True"] {
+            assert!(JsonValue::from_text(broken.to_owned()).is_err(), "{broken:?}");
+        }
+        assert!(!is_plain_string(r#""a\"b""#));
     }
 }
