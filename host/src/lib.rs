@@ -90,8 +90,7 @@ pub use pipeline::Pipeline;
 pub use reader::ReaderError;
 pub use record::{
     ChangeRecord, ChildPartition, ChildPartitionsRecord, ColumnType, DataChangeRecord,
-    HeartbeatRecord, JsonObject, JsonValue, MemberEdit, Mod, ModType, NotAValue, NotAnObject,
-    SpannerType, ValueCaptureType,
+    HeartbeatRecord, JsonObject, Mod, ModType, NotAnObject, SpannerType, ValueCaptureType,
 };
 pub use snapshot::{DEFAULT_CHUNK_ROWS, SnapshotMode};
 pub use source::{

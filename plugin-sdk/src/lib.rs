@@ -88,8 +88,8 @@ pub mod bindings {
 }
 
 pub use bindings::screamer::plugin::types::{
-    ChangeRecord as Record, Emission, MemberEdit, ModType, Origin, Outcome, PluginInfo, RowChange,
-    RowField, Timestamp,
+    ChangeRecord as Record, Emission, FieldPatch, ModType, Origin, Outcome, PluginInfo,
+    RecordPatch, RowChange, RowField, Timestamp,
 };
 pub use origin::{origin, origin_at};
 pub use patch::Patch;

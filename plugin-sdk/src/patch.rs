@@ -3,8 +3,9 @@
 //! A plugin that masks, hashes, adds or drops a few columns, or only adds extra fields, says
 //! what it changed instead of returning the whole record: only the changes cross back to
 //! the host, which splices them into the record it already holds. For a row of ten columns
-//! with two changed, that is a few dozen bytes instead of two whole row fields to copy,
-//! check and parse. [`Patch::apply`] does on a [`Record`] what the host does, for unit tests.
+//! with two changed, that is one small object per changed row field instead of the record's
+//! whole text to copy, check and parse. [`Patch::apply`] does on a [`Record`] what the host
+//! does, for unit tests.
 //!
 //! ```
 //! use screamer_plugin_sdk::{ModType, Outcome, Patch, Record, RowChange, RowField};
@@ -25,45 +26,52 @@
 //! let outcome: Outcome = patch.into_outcome(); // `Keep` when the patch is empty
 //! ```
 
+use std::fmt::Write as _;
+
 use serde_json::{Map, Value};
 
-use crate::bindings::screamer::plugin::types::{MemberEdit, RecordPatch, RowField};
+use crate::bindings::screamer::plugin::types::{FieldPatch, RecordPatch, RowField};
 use crate::{JsonError, Outcome, Record, json};
 
-/// Changes to one record: member edits of its row fields, and its extra fields replaced.
-pub type Patch = RecordPatch;
-
-impl Default for Patch {
-    fn default() -> Self {
-        Patch::new()
-    }
+/// Changes to one record: members of its row fields set or removed, its extra fields
+/// replaced. Calls apply in order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Patch {
+    fields: Vec<FieldPatch>,
+    extra: Option<String>,
 }
 
 impl Patch {
     /// A patch that changes nothing.
     pub fn new() -> Self {
-        RecordPatch {
-            edits: Vec::new(),
-            extra: None,
-        }
+        Patch::default()
     }
 
-    /// Sets member `name` of row change `row`'s `field` to `value` (adding it at the end
-    /// when the field lacks it).
+    /// Sets member `name` of row change `row`'s `field` to `value`, where it stands, or at
+    /// the field's end when the field lacks it.
     pub fn set(&mut self, row: usize, field: RowField, name: &str, value: &Value) -> &mut Self {
-        self.set_json(row, field, name, value.to_string())
+        let set = self.member_of_set(row, field, name);
+        // `Value`'s `Display` is its compact JSON, written in place.
+        write!(set, "{value}").expect("writing to a String");
+        set.push('}');
+        self
     }
 
-    /// Sets member `name` to a value given as its JSON text (say, a value read with
-    /// [`json::members`], or one the plugin encoded itself). The host refuses text that is
-    /// not one JSON value, failing the record.
-    pub fn set_json(&mut self, row: usize, field: RowField, name: &str, json: String) -> &mut Self {
-        self.edit(row, field, name, Some(json))
+    /// Sets member `name` to a value given as its JSON text (say, one read with
+    /// [`json::members`], or encoded by the plugin itself). The host fails the record when
+    /// the text is not one JSON value.
+    pub fn set_json(&mut self, row: usize, field: RowField, name: &str, json: &str) -> &mut Self {
+        let set = self.member_of_set(row, field, name);
+        set.push_str(json);
+        set.push('}');
+        self
     }
 
     /// Removes member `name` of row change `row`'s `field` (nothing when it has none).
     pub fn remove(&mut self, row: usize, field: RowField, name: &str) -> &mut Self {
-        self.edit(row, field, name, None)
+        let patch = self.field_for(row, field, name);
+        patch.remove.push(name.to_owned());
+        self
     }
 
     /// Replaces the record's extra top-level output fields with `extra` (empty: none).
@@ -74,7 +82,7 @@ impl Patch {
 
     /// Whether the patch changes nothing.
     pub fn is_empty(&self) -> bool {
-        self.edits.is_empty() && self.extra.is_none()
+        self.fields.is_empty() && self.extra.is_none()
     }
 
     /// The outcome that passes the record on with these changes: [`Outcome::Keep`] when
@@ -82,85 +90,149 @@ impl Patch {
     pub fn into_outcome(self) -> Outcome {
         match self.is_empty() {
             true => Outcome::Keep,
-            false => Outcome::Patch(self),
+            false => Outcome::Patch(RecordPatch {
+                fields: self.fields,
+                extra: self.extra,
+            }),
         }
     }
 
-    /// Applies the patch to `record` as the host does: edits in order (of two edits of one
-    /// member the later wins), a member set keeps its place, a new one goes at the end.
-    /// An edit naming a row the record lacks, or a value that is not JSON, is an error, as
-    /// the host fails the record for it.
+    /// Applies the patch to `record` as the host does. A row the record lacks, or a value
+    /// that is not JSON, is an error, as the host fails the record for it.
     pub fn apply(&self, record: &mut Record) -> Result<(), JsonError> {
-        for (i, e) in self.edits.iter().enumerate() {
-            let rows = record.mods.len();
-            let row = record.mods.get_mut(e.row as usize).ok_or_else(|| {
-                format!(
-                    "patch edits[{i}] names row {}; the record has {rows}",
-                    e.row
-                )
-            })?;
-            let (text, what) = match e.field {
-                RowField::Keys => (&mut row.keys, "keys"),
-                RowField::NewValues => (&mut row.new_values, "new_values"),
-                RowField::OldValues => (&mut row.old_values, "old_values"),
-            };
-            *text = edited(text, what, e)?;
-        }
-        if let Some(extra) = &self.extra {
-            record.extra = Some(extra.clone()).filter(|e| e.trim() != "{}");
-        }
-        Ok(())
+        apply(&self.fields, self.extra.as_deref(), record)
     }
 
-    fn edit(
-        &mut self,
-        row: usize,
-        field: RowField,
-        name: &str,
-        value: Option<String>,
-    ) -> &mut Self {
-        self.edits.push(MemberEdit {
-            row: u32::try_from(row).expect("a record has fewer than 2^32 row changes"),
-            field,
-            name: name.to_owned(),
-            value,
-        });
-        self
+    /// The `set` object of the field patch for `name`, open for its value: its closing
+    /// brace gone, `"name":` written.
+    fn member_of_set(&mut self, row: usize, field: RowField, name: &str) -> &mut String {
+        let set = &mut self.field_for(row, field, name).set;
+        // The host applies removals before settings: a name set again is set, whatever
+        // was removed.
+        set.pop();
+        if set.len() > 1 {
+            set.push(',');
+        }
+        if is_plain(name) {
+            set.push('"');
+            set.push_str(name);
+            set.push('"');
+        } else {
+            set.push_str(&Value::from(name).to_string());
+        }
+        set.push(':');
+        set
+    }
+
+    /// The one field patch of `row`'s `field` (made on first use), with `name` taken out
+    /// of what it sets: a change of `name` comes after every earlier one. The host limits
+    /// the field patches of one row field, and applies removals before settings.
+    fn field_for(&mut self, row: usize, field: RowField, name: &str) -> &mut FieldPatch {
+        let row = u32::try_from(row).expect("a record has fewer than 2^32 row changes");
+        let at = match self
+            .fields
+            .iter()
+            .rposition(|f| f.row == row && f.field == field)
+        {
+            Some(at) => at,
+            None => {
+                let mut set = String::with_capacity(64);
+                set.push_str("{}");
+                self.fields.push(FieldPatch {
+                    row,
+                    field,
+                    remove: Vec::new(),
+                    set,
+                });
+                self.fields.len() - 1
+            }
+        };
+        let patch = &mut self.fields[at];
+        if names(&patch.set, name) {
+            patch.set = without(&patch.set, name);
+        }
+        patch
     }
 }
 
-/// The object `text` with one edit applied.
-fn edited(text: &str, what: &str, edit: &MemberEdit) -> Result<String, JsonError> {
+/// Whether `name` needs no escape in a JSON string.
+fn is_plain(name: &str) -> bool {
+    !name.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20)
+}
+
+/// Whether the object text `set` may name `name` already: its text occurs in quotes (a
+/// value may match too; a name with escapes always may). Saying yes wrongly only costs a
+/// parse of `set`.
+fn names(set: &str, name: &str) -> bool {
+    !is_plain(name)
+        || set
+            .match_indices(name)
+            .any(|(at, _)| set[..at].ends_with('"') && set[at + name.len()..].starts_with('"'))
+}
+
+/// The object text `set` (which the patch wrote) without its member `name`.
+fn without(set: &str, name: &str) -> String {
+    let members = json::members(set, "set").expect("a patch writes objects");
+    let kept: Vec<String> = members
+        .iter()
+        .filter(|(n, _)| n != name)
+        .map(|(n, v)| format!("{}:{}", Value::from(n.as_ref()), v.get()))
+        .collect();
+    format!("{{{}}}", kept.join(","))
+}
+
+/// The patch of an [`Outcome::Patch`], say to [`Patch::apply`] it in a unit test.
+impl From<RecordPatch> for Patch {
+    fn from(p: RecordPatch) -> Self {
+        Patch {
+            fields: p.fields,
+            extra: p.extra,
+        }
+    }
+}
+
+/// What the host does with a patch's field patches and extra.
+fn apply(fields: &[FieldPatch], extra: Option<&str>, record: &mut Record) -> Result<(), JsonError> {
+    for (i, f) in fields.iter().enumerate() {
+        let rows = record.mods.len();
+        let row = record.mods.get_mut(f.row as usize).ok_or_else(|| {
+            format!(
+                "patch fields[{i}] names row {}; the record has {rows}",
+                f.row
+            )
+        })?;
+        let (text, what) = match f.field {
+            RowField::Keys => (&mut row.keys, "keys"),
+            RowField::NewValues => (&mut row.new_values, "new_values"),
+            RowField::OldValues => (&mut row.old_values, "old_values"),
+        };
+        *text = edited(text, what, f)?;
+    }
+    if let Some(extra) = extra {
+        record.extra = Some(extra.to_owned()).filter(|e| e.trim() != "{}");
+    }
+    Ok(())
+}
+
+/// The object `text` with one field patch applied: removals, then settings.
+fn edited(text: &str, what: &str, f: &FieldPatch) -> Result<String, JsonError> {
     let mut members: Vec<(String, String)> = json::members(text, what)?
         .into_iter()
+        .filter(|(name, _)| !f.remove.iter().any(|r| r == name))
         .map(|(name, value)| (name.into_owned(), value.get().to_owned()))
         .collect();
-    let at = members.iter().position(|(name, _)| *name == edit.name);
-    match (&edit.value, at) {
-        (Some(value), at) => {
-            serde_json::from_str::<serde::de::IgnoredAny>(value)
-                .map_err(|e| format!("{what}.{}: not a JSON value: {e}", edit.name))?;
-            match at {
-                Some(at) => members[at].1 = value.clone(),
-                None => members.push((edit.name.clone(), value.clone())),
-            }
+    for (name, value) in json::members(&f.set, &format!("{what} patch"))? {
+        let value = value.get().to_owned();
+        match members.iter_mut().find(|(n, _)| *n == name) {
+            Some(member) => member.1 = value,
+            None => members.push((name.into_owned(), value)),
         }
-        (None, Some(at)) => {
-            members.remove(at);
-        }
-        (None, None) => {}
     }
-    let mut out = String::from("{");
-    for (i, (name, value)) in members.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(&Value::from(name.as_str()).to_string());
-        out.push(':');
-        out.push_str(value);
-    }
-    out.push('}');
-    Ok(out)
+    let object: Vec<String> = members
+        .iter()
+        .map(|(name, value)| format!("{}:{value}", Value::from(name.as_str())))
+        .collect();
+    Ok(format!("{{{}}}", object.join(",")))
 }
 
 #[cfg(test)]
@@ -179,19 +251,37 @@ mod tests {
     }
 
     #[test]
-    fn edits_apply_in_order_and_new_members_go_last() {
+    fn changes_apply_in_order_and_new_members_go_last() {
         let mut patch = Patch::new();
         patch
             .set(0, RowField::NewValues, "A", &json!(2))
             .set(0, RowField::NewValues, "C", &json!([1]))
             .remove(0, RowField::NewValues, "B")
             .set(0, RowField::NewValues, "A", &json!(3))
-            .set_json(0, RowField::OldValues, "A", "1".into());
+            .remove(0, RowField::NewValues, "C")
+            .set_json(0, RowField::OldValues, "A", "1");
         let mut r = record();
         patch.apply(&mut r).unwrap();
-        assert_eq!(r.mods[0].new_values, r#"{"A":3,"C":[1]}"#);
+        assert_eq!(r.mods[0].new_values, r#"{"A":3}"#);
         assert_eq!(r.mods[0].old_values, r#"{"A":1}"#);
         assert_eq!(r.mods[0].keys, r#"{"Id":"1"}"#);
+        // One field patch per row field, whatever the changes.
+        let Outcome::Patch(p) = patch.into_outcome() else {
+            panic!()
+        };
+        let shapes: Vec<(RowField, &[String], &str)> = p
+            .fields
+            .iter()
+            .map(|f| (f.field, &f.remove[..], f.set.as_str()))
+            .collect();
+        let removed = ["B".to_owned(), "C".to_owned()];
+        assert_eq!(
+            shapes,
+            [
+                (RowField::NewValues, &removed[..], r#"{"A":3}"#),
+                (RowField::OldValues, &[][..], r#"{"A":1}"#),
+            ]
+        );
     }
 
     #[test]
@@ -201,15 +291,15 @@ mod tests {
         patch.remove(1, RowField::Keys, "Id");
         assert_eq!(
             patch.apply(&mut r).unwrap_err(),
-            "patch edits[0] names row 1; the record has 1"
+            "patch fields[0] names row 1; the record has 1"
         );
         let mut patch = Patch::new();
-        patch.set_json(0, RowField::Keys, "Id", "{".into());
+        patch.set_json(0, RowField::Keys, "Id", "{");
         assert!(
             patch
                 .apply(&mut r)
                 .unwrap_err()
-                .starts_with("keys.Id: not a JSON value")
+                .starts_with("keys patch is not a JSON object")
         );
     }
 

@@ -17,7 +17,7 @@ from wit_world import exports
 from wit_world.imports import log
 from wit_world.imports.types import (
     ChangeRecord,
-    MemberEdit,
+    FieldPatch,
     Outcome,
     Outcome_Fail,
     Outcome_Keep,
@@ -45,13 +45,13 @@ def _present(text: str) -> list[str]:
 def _process(record: ChangeRecord) -> Outcome:
     if _tables and record.table_name not in _tables:
         return Outcome_Keep()
-    edits = [
-        MemberEdit(row=i, field=field, name=column, value=None)
+    fields = [
+        FieldPatch(row=i, field=field, remove=present, set="{}")
         for i, row in enumerate(record.mods)
         for field, text in ((RowField.NEW_VALUES, row.new_values), (RowField.OLD_VALUES, row.old_values))
-        for column in _present(text)
+        if (present := _present(text))
     ]
-    return Outcome_Patch(RecordPatch(edits=edits, extra=None)) if edits else Outcome_Keep()
+    return Outcome_Patch(RecordPatch(fields=fields, extra=None)) if fields else Outcome_Keep()
 
 
 class Processor(exports.Processor):

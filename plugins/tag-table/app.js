@@ -39,7 +39,7 @@ export const processor = {
       }
       const extra = record.extra ? JSON.parse(record.extra) : {};
       extra.table_tag = prefix + record.tableName;
-      return { tag: "patch", val: { edits: [], extra: JSON.stringify(extra) } };
+      return { tag: "patch", val: { fields: [], extra: JSON.stringify(extra) } };
     });
   },
 };

@@ -299,7 +299,17 @@ fn extra_fields_cannot_shadow_the_record_and_output_parses_back() {
     let dead = dir.join("dead.ndjson");
     let run = plugin_run(
         &[&chaos(), "--dead-letter", &dead.display().to_string()],
-        &named_records(&["ok1", "shadow", "deep", "twice", "nameless", "ok2"]),
+        &named_records(&[
+            "ok1",
+            "shadow",
+            "deep",
+            "twice",
+            "nameless",
+            "patch-row",
+            "patch-set",
+            "patch-deep",
+            "ok2",
+        ]),
     )
     .unwrap();
     assert_eq!(run.code, Some(0), "{}", run.stderr);
@@ -307,7 +317,7 @@ fn extra_fields_cannot_shadow_the_record_and_output_parses_back() {
     let failed: std::collections::BTreeMap<String, String> =
         dead_letters(&dead).into_iter().collect();
     let why = |name: &str| failed.get(name).cloned().unwrap_or_default();
-    assert_eq!(failed.len(), 4, "{failed:?}");
+    assert_eq!(failed.len(), 7, "{failed:?}");
     for (name, message) in [
         (
             "shadow",
@@ -325,6 +335,18 @@ fn extra_fields_cannot_shadow_the_record_and_output_parses_back() {
             "nameless",
             "emitted a Users record to a side output with an empty name",
         ),
+        (
+            "patch-row",
+            "returned an invalid patch: patch fields[0] names row 7; the record has 1 row change",
+        ),
+        (
+            "patch-set",
+            "returned an invalid patch: patch fields[0] (mods[0].new_values).set: not a JSON object",
+        ),
+        (
+            "patch-deep",
+            "returned an invalid patch: patch fields[0] (mods[0].new_values).set: nested 124 levels deep",
+        ),
     ] {
         assert!(why(name).starts_with(message), "{name}: {}", why(name));
     }
@@ -336,6 +358,49 @@ fn extra_fields_cannot_shadow_the_record_and_output_parses_back() {
     .unwrap();
     assert_eq!(again.code, Some(0), "{}", again.stderr);
     assert_eq!(parse(&again.stdout), parse(&run.stdout));
+}
+
+/// A patch changes what it names and nothing else, the later of two settings of a member
+/// wins, and a patch of a record an earlier plugin returned whole lands on that record.
+#[test]
+fn a_patch_changes_only_what_it_names_even_after_a_plugin_that_returned_records_whole() {
+    let input = named_records(&["patch", "patch-twice", "ok"]);
+    let run = plugin_run(&[&chaos()], &input).unwrap();
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let (inputs, outputs) = (parse(&lines(&input)), parse(&run.stdout));
+    let mut expected = inputs[0].clone();
+    expected["mods"][0]["new_values"]["Patched"] = serde_json::json!({"by": "chaos"});
+    expected["patched"] = true.into();
+    assert_eq!(outputs[0], expected);
+    let mut expected = inputs[1].clone();
+    expected["mods"][0]["new_values"]["Patched"] = 99_999.into();
+    assert_eq!(outputs[1], expected);
+    assert_eq!(
+        run.stdout[1].matches("\"Patched\"").count(),
+        1,
+        "{}",
+        run.stdout[1]
+    );
+    assert_eq!(outputs[2]["processed_by"], "chaos-tag:v000");
+
+    // chaos emits copies (whole records), redact then patches each of them.
+    let run = plugin_run(
+        &[
+            &chaos(),
+            &plugin("redact").display().to_string(),
+            "--plugin-config",
+            r#"redact={"columns":["Name"]}"#,
+        ],
+        &named_records(&["fan:2", "ok"]),
+    )
+    .unwrap();
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(record_names(&run.stdout), ["[REDACTED]"; 3]);
+    assert_eq!(parse(&run.stdout)[2]["processed_by"], "chaos-tag:v000");
+}
+
+fn lines(text: &str) -> Vec<String> {
+    text.lines().map(String::from).collect()
 }
 
 /// Every record a plugin makes of an input record has that input's origin: on the output,

@@ -27,7 +27,7 @@ wasmtime::component::bindgen!({
 
 pub use self::screamer::plugin::log::Level;
 pub use self::screamer::plugin::types::{
-    ChangeRecordParam, ChangeRecordResult, Emission, MemberEdit, ModType, Origin, Outcome,
+    ChangeRecordParam, ChangeRecordResult, Emission, FieldPatch, ModType, Origin, Outcome,
     PluginInfo, RecordPatch, RowChangeParam, RowField, Timestamp,
 };
 

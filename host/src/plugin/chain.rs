@@ -319,16 +319,16 @@ fn outcome_bytes(outcome: &Outcome) -> usize {
                 .map(|m| 64 + m.keys.len() + m.new_values.len() + m.old_values.len())
                 .sum::<usize>()
     };
-    let edits = |p: &RecordPatch| {
+    let patch = |p: &RecordPatch| {
         std::mem::size_of::<DataChangeRecord>()
             + p.extra.as_ref().map_or(0, String::len)
-            + p.edits
+            + p.fields
                 .iter()
-                .map(|e| 64 + e.name.len() + e.value.as_ref().map_or(0, String::len))
+                .map(|f| 64 + f.set.len() + f.remove.iter().map(|n| 24 + n.len()).sum::<usize>())
                 .sum::<usize>()
     };
     match outcome {
-        Outcome::Patch(p) => edits(p),
+        Outcome::Patch(p) => patch(p),
         Outcome::Replace(r) => record(r),
         Outcome::Emit(emissions) => emissions.iter().map(|e| record(&e.record)).sum(),
         Outcome::Keep | Outcome::Drop | Outcome::Fail(_) => 0,
@@ -646,7 +646,7 @@ impl Turn<'_> {
         patch: RecordPatch,
         sorted: &Sorted<'_, 'a>,
     ) -> Result<Staged<'a>, PatchFailed> {
-        if patch.edits.is_empty() && patch.extra.is_none() {
+        if patch.fields.is_empty() && patch.extra.is_none() {
             return Ok(record);
         }
         let input = sorted.inputs[origin].record;

@@ -16,7 +16,7 @@ use serde_json::Value;
 mod json;
 
 pub(crate) use json::string_end;
-pub use json::{JsonObject, JsonValue, MemberEdit, NotAValue, NotAnObject};
+pub use json::{JsonObject, NotAnObject};
 
 use crate::partition::PartitionToken;
 use crate::timestamp::Timestamp;

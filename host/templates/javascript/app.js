@@ -99,17 +99,18 @@ function outcomeError(o, path) {
 function patchError(p, path) {
   if (kind(p) !== "object") return `${path}: expected a patch object, got ${kind(p)}`;
   return (
-    expect(p.edits, "array", `${path}.edits`) ??
-    first(p.edits, (e, i) => {
-      const at = `${path}.edits[${i}]`;
-      if (kind(e) !== "object") return `${at}: expected an edit object, got ${kind(e)}`;
-      if (!["keys", "new-values", "old-values"].includes(e.field)) {
-        return `${at}.field: expected "keys", "new-values" or "old-values", got ${JSON.stringify(e.field)}`;
+    expect(p.fields, "array", `${path}.fields`) ??
+    first(p.fields, (f, i) => {
+      const at = `${path}.fields[${i}]`;
+      if (kind(f) !== "object") return `${at}: expected a field patch object, got ${kind(f)}`;
+      if (!["keys", "new-values", "old-values"].includes(f.field)) {
+        return `${at}.field: expected "keys", "new-values" or "old-values", got ${JSON.stringify(f.field)}`;
       }
       return (
-        expect(e.row, "number", `${at}.row`) ??
-        expect(e.name, "string", `${at}.name`) ??
-        optional(e.value, "string", `${at}.value`)
+        expect(f.row, "number", `${at}.row`) ??
+        expect(f.remove, "array", `${at}.remove`) ??
+        first(f.remove, (name, k) => expect(name, "string", `${at}.remove[${k}]`)) ??
+        expect(f.set, "string", `${at}.set`)
       );
     }) ??
     optional(p.extra, "string", `${path}.extra`)

@@ -12,7 +12,7 @@ from wit_world import exports
 from wit_world.imports.types import (
     ChangeRecord,
     Emission,
-    MemberEdit,
+    FieldPatch,
     ModType,
     Outcome,
     Outcome_Drop,
@@ -115,20 +115,24 @@ def _record_error(r: object, path: str) -> str | None:
 def _patch_error(p: object, path: str) -> str | None:
     if not isinstance(p, RecordPatch):
         return _expect(p, RecordPatch, path)
-    if not isinstance(p.edits, list):
-        return _expect(p.edits, list, f"{path}.edits")
+    if not isinstance(p.fields, list):
+        return _expect(p.fields, list, f"{path}.fields")
     return _first(
         [
-            _expect(e, MemberEdit, f"{path}.edits[{j}]")
+            _expect(f, FieldPatch, f"{path}.fields[{j}]")
             or _first(
                 [
-                    _expect(e.row, int, f"{path}.edits[{j}].row"),
-                    _expect(e.field, RowField, f"{path}.edits[{j}].field"),
-                    _expect(e.name, str, f"{path}.edits[{j}].name"),
-                    None if e.value is None else _expect(e.value, str, f"{path}.edits[{j}].value"),
+                    _expect(f.row, int, f"{path}.fields[{j}].row"),
+                    _expect(f.field, RowField, f"{path}.fields[{j}].field"),
+                    _expect(f.remove, list, f"{path}.fields[{j}].remove"),
+                    _expect(f.set, str, f"{path}.fields[{j}].set"),
+                ]
+                + [
+                    _expect(name, str, f"{path}.fields[{j}].remove[{k}]")
+                    for k, name in enumerate(f.remove if isinstance(f.remove, list) else [])
                 ]
             )
-            for j, e in enumerate(p.edits)
+            for j, f in enumerate(p.fields)
         ]
         + [None if p.extra is None else _expect(p.extra, str, f"{path}.extra")]
     )

@@ -44,20 +44,20 @@ export interface Emission {
   record: ChangeRecord;
 }
 
-/** Which field of a row change a member edit is in. */
+/** Which field of a row change a patch changes. */
 export type RowField = "keys" | "new-values" | "old-values";
 
-/** One member of one row field set (`value`: the text of a JSON value) or removed. */
-export interface MemberEdit {
+/** Members of one row field removed, then set (`set`: the text of a JSON object). */
+export interface FieldPatch {
   row: number;
   field: RowField;
-  name: string;
-  value?: string;
+  remove: string[];
+  set: string;
 }
 
 /** Changes to a record in place: only they cross back to the host. */
 export interface RecordPatch {
-  edits: MemberEdit[];
+  fields: FieldPatch[];
   /** Replaces the record's extra fields (`"{}"` removes them); unset leaves them. */
   extra?: string;
 }

@@ -30,10 +30,7 @@ impl Plugin for Enrich {
     fn process(&mut self, record: Record) -> Outcome {
         match self.extra(&record) {
             // Only the extra fields cross back: the rows stay the host's.
-            Ok(extra) => Outcome::Patch(Patch {
-                edits: Vec::new(),
-                extra: Some(Value::Object(extra).to_string()),
-            }),
+            Ok(extra) => Patch::new().set_extra(&extra).clone().into_outcome(),
             Err(e) => Outcome::Fail(e),
         }
     }
@@ -95,7 +92,7 @@ mod tests {
             panic!("expected a patch")
         };
         let mut out = record;
-        patch.apply(&mut out).unwrap();
+        Patch::from(patch).apply(&mut out).unwrap();
         let extra = out.extra_map().unwrap();
         assert_eq!(extra["changed_columns"], json!(["Gone", "Name"]));
         assert_eq!(extra["commit_unix_millis"], json!(1_700_000_000_123_i64));

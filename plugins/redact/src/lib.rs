@@ -156,7 +156,7 @@ mod tests {
             panic!("expected a patch")
         };
         let mut r = record();
-        patch.apply(&mut r).unwrap();
+        Patch::from(patch).apply(&mut r).unwrap();
         r
     }
 

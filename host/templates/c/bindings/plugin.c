@@ -42,11 +42,11 @@ void __wasm_export_exports_screamer_plugin_processor_init_post_return(uint8_t * 
 
 __attribute__((__weak__, __export_name__("cabi_post_screamer:plugin/processor@0.3.0#process")))
 void __wasm_export_exports_screamer_plugin_processor_process_post_return(uint8_t * arg0) {
-  size_t len9 = *((size_t*) (arg0 + sizeof(void*)));
-  if (len9 > 0) {
-    uint8_t *ptr10 = *((uint8_t **) (arg0 + 0));
-    for (size_t i11 = 0; i11 < len9; i11++) {
-      uint8_t *base = ptr10 + i11 * (9*sizeof(void*));
+  size_t len12 = *((size_t*) (arg0 + sizeof(void*)));
+  if (len12 > 0) {
+    uint8_t *ptr13 = *((uint8_t **) (arg0 + 0));
+    for (size_t i14 = 0; i14 < len12; i14++) {
+      uint8_t *base = ptr13 + i14 * (9*sizeof(void*));
       (void) base;
       switch ((int32_t) (int32_t) *((uint8_t*) (base + 0))) {
         case 0: {
@@ -56,28 +56,29 @@ void __wasm_export_exports_screamer_plugin_processor_process_post_return(uint8_t
           break;
         }
         case 2: {
-          size_t len = *((size_t*) (base + (2*sizeof(void*))));
-          if (len > 0) {
-            uint8_t *ptr = *((uint8_t **) (base + sizeof(void*)));
-            for (size_t i = 0; i < len; i++) {
-              uint8_t *base = ptr + i * (8+5*sizeof(void*));
+          size_t len0 = *((size_t*) (base + (2*sizeof(void*))));
+          if (len0 > 0) {
+            uint8_t *ptr1 = *((uint8_t **) (base + sizeof(void*)));
+            for (size_t i2 = 0; i2 < len0; i2++) {
+              uint8_t *base = ptr1 + i2 * (8+4*sizeof(void*));
               (void) base;
-              if ((*((size_t*) (base + (8+1*sizeof(void*))))) > 0) {
-                free(*((uint8_t **) (base + 8)));
-              }
-              switch ((int32_t) (int32_t) *((uint8_t*) (base + (8+2*sizeof(void*))))) {
-                case 0: {
-                  break;
-                }
-                case 1: {
-                  if ((*((size_t*) (base + (8+4*sizeof(void*))))) > 0) {
-                    free(*((uint8_t **) (base + (8+3*sizeof(void*)))));
+              size_t len = *((size_t*) (base + (8+1*sizeof(void*))));
+              if (len > 0) {
+                uint8_t *ptr = *((uint8_t **) (base + 8));
+                for (size_t i = 0; i < len; i++) {
+                  uint8_t *base = ptr + i * (2*sizeof(void*));
+                  (void) base;
+                  if ((*((size_t*) (base + sizeof(void*)))) > 0) {
+                    free(*((uint8_t **) (base + 0)));
                   }
-                  break;
                 }
+                free(ptr);
+              }
+              if ((*((size_t*) (base + (8+3*sizeof(void*))))) > 0) {
+                free(*((uint8_t **) (base + (8+2*sizeof(void*)))));
               }
             }
-            free(ptr);
+            free(ptr1);
           }
           switch ((int32_t) (int32_t) *((uint8_t*) (base + (3*sizeof(void*))))) {
             case 0: {
@@ -96,11 +97,11 @@ void __wasm_export_exports_screamer_plugin_processor_process_post_return(uint8_t
           if ((*((size_t*) (base + (2*sizeof(void*))))) > 0) {
             free(*((uint8_t **) (base + sizeof(void*))));
           }
-          size_t len0 = *((size_t*) (base + (5*sizeof(void*))));
-          if (len0 > 0) {
-            uint8_t *ptr1 = *((uint8_t **) (base + (4*sizeof(void*))));
-            for (size_t i2 = 0; i2 < len0; i2++) {
-              uint8_t *base = ptr1 + i2 * (6*sizeof(void*));
+          size_t len3 = *((size_t*) (base + (5*sizeof(void*))));
+          if (len3 > 0) {
+            uint8_t *ptr4 = *((uint8_t **) (base + (4*sizeof(void*))));
+            for (size_t i5 = 0; i5 < len3; i5++) {
+              uint8_t *base = ptr4 + i5 * (6*sizeof(void*));
               (void) base;
               if ((*((size_t*) (base + sizeof(void*)))) > 0) {
                 free(*((uint8_t **) (base + 0)));
@@ -112,7 +113,7 @@ void __wasm_export_exports_screamer_plugin_processor_process_post_return(uint8_t
                 free(*((uint8_t **) (base + (4*sizeof(void*)))));
               }
             }
-            free(ptr1);
+            free(ptr4);
           }
           switch ((int32_t) (int32_t) *((uint8_t*) (base + (6*sizeof(void*))))) {
             case 0: {
@@ -128,11 +129,11 @@ void __wasm_export_exports_screamer_plugin_processor_process_post_return(uint8_t
           break;
         }
         case 4: {
-          size_t len6 = *((size_t*) (base + (2*sizeof(void*))));
-          if (len6 > 0) {
-            uint8_t *ptr7 = *((uint8_t **) (base + sizeof(void*)));
-            for (size_t i8 = 0; i8 < len6; i8++) {
-              uint8_t *base = ptr7 + i8 * (11*sizeof(void*));
+          size_t len9 = *((size_t*) (base + (2*sizeof(void*))));
+          if (len9 > 0) {
+            uint8_t *ptr10 = *((uint8_t **) (base + sizeof(void*)));
+            for (size_t i11 = 0; i11 < len9; i11++) {
+              uint8_t *base = ptr10 + i11 * (11*sizeof(void*));
               (void) base;
               switch ((int32_t) (int32_t) *((uint8_t*) (base + 0))) {
                 case 0: {
@@ -148,11 +149,11 @@ void __wasm_export_exports_screamer_plugin_processor_process_post_return(uint8_t
               if ((*((size_t*) (base + (4*sizeof(void*))))) > 0) {
                 free(*((uint8_t **) (base + (3*sizeof(void*)))));
               }
-              size_t len3 = *((size_t*) (base + (7*sizeof(void*))));
-              if (len3 > 0) {
-                uint8_t *ptr4 = *((uint8_t **) (base + (6*sizeof(void*))));
-                for (size_t i5 = 0; i5 < len3; i5++) {
-                  uint8_t *base = ptr4 + i5 * (6*sizeof(void*));
+              size_t len6 = *((size_t*) (base + (7*sizeof(void*))));
+              if (len6 > 0) {
+                uint8_t *ptr7 = *((uint8_t **) (base + (6*sizeof(void*))));
+                for (size_t i8 = 0; i8 < len6; i8++) {
+                  uint8_t *base = ptr7 + i8 * (6*sizeof(void*));
                   (void) base;
                   if ((*((size_t*) (base + sizeof(void*)))) > 0) {
                     free(*((uint8_t **) (base + 0)));
@@ -164,7 +165,7 @@ void __wasm_export_exports_screamer_plugin_processor_process_post_return(uint8_t
                     free(*((uint8_t **) (base + (4*sizeof(void*)))));
                   }
                 }
-                free(ptr4);
+                free(ptr7);
               }
               switch ((int32_t) (int32_t) *((uint8_t*) (base + (8*sizeof(void*))))) {
                 case 0: {
@@ -178,7 +179,7 @@ void __wasm_export_exports_screamer_plugin_processor_process_post_return(uint8_t
                 }
               }
             }
-            free(ptr7);
+            free(ptr10);
           }
           break;
         }
@@ -190,7 +191,7 @@ void __wasm_export_exports_screamer_plugin_processor_process_post_return(uint8_t
         }
       }
     }
-    free(ptr10);
+    free(ptr13);
   }
 }
 
@@ -252,24 +253,35 @@ void screamer_plugin_types_emission_free(screamer_plugin_types_emission_t *ptr) 
   screamer_plugin_types_change_record_free(&ptr->record);
 }
 
-void screamer_plugin_types_member_edit_free(screamer_plugin_types_member_edit_t *ptr) {
-  plugin_string_free(&ptr->name);
-  plugin_option_string_free(&ptr->value);
-}
-
-void screamer_plugin_types_list_member_edit_free(screamer_plugin_types_list_member_edit_t *ptr) {
+void plugin_list_string_free(plugin_list_string_t *ptr) {
   size_t list_len = ptr->len;
   if (list_len > 0) {
-    screamer_plugin_types_member_edit_t *list_ptr = ptr->ptr;
+    plugin_string_t *list_ptr = ptr->ptr;
     for (size_t i = 0; i < list_len; i++) {
-      screamer_plugin_types_member_edit_free(&list_ptr[i]);
+      plugin_string_free(&list_ptr[i]);
+    }
+    free(list_ptr);
+  }
+}
+
+void screamer_plugin_types_field_patch_free(screamer_plugin_types_field_patch_t *ptr) {
+  plugin_list_string_free(&ptr->remove);
+  plugin_string_free(&ptr->set);
+}
+
+void screamer_plugin_types_list_field_patch_free(screamer_plugin_types_list_field_patch_t *ptr) {
+  size_t list_len = ptr->len;
+  if (list_len > 0) {
+    screamer_plugin_types_field_patch_t *list_ptr = ptr->ptr;
+    for (size_t i = 0; i < list_len; i++) {
+      screamer_plugin_types_field_patch_free(&list_ptr[i]);
     }
     free(list_ptr);
   }
 }
 
 void screamer_plugin_types_record_patch_free(screamer_plugin_types_record_patch_t *ptr) {
-  screamer_plugin_types_list_member_edit_free(&ptr->edits);
+  screamer_plugin_types_list_field_patch_free(&ptr->fields);
   plugin_option_string_free(&ptr->extra);
 }
 

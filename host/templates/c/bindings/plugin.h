@@ -104,35 +104,41 @@ typedef struct screamer_plugin_types_emission_t {
   screamer_plugin_types_change_record_t   record;
 } screamer_plugin_types_emission_t;
 
-// Which field of a row change a member edit is in.
+// Which field of a row change a patch changes.
 typedef uint8_t screamer_plugin_types_row_field_t;
 
 #define SCREAMER_PLUGIN_TYPES_ROW_FIELD_KEYS 0
 #define SCREAMER_PLUGIN_TYPES_ROW_FIELD_NEW_VALUES 1
 #define SCREAMER_PLUGIN_TYPES_ROW_FIELD_OLD_VALUES 2
 
-// One member of one row field set or removed.
-typedef struct screamer_plugin_types_member_edit_t {
+typedef struct {
+  plugin_string_t *ptr;
+  size_t len;
+} plugin_list_string_t;
+
+// Members of one row field removed and set.
+typedef struct screamer_plugin_types_field_patch_t {
   // The row change: its index (from 0) in the record's `mods`.
   uint32_t   row;
   screamer_plugin_types_row_field_t   field;
-  // The member's name as the plugin reads it (unescaped): a column name.
-  plugin_string_t   name;
-  // The member's new value as the text of one JSON value (`"x"`, `42`, `null`,
-  // `{"a":1}`); none removes the member. A name the field lacks is added at its end.
-  plugin_option_string_t   value;
-} screamer_plugin_types_member_edit_t;
+  // Names (unescaped) of members to remove; a name the field lacks is passed over.
+  plugin_list_string_t   remove;
+  // Members to set, as the text of a JSON object (`{}` for none), applied after the
+  // removals: each replaces the field's member of its name where it stands, or is
+  // added at the field's end.
+  plugin_string_t   set;
+} screamer_plugin_types_field_patch_t;
 
 typedef struct {
-  screamer_plugin_types_member_edit_t *ptr;
+  screamer_plugin_types_field_patch_t *ptr;
   size_t len;
-} screamer_plugin_types_list_member_edit_t;
+} screamer_plugin_types_list_field_patch_t;
 
 // Changes to a record in place, of which only the changes cross back: for a plugin
 // that changes a few values of wide rows, much cheaper than returning the whole record.
 typedef struct screamer_plugin_types_record_patch_t {
-  // Applied in order: of two edits of one member, the later wins.
-  screamer_plugin_types_list_member_edit_t   edits;
+  // Applied in order.
+  screamer_plugin_types_list_field_patch_t   fields;
   // The record's extra fields replaced by this JSON object (`{}` removes them all);
   // none leaves them as they are.
   plugin_option_string_t   extra;
@@ -232,9 +238,11 @@ void screamer_plugin_types_origin_free(screamer_plugin_types_origin_t *ptr);
 
 void screamer_plugin_types_emission_free(screamer_plugin_types_emission_t *ptr);
 
-void screamer_plugin_types_member_edit_free(screamer_plugin_types_member_edit_t *ptr);
+void plugin_list_string_free(plugin_list_string_t *ptr);
 
-void screamer_plugin_types_list_member_edit_free(screamer_plugin_types_list_member_edit_t *ptr);
+void screamer_plugin_types_field_patch_free(screamer_plugin_types_field_patch_t *ptr);
+
+void screamer_plugin_types_list_field_patch_free(screamer_plugin_types_list_field_patch_t *ptr);
 
 void screamer_plugin_types_record_patch_free(screamer_plugin_types_record_patch_t *ptr);
 

@@ -5,7 +5,11 @@
 //! `"bomb"` allocates until the memory cap stops it, `"fail"` returns a plugin error,
 //! `"sleep"` sleeps 30 s in WASI (the deadline must hold there too), `"amplify"` emits
 //! 400,000 tiny records, `"fan:N"` emits N copies, `"shadow"` sets extra fields named like the
-//! record's own, `"shout"` writes forged lines to stderr and stdout then panics, `"connect"`
+//! record's own, `"patch"` patches the record (sets `Patched` in its new values, removes its
+//! old values' `Name`, sets `extra.patched`; `"patch-twice"` sets `Patched` 100,000 times,
+//! the last to 99999), `"patch-row"`, `"patch-set"` and `"patch-deep"` return patches the
+//! host must refuse (a row the record lacks, settings that are not an object, settings
+//! nested 124 levels), `"shout"` writes forged lines to stderr and stdout then panics, `"connect"`
 //! opens a TCP connection to the configured `connect` address and reports it in
 //! `extra.connected`; any other value passes, tagged with `extra.processed_by` = this
 //! build's [`TAG`].
@@ -13,7 +17,9 @@
 //! sleep 30 s, `{"panic_after": N}` makes every instance panic on its (N+1)th record,
 //! `{"connect": "HOST:PORT"}` is where `"connect"` goes.
 
-use screamer_plugin_sdk::{Emission, Outcome, Plugin, Record, export_plugin};
+use screamer_plugin_sdk::{
+    Emission, FieldPatch, Outcome, Patch, Plugin, Record, RecordPatch, RowField, export_plugin,
+};
 
 /// Tests patch these bytes in the built `.wasm` (same length) to make distinct versions of
 /// one build: a different file hash and a different tag on every record.
@@ -105,6 +111,45 @@ impl Plugin for Chaos {
             "twice" => {
                 record.mods[0].new_values = r#"{"Name":"a","Name":"b"}"#.to_owned();
                 Outcome::Replace(record)
+            }
+            "patch" => {
+                let mut extra = serde_json::Map::new();
+                extra.insert("patched".into(), true.into());
+                Patch::new()
+                    .set(
+                        0,
+                        RowField::NewValues,
+                        "Patched",
+                        &serde_json::json!({"by": "chaos"}),
+                    )
+                    .remove(0, RowField::OldValues, "Name")
+                    .set_extra(&extra)
+                    .clone()
+                    .into_outcome()
+            }
+            "patch-twice" => {
+                let mut patch = Patch::new();
+                for n in 0..100_000 {
+                    patch.set(0, RowField::NewValues, "Patched", &n.into());
+                }
+                patch.into_outcome()
+            }
+            "patch-row" | "patch-set" | "patch-deep" => {
+                let deep = format!(r#"{{"X":{}1{}}}"#, "[".repeat(123), "]".repeat(123));
+                let (row, set) = match name.as_str() {
+                    "patch-row" => (7, "{}".to_owned()),
+                    "patch-set" => (0, "[1]".to_owned()),
+                    _ => (0, deep),
+                };
+                Outcome::Patch(RecordPatch {
+                    fields: vec![FieldPatch {
+                        row,
+                        field: RowField::NewValues,
+                        remove: Vec::new(),
+                        set,
+                    }],
+                    extra: None,
+                })
             }
             "nameless" => Outcome::Emit(vec![Emission {
                 output: Some(String::new()),
