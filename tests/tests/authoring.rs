@@ -132,7 +132,7 @@ fn a_rust_project_from_plugin_new_passes_plugin_test() -> anyhow::Result<()> {
     let cargo_toml = std::fs::read_to_string(project.join("Cargo.toml"))?;
     assert!(
         cargo_toml.contains(
-            r#"screamer-plugin-sdk = { path = "vendor/screamer-plugin-sdk", version = "0.2" }"#
+            r#"screamer-plugin-sdk = { path = "vendor/screamer-plugin-sdk", version = "0.3" }"#
         ),
         "{cargo_toml}"
     );

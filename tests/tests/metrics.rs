@@ -350,7 +350,7 @@ fn assert_operations_files_name_exported_metrics(scrape: &Scrape) -> anyhow::Res
 #[test]
 fn plugin_run_stats_prints_each_plugins_calls_and_outcomes() -> anyhow::Result<()> {
     let names: Vec<&str> = (0..12)
-        .map(|i| if i % 3 == 0 { "fail" } else { "ok" })
+        .map(|i| ["fail", "patch", "ok"][i % 3])
         .collect();
     let filter = plugin("filter").display().to_string();
     let chaos = plugin("chaos").display().to_string();
@@ -374,6 +374,7 @@ fn plugin_run_stats_prints_each_plugins_calls_and_outcomes() -> anyhow::Result<(
             "records",
             "keep",
             "drop",
+            "patch",
             "replace",
             "emit",
             "fail",
@@ -382,8 +383,8 @@ fn plugin_run_stats_prints_each_plugins_calls_and_outcomes() -> anyhow::Result<(
         ]
     );
     let chaos_row = row("chaos");
-    // records, keep, drop, replace, emit, fail
-    assert_eq!(chaos_row[2..8], ["12", "0", "0", "8", "0", "4"]);
+    // records, keep, drop, patch, replace, emit, fail
+    assert_eq!(chaos_row[2..9], ["12", "0", "0", "4", "4", "0", "4"]);
     let filter_row = row("filter");
     assert_eq!(filter_row[2], "8", "filter sees what chaos passed on");
     Ok(())
