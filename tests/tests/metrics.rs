@@ -349,9 +349,7 @@ fn assert_operations_files_name_exported_metrics(scrape: &Scrape) -> anyhow::Res
 
 #[test]
 fn plugin_run_stats_prints_each_plugins_calls_and_outcomes() -> anyhow::Result<()> {
-    let names: Vec<&str> = (0..12)
-        .map(|i| ["fail", "patch", "ok"][i % 3])
-        .collect();
+    let names: Vec<&str> = (0..12).map(|i| ["fail", "patch", "ok"][i % 3]).collect();
     let filter = plugin("filter").display().to_string();
     let chaos = plugin("chaos").display().to_string();
     let run = plugin_run(&[&chaos, &filter, "--stats"], &named_records(&names))?;

@@ -7,7 +7,8 @@
 //!   too), each retry within its own deadline: only the records that fail alone fail, and a
 //!   plugin that blocks costs one deadline per record it blocks on, plus one for the call.
 //! - A record a plugin keeps, or replaces with an identical one, goes on as it was: no
-//!   conversion back, and no new host record.
+//!   conversion back, and no new host record. A record a plugin patches is patched and
+//!   checked at once ([`patch`]) and goes on as a host record, not converted again.
 //! - One input record turns into at most `max_emissions` records over the whole chain;
 //!   beyond that it fails, naming the limit.
 //! - One `run` uses one version of each plugin (a snapshot taken at its start), so a hot
@@ -20,13 +21,11 @@
 //!   partitions) run on different stores; an instance whose call failed is dropped and the
 //!   next call starts a fresh one.
 
+use std::borrow::Cow;
 use std::sync::{Arc, Mutex, RwLock};
 
 use serde_json::{Map, Value};
-
 use tokio::time::Instant;
-
-use std::borrow::Cow;
 
 use super::bindings::{
     ChangeRecordParam, ChangeRecordResult, Emission, Outcome, RecordPatch, RowChangeParam,
@@ -232,29 +231,7 @@ impl Chain {
             (stage, counts) = turn.advance(stage, outcomes, &mut sorted);
             decided.push((&version.name, counts));
         }
-        for (origin, record) in stage.origins.into_iter().zip(stage.records) {
-            match record {
-                Staged::Host {
-                    patched_by: None, ..
-                } => result.outputs.push(Output {
-                    origin,
-                    output: None,
-                    record: OutputRecord::Unchanged,
-                }),
-                Staged::Host { record, extra, .. } => result.outputs.push(Output {
-                    origin,
-                    output: None,
-                    record: OutputRecord::Changed {
-                        record: Box::new(record.into_owned()),
-                        // Checked when the patch set it.
-                        extra: extra.and_then(|text| parse_extra(&text).ok().flatten()),
-                    },
-                }),
-                Staged::Returned { record, by, .. } => {
-                    finish(&mut result, origin, None, record, &versions[by], inputs)
-                }
-            }
-        }
+        leave(&mut result, stage, &versions, inputs);
         self.workers.lock().expect("worker pool").push(worker);
         for (plugin, outcomes) in &decided {
             self.observer
@@ -319,6 +296,8 @@ fn outcome_bytes(outcome: &Outcome) -> usize {
                 .map(|m| 64 + m.keys.len() + m.new_values.len() + m.old_values.len())
                 .sum::<usize>()
     };
+    // What a patch sets, and the record it makes, whose rows (a copy of the patched
+    // record's, spliced) are bounded by that record, not by what the plugin returned.
     let patch = |p: &RecordPatch| {
         std::mem::size_of::<DataChangeRecord>()
             + p.extra.as_ref().map_or(0, String::len)
@@ -623,6 +602,39 @@ impl Turn<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// The records that went through the whole chain, to the main output: an input record no
+/// plugin changed as it came, a patched one as it is, one a plugin returned whole checked.
+fn leave(
+    result: &mut ChainResult,
+    stage: Stage<'_>,
+    versions: &[Arc<PluginVersion>],
+    inputs: &[Input<'_>],
+) {
+    for (origin, record) in stage.origins.into_iter().zip(stage.records) {
+        match record {
+            Staged::Host {
+                patched_by: None, ..
+            } => result.outputs.push(Output {
+                origin,
+                output: None,
+                record: OutputRecord::Unchanged,
+            }),
+            Staged::Host { record, extra, .. } => result.outputs.push(Output {
+                origin,
+                output: None,
+                record: OutputRecord::Changed {
+                    record: Box::new(record.into_owned()),
+                    // Checked when the patch set it.
+                    extra: extra.and_then(|text| parse_extra(&text).ok().flatten()),
+                },
+            }),
+            Staged::Returned { record, by, .. } => {
+                finish(result, origin, None, record, &versions[by], inputs)
+            }
+        }
     }
 }
 
