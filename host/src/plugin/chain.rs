@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use super::bindings::{
     ChangeRecordParam, ChangeRecordResult, Emission, Outcome, RecordPatch, RowChangeParam,
 };
-use super::convert::{Staged, extra_text, origin, parse_extra, to_host};
+use super::convert::{HostRecord, Staged, extra_text, origin, parse_extra, to_host};
 use super::failure::PluginFailure;
 use super::instance::Instance;
 use super::patch;
@@ -616,17 +616,22 @@ fn leave(
     for (origin, record) in stage.origins.into_iter().zip(stage.records) {
         match record {
             Staged::Host {
-                patched_by: None, ..
+                record: HostRecord::Input(_),
+                ..
             } => result.outputs.push(Output {
                 origin,
                 output: None,
                 record: OutputRecord::Unchanged,
             }),
-            Staged::Host { record, extra, .. } => result.outputs.push(Output {
+            Staged::Host {
+                record: HostRecord::Patched(record),
+                extra,
+                ..
+            } => result.outputs.push(Output {
                 origin,
                 output: None,
                 record: OutputRecord::Changed {
-                    record: Box::new(record.into_owned()),
+                    record,
                     // Checked when the patch set it.
                     extra: extra.and_then(|text| parse_extra(&text).ok().flatten()),
                 },
@@ -665,7 +670,10 @@ impl Turn<'_> {
         let (base, extra) = match record {
             Staged::Host { record, extra, .. } => (record, extra),
             Staged::Returned { record, by, .. } => match to_host(record, input) {
-                Ok((host, extra)) => (Cow::Owned(host), extra_text(extra.as_ref()).map(Cow::Owned)),
+                Ok((host, extra)) => (
+                    HostRecord::Patched(Box::new(host)),
+                    extra_text(extra.as_ref()).map(Cow::Owned),
+                ),
                 Err(e) => {
                     return Err(PatchFailed::Base(invalid_record(
                         origin,
@@ -677,9 +685,8 @@ impl Turn<'_> {
         };
         let patched = patch::apply(&base, extra.as_deref(), patch).map_err(PatchFailed::Patch)?;
         Ok(Staged::Host {
-            record: Cow::Owned(patched.record),
+            record: HostRecord::Patched(Box::new(patched.record)),
             extra: patched.extra.map(Cow::Owned),
-            patched_by: Some(self.slot),
             origin: input,
         })
     }

@@ -25,13 +25,12 @@ use crate::record::{DataChangeRecord, JsonObject, Mod, ModType};
 // path; stages live for one chain run.
 #[allow(clippy::large_enum_variant)]
 pub(super) enum Staged<'a> {
-    /// A checked host record: the input record as it came (`patched_by` none), or what the
-    /// patch of the plugin in that chain slot made of it.
+    /// A checked host record: the input record as it came, or what a plugin's patch made
+    /// of it.
     Host {
-        record: Cow<'a, DataChangeRecord>,
+        record: HostRecord<'a>,
         /// Its extra fields as the WIT's `extra` text.
         extra: Option<Cow<'a, str>>,
-        patched_by: Option<usize>,
         /// The input record it came from: whose origin it has.
         origin: &'a DataChangeRecord,
     },
@@ -42,6 +41,26 @@ pub(super) enum Staged<'a> {
         by: usize,
         origin: &'a DataChangeRecord,
     },
+}
+
+/// A checked host record between two plugins. A patched one is boxed: the stage's records
+/// stay small to move, and the box is the one the output takes.
+pub(super) enum HostRecord<'a> {
+    /// The input record, as it came.
+    Input(&'a DataChangeRecord),
+    /// What a plugin's patch made of it.
+    Patched(Box<DataChangeRecord>),
+}
+
+impl std::ops::Deref for HostRecord<'_> {
+    type Target = DataChangeRecord;
+
+    fn deref(&self) -> &DataChangeRecord {
+        match self {
+            HostRecord::Input(record) => record,
+            HostRecord::Patched(record) => record,
+        }
+    }
 }
 
 /// The extra fields of an input record as the WIT's `extra` text.
@@ -55,9 +74,8 @@ impl<'a> Staged<'a> {
     /// An input record with its extra fields (as `extra` text).
     pub(super) fn input(record: &'a DataChangeRecord, extra: Option<&'a str>) -> Self {
         Staged::Host {
-            record: Cow::Borrowed(record),
+            record: HostRecord::Input(record),
             extra: extra.map(Cow::Borrowed),
-            patched_by: None,
             origin: record,
         }
     }
