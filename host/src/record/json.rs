@@ -355,6 +355,8 @@ fn value_end(bytes: &[u8], start: usize) -> usize {
 /// Where the string whose text starts at `start` ends (its closing quote, or the end of
 /// the text when unterminated), and whether it has escapes. Strings are most of a row's
 /// text: eight bytes at a time.
+// Inlined into the shape check's loop in another module: the string scan is its hot path.
+#[inline]
 pub(crate) fn string_end(bytes: &[u8], start: usize) -> (usize, bool) {
     let mut escapes = false;
     let mut i = start;
@@ -375,6 +377,7 @@ pub(crate) fn string_end(bytes: &[u8], start: usize) -> (usize, bool) {
 /// The index of the first `"` or `\` at or after `i`, else the text's length: a word at a
 /// time, with the classic test for a zero byte in a word (exact for the lowest match,
 /// which is the one taken), then byte by byte for the tail.
+#[inline]
 fn next_quote_or_backslash(bytes: &[u8], mut i: usize) -> usize {
     const ONES: u64 = u64::from_ne_bytes([1; 8]);
     const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
