@@ -1,6 +1,6 @@
 //! Test support shared by the unit tests of the reader, the runner and the stages behind
 //! them: times, a consumer that keeps what it is given (and can be told to fail or to hold
-//! a batch), and a store whose heartbeats can be frozen.
+//! a batch), a store whose heartbeats can be frozen, and a record to convert and patch.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -14,6 +14,22 @@ use crate::partition::{
 };
 use crate::record::{ChangeRecord, DataChangeRecord};
 use crate::timestamp::Timestamp;
+
+/// An UPDATE of table `Users` (one INT64 key column `Id`, transaction `tx` tagged `t`, read
+/// from partition `tok`) with these row changes, as the output JSON writes them.
+pub(crate) fn users_update(mods: serde_json::Value) -> DataChangeRecord {
+    serde_json::from_value(serde_json::json!({
+        "partition_token": "tok", "commit_timestamp": "2026-11-27T20:00:00.123456789Z",
+        "record_sequence": "00000001", "server_transaction_id": "tx",
+        "is_last_record_in_transaction_in_partition": true, "table_name": "Users",
+        "column_types": [{"name": "Id", "type": {"code": "INT64"}, "is_primary_key": true, "ordinal_position": 1}],
+        "mods": mods,
+        "mod_type": "UPDATE", "value_capture_type": "OLD_AND_NEW_VALUES",
+        "number_of_records_in_transaction": 2, "number_of_partitions_in_transaction": 1,
+        "transaction_tag": "t", "is_system_transaction": false
+    }))
+    .expect("a data change record")
+}
 
 /// `2026-01-01T00:00:00Z` plus `seconds`.
 pub(crate) fn at(seconds: u64) -> Timestamp {

@@ -145,20 +145,10 @@ mod tests {
     use super::*;
 
     fn record() -> DataChangeRecord {
-        serde_json::from_value(serde_json::json!({
-            "partition_token": "tok", "commit_timestamp": "2026-11-27T20:00:00.123456789Z",
-            "record_sequence": "00000001", "server_transaction_id": "tx",
-            "is_last_record_in_transaction_in_partition": true, "table_name": "Users",
-            "column_types": [{"name": "Id", "type": {"code": "INT64"}, "is_primary_key": true, "ordinal_position": 1}],
-            "mods": [
-                {"keys": {"Id": "1"}, "new_values": {"Email": "a@x.io", "Name": "Ann"}, "old_values": {"Email": "b@x.io"}},
-                {"keys": {"Id": "2"}, "new_values": {"Email": "c@x.io"}, "old_values": {}}
-            ],
-            "mod_type": "UPDATE", "value_capture_type": "OLD_AND_NEW_VALUES",
-            "number_of_records_in_transaction": 2, "number_of_partitions_in_transaction": 1,
-            "transaction_tag": "t", "is_system_transaction": false
-        }))
-        .unwrap()
+        crate::testing::users_update(serde_json::json!([
+            {"keys": {"Id": "1"}, "new_values": {"Email": "a@x.io", "Name": "Ann"}, "old_values": {"Email": "b@x.io"}},
+            {"keys": {"Id": "2"}, "new_values": {"Email": "c@x.io"}, "old_values": {}}
+        ]))
     }
 
     fn field(row: u32, field: RowField, remove: &[&str], set: &str) -> FieldPatch {
