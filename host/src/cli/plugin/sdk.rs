@@ -176,6 +176,7 @@ mod tests {
                 "vendor/screamer-plugin-sdk/Cargo.toml",
                 "vendor/screamer-plugin-sdk/src/lib.rs",
                 "vendor/screamer-plugin-sdk/src/json.rs",
+                "vendor/screamer-plugin-sdk/src/patch.rs",
                 "vendor/screamer-plugin-sdk/src/origin.rs",
                 "vendor/screamer-plugin-sdk/wit/plugin.wit",
                 "vendor/screamer-plugin-sdk/README.md",
