@@ -196,8 +196,9 @@ fn apply(fields: &[FieldPatch], extra: Option<&str>, record: &mut Record) -> Res
     for (i, f) in fields.iter().enumerate() {
         let rows = record.mods.len();
         let row = record.mods.get_mut(f.row as usize).ok_or_else(|| {
+            let plural = if rows == 1 { "" } else { "s" };
             format!(
-                "patch fields[{i}] names row {}; the record has {rows}",
+                "patch fields[{i}] names row {}; the record has {rows} row change{plural}",
                 f.row
             )
         })?;
@@ -291,7 +292,7 @@ mod tests {
         patch.remove(1, RowField::Keys, "Id");
         assert_eq!(
             patch.apply(&mut r).unwrap_err(),
-            "patch fields[0] names row 1; the record has 1"
+            "patch fields[0] names row 1; the record has 1 row change"
         );
         let mut patch = Patch::new();
         patch.set_json(0, RowField::Keys, "Id", "{");
