@@ -41,6 +41,24 @@ fn assert_ok(what: &str, run: &PluginRun) {
     );
 }
 
+/// The author edits `file` of `project` (`from`, which it must have, becomes `to`), then
+/// runs `plugin test`, which must fail (exit 1).
+fn failing_test_after_edit(
+    project: &Path,
+    file: &str,
+    from: &str,
+    to: &str,
+) -> anyhow::Result<PluginRun> {
+    let path = project.join(file);
+    let text = std::fs::read_to_string(&path)?;
+    let edited = text.replacen(from, to, 1);
+    assert_ne!(text, edited, "{file} has {from:?}");
+    std::fs::write(&path, edited)?;
+    let failed = author(project, &["plugin", "test"])?;
+    assert_eq!(failed.code, Some(1), "{failed:?}");
+    Ok(failed)
+}
+
 /// `plugin new NAME --lang LANG` in a fresh directory, then `plugin test` in the project:
 /// every fixture passes against the component it built, which `plugin check` accepts.
 fn new_project_passes_its_tests(
@@ -203,13 +221,12 @@ fn a_rust_project_can_use_a_local_sdk() -> anyhow::Result<()> {
 fn a_typescript_project_from_plugin_new_passes_plugin_test_and_a_type_error_names_its_place()
 -> anyhow::Result<()> {
     let (project, _) = new_project_passes_its_tests("typescript", &[])?;
-    let app = project.join("app.ts");
-    let text = std::fs::read_to_string(&app)?;
-    let wrong = text.replacen("extra: JSON.stringify(extra)", "extra: 5", 1);
-    assert_ne!(text, wrong, "the template replaces the record's extra");
-    std::fs::write(&app, wrong)?;
-    let failed = author(&project, &["plugin", "test"])?;
-    assert_eq!(failed.code, Some(1), "{failed:?}");
+    let failed = failing_test_after_edit(
+        &project,
+        "app.ts",
+        "extra: JSON.stringify(extra)",
+        "extra: 5",
+    )?;
     assert!(
         failed.stdout.iter().any(|l| l.starts_with("app.ts(")
             && l.ends_with("error TS2322: Type 'number' is not assignable to type 'string'.")),
@@ -233,17 +250,12 @@ fn a_c_project_from_plugin_new_passes_plugin_test_and_a_compile_error_names_its_
     for file in ["Makefile", "json.c", "bindings/plugin_component_type.o"] {
         assert!(project.join(file).is_file(), "{file} is missing");
     }
-    let app = project.join("app.c");
-    let text = std::fs::read_to_string(&app)?;
-    let wrong = text.replacen(
+    let failed = failing_test_after_edit(
+        &project,
+        "app.c",
         "out.tag = SCREAMER_PLUGIN_TYPES_OUTCOME_DROP;",
         "out.tag = DROP;",
-        1,
-    );
-    assert_ne!(text, wrong, "the template drops other tables' records");
-    std::fs::write(&app, wrong)?;
-    let failed = author(&project, &["plugin", "test"])?;
-    assert_eq!(failed.code, Some(1), "{failed:?}");
+    )?;
     assert!(
         failed
             .stderr
@@ -274,27 +286,21 @@ fn a_c_project_from_plugin_new_passes_plugin_test_and_a_compile_error_names_its_
 fn a_python_project_from_plugin_new_passes_plugin_test() -> anyhow::Result<()> {
     let (project, _) = new_project_passes_its_tests("python", &[])?;
     assert!(project.join("wit/plugin.wit").is_file());
-    let app = project.join("app.py");
-    let text = std::fs::read_to_string(&app)?;
-    let wrong = text.replacen("record.extra = json.dumps(extra)", "record.extra = 5", 1);
-    assert_ne!(text, wrong, "the template replaces the record's extra");
-    let unchecked = wrong.replacen(
-        "wrong = _wrong_type(outcome, f\"outcome[{i}]\")",
-        "wrong = None",
-        1,
-    );
-    assert_ne!(wrong, unchecked, "the template checks its outcomes");
-    for (source, error) in [
-        (wrong, "outcome[0].replace.extra: expected str, got int"),
+    // The template's extra made an int, then its outcome check taken out.
+    for (from, to, error) in [
         (
-            unchecked,
+            "record.extra = json.dumps(extra)",
+            "record.extra = 5",
+            "outcome[0].replace.extra: expected str, got int",
+        ),
+        (
+            "wrong = _wrong_type(outcome, f\"outcome[{i}]\")",
+            "wrong = None",
             "Python value of the wrong type in what the plugin returned: 'int' object is not \
              an instance of 'str'",
         ),
     ] {
-        std::fs::write(&app, source)?;
-        let failed = author(&project, &["plugin", "test"])?;
-        assert_eq!(failed.code, Some(1), "{failed:?}");
+        let failed = failing_test_after_edit(&project, "app.py", from, to)?;
         assert!(
             failed
                 .stdout
@@ -314,20 +320,12 @@ fn a_javascript_project_from_plugin_new_passes_plugin_test_and_a_changed_expecta
     let (project, _) = new_project_passes_its_tests("javascript", &[])?;
 
     // The author changes what the INSERT must become: the test fails, showing that field.
-    let fixture = project.join("fixtures/basic.json");
-    let text = std::fs::read_to_string(&fixture)?;
-    let changed = text.replacen(
+    let failed = failing_test_after_edit(
+        &project,
+        "fixtures/basic.json",
         r#""changed_columns": ["Email", "Name"]"#,
         r#""changed_columns": ["Name"]"#,
-        1,
-    );
-    assert_ne!(
-        text, changed,
-        "the template's fixture has the INSERT's columns"
-    );
-    std::fs::write(&fixture, changed)?;
-    let failed = author(&project, &["plugin", "test"])?;
-    assert_eq!(failed.code, Some(1), "{failed:?}");
+    )?;
     let out = failed.stdout.join("\n");
     assert!(
         out.contains("fixture fixtures/basic.json ... FAILED"),
@@ -376,6 +374,7 @@ fn a_javascript_project_from_plugin_new_passes_plugin_test_and_a_changed_expecta
     );
     let passed = author(&project, &["plugin", "test"])?;
     assert_ok("plugin test after --bless", &passed);
+    let fixture = project.join("fixtures/basic.json");
     let doc: Value = serde_json::from_str(&std::fs::read_to_string(&fixture)?)?;
     assert_eq!(
         doc["output"][0]["changed_columns"],
@@ -399,12 +398,12 @@ fn a_javascript_project_from_plugin_new_passes_plugin_test_and_a_changed_expecta
 
     // A value of the wrong type in an outcome: the template's check makes that record a
     // dead letter naming the field and what was expected.
-    let text = std::fs::read_to_string(&app)?;
-    let wrong = text.replacen("extra: JSON.stringify(extra)", "extra: 5", 1);
-    assert_ne!(text, wrong);
-    std::fs::write(&app, &wrong)?;
-    let failed = author(&project, &["plugin", "test"])?;
-    assert_eq!(failed.code, Some(1), "{failed:?}");
+    let failed = failing_test_after_edit(
+        &project,
+        "app.js",
+        "extra: JSON.stringify(extra)",
+        "extra: 5",
+    )?;
     assert!(
         failed
             .stdout
@@ -416,14 +415,12 @@ fn a_javascript_project_from_plugin_new_passes_plugin_test_and_a_changed_expecta
     );
     // Without the check, jco's own conversion fails the call: the host still says what was
     // expected, without the field.
-    let unchecked = wrong.replacen(
+    let failed = failing_test_after_edit(
+        &project,
+        "app.js",
         "const wrong = outcomeError(outcome, `outcome[${i}]`);",
         "const wrong = null;",
-        1,
-    );
-    assert_ne!(wrong, unchecked, "the template checks its outcomes");
-    std::fs::write(&app, unchecked)?;
-    let failed = author(&project, &["plugin", "test"])?;
+    )?;
     assert!(
         failed.stdout.iter().any(|l| l.contains(
             "\"error\": \"JavaScript value of the wrong type in what the plugin returned: \
