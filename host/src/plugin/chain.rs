@@ -507,7 +507,7 @@ impl Turn<'_> {
                     counts.drop += 1;
                     continue;
                 }
-                Ok(Outcome::Patch(patch)) => match self.patched(origin, record, patch, sorted) {
+                Ok(Outcome::Patch(patch)) => match patched(origin, record, patch, sorted) {
                     Ok(patched) => {
                         counts.patch += 1;
                         next.push(origin, patched);
@@ -652,44 +652,41 @@ enum PatchFailed {
     Patch(String),
 }
 
-impl Turn<'_> {
-    /// What `patch` makes of `record`: a host record patched by this plugin (an empty patch
-    /// leaves it as it is). A record an earlier plugin returned whole is checked first, as
-    /// it would be on leaving the chain.
-    fn patched<'a>(
-        &self,
-        origin: usize,
-        record: Staged<'a>,
-        patch: RecordPatch,
-        sorted: &Sorted<'_, 'a>,
-    ) -> Result<Staged<'a>, PatchFailed> {
-        if patch.fields.is_empty() && patch.extra.is_none() {
-            return Ok(record);
-        }
-        let input = sorted.inputs[origin].record;
-        let (base, extra) = match record {
-            Staged::Host { record, extra, .. } => (record, extra),
-            Staged::Returned { record, by, .. } => match to_host(record, input) {
-                Ok((host, extra)) => (
-                    HostRecord::Patched(Box::new(host)),
-                    extra_text(extra.as_ref()).map(Cow::Owned),
-                ),
-                Err(e) => {
-                    return Err(PatchFailed::Base(invalid_record(
-                        origin,
-                        &sorted.versions[by],
-                        e,
-                    )));
-                }
-            },
-        };
-        let patched = patch::apply(&base, extra.as_deref(), patch).map_err(PatchFailed::Patch)?;
-        Ok(Staged::Host {
-            record: HostRecord::Patched(Box::new(patched.record)),
-            extra: patched.extra.map(Cow::Owned),
-            origin: input,
-        })
+/// What `patch` makes of `record`: a host record patched (an empty patch
+/// leaves it as it is). A record an earlier plugin returned whole is checked first, as
+/// it would be on leaving the chain.
+fn patched<'a>(
+    origin: usize,
+    record: Staged<'a>,
+    patch: RecordPatch,
+    sorted: &Sorted<'_, 'a>,
+) -> Result<Staged<'a>, PatchFailed> {
+    if patch.fields.is_empty() && patch.extra.is_none() {
+        return Ok(record);
     }
+    let input = sorted.inputs[origin].record;
+    let (base, extra) = match record {
+        Staged::Host { record, extra, .. } => (record, extra),
+        Staged::Returned { record, by, .. } => match to_host(record, input) {
+            Ok((host, extra)) => (
+                HostRecord::Patched(Box::new(host)),
+                extra_text(extra.as_ref()).map(Cow::Owned),
+            ),
+            Err(e) => {
+                return Err(PatchFailed::Base(invalid_record(
+                    origin,
+                    &sorted.versions[by],
+                    e,
+                )));
+            }
+        },
+    };
+    let patched = patch::apply(&base, extra.as_deref(), patch).map_err(PatchFailed::Patch)?;
+    Ok(Staged::Host {
+        record: HostRecord::Patched(Box::new(patched.record)),
+        extra: patched.extra.map(Cow::Owned),
+        origin: input,
+    })
 }
 
 /// The dead letter of a record `producer` returned that is not a valid record.

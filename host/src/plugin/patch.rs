@@ -64,7 +64,7 @@ pub(super) fn apply(
 /// Field patches one row field may have: they apply one after the other, each a pass over
 /// the field, so a plugin sending thousands for one field would cost the host thousands of
 /// copies of it. One is all a plugin needs (the SDK makes one per row field).
-pub(super) const FIELD_PATCHES_PER_FIELD: usize = 4;
+const FIELD_PATCHES_PER_FIELD: usize = 4;
 
 /// A field patch whose row is in range and whose settings are checked.
 struct Checked {
